@@ -1,0 +1,108 @@
+"""The cluster model: frozen dataclasses parsed once at the source boundary.
+
+:func:`parse_object` turns one raw API object (a dict from YAML, JSON or a
+watch event) into its model class, raising :class:`ModelError` naming the
+object and field, or returning None for a kind or Secret type netplane does
+not use. Downstream code reads only these classes, never raw dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from netplane.errors import ModelError
+from netplane.model.core import Node, NodeAddress, Pod, Redacted, Secret, parse_node, parse_pod, parse_secret
+from netplane.model.endpoints import (
+    SERVICE_NAME_LABEL,
+    Endpoint,
+    EndpointPort,
+    Endpoints,
+    EndpointSlice,
+    TargetRef,
+    parse_endpoint_slice,
+    parse_endpoints,
+)
+from netplane.model.ingress import (
+    Ingress,
+    IngressBackend,
+    IngressClass,
+    IngressPath,
+    IngressRule,
+    IngressTLS,
+    parse_ingress,
+    parse_ingress_class,
+)
+from netplane.model.meta import CLUSTER_SCOPED, Fields, Meta, ObjectKey, ref_of
+from netplane.model.service import Service, ServicePort, parse_service
+
+K8sObject = Service | EndpointSlice | Endpoints | Ingress | IngressClass | Secret | Node | Pod
+
+# kind -> (apiVersion, parser)
+KINDS: dict[str, tuple[str, Callable[[Fields], Any]]] = {
+    "Service": ("v1", parse_service),
+    "EndpointSlice": ("discovery.k8s.io/v1", parse_endpoint_slice),
+    "Endpoints": ("v1", parse_endpoints),
+    "Ingress": ("networking.k8s.io/v1", parse_ingress),
+    "IngressClass": ("networking.k8s.io/v1", parse_ingress_class),
+    "Secret": ("v1", parse_secret),
+    "Node": ("v1", parse_node),
+    "Pod": ("v1", parse_pod),
+}
+
+
+def is_known_kind(raw: Any) -> bool:
+    return isinstance(raw, dict) and raw.get("kind") in KINDS
+
+
+def parse_object(raw: Any, *, kind: str | None = None) -> K8sObject | None:
+    """Parse one raw object; None when netplane does not use its kind or type.
+
+    ``kind`` fills in a missing ``kind`` field (watch events and list items
+    from the API server often leave it out).
+    """
+    if not isinstance(raw, dict):
+        raise ModelError("object", "", "expected a mapping")
+    k = raw.get("kind") or kind
+    if k not in KINDS:
+        return None
+    want_version, parser = KINDS[k]
+    api_version = raw.get("apiVersion")
+    if kind is None or api_version is not None:
+        if api_version != want_version:
+            raise ModelError(
+                ref_of({**raw, "kind": k}), "apiVersion", f"{api_version!r} is not supported for {k} (use {want_version})"
+            )
+    return parser(Fields(raw, ref_of({**raw, "kind": k})))
+
+
+__all__ = [
+    "CLUSTER_SCOPED",
+    "KINDS",
+    "SERVICE_NAME_LABEL",
+    "Endpoint",
+    "EndpointPort",
+    "EndpointSlice",
+    "Endpoints",
+    "Ingress",
+    "IngressBackend",
+    "IngressClass",
+    "IngressPath",
+    "IngressRule",
+    "IngressTLS",
+    "K8sObject",
+    "Meta",
+    "ModelError",
+    "Node",
+    "NodeAddress",
+    "ObjectKey",
+    "Pod",
+    "Redacted",
+    "Secret",
+    "Service",
+    "ServicePort",
+    "TargetRef",
+    "is_known_kind",
+    "parse_object",
+    "ref_of",
+]

@@ -1,0 +1,227 @@
+"""Object identity, metadata and the field reader used by every parser.
+
+Parsers read raw API dicts through :class:`Fields`, which knows the path of
+the field it stands on, so every :class:`ModelError` names the object and the
+exact field (``spec.ports[1].port``) without each parser building strings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from netplane.errors import ModelError
+
+# Kinds whose objects live outside namespaces.
+CLUSTER_SCOPED = frozenset({"IngressClass", "Node"})
+
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+_DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def is_dns1123_label(value: str) -> bool:
+    return len(value) <= 63 and bool(_DNS1123_LABEL.match(value))
+
+
+def is_dns1123_subdomain(value: str) -> bool:
+    return len(value) <= 253 and bool(_DNS1123_SUBDOMAIN.match(value))
+
+
+def is_dns1035_label(value: str) -> bool:
+    return len(value) <= 63 and bool(_DNS1035_LABEL.match(value))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ObjectKey:
+    """Identity of an object: kind, namespace ("" when cluster-scoped), name."""
+
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        if self.namespace:
+            return f"{self.kind} {self.namespace}/{self.name}"
+        return f"{self.kind} {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """The parts of ``metadata`` that netplane uses."""
+
+    name: str
+    namespace: str
+    uid: str = ""
+    resource_version: str = ""
+    creation_timestamp: str = ""
+    labels: dict[str, str] = field(default_factory=dict, compare=True)
+    annotations: dict[str, str] = field(default_factory=dict, compare=True)
+    deletion_timestamp: str = ""
+
+
+def _fmt_path(parts: tuple[str | int, ...]) -> str:
+    out: list[str] = []
+    for p in parts:
+        if isinstance(p, int):
+            out.append(f"[{p}]")
+        elif out:
+            out.append("." + p)
+        else:
+            out.append(p)
+    return "".join(out)
+
+
+class Fields:
+    """A raw mapping plus its path and owning object, for precise errors.
+
+    Every accessor checks the type of what it finds; a wrong type or a
+    missing required field raises :class:`ModelError` naming the path.
+    """
+
+    __slots__ = ("_path", "raw", "ref")
+
+    def __init__(self, raw: Any, ref: str, path: tuple[str | int, ...] = ()) -> None:
+        if not isinstance(raw, dict):
+            raise ModelError(ref, _fmt_path(path), f"expected an object, got {_type(raw)}")
+        self.raw = raw
+        self.ref = ref
+        self._path = path
+
+    def path(self, name: str | int | None = None) -> str:
+        return _fmt_path(self._path if name is None else (*self._path, name))
+
+    def fail(self, name: str | int | None, reason: str) -> NoReturn:
+        raise ModelError(self.ref, self.path(name), reason)
+
+    def has(self, name: str) -> bool:
+        return self.raw.get(name) is not None
+
+    def str(self, name: str, default: str = "", *, required: bool = False) -> str:
+        v = self.raw.get(name)
+        if v is None:
+            if required:
+                self.fail(name, "required")
+            return default
+        if not isinstance(v, str):
+            self.fail(name, f"expected a string, got {_type(v)}")
+        if required and not v:
+            self.fail(name, "required")
+        return v
+
+    def int(self, name: str, default: int | None = None, *, required: bool = False) -> int | None:
+        v = self.raw.get(name)
+        if v is None:
+            if required:
+                self.fail(name, "required")
+            return default
+        if isinstance(v, bool) or not isinstance(v, int):
+            self.fail(name, f"expected an integer, got {_type(v)}")
+        return v
+
+    def bool(self, name: str, default: bool | None = None) -> bool | None:
+        v = self.raw.get(name)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            self.fail(name, f"expected true or false, got {_type(v)}")
+        return v
+
+    def obj(self, name: str, *, required: bool = False) -> Fields:
+        v = self.raw.get(name)
+        if v is None:
+            if required:
+                self.fail(name, "required")
+            v = {}
+        return Fields(v, self.ref, (*self._path, name))
+
+    def opt_obj(self, name: str) -> Fields | None:
+        v = self.raw.get(name)
+        if v is None:
+            return None
+        return Fields(v, self.ref, (*self._path, name))
+
+    def list(self, name: str) -> list[Any]:
+        v = self.raw.get(name)
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            self.fail(name, f"expected a list, got {_type(v)}")
+        return v
+
+    def objs(self, name: str) -> list[Fields]:
+        return [
+            Fields(item, self.ref, (*self._path, name, i)) for i, item in enumerate(self.list(name))
+        ]
+
+    def strs(self, name: str) -> tuple[str, ...]:
+        out = self.list(name)
+        for i, item in enumerate(out):
+            if not isinstance(item, str):
+                raise ModelError(
+                    self.ref, _fmt_path((*self._path, name, i)), f"expected a string, got {_type(item)}"
+                )
+        return tuple(out)
+
+    def str_map(self, name: str) -> dict[str, str]:
+        v = self.raw.get(name)
+        if v is None:
+            return {}
+        if not isinstance(v, dict):
+            self.fail(name, f"expected a map, got {_type(v)}")
+        for k, item in v.items():
+            if not isinstance(item, str):
+                raise ModelError(
+                    self.ref, _fmt_path((*self._path, name, k)), f"expected a string, got {_type(item)}"
+                )
+        return v
+
+
+def _type(v: Any) -> str:
+    if v is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(
+        type(v), type(v).__name__
+    )
+
+
+def ref_of(raw: Any) -> str:
+    """``"Kind namespace/name"`` of a raw object, as far as it can be read."""
+    if not isinstance(raw, dict):
+        return "object"
+    kind = raw.get("kind") if isinstance(raw.get("kind"), str) else "object"
+    md = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
+    name = md.get("name") if isinstance(md.get("name"), str) else ""
+    ns = md.get("namespace") if isinstance(md.get("namespace"), str) else ""
+    if kind not in CLUSTER_SCOPED and name:
+        ns = ns or "default"
+    if not name:
+        return kind
+    return f"{kind} {ns}/{name}" if ns else f"{kind} {name}"
+
+
+def parse_meta(f: Fields, kind: str, *, default_namespace: str = "default") -> Meta:
+    """Read ``metadata``; names must be DNS-1123 subdomains as the API server requires."""
+    md = f.obj("metadata", required=True)
+    name = md.str("name", required=True)
+    if not is_dns1123_subdomain(name):
+        md.fail("name", f"{name!r} is not a valid DNS-1123 subdomain")
+    if kind in CLUSTER_SCOPED:
+        namespace = ""
+    else:
+        namespace = md.str("namespace") or default_namespace
+        if not is_dns1123_label(namespace):
+            md.fail("namespace", f"{namespace!r} is not a valid DNS-1123 label")
+    return Meta(
+        name=name,
+        namespace=namespace,
+        uid=md.str("uid"),
+        resource_version=md.str("resourceVersion"),
+        creation_timestamp=md.str("creationTimestamp"),
+        labels=md.str_map("labels"),
+        annotations=md.str_map("annotations"),
+        deletion_timestamp=md.str("deletionTimestamp"),
+    )

@@ -1,0 +1,234 @@
+"""The Service model (core/v1), trimmed to what the data planes use.
+
+Validation follows the API server where a user would hit it: DNS-1035 names,
+port ranges, protocols, port names, affinity timeout. Checks that need the
+rest of the cluster (clusterIP inside the service CIDR, duplicate clusterIPs
+or nodePorts, the nodePort range) live in :mod:`netplane.allocations`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+from netplane.model.meta import Fields, Meta, ObjectKey, is_dns1035_label, is_dns1123_label, parse_meta
+
+KIND = "Service"
+TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+DEFAULT_AFFINITY_TIMEOUT = 10800  # three hours, the API server's default
+# IANA service names (RFC 6335): at most 15 characters, lower-case letters,
+# digits and single hyphens, at least one letter.
+_IANA_SVC_NAME = re.compile(r"^(?=.*[a-z])[a-z0-9]([a-z0-9]|-(?!-))*(?<!-)$")
+
+
+def is_iana_svc_name(value: str) -> bool:
+    return len(value) <= 15 and bool(_IANA_SVC_NAME.match(value))
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePort:
+    name: str
+    protocol: str
+    port: int
+    target_port: int | str  # a number, or the name of a container port
+    node_port: int | None = None
+    app_protocol: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A Service; ``cluster_ips`` is empty for headless and ExternalName services."""
+
+    key: ObjectKey
+    meta: Meta
+    type: str = "ClusterIP"
+    cluster_ips: tuple[str, ...] = ()
+    headless: bool = False
+    ip_families: tuple[str, ...] = ()
+    ports: tuple[ServicePort, ...] = ()
+    selector: dict[str, str] | None = None
+    session_affinity: str = "None"
+    affinity_timeout: int = DEFAULT_AFFINITY_TIMEOUT
+    external_ips: tuple[str, ...] = ()
+    load_balancer_ips: tuple[str, ...] = ()
+    external_name: str = ""
+    external_traffic_policy: str = "Cluster"
+    internal_traffic_policy: str = "Cluster"
+    health_check_node_port: int | None = None
+    publish_not_ready_addresses: bool = False
+    traffic_distribution: str = ""
+
+    kind = KIND
+
+    @property
+    def needs_cluster_ip(self) -> bool:
+        """True when the API server would allocate a clusterIP for it."""
+        return self.type != "ExternalName" and not self.headless
+
+
+def _ip(f: Fields, name: str | int, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        f.fail(name, f"{value!r} is not a valid IP address")
+
+
+def _port_number(f: Fields, name: str, *, required: bool = False) -> int | None:
+    v = f.int(name, required=required)
+    if v is not None and not 1 <= v <= 65535:
+        f.fail(name, f"{v} out of range (1-65535)")
+    return v
+
+
+def parse_service(f: Fields) -> Service:
+    meta = parse_meta(f, KIND)
+    if not is_dns1035_label(meta.name):
+        f.obj("metadata").fail(
+            "name", f"{meta.name!r} is not a valid DNS-1035 label (a lower-case letter first)"
+        )
+    key = ObjectKey(KIND, meta.namespace, meta.name)
+    spec = f.obj("spec")
+    status = f.obj("status")
+
+    svc_type = spec.str("type", "ClusterIP")
+    if svc_type not in TYPES:
+        spec.fail("type", f"unsupported value {svc_type!r} (one of {', '.join(TYPES)})")
+
+    # clusterIPs wins over clusterIP when both are set, as on the API server;
+    # they must agree on the first address.
+    cluster_ip = spec.str("clusterIP")
+    cluster_ips_raw = spec.strs("clusterIPs")
+    if cluster_ips_raw and cluster_ip and cluster_ips_raw[0] != cluster_ip:
+        spec.fail("clusterIPs[0]", f"{cluster_ips_raw[0]!r} must match clusterIP {cluster_ip!r}")
+    ips_in = cluster_ips_raw or ((cluster_ip,) if cluster_ip else ())
+    headless = bool(ips_in) and ips_in[0] == "None"
+    cluster_ips: tuple[str, ...] = ()
+    if headless:
+        if len(ips_in) > 1:
+            spec.fail("clusterIPs", "a headless service takes only 'None'")
+    elif ips_in:
+        where = "clusterIPs" if cluster_ips_raw else "clusterIP"
+        cluster_ips = tuple(
+            _ip(spec, f"{where}[{i}]" if cluster_ips_raw else where, v) for i, v in enumerate(ips_in)
+        )
+        if len(cluster_ips) > 2:
+            spec.fail("clusterIPs", "at most two addresses (one per family)")
+        if len(cluster_ips) == 2 and (
+            ipaddress.ip_address(cluster_ips[0]).version
+            == ipaddress.ip_address(cluster_ips[1]).version
+        ):
+            spec.fail("clusterIPs", "two addresses must be of different families")
+    external_name = spec.str("externalName")
+    if svc_type == "ExternalName":
+        if not external_name:
+            spec.fail("externalName", "required for type ExternalName")
+        if cluster_ips:
+            spec.fail("clusterIP", "must be empty for type ExternalName")
+    ip_families = spec.strs("ipFamilies")
+    for i, fam in enumerate(ip_families):
+        if fam not in ("IPv4", "IPv6"):
+            spec.fail(f"ipFamilies[{i}]", f"unsupported value {fam!r}")
+
+    ports: list[ServicePort] = []
+    seen_names: set[str] = set()
+    seen_ports: set[tuple[int, str]] = set()
+    port_fields = spec.objs("ports")
+    for p in port_fields:
+        name = p.str("name")
+        if len(port_fields) > 1 and not name:
+            p.fail("name", "required when the service has more than one port")
+        if name:
+            if not is_dns1123_label(name):
+                p.fail("name", f"{name!r} is not a valid DNS-1123 label")
+            if name in seen_names:
+                p.fail("name", f"duplicate port name {name!r}")
+            seen_names.add(name)
+        protocol = p.str("protocol", "TCP")
+        if protocol not in PROTOCOLS:
+            p.fail("protocol", f"unsupported value {protocol!r} (one of {', '.join(PROTOCOLS)})")
+        port = _port_number(p, "port", required=True)
+        assert port is not None
+        if (port, protocol) in seen_ports:
+            p.fail("port", f"duplicate port {port}/{protocol}")
+        seen_ports.add((port, protocol))
+        target: int | str = port
+        tp = p.raw.get("targetPort")
+        if isinstance(tp, str):
+            if tp.isdigit():
+                tp = int(tp)
+            elif not is_iana_svc_name(tp):
+                p.fail("targetPort", f"{tp!r} is not a valid port name")
+            target = tp
+        if isinstance(tp, int) and not isinstance(tp, bool):
+            if tp == 0:
+                tp = port  # 0 means "same as port", as the API server defaults it
+            if not 1 <= tp <= 65535:
+                p.fail("targetPort", f"{tp} out of range (1-65535)")
+            target = tp
+        elif tp is not None and not isinstance(tp, str):
+            p.fail("targetPort", "expected a number or a port name")
+        node_port = _port_number(p, "nodePort")
+        if node_port is not None and svc_type not in ("NodePort", "LoadBalancer"):
+            p.fail("nodePort", f"may not be set for type {svc_type}")
+        ports.append(
+            ServicePort(
+                name=name,
+                protocol=protocol,
+                port=port,
+                target_port=target,
+                node_port=node_port,
+                app_protocol=p.str("appProtocol"),
+            )
+        )
+    if not ports and svc_type != "ExternalName" and not headless:
+        spec.fail("ports", "required (only headless and ExternalName services may have none)")
+
+    selector = spec.str_map("selector") if spec.has("selector") else None
+    affinity = spec.str("sessionAffinity", "None")
+    if affinity not in ("None", "ClientIP"):
+        spec.fail("sessionAffinity", f"unsupported value {affinity!r} (None or ClientIP)")
+    timeout = DEFAULT_AFFINITY_TIMEOUT
+    sac = spec.opt_obj("sessionAffinityConfig")
+    if sac is not None:
+        cip = sac.obj("clientIP")
+        t = cip.int("timeoutSeconds")
+        if t is not None:
+            if not 0 < t <= 86400:
+                cip.fail("timeoutSeconds", f"{t} out of range (1-86400)")
+            timeout = t
+
+    etp = spec.str("externalTrafficPolicy", "Cluster")
+    if etp not in ("Cluster", "Local"):
+        spec.fail("externalTrafficPolicy", f"unsupported value {etp!r} (Cluster or Local)")
+    itp = spec.str("internalTrafficPolicy", "Cluster")
+    if itp not in ("Cluster", "Local"):
+        spec.fail("internalTrafficPolicy", f"unsupported value {itp!r} (Cluster or Local)")
+    hc = _port_number(spec, "healthCheckNodePort")
+
+    external_ips = tuple(_ip(spec, f"externalIPs[{i}]", v) for i, v in enumerate(spec.strs("externalIPs")))
+    lb = status.obj("loadBalancer")
+    lb_ips = tuple(
+        _ip(ing, "ip", ing.str("ip")) for ing in lb.objs("ingress") if ing.str("ip")
+    )
+    return Service(
+        key=key,
+        meta=meta,
+        type=svc_type,
+        cluster_ips=cluster_ips,
+        headless=headless,
+        ip_families=ip_families,
+        ports=tuple(ports),
+        selector=selector,
+        session_affinity=affinity,
+        affinity_timeout=timeout,
+        external_ips=external_ips,
+        load_balancer_ips=lb_ips,
+        external_name=external_name,
+        external_traffic_policy=etp,
+        internal_traffic_policy=itp,
+        health_check_node_port=hc,
+        publish_not_ready_addresses=bool(spec.bool("publishNotReadyAddresses", False)),
+        traffic_distribution=spec.str("trafficDistribution"),
+    )
