@@ -12,7 +12,16 @@ from collections.abc import Callable
 from typing import Any
 
 from netplane.errors import ModelError
-from netplane.model.core import Node, NodeAddress, Pod, Redacted, Secret, parse_node, parse_pod, parse_secret
+from netplane.model.core import (
+    Node,
+    NodeAddress,
+    Pod,
+    Redacted,
+    Secret,
+    parse_node,
+    parse_pod,
+    parse_secret,
+)
 from netplane.model.endpoints import (
     SERVICE_NAME_LABEL,
     Endpoint,
@@ -68,11 +77,12 @@ def parse_object(raw: Any, *, kind: str | None = None) -> K8sObject | None:
         return None
     want_version, parser = KINDS[k]
     api_version = raw.get("apiVersion")
-    if kind is None or api_version is not None:
-        if api_version != want_version:
-            raise ModelError(
-                ref_of({**raw, "kind": k}), "apiVersion", f"{api_version!r} is not supported for {k} (use {want_version})"
-            )
+    if (kind is None or api_version is not None) and api_version != want_version:
+        raise ModelError(
+            ref_of({**raw, "kind": k}),
+            "apiVersion",
+            f"{api_version!r} is not supported for {k} (use {want_version})",
+        )
     return parser(Fields(raw, ref_of({**raw, "kind": k})))
 
 

@@ -131,7 +131,9 @@ def parse_node(f: Fields) -> Node:
     for a in f.obj("status").objs("addresses"):
         addrs.append(NodeAddress(a.str("type", required=True), a.str("address", required=True)))
     zone = next((meta.labels[k] for k in ZONE_LABELS if k in meta.labels), "")
-    return Node(key=ObjectKey(NODE_KIND, "", meta.name), meta=meta, addresses=tuple(addrs), zone=zone)
+    return Node(
+        key=ObjectKey(NODE_KIND, "", meta.name), meta=meta, addresses=tuple(addrs), zone=zone
+    )
 
 
 def parse_pod(f: Fields) -> Pod:
@@ -152,7 +154,13 @@ def parse_pod(f: Fields) -> Pod:
     ports = []
     for c in spec.objs("containers"):
         for p in c.objs("ports"):
-            ports.append((p.str("name"), p.int("containerPort", required=True) or 0, p.str("protocol", "TCP")))
+            ports.append(
+                (
+                    p.str("name"),
+                    p.int("containerPort", required=True) or 0,
+                    p.str("protocol", "TCP"),
+                )
+            )
     return Pod(
         key=ObjectKey(POD_KIND, meta.namespace, meta.name),
         meta=meta,

@@ -169,7 +169,7 @@ def _endpoint(raw: object, f: Fields, i: int, family: int | None) -> Endpoint:
 
 
 def _parts(f: Fields) -> tuple[str | int, ...]:
-    return f._path  # noqa: SLF001 - same package
+    return f._path
 
 
 def parse_endpoint_slice(f: Fields) -> EndpointSlice:
@@ -194,7 +194,7 @@ def parse_endpoint_slice(f: Fields) -> EndpointSlice:
 class _ListFields(Fields):
     """A Fields standing on a list, so that errors read ``endpoints[3].addresses``."""
 
-    def __init__(self, parent: Fields, name: str) -> None:  # noqa: D107
+    def __init__(self, parent: Fields, name: str) -> None:
         self.raw = {}
         self.ref = parent.ref
         self._path = (*_parts(parent), name)
@@ -241,4 +241,6 @@ def parse_endpoints(f: Fields) -> Endpoints:
                     service_name=meta.name,
                 )
             )
-    return Endpoints(key=ObjectKey(ENDPOINTS_KIND, meta.namespace, meta.name), meta=meta, slices=tuple(slices))
+    return Endpoints(
+        key=ObjectKey(ENDPOINTS_KIND, meta.namespace, meta.name), meta=meta, slices=tuple(slices)
+    )

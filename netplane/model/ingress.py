@@ -114,7 +114,9 @@ def _backend(f: Fields) -> IngressBackend:
         f.fail(None, "exactly one of service and resource is required")
     if res is not None:
         return IngressBackend(
-            resource=TypedRef(res.str("apiGroup"), res.str("kind", required=True), res.str("name", required=True))
+            resource=TypedRef(
+                res.str("apiGroup"), res.str("kind", required=True), res.str("name", required=True)
+            )
         )
     assert svc is not None
     name = svc.str("name", required=True)
@@ -148,11 +150,16 @@ def parse_ingress(f: Fields) -> Ingress:
             for p in path_fields:
                 path_type = p.str("pathType", required=True)
                 if path_type not in PATH_TYPES:
-                    p.fail("pathType", f"unsupported value {path_type!r} (one of {', '.join(PATH_TYPES)})")
+                    p.fail(
+                        "pathType",
+                        f"unsupported value {path_type!r} (one of {', '.join(PATH_TYPES)})",
+                    )
                 path = p.str("path")
                 if path_type in ("Exact", "Prefix") and not path.startswith("/"):
                     p.fail("path", f"{path!r} must begin with '/' for pathType {path_type}")
-                paths.append(IngressPath(path or "/", path_type, _backend(p.obj("backend", required=True))))
+                paths.append(
+                    IngressPath(path or "/", path_type, _backend(p.obj("backend", required=True)))
+                )
         rules.append(IngressRule(host.lower(), tuple(paths)))
     if not rules and default_backend is None:
         spec.fail(None, "either defaultBackend or rules must be specified")
@@ -194,5 +201,8 @@ def parse_ingress_class(f: Fields) -> IngressClass:
             scope=scope,
         )
     return IngressClass(
-        key=ObjectKey(CLASS_KIND, "", meta.name), meta=meta, controller=controller, parameters=parameters
+        key=ObjectKey(CLASS_KIND, "", meta.name),
+        meta=meta,
+        controller=controller,
+        parameters=parameters,
     )

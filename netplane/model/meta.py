@@ -162,7 +162,9 @@ class Fields:
         for i, item in enumerate(out):
             if not isinstance(item, str):
                 raise ModelError(
-                    self.ref, _fmt_path((*self._path, name, i)), f"expected a string, got {_type(item)}"
+                    self.ref,
+                    _fmt_path((*self._path, name, i)),
+                    f"expected a string, got {_type(item)}",
                 )
         return tuple(out)
 
@@ -175,7 +177,9 @@ class Fields:
         for k, item in v.items():
             if not isinstance(item, str):
                 raise ModelError(
-                    self.ref, _fmt_path((*self._path, name, k)), f"expected a string, got {_type(item)}"
+                    self.ref,
+                    _fmt_path((*self._path, name, k)),
+                    f"expected a string, got {_type(item)}",
                 )
         return v
 

@@ -12,7 +12,14 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from netplane.model.meta import Fields, Meta, ObjectKey, is_dns1035_label, is_dns1123_label, parse_meta
+from netplane.model.meta import (
+    Fields,
+    Meta,
+    ObjectKey,
+    is_dns1035_label,
+    is_dns1123_label,
+    parse_meta,
+)
 
 KIND = "Service"
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
@@ -111,7 +118,8 @@ def parse_service(f: Fields) -> Service:
     elif ips_in:
         where = "clusterIPs" if cluster_ips_raw else "clusterIP"
         cluster_ips = tuple(
-            _ip(spec, f"{where}[{i}]" if cluster_ips_raw else where, v) for i, v in enumerate(ips_in)
+            _ip(spec, f"{where}[{i}]" if cluster_ips_raw else where, v)
+            for i, v in enumerate(ips_in)
         )
         if len(cluster_ips) > 2:
             spec.fail("clusterIPs", "at most two addresses (one per family)")
@@ -207,11 +215,11 @@ def parse_service(f: Fields) -> Service:
         spec.fail("internalTrafficPolicy", f"unsupported value {itp!r} (Cluster or Local)")
     hc = _port_number(spec, "healthCheckNodePort")
 
-    external_ips = tuple(_ip(spec, f"externalIPs[{i}]", v) for i, v in enumerate(spec.strs("externalIPs")))
-    lb = status.obj("loadBalancer")
-    lb_ips = tuple(
-        _ip(ing, "ip", ing.str("ip")) for ing in lb.objs("ingress") if ing.str("ip")
+    external_ips = tuple(
+        _ip(spec, f"externalIPs[{i}]", v) for i, v in enumerate(spec.strs("externalIPs"))
     )
+    lb = status.obj("loadBalancer")
+    lb_ips = tuple(_ip(ing, "ip", ing.str("ip")) for ing in lb.objs("ingress") if ing.str("ip"))
     return Service(
         key=key,
         meta=meta,

@@ -1,0 +1,349 @@
+"""ServiceTable: per service port, its frontends and its endpoints.
+
+This is the derived table that the L4 proxy and DNS both read. It is a pure
+function of :class:`ClusterState`, rebuilt per changed service: ``apply``
+maps each changed key (Service, EndpointSlice, Endpoints, Pod) to the
+services it touches and rebuilds only those, so one EndpointSlice change
+costs work in proportion to its service, not to the cluster.
+
+Endpoint ports come from the slice port whose name and protocol match the
+service port, as kube-proxy reads them; a hand-written slice with no ports
+at all falls back to a numeric targetPort. Only an endpoint's first address
+is used, as kube-proxy does. FQDN slices are ignored.
+
+With ``derive_from_pods`` (manifest and embedding mode, where no
+EndpointSlice controller runs), a Service with a selector and no slices gets
+its endpoints from matching Pods that have an IP, the way the EndpointSlice
+controller would build them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from netplane.model import EndpointSlice, ObjectKey, Pod, Service, ServicePort, TargetRef
+from netplane.state import ClusterState
+
+ServiceKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, slots=True)
+class Frontend:
+    """An address the service answers on; ``ip`` None means every node address (NodePort)."""
+
+    ip: str | None
+    port: int
+    protocol: str
+    kind: str  # "ClusterIP" | "ExternalIP" | "LoadBalancer" | "NodePort"
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """One endpoint of one service port, with what endpoint selection needs."""
+
+    address: str
+    port: int
+    ready: bool
+    serving: bool
+    terminating: bool
+    node_name: str = ""
+    zone: str = ""
+    hints_for_zones: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointAddress:
+    """One endpoint address of a service, regardless of port (what DNS reads)."""
+
+    address: str
+    ready: bool
+    serving: bool
+    terminating: bool
+    hostname: str = ""
+    node_name: str = ""
+    zone: str = ""
+    target_ref: TargetRef | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PortEntry:
+    name: str
+    protocol: str
+    port: int
+    target_port: int | str
+    node_port: int | None
+    app_protocol: str
+    frontends: tuple[Frontend, ...]
+    backends: tuple[Backend, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    service: Service
+    ports: tuple[PortEntry, ...]
+    addresses: tuple[EndpointAddress, ...]
+
+    @property
+    def key(self) -> ServiceKey:
+        return (self.service.key.namespace, self.service.key.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (for /debug/state)."""
+        svc = self.service
+        return {
+            "namespace": svc.key.namespace,
+            "name": svc.key.name,
+            "type": svc.type,
+            "clusterIPs": list(svc.cluster_ips),
+            "headless": svc.headless,
+            "externalName": svc.external_name or None,
+            "ports": [
+                {
+                    "name": p.name,
+                    "protocol": p.protocol,
+                    "port": p.port,
+                    "targetPort": p.target_port,
+                    "nodePort": p.node_port,
+                    "frontends": [
+                        {"ip": f.ip, "port": f.port, "kind": f.kind} for f in p.frontends
+                    ],
+                    "endpoints": [
+                        {
+                            "address": b.address,
+                            "port": b.port,
+                            "ready": b.ready,
+                            "serving": b.serving,
+                            "terminating": b.terminating,
+                            "nodeName": b.node_name or None,
+                            "zone": b.zone or None,
+                        }
+                        for b in p.backends
+                    ],
+                }
+                for p in self.ports
+            ],
+            "addresses": [
+                {"address": a.address, "hostname": a.hostname or None, "ready": a.ready}
+                for a in self.addresses
+            ],
+        }
+
+
+def _frontends(svc: Service, p: ServicePort) -> tuple[Frontend, ...]:
+    out = [Frontend(ip, p.port, p.protocol, "ClusterIP") for ip in svc.cluster_ips]
+    out += [Frontend(ip, p.port, p.protocol, "ExternalIP") for ip in svc.external_ips]
+    out += [Frontend(ip, p.port, p.protocol, "LoadBalancer") for ip in svc.load_balancer_ips]
+    if p.node_port is not None and svc.type in ("NodePort", "LoadBalancer"):
+        out.append(Frontend(None, p.node_port, p.protocol, "NodePort"))
+    return tuple(out)
+
+
+def _slice_port(sl: EndpointSlice, p: ServicePort) -> int | None:
+    if not sl.ports:
+        return p.target_port if isinstance(p.target_port, int) else None
+    for sp in sl.ports:
+        if sp.name == p.name and sp.protocol == p.protocol:
+            return sp.port
+    return None
+
+
+def _pod_port(pod: Pod, p: ServicePort) -> int | None:
+    if isinstance(p.target_port, int):
+        return p.target_port
+    for name, number, proto in pod.container_ports:
+        if name == p.target_port and proto == p.protocol:
+            return number
+    return None
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def pod_endpoint_slice(svc: Service, pods: Iterable[Pod]) -> list[tuple[Pod, EndpointAddress]]:
+    """The endpoints the EndpointSlice controller would make for ``svc`` from ``pods``."""
+    out = []
+    if not svc.selector:  # an empty selector selects nothing for a Service
+        return out
+    for pod in sorted(pods, key=lambda p: p.key.name):
+        if not pod.pod_ips or pod.phase in ("Succeeded", "Failed"):
+            continue
+        if not _selects(svc.selector, pod.meta.labels):
+            continue
+        ready = pod.ready and not pod.terminating
+        hostname = pod.hostname if pod.hostname and pod.subdomain == svc.key.name else ""
+        for ip in pod.pod_ips:
+            out.append(
+                (
+                    pod,
+                    EndpointAddress(
+                        address=ip,
+                        ready=ready,
+                        serving=pod.ready,
+                        terminating=pod.terminating,
+                        hostname=hostname,
+                        node_name=pod.node_name,
+                        target_ref=TargetRef("Pod", pod.key.namespace, pod.key.name),
+                    ),
+                )
+            )
+    return out
+
+
+def build_entry(
+    svc: Service, slices: list[EndpointSlice], pods: Iterable[Pod] | None = None
+) -> ServiceEntry:
+    """The table entry for one service, from its slices (or its pods when it has none)."""
+    addresses: dict[str, EndpointAddress] = {}
+    per_port: list[dict[tuple[str, int], Backend]] = [{} for _ in svc.ports]
+    ip_slices = [s for s in slices if s.address_type != "FQDN"]
+    if ip_slices or pods is None:
+        for sl in ip_slices:
+            ports = [_slice_port(sl, p) for p in svc.ports]
+            for ep in sl.endpoints:
+                addr = ep.addresses[0]
+                if addr not in addresses:
+                    addresses[addr] = EndpointAddress(
+                        addr,
+                        ep.ready,
+                        ep.serving,
+                        ep.terminating,
+                        ep.hostname,
+                        ep.node_name,
+                        ep.zone,
+                        ep.target_ref,
+                    )
+                for i, port in enumerate(ports):
+                    if port is not None and (addr, port) not in per_port[i]:
+                        per_port[i][(addr, port)] = Backend(
+                            addr,
+                            port,
+                            ep.ready,
+                            ep.serving,
+                            ep.terminating,
+                            ep.node_name,
+                            ep.zone,
+                            ep.hints_for_zones,
+                        )
+    else:
+        for pod, ea in pod_endpoint_slice(svc, pods):
+            addresses.setdefault(ea.address, ea)
+            for i, p in enumerate(svc.ports):
+                port = _pod_port(pod, p)
+                if port is not None:
+                    per_port[i].setdefault(
+                        (ea.address, port),
+                        Backend(
+                            ea.address, port, ea.ready, ea.serving, ea.terminating, ea.node_name
+                        ),
+                    )
+    ports = tuple(
+        PortEntry(
+            name=p.name,
+            protocol=p.protocol,
+            port=p.port,
+            target_port=p.target_port,
+            node_port=p.node_port,
+            app_protocol=p.app_protocol,
+            frontends=_frontends(svc, p),
+            backends=tuple(per_port[i].values()),
+        )
+        for i, p in enumerate(svc.ports)
+    )
+    return ServiceEntry(svc, ports, tuple(addresses.values()))
+
+
+class ServiceTable:
+    """Service entries by (namespace, name), kept current from ClusterState changes."""
+
+    def __init__(self, *, derive_from_pods: bool = False) -> None:
+        self.derive_from_pods = derive_from_pods
+        self._entries: dict[ServiceKey, ServiceEntry] = {}
+        # Which service each slice counted for last time: a slice whose label
+        # changed, or that was deleted, must also rebuild its old service.
+        self._slice_owner: dict[ObjectKey, ServiceKey] = {}
+        # Pod-derived endpoints: which services each pod fed, and the reverse.
+        self._pod_owners: dict[ObjectKey, set[ServiceKey]] = {}
+        self._service_pods: dict[ServiceKey, set[ObjectKey]] = {}
+
+    def get(self, namespace: str, name: str) -> ServiceEntry | None:
+        return self._entries.get((namespace, name))
+
+    def __iter__(self) -> Iterator[ServiceEntry]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def rebuild(self, state: ClusterState) -> set[ServiceKey]:
+        """Recompute every entry (start-up, or after a failed incremental apply)."""
+        old = set(self._entries)
+        self._entries.clear()
+        self._slice_owner.clear()
+        self._pod_owners.clear()
+        self._service_pods.clear()
+        keys = {(s.key.namespace, s.key.name) for s in state.objects("Service")}
+        for sk in keys:
+            self._rebuild_one(state, sk)
+        return keys | old
+
+    def apply(self, state: ClusterState, changed: Iterable[ObjectKey]) -> set[ServiceKey]:
+        """Rebuild the services that ``changed`` keys touch; return their keys."""
+        touched: set[ServiceKey] = set()
+        for key in changed:
+            kind = key.kind
+            if kind in ("Service", "Endpoints"):
+                touched.add((key.namespace, key.name))
+            elif kind == "EndpointSlice":
+                owner = self._slice_owner.pop(key, None)
+                if owner is not None:
+                    touched.add(owner)
+                obj = state.get(key)
+                if isinstance(obj, EndpointSlice) and obj.service_name:
+                    touched.add((key.namespace, obj.service_name))
+            elif kind == "Pod" and self.derive_from_pods:
+                touched |= self._pod_owners.get(key, set())
+                pod = state.get(key)
+                if isinstance(pod, Pod):
+                    for svc in state.objects("Service"):
+                        if (
+                            svc.key.namespace == key.namespace
+                            and svc.selector
+                            and _selects(svc.selector, pod.meta.labels)
+                        ):
+                            touched.add((svc.key.namespace, svc.key.name))
+        for sk in touched:
+            self._rebuild_one(state, sk)
+        return touched
+
+    def _rebuild_one(self, state: ClusterState, sk: ServiceKey) -> None:
+        ns, name = sk
+        self._entries.pop(sk, None)
+        for pk in self._service_pods.pop(sk, ()):
+            owners = self._pod_owners.get(pk)
+            if owners is not None:
+                owners.discard(sk)
+                if not owners:
+                    del self._pod_owners[pk]
+        svc = state.service(ns, name)
+        if svc is None:
+            return
+        slices = state.slices_for_service(ns, name)
+        for sl in slices:
+            self._slice_owner[sl.key] = sk
+        pods = None
+        if self.derive_from_pods and not slices and svc.selector:
+            pods = state.pods_in(ns)
+        entry = build_entry(svc, slices, pods)
+        if pods is not None:
+            fed = {
+                ObjectKey("Pod", a.target_ref.namespace, a.target_ref.name)
+                for a in entry.addresses
+                if a.target_ref is not None
+            }
+            self._service_pods[sk] = fed
+            for pk in fed:
+                self._pod_owners.setdefault(pk, set()).add(sk)
+        self._entries[sk] = entry

@@ -1,0 +1,233 @@
+"""ClusterState: the one typed view of the cluster that every data plane reads.
+
+``apply(event)`` stores or removes one object keyed by kind/namespace/name,
+keeps the secondary indexes (slices by service, ingresses by class, pods by
+namespace), and records the key as changed for every subscriber. Events
+older than the held resourceVersion and events that change nothing are
+dropped, so a flap or a replayed watch costs nothing downstream.
+
+Subscribers get coalesced change sets, the keys changed since they last
+looked, never the whole world (kube-proxy's change trackers are the model).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from netplane.allocations import Allocations
+from netplane.errors import ModelError
+from netplane.events import EventType, WatchEvent
+from netplane.model import (
+    Endpoints,
+    EndpointSlice,
+    Ingress,
+    K8sObject,
+    ObjectKey,
+    Pod,
+    Secret,
+    Service,
+)
+
+log = logging.getLogger("netplane.state")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyResult:
+    """What ``apply`` did: ``changed`` (subscribers told), ``stale`` or ``error``."""
+
+    changed: bool
+    stale: bool = False
+    error: ModelError | None = None
+
+
+UNCHANGED = ApplyResult(False)
+CHANGED = ApplyResult(True)
+STALE = ApplyResult(False, stale=True)
+
+
+def _rv(obj: K8sObject | None) -> int | None:
+    """resourceVersion as a number, or None where it is absent or opaque.
+
+    The API treats it as opaque; every real server issues integers, so
+    comparing them is how a replayed or reordered event is recognised.
+    """
+    if obj is None:
+        return None
+    rv = obj.meta.resource_version
+    return int(rv) if rv.isdigit() else None
+
+
+class Subscription:
+    """Keys changed since the last ``take``, coalesced; ``wait`` blocks for some."""
+
+    def __init__(self, state: ClusterState) -> None:
+        self._state = state
+        self._pending: set[ObjectKey] = set()
+        self._wakeup = asyncio.Event()
+        self.closed = False
+
+    def _notify(self, key: ObjectKey) -> None:
+        self._pending.add(key)
+        self._wakeup.set()
+
+    def take(self) -> frozenset[ObjectKey]:
+        out = frozenset(self._pending)
+        self._pending.clear()
+        self._wakeup.clear()
+        return out
+
+    async def wait(self) -> frozenset[ObjectKey]:
+        while not self._pending and not self.closed:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+        return self.take()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wakeup.set()
+        self._state._subs.discard(self)
+
+
+class ClusterState:
+    """Typed objects by key, with the secondary indexes the planes need."""
+
+    def __init__(self, allocations: Allocations | None = None) -> None:
+        self.allocations = allocations or Allocations()
+        self._objects: dict[ObjectKey, K8sObject] = {}
+        self._by_kind: dict[str, dict[ObjectKey, K8sObject]] = {}
+        # (namespace, service name) -> keys of EndpointSlices and Endpoints
+        self._slices_by_service: dict[tuple[str, str], set[ObjectKey]] = {}
+        self._ingresses_by_class: dict[str, set[ObjectKey]] = {}
+        self._pods_by_namespace: dict[str, set[ObjectKey]] = {}
+        self._rejected: dict[ObjectKey, ModelError] = {}
+        self._subs: set[Subscription] = set()
+
+    # -- reading -----------------------------------------------------------
+
+    def get(self, key: ObjectKey) -> K8sObject | None:
+        return self._objects.get(key)
+
+    def objects(self, kind: str) -> Iterable[K8sObject]:
+        return self._by_kind.get(kind, {}).values()
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __iter__(self) -> Iterator[K8sObject]:
+        return iter(self._objects.values())
+
+    def counts(self) -> dict[str, int]:
+        return {kind: len(objs) for kind, objs in sorted(self._by_kind.items()) if objs}
+
+    def service(self, namespace: str, name: str) -> Service | None:
+        return self._objects.get(ObjectKey("Service", namespace, name))  # type: ignore[return-value]
+
+    def slices_for_service(self, namespace: str, name: str) -> list[EndpointSlice]:
+        """EndpointSlices labelled for the service, plus those mirrored from v1 Endpoints."""
+        out: list[EndpointSlice] = []
+        for key in sorted(self._slices_by_service.get((namespace, name), ())):
+            obj = self._objects[key]
+            if isinstance(obj, Endpoints):
+                out.extend(obj.slices)
+            else:
+                out.append(obj)  # type: ignore[arg-type]
+        return out
+
+    def ingresses_for_class(self, class_name: str) -> list[Ingress]:
+        return [self._objects[k] for k in sorted(self._ingresses_by_class.get(class_name, ()))]  # type: ignore[misc]
+
+    def secret(self, namespace: str, name: str) -> Secret | None:
+        return self._objects.get(ObjectKey("Secret", namespace, name))  # type: ignore[return-value]
+
+    def pods_in(self, namespace: str) -> list[Pod]:
+        return [self._objects[k] for k in self._pods_by_namespace.get(namespace, ())]  # type: ignore[misc]
+
+    def rejected(self) -> dict[ObjectKey, ModelError]:
+        """Objects whose latest version was refused (the previous one, if any, is kept)."""
+        return dict(self._rejected)
+
+    # -- writing -----------------------------------------------------------
+
+    def subscribe(self) -> Subscription:
+        sub = Subscription(self)
+        self._subs.add(sub)
+        return sub
+
+    def apply(self, event: WatchEvent) -> ApplyResult:
+        """Apply one event; a rejected object is logged and changes nothing."""
+        key = event.key
+        old = self._objects.get(key)
+        if event.type is EventType.DELETED:
+            self._rejected.pop(key, None)
+            if old is None:
+                return UNCHANGED
+            self._remove(key, old)
+            self._notify(key)
+            return CHANGED
+        new = event.obj
+        assert new is not None, "ADDED/MODIFIED events carry an object"
+        old_rv, new_rv = _rv(old), _rv(new)
+        if old_rv is not None and new_rv is not None and new_rv < old_rv:
+            return STALE
+        if isinstance(new, Service):
+            try:
+                new = self.allocations.admit(new)
+            except ModelError as err:
+                self._rejected[key] = err
+                log.warning("rejected %s", err)
+                return ApplyResult(False, error=err)
+        self._rejected.pop(key, None)
+        if old == new:
+            return UNCHANGED
+        if old is not None:
+            self._remove(key, old, release=False)
+        self._add(key, new)
+        self._notify(key)
+        return CHANGED
+
+    def _add(self, key: ObjectKey, obj: K8sObject) -> None:
+        self._objects[key] = obj
+        self._by_kind.setdefault(key.kind, {})[key] = obj
+        svc = _service_of(obj)
+        if svc is not None:
+            self._slices_by_service.setdefault((key.namespace, svc), set()).add(key)
+        elif isinstance(obj, Ingress):
+            self._ingresses_by_class.setdefault(obj.class_name, set()).add(key)
+        elif isinstance(obj, Pod):
+            self._pods_by_namespace.setdefault(key.namespace, set()).add(key)
+
+    def _remove(self, key: ObjectKey, obj: K8sObject, *, release: bool = True) -> None:
+        del self._objects[key]
+        del self._by_kind[key.kind][key]
+        svc = _service_of(obj)
+        if svc is not None:
+            _discard(self._slices_by_service, (key.namespace, svc), key)
+        elif isinstance(obj, Ingress):
+            _discard(self._ingresses_by_class, obj.class_name, key)
+        elif isinstance(obj, Pod):
+            _discard(self._pods_by_namespace, key.namespace, key)
+        elif isinstance(obj, Service) and release:
+            self.allocations.release(key)
+
+    def _notify(self, key: ObjectKey) -> None:
+        for sub in self._subs:
+            sub._notify(key)
+
+
+def _service_of(obj: K8sObject) -> str | None:
+    if isinstance(obj, EndpointSlice):
+        return obj.service_name or None
+    if isinstance(obj, Endpoints):
+        return obj.meta.name
+    return None
+
+
+def _discard(index: dict, bucket: object, key: ObjectKey) -> None:
+    keys = index.get(bucket)
+    if keys is not None:
+        keys.discard(key)
+        if not keys:
+            del index[bucket]
