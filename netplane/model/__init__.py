@@ -73,7 +73,7 @@ def parse_object(raw: Any, *, kind: str | None = None) -> K8sObject | None:
     if not isinstance(raw, dict):
         raise ModelError("object", "", "expected a mapping")
     k = raw.get("kind") or kind
-    if k not in KINDS:
+    if not isinstance(k, str) or k not in KINDS:
         return None
     want_version, parser = KINDS[k]
     api_version = raw.get("apiVersion")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import ipaddress
 from dataclasses import dataclass
 
@@ -18,6 +19,7 @@ SECRET_KIND = "Secret"
 NODE_KIND = "Node"
 POD_KIND = "Pod"
 TLS_SECRET_TYPE = "kubernetes.io/tls"
+LAST_APPLIED_ANNOTATION = "kubectl.kubernetes.io/last-applied-configuration"
 ZONE_LABELS = ("topology.kubernetes.io/zone", "failure-domain.beta.kubernetes.io/zone")
 
 
@@ -100,8 +102,10 @@ def _secret_bytes(f: Fields, data: Fields, string_data: Fields, name: str) -> by
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        # The message must not echo the value: it may be key material.
-        f.fail(f"data[{name}]", "not valid base64")
+        pass
+    # Raised outside the except block so the decoder's exception is not
+    # chained on: neither message may echo the value, which is key material.
+    f.fail(f"data[{name}]", "not valid base64")
 
 
 def parse_secret(f: Fields) -> Secret | None:
@@ -109,6 +113,11 @@ def parse_secret(f: Fields) -> Secret | None:
     meta = parse_meta(f, SECRET_KIND)
     if f.str("type", "Opaque") != TLS_SECRET_TYPE:
         return None
+    if LAST_APPLIED_ANNOTATION in meta.annotations:
+        # kubectl apply copies the whole manifest, private key included, into
+        # this annotation; keeping it would print the key with the Meta.
+        annotations = {k: v for k, v in meta.annotations.items() if k != LAST_APPLIED_ANNOTATION}
+        meta = dataclasses.replace(meta, annotations=annotations)
     data = f.obj("data")
     string_data = f.obj("stringData")
     cert = _secret_bytes(f, data, string_data, "tls.crt")
@@ -140,31 +149,31 @@ def parse_pod(f: Fields) -> Pod:
     meta = parse_meta(f, POD_KIND)
     spec = f.obj("spec")
     status = f.obj("status")
-    ips = [p.str("ip", required=True) for p in status.objs("podIPs")]
+    ips = [
+        (f"podIPs[{i}]", p.str("ip", required=True)) for i, p in enumerate(status.objs("podIPs"))
+    ]
     if not ips and status.str("podIP"):
-        ips = [status.str("podIP")]
-    for i, ip in enumerate(ips):
+        ips = [("podIP", status.str("podIP"))]
+    pod_ips = []
+    for where, ip in ips:
         try:
-            ipaddress.ip_address(ip)
+            pod_ips.append(str(ipaddress.ip_address(ip)))
         except ValueError:
-            status.fail(f"podIPs[{i}]", f"{ip!r} is not a valid IP address")
+            status.fail(where, f"{ip!r} is not a valid IP address")
     ready = any(
         c.str("type") == "Ready" and c.str("status") == "True" for c in status.objs("conditions")
     )
     ports = []
     for c in spec.objs("containers"):
         for p in c.objs("ports"):
-            ports.append(
-                (
-                    p.str("name"),
-                    p.int("containerPort", required=True) or 0,
-                    p.str("protocol", "TCP"),
-                )
-            )
+            number = p.int("containerPort", required=True) or 0
+            if not 1 <= number <= 65535:
+                p.fail("containerPort", f"{number} out of range (1-65535)")
+            ports.append((p.str("name"), number, p.str("protocol", "TCP")))
     return Pod(
         key=ObjectKey(POD_KIND, meta.namespace, meta.name),
         meta=meta,
-        pod_ips=tuple(str(ipaddress.ip_address(ip)) for ip in ips),
+        pod_ips=tuple(pod_ips),
         phase=status.str("phase"),
         ready=ready,
         node_name=spec.str("nodeName"),

@@ -12,6 +12,7 @@ dicts directly and builds a :class:`Fields` only to report an error.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 from netplane.model.meta import Fields, Meta, ObjectKey, parse_meta
@@ -87,6 +88,15 @@ def _check_ip(f: Fields, name: str | int, value: object, family: int | None) -> 
     return str(ip)
 
 
+# The canonical text of an IPv4 address is matched exactly (no leading zeros,
+# each octet 0-255), so an address that matches is already normalised and the
+# hot path never builds an ipaddress object for it.
+_IPV4 = re.compile(
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+    r"(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+).fullmatch
+
+
 def _bool(f: Fields, name: str, default: bool) -> bool:
     v = f.raw.get(name)
     if v is None:
@@ -116,55 +126,70 @@ def _target_ref(raw: object, f: Fields, name: str) -> TargetRef | None:
     return TargetRef(tr.str("kind"), tr.str("namespace"), tr.str("name"))
 
 
+def _at(f: Fields, raw: object, i: int) -> Fields:
+    """The Fields of ``endpoints[i]``, built only to read a rare field or report an error."""
+    return Fields(raw, f.ref, (*f._path, i))
+
+
+def _addresses(raw: dict, f: Fields, i: int, family: int | None) -> tuple[str, ...]:
+    addrs = raw.get("addresses")
+    if not isinstance(addrs, list) or not addrs:
+        _at(f, raw, i).fail("addresses", "at least one address is required")
+    if family == 4:
+        for a in addrs:
+            if a.__class__ is not str or _IPV4(a) is None:
+                break
+        else:
+            return tuple(addrs)
+    out = []
+    for j, a in enumerate(addrs):
+        if not isinstance(a, str):
+            _at(f, raw, i).fail(f"addresses[{j}]", "expected a string")
+        if family is None:
+            if not a:
+                _at(f, raw, i).fail(f"addresses[{j}]", "expected a host name")
+            out.append(a)
+        else:
+            out.append(_check_ip(_at(f, raw, i), f"addresses[{j}]", a, family))
+    return tuple(out)
+
+
+def _opt_str(raw: dict, name: str, f: Fields, i: int) -> str:
+    v = raw.get(name)
+    if v is None:
+        return ""
+    if v.__class__ is not str:
+        _at(f, raw, i).str(name)  # raises, naming the field
+    return v
+
+
 def _endpoint(raw: object, f: Fields, i: int, family: int | None) -> Endpoint:
     if not isinstance(raw, dict):
         f.fail(i, "expected an object")
-    addrs = raw.get("addresses")
-    if not isinstance(addrs, list) or not addrs:
-        Fields(raw, f.ref, (*_parts(f), i)).fail("addresses", "at least one address is required")
-    ef: Fields | None = None
-    out_addrs = []
-    for j, a in enumerate(addrs):
-        if family is None:
-            if not isinstance(a, str) or not a:
-                ef = ef or Fields(raw, f.ref, (*_parts(f), i))
-                ef.fail(f"addresses[{j}]", "expected a host name")
-            out_addrs.append(a)
-            continue
-        # Fast path: the canonical form of an address is itself.
-        try:
-            ip = ipaddress.ip_address(a)
-            ok = ip.version == family
-        except (ValueError, TypeError):
-            ok = False
-        if not ok:
-            ef = ef or Fields(raw, f.ref, (*_parts(f), i))
-            _check_ip(ef, f"addresses[{j}]", a, family)
-        out_addrs.append(a if family == 4 else str(ip))
-    cond = raw.get("conditions")
+    addresses = _addresses(raw, f, i, family)
     ready, serving, terminating = True, True, False
-    if cond:
-        cf = Fields(cond, f.ref, (*_parts(f), i, "conditions"))
+    cond = raw.get("conditions")
+    if cond is not None:
+        cf = Fields(cond, f.ref, (*f._path, i, "conditions"))
         ready = _bool(cf, "ready", True)
         # serving defaults to ready, as kube-proxy reads a nil serving condition.
         serving = _bool(cf, "serving", ready)
         terminating = _bool(cf, "terminating", False)
-    hints = ()
-    h = raw.get("hints")
-    ef = ef or Fields(raw, f.ref, (*_parts(f), i))
-    if h:
-        hf = ef.obj("hints")
+    hints: tuple[str, ...] = ()
+    if raw.get("hints") is not None:
+        hf = _at(f, raw, i).obj("hints")
         hints = tuple(z.str("name", required=True) for z in hf.objs("forZones"))
+    tr = raw.get("targetRef")
     return Endpoint(
-        addresses=tuple(out_addrs),
-        ready=ready,
-        serving=serving,
-        terminating=terminating,
-        hostname=ef.str("hostname"),
-        node_name=ef.str("nodeName"),
-        zone=ef.str("zone"),
-        hints_for_zones=hints,
-        target_ref=_target_ref(raw.get("targetRef"), ef, "targetRef"),
+        addresses,
+        ready,
+        serving,
+        terminating,
+        _opt_str(raw, "hostname", f, i),
+        _opt_str(raw, "nodeName", f, i),
+        _opt_str(raw, "zone", f, i),
+        hints,
+        None if tr is None else _target_ref(tr, _at(f, raw, i), "targetRef"),
     )
 
 

@@ -155,7 +155,8 @@ def parse_ingress(f: Fields) -> Ingress:
                         f"unsupported value {path_type!r} (one of {', '.join(PATH_TYPES)})",
                     )
                 path = p.str("path")
-                if path_type in ("Exact", "Prefix") and not path.startswith("/"):
+                # Every path must be absolute; only ImplementationSpecific may omit it.
+                if (path or path_type != "ImplementationSpecific") and not path.startswith("/"):
                     p.fail("path", f"{path!r} must begin with '/' for pathType {path_type}")
                 paths.append(
                     IngressPath(path or "/", path_type, _backend(p.obj("backend", required=True)))

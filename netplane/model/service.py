@@ -18,6 +18,7 @@ from netplane.model.meta import (
     ObjectKey,
     is_dns1035_label,
     is_dns1123_label,
+    is_dns1123_subdomain,
     parse_meta,
 )
 
@@ -132,12 +133,27 @@ def parse_service(f: Fields) -> Service:
     if svc_type == "ExternalName":
         if not external_name:
             spec.fail("externalName", "required for type ExternalName")
+        # A trailing dot (an absolute name) is allowed, as the API server allows it.
+        if not is_dns1123_subdomain(external_name.removesuffix(".")):
+            spec.fail("externalName", f"{external_name!r} is not a valid DNS-1123 subdomain")
         if cluster_ips:
             spec.fail("clusterIP", "must be empty for type ExternalName")
+    # Dual-stack: at most one address per family, and ipFamilies (when given)
+    # lists the families of clusterIPs in the same order.
     ip_families = spec.strs("ipFamilies")
+    if len(ip_families) > 2:
+        spec.fail("ipFamilies", "at most two families")
     for i, fam in enumerate(ip_families):
         if fam not in ("IPv4", "IPv6"):
             spec.fail(f"ipFamilies[{i}]", f"unsupported value {fam!r}")
+        if fam in ip_families[:i]:
+            spec.fail(f"ipFamilies[{i}]", f"duplicate family {fam!r}")
+    for i, (fam, ip) in enumerate(zip(ip_families, cluster_ips, strict=False)):
+        if fam != f"IPv{ipaddress.ip_address(ip).version}":
+            spec.fail(
+                f"ipFamilies[{i}]",
+                f"{fam!r} does not match the family of clusterIPs[{i}] {ip!r}",
+            )
 
     ports: list[ServicePort] = []
     seen_names: set[str] = set()
@@ -164,7 +180,7 @@ def parse_service(f: Fields) -> Service:
         target: int | str = port
         tp = p.raw.get("targetPort")
         if isinstance(tp, str):
-            if tp.isdigit():
+            if tp.isascii() and tp.isdigit():
                 tp = int(tp)
             elif not is_iana_svc_name(tp):
                 p.fail("targetPort", f"{tp!r} is not a valid port name")
@@ -193,7 +209,9 @@ def parse_service(f: Fields) -> Service:
     if not ports and svc_type != "ExternalName" and not headless:
         spec.fail("ports", "required (only headless and ExternalName services may have none)")
 
-    selector = spec.str_map("selector") if spec.has("selector") else None
+    # An empty selector selects nothing for a Service (the API drops it), so
+    # it must not turn into "every pod in the namespace".
+    selector = spec.str_map("selector") or None
     affinity = spec.str("sessionAffinity", "None")
     if affinity not in ("None", "ClientIP"):
         spec.fail("sessionAffinity", f"unsupported value {affinity!r} (None or ClientIP)")
