@@ -50,6 +50,9 @@ class Allocations:
         self._ips: dict[str, ObjectKey] = {}
         self._ports: dict[tuple[int, str], ObjectKey] = {}
         self._held: dict[ObjectKey, tuple[tuple[str, ...], tuple[tuple[int, str], ...]]] = {}
+        # Node port held per (service port, protocol), so that an update of a
+        # Service whose node ports were allocated here keeps them.
+        self._node_port_of: dict[ObjectKey, dict[tuple[int, str], int]] = {}
 
     def admit(self, svc: Service) -> Service:
         """Check ``svc`` against the others; return it with allocations filled in.
@@ -60,7 +63,10 @@ class Allocations:
         """
         ref = str(svc.key)
         if svc.needs_cluster_ip and not svc.cluster_ips and self.allocate_missing:
-            svc = dataclasses.replace(svc, cluster_ips=(self._pick_ip(svc.key),))
+            # An update keeps the address it holds: probing again could land
+            # on an earlier slot freed since, moving a live service.
+            held = self._held.get(svc.key, ((), ()))[0]
+            svc = dataclasses.replace(svc, cluster_ips=held or (self._pick_ip(svc.key),))
         for i, ip in enumerate(svc.cluster_ips):
             field = f"spec.clusterIPs[{i}]" if len(svc.cluster_ips) > 1 else "spec.clusterIP"
             addr = ipaddress.ip_address(ip)
@@ -74,9 +80,15 @@ class Allocations:
             svc = self._fill_node_ports(svc)
         lo, hi = self.node_port_range
         wanted = self._node_ports(svc)
+        seen: dict[tuple[int, str], str] = {}
         for field, port, proto in wanted:
             if not lo <= port <= hi:
                 raise ModelError(ref, field, f"{port} is outside the node port range {lo}-{hi}")
+            if (port, proto) in seen:
+                raise ModelError(
+                    ref, field, f"port {port}/{proto} is already used by {seen[port, proto]}"
+                )
+            seen[port, proto] = field
             owner = self._ports.get((port, proto))
             if owner is not None and owner != svc.key:
                 raise ModelError(ref, field, f"port {port}/{proto} is already allocated to {owner}")
@@ -87,10 +99,14 @@ class Allocations:
         for p in ports:
             self._ports[p] = svc.key
         self._held[svc.key] = (svc.cluster_ips, ports)
+        self._node_port_of[svc.key] = {
+            (p.port, p.protocol): p.node_port for p in svc.ports if p.node_port is not None
+        }
         return svc
 
     def release(self, key: ObjectKey) -> None:
         ips, ports = self._held.pop(key, ((), ()))
+        self._node_port_of.pop(key, None)
         for ip in ips:
             if self._ips.get(ip) == key:
                 del self._ips[ip]
@@ -131,19 +147,23 @@ class Allocations:
     def _fill_node_ports(self, svc: Service) -> Service:
         lo, hi = self.node_port_range
         size = hi - lo + 1
-        taken = {p.node_port for p in svc.ports if p.node_port is not None}
+        taken = {(p.node_port, p.protocol) for p in svc.ports if p.node_port is not None}
+        previous = self._node_port_of.get(svc.key, {})
         ports = []
         for i, p in enumerate(svc.ports):
+            prev = previous.get((p.port, p.protocol))
+            if p.node_port is None and prev is not None and (prev, p.protocol) not in taken:
+                p = dataclasses.replace(p, node_port=prev)
+                taken.add((prev, p.protocol))
             if p.node_port is None:
                 start = _hash(svc.key, f"{i}:") % size
                 for j in range(size):
                     cand = lo + (start + j) % size
-                    if (
-                        cand not in taken
-                        and self._ports.get((cand, p.protocol), svc.key) == svc.key
-                    ):
+                    if (cand, p.protocol) not in taken and self._ports.get(
+                        (cand, p.protocol), svc.key
+                    ) == svc.key:
                         p = dataclasses.replace(p, node_port=cand)
-                        taken.add(cand)
+                        taken.add((cand, p.protocol))
                         break
                 else:
                     raise ModelError(str(svc.key), f"spec.ports[{i}].nodePort", "no free node port")

@@ -103,6 +103,9 @@ class ClusterState:
         self._ingresses_by_class: dict[str, set[ObjectKey]] = {}
         self._pods_by_namespace: dict[str, set[ObjectKey]] = {}
         self._rejected: dict[ObjectKey, ModelError] = {}
+        # Rejected Services, retried when a Service releases what they wanted.
+        self._rejected_services: dict[ObjectKey, Service] = {}
+        self._retrying = False
         self._subs: set[Subscription] = set()
 
     # -- reading -----------------------------------------------------------
@@ -162,10 +165,13 @@ class ClusterState:
         old = self._objects.get(key)
         if event.type is EventType.DELETED:
             self._rejected.pop(key, None)
+            self._rejected_services.pop(key, None)
             if old is None:
                 return UNCHANGED
             self._remove(key, old)
             self._notify(key)
+            if isinstance(old, Service):
+                self._retry_rejected()
             return CHANGED
         new = event.obj
         assert new is not None, "ADDED/MODIFIED events carry an object"
@@ -177,16 +183,41 @@ class ClusterState:
                 new = self.allocations.admit(new)
             except ModelError as err:
                 self._rejected[key] = err
+                self._rejected_services[key] = new
                 log.warning("rejected %s", err)
                 return ApplyResult(False, error=err)
+            self._rejected_services.pop(key, None)
         self._rejected.pop(key, None)
         if old == new:
+            # Nothing a data plane sees changed (Meta ignores resourceVersion);
+            # keep the newer object so its resourceVersion guards against replays.
+            if old is not new:
+                self._objects[key] = new
+                self._by_kind[key.kind][key] = new
             return UNCHANGED
         if old is not None:
             self._remove(key, old, release=False)
         self._add(key, new)
         self._notify(key)
+        if isinstance(new, Service) and self._rejected_services:
+            self._retry_rejected()
         return CHANGED
+
+    def _retry_rejected(self) -> None:
+        """Admit rejected Services whose clusterIP or nodePort has just been freed.
+
+        The API server would never hold two Services on one address, but two
+        manifests can; when the first goes, the second takes over.
+        """
+        if self._retrying:
+            return
+        self._retrying = True
+        try:
+            for key, svc in list(self._rejected_services.items()):
+                if key in self._rejected_services:
+                    self.apply(WatchEvent(EventType.MODIFIED, key, svc))
+        finally:
+            self._retrying = False
 
     def _add(self, key: ObjectKey, obj: K8sObject) -> None:
         self._objects[key] = obj

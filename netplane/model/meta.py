@@ -56,7 +56,9 @@ class Meta:
     name: str
     namespace: str
     uid: str = ""
-    resource_version: str = ""
+    # Not compared: an object whose only change is a new resourceVersion is the
+    # same object to every data plane (a resync or a no-op update).
+    resource_version: str = field(default="", compare=False)
     creation_timestamp: str = ""
     labels: dict[str, str] = field(default_factory=dict, compare=True)
     annotations: dict[str, str] = field(default_factory=dict, compare=True)
