@@ -359,3 +359,25 @@ def test_thousands_of_objects_parse_quickly():
     assert lines(result) == []
     assert len(result.objects) == 4000
     assert elapsed < 5.0, elapsed
+
+
+def test_duplicate_key_is_an_error_as_in_kubectl_but_merge_keys_are_fine():
+    text = svc() + "  ports:\n    - port: 81\n"
+    result = parse_manifest(text, "k.yaml")
+    assert not result.complete
+    assert lines(result) == ["k.yaml:8:3: duplicate key 'ports' (first at line 6)"]
+
+    merged = """apiVersion: v1
+kind: List
+items:
+  - &svc
+    apiVersion: v1
+    kind: Service
+    metadata: {name: a}
+    spec: {ports: [{port: 80}]}
+  - <<: *svc
+    metadata: {name: b}
+"""
+    result = parse_manifest(merged, "m.yaml")
+    assert lines(result) == []
+    assert keys(result) == [("Service default/a", 4), ("Service default/b", 9)]

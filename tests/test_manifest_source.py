@@ -319,3 +319,15 @@ async def test_same_object_in_two_files_first_path_wins(tmp_path, start, caplog)
     (ev,) = await pump.take(1)
     assert (ev.type, ev.obj.ports[0].port) == (EventType.MODIFIED, 2)
     assert pump.source.problems() == []
+
+
+async def test_a_second_run_starts_from_scratch(tmp_path, start):
+    write(tmp_path / "a.yaml", svc("a"))
+    first = start(tmp_path)
+    assert summary(await first.until_synced()) == [("ADDED", "Service default/a")]
+    await first.close()
+    second = Pump(first.source)
+    try:
+        assert summary(await second.until_synced()) == [("ADDED", "Service default/a")]
+    finally:
+        await second.close()

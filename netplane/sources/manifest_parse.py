@@ -43,13 +43,34 @@ from netplane.model import CLUSTER_SCOPED, KINDS, K8sObject, ObjectKey, parse_ob
 _BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """SafeLoader (libyaml when built in) that leaves timestamps as strings."""
+    """SafeLoader (libyaml when built in): timestamps stay strings, duplicate keys fail.
+
+    PyYAML lets a repeated key silently replace the first; kubectl refuses
+    the file ("mapping key already defined"), and so do we.
+    """
 
     yaml_implicit_resolvers = {
         first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
         for first, resolvers in _BaseLoader.yaml_implicit_resolvers.items()
     }
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[tuple[str, str], int] = {}
+        for k, _ in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE_TAG:
+                first = seen.setdefault((k.tag, k.value), k.start_mark.line + 1)
+                if first != k.start_mark.line + 1:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {k.value!r} (first at line {first})",
+                        k.start_mark,
+                    )
+        return super().construct_mapping(node, deep)
 
 
 @dataclass(frozen=True, slots=True)

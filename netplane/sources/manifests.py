@@ -161,6 +161,8 @@ class ManifestSource:
         return list(self._emitted.values())
 
     async def run(self) -> AsyncIterator[SourceEvent]:
+        # A new run starts from nothing: every object is ADDED again.
+        self._files, self._emitted, self._cross = {}, {}, []
         events = await asyncio.to_thread(self._scan, True)
         for ev in events:
             yield ev
