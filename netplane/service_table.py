@@ -134,7 +134,10 @@ class ServiceEntry:
 def _frontends(svc: Service, p: ServicePort) -> tuple[Frontend, ...]:
     out = [Frontend(ip, p.port, p.protocol, "ClusterIP") for ip in svc.cluster_ips]
     out += [Frontend(ip, p.port, p.protocol, "ExternalIP") for ip in svc.external_ips]
-    out += [Frontend(ip, p.port, p.protocol, "LoadBalancer") for ip in svc.load_balancer_ips]
+    if svc.type == "LoadBalancer":
+        # A status left over from an earlier type is not served (kube-proxy
+        # reads loadBalancer ingress IPs only for type LoadBalancer).
+        out += [Frontend(ip, p.port, p.protocol, "LoadBalancer") for ip in svc.load_balancer_ips]
     if p.node_port is not None and svc.type in ("NodePort", "LoadBalancer"):
         out.append(Frontend(None, p.node_port, p.protocol, "NodePort"))
     return tuple(out)
@@ -162,19 +165,37 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+def _families(svc: Service) -> set[int] | None:
+    """The IP versions the service serves; None when nothing says (take every pod IP)."""
+    if svc.ip_families:
+        return {4 if f == "IPv4" else 6 for f in svc.ip_families}
+    if svc.cluster_ips:
+        return {6 if ":" in ip else 4 for ip in svc.cluster_ips}
+    return None
+
+
 def pod_endpoint_slice(svc: Service, pods: Iterable[Pod]) -> list[tuple[Pod, EndpointAddress]]:
-    """The endpoints the EndpointSlice controller would make for ``svc`` from ``pods``."""
+    """The endpoints the EndpointSlice controller would make for ``svc`` from ``pods``.
+
+    As the controller does: pods that have finished or have no IP are left
+    out; ``ready`` is the pod's Ready condition, false while terminating,
+    and true regardless with publishNotReadyAddresses; ``serving`` is the
+    Ready condition; a pod's IPs are kept only for the service's families.
+    """
     out = []
     if not svc.selector:  # an empty selector selects nothing for a Service
         return out
+    families = _families(svc)
     for pod in sorted(pods, key=lambda p: p.key.name):
         if not pod.pod_ips or pod.phase in ("Succeeded", "Failed"):
             continue
         if not _selects(svc.selector, pod.meta.labels):
             continue
-        ready = pod.ready and not pod.terminating
+        ready = svc.publish_not_ready_addresses or (pod.ready and not pod.terminating)
         hostname = pod.hostname if pod.hostname and pod.subdomain == svc.key.name else ""
         for ip in pod.pod_ips:
+            if families is not None and (6 if ":" in ip else 4) not in families:
+                continue
             out.append(
                 (
                     pod,
@@ -196,10 +217,19 @@ def build_entry(
     svc: Service, slices: list[EndpointSlice], pods: Iterable[Pod] | None = None
 ) -> ServiceEntry:
     """The table entry for one service, from its slices (or its pods when it has none)."""
+    ip_slices = [s for s in slices if s.address_type != "FQDN"]
+    pod_eps = pod_endpoint_slice(svc, pods) if pods is not None and not ip_slices else None
+    return _build(svc, ip_slices, pod_eps)
+
+
+def _build(
+    svc: Service,
+    ip_slices: list[EndpointSlice],
+    pod_eps: list[tuple[Pod, EndpointAddress]] | None,
+) -> ServiceEntry:
     addresses: dict[str, EndpointAddress] = {}
     per_port: list[dict[tuple[str, int], Backend]] = [{} for _ in svc.ports]
-    ip_slices = [s for s in slices if s.address_type != "FQDN"]
-    if ip_slices or pods is None:
+    if pod_eps is None:
         for sl in ip_slices:
             ports = [_slice_port(sl, p) for p in svc.ports]
             for ep in sl.endpoints:
@@ -228,7 +258,7 @@ def build_entry(
                             ep.hints_for_zones,
                         )
     else:
-        for pod, ea in pod_endpoint_slice(svc, pods):
+        for pod, ea in pod_eps:
             addresses.setdefault(ea.address, ea)
             for i, p in enumerate(svc.ports):
                 port = _pod_port(pod, p)
@@ -333,16 +363,15 @@ class ServiceTable:
         slices = state.slices_for_service(ns, name)
         for sl in slices:
             self._slice_owner[sl.key] = sk
-        pods = None
-        if self.derive_from_pods and not slices and svc.selector:
-            pods = state.pods_in(ns)
-        entry = build_entry(svc, slices, pods)
-        if pods is not None:
-            fed = {
-                ObjectKey("Pod", a.target_ref.namespace, a.target_ref.name)
-                for a in entry.addresses
-                if a.target_ref is not None
-            }
+        ip_slices = [s for s in slices if s.address_type != "FQDN"]
+        pod_eps = None
+        if self.derive_from_pods and not ip_slices and svc.selector:
+            pod_eps = pod_endpoint_slice(svc, state.pods_in(ns))
+        entry = _build(svc, ip_slices, pod_eps)
+        if pod_eps is not None:
+            # Every selected pod, also one whose address another pod already
+            # gave (hostNetwork): its ports may still be in the entry.
+            fed = {pod.key for pod, _ in pod_eps}
             self._service_pods[sk] = fed
             for pk in fed:
                 self._pod_owners.setdefault(pk, set()).add(sk)
