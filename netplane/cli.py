@@ -1,0 +1,241 @@
+"""The ``netplane`` command: run, check, demo, version.
+
+Flags are turned into config values by the same converters as the config
+file (:mod:`netplane.config`), so a flag and a file key can never disagree
+about what a value means. Errors in settings print one line and exit 2;
+``check`` prints one line per problem and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from netplane import __version__
+from netplane import config as cfgmod
+from netplane.errors import ConfigError
+
+# Flag dest -> config key; repeatable flags collect into lists.
+_RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
+    (
+        ("-f", "--file"),
+        "files",
+        {
+            "action": "append",
+            "metavar": "PATH",
+            "help": "manifest file or directory (recursive; repeatable)",
+        },
+    ),
+    (
+        ("--kubeconfig",),
+        "kubeconfig",
+        {"metavar": "PATH", "help": "read from this cluster's API server"},
+    ),
+    (("--context",), "context", {"help": "kubeconfig context (default: current-context)"}),
+    (
+        ("--in-cluster",),
+        "in-cluster",
+        {"action": "store_const", "const": True, "help": "use the pod's service account"},
+    ),
+    (("--namespace",), "namespace", {"help": "watch only this namespace (default: all)"}),
+    (
+        ("--label-selector",),
+        "label-selector",
+        {"help": "watch only objects matching this selector"},
+    ),
+    (
+        ("--mode",),
+        "mode",
+        {
+            "choices": cfgmod.MODES,
+            "help": "local: loopback service CIDR, no routes; node: AnyIP on the host",
+        },
+    ),
+    (
+        ("--cluster-domain",),
+        "cluster-domain",
+        {"metavar": "DOMAIN", "help": "default cluster.local"},
+    ),
+    (
+        ("--service-cidr",),
+        "service-cidr",
+        {
+            "action": "append",
+            "metavar": "CIDR",
+            "help": "repeatable; default 127.77.0.0/16 in local mode",
+        },
+    ),
+    (("--node-name",), "node-name", {"metavar": "NAME"}),
+    (("--node-ip",), "node-ip", {"action": "append", "metavar": "IP", "help": "repeatable"}),
+    (
+        ("--nodeport-range",),
+        "nodeport-range",
+        {"metavar": "LOW-HIGH", "help": "default 30000-32767"},
+    ),
+    (("--proxy",), "proxy", {"choices": ("on", "off"), "help": "the L4 service proxy"}),
+    (("--ingress-http",), "ingress-http", {"metavar": "HOST:PORT|off"}),
+    (("--ingress-https",), "ingress-https", {"metavar": "HOST:PORT|off"}),
+    (("--dns",), "dns", {"metavar": "HOST:PORT|off"}),
+    (("--admin",), "admin", {"metavar": "HOST:PORT|off", "help": "default 127.0.0.1:10256"}),
+    (("--log-format",), "log-format", {"choices": cfgmod.LOG_FORMATS}),
+    (("--log-level",), "log-level", {"choices": cfgmod.LOG_LEVELS}),
+    (
+        ("--drain-seconds",),
+        "drain-seconds",
+        {"metavar": "S", "help": "grace period on stop (default 10)"},
+    ),
+    (
+        ("--pod-endpoints",),
+        "pod-endpoints",
+        {
+            "choices": ("on", "off"),
+            "help": "derive endpoints from Pods (default: on without an API server)",
+        },
+    ),
+]
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config file; flags override it")
+    for names, key, kw in _RUN_FLAGS:
+        p.add_argument(*names, dest=key.replace("-", "_"), **kw)
+
+
+def _flag_values(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cwd = Path.cwd()
+    for names, key, _ in _RUN_FLAGS:
+        value = getattr(args, key.replace("-", "_"), None)
+        if value is None:
+            continue
+        fname, conv = cfgmod.KEYS[key]
+        out[fname] = conv(value, names[-1], cwd)
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="netplane",
+        description="Service proxy, ingress and cluster DNS for Kubernetes-style clusters.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run the data plane from manifests or an API server")
+    _add_run_flags(run)
+    demo = sub.add_parser("demo", help="run the built-in example (no cluster, no root)")
+    _add_run_flags(demo)
+    check = sub.add_parser("check", help="validate manifests; one line per problem")
+    check.add_argument("-f", "--file", dest="files", action="append", metavar="PATH", required=True)
+    check.add_argument("--service-cidr", action="append", metavar="CIDR")
+    check.add_argument("--nodeport-range", metavar="LOW-HIGH")
+    sub.add_parser("version", help="print the version")
+    return p
+
+
+def demo_manifests() -> str:
+    """The directory of the built-in example manifests (installed with the package)."""
+    return str(resources.files("netplane") / "demo")
+
+
+def _setup_logging(cfg: cfgmod.Config) -> None:
+    from netplane.logs import setup_logging
+
+    setup_logging(cfg.log_level, cfg.log_format)
+
+
+def _run(args: argparse.Namespace, *, demo: bool) -> int:
+    import uvloop
+
+    from netplane.daemon import serve
+
+    flags = _flag_values(args)
+    if demo:
+        flags.setdefault("files", (demo_manifests(),))
+        flags.setdefault("mode", "local")
+    cfg = cfgmod.load(args.config, flags)
+    _setup_logging(cfg)
+
+    def reload_config() -> cfgmod.Config:
+        return cfgmod.load(args.config, flags)
+
+    on_ready = _print_demo if demo else None
+    return uvloop.run(
+        serve(cfg, reload_config=reload_config, on_ready=on_ready, apply_logging=_setup_logging)
+    )
+
+
+def _print_demo(dp: Any) -> None:
+    """Tell a newcomer what the demo loaded and what to try."""
+    out = ["", "netplane demo is running. Services in the table:"]
+    for entry in sorted(dp.table, key=lambda e: e.key):
+        svc = entry.service
+        ips = ", ".join(svc.cluster_ips) or ("headless" if svc.headless else svc.external_name)
+        ports = ", ".join(
+            f"{p.port}/{p.protocol} -> "
+            + (
+                ", ".join(
+                    f"{b.address}:{b.port}" + ("" if b.ready else " (not ready)")
+                    for b in p.backends
+                )
+                or "no endpoints"
+            )
+            for p in entry.ports
+        )
+        out.append(f"  {svc.key.namespace}/{svc.key.name}  {svc.type}  {ips}  {ports}")
+    if dp.admin is not None:
+        base = f"http://{dp.config.admin}"
+        out += [
+            "",
+            "Try:",
+            f"  curl {base}/readyz",
+            f"  curl {base}/debug/state",
+            "",
+            "Edit the manifests under examples/demo and watch the state follow; Ctrl-C stops.",
+        ]
+    print("\n".join(out), flush=True)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from netplane.check import check_paths
+
+    cwd = Path.cwd()
+    kw: dict[str, Any] = {}
+    if args.service_cidr:
+        kw["service_cidrs"] = cfgmod.KEYS["service-cidr"][1](
+            args.service_cidr, "--service-cidr", cwd
+        )
+    if args.nodeport_range:
+        kw["node_port_range"] = cfgmod.KEYS["nodeport-range"][1](
+            args.nodeport_range, "--nodeport-range", cwd
+        )
+    problems = check_paths(args.files, **kw)
+    for line in problems:
+        print(line)
+    if problems:
+        print(f"{len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "version":
+            print(f"netplane {__version__} (Python {platform.python_version()})")
+            return 0
+        if args.command == "check":
+            return _check(args)
+        return _run(args, demo=args.command == "demo")
+    except ConfigError as e:
+        print(f"netplane: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Settings: one frozen Config built from defaults, a YAML file, then flags.
+
+Every command-line setting has a config-file key of the same name (the
+flag without its dashes: ``cluster-domain``, ``service-cidr`` ...); flags
+override the file. An unknown key is an error naming the key and the file,
+so a typo never silently does nothing. Relative paths in the file resolve
+against the file's directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from netplane.errors import ConfigError
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+LOCAL_SERVICE_CIDR = "127.77.0.0/16"
+# kubeadm's default; a node-mode user with another range sets --service-cidr.
+NODE_SERVICE_CIDR = "10.96.0.0/12"
+MODES = ("local", "node")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """A host and port to listen on; port 0 picks a free one."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen(value: str, setting: str) -> Listen | None:
+    """``HOST:PORT``, ``[V6]:PORT`` or ``off``."""
+    v = value.strip()
+    if v.lower() == "off":
+        return None
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"{setting}: {value!r} is not HOST:PORT or off")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "0.0.0.0"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise ConfigError(f"{setting}: {host!r} is not an IP address") from None
+    p = int(port)
+    if not 0 <= p <= 65535:
+        raise ConfigError(f"{setting}: port {p} out of range (0-65535)")
+    return Listen(host, p)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Everything ``netplane run`` can be told; see the README for each setting."""
+
+    files: tuple[str, ...] = ()
+    kubeconfig: str | None = None
+    context: str | None = None
+    in_cluster: bool = False
+    namespace: str | None = None
+    label_selector: str | None = None
+    mode: str = "local"
+    cluster_domain: str = "cluster.local"
+    service_cidrs: tuple[IPNetwork, ...] = ()
+    node_name: str = ""
+    node_ips: tuple[str, ...] = ()
+    node_port_range: tuple[int, int] = (30000, 32767)
+    proxy: bool = True
+    ingress_http: Listen | None = Listen("127.0.0.1", 8080)
+    ingress_https: Listen | None = Listen("127.0.0.1", 8443)
+    dns: Listen | None = Listen("127.0.0.1", 5353)
+    admin: Listen | None = Listen("127.0.0.1", 10256)
+    log_format: str = "text"
+    log_level: str = "info"
+    drain_seconds: float = 10.0
+    derive_endpoints_from_pods: bool | None = None  # None: on unless the API is a source
+    config_file: str | None = field(default=None, compare=False)
+
+    @property
+    def uses_api(self) -> bool:
+        return bool(self.kubeconfig) or self.in_cluster
+
+    @property
+    def effective_service_cidrs(self) -> tuple[IPNetwork, ...]:
+        if self.service_cidrs:
+            return self.service_cidrs
+        return (
+            ipaddress.ip_network(LOCAL_SERVICE_CIDR if self.mode == "local" else NODE_SERVICE_CIDR),
+        )
+
+    @property
+    def pods_make_endpoints(self) -> bool:
+        if self.derive_endpoints_from_pods is not None:
+            return self.derive_endpoints_from_pods
+        return not self.uses_api
+
+
+def default_mode() -> str:
+    """``node`` for root (it may change routes), ``local`` otherwise."""
+    return "node" if hasattr(os, "geteuid") and os.geteuid() == 0 else "local"
+
+
+# Config-file key -> (Config field, converter). Converters take (value, setting, base dir).
+def _bool(v: Any, setting: str, _base: Path) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("on", "true", "yes"):
+        return True
+    if isinstance(v, str) and v.lower() in ("off", "false", "no"):
+        return False
+    raise ConfigError(f"{setting}: {v!r} is not on/off")
+
+
+def _str(v: Any, setting: str, _base: Path) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{setting}: expected a non-empty string, got {v!r}")
+    return v
+
+
+def _path(v: Any, setting: str, base: Path) -> str:
+    p = Path(os.path.expanduser(_str(v, setting, base)))
+    return str(p if p.is_absolute() else base / p)
+
+
+def _list(conv):
+    def inner(v: Any, setting: str, base: Path) -> tuple:
+        items = v if isinstance(v, list) else [v]
+        return tuple(conv(i, setting, base) for i in items)
+
+    return inner
+
+
+def _choice(choices: tuple[str, ...]):
+    def inner(v: Any, setting: str, _base: Path) -> str:
+        s = str(v).lower()
+        if s not in choices:
+            raise ConfigError(f"{setting}: {v!r} is not one of {', '.join(choices)}")
+        return s
+
+    return inner
+
+
+def _cidr(v: Any, setting: str, _base: Path) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(str(v), strict=True)
+    except ValueError as e:
+        raise ConfigError(f"{setting}: {v!r} is not a CIDR ({e})") from None
+
+
+def _ip(v: Any, setting: str, _base: Path) -> str:
+    try:
+        return str(ipaddress.ip_address(str(v)))
+    except ValueError:
+        raise ConfigError(f"{setting}: {v!r} is not an IP address") from None
+
+
+def _listen(v: Any, setting: str, _base: Path) -> Listen | None:
+    if v is False:
+        return None
+    return parse_listen(str(v), setting)
+
+
+def _port_range(v: Any, setting: str, _base: Path) -> tuple[int, int]:
+    lo, sep, hi = str(v).partition("-")
+    if not sep or not lo.strip().isdigit() or not hi.strip().isdigit():
+        raise ConfigError(f"{setting}: {v!r} is not LOW-HIGH")
+    a, b = int(lo), int(hi)
+    if not 1 <= a <= b <= 65535:
+        raise ConfigError(f"{setting}: {v!r} is not a valid port range")
+    return (a, b)
+
+
+def _seconds(v: Any, setting: str, _base: Path) -> float:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{setting}: {v!r} is not a number of seconds") from None
+    if f < 0:
+        raise ConfigError(f"{setting}: must not be negative")
+    return f
+
+
+KEYS: dict[str, tuple[str, Any]] = {
+    "files": ("files", _list(_path)),
+    "kubeconfig": ("kubeconfig", _path),
+    "context": ("context", _str),
+    "in-cluster": ("in_cluster", _bool),
+    "namespace": ("namespace", _str),
+    "label-selector": ("label_selector", _str),
+    "mode": ("mode", _choice(MODES)),
+    "cluster-domain": ("cluster_domain", _str),
+    "service-cidr": ("service_cidrs", _list(_cidr)),
+    "node-name": ("node_name", _str),
+    "node-ip": ("node_ips", _list(_ip)),
+    "nodeport-range": ("node_port_range", _port_range),
+    "proxy": ("proxy", _bool),
+    "ingress-http": ("ingress_http", _listen),
+    "ingress-https": ("ingress_https", _listen),
+    "dns": ("dns", _listen),
+    "admin": ("admin", _listen),
+    "log-format": ("log_format", _choice(LOG_FORMATS)),
+    "log-level": ("log_level", _choice(LOG_LEVELS)),
+    "drain-seconds": ("drain_seconds", _seconds),
+    "pod-endpoints": ("derive_endpoints_from_pods", _bool),
+}
+
+
+def convert(settings: Mapping[str, Any], where: str, base: Path) -> dict[str, Any]:
+    """Turn ``{key: raw value}`` into Config field values, checking every key."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        if key not in KEYS:
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        fname, conv = KEYS[key]
+        if value is None:
+            continue
+        out[fname] = conv(value, f"{where}: {key}", base)
+    return out
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read a YAML config file into Config field values."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{pos}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings")
+    return convert(data, path, p.resolve().parent)
+
+
+def build(
+    file_values: Mapping[str, Any] | None = None,
+    flag_values: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | None = None,
+) -> Config:
+    """Defaults, then the file, then the flags; then cross-setting checks."""
+    values: dict[str, Any] = {"mode": default_mode()}
+    values.update(file_values or {})
+    values.update(flag_values or {})
+    cfg = dataclasses.replace(Config(), config_file=config_file, **values)
+    if cfg.kubeconfig and cfg.in_cluster:
+        raise ConfigError("--kubeconfig and --in-cluster are exclusive")
+    if cfg.context and not cfg.kubeconfig:
+        raise ConfigError("--context needs --kubeconfig")
+    return cfg
+
+
+def load(config_file: str | None, flag_values: Mapping[str, Any]) -> Config:
+    file_values = load_file(config_file) if config_file else {}
+    return build(file_values, flag_values, config_file=config_file)

@@ -1,0 +1,144 @@
+"""The long-running process behind ``netplane run`` and ``netplane demo``.
+
+It builds the sources the config names, runs a :class:`Dataplane` until
+SIGTERM or SIGINT, then stops it with the configured drain time. SIGHUP
+re-reads the config file (log level and format apply at once; settings
+that need new sources or listeners are reported as needing a restart) and
+makes every source re-read its input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+from collections.abc import Callable
+
+from netplane import __version__
+from netplane.config import Config
+from netplane.dataplane import Dataplane
+from netplane.errors import ConfigError, NetplaneError
+from netplane.sources import Source
+
+log = logging.getLogger("netplane.daemon")
+
+# Settings that SIGHUP can apply in place; the rest need a restart.
+_HOT_SETTINGS = {"log_level", "log_format", "config_file"}
+
+
+def sources_for(cfg: Config) -> list[Source]:
+    """The sources a config asks for: manifest files, the API server, or both."""
+    sources: list[Source] = []
+    if cfg.files:
+        from netplane.sources.manifests import ManifestSource
+
+        sources.append(ManifestSource(cfg.files))
+    if cfg.uses_api:
+        from netplane.sources.kube import KubeSource
+
+        if cfg.in_cluster:
+            sources.append(
+                KubeSource.in_cluster(
+                    namespace=cfg.namespace,
+                    label_selector=cfg.label_selector,
+                    node_name=cfg.node_name or None,
+                )
+            )
+        else:
+            assert cfg.kubeconfig is not None
+            sources.append(
+                KubeSource.from_kubeconfig(
+                    cfg.kubeconfig,
+                    context=cfg.context,
+                    namespace=cfg.namespace,
+                    label_selector=cfg.label_selector,
+                    node_name=cfg.node_name or None,
+                )
+            )
+    return sources
+
+
+def describe_planes(cfg: Config) -> list[str]:
+    """What this version serves of what the config asks for, said plainly."""
+    lines = []
+    wanted = {
+        "L4 service proxy": cfg.proxy,
+        f"ingress HTTP on {cfg.ingress_http}": cfg.ingress_http is not None,
+        f"ingress HTTPS on {cfg.ingress_https}": cfg.ingress_https is not None,
+        f"DNS on {cfg.dns}": cfg.dns is not None,
+    }
+    for plane, on in wanted.items():
+        if on:
+            lines.append(f"{plane}: not part of netplane {__version__} yet; the setting is kept")
+    return lines
+
+
+async def serve(
+    cfg: Config,
+    *,
+    reload_config: Callable[[], Config] | None = None,
+    on_ready: Callable[[Dataplane], None] | None = None,
+    apply_logging: Callable[[Config], None] | None = None,
+) -> int:
+    """Run until a stop signal; return the process exit code."""
+    sources = sources_for(cfg)
+    if not sources:
+        raise ConfigError("no source: give -f PATH, --kubeconfig PATH or --in-cluster")
+    dp = Dataplane(cfg, sources=sources)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_hup() -> None:
+        nonlocal cfg
+        log.info("SIGHUP: re-reading config and manifests")
+        if reload_config is not None:
+            try:
+                new = reload_config()
+            except NetplaneError as e:
+                log.error("config reload failed, keeping the running config: %s", e)
+            else:
+                restart = [
+                    f.name
+                    for f in dataclasses.fields(Config)
+                    if f.name not in _HOT_SETTINGS and getattr(new, f.name) != getattr(cfg, f.name)
+                ]
+                if restart:
+                    log.warning("changed settings need a restart to apply: %s", ", ".join(restart))
+                if apply_logging is not None:
+                    apply_logging(new)
+                cfg = new
+        dp.reload()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    waiter: asyncio.Task | None = None
+    try:
+        log.info(
+            "netplane %s starting: mode %s, service CIDR %s, sources %s",
+            __version__,
+            cfg.mode,
+            ", ".join(str(n) for n in cfg.effective_service_cidrs),
+            ", ".join(s.name for s in sources),
+        )
+        for line in describe_planes(cfg):
+            log.info(line)
+        await dp.start()
+        if on_ready is not None:
+            waiter = asyncio.create_task(_when_ready(dp, on_ready))
+        await stop.wait()
+        log.info("stopping: draining for up to %.0f s", cfg.drain_seconds)
+    finally:
+        if waiter is not None:
+            waiter.cancel()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await dp.stop()
+    log.info("stopped")
+    return 0
+
+
+async def _when_ready(dp: Dataplane, on_ready: Callable[[Dataplane], None]) -> None:
+    await dp.wait_ready()
+    on_ready(dp)

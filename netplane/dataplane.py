@@ -1,0 +1,306 @@
+"""Dataplane: the one object that runs netplane, for the daemon and for embedders.
+
+It owns the ClusterState and the derived ServiceTable, runs the sources as
+tasks, and turns every source event into state changes and table updates.
+Until every source has sent its "synced" marker only the state is filled
+(kube-proxy's start gate); then the table is built once and from there on
+kept current incrementally, per changed key.
+
+Embedders call :meth:`Dataplane.apply` and :meth:`Dataplane.delete`
+themselves (the in-process source) and read changes with
+:meth:`Dataplane.subscribe`::
+
+    async with netplane.Dataplane(config) as dp:
+        dp.apply({"apiVersion": "v1", "kind": "Service", ...})
+        async for change in dp.subscribe():
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from netplane import __version__
+from netplane.allocations import Allocations
+from netplane.config import Config, build
+from netplane.errors import ModelError
+from netplane.events import EventType, Synced, WatchEvent
+from netplane.model import KINDS, K8sObject, ObjectKey, parse_object, ref_of
+from netplane.service_table import ServiceKey, ServiceTable
+from netplane.sources import Source
+from netplane.state import ApplyResult, ClusterState
+
+log = logging.getLogger("netplane.dataplane")
+
+EMBED_SOURCE = "embed"
+# A source whose run() fails is restarted after this long, doubling to the cap.
+_RESTART_DELAY = (1.0, 30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One coalesced batch: the object keys that changed and the services they touched."""
+
+    objects: frozenset[ObjectKey]
+    services: frozenset[ServiceKey]
+
+
+class ChangeStream:
+    """An async iterator of coalesced :class:`Change` batches for one subscriber.
+
+    It is registered when created, so changes made right after
+    ``subscribe()`` are not missed even before the first ``await``.
+    """
+
+    def __init__(self, owner: set[ChangeStream]) -> None:
+        self._owner = owner
+        self._objects: set[ObjectKey] = set()
+        self._services: set[ServiceKey] = set()
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        owner.add(self)
+
+    def push(self, objects: frozenset[ObjectKey], services: set[ServiceKey]) -> None:
+        self._objects |= objects
+        self._services |= services
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """Stop the stream; iteration ends once pending changes are read."""
+        self._closed = True
+        self._wakeup.set()
+        self._owner.discard(self)
+
+    def __aiter__(self) -> ChangeStream:
+        return self
+
+    async def __anext__(self) -> Change:
+        while not (self._objects or self._services):
+            if self._closed:
+                raise StopAsyncIteration
+            await self._wakeup.wait()
+            self._wakeup.clear()
+        change = Change(frozenset(self._objects), frozenset(self._services))
+        self._objects.clear()
+        self._services.clear()
+        return change
+
+
+class Dataplane:
+    """Cluster state, derived tables and sources, started and stopped together."""
+
+    def __init__(self, config: Config | None = None, *, sources: Sequence[Source] = ()) -> None:
+        self.config = config or build({}, {"mode": "local", "admin": None})
+        cfg = self.config
+        self.state = ClusterState(Allocations(cfg.effective_service_cidrs, cfg.node_port_range))
+        self.table = ServiceTable(derive_from_pods=cfg.pods_make_endpoints)
+        self.sources: list[Source] = list(sources)
+        self._synced: set[str] = set()
+        self._table_built = False
+        self._ready_event = asyncio.Event()
+        self._sub = self.state.subscribe()
+        self._feeds: set[ChangeStream] = set()
+        self._tasks: list[asyncio.Task] = []
+        self._started_at = time.monotonic()
+        self.admin: Any = None
+        self.running = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Dataplane:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Start the sources (and the admin server when configured)."""
+        self._started_at = time.monotonic()
+        self.running = True
+        if not self.sources:
+            self._build_table()
+        for source in self.sources:
+            self._tasks.append(asyncio.create_task(self._run_source(source), name=source.name))
+        if self.config.admin is not None:
+            from netplane.admin import AdminServer
+
+            self.admin = AdminServer(
+                self.config.admin.host,
+                self.config.admin.port,
+                is_ready=lambda: self.ready,
+                debug_state=self.debug_state,
+            )
+            await self.admin.start()
+            log.info("admin server listening on %s", _addr(self.admin))
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop sources, then let the listeners drain up to ``grace`` seconds."""
+        self.running = False
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        if self.admin is not None:
+            await self.admin.close(self.config.drain_seconds if grace is None else grace)
+            self.admin = None
+        for feed in list(self._feeds):
+            feed.close()
+
+    @property
+    def ready(self) -> bool:
+        """True once every source has delivered its initial state."""
+        return self._table_built
+
+    async def wait_ready(self) -> None:
+        """Return once every source has delivered its initial state."""
+        await self._ready_event.wait()
+
+    def reload(self) -> None:
+        """Ask every source that can to re-read its input now (SIGHUP)."""
+        for source in self.sources:
+            reload = getattr(source, "reload", None)
+            if callable(reload):
+                reload()
+
+    # -- the embedding source ---------------------------------------------
+
+    def apply(self, obj: K8sObject | Mapping[str, Any]) -> ApplyResult:
+        """Add or replace one object (a model object or a raw API dict).
+
+        Raises ModelError for an invalid object; nothing changes then.
+        """
+        if isinstance(obj, Mapping):
+            parsed = parse_object(dict(obj))
+            if parsed is None:
+                kind = obj.get("kind")
+                raise ModelError(ref_of(obj), "kind", f"{kind!r} is not a kind netplane uses")
+            obj = parsed
+        result = self._ingest(WatchEvent(EventType.MODIFIED, obj.key, obj, EMBED_SOURCE))
+        if result.error is not None:
+            raise result.error
+        return result
+
+    def delete(self, kind: str, namespace: str, name: str) -> ApplyResult:
+        """Remove one object; namespace is ignored for cluster-scoped kinds."""
+        if kind not in KINDS:
+            raise ModelError(kind, "kind", f"{kind!r} is not a kind netplane uses")
+        from netplane.model import CLUSTER_SCOPED
+
+        key = ObjectKey(kind, "" if kind in CLUSTER_SCOPED else namespace, name)
+        return self._ingest(WatchEvent(EventType.DELETED, key, None, EMBED_SOURCE))
+
+    def subscribe(self) -> ChangeStream:
+        """Coalesced changes from now on, until the stream or the dataplane closes."""
+        return ChangeStream(self._feeds)
+
+    # -- the pipeline --------------------------------------------------------
+
+    def _ingest(self, event: WatchEvent) -> ApplyResult:
+        result = self.state.apply(event)
+        if result.changed:
+            log.debug("%s %s from %s", event.type.value.lower(), event.key, event.source)
+        if self._table_built:
+            self._publish()
+        return result
+
+    def _publish(self) -> None:
+        changed = self._sub.take()
+        if not changed:
+            return
+        try:
+            services = self.table.apply(self.state, changed)
+        except Exception:
+            # The changes were consumed; only a full rebuild is safe now.
+            log.exception("incremental table update failed; rebuilding")
+            services = self.table.rebuild(self.state)
+        for feed in self._feeds:
+            feed.push(changed, services)
+
+    def _build_table(self) -> None:
+        self._sub.take()
+        started = time.perf_counter()
+        services = self.table.rebuild(self.state)
+        self._table_built = True
+        self._ready_event.set()
+        log.info(
+            "ready: %s; %d services in the table (built in %.1f ms, %.2f s after start)",
+            _counts(self.state.counts()),
+            len(self.table),
+            (time.perf_counter() - started) * 1000,
+            time.monotonic() - self._started_at,
+        )
+        for feed in self._feeds:
+            feed.push(frozenset(o.key for o in self.state), services)
+
+    async def _run_source(self, source: Source) -> None:
+        delay = _RESTART_DELAY[0]
+        while True:
+            try:
+                async for event in source.run():
+                    if isinstance(event, Synced):
+                        self._mark_synced(source.name)
+                    else:
+                        self._ingest(event)
+                    delay = _RESTART_DELAY[0]
+                log.warning("source %s ended; restarting in %.0f s", source.name, delay)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("source %s failed; restarting in %.0f s", source.name, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RESTART_DELAY[1])
+
+    def _mark_synced(self, name: str) -> None:
+        if name in self._synced:
+            return
+        self._synced.add(name)
+        log.info("source %s synced", name)
+        if not self._table_built and all(s.name in self._synced for s in self.sources):
+            self._build_table()
+
+    # -- introspection -------------------------------------------------------
+
+    def debug_state(self) -> dict[str, Any]:
+        """A JSON-ready summary for /debug/state; Secret contents never appear."""
+        objects: dict[str, list[str]] = {}
+        for obj in self.state:
+            k = obj.key
+            objects.setdefault(k.kind, []).append(
+                f"{k.namespace}/{k.name}" if k.namespace else k.name
+            )
+        secrets = [
+            {
+                "namespace": s.key.namespace,
+                "name": s.key.name,
+                "type": "kubernetes.io/tls",
+                "data": "<redacted>",
+            }
+            for s in self.state.objects("Secret")
+        ]
+        return {
+            "version": __version__,
+            "ready": self.ready,
+            "sources": {s.name: s.name in self._synced for s in self.sources},
+            "counts": self.state.counts(),
+            "objects": {k: sorted(v) for k, v in sorted(objects.items())},
+            "secrets": secrets,
+            "rejected": {str(k): e.describe() for k, e in sorted(self.state.rejected().items())},
+            "services": [e.to_dict() for e in sorted(self.table, key=lambda e: e.key)],
+        }
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {kind}" for kind, n in counts.items()) or "no objects"
+
+
+def _addr(server: Any) -> str:
+    return f"{server.host}:{server.port}" if hasattr(server, "host") else str(server.port)
