@@ -187,14 +187,15 @@ def _print_demo(dp: Any) -> None:
         )
         out.append(f"  {svc.key.namespace}/{svc.key.name}  {svc.type}  {ips}  {ports}")
     if dp.admin is not None:
-        base = f"http://{dp.config.admin}"
+        base = f"http://{cfgmod.Listen(dp.config.admin.host, dp.admin.port)}"
         out += [
             "",
             "Try:",
             f"  curl {base}/readyz",
             f"  curl {base}/debug/state",
             "",
-            "Edit the manifests under examples/demo and watch the state follow; Ctrl-C stops.",
+            f"Edit the manifests under {', '.join(dp.config.files)} and watch the state follow;"
+            " Ctrl-C stops.",
         ]
     print("\n".join(out), flush=True)
 
