@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netplane.model import EndpointSlice, ObjectKey, Pod, Service, ServicePort, TargetRef
+from netplane.model.meta import fast_constructor
 from netplane.state import ClusterState
 
 ServiceKey = tuple[str, str]  # (namespace, name)
@@ -131,6 +132,10 @@ class ServiceEntry:
         }
 
 
+_make_backend = fast_constructor(Backend)
+_make_address = fast_constructor(EndpointAddress)
+
+
 def _frontends(svc: Service, p: ServicePort) -> tuple[Frontend, ...]:
     out = [Frontend(ip, p.port, p.protocol, "ClusterIP") for ip in svc.cluster_ips]
     out += [Frontend(ip, p.port, p.protocol, "ExternalIP") for ip in svc.external_ips]
@@ -228,47 +233,71 @@ def _build(
     pod_eps: list[tuple[Pod, EndpointAddress]] | None,
 ) -> ServiceEntry:
     addresses: dict[str, EndpointAddress] = {}
-    per_port: list[dict[tuple[str, int], Backend]] = [{} for _ in svc.ports]
+    per_port: list[list[Backend]] = [[] for _ in svc.ports]
     if pod_eps is None:
+        # The hot loop of a rebuild (every endpoint of every slice): locals
+        # only, the fast constructors, and no (address, port) keys unless an
+        # address repeats. A backend's address is always in ``addresses``
+        # first, so an address not seen before cannot be a duplicate.
+        service_ports = svc.ports
+        seen: list[set[tuple[str, int]] | None] = [None] * len(service_ports)
         for sl in ip_slices:
-            ports = [_slice_port(sl, p) for p in svc.ports]
+            ports = []
+            for i, p in enumerate(service_ports):
+                port = _slice_port(sl, p)
+                if port is not None:
+                    ports.append((i, port))
             for ep in sl.endpoints:
                 addr = ep.addresses[0]
-                if addr not in addresses:
-                    addresses[addr] = EndpointAddress(
+                ready, serving, terminating = ep.ready, ep.serving, ep.terminating
+                node_name, zone = ep.node_name, ep.zone
+                new = addr not in addresses
+                if new:
+                    addresses[addr] = _make_address(
                         addr,
-                        ep.ready,
-                        ep.serving,
-                        ep.terminating,
+                        ready,
+                        serving,
+                        terminating,
                         ep.hostname,
-                        ep.node_name,
-                        ep.zone,
+                        node_name,
+                        zone,
                         ep.target_ref,
                     )
-                for i, port in enumerate(ports):
-                    if port is not None and (addr, port) not in per_port[i]:
-                        per_port[i][(addr, port)] = Backend(
+                for i, port in ports:
+                    keys = seen[i]
+                    if not new:
+                        if keys is None:
+                            keys = seen[i] = {(b.address, b.port) for b in per_port[i]}
+                        if (addr, port) in keys:
+                            continue  # the first slice (by name) wins, as in kube-proxy
+                    if keys is not None:
+                        keys.add((addr, port))
+                    per_port[i].append(
+                        _make_backend(
                             addr,
                             port,
-                            ep.ready,
-                            ep.serving,
-                            ep.terminating,
-                            ep.node_name,
-                            ep.zone,
+                            ready,
+                            serving,
+                            terminating,
+                            node_name,
+                            zone,
                             ep.hints_for_zones,
                         )
+                    )
     else:
+        by_key: list[dict[tuple[str, int], Backend]] = [{} for _ in svc.ports]
         for pod, ea in pod_eps:
             addresses.setdefault(ea.address, ea)
             for i, p in enumerate(svc.ports):
                 port = _pod_port(pod, p)
                 if port is not None:
-                    per_port[i].setdefault(
+                    by_key[i].setdefault(
                         (ea.address, port),
                         Backend(
                             ea.address, port, ea.ready, ea.serving, ea.terminating, ea.node_name
                         ),
                     )
+        per_port = [list(d.values()) for d in by_key]
     ports = tuple(
         PortEntry(
             name=p.name,
@@ -278,7 +307,7 @@ def _build(
             node_port=p.node_port,
             app_protocol=p.app_protocol,
             frontends=_frontends(svc, p),
-            backends=tuple(per_port[i].values()),
+            backends=tuple(per_port[i]),
         )
         for i, p in enumerate(svc.ports)
     )

@@ -12,10 +12,16 @@ dicts directly and builds a :class:`Fields` only to report an error.
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass
 
-from netplane.model.meta import Fields, Meta, ObjectKey, parse_meta
+from netplane.model.meta import (
+    Fields,
+    Meta,
+    ObjectKey,
+    fast_constructor,
+    is_canonical_ipv4,
+    parse_meta,
+)
 
 KIND = "EndpointSlice"
 ENDPOINTS_KIND = "Endpoints"
@@ -88,13 +94,7 @@ def _check_ip(f: Fields, name: str | int, value: object, family: int | None) -> 
     return str(ip)
 
 
-# The canonical text of an IPv4 address is matched exactly (no leading zeros,
-# each octet 0-255), so an address that matches is already normalised and the
-# hot path never builds an ipaddress object for it.
-_IPV4 = re.compile(
-    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-    r"(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
-).fullmatch
+_IPV4 = is_canonical_ipv4
 
 
 def _bool(f: Fields, name: str, default: bool) -> bool:
@@ -126,6 +126,15 @@ def _target_ref(raw: object, f: Fields, name: str) -> TargetRef | None:
     return TargetRef(tr.str("kind"), tr.str("namespace"), tr.str("name"))
 
 
+def _fast_target_ref(raw: object) -> TargetRef | None:
+    """The common case (a dict of strings, as the API server sends it), else None."""
+    if raw.__class__ is dict:
+        kind, ns, nm = raw.get("kind", ""), raw.get("namespace", ""), raw.get("name", "")
+        if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
+            return _make_target_ref(kind, ns, nm)
+    return None
+
+
 def _at(f: Fields, raw: object, i: int) -> Fields:
     """The Fields of ``endpoints[i]``, built only to read a rare field or report an error."""
     return Fields(raw, f.ref, (*f._path, i))
@@ -133,7 +142,7 @@ def _at(f: Fields, raw: object, i: int) -> Fields:
 
 def _addresses(raw: dict, f: Fields, i: int, family: int | None) -> tuple[str, ...]:
     addrs = raw.get("addresses")
-    if not isinstance(addrs, list) or not addrs:
+    if addrs.__class__ is not list or not addrs:
         _at(f, raw, i).fail("addresses", "at least one address is required")
     if family == 4:
         for a in addrs:
@@ -163,34 +172,119 @@ def _opt_str(raw: dict, name: str, f: Fields, i: int) -> str:
     return v
 
 
+def _conditions(cond: object, f: Fields, i: int) -> tuple[bool, bool, bool]:
+    """(ready, serving, terminating), defaulted as kube-proxy reads nil conditions."""
+    if cond.__class__ is dict:
+        ready = cond.get("ready")
+        serving = cond.get("serving")
+        terminating = cond.get("terminating")
+        if ready is None:
+            ready = True
+        if serving is None:
+            # serving defaults to ready, as kube-proxy reads a nil serving condition.
+            serving = ready
+        if terminating is None:
+            terminating = False
+        if ready.__class__ is bool and serving.__class__ is bool and terminating.__class__ is bool:
+            return ready, serving, terminating
+    # Slow path, only to name what is wrong.
+    cf = Fields(cond, f.ref, (*f._path, i, "conditions"))
+    for name in ("ready", "serving", "terminating"):
+        _bool(cf, name, False)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _endpoint(raw: object, f: Fields, i: int, family: int | None) -> Endpoint:
-    if not isinstance(raw, dict):
+    if raw.__class__ is not dict and not isinstance(raw, dict):
         f.fail(i, "expected an object")
+    get = raw.get
     addresses = _addresses(raw, f, i, family)
-    ready, serving, terminating = True, True, False
-    cond = raw.get("conditions")
-    if cond is not None:
-        cf = Fields(cond, f.ref, (*f._path, i, "conditions"))
-        ready = _bool(cf, "ready", True)
-        # serving defaults to ready, as kube-proxy reads a nil serving condition.
-        serving = _bool(cf, "serving", ready)
-        terminating = _bool(cf, "terminating", False)
+    cond = get("conditions")
+    if cond is None:
+        ready, serving, terminating = True, True, False
+    else:
+        ready, serving, terminating = _conditions(cond, f, i)
     hints: tuple[str, ...] = ()
-    if raw.get("hints") is not None:
+    if get("hints") is not None:
         hf = _at(f, raw, i).obj("hints")
         hints = tuple(z.str("name", required=True) for z in hf.objs("forZones"))
-    tr = raw.get("targetRef")
-    return Endpoint(
-        addresses,
-        ready,
-        serving,
-        terminating,
-        _opt_str(raw, "hostname", f, i),
-        _opt_str(raw, "nodeName", f, i),
-        _opt_str(raw, "zone", f, i),
-        hints,
-        None if tr is None else _target_ref(tr, _at(f, raw, i), "targetRef"),
+    hostname, node_name, zone = get("hostname", ""), get("nodeName", ""), get("zone", "")
+    if hostname.__class__ is not str or node_name.__class__ is not str or zone.__class__ is not str:
+        hostname = _opt_str(raw, "hostname", f, i)
+        node_name = _opt_str(raw, "nodeName", f, i)
+        zone = _opt_str(raw, "zone", f, i)
+    tr = get("targetRef")
+    target_ref = None
+    if tr is not None:
+        target_ref = _fast_target_ref(tr) or _target_ref(tr, _at(f, raw, i), "targetRef")
+    return _make_endpoint(
+        addresses, ready, serving, terminating, hostname, node_name, zone, hints, target_ref
     )
+
+
+def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, ...]:
+    """Every endpoint of a slice; the hot loop at 100k endpoints.
+
+    The common shape (one canonical IPv4 address, boolean conditions,
+    string fields, a targetRef of strings, no hints) is read inline; any
+    other endpoint goes through :func:`_endpoint`, which reads every case and
+    names the field in its errors.
+    """
+    out = []
+    append = out.append
+    make, make_ref, ipv4 = _make_endpoint, _make_target_ref, _IPV4
+    for i, raw in enumerate(raw_eps):
+        if raw.__class__ is dict and family == 4:
+            get = raw.get
+            addrs = get("addresses")
+            cond = get("conditions")
+            tr = get("targetRef")
+            hostname, node_name, zone = get("hostname", ""), get("nodeName", ""), get("zone", "")
+            if (
+                addrs.__class__ is list
+                and len(addrs) == 1
+                and (a := addrs[0]).__class__ is str
+                and ipv4(a) is not None
+                and get("hints") is None
+                and hostname.__class__ is str
+                and node_name.__class__ is str
+                and zone.__class__ is str
+            ):
+                if cond is None:
+                    ready, serving, terminating = True, True, False
+                elif cond.__class__ is dict:
+                    ready = cond.get("ready")
+                    if ready is None:
+                        ready = True
+                    serving = cond.get("serving")
+                    if serving is None:
+                        serving = ready
+                    terminating = cond.get("terminating")
+                    if terminating is None:
+                        terminating = False
+                else:
+                    ready = None
+                ref = None
+                if tr is not None and tr.__class__ is dict:
+                    kind, ns, nm = tr.get("kind", ""), tr.get("namespace", ""), tr.get("name", "")
+                    if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
+                        ref = make_ref(kind, ns, nm)
+                if (
+                    ready.__class__ is bool
+                    and serving.__class__ is bool
+                    and terminating.__class__ is bool
+                    and (tr is None or ref is not None)
+                ):
+                    append(
+                        make((a,), ready, serving, terminating, hostname, node_name, zone, (), ref)
+                    )
+                    continue
+        append(_endpoint(raw, f, i, family))
+    return tuple(out)
+
+
+_make_endpoint = fast_constructor(Endpoint)
+_make_target_ref = fast_constructor(TargetRef)
 
 
 def _parts(f: Fields) -> tuple[str | int, ...]:
@@ -205,7 +299,7 @@ def parse_endpoint_slice(f: Fields) -> EndpointSlice:
     family = {"IPv4": 4, "IPv6": 6}.get(address_type)
     raw_eps = f.list("endpoints")
     eps_f = _ListFields(f, "endpoints")
-    endpoints = tuple(_endpoint(e, eps_f, i, family) for i, e in enumerate(raw_eps))
+    endpoints = _endpoints(raw_eps, eps_f, family)
     return EndpointSlice(
         key=ObjectKey(KIND, meta.namespace, meta.name),
         meta=meta,

@@ -8,7 +8,7 @@ exact field (``spec.ports[1].port``) without each parser building strings.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
 from netplane.errors import ModelError
@@ -21,6 +21,13 @@ _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+# The canonical text of an IPv4 address, matched exactly (no leading zeros,
+# each octet 0-255): an address that matches is already what
+# str(ipaddress.ip_address(a)) would give, so hot paths skip building one.
+is_canonical_ipv4 = re.compile(
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+    r"(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
+).fullmatch
 
 
 def is_dns1123_label(value: str) -> bool:
@@ -63,6 +70,32 @@ class Meta:
     labels: dict[str, str] = field(default_factory=dict, compare=True)
     annotations: dict[str, str] = field(default_factory=dict, compare=True)
     deletion_timestamp: str = ""
+
+
+def fast_constructor(cls: type) -> Any:
+    """A positional constructor for a frozen, slotted dataclass, about twice as fast.
+
+    A frozen dataclass's ``__init__`` sets each field through
+    ``object.__setattr__`` to get past its own guard; calling the slot
+    descriptors directly does the same in half the time. The object is the
+    same (type, equality, hash, repr). Every field must be passed, in order,
+    and no ``__post_init__`` runs; it is for hot paths that build 100k
+    objects (endpoints, backends), nowhere else.
+    """
+    names = [f.name for f in fields(cls)]
+    ns: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for n in names:
+        ns[f"_set_{n}"] = cls.__dict__[n].__set__
+    binds = ", ".join(f"_set_{n}=_set_{n}" for n in names)
+    body = "\n".join(f"    _set_{n}(o, {n})" for n in names)
+    src = (
+        f"def make({', '.join(names)}, *, _new=_new, _cls=_cls, {binds}):\n"
+        f"    o = _new(_cls)\n{body}\n    return o\n"
+    )
+    exec(src, ns)
+    make = ns["make"]
+    make.__name__ = make.__qualname__ = f"make_{cls.__name__}"
+    return make
 
 
 def _fmt_path(parts: tuple[str | int, ...]) -> str:

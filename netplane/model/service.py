@@ -16,6 +16,7 @@ from netplane.model.meta import (
     Fields,
     Meta,
     ObjectKey,
+    is_canonical_ipv4,
     is_dns1035_label,
     is_dns1123_label,
     is_dns1123_subdomain,
@@ -77,10 +78,16 @@ class Service:
 
 
 def _ip(f: Fields, name: str | int, value: str) -> str:
+    if is_canonical_ipv4(value):
+        return value
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
         f.fail(name, f"{value!r} is not a valid IP address")
+
+
+def _version(normalised_ip: str) -> int:
+    return 6 if ":" in normalised_ip else 4
 
 
 def _port_number(f: Fields, name: str, *, required: bool = False) -> int | None:
@@ -124,10 +131,7 @@ def parse_service(f: Fields) -> Service:
         )
         if len(cluster_ips) > 2:
             spec.fail("clusterIPs", "at most two addresses (one per family)")
-        if len(cluster_ips) == 2 and (
-            ipaddress.ip_address(cluster_ips[0]).version
-            == ipaddress.ip_address(cluster_ips[1]).version
-        ):
+        if len(cluster_ips) == 2 and _version(cluster_ips[0]) == _version(cluster_ips[1]):
             spec.fail("clusterIPs", "two addresses must be of different families")
     external_name = spec.str("externalName")
     if svc_type == "ExternalName":
@@ -149,7 +153,7 @@ def parse_service(f: Fields) -> Service:
         if fam in ip_families[:i]:
             spec.fail(f"ipFamilies[{i}]", f"duplicate family {fam!r}")
     for i, (fam, ip) in enumerate(zip(ip_families, cluster_ips, strict=False)):
-        if fam != f"IPv{ipaddress.ip_address(ip).version}":
+        if fam != f"IPv{_version(ip)}":
             spec.fail(
                 f"ipFamilies[{i}]",
                 f"{fam!r} does not match the family of clusterIPs[{i}] {ip!r}",
