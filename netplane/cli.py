@@ -90,6 +90,11 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         {"metavar": "S", "help": "grace period on stop (default 10)"},
     ),
     (
+        ("--manifest-poll-seconds",),
+        "manifest-poll-seconds",
+        {"metavar": "S", "help": "how often manifest files are checked for changes (default 1)"},
+    ),
+    (
         ("--pod-endpoints",),
         "pod-endpoints",
         {

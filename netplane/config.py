@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -88,8 +89,35 @@ class Config:
     log_format: str = "text"
     log_level: str = "info"
     drain_seconds: float = 10.0
+    manifest_poll_seconds: float = 1.0
     derive_endpoints_from_pods: bool | None = None  # None: on unless the API is a source
     config_file: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # Embedders build Config directly; catch the mistakes that would
+        # otherwise surface later as an odd error far from their cause.
+        if self.mode not in MODES:
+            raise ConfigError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(
+                f"log format: {self.log_format!r} is not one of {', '.join(LOG_FORMATS)}"
+            )
+        if self.log_level not in LOG_LEVELS:
+            raise ConfigError(
+                f"log level: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}"
+            )
+        files = (self.files,) if isinstance(self.files, str | os.PathLike) else self.files
+        object.__setattr__(self, "files", tuple(os.fspath(f) for f in files))
+        cidrs = tuple(
+            c if isinstance(c, ipaddress.IPv4Network | ipaddress.IPv6Network)
+            else _cidr(c, "service CIDR", Path())
+            for c in self.service_cidrs
+        )  # fmt: skip
+        object.__setattr__(self, "service_cidrs", cidrs)
+        for name in ("ingress_http", "ingress_https", "dns", "admin"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, parse_listen(value, name))
 
     @property
     def uses_api(self) -> bool:
@@ -186,12 +214,21 @@ def _port_range(v: Any, setting: str, _base: Path) -> tuple[int, int]:
 
 
 def _seconds(v: Any, setting: str, _base: Path) -> float:
+    if isinstance(v, bool):  # YAML's on/yes/true
+        raise ConfigError(f"{setting}: {v!r} is not a number of seconds")
     try:
         f = float(v)
     except (TypeError, ValueError):
         raise ConfigError(f"{setting}: {v!r} is not a number of seconds") from None
-    if f < 0:
-        raise ConfigError(f"{setting}: must not be negative")
+    if not math.isfinite(f) or f < 0:
+        raise ConfigError(f"{setting}: {v!r} is not a finite, non-negative number of seconds")
+    return f
+
+
+def _poll_seconds(v: Any, setting: str, base: Path) -> float:
+    f = _seconds(v, setting, base)
+    if f < 0.01:
+        raise ConfigError(f"{setting}: {v!r} is too short (at least 0.01 s)")
     return f
 
 
@@ -216,6 +253,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "log-format": ("log_format", _choice(LOG_FORMATS)),
     "log-level": ("log_level", _choice(LOG_LEVELS)),
     "drain-seconds": ("drain_seconds", _seconds),
+    "manifest-poll-seconds": ("manifest_poll_seconds", _poll_seconds),
     "pod-endpoints": ("derive_endpoints_from_pods", _bool),
 }
 

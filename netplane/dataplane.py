@@ -29,7 +29,7 @@ from typing import Any
 from netplane import __version__
 from netplane.allocations import Allocations
 from netplane.config import Config, build
-from netplane.errors import ModelError
+from netplane.errors import ConfigError, ModelError
 from netplane.events import EventType, Synced, WatchEvent
 from netplane.model import KINDS, K8sObject, ObjectKey, parse_object, ref_of
 from netplane.service_table import ServiceKey, ServiceTable
@@ -102,6 +102,9 @@ class Dataplane:
         self.table = ServiceTable(derive_from_pods=cfg.pods_make_endpoints)
         self.sources: list[Source] = list(sources)
         self._synced: set[str] = set()
+        # Keys each source has put in the state, so that a restarted source's
+        # new initial list can drop what it no longer has (a relist).
+        self._owned: dict[str, set[ObjectKey]] = {}
         self._table_built = False
         self._ready_event = asyncio.Event()
         self._sub = self.state.subscribe()
@@ -121,24 +124,34 @@ class Dataplane:
         await self.stop()
 
     async def start(self) -> None:
-        """Start the sources (and the admin server when configured)."""
+        """Start the admin server (when configured), then the sources.
+
+        The admin server comes first: if its address cannot be bound nothing
+        else has started, so a failed ``async with`` leaves no task behind.
+        """
         self._started_at = time.monotonic()
-        self.running = True
-        if not self.sources:
-            self._build_table()
-        for source in self.sources:
-            self._tasks.append(asyncio.create_task(self._run_source(source), name=source.name))
         if self.config.admin is not None:
             from netplane.admin import AdminServer
 
-            self.admin = AdminServer(
+            admin = AdminServer(
                 self.config.admin.host,
                 self.config.admin.port,
                 is_ready=lambda: self.ready,
                 debug_state=self.debug_state,
             )
-            await self.admin.start()
+            try:
+                await admin.start()
+            except OSError as e:
+                raise ConfigError(
+                    f"admin: cannot listen on {self.config.admin}: {e.strerror or e}"
+                ) from None
+            self.admin = admin
             log.info("admin server listening on %s", _addr(self.admin))
+        self.running = True
+        if not self.sources and not self._table_built:
+            self._build_table()
+        for source in self.sources:
+            self._tasks.append(asyncio.create_task(self._run_source(source), name=source.name))
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop sources, then let the listeners drain up to ``grace`` seconds."""
@@ -182,6 +195,8 @@ class Dataplane:
             parsed = parse_object(dict(obj))
             if parsed is None:
                 kind = obj.get("kind")
+                if kind == "Secret":
+                    raise ModelError(ref_of(obj), "type", "only kubernetes.io/tls Secrets are used")
                 raise ModelError(ref_of(obj), "kind", f"{kind!r} is not a kind netplane uses")
             obj = parsed
         result = self._ingest(WatchEvent(EventType.MODIFIED, obj.key, obj, EMBED_SOURCE))
@@ -243,12 +258,24 @@ class Dataplane:
 
     async def _run_source(self, source: Source) -> None:
         delay = _RESTART_DELAY[0]
+        owned = self._owned.setdefault(source.name, set())
         while True:
+            # Keys this run has sent; at its Synced, the rest of `owned` is gone.
+            seen: set[ObjectKey] | None = set()
             try:
                 async for event in source.run():
                     if isinstance(event, Synced):
+                        if seen is not None:
+                            self._drop_unseen(source.name, owned - seen)
+                            seen = None
                         self._mark_synced(source.name)
                     else:
+                        if event.type is EventType.DELETED:
+                            owned.discard(event.key)
+                        else:
+                            owned.add(event.key)
+                            if seen is not None:
+                                seen.add(event.key)
                         self._ingest(event)
                     delay = _RESTART_DELAY[0]
                 log.warning("source %s ended; restarting in %.0f s", source.name, delay)
@@ -258,6 +285,15 @@ class Dataplane:
                 log.exception("source %s failed; restarting in %.0f s", source.name, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _RESTART_DELAY[1])
+
+    def _drop_unseen(self, source: str, gone: set[ObjectKey]) -> None:
+        """Delete what a restarted source held before but left out of its new list."""
+        owned = self._owned[source]
+        for key in sorted(gone):
+            owned.discard(key)
+            self._ingest(WatchEvent(EventType.DELETED, key, None, source))
+        if gone:
+            log.info("source %s: %d object(s) gone since its last run", source, len(gone))
 
     def _mark_synced(self, name: str) -> None:
         if name in self._synced:

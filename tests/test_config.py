@@ -1,0 +1,306 @@
+"""Config: listen addresses, every config-file key's converter, defaults, precedence, paths."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from netplane.config import (
+    KEYS,
+    Config,
+    Listen,
+    build,
+    convert,
+    load,
+    load_file,
+    parse_listen,
+)
+from netplane.errors import ConfigError
+
+BASE = Path("/etc/netplane")
+
+
+# -- parse_listen ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [
+        ("127.0.0.1:8080", Listen("127.0.0.1", 8080)),
+        ("0.0.0.0:0", Listen("0.0.0.0", 0)),
+        (":53", Listen("0.0.0.0", 53)),
+        ("[::1]:53", Listen("::1", 53)),
+        ("[::]:65535", Listen("::", 65535)),
+        ("localhost:10256", Listen("localhost", 10256)),
+        (" 10.0.0.1:1 ", Listen("10.0.0.1", 1)),
+        ("off", None),
+        ("OFF", None),
+    ],
+)
+def test_parse_listen_forms(value, want):
+    assert parse_listen(value, "--admin") == want
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("8080", "--admin: '8080' is not HOST:PORT or off"),
+        ("127.0.0.1", "--admin: '127.0.0.1' is not HOST:PORT or off"),
+        ("127.0.0.1:", "--admin: '127.0.0.1:' is not HOST:PORT or off"),
+        ("127.0.0.1:http", "--admin: '127.0.0.1:http' is not HOST:PORT or off"),
+        ("127.0.0.1:-1", "--admin: '127.0.0.1:-1' is not HOST:PORT or off"),
+        ("127.0.0.1:65536", "--admin: port 65536 out of range (0-65535)"),
+        ("example.com:80", "--admin: 'example.com' is not an IP address"),
+        ("[::1:53", "--admin: '[::1' is not an IP address"),
+        ("", "--admin: '' is not HOST:PORT or off"),
+    ],
+)
+def test_parse_listen_rejects(value, message):
+    with pytest.raises(ConfigError) as e:
+        parse_listen(value, "--admin")
+    assert str(e.value) == message
+
+
+def test_listen_str_brackets_ipv6():
+    assert str(Listen("::1", 53)) == "[::1]:53"
+    assert str(Listen("127.0.0.1", 53)) == "127.0.0.1:53"
+
+
+# -- every KEYS converter ------------------------------------------------------
+
+GOOD: dict[str, list[tuple[object, object]]] = {
+    "files": [
+        ("m.yaml", (str(BASE / "m.yaml"),)),
+        (["a", "/abs/b"], (str(BASE / "a"), "/abs/b")),
+    ],
+    "kubeconfig": [("kube/config", str(BASE / "kube/config")), ("/k", "/k")],
+    "context": [("prod", "prod")],
+    "in-cluster": [(True, True), ("on", True), ("no", False), (False, False)],
+    "namespace": [("shop", "shop")],
+    "label-selector": [("app=web", "app=web")],
+    "mode": [("local", "local"), ("Node", "node")],
+    "cluster-domain": [("example.internal", "example.internal")],
+    "service-cidr": [
+        ("10.96.0.0/12", (ipaddress.ip_network("10.96.0.0/12"),)),
+        (
+            ["10.96.0.0/12", "fd00::/108"],
+            (ipaddress.ip_network("10.96.0.0/12"), ipaddress.ip_network("fd00::/108")),
+        ),
+    ],
+    "node-name": [("node-1", "node-1")],
+    "node-ip": [("10.0.0.1", ("10.0.0.1",)), (["10.0.0.1", "::1"], ("10.0.0.1", "::1"))],
+    "nodeport-range": [("30000-32767", (30000, 32767)), ("1-1", (1, 1))],
+    "proxy": [("off", False), (True, True)],
+    "ingress-http": [("127.0.0.1:80", Listen("127.0.0.1", 80)), (False, None), ("off", None)],
+    "ingress-https": [("[::1]:443", Listen("::1", 443)), (False, None)],
+    "dns": [("127.0.0.1:53", Listen("127.0.0.1", 53)), (False, None)],
+    "admin": [("127.0.0.1:0", Listen("127.0.0.1", 0)), (False, None)],
+    "log-format": [("json", "json"), ("TEXT", "text")],
+    "log-level": [("debug", "debug"), ("Warning", "warning")],
+    "drain-seconds": [(0, 0.0), ("2.5", 2.5), (10, 10.0)],
+    "manifest-poll-seconds": [(0.05, 0.05), ("1", 1.0)],
+    "pod-endpoints": [("on", True), (False, False)],
+}
+
+BAD: dict[str, list[tuple[object, str]]] = {
+    "files": [("", "expected a non-empty string"), ([1], "expected a non-empty string")],
+    "kubeconfig": [(5, "expected a non-empty string")],
+    "context": [("", "expected a non-empty string")],
+    "in-cluster": [("maybe", "'maybe' is not on/off"), (1, "1 is not on/off")],
+    "namespace": [(["a"], "expected a non-empty string")],
+    "label-selector": [({}, "expected a non-empty string")],
+    "mode": [("cluster", "'cluster' is not one of local, node")],
+    "cluster-domain": [("", "expected a non-empty string")],
+    "service-cidr": [
+        ("10.96.0.1/12", "'10.96.0.1/12' is not a CIDR"),
+        ("nope", "'nope' is not a CIDR"),
+    ],
+    "node-name": [(7, "expected a non-empty string")],
+    "node-ip": [("10.0.0.300", "'10.0.0.300' is not an IP address")],
+    "nodeport-range": [
+        ("30000", "'30000' is not LOW-HIGH"),
+        ("200-100", "'200-100' is not a valid port range"),
+        ("0-10", "'0-10' is not a valid port range"),
+        ("1-70000", "'1-70000' is not a valid port range"),
+    ],
+    "proxy": [("enabled", "'enabled' is not on/off")],
+    "ingress-http": [("80", "'80' is not HOST:PORT or off"), (True, "'True' is not HOST:PORT")],
+    "ingress-https": [("1.2.3.4:99999", "port 99999 out of range")],
+    "dns": [("dns.example:53", "'dns.example' is not an IP address")],
+    "admin": [("127.0.0.1", "is not HOST:PORT or off")],
+    "log-format": [("xml", "'xml' is not one of text, json")],
+    "log-level": [("trace", "'trace' is not one of debug, info, warning, error")],
+    "drain-seconds": [
+        ("soon", "'soon' is not a number of seconds"),
+        (-1, "-1"),
+        ("nan", "'nan' is not a finite"),
+        ("inf", "'inf' is not a finite"),
+        (True, "True is not a number of seconds"),
+    ],
+    "manifest-poll-seconds": [(0, "too short"), ("x", "not a number of seconds")],
+    "pod-endpoints": [("auto", "'auto' is not on/off")],
+}
+
+
+def test_every_key_is_covered():
+    assert set(GOOD) == set(KEYS)
+    assert set(BAD) == set(KEYS)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "want"), [(k, v, w) for k, cases in GOOD.items() for v, w in cases]
+)
+def test_key_converts(key, value, want):
+    field, conv = KEYS[key]
+    assert conv(value, key, BASE) == want
+    # and through convert(), which maps the key to its Config field
+    assert convert({key: value}, "cfg.yaml", BASE) == {field: want}
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"), [(k, v, f) for k, cases in BAD.items() for v, f in cases]
+)
+def test_key_rejects(key, value, fragment):
+    with pytest.raises(ConfigError) as e:
+        convert({key: value}, "cfg.yaml", BASE)
+    msg = str(e.value)
+    assert msg.startswith(f"cfg.yaml: {key}: "), msg
+    assert fragment in msg
+
+
+def test_every_key_names_a_config_field():
+    fields = set(Config.__dataclass_fields__)
+    for key, (field, _) in KEYS.items():
+        assert field in fields, key
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError) as e:
+        convert({"cluster_domain": "x"}, "/etc/netplane.yaml", BASE)
+    assert str(e.value) == "/etc/netplane.yaml: unknown setting 'cluster_domain'"
+
+
+def test_null_value_keeps_the_default():
+    assert convert({"admin": None}, "cfg.yaml", BASE) == {}
+
+
+# -- defaults and cross-setting rules ---------------------------------------
+
+
+def test_local_mode_defaults():
+    cfg = build({}, {"mode": "local"})
+    assert cfg.effective_service_cidrs == (ipaddress.ip_network("127.77.0.0/16"),)
+    assert cfg.cluster_domain == "cluster.local"
+    assert cfg.admin == Listen("127.0.0.1", 10256)
+    assert cfg.node_port_range == (30000, 32767)
+    assert cfg.log_format == "text" and cfg.log_level == "info"
+    assert cfg.drain_seconds == 10.0
+    assert cfg.manifest_poll_seconds == 1.0
+    assert not cfg.uses_api
+    assert cfg.pods_make_endpoints  # manifests only: Pods stand in for the slice controller
+
+
+def test_node_mode_defaults():
+    cfg = build({}, {"mode": "node"})
+    assert cfg.effective_service_cidrs == (ipaddress.ip_network("10.96.0.0/12"),)
+
+
+def test_default_mode_follows_privilege(monkeypatch):
+    import netplane.config as cfgmod
+
+    monkeypatch.setattr(cfgmod.os, "geteuid", lambda: 0)
+    assert build().mode == "node"
+    monkeypatch.setattr(cfgmod.os, "geteuid", lambda: 1000)
+    assert build().mode == "local"
+
+
+def test_explicit_service_cidr_wins_over_mode_default():
+    cidr = ipaddress.ip_network("10.0.0.0/24")
+    cfg = build({}, {"mode": "local", "service_cidrs": (cidr,)})
+    assert cfg.effective_service_cidrs == (cidr,)
+
+
+def test_api_source_turns_pod_endpoints_off_unless_asked():
+    assert not build({}, {"kubeconfig": "/k"}).pods_make_endpoints
+    assert build({}, {"kubeconfig": "/k", "derive_endpoints_from_pods": True}).pods_make_endpoints
+    assert not build({}, {"in_cluster": True}).pods_make_endpoints
+
+
+def test_kubeconfig_and_in_cluster_are_exclusive():
+    with pytest.raises(ConfigError, match="--kubeconfig and --in-cluster are exclusive"):
+        build({"in_cluster": True}, {"kubeconfig": "/k"})
+
+
+def test_context_needs_kubeconfig():
+    with pytest.raises(ConfigError, match="--context needs --kubeconfig"):
+        build({}, {"context": "prod"})
+
+
+def test_config_constructed_directly_is_checked():
+    with pytest.raises(ConfigError, match="mode"):
+        Config(mode="cluster")
+    with pytest.raises(ConfigError, match="log level"):
+        Config(log_level="loud")
+    cfg = Config(service_cidrs=("10.0.0.0/16",), files=["a.yaml"], admin="127.0.0.1:0")  # type: ignore[arg-type]
+    assert cfg.service_cidrs == (ipaddress.ip_network("10.0.0.0/16"),)
+    assert cfg.files == ("a.yaml",)
+    assert cfg.admin == Listen("127.0.0.1", 0)
+
+
+# -- the file --------------------------------------------------------------
+
+
+def test_file_values_relative_paths_resolve_against_its_directory(tmp_path, monkeypatch):
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    path = conf_dir / "netplane.yaml"
+    path.write_text(
+        "files: [manifests, /abs/more.yaml]\n"
+        "kubeconfig: ../kube/config\n"
+        "cluster-domain: corp.internal\n"
+        "admin: off\n"
+        "service-cidr: 10.100.0.0/16\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the file's directory
+    values = load_file("conf/netplane.yaml")
+    assert values["files"] == (str(conf_dir / "manifests"), "/abs/more.yaml")
+    assert values["kubeconfig"] == str(conf_dir / ".." / "kube" / "config")
+    assert values["admin"] is None  # YAML reads `off` as false
+    assert values["cluster_domain"] == "corp.internal"
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "netplane.yaml"
+    path.write_text("cluster-domain: from.file\nlog-level: debug\nadmin: 127.0.0.1:1111\n")
+    cfg = load(str(path), {"cluster_domain": "from.flag", "mode": "local"})
+    assert cfg.cluster_domain == "from.flag"
+    assert cfg.log_level == "debug"  # not given as a flag: the file's value
+    assert cfg.admin == Listen("127.0.0.1", 1111)
+    assert cfg.config_file == str(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("speed: 11\n", "{p}: unknown setting 'speed'"),
+        ("- a\n- b\n", "{p}: expected a mapping of settings"),
+        ("admin: [1\n", "{p}:2:1: not valid YAML: "),
+        ("mode: sideways\n", "{p}: mode: 'sideways' is not one of local, node"),
+    ],
+)
+def test_file_errors_name_the_file(tmp_path, text, message):
+    path = tmp_path / "netplane.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load(str(path), {})
+    assert str(e.value).startswith(message.format(p=path))
+
+
+def test_missing_and_empty_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file: No such file"):
+        load_file(str(tmp_path / "nope.yaml"))
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    assert load_file(str(empty)) == {}
