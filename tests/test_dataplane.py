@@ -119,7 +119,7 @@ async def test_invalid_object_raises_and_changes_nothing():
             dp.apply({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}})
         with pytest.raises(ModelError, match="apiVersion"):
             dp.apply({**endpoint_slice(), "apiVersion": "discovery.k8s.io/v1beta1"})
-        with pytest.raises(ModelError, match="only kubernetes.io/tls"):
+        with pytest.raises(ModelError, match=r"only kubernetes\.io/tls"):
             dp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "o"}})
         assert dp.debug_state() == before
         assert dp.table.get("shop", "web").ports[0].port == 80
