@@ -1,0 +1,321 @@
+"""One resource's list-then-watch loop (client-go's Reflector, trimmed).
+
+Strategy:
+
+1. **List** the collection in pages (``limit``/``continue``), then diff the
+   complete result against what was already emitted: ADDED for new keys,
+   MODIFIED for a changed resourceVersion, nothing for an unchanged one,
+   DELETED for keys that vanished. The first successful list emits
+   :class:`ListDone`, the per-resource half of the source's Synced gate.
+2. **Watch** from the list's resourceVersion with bookmarks on. Every event,
+   bookmarks included, advances the resume point, so a dropped connection
+   or a stream closed at ``timeoutSeconds`` resumes exactly where it
+   stopped: nothing lost, nothing repeated.
+3. **410 Gone**, as an HTTP status or an in-stream ERROR event, means the
+   resume point left the server's history window: relist (step 1), whose
+   diff turns everything missed into events.
+4. Any other failure (connection, 401, 5xx, a watch ERROR event) is logged
+   and retried after an exponential backoff with jitter, resuming the watch
+   from the last resourceVersion.
+
+Objects are parsed here, at the boundary. A malformed line or an object
+that fails validation is logged and skipped, and the object keeps its last
+good version (nothing is emitted for it); the stream goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from netplane.errors import ModelError, SourceError
+from netplane.events import EventType, WatchEvent
+from netplane.model import K8sObject, ObjectKey, parse_object
+from netplane.sources.kube.client import ApiError, KubeClient
+from netplane.sources.kube.resources import Resource
+from netplane.sources.kube.watchstream import BadLine, RawEvent
+
+log = logging.getLogger("netplane.sources.kube")
+
+DEFAULT_PAGE_SIZE = 500  # kubectl's and client-go's default chunk size
+DEFAULT_WATCH_TIMEOUT = 300.0  # client-go's minWatchTimeout; actual is 1-2x, spread
+
+
+@dataclass(frozen=True, slots=True)
+class ListDone:
+    """The first complete list of ``kind`` has been emitted."""
+
+    kind: str
+
+
+Emit = Callable[[WatchEvent | ListDone], Awaitable[None]]
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter: initial * factor**n, capped, times 1..1+jitter."""
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5
+    rng: random.Random = field(default_factory=random.Random)
+    _n: int = 0
+
+    def next(self) -> float:
+        base = min(self.maximum, self.initial * self.factor**self._n)
+        self._n += 1
+        return base * (1.0 + self.jitter * self.rng.random())
+
+    def reset(self) -> None:
+        self._n = 0
+
+
+class _Relist(Exception):
+    """Internal: the watch hit 410 Gone; the loop must list again."""
+
+
+class Reflector:
+    """Keeps one resource in sync, emitting WatchEvents through ``emit``."""
+
+    def __init__(
+        self,
+        client: KubeClient,
+        resource: Resource,
+        emit: Emit,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        page_size: int = DEFAULT_PAGE_SIZE,
+        watch_timeout: float = DEFAULT_WATCH_TIMEOUT,
+        backoff: Backoff | None = None,
+        source: str = "kube",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.emit = emit
+        self.namespace = namespace if resource.namespaced else None
+        self.label_selector = label_selector or ""
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self.backoff = backoff or Backoff()
+        self.source = source
+        self._rng = rng or random.Random()
+        # What was last emitted per key: the object and its resourceVersion.
+        self.store: dict[ObjectKey, K8sObject] = {}
+        self.resource_version = ""  # where the next watch resumes
+        self.synced = False
+        self.lists = 0  # complete lists done (1 + relists)
+
+    def __repr__(self) -> str:
+        return f"Reflector({self.resource.kind}, rv={self.resource_version!r})"
+
+    @property
+    def path(self) -> str:
+        return self.resource.path(self.namespace)
+
+    async def run(self) -> NoReturn:
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    await self._list()
+                    need_list = False
+                    self.backoff.reset()
+                started = time.monotonic()
+                got = await self._watch()
+                if got:
+                    self.backoff.reset()
+                elif time.monotonic() - started < 1.0:
+                    # A stream that ends at once without events: don't spin on it.
+                    await asyncio.sleep(self.backoff.next())
+            except _Relist:
+                log.info(
+                    "%s: resourceVersion %s expired (410 Gone); relisting",
+                    self.resource.kind,
+                    self.resource_version,
+                )
+                need_list = True
+            except (SourceError, OSError, asyncio.IncompleteReadError) as e:
+                delay = self.backoff.next()
+                what = "list" if need_list else "watch"
+                log.warning(
+                    "%s %s failed: %s; retrying in %.2fs",
+                    self.resource.kind,
+                    what,
+                    _describe(e),
+                    delay,
+                )
+                if isinstance(e, ApiError) and e.gone:
+                    need_list = True  # e.g. an expired continue token
+                await asyncio.sleep(delay)
+
+    # -- list ----------------------------------------------------------------
+
+    async def _list(self) -> None:
+        items: list[dict[str, Any]] = []
+        params = self._selectors()
+        params["limit"] = str(self.page_size)
+        rv = ""
+        while True:
+            doc = await self.client.get_json(self.path, params)
+            meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            page = doc.get("items") or []
+            if not isinstance(page, list):
+                raise SourceError(f"GET {self.path}: items is not a list")
+            items.extend(page)
+            rv = str(meta.get("resourceVersion") or rv)
+            cont = meta.get("continue")
+            if not cont:
+                break
+            params["continue"] = str(cont)
+        if not rv:
+            raise SourceError(f"GET {self.path}: list without a resourceVersion")
+        await self._replace(items)
+        self.resource_version = rv
+        self.lists += 1
+        if not self.synced:
+            self.synced = True
+            await self.emit(ListDone(self.resource.kind))
+
+    async def _replace(self, items: list[Any]) -> None:
+        """Diff a complete list against the store and emit the difference."""
+        present: set[ObjectKey] = set()
+        for raw in items:
+            key = self._key_of(raw)
+            if key is None:
+                log.warning("%s list: skipped an item without metadata.name", self.resource.kind)
+                continue
+            present.add(key)
+            await self._upsert(key, raw)
+        for key in [k for k in self.store if k not in present]:
+            await self._delete(key)
+
+    # -- watch ---------------------------------------------------------------
+
+    async def _watch(self) -> bool:
+        """One watch request; returns whether any event arrived before it ended."""
+        timeout = max(1, int(self.watch_timeout * (1.0 + self._rng.random())))
+        params = self._selectors()
+        params.update(
+            watch="1",
+            allowWatchBookmarks="true",
+            resourceVersion=self.resource_version,
+            timeoutSeconds=str(timeout),
+        )
+        got = False
+        try:
+            stream = self.client.watch(self.path, params, idle_timeout=timeout + 30.0)
+            async with contextlib.aclosing(stream):
+                async for item in stream:
+                    got = True
+                    if isinstance(item, BadLine):
+                        log.warning(
+                            "%s watch: skipped line %d: %s",
+                            self.resource.kind,
+                            item.line,
+                            item.reason,
+                        )
+                        continue
+                    await self._on_event(item)
+        except ApiError as e:
+            if e.gone:
+                raise _Relist from None
+            raise
+        return got
+
+    async def _on_event(self, ev: RawEvent) -> None:
+        obj = ev.object
+        if ev.type == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise _Relist
+            raise ApiError(
+                code if isinstance(code, int) else 0,
+                self.path,
+                str(obj.get("reason") or "ERROR event"),
+                str(obj.get("message") or ""),
+            )
+        rv = _rv_of(obj)
+        if ev.type == "BOOKMARK":
+            if rv:
+                self.resource_version = rv
+            return
+        key = self._key_of(obj)
+        if key is None:
+            log.warning(
+                "%s watch: skipped a %s event without metadata.name", self.resource.kind, ev.type
+            )
+        elif ev.type == "DELETED":
+            await self._delete(key)
+        else:
+            await self._upsert(key, obj)
+        if rv:
+            self.resource_version = rv
+
+    # -- store -----------------------------------------------------------------
+
+    async def _upsert(self, key: ObjectKey, raw: dict[str, Any]) -> None:
+        old = self.store.get(key)
+        rv = _rv_of(raw)
+        if old is not None and rv and old.meta.resource_version == rv:
+            return  # unchanged (a relist, or a watch replaying what the list had)
+        try:
+            obj = parse_object(raw, kind=self.resource.kind)
+        except ModelError as e:
+            kept = "keeping the last good version" if old is not None else "ignored"
+            log.warning("rejected %s: %s", e.describe(), kept)
+            return
+        if obj is None:
+            # No longer a kind/type netplane uses (e.g. a Secret that stopped being TLS).
+            if old is not None:
+                await self._delete(key)
+            return
+        self.store[key] = obj
+        await self.emit(WatchEvent.upsert(obj, self.source, added=old is None))
+
+    async def _delete(self, key: ObjectKey) -> None:
+        old = self.store.pop(key, None)
+        if old is not None:
+            await self.emit(WatchEvent(EventType.DELETED, key, old, self.source))
+
+    # -- helpers ---------------------------------------------------------------
+
+    def _selectors(self) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if self.label_selector:
+            params["labelSelector"] = self.label_selector
+        if self.resource.field_selector:
+            params["fieldSelector"] = self.resource.field_selector
+        return params
+
+    def _key_of(self, raw: Any) -> ObjectKey | None:
+        md = raw.get("metadata") if isinstance(raw, dict) else None
+        if not isinstance(md, dict) or not isinstance(md.get("name"), str) or not md["name"]:
+            return None
+        ns = ""
+        if self.resource.namespaced:
+            raw_ns = md.get("namespace")
+            ns = raw_ns if isinstance(raw_ns, str) and raw_ns else "default"
+        return ObjectKey(self.resource.kind, ns, md["name"])
+
+
+def _rv_of(raw: dict[str, Any]) -> str:
+    md = raw.get("metadata")
+    if isinstance(md, dict):
+        rv = md.get("resourceVersion")
+        if isinstance(rv, str):
+            return rv
+    return ""
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -1,0 +1,169 @@
+"""KubeSource: every watched resource's reflector merged into one event stream.
+
+Strategy: ``run()`` starts one :class:`Reflector` task per resource; they
+all feed one bounded ``asyncio.Queue`` (bounded, so a slow consumer slows the
+reflectors rather than growing memory). ``run()`` yields the WatchEvents in
+arrival order and exactly one ``Synced(name)`` once every resource has
+finished its first list. Leaving ``run()`` for any reason (cancellation,
+``aclose()``, a reflector bug) cancels the tasks and closes every
+connection; a reflector that dies of an unexpected exception takes
+``run()`` down with it rather than leaving a silently stale resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Any
+
+from netplane.events import SourceEvent, Synced, WatchEvent
+from netplane.sources.kube.client import KubeClient
+from netplane.sources.kube.kubeconfig import (
+    SERVICE_ACCOUNT_DIR,
+    ClusterConfig,
+    in_cluster_config,
+    load_kubeconfig,
+)
+from netplane.sources.kube.reflector import (
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_WATCH_TIMEOUT,
+    Backoff,
+    ListDone,
+    Reflector,
+)
+from netplane.sources.kube.resources import DEFAULT_KINDS, RESOURCES, Resource, node_resource
+
+QUEUE_SIZE = 4096
+
+
+class _Crashed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class KubeSource:
+    """The Kubernetes API as a netplane source (list + watch per resource)."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        resources: Iterable[str | Resource] = DEFAULT_KINDS,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        *,
+        node_name: str | None = None,
+        name: str = "kube",
+        page_size: int = DEFAULT_PAGE_SIZE,
+        watch_timeout: float = DEFAULT_WATCH_TIMEOUT,
+        backoff: Backoff | None = None,
+        client: KubeClient | None = None,
+    ) -> None:
+        """``resources``: kinds ("Service", "Pod", ...) or :class:`Resource` objects.
+
+        ``namespace`` None watches all namespaces; ``label_selector`` applies to
+        every resource; ``node_name`` narrows Node to that one node. ``backoff``
+        is a template: each reflector gets its own copy.
+        """
+        self.name = name
+        self.config = config
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.page_size = page_size
+        self.watch_timeout = watch_timeout
+        self._backoff = backoff or Backoff()
+        self._client = client
+        self.resources: list[Resource] = []
+        for r in resources:
+            res = r if isinstance(r, Resource) else RESOURCES.get(r)
+            if res is None:
+                known = ", ".join(RESOURCES)
+                raise ValueError(f"unknown resource kind {r!r} (one of {known})")
+            if res.kind == "Node" and node_name:
+                res = node_resource(node_name)
+            self.resources.append(res)
+        self.reflectors: list[Reflector] = []
+
+    def __repr__(self) -> str:
+        kinds = ",".join(r.kind for r in self.resources)
+        return f"KubeSource({self.config.server!r}, [{kinds}], namespace={self.namespace!r})"
+
+    @classmethod
+    def from_kubeconfig(
+        cls,
+        path: str | os.PathLike[str] | list[str | os.PathLike[str]] | None = None,
+        context: str | None = None,
+        **kwargs: Any,
+    ) -> KubeSource:
+        """From kubeconfig file(s) (None: ``KUBECONFIG`` or ``~/.kube/config``)."""
+        return cls(load_kubeconfig(path, context), **kwargs)
+
+    @classmethod
+    def in_cluster(
+        cls,
+        sa_dir: str | os.PathLike[str] = SERVICE_ACCOUNT_DIR,
+        *,
+        env: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> KubeSource:
+        """From the pod's service account (KUBERNETES_SERVICE_HOST/PORT, token, ca.crt)."""
+        return cls(in_cluster_config(sa_dir, env=env), **kwargs)
+
+    async def run(self) -> AsyncIterator[SourceEvent]:
+        client = self._client or KubeClient(self.config)
+        queue: asyncio.Queue[WatchEvent | ListDone | _Crashed] = asyncio.Queue(QUEUE_SIZE)
+        self.reflectors = [
+            Reflector(
+                client,
+                res,
+                queue.put,
+                namespace=self.namespace,
+                label_selector=self.label_selector,
+                page_size=self.page_size,
+                watch_timeout=self.watch_timeout,
+                backoff=Backoff(
+                    self._backoff.initial,
+                    self._backoff.maximum,
+                    self._backoff.factor,
+                    self._backoff.jitter,
+                ),
+                source=self.name,
+            )
+            for res in self.resources
+        ]
+        tasks = [
+            asyncio.create_task(self._guard(r, queue), name=f"kube-{r.resource.kind}")
+            for r in self.reflectors
+        ]
+        waiting = {r.resource.kind for r in self.reflectors}
+        try:
+            if not waiting:
+                yield Synced(self.name)
+            while True:
+                item = await queue.get()
+                if isinstance(item, ListDone):
+                    if item.kind in waiting:
+                        waiting.discard(item.kind)
+                        if not waiting:
+                            yield Synced(self.name)
+                elif isinstance(item, _Crashed):
+                    raise item.error
+                else:
+                    yield item
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._client is None:
+                await client.aclose()
+
+    @staticmethod
+    async def _guard(reflector: Reflector, queue: asyncio.Queue[Any]) -> None:
+        try:
+            await reflector.run()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # a bug: surface it through run()
+            await queue.put(_Crashed(e))
