@@ -196,11 +196,16 @@ class KubeClient:
                 await conn.send(h11.Request(method="GET", target=target, headers=headers))
                 await conn.send(h11.EndOfMessage())
                 event = await conn.next_event(self.request_timeout)
+                while isinstance(event, h11.InformationalResponse):  # 1xx: the answer follows
+                    event = await conn.next_event(self.request_timeout)
                 if isinstance(event, h11.ConnectionClosed):
                     raise SourceError(
                         f"GET {_path_only(target)}: connection closed before a response"
                     )
-                assert isinstance(event, h11.Response)
+                if not isinstance(event, h11.Response):
+                    raise SourceError(
+                        f"GET {_path_only(target)}: unexpected {type(event).__name__}"
+                    )
                 if 200 <= event.status_code < 300:
                     return conn
                 err = await self._error(conn, event.status_code, target)
