@@ -179,16 +179,19 @@ def _print_demo(dp: Any) -> None:
     for entry in sorted(dp.table, key=lambda e: e.key):
         svc = entry.service
         ips = ", ".join(svc.cluster_ips) or ("headless" if svc.headless else svc.external_name)
-        ports = ", ".join(
-            f"{p.port}/{p.protocol} -> "
-            + (
-                ", ".join(
-                    f"{b.address}:{b.port}" + ("" if b.ready else " (not ready)")
-                    for b in p.backends
+        ports = (
+            ", ".join(
+                f"{p.port}/{p.protocol} -> "
+                + (
+                    ", ".join(
+                        f"{b.address}:{b.port}" + ("" if b.ready else " (not ready)")
+                        for b in p.backends
+                    )
+                    or "no endpoints"
                 )
-                or "no endpoints"
+                for p in entry.ports
             )
-            for p in entry.ports
+            or "no ports"
         )
         out.append(f"  {svc.key.namespace}/{svc.key.name}  {svc.type}  {ips}  {ports}")
     if dp.admin is not None:

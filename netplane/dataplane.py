@@ -325,6 +325,12 @@ class Dataplane:
         return {
             "version": __version__,
             "ready": self.ready,
+            "config": {
+                "mode": self.config.mode,
+                "clusterDomain": self.config.cluster_domain,
+                "serviceCIDRs": [str(n) for n in self.config.effective_service_cidrs],
+                "configFile": self.config.config_file,
+            },
             "sources": {s.name: s.name in self._synced for s in self.sources},
             "counts": self.state.counts(),
             "objects": {k: sorted(v) for k, v in sorted(objects.items())},
