@@ -35,27 +35,19 @@ def sources_for(cfg: Config) -> list[Source]:
 
         sources.append(ManifestSource(cfg.files))
     if cfg.uses_api:
-        from netplane.sources.kube import KubeSource
+        from netplane.sources.kube import DEFAULT_KINDS, KubeSource
 
+        kw = {
+            # Nodes only when we know which one is ours (its zone picks topology hints).
+            "resources": (*DEFAULT_KINDS, "Node") if cfg.node_name else DEFAULT_KINDS,
+            "namespace": cfg.namespace,
+            "label_selector": cfg.label_selector,
+            "node_name": cfg.node_name or None,
+        }
         if cfg.in_cluster:
-            sources.append(
-                KubeSource.in_cluster(
-                    namespace=cfg.namespace,
-                    label_selector=cfg.label_selector,
-                    node_name=cfg.node_name or None,
-                )
-            )
+            sources.append(KubeSource.in_cluster(**kw))
         else:
-            assert cfg.kubeconfig is not None
-            sources.append(
-                KubeSource.from_kubeconfig(
-                    cfg.kubeconfig,
-                    context=cfg.context,
-                    namespace=cfg.namespace,
-                    label_selector=cfg.label_selector,
-                    node_name=cfg.node_name or None,
-                )
-            )
+            sources.append(KubeSource.from_kubeconfig(cfg.kubeconfig, context=cfg.context, **kw))
     return sources
 
 
