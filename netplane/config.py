@@ -288,7 +288,9 @@ def load_file(path: str) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of settings")
-    return convert(data, path, p.resolve().parent)
+    # The directory the file is named in, not where a symlink leads: a
+    # ConfigMap mount links every file into a hidden timestamped directory.
+    return convert(data, path, Path(os.path.abspath(p)).parent)
 
 
 def build(

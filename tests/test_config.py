@@ -304,3 +304,14 @@ def test_missing_and_empty_file(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing yet\n")
     assert load_file(str(empty)) == {}
+
+
+def test_relative_paths_resolve_against_the_named_directory_not_a_symlink_target(tmp_path):
+    # A ConfigMap mount: /etc/netplane/netplane.yaml -> ..data/netplane.yaml -> ..2024_01/...
+    real = tmp_path / "..2024_01"
+    real.mkdir()
+    (real / "netplane.yaml").write_text("files: manifests\n")
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    (mount / "netplane.yaml").symlink_to(real / "netplane.yaml")
+    assert load_file(str(mount / "netplane.yaml"))["files"] == (str(mount / "manifests"),)
