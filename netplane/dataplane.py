@@ -201,6 +201,10 @@ class Dataplane:
             obj = parsed
         result = self._ingest(WatchEvent(EventType.MODIFIED, obj.key, obj, EMBED_SOURCE))
         if result.error is not None:
+            if self.state.get(obj.key) is None:
+                # The caller hears "refused" and may retry; the state must not
+                # admit it later on its own when a clusterIP or nodePort frees.
+                self.state.apply(WatchEvent(EventType.DELETED, obj.key, None, EMBED_SOURCE))
             raise result.error
         return result
 

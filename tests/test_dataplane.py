@@ -135,6 +135,12 @@ async def test_service_refused_by_allocation_raises():
             dp.apply(service("three", clusterIP="10.0.0.1"))
         assert dp.table.get("shop", "two") is None
         assert dp.table.get("shop", "three") is None
+        # refused means refused: freeing the address does not admit it later
+        dp.delete("Service", "shop", "one")
+        assert dp.table.get("shop", "two") is None
+        assert dp.debug_state()["rejected"] == {}
+        dp.apply(service("two", clusterIP="127.77.0.10"))  # the caller retries
+        assert dp.table.get("shop", "two").service.cluster_ips == ("127.77.0.10",)
 
 
 async def test_delete():
