@@ -404,15 +404,15 @@ P = "Service default/web: spec"
         ({"clusterIP": "fd00::1", "ipFamilies": ["IPv4"], "ports": [{"port": 80}]}, f"{P}.ipFamilies[0]: 'IPv4' does not match the family of clusterIPs[0] 'fd00::1'"),
         ({"ipFamilies": ["IPv4", "IPv4"], "ports": [{"port": 80}]}, f"{P}.ipFamilies[1]: duplicate family 'IPv4'"),
         ({"ipFamilies": ["IPv4", "IPv6", "IPv4"], "ports": [{"port": 80}]}, f"{P}.ipFamilies: at most two families"),
-        ({"ipFamilies": ["ipv4"], "ports": [{"port": 80}]}, f"{P}.ipFamilies[0]: unsupported value 'ipv4'"),
+        ({"ipFamilies": ["ipv4"], "ports": [{"port": 80}]}, f"{P}.ipFamilies[0]: unsupported value 'ipv4' (one of IPv4, IPv6)"),
         ({"type": "ExternalName"}, f"{P}.externalName: required for type ExternalName"),
         ({"type": "ExternalName", "externalName": "db", "clusterIP": "10.0.0.1"}, f"{P}.clusterIP: must be empty for type ExternalName"),
         ({"type": "ExternalName", "externalName": "Not A Name"}, f"{P}.externalName: 'Not A Name' is not a valid DNS-1123 subdomain"),
-        ({"ports": [{"port": 80}], "sessionAffinity": "Cookie"}, f"{P}.sessionAffinity: unsupported value 'Cookie' (None or ClientIP)"),
+        ({"ports": [{"port": 80}], "sessionAffinity": "Cookie"}, f"{P}.sessionAffinity: unsupported value 'Cookie' (one of None, ClientIP)"),
         ({"ports": [{"port": 80}], "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 0}}}, f"{P}.sessionAffinityConfig.clientIP.timeoutSeconds: 0 out of range (1-86400)"),
         ({"ports": [{"port": 80}], "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 86401}}}, f"{P}.sessionAffinityConfig.clientIP.timeoutSeconds: 86401 out of range (1-86400)"),
-        ({"ports": [{"port": 80}], "externalTrafficPolicy": "Nearby"}, f"{P}.externalTrafficPolicy: unsupported value 'Nearby' (Cluster or Local)"),
-        ({"ports": [{"port": 80}], "internalTrafficPolicy": "Nearby"}, f"{P}.internalTrafficPolicy: unsupported value 'Nearby' (Cluster or Local)"),
+        ({"ports": [{"port": 80}], "externalTrafficPolicy": "Nearby"}, f"{P}.externalTrafficPolicy: unsupported value 'Nearby' (one of Cluster, Local)"),
+        ({"ports": [{"port": 80}], "internalTrafficPolicy": "Nearby"}, f"{P}.internalTrafficPolicy: unsupported value 'Nearby' (one of Cluster, Local)"),
         ({"ports": [{"port": 80}], "externalIPs": ["1.2.3"]}, f"{P}.externalIPs[0]: '1.2.3' is not a valid IP address"),
         ({"ports": [{"port": 80}], "selector": {"app": 3}}, f"{P}.selector.app: expected a string, got int"),
         ({"ports": [{"port": 80}], "healthCheckNodePort": 0}, f"{P}.healthCheckNodePort: 0 out of range (1-65535)"),
@@ -570,7 +570,7 @@ E = "EndpointSlice default/web-abc"
         (eslice([{"addresses": ["10.0.0.1"], "zone": 1}]), f"{E}: endpoints[0].zone: expected a string, got int"),
         (eslice([{"addresses": ["10.0.0.1"], "conditions": {"ready": True, "terminating": 0}}]), f"{E}: endpoints[0].conditions.terminating: expected true or false"),
         (eslice([], ports=[{"port": 0}]), f"{E}: ports[0].port: 0 out of range (1-65535)"),
-        (eslice([], ports=[{"port": 80, "protocol": "HTTP"}]), f"{E}: ports[0].protocol: unsupported value 'HTTP'"),
+        (eslice([], ports=[{"port": 80, "protocol": "HTTP"}]), f"{E}: ports[0].protocol: unsupported value 'HTTP' (one of TCP, UDP, SCTP)"),
     ],
 )  # fmt: skip
 def test_endpoint_slice_errors(raw: dict, message: str) -> None:
@@ -815,7 +815,7 @@ def test_ingress_class_parameters_and_errors() -> None:
     raw["spec"]["parameters"]["scope"] = "Global"
     assert (
         error_of(raw)
-        == "IngressClass netplane: spec.parameters.scope: unsupported value 'Global' (Cluster or Namespace)"
+        == "IngressClass netplane: spec.parameters.scope: unsupported value 'Global' (one of Cluster, Namespace)"
     )
     raw = ingress_class()
     del raw["spec"]["controller"]

@@ -27,6 +27,7 @@ KIND = "EndpointSlice"
 ENDPOINTS_KIND = "Endpoints"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 ADDRESS_TYPES = ("IPv4", "IPv6", "FQDN")
+PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +113,7 @@ def _ports(f: Fields, name: str) -> tuple[EndpointPort, ...]:
         port = p.int("port")
         if port is not None and not 1 <= port <= 65535:
             p.fail("port", f"{port} out of range (1-65535)")
-        protocol = p.str("protocol", "TCP")
-        if protocol not in ("TCP", "UDP", "SCTP"):
-            p.fail("protocol", f"unsupported value {protocol!r}")
+        protocol = p.choice("protocol", PROTOCOLS, "TCP")
         out.append(EndpointPort(p.str("name"), protocol, port, p.str("appProtocol")))
     return tuple(out)
 
@@ -293,9 +292,7 @@ def _parts(f: Fields) -> tuple[str | int, ...]:
 
 def parse_endpoint_slice(f: Fields) -> EndpointSlice:
     meta = parse_meta(f, KIND)
-    address_type = f.str("addressType", required=True)
-    if address_type not in ADDRESS_TYPES:
-        f.fail("addressType", f"unsupported value {address_type!r} (one of IPv4, IPv6, FQDN)")
+    address_type = f.choice("addressType", ADDRESS_TYPES, required=True)
     family = {"IPv4": 4, "IPv6": 6}.get(address_type)
     raw_eps = f.list("endpoints")
     eps_f = _ListFields(f, "endpoints")

@@ -148,12 +148,7 @@ def parse_ingress(f: Fields) -> Ingress:
             if not path_fields:
                 http.fail("paths", "at least one path is required")
             for p in path_fields:
-                path_type = p.str("pathType", required=True)
-                if path_type not in PATH_TYPES:
-                    p.fail(
-                        "pathType",
-                        f"unsupported value {path_type!r} (one of {', '.join(PATH_TYPES)})",
-                    )
+                path_type = p.choice("pathType", PATH_TYPES, required=True)
                 path = p.str("path")
                 # Every path must be absolute; only ImplementationSpecific may omit it.
                 if (path or path_type != "ImplementationSpecific") and not path.startswith("/"):
@@ -191,9 +186,7 @@ def parse_ingress_class(f: Fields) -> IngressClass:
     params = spec.opt_obj("parameters")
     parameters = None
     if params is not None:
-        scope = params.str("scope", "Cluster")
-        if scope not in ("Cluster", "Namespace"):
-            params.fail("scope", f"unsupported value {scope!r} (Cluster or Namespace)")
+        scope = params.choice("scope", ("Cluster", "Namespace"), "Cluster")
         parameters = IngressClassParameters(
             api_group=params.str("apiGroup"),
             kind=params.str("kind", required=True),

@@ -147,6 +147,15 @@ class Fields:
             self.fail(name, "required")
         return v
 
+    def choice(
+        self, name: str, choices: tuple[str, ...], default: str = "", *, required: bool = False
+    ) -> str:
+        """A string that must be one of ``choices`` (compared exactly, as the API does)."""
+        v = self.str(name, default, required=required)
+        if v not in choices:
+            self.fail(name, f"unsupported value {v!r} (one of {', '.join(choices)})")
+        return v
+
     def int(self, name: str, default: int | None = None, *, required: bool = False) -> int | None:
         v = self.raw.get(name)
         if v is None:

@@ -26,6 +26,7 @@ from netplane.model.meta import (
 KIND = "Service"
 TYPES = ("ClusterIP", "NodePort", "LoadBalancer", "ExternalName")
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+TRAFFIC_POLICIES = ("Cluster", "Local")
 DEFAULT_AFFINITY_TIMEOUT = 10800  # three hours, the API server's default
 # IANA service names (RFC 6335): at most 15 characters, lower-case letters,
 # digits and single hyphens, at least one letter.
@@ -107,9 +108,7 @@ def parse_service(f: Fields) -> Service:
     spec = f.obj("spec")
     status = f.obj("status")
 
-    svc_type = spec.str("type", "ClusterIP")
-    if svc_type not in TYPES:
-        spec.fail("type", f"unsupported value {svc_type!r} (one of {', '.join(TYPES)})")
+    svc_type = spec.choice("type", TYPES, "ClusterIP")
 
     # clusterIPs wins over clusterIP when both are set, as on the API server;
     # they must agree on the first address.
@@ -149,7 +148,7 @@ def parse_service(f: Fields) -> Service:
         spec.fail("ipFamilies", "at most two families")
     for i, fam in enumerate(ip_families):
         if fam not in ("IPv4", "IPv6"):
-            spec.fail(f"ipFamilies[{i}]", f"unsupported value {fam!r}")
+            spec.fail(f"ipFamilies[{i}]", f"unsupported value {fam!r} (one of IPv4, IPv6)")
         if fam in ip_families[:i]:
             spec.fail(f"ipFamilies[{i}]", f"duplicate family {fam!r}")
     for i, (fam, ip) in enumerate(zip(ip_families, cluster_ips, strict=False)):
@@ -173,9 +172,7 @@ def parse_service(f: Fields) -> Service:
             if name in seen_names:
                 p.fail("name", f"duplicate port name {name!r}")
             seen_names.add(name)
-        protocol = p.str("protocol", "TCP")
-        if protocol not in PROTOCOLS:
-            p.fail("protocol", f"unsupported value {protocol!r} (one of {', '.join(PROTOCOLS)})")
+        protocol = p.choice("protocol", PROTOCOLS, "TCP")
         port = _port_number(p, "port", required=True)
         assert port is not None
         if (port, protocol) in seen_ports:
@@ -216,9 +213,7 @@ def parse_service(f: Fields) -> Service:
     # An empty selector selects nothing for a Service (the API drops it), so
     # it must not turn into "every pod in the namespace".
     selector = spec.str_map("selector") or None
-    affinity = spec.str("sessionAffinity", "None")
-    if affinity not in ("None", "ClientIP"):
-        spec.fail("sessionAffinity", f"unsupported value {affinity!r} (None or ClientIP)")
+    affinity = spec.choice("sessionAffinity", ("None", "ClientIP"), "None")
     timeout = DEFAULT_AFFINITY_TIMEOUT
     sac = spec.opt_obj("sessionAffinityConfig")
     if sac is not None:
@@ -229,12 +224,8 @@ def parse_service(f: Fields) -> Service:
                 cip.fail("timeoutSeconds", f"{t} out of range (1-86400)")
             timeout = t
 
-    etp = spec.str("externalTrafficPolicy", "Cluster")
-    if etp not in ("Cluster", "Local"):
-        spec.fail("externalTrafficPolicy", f"unsupported value {etp!r} (Cluster or Local)")
-    itp = spec.str("internalTrafficPolicy", "Cluster")
-    if itp not in ("Cluster", "Local"):
-        spec.fail("internalTrafficPolicy", f"unsupported value {itp!r} (Cluster or Local)")
+    etp = spec.choice("externalTrafficPolicy", TRAFFIC_POLICIES, "Cluster")
+    itp = spec.choice("internalTrafficPolicy", TRAFFIC_POLICIES, "Cluster")
     hc = _port_number(spec, "healthCheckNodePort")
 
     external_ips = tuple(
