@@ -21,7 +21,8 @@ from typing import Any
 
 import pytest
 import trustme
-from fakekube import FakeKube
+
+from netplane.testing.fakekube import FakeKube
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ import pytest
 from netplane.events import EventType, Synced, WatchEvent
 from netplane.model import ObjectKey
 from netplane.sources.kube import Backoff, KubeSource
-from fakekube import FakeKube, Recorder
+from netplane.testing.fakekube import FakeKube, Recorder
 
 FAST = Backoff(initial=0.01, maximum=0.05, jitter=0.5)
 LOGGER = "netplane.sources.kube"
