@@ -33,7 +33,7 @@ def sources_for(cfg: Config) -> list[Source]:
     if cfg.files:
         from netplane.sources.manifests import ManifestSource
 
-        sources.append(ManifestSource(cfg.files))
+        sources.append(ManifestSource(cfg.files, poll_interval=cfg.manifest_poll_seconds))
     if cfg.uses_api:
         from netplane.sources.kube import DEFAULT_KINDS, KubeSource
 

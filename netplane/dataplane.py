@@ -201,10 +201,9 @@ class Dataplane:
             obj = parsed
         result = self._ingest(WatchEvent(EventType.MODIFIED, obj.key, obj, EMBED_SOURCE))
         if result.error is not None:
-            if self.state.get(obj.key) is None:
-                # The caller hears "refused" and may retry; the state must not
-                # admit it later on its own when a clusterIP or nodePort frees.
-                self.state.apply(WatchEvent(EventType.DELETED, obj.key, None, EMBED_SOURCE))
+            # The caller hears "refused" and owns the retry; the state must not
+            # admit this version later on its own when a clusterIP or nodePort frees.
+            self.state.forget_rejected(obj.key)
             raise result.error
         return result
 

@@ -203,6 +203,16 @@ class ClusterState:
             self._retry_rejected()
         return CHANGED
 
+    def forget_rejected(self, key: ObjectKey) -> None:
+        """Drop a refused version so it is not admitted later on its own.
+
+        For callers that were told "refused" and own the retry (the
+        embedding API); watch sources leave it, so a Service waiting for a
+        taken clusterIP comes in when the holder goes.
+        """
+        self._rejected.pop(key, None)
+        self._rejected_services.pop(key, None)
+
     def _retry_rejected(self) -> None:
         """Admit rejected Services whose clusterIP or nodePort has just been freed.
 

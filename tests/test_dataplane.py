@@ -143,6 +143,18 @@ async def test_service_refused_by_allocation_raises():
         assert dp.table.get("shop", "two").service.cluster_ips == ("127.77.0.10",)
 
 
+async def test_refused_update_keeps_the_old_version_for_good():
+    async with netplane.Dataplane(config()) as dp:
+        dp.apply(service("one", clusterIP="127.77.0.10"))
+        dp.apply(service("two", clusterIP="127.77.0.20"))
+        with pytest.raises(ModelError, match="already allocated to Service shop/one"):
+            dp.apply(service("two", clusterIP="127.77.0.10"))
+        assert dp.table.get("shop", "two").service.cluster_ips == ("127.77.0.20",)
+        dp.delete("Service", "shop", "one")
+        # the refused update does not slip in once the address is free
+        assert dp.table.get("shop", "two").service.cluster_ips == ("127.77.0.20",)
+
+
 async def test_delete():
     async with netplane.Dataplane(config()) as dp:
         dp.apply(service())
