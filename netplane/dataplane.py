@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +77,14 @@ class ChangeStream:
         self._wakeup.set()
         self._owner.discard(self)
 
+    def take(self) -> Change:
+        """What is pending now, without waiting (empty when nothing is)."""
+        change = Change(frozenset(self._objects), frozenset(self._services))
+        self._objects.clear()
+        self._services.clear()
+        self._wakeup.clear()
+        return change
+
     def __aiter__(self) -> ChangeStream:
         return self
 
@@ -86,10 +94,7 @@ class ChangeStream:
                 raise StopAsyncIteration
             await self._wakeup.wait()
             self._wakeup.clear()
-        change = Change(frozenset(self._objects), frozenset(self._services))
-        self._objects.clear()
-        self._services.clear()
-        return change
+        return self.take()
 
 
 class Dataplane:
@@ -106,6 +111,7 @@ class Dataplane:
         # new initial list can drop what it no longer has (a relist).
         self._owned: dict[str, set[ObjectKey]] = {}
         self._table_built = False
+        self._batch_depth = 0
         self._ready_event = asyncio.Event()
         self._sub = self.state.subscribe()
         self._feeds: set[ChangeStream] = set()
@@ -216,6 +222,21 @@ class Dataplane:
         key = ObjectKey(kind, "" if kind in CLUSTER_SCOPED else namespace, name)
         return self._ingest(WatchEvent(EventType.DELETED, key, None, EMBED_SOURCE))
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Apply many objects, then update the tables once (bulk loads).
+
+        Inside the block the state changes at once; the table and the
+        subscribers see the whole batch together when it ends.
+        """
+        self._batch_depth += 1
+        try:
+            yield
+        finally:
+            self._batch_depth -= 1
+            if not self._batch_depth and self._table_built:
+                self._publish()
+
     def subscribe(self) -> ChangeStream:
         """Coalesced changes from now on, until the stream or the dataplane closes."""
         return ChangeStream(self._feeds)
@@ -226,7 +247,7 @@ class Dataplane:
         result = self.state.apply(event)
         if result.changed:
             log.debug("%s %s from %s", event.type.value.lower(), event.key, event.source)
-        if self._table_built:
+        if self._table_built and not self._batch_depth:
             self._publish()
         return result
 

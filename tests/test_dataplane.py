@@ -379,3 +379,20 @@ async def test_admin_port_in_use_is_a_config_error_and_starts_nothing():
         await asyncio.sleep(0.01)
         assert source.runs == 0
         assert not dp.running
+
+
+async def test_batch_updates_the_table_once_at_the_end():
+    async with netplane.Dataplane(config()) as dp:
+        stream = dp.subscribe()
+        with dp.batch():
+            dp.apply(service("web"))
+            dp.apply(endpoint_slice("web", "127.0.10.1"))
+            # the state has both; the table and subscribers wait for the batch
+            assert dp.state.service("shop", "web") is not None
+            assert dp.table.get("shop", "web") is None
+            assert not stream.take().objects
+        assert backends(dp) == [("127.0.10.1", 8080, True)]
+        change = stream.take()
+        assert change.services == {("shop", "web")}
+        assert {str(k) for k in change.objects} == {"Service shop/web", "EndpointSlice shop/web-1"}
+        assert not stream.take().objects
