@@ -17,9 +17,7 @@ only explicit ones are checked (the daemon always has a CIDR).
 from __future__ import annotations
 
 import ipaddress
-import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from netplane.allocations import DEFAULT_NODE_PORT_RANGE, Allocations, IPNetwork
 from netplane.errors import ConfigError
@@ -45,18 +43,6 @@ def _networks(cidrs: Sequence[IPNetwork | str]) -> list[IPNetwork]:
                 raise ConfigError(f"--service-cidr: {c!r} is not a CIDR ({e})") from None
         out.append(c)
     return out
-
-
-@contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
-    """Hold back a logger's warnings: check reports each rejection as a line already."""
-    logger = logging.getLogger(logger_name)
-    drop = logging.Filter(f"{logger_name}.nothing")  # passes no record from this logger
-    logger.addFilter(drop)
-    try:
-        yield
-    finally:
-        logger.removeFilter(drop)
 
 
 def check_paths(
@@ -87,13 +73,13 @@ def check_paths(
 
     cidrs = _networks(service_cidrs)
     state = ClusterState(
-        Allocations(cidrs, tuple(node_port_range), allocate_missing=bool(cidrs))  # type: ignore[arg-type]
+        Allocations(cidrs, tuple(node_port_range), allocate_missing=bool(cidrs)),  # type: ignore[arg-type]
+        log_rejections=False,
     )
-    with _quiet("netplane.state"):
-        results = [
-            (mo, state.apply(WatchEvent.upsert(mo.obj, "check", added=True)).error)
-            for mo in winners.values()
-        ]
+    results = [
+        (mo, state.apply(WatchEvent.upsert(mo.obj, "check", added=True)).error)
+        for mo in winners.values()
+    ]
     for mo, err in results:
         if err is not None:
             line = field_line(texts[mo.path], mo.path, mo, err.field)

@@ -94,8 +94,12 @@ class Subscription:
 class ClusterState:
     """Typed objects by key, with the secondary indexes the planes need."""
 
-    def __init__(self, allocations: Allocations | None = None) -> None:
+    def __init__(
+        self, allocations: Allocations | None = None, *, log_rejections: bool = True
+    ) -> None:
         self.allocations = allocations or Allocations()
+        # `netplane check` reports each rejection itself, with file and line.
+        self.log_rejections = log_rejections
         self._objects: dict[ObjectKey, K8sObject] = {}
         self._by_kind: dict[str, dict[ObjectKey, K8sObject]] = {}
         # (namespace, service name) -> keys of EndpointSlices and Endpoints
@@ -184,7 +188,8 @@ class ClusterState:
             except ModelError as err:
                 self._rejected[key] = err
                 self._rejected_services[key] = new
-                log.warning("rejected %s", err)
+                if self.log_rejections:
+                    log.warning("rejected %s", err)
                 return ApplyResult(False, error=err)
             self._rejected_services.pop(key, None)
         self._rejected.pop(key, None)
