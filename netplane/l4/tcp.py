@@ -1,0 +1,593 @@
+"""The TCP relay: accept on a frontend address, connect to an endpoint, copy bytes both ways.
+
+Strategy:
+
+- Two thin ``asyncio.Protocol`` objects per connection: :class:`_Connection`
+  for the accepted client socket (it owns all the state) and
+  :class:`_Upstream` for the socket to the endpoint. Each ``data_received``
+  hands the chunk straight to the other transport's ``write()``: no copy,
+  no queue, no task on the data path.
+- The route comes from the listener's ``resolve(sockname, peername)``, so one
+  listener can serve many frontends (a wildcard NodePort socket, or the
+  original destination of redirected traffic). No route or no endpoint:
+  the client is reset at once (``SO_LINGER`` 0, then close), never left
+  hanging on a socket nobody will serve.
+- Connecting runs in one task per connection: ``create_connection`` under
+  ``connect_timeout``; a refused or timed-out attempt is reported with
+  ``route.failed()`` and the next one goes to ``route.pick(exclude=tried)``,
+  up to ``connect_attempts``, then the client is reset. Bytes the client
+  sends meanwhile (uvloop delivers them before the upstream is up) are
+  kept, bounded by ``max_buffered``, above which the client is paused.
+- The upstream is wired in its ``connection_made`` (route.opened, PROXY v2
+  header, buffered bytes, a pending half-close), so no byte can come from
+  the endpoint before the relay is ready for it.
+- Backpressure both ways: each transport's write buffer has the
+  ``high_water`` mark, and its ``pause_writing``/``resume_writing`` pause
+  and resume reading the other socket (:mod:`.flow_control`).
+- Half-close is forwarded: EOF from one side becomes ``write_eof()`` on the
+  other once its buffer is flushed (the transport does that); when both
+  directions are done both transports are closed. A reset or error on one
+  side resets the other, so the peer sees the failure instead of a clean EOF.
+- The idle timeout is one ``call_later`` handle per connection ticking four
+  times per timeout; the data path only sets a flag, so an idle connection
+  is aborted between 1 and 1.25 timeouts after its last byte.
+- ``route.closed()`` runs exactly once, when both sockets are gone, for a
+  connection on which ``route.opened()`` ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
+from netplane.l4.proxy_protocol import encode_v2, encode_v2_local
+
+if TYPE_CHECKING:
+    from netplane.l4 import Route, Target
+
+log = logging.getLogger("netplane.l4.tcp")
+
+Resolver = Callable[[tuple, tuple], "Route | None"]
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+_IDLE_TICKS = 4
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSettings:
+    """Timeouts and buffer bounds of the TCP relay."""
+
+    #: seconds for one connect attempt to an endpoint
+    connect_timeout: float = 2.0
+    #: endpoints tried per client connection before it is reset
+    connect_attempts: int = 3
+    #: seconds without a byte either way before both sides are reset
+    idle_timeout: float = 3600.0
+    #: write-buffer high-water mark per socket (the low-water mark is a quarter)
+    high_water: int = HIGH_WATER
+    #: client bytes kept while the upstream connection is being set up
+    max_buffered: int = 262144
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout <= 0 or self.idle_timeout <= 0:
+            raise ValueError("TcpSettings: timeouts must be positive")
+        if self.connect_attempts < 1:
+            raise ValueError("TcpSettings: connect_attempts must be at least 1")
+        if self.high_water < 1 or self.max_buffered < 1:
+            raise ValueError("TcpSettings: high_water and max_buffered must be positive")
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close ``transport`` with a TCP RST (``SO_LINGER`` 0) instead of a FIN."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    transport.abort()  # type: ignore[attr-defined]
+
+
+class Listener:
+    """One listening socket of a :class:`TcpProxy`; ``resolve`` may be swapped at any time."""
+
+    __slots__ = ("_proxy", "_server", "resolve")
+
+    def __init__(self, proxy: TcpProxy, resolve: Resolver) -> None:
+        self._proxy = proxy
+        self._server: asyncio.AbstractServer | None = None
+        #: ``resolve(sockname, peername) -> Route | None``, called once per accepted connection
+        self.resolve = resolve
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def sockname(self) -> tuple:
+        """The bound address of the (first) listening socket, e.g. to learn port 0's port."""
+        return self.sockets[0].getsockname()
+
+    @property
+    def closed(self) -> bool:
+        return self._server is None
+
+    def close(self) -> None:
+        """Stop accepting; connections already accepted go on until they end."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+            self._proxy._listeners.discard(self)
+
+
+class TcpProxy:
+    """Owns the TCP listeners and every relayed connection they accepted."""
+
+    def __init__(self, settings: TcpSettings | None = None) -> None:
+        self.settings = settings or TcpSettings()
+        self._listeners: set[Listener] = set()
+        self._conns: set[_Connection] = set()
+        self._empty = asyncio.Event()
+        self._empty.set()
+        # counters, for metrics
+        #: connections accepted
+        self.accepted = 0
+        #: connections reset because there was no route or no endpoint
+        self.refused = 0
+        #: connect attempts that were refused or timed out
+        self.connect_failures = 0
+        #: connections reset after every attempt failed
+        self.unreachable = 0
+
+    @property
+    def connections(self) -> int:
+        """Client connections currently open (connecting or relaying)."""
+        return len(self._conns)
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    def buffered(self) -> int:
+        """Bytes held by the relay now: write buffers of both sides plus pre-connect bytes."""
+        return sum(c.buffered() for c in self._conns)
+
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        resolve: Resolver,
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        backlog: int = 1024,
+    ) -> Listener:
+        """Listen on ``host:port`` (or the given bound ``sock``); raises OSError if it cannot."""
+        loop = asyncio.get_running_loop()
+        listener = Listener(self, resolve)
+
+        def factory() -> _Connection:
+            return _Connection(self, listener, loop)
+
+        if sock is not None:
+            server = await loop.create_server(factory, sock=sock, backlog=backlog)
+        else:
+            server = await loop.create_server(
+                factory, host, port, reuse_port=reuse_port or None, backlog=backlog
+            )
+        listener._server = server
+        self._listeners.add(listener)
+        return listener
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for open connections to end, then reset the rest."""
+        if self._conns and timeout > 0:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._empty.wait()
+            except TimeoutError:
+                pass
+        if self._conns:
+            log.info("resetting %d TCP connections still open after draining", len(self._conns))
+            for conn in list(self._conns):
+                conn.abort()
+            # connection_lost runs on the next loop iterations; wait for it, briefly.
+            try:
+                async with asyncio.timeout(1.0):
+                    await self._empty.wait()
+            except TimeoutError:
+                log.warning("%d TCP connections did not close after reset", len(self._conns))
+
+    async def close(self, grace: float = 0.0) -> None:
+        """Close every listener, then :meth:`drain` the connections for ``grace`` seconds."""
+        for listener in list(self._listeners):
+            listener.close()
+        await self.drain(grace)
+
+    def _add(self, conn: _Connection) -> None:
+        self._conns.add(conn)
+        self._empty.clear()
+        self.accepted += 1
+
+    def _remove(self, conn: _Connection) -> None:
+        self._conns.discard(conn)
+        if not self._conns:
+            self._empty.set()
+
+
+class _Upstream(asyncio.Protocol):
+    """The endpoint side: forwards into the client's transport, reports to the connection."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: _Connection) -> None:
+        self._conn: _Connection | None = conn
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert self._conn is not None
+        if not self._conn._upstream_made(transport, self):  # type: ignore[arg-type]
+            self._conn = None
+
+    def data_received(self, data: bytes) -> None:
+        conn = self._conn
+        if conn is not None:
+            conn._client.write(data)  # type: ignore[union-attr]
+            conn._busy = True
+
+    def eof_received(self) -> bool:
+        if self._conn is not None:
+            self._conn._upstream_eof_received()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn._upstream_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._conn is not None:
+            self._conn._client_read.pause_writing()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        if self._conn is not None:
+            self._conn._client_read.resume_writing()  # type: ignore[union-attr]
+
+
+class _Connection(asyncio.Protocol):
+    """The accepted client side of one relayed connection, and the state of the pair."""
+
+    __slots__ = (
+        "_busy",
+        "_client",
+        "_client_eof",
+        "_client_lost",
+        "_client_read",
+        "_connecting",
+        "_done",
+        "_idle_handle",
+        "_listener",
+        "_loop",
+        "_opened",
+        "_peer",
+        "_pending",
+        "_pending_size",
+        "_proxy",
+        "_quiet",
+        "_route",
+        "_settings",
+        "_sockname",
+        "_target",
+        "_upstream",
+        "_upstream_eof",
+        "_upstream_lost_flag",
+        "_upstream_read",
+    )
+
+    def __init__(self, proxy: TcpProxy, listener: Listener, loop: asyncio.AbstractEventLoop):
+        # global
+        self._proxy = proxy
+        self._listener = listener
+        self._loop = loop
+        self._settings = proxy.settings
+        # the two sockets
+        self._client: asyncio.Transport | None = None
+        self._upstream: asyncio.Transport | None = None
+        self._client_read: FlowControl | None = None
+        self._upstream_read: FlowControl | None = None
+        self._peer: tuple = ()
+        self._sockname: tuple = ()
+        # routing
+        self._route: Route | None = None
+        self._target: Target | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._opened = False
+        # client bytes received before the upstream is up
+        self._pending: list[bytes] | None = []
+        self._pending_size = 0
+        # lifecycle
+        self._client_eof = False
+        self._upstream_eof = False
+        self._client_lost = False
+        self._upstream_lost_flag = False
+        self._done = False
+        # idle timeout
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._busy = False
+        self._quiet = 0
+
+    # -- client side (asyncio.Protocol) -----------------------------------------
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._client = transport
+        self._proxy._add(self)
+        transport.set_write_buffer_limits(high=self._settings.high_water)
+        self._client_read = FlowControl(transport)
+        self._peer = transport.get_extra_info("peername") or ()
+        self._sockname = transport.get_extra_info("sockname") or ()
+        target = None
+        try:
+            route = self._listener.resolve(self._sockname, self._peer)
+            if route is not None:
+                target = route.pick(self._peer[0])
+        except Exception:
+            log.exception("TCP %s: choosing an endpoint failed", _fmt(self._sockname))
+            route = None
+        if route is None or target is None:
+            self._proxy.refused += 1
+            log.debug(
+                "TCP %s from %s: no %s, resetting",
+                _fmt(self._sockname),
+                _fmt(self._peer),
+                "route" if route is None else "endpoint",
+            )
+            reset(transport)
+            return
+        self._route = route
+        self._connecting = self._loop.create_task(self._connect(target))
+
+    def data_received(self, data: bytes) -> None:
+        upstream = self._upstream
+        if upstream is not None:
+            upstream.write(data)
+            self._busy = True
+            return
+        pending = self._pending
+        if pending is None:  # reset or refused: drop
+            return
+        pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size > self._settings.max_buffered:
+            self._client_read.pause(PENDING_FULL)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self._client_eof = True
+        self._client_read.finish()  # type: ignore[union-attr]
+        upstream = self._upstream
+        if upstream is not None:
+            if not upstream.is_closing():
+                upstream.write_eof()
+            self._close_if_both_eof()
+        return True  # keep the client open for the reply
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._client_lost = True
+        if self._client_read is not None:
+            self._client_read.finish()
+        self._pending = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        upstream = self._upstream
+        if upstream is not None and not self._upstream_lost_flag:
+            if exc is not None:
+                reset(upstream)
+            else:
+                upstream.close()
+        self._maybe_finish()
+
+    def pause_writing(self) -> None:
+        if self._upstream_read is not None:
+            self._upstream_read.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._upstream_read is not None:
+            self._upstream_read.resume_writing()
+
+    # -- connecting ---------------------------------------------------------------
+
+    async def _connect(self, target: Target) -> None:
+        route = self._route
+        assert route is not None
+        s = self._settings
+        tried: list[Target] = []
+        for attempt in range(1, s.connect_attempts + 1):
+            self._target = target
+            try:
+                async with asyncio.timeout(s.connect_timeout):
+                    await self._loop.create_connection(
+                        lambda: _Upstream(self), target.address, target.port
+                    )
+                return  # wired by _Upstream.connection_made
+            except Exception as e:
+                if self._upstream is not None:
+                    return  # wired, then cancelled on the way out: the transport is closing
+                self._proxy.connect_failures += 1
+                if isinstance(e, OSError | TimeoutError):
+                    log.debug(
+                        "TCP %s: connect to %s failed: %s",
+                        _fmt(self._sockname),
+                        _fmt((target.address, target.port)),
+                        e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__,
+                    )
+                else:
+                    log.exception(
+                        "TCP %s: connect to %s failed",
+                        _fmt(self._sockname),
+                        _fmt((target.address, target.port)),
+                    )
+            route.failed(target)
+            tried.append(target)
+            if attempt == s.connect_attempts:
+                break
+            try:
+                target = route.pick(self._peer[0], exclude=frozenset(tried))
+            except Exception:
+                log.exception("TCP %s: choosing an endpoint failed", _fmt(self._sockname))
+                target = None
+            if target is None:
+                break
+        self._connecting = None
+        self._proxy.unreachable += 1
+        log.debug(
+            "TCP %s from %s: no endpoint answered after %d attempts, resetting",
+            _fmt(self._sockname),
+            _fmt(self._peer),
+            len(tried),
+        )
+        self._pending = None
+        if self._client is not None and not self._client_lost:
+            reset(self._client)
+
+    def _upstream_made(self, transport: asyncio.Transport, proto: _Upstream) -> bool:
+        """Wire a fresh upstream; False (and the socket aborted) if the client is gone."""
+        if self._client_lost or self._done or self._upstream is not None:
+            transport.abort()
+            return False
+        client = self._client
+        assert client is not None and self._route is not None and self._target is not None
+        self._upstream = transport
+        transport.set_write_buffer_limits(high=self._settings.high_water)
+        self._upstream_read = FlowControl(transport)
+        self._opened = True
+        self._route.opened(self._target)
+        if self._route.proxy_protocol:
+            try:
+                header = encode_v2(self._peer, self._sockname)
+            except (ValueError, IndexError, TypeError):
+                log.warning(
+                    "TCP %s: cannot encode a PROXY header for %r; sending LOCAL",
+                    _fmt(self._sockname),
+                    self._peer,
+                )
+                header = encode_v2_local()
+            transport.write(header)
+        pending, self._pending = self._pending, None
+        if pending:
+            for chunk in pending:
+                transport.write(chunk)
+            self._pending_size = 0
+        self._client_read.resume(PENDING_FULL)  # type: ignore[union-attr]
+        if self._client_eof:
+            transport.write_eof()
+        # An upstream that is already full keeps the client paused: its
+        # pause_writing ran inside the writes above, before this resume, and
+        # FlowControl holds PEER_BACKLOG separately from PENDING_FULL.
+        self._arm_idle()
+        return True
+
+    # -- upstream side (called by _Upstream) --------------------------------------
+
+    def _upstream_eof_received(self) -> None:
+        self._upstream_eof = True
+        self._upstream_read.finish()  # type: ignore[union-attr]
+        client = self._client
+        if client is not None and not client.is_closing():
+            client.write_eof()
+        self._close_if_both_eof()
+
+    def _upstream_lost(self, exc: Exception | None) -> None:
+        self._upstream_lost_flag = True
+        if self._upstream_read is not None:
+            self._upstream_read.finish()
+        client = self._client
+        if client is not None and not self._client_lost:
+            if exc is not None:
+                reset(client)
+            else:
+                client.close()
+        self._maybe_finish()
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def _close_if_both_eof(self) -> None:
+        if self._client_eof and self._upstream_eof:
+            # close() flushes what is buffered, then closes.
+            self._client.close()  # type: ignore[union-attr]
+            self._upstream.close()  # type: ignore[union-attr]
+
+    def _maybe_finish(self) -> None:
+        if self._done or not self._client_lost:
+            return
+        if self._upstream is not None and not self._upstream_lost_flag:
+            return
+        self._done = True
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if self._opened:
+            self._opened = False
+            try:
+                self._route.closed(self._target)  # type: ignore[union-attr,arg-type]
+            except Exception:
+                log.exception("TCP %s: route.closed failed", _fmt(self._sockname))
+        self._proxy._remove(self)
+
+    def abort(self) -> None:
+        """Reset both sides now (idle timeout, end of a drain)."""
+        if self._connecting is not None:
+            self._connecting.cancel()
+            self._connecting = None
+        if self._upstream is not None and not self._upstream_lost_flag:
+            reset(self._upstream)
+        if self._client is not None and not self._client_lost:
+            reset(self._client)
+
+    def buffered(self) -> int:
+        n = self._pending_size
+        if self._client is not None and not self._client_lost:
+            n += self._client.get_write_buffer_size()
+        if self._upstream is not None and not self._upstream_lost_flag:
+            n += self._upstream.get_write_buffer_size()
+        return n
+
+    # -- idle timeout -------------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        self._idle_handle = self._loop.call_later(
+            self._settings.idle_timeout / _IDLE_TICKS, self._idle_tick
+        )
+
+    def _idle_tick(self) -> None:
+        self._idle_handle = None
+        if self._done:
+            return
+        if self._busy:
+            self._busy = False
+            self._quiet = 0
+        else:
+            self._quiet += 1
+            if self._quiet >= _IDLE_TICKS:
+                log.debug(
+                    "TCP %s from %s: idle for %ss, resetting",
+                    _fmt(self._sockname),
+                    _fmt(self._peer),
+                    self._settings.idle_timeout,
+                )
+                self.abort()
+                return
+        self._arm_idle()
+
+
+def _fmt(addr: tuple | Any) -> str:
+    if not addr or not isinstance(addr, tuple):
+        return repr(addr)
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
