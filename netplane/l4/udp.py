@@ -1,0 +1,421 @@
+"""The UDP relay: one flow per client address, replies sent from the service address.
+
+Strategy:
+
+- Each frontend is one datagram endpoint bound to the service address
+  (:class:`UdpListener`, an ``asyncio.DatagramProtocol``). A datagram from a
+  new client ``(ip, port)`` opens a *flow*: ``route.pick(ip)`` chooses a
+  target and a non-blocking UDP socket is ``connect()``-ed to it. Replies
+  read from that socket go back through the *listening* transport, so the
+  client sees them come from the address and port it sent to, as a
+  stateful NAT would do it; with a wildcard listener the kernel picks the
+  source address of the reply (no ``IP_PKTINFO`` here).
+- The upstream socket is a plain socket watched with ``loop.add_reader``
+  rather than a second asyncio endpoint: opening a flow stays synchronous
+  inside ``datagram_received``, so the first datagram goes out at once, with
+  no task per flow and no queue for datagrams that arrive while an endpoint
+  is being set up. ``connect()`` makes the kernel filter replies to the one
+  target, and a refused port (ICMP port unreachable) surfaces as
+  ``ConnectionRefusedError``: the target is reported with ``route.failed()``
+  and the flow closed, so the client's next datagram picks again.
+- Before relaying on an existing flow, the listener checks that its target
+  is still ``usable()`` under the listener's current route; if not (the
+  endpoint left, or the table was swapped with ``listener.route = ...``), the
+  flow is closed and the datagram opens a new one with a fresh pick.
+- Idle flows are removed by one coarse sweep per :class:`UdpProxy`, a
+  ``call_later`` handle that ticks four times per ``flow_idle_timeout`` while
+  any flow exists; traffic only sets a flag on the flow. A flow goes
+  between 1 and 1.25 timeouts after its last datagram.
+- The flow table is bounded by ``max_flows`` over the whole proxy. A new
+  client's datagram beyond it is dropped and counted
+  (``dropped_overflow``), with a warning at most once per second. Every
+  other failure (no route, no target, a socket error, a full send buffer)
+  drops the datagram and counts it too; UDP is allowed to lose datagrams,
+  the proxy is not allowed to crash.
+- ``route.opened()`` and ``route.closed()`` run once per flow, on the route
+  that picked its target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from netplane.l4 import Route, Target
+
+log = logging.getLogger("netplane.l4.udp")
+
+_IDLE_TICKS = 4
+#: datagrams read from one upstream socket per readiness callback (fairness)
+_READS_PER_WAKEUP = 64
+#: largest UDP payload over IPv4/IPv6 without jumbograms
+_MAX_DATAGRAM = 65535
+#: the listening transport's queued replies beyond which replies are dropped
+_MAX_QUEUED = 1 << 20
+_LOG_EVERY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class UdpSettings:
+    """Flow lifetime and the bound on the flow table."""
+
+    #: seconds without a datagram either way before a flow is removed
+    flow_idle_timeout: float = 30.0
+    #: flows over all listeners of one UdpProxy; a new client beyond it is dropped
+    max_flows: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.flow_idle_timeout <= 0:
+            raise ValueError("UdpSettings: flow_idle_timeout must be positive")
+        if self.max_flows < 1:
+            raise ValueError("UdpSettings: max_flows must be at least 1")
+
+
+class _Flow:
+    """One client address relayed to one target over a connected socket."""
+
+    __slots__ = ("busy", "client", "closed", "fd", "listener", "quiet", "route", "sock", "target")
+
+    def __init__(
+        self, listener: UdpListener, client: Any, route: Route, target: Target, sock: socket.socket
+    ) -> None:
+        self.listener = listener
+        self.client = client
+        self.route = route
+        self.target = target
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.busy = True
+        self.quiet = 0
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.busy = True
+        try:
+            self.sock.send(data)
+        except BlockingIOError:
+            self.listener._proxy.dropped_errors += 1  # send buffer full: UDP may drop
+        except ConnectionRefusedError:
+            # An earlier datagram drew an ICMP port unreachable.
+            self.listener._proxy.dropped_errors += 1
+            self.listener._refused(self)
+        except OSError as e:
+            self.listener._proxy.dropped_errors += 1
+            self.listener._proxy._log_error("send to", self.target, e)
+
+    def readable(self) -> None:
+        """The upstream socket has replies: send them to the client from the service address."""
+        sock = self.sock
+        listener = self.listener
+        transport = listener._transport
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                data = sock.recv(_MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                listener._refused(self)
+                return
+            except OSError as e:
+                listener._proxy._log_error("receive from", self.target, e)
+                listener._close_flow(self)
+                return
+            self.busy = True
+            if transport is None or transport.get_write_buffer_size() > _MAX_QUEUED:
+                listener._proxy.dropped_errors += 1
+                continue
+            transport.sendto(data, self.client)
+
+
+class UdpListener(asyncio.DatagramProtocol):
+    """One bound datagram socket of a :class:`UdpProxy` and the flows of its clients.
+
+    ``route`` may be swapped at any time with a Route or a callable returning
+    one (or None); new flows use the new value, and existing flows whose
+    target it no longer finds ``usable()`` move on their next datagram.
+    """
+
+    def __init__(
+        self,
+        proxy: UdpProxy,
+        route: Route | Callable[[], Route | None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._proxy = proxy
+        self._loop = loop
+        self._transport: asyncio.DatagramTransport | None = None
+        self._flows: dict[Any, _Flow] = {}
+        self._static: Route | None = None
+        self._source: Any = None
+        self.route = route
+
+    # -- the route --------------------------------------------------------------
+
+    @property
+    def route(self) -> Any:
+        """The Route of this frontend, or a callable returning the current one."""
+        return self._source
+
+    @route.setter
+    def route(self, value: Any) -> None:
+        self._source = value
+        self._static = value if hasattr(value, "pick") else None
+
+    def _current_route(self) -> Route | None:
+        if self._static is not None:
+            return self._static
+        try:
+            return self._source()
+        except Exception:
+            log.exception("UDP %s: finding the route failed", _fmt(self.sockname))
+            return None
+
+    # -- introspection ----------------------------------------------------------
+
+    @property
+    def sockname(self) -> Any:
+        if self._transport is None:
+            return None
+        return self._transport.get_extra_info("sockname")
+
+    @property
+    def flows(self) -> int:
+        return len(self._flows)
+
+    @property
+    def closed(self) -> bool:
+        return self._transport is None
+
+    # -- asyncio.DatagramProtocol -----------------------------------------------
+
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        flow = self._flows.get(addr)
+        if flow is not None:
+            route = self._current_route()
+            if route is not None:
+                try:
+                    usable = route.usable(flow.target)
+                except Exception:
+                    log.exception("UDP %s: route.usable failed", _fmt(self.sockname))
+                    usable = False
+                if usable:
+                    flow.send(data)
+                    return
+            self._close_flow(flow)  # the target left: this datagram picks again
+        flow = self._open_flow(addr)
+        if flow is not None:
+            flow.send(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors about replies sent to clients (a client port gone): nothing to do.
+        log.debug("UDP %s: %s", _fmt(self.sockname), exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            log.warning("UDP %s: listener closed: %s", _fmt(self.sockname), exc)
+        self._transport = None
+        self._close_all()
+        self._proxy._listeners.discard(self)
+
+    # -- flows ------------------------------------------------------------------
+
+    def _open_flow(self, client: Any) -> _Flow | None:
+        proxy = self._proxy
+        if proxy._nflows >= proxy.settings.max_flows:
+            proxy._overflow()
+            return None
+        route = self._current_route()
+        target = None
+        if route is not None:
+            try:
+                target = route.pick(client[0])
+            except Exception:
+                log.exception("UDP %s: choosing an endpoint failed", _fmt(self.sockname))
+        if route is None or target is None:
+            proxy.dropped_no_target += 1
+            return None
+        family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
+        try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+        except OSError as e:
+            proxy.dropped_errors += 1
+            proxy._log_error("open a socket for", target, e)
+            return None
+        try:
+            sock.setblocking(False)
+            sock.connect((target.address, target.port))
+        except OSError as e:
+            sock.close()
+            proxy.dropped_errors += 1
+            proxy._log_error("connect to", target, e)
+            if e.errno in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH):
+                route.failed(target)
+            return None
+        flow = _Flow(self, client, route, target, sock)
+        self._loop.add_reader(flow.fd, flow.readable)
+        self._flows[client] = flow
+        proxy._nflows += 1
+        proxy._arm_sweep()
+        try:
+            route.opened(target)
+        except Exception:
+            log.exception("UDP %s: route.opened failed", _fmt(self.sockname))
+        return flow
+
+    def _close_flow(self, flow: _Flow) -> None:
+        if flow.closed:
+            return
+        flow.closed = True
+        if self._flows.get(flow.client) is flow:
+            del self._flows[flow.client]
+        self._proxy._nflows -= 1
+        with contextlib.suppress(Exception):  # the loop may be closing
+            self._loop.remove_reader(flow.fd)
+        flow.sock.close()
+        try:
+            flow.route.closed(flow.target)
+        except Exception:
+            log.exception("UDP %s: route.closed failed", _fmt(self.sockname))
+
+    def _refused(self, flow: _Flow) -> None:
+        log.debug(
+            "UDP %s: %s refused the flow of %s", _fmt(self.sockname), flow.target, flow.client
+        )
+        try:
+            flow.route.failed(flow.target)
+        except Exception:
+            log.exception("UDP %s: route.failed failed", _fmt(self.sockname))
+        self._close_flow(flow)
+
+    def _close_all(self) -> None:
+        for flow in list(self._flows.values()):
+            self._close_flow(flow)
+
+    def _sweep(self) -> None:
+        for flow in list(self._flows.values()):
+            if flow.busy:
+                flow.busy = False
+                flow.quiet = 0
+            else:
+                flow.quiet += 1
+                if flow.quiet >= _IDLE_TICKS:
+                    self._close_flow(flow)
+
+    def close(self) -> None:
+        """Close the socket and every flow of this listener."""
+        transport, self._transport = self._transport, None
+        self._close_all()
+        self._proxy._listeners.discard(self)
+        if transport is not None:
+            transport.close()
+
+
+class UdpProxy:
+    """Owns the UDP listeners and their flows, with one flow bound and one idle sweep."""
+
+    def __init__(self, settings: UdpSettings | None = None) -> None:
+        self.settings = settings or UdpSettings()
+        self._listeners: set[UdpListener] = set()
+        self._nflows = 0
+        self._sweep_handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._overflow_logged = float("-inf")
+        self._error_logged = float("-inf")
+        # counters, for metrics
+        #: datagrams from new clients dropped because the flow table was full
+        self.dropped_overflow = 0
+        #: datagrams dropped because there was no route or no endpoint
+        self.dropped_no_target = 0
+        #: datagrams dropped on socket errors or full buffers
+        self.dropped_errors = 0
+
+    @property
+    def flows(self) -> int:
+        """Flows open now, over all listeners."""
+        return self._nflows
+
+    @property
+    def listeners(self) -> int:
+        return len(self._listeners)
+
+    async def listen(
+        self,
+        host: str,
+        port: int,
+        route: Route | Callable[[], Route | None],
+        *,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+    ) -> UdpListener:
+        """Bind ``host:port`` (or use ``sock``) for ``route``: a Route or a callable returning one."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        listener = UdpListener(self, route, loop)
+        if sock is not None:
+            await loop.create_datagram_endpoint(lambda: listener, sock=sock)
+        else:
+            await loop.create_datagram_endpoint(
+                lambda: listener, local_addr=(host, port), reuse_port=reuse_port or None
+            )
+        self._listeners.add(listener)
+        return listener
+
+    async def close(self) -> None:
+        """Close every listener and flow."""
+        for listener in list(self._listeners):
+            listener.close()
+        if self._sweep_handle is not None:
+            self._sweep_handle.cancel()
+            self._sweep_handle = None
+        await asyncio.sleep(0)  # let the transports run connection_lost
+
+    # -- internals ----------------------------------------------------------------
+
+    def _arm_sweep(self) -> None:
+        if self._sweep_handle is None and self._loop is not None:
+            self._sweep_handle = self._loop.call_later(
+                self.settings.flow_idle_timeout / _IDLE_TICKS, self._sweep
+            )
+
+    def _sweep(self) -> None:
+        self._sweep_handle = None
+        for listener in list(self._listeners):
+            listener._sweep()
+        if self._nflows:
+            self._arm_sweep()
+
+    def _overflow(self) -> None:
+        self.dropped_overflow += 1
+        now = self._loop.time() if self._loop is not None else 0.0
+        if now - self._overflow_logged >= _LOG_EVERY:
+            self._overflow_logged = now
+            log.warning(
+                "UDP flow table full (%d flows): dropping datagrams of new clients (%d so far)",
+                self._nflows,
+                self.dropped_overflow,
+            )
+
+    def _log_error(self, what: str, target: Any, e: OSError) -> None:
+        now = self._loop.time() if self._loop is not None else 0.0
+        if now - self._error_logged >= _LOG_EVERY:
+            self._error_logged = now
+            log.warning(
+                "UDP: cannot %s %s: %s", what, _fmt((target.address, target.port)), e.strerror or e
+            )
+
+
+def _fmt(addr: Any) -> str:
+    if not addr or not isinstance(addr, tuple):
+        return repr(addr)
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
