@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import uvloop
 
+from netplane.l4.flow_control import PENDING_FULL, FlowControl
 from netplane.l4.picker import Target
 from netplane.l4.proxy_protocol import decode_v2
 from netplane.l4.tcp import TcpProxy, TcpSettings
@@ -581,3 +582,68 @@ def test_proxy_protocol_header_comes_first(run) -> None:
             writer.close()
 
     run(main())
+
+
+def test_bytes_sent_while_connecting_are_bounded_then_delivered(run) -> None:
+    received = 0
+
+    async def count(reader, writer) -> None:
+        nonlocal received
+        while data := await reader.read(65536):
+            received += len(data)
+        writer.close()
+
+    async def main() -> None:
+        settings = TcpSettings(connect_timeout=0.3, connect_attempts=2, max_buffered=65536)
+        with blackhole() as hole:
+            async with server(count) as good, relay(Route(hole, good), settings) as (proxy, a):
+                _reader, writer = await asyncio.open_connection(*a)
+                conn = next(iter(proxy._conns))
+                total = 4 << 20
+                writer.write(b"y" * total)  # far more than max_buffered
+                await wait_for(lambda: conn._client_read.paused, timeout=0.25)
+                assert conn._upstream is None  # still on the first (blackholed) attempt
+                assert conn._pending_size <= 65536 + 262144
+                async with asyncio.timeout(WAIT):
+                    await writer.drain()
+                writer.write_eof()
+                await wait_for(lambda: received == total)
+                writer.close()
+
+    run(main())
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.reading = True
+        self.calls = 0
+        self.closing = False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+        self.calls += 1
+
+    def resume_reading(self) -> None:
+        self.reading = True
+        self.calls += 1
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def test_flow_control_reasons_are_idempotent() -> None:
+    t = FakeTransport()
+    fc = FlowControl(t)  # type: ignore[arg-type]
+    fc.pause_writing()
+    fc.pause_writing()
+    fc.pause(PENDING_FULL)
+    assert not t.reading and t.calls == 1 and fc.paused
+    fc.resume(PENDING_FULL)
+    assert not t.reading  # still held for the peer's backlog
+    fc.resume_writing()
+    fc.resume_writing()
+    assert t.reading and t.calls == 2 and not fc.paused
+    fc.finish()  # after EOF the transport is never touched again
+    fc.pause_writing()
+    fc.resume_writing()
+    assert t.calls == 2
