@@ -90,6 +90,30 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         {"metavar": "S", "help": "grace period on stop (default 10)"},
     ),
     (
+        ("--nodeport-addresses",),
+        "nodeport-addresses",
+        {"action": "append", "metavar": "IP", "help": "where NodePorts listen (repeatable)"},
+    ),
+    (
+        ("--lb-policy",),
+        "lb-policy",
+        {
+            "choices": cfgmod.LB_POLICIES,
+            "help": "default balancing (per service: netplane.io/lb-policy)",
+        },
+    ),
+    (
+        ("--connect-timeout",),
+        "connect-timeout",
+        {"metavar": "S", "help": "per endpoint try (default 2)"},
+    ),
+    (("--tcp-idle-seconds",), "tcp-idle-seconds", {"metavar": "S", "help": "default 3600"}),
+    (
+        ("--udp-idle-seconds",),
+        "udp-idle-seconds",
+        {"metavar": "S", "help": "UDP flow idle timeout (default 30)"},
+    ),
+    (
         ("--manifest-poll-seconds",),
         "manifest-poll-seconds",
         {"metavar": "S", "help": "how often manifest files are checked for changes (default 1)"},
@@ -167,14 +191,24 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
     def reload_config() -> cfgmod.Config:
         return cfgmod.load(args.config, flags)
 
-    on_ready = _print_demo if demo else None
+    on_ready = _start_demo if demo else None
     return uvloop.run(
         serve(cfg, reload_config=reload_config, on_ready=on_ready, apply_logging=_setup_logging)
     )
 
 
-def _print_demo(dp: Any) -> None:
-    """Tell a newcomer what the demo loaded and what to try."""
+async def _start_demo(dp: Any) -> Any:
+    """Start the demo's backends, then tell a newcomer what runs and what to try."""
+    from netplane.demo_backends import DemoBackends
+
+    backends = DemoBackends()
+    started = await backends.start(dp.table) if dp.config.proxy else []
+    print(demo_text(dp, started), flush=True)
+    return backends.close
+
+
+def demo_text(dp: Any, backends: list[str]) -> str:
+    """The demo's greeting: the service table, its backends and commands to try."""
     out = ["", "netplane demo is running. Services in the table:"]
     for entry in sorted(dp.table, key=lambda e: e.key):
         svc = entry.service
@@ -194,18 +228,41 @@ def _print_demo(dp: Any) -> None:
             or "no ports"
         )
         out.append(f"  {svc.key.namespace}/{svc.key.name}  {svc.type}  {ips}  {ports}")
+    if backends:
+        out += ["", "Demo backends (started by the demo on loopback):"]
+        out += [f"  {line}" for line in backends]
+    out += ["", "Try:"]
+    if dp.config.proxy:
+        out += _proxy_tries(dp)
     if dp.admin is not None:
         base = f"http://{cfgmod.Listen(dp.config.admin.host, dp.admin.port)}"
-        out += [
-            "",
-            "Try:",
-            f"  curl {base}/readyz",
-            f"  curl {base}/debug/state",
-            "",
-            f"Edit the manifests under {', '.join(dp.config.files)} and watch the state follow;"
-            " Ctrl-C stops.",
-        ]
-    print("\n".join(out), flush=True)
+        out += [f"  curl {base}/readyz", f"  curl {base}/debug/state"]
+    out += [
+        "",
+        f"Edit the manifests under {', '.join(dp.config.files)} and watch the state follow;"
+        " Ctrl-C stops.",
+    ]
+    return "\n".join(out)
+
+
+def _proxy_tries(dp: Any) -> list[str]:
+    lines = []
+    node_ip = dp.config.effective_nodeport_addresses[0]
+    for entry in sorted(dp.table, key=lambda e: e.key):
+        name = f"{entry.service.key.namespace}/{entry.service.key.name}"
+        for p in entry.ports:
+            if not p.backends:
+                continue
+            for f in p.frontends:
+                host = f.ip or node_ip
+                where = f"[{host}]" if ":" in host else host
+                if p.protocol == "UDP":
+                    lines.append(
+                        f"  echo hello | nc -u -w1 {host} {f.port}    # {name} over UDP ({f.kind})"
+                    )
+                elif p.name.startswith("http"):
+                    lines.append(f"  curl http://{where}:{f.port}/    # {name} ({f.kind})")
+    return lines
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ LOCAL_SERVICE_CIDR = "127.77.0.0/16"
 NODE_SERVICE_CIDR = "10.96.0.0/12"
 MODES = ("local", "node")
 LOG_FORMATS = ("text", "json")
+LB_POLICIES = ("round-robin", "least-connections")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -90,6 +91,11 @@ class Config:
     log_level: str = "info"
     drain_seconds: float = 10.0
     manifest_poll_seconds: float = 1.0
+    nodeport_addresses: tuple[str, ...] = ()  # empty: the node IPs, else 127.0.0.1 (local) or all
+    lb_policy: str = "round-robin"
+    connect_timeout: float = 2.0
+    tcp_idle_seconds: float = 3600.0
+    udp_idle_seconds: float = 30.0
     derive_endpoints_from_pods: bool | None = None  # None: on unless the API is a source
     config_file: str | None = field(default=None, compare=False)
 
@@ -130,6 +136,15 @@ class Config:
         return (
             ipaddress.ip_network(LOCAL_SERVICE_CIDR if self.mode == "local" else NODE_SERVICE_CIDR),
         )
+
+    @property
+    def effective_nodeport_addresses(self) -> tuple[str, ...]:
+        """Where NodePorts listen: the option, else the node IPs, else a default per mode."""
+        if self.nodeport_addresses:
+            return self.nodeport_addresses
+        if self.node_ips:
+            return self.node_ips
+        return ("127.0.0.1",) if self.mode == "local" else ("0.0.0.0", "::")
 
     @property
     def pods_make_endpoints(self) -> bool:
@@ -225,6 +240,13 @@ def _seconds(v: Any, setting: str, _base: Path) -> float:
     return f
 
 
+def _positive_seconds(v: Any, setting: str, base: Path) -> float:
+    f = _seconds(v, setting, base)
+    if f <= 0:
+        raise ConfigError(f"{setting}: must be more than 0")
+    return f
+
+
 def _poll_seconds(v: Any, setting: str, base: Path) -> float:
     f = _seconds(v, setting, base)
     if f < 0.01:
@@ -255,6 +277,11 @@ KEYS: dict[str, tuple[str, Any]] = {
     "drain-seconds": ("drain_seconds", _seconds),
     "manifest-poll-seconds": ("manifest_poll_seconds", _poll_seconds),
     "pod-endpoints": ("derive_endpoints_from_pods", _bool),
+    "nodeport-addresses": ("nodeport_addresses", _list(_ip)),
+    "lb-policy": ("lb_policy", _choice(LB_POLICIES)),
+    "connect-timeout": ("connect_timeout", _positive_seconds),
+    "tcp-idle-seconds": ("tcp_idle_seconds", _positive_seconds),
+    "udp-idle-seconds": ("udp_idle_seconds", _positive_seconds),
 }
 
 

@@ -14,12 +14,15 @@ import dataclasses
 import gc
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from netplane import __version__
 from netplane.config import Config
 from netplane.dataplane import Dataplane
 from netplane.errors import ConfigError, NetplaneError
+from netplane.l4.proxy import L4Proxy
+from netplane.l4.tcp import TcpSettings
+from netplane.l4.udp import UdpSettings
 from netplane.sources import Source
 
 log = logging.getLogger("netplane.daemon")
@@ -55,8 +58,12 @@ def sources_for(cfg: Config) -> list[Source]:
 def describe_planes(cfg: Config) -> list[str]:
     """What this version serves of what the config asks for, said plainly."""
     lines = []
+    if cfg.proxy and cfg.mode == "node":
+        lines.append(
+            "L4 service proxy in node mode: the AnyIP routes are not built yet, so only"
+            " cluster IPs already local to this host can be bound"
+        )
     wanted = {
-        "L4 service proxy": cfg.proxy,
         f"ingress HTTP on {cfg.ingress_http}": cfg.ingress_http is not None,
         f"ingress HTTPS on {cfg.ingress_https}": cfg.ingress_https is not None,
         f"DNS on {cfg.dns}": cfg.dns is not None,
@@ -71,14 +78,20 @@ async def serve(
     cfg: Config,
     *,
     reload_config: Callable[[], Config] | None = None,
-    on_ready: Callable[[Dataplane], None] | None = None,
+    on_ready: Callable[[Dataplane], Awaitable[Callable[[], Awaitable[None]] | None]] | None = None,
     apply_logging: Callable[[Config], None] | None = None,
 ) -> int:
-    """Run until a stop signal; return the process exit code."""
+    """Run until a stop signal; return the process exit code.
+
+    ``on_ready`` runs once the table is built; it may return an async
+    cleanup that runs at shutdown (the demo's backends use this).
+    """
     sources = sources_for(cfg)
     if not sources:
         raise ConfigError("no source: give -f PATH, --kubeconfig PATH or --in-cluster")
     dp = Dataplane(cfg, sources=sources)
+    proxy = proxy_for(cfg, dp)
+    cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -117,8 +130,10 @@ async def serve(
         )
         for line in describe_planes(cfg):
             log.info(line)
+        if proxy is not None:
+            await proxy.start()  # subscribes before the table is built: sees all of it
         await dp.start()
-        waiter = asyncio.create_task(_when_ready(dp, on_ready))
+        waiter = asyncio.create_task(_when_ready(dp, on_ready, cleanups))
         await stop.wait()
         log.info("stopping: draining for up to %.0f s", cfg.drain_seconds)
     finally:
@@ -126,12 +141,36 @@ async def serve(
             waiter.cancel()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if proxy is not None:
+            await proxy.close(cfg.drain_seconds)
+        for cleanup in cleanups:
+            await cleanup()
         await dp.stop()
     log.info("stopped")
     return 0
 
 
-async def _when_ready(dp: Dataplane, on_ready: Callable[[Dataplane], None] | None) -> None:
+def proxy_for(cfg: Config, dp: Dataplane) -> L4Proxy | None:
+    """The L4 service proxy the config asks for, registered with the dataplane."""
+    if not cfg.proxy:
+        return None
+    proxy = L4Proxy(
+        dp,
+        node_name=cfg.node_name,
+        nodeport_addresses=cfg.effective_nodeport_addresses,
+        default_policy=cfg.lb_policy,
+        tcp=TcpSettings(connect_timeout=cfg.connect_timeout, idle_timeout=cfg.tcp_idle_seconds),
+        udp=UdpSettings(flow_idle_timeout=cfg.udp_idle_seconds),
+    )
+    dp.planes["proxy"] = proxy
+    return proxy
+
+
+async def _when_ready(
+    dp: Dataplane,
+    on_ready: Callable[[Dataplane], Awaitable[Callable[[], Awaitable[None]] | None]] | None,
+    cleanups: list[Callable[[], Awaitable[None]]],
+) -> None:
     await dp.wait_ready()
     # What the initial sync loaded is long-lived; keeping it out of later
     # collections stops GC pauses of tens of ms landing on live changes. This
@@ -139,4 +178,6 @@ async def _when_ready(dp: Dataplane, on_ready: Callable[[Dataplane], None] | Non
     gc.collect()
     gc.freeze()
     if on_ready is not None:
-        on_ready(dp)
+        cleanup = await on_ready(dp)
+        if cleanup is not None:
+            cleanups.append(cleanup)

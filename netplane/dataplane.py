@@ -118,6 +118,9 @@ class Dataplane:
         self._tasks: list[asyncio.Task] = []
         self._started_at = time.monotonic()
         self.admin: Any = None
+        # Data planes that run beside this dataplane, by name; each has
+        # debug_state() (shown under "planes" in /debug/state).
+        self.planes: dict[str, Any] = {}
         self.running = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -361,6 +364,7 @@ class Dataplane:
             "secrets": secrets,
             "rejected": {str(k): e.describe() for k, e in sorted(self.state.rejected().items())},
             "services": [e.to_dict() for e in sorted(self.table, key=lambda e: e.key)],
+            "planes": {name: plane.debug_state() for name, plane in sorted(self.planes.items())},
         }
 
 

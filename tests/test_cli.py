@@ -498,13 +498,13 @@ def test_demo_prints_the_table_and_serves_readyz(start, tmp_path):
     out = d.stdout
     assert "netplane demo is running. Services in the table:" in out
     web = re.search(
-        r"^  demo/web  ClusterIP  (\S+)  80/TCP -> 127\.0\.1\.1:18080, 127\.0\.1\.2:18080$",
+        r"^  demo/web  ClusterIP  (\S+)  8080/TCP -> 127\.0\.1\.1:18080, 127\.0\.1\.2:18080$",
         out,
         re.M,
     )
     assert web and ipaddress.ip_address(web.group(1)) in LOCAL
     assert re.search(
-        r"^  demo/api  NodePort  \S+  8080/TCP -> 127\.0\.2\.1:18081, 127\.0\.2\.2:18081 \(not ready\)$",
+        r"^  demo/api  NodePort  \S+  8081/TCP -> 127\.0\.2\.1:18081, 127\.0\.2\.2:18081 \(not ready\)$",
         out,
         re.M,
     )

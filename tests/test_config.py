@@ -101,6 +101,14 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "log-level": [("debug", "debug"), ("Warning", "warning")],
     "drain-seconds": [(0, 0.0), ("2.5", 2.5), (10, 10.0)],
     "manifest-poll-seconds": [(0.05, 0.05), ("1", 1.0)],
+    "nodeport-addresses": [
+        ("198.18.0.1", ("198.18.0.1",)),
+        (["::1", "127.0.0.1"], ("::1", "127.0.0.1")),
+    ],
+    "lb-policy": [("least-connections", "least-connections"), ("Round-Robin", "round-robin")],
+    "connect-timeout": [(0.5, 0.5), ("3", 3.0)],
+    "tcp-idle-seconds": [(60, 60.0)],
+    "udp-idle-seconds": [("30", 30.0)],
     "pod-endpoints": [("on", True), (False, False)],
 }
 
@@ -140,6 +148,11 @@ BAD: dict[str, list[tuple[object, str]]] = {
         (True, "True is not a number of seconds"),
     ],
     "manifest-poll-seconds": [(0, "too short"), ("x", "not a number of seconds")],
+    "nodeport-addresses": [("node-a", "not an IP address")],
+    "lb-policy": [("random", "not one of round-robin, least-connections")],
+    "connect-timeout": [(0, "must be more than 0"), ("soon", "not a number of seconds")],
+    "tcp-idle-seconds": [(-1, "not a finite, non-negative number")],
+    "udp-idle-seconds": [(0, "must be more than 0")],
     "pod-endpoints": [("auto", "'auto' is not on/off")],
 }
 

@@ -1,0 +1,315 @@
+"""The L4 proxy end to end: `netplane run` as a process, real clients, real backends.
+
+Backends are small asyncio servers in the test on loopback addresses; the
+daemon reads manifests naming them and serves their ClusterIPs (local mode,
+127.77.0.0/16). Clients are curl and plain sockets, as a user's would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def service(name: str, ip: str, port: int, *, protocol: str = "TCP", **spec: Any) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "t"},
+        "spec": {
+            "clusterIP": ip,
+            "ports": [{"name": "p", "port": port, "protocol": protocol}],
+            **spec,
+        },
+    }
+
+
+def endpoints(
+    name: str, addrs: list[tuple[str, int]], *, protocol: str = "TCP", ready=True
+) -> dict:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{name}-1",
+            "namespace": "t",
+            "labels": {"kubernetes.io/service-name": name},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "p", "port": addrs[0][1] if addrs else 1, "protocol": protocol}],
+        "endpoints": [{"addresses": [a], "conditions": {"ready": ready}} for a, _ in addrs],
+    }
+
+
+def write(dirpath: Path, name: str, objs: list[dict]) -> None:
+    tmp = dirpath / f".{name}.tmp"
+    tmp.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    tmp.replace(dirpath / f"{name}.json")
+
+
+class Daemon:
+    def __init__(self, proc: asyncio.subprocess.Process, admin: str) -> None:
+        self.proc = proc
+        self.admin = admin
+
+    def state(self) -> dict:
+        with urllib.request.urlopen(f"{self.admin}/debug/state", timeout=2) as r:
+            return json.loads(r.read())
+
+    async def until_listening(self, *frontends: str, gone: tuple[str, ...] = ()) -> None:
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    listeners = set(
+                        (await asyncio.to_thread(self.state))["planes"]["proxy"]["listeners"]
+                    )
+                except (OSError, urllib.error.URLError, KeyError):
+                    listeners = set()
+                if set(frontends) <= listeners and not (set(gone) & listeners):
+                    return
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
+    started: list[asyncio.subprocess.Process] = []
+
+    async def start(*extra: str) -> Daemon:
+        port = free_port()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "netplane", "run", "-f", str(tmp_path / "m"),
+            "--mode", "local", "--admin", f"127.0.0.1:{port}", "--dns", "off",
+            "--ingress-http", "off", "--ingress-https", "off",
+            "--manifest-poll-seconds", "0.05", "--drain-seconds", "1", *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        started.append(proc)
+        return Daemon(proc, f"http://127.0.0.1:{port}")
+
+    (tmp_path / "m").mkdir()
+    yield start
+    for proc in started:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(10):
+                    await proc.communicate()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+class Backends:
+    """Echo-ish servers: HTTP answering its own name, TCP echo, UDP echo."""
+
+    def __init__(self) -> None:
+        self.servers: list[Any] = []
+        self.hits: collections.Counter[str] = collections.Counter()
+
+    async def http(self, host: str, port: int) -> None:
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    head = await r.readuntil(b"\r\n\r\n")
+                    self.hits[host] += 1
+                    body = host.encode()
+                    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                    await w.drain()
+                    if b"close" in head.lower():
+                        break
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            w.close()
+
+        self.servers.append(await asyncio.start_server(handle, host, port))
+
+    async def echo(self, host: str, port: int) -> None:
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            data = await r.read()  # until the client's half-close
+            w.write(b"echo:" + data)
+            await w.drain()
+            w.close()
+
+        self.servers.append(await asyncio.start_server(handle, host, port))
+
+    async def udp(self, host: str, port: int) -> None:
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, t: Any) -> None:
+                self.t = t
+
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                self.t.sendto(host.encode() + b":" + data, addr)
+
+        t, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Echo, local_addr=(host, port)
+        )
+        self.servers.append(t)
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.close()
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[Backends]:
+    b = Backends()
+    yield b
+    b.close()
+
+
+async def curl(url: str, *args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "5", *args, url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode, (out or err).decode()
+
+
+needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+
+
+@needs_curl
+async def test_curl_reaches_a_cluster_ip_and_balances(tmp_path, daemon, backends):
+    port = free_port()
+    await backends.http("127.0.20.1", port)
+    await backends.http("127.0.20.2", port)
+    write(tmp_path / "m", "web", [
+        service("web", "127.77.0.20", 8080),
+        endpoints("web", [("127.0.20.1", port), ("127.0.20.2", port)]),
+    ])  # fmt: skip
+    d = await daemon()
+    await d.until_listening("127.77.0.20:8080/TCP")
+    bodies = [(await curl("http://127.77.0.20:8080/"))[1] for _ in range(10)]
+    assert set(bodies) == {"127.0.20.1", "127.0.20.2"}
+    # round-robin: an even spread over new connections
+    assert collections.Counter(bodies) == {"127.0.20.1": 5, "127.0.20.2": 5}
+
+
+@needs_curl
+async def test_client_ip_affinity_holds(tmp_path, daemon, backends):
+    port = free_port()
+    await backends.http("127.0.21.1", port)
+    await backends.http("127.0.21.2", port)
+    write(tmp_path / "m", "sticky", [
+        service("sticky", "127.77.0.21", 8080, sessionAffinity="ClientIP"),
+        endpoints("sticky", [("127.0.21.1", port), ("127.0.21.2", port)]),
+    ])  # fmt: skip
+    d = await daemon()
+    await d.until_listening("127.77.0.21:8080/TCP")
+    bodies = {(await curl("http://127.77.0.21:8080/"))[1] for _ in range(8)}
+    assert len(bodies) == 1 and bodies <= {"127.0.21.1", "127.0.21.2"}
+
+
+async def test_no_endpoints_is_refused_at_once(tmp_path, daemon):
+    write(tmp_path / "m", "empty", [service("empty", "127.77.0.22", 8080)])
+    d = await daemon()
+    await d.until_listening("127.77.0.22:8080/TCP")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(2):
+        reader, writer = await asyncio.open_connection("127.77.0.22", 8080)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+            await reader.readexactly(1)
+        writer.close()
+    assert loop.time() - started < 1.0
+
+
+async def test_udp_echo_through_a_service(tmp_path, daemon, backends):
+    port = free_port()
+    await backends.udp("127.0.23.1", port)
+    write(tmp_path / "m", "dns", [
+        service("udp", "127.77.0.23", 9053, protocol="UDP"),
+        endpoints("udp", [("127.0.23.1", port)], protocol="UDP"),
+    ])  # fmt: skip
+    d = await daemon()
+    await d.until_listening("127.77.0.23:9053/UDP")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(b"ping", ("127.77.0.23", 9053))
+        data, src = await asyncio.to_thread(s.recvfrom, 100)
+    assert data == b"127.0.23.1:ping"
+    assert src == ("127.77.0.23", 9053)  # the reply comes from the service address
+
+
+async def test_half_close_still_gets_the_whole_reply(tmp_path, daemon, backends):
+    port = free_port()
+    await backends.echo("127.0.24.1", port)
+    write(tmp_path / "m", "echo", [
+        service("echo", "127.77.0.24", 7000),
+        endpoints("echo", [("127.0.24.1", port)]),
+    ])  # fmt: skip
+    d = await daemon()
+    await d.until_listening("127.77.0.24:7000/TCP")
+    payload = os.urandom(300_000)
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection("127.77.0.24", 7000)
+        writer.write(payload)
+        writer.write_eof()  # the backend answers only after our half-close
+        reply = await reader.read()
+        writer.close()
+    assert reply == b"echo:" + payload
+
+
+@needs_curl
+async def test_endpoint_removal_under_load_loses_no_connection(tmp_path, daemon, backends):
+    port = free_port()
+    await backends.http("127.0.25.1", port)
+    await backends.http("127.0.25.2", port)
+    both = [("127.0.25.1", port), ("127.0.25.2", port)]
+    write(tmp_path / "m", "web", [service("web", "127.77.0.25", 8080), endpoints("web", both)])
+    d = await daemon()
+    await d.until_listening("127.77.0.25:8080/TCP")
+
+    failures: list[str] = []
+    done = 0
+
+    async def client() -> None:
+        nonlocal done
+        for _ in range(60):  # bounded: 4 clients x 60 requests
+            rc, body = await curl("http://127.77.0.25:8080/", "-H", "Connection: close")
+            if rc != 0 or body not in ("127.0.25.1", "127.0.25.2"):
+                failures.append(f"rc={rc} {body!r}")
+            done += 1
+
+    load = [asyncio.create_task(client()) for _ in range(4)]
+    await asyncio.sleep(0.5)
+    # take one endpoint out of service while the load runs
+    write(tmp_path / "m", "web", [
+        service("web", "127.77.0.25", 8080),
+        endpoints("web", both[:1]),
+    ])  # fmt: skip
+    hits_before = backends.hits["127.0.25.2"]
+    await asyncio.sleep(1.0)
+    hits_mid = backends.hits["127.0.25.2"]
+    async with asyncio.timeout(60):
+        await asyncio.gather(*load)
+    assert done == 240
+    assert failures == []
+    assert hits_before > 0  # it served before the change
+    assert backends.hits["127.0.25.2"] == hits_mid  # and nothing new after it
