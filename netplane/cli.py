@@ -258,7 +258,9 @@ def _proxy_tries(dp: Any) -> list[str]:
                 where = f"[{host}]" if ":" in host else host
                 if p.protocol == "UDP":
                     lines.append(
-                        f"  echo hello | nc -u -w1 {host} {f.port}    # {name} over UDP ({f.kind})"
+                        '  python3 -c "import socket; s = socket.socket(2, 2); s.settimeout(2);'
+                        f" s.sendto(b'hello', ('{host}', {f.port})); print(s.recv(512))\""
+                        f"    # {name} over UDP ({f.kind})"
                     )
                 elif p.name.startswith("http"):
                     lines.append(f"  curl http://{where}:{f.port}/    # {name} ({f.kind})")
