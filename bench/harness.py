@@ -267,7 +267,9 @@ class Context:
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
             if proc is not None and proc.popen.poll() is not None:
-                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}; see {proc.log}")
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.popen.returncode}; see {proc.log}"
+                )
             conn = http.client.HTTPConnection(hostname, int(port or 80), timeout=2)
             try:
                 conn.request("GET", "/" + rest)

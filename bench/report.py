@@ -21,9 +21,11 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 NETPLANE = "netplane"
+TIMES, DASH = "\u00d7", "\u2013"  # the multiplication sign and the en dash
 PLOTS = ("standing", "percentiles", "programming")
 
 
@@ -57,9 +59,9 @@ def ratio_cell(netplane: float, peer: float, better: str) -> str:
     if abs(s - 1) < 0.005:
         verdict = "even"
     elif s > 1:
-        verdict = f"netplane better, {s:.2f}×"
+        verdict = f"netplane better, {s:.2f}{TIMES}"
     else:
-        verdict = f"peer better, {1 / s:.2f}×"
+        verdict = f"peer better, {1 / s:.2f}{TIMES}"
     return f"{fmt(ratio)} ({verdict})"
 
 
@@ -78,7 +80,7 @@ def scenario_md(sc: dict[str, Any], runs: int) -> list[str]:
     if sc.get("params"):
         params = ", ".join(f"{k} {v}" for k, v in sc["params"].items())
         out += ["", f"Parameters: {params}."]
-    head = ["metric", "unit", "better"] + [f"{s} median (min–max)" for s in sides]
+    head = ["metric", "unit", "better"] + [f"{s} median (min{DASH}max)" for s in sides]
     head += [f"netplane/{p}" for p in peers]
     out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in sc["metrics"]:
@@ -87,14 +89,17 @@ def scenario_md(sc: dict[str, Any], runs: int) -> list[str]:
         for side in sides:
             s = _medians(sc, side, m["name"])
             meds[side] = s[0] if s else None
-            cells.append(f"{fmt(s[0])} ({fmt(s[1])}–{fmt(s[2])})" if s else "—")
+            cells.append(f"{fmt(s[0])} ({fmt(s[1])}{DASH}{fmt(s[2])})" if s else "—")
         for p in peers:
             a, b = meds[NETPLANE], meds[p]
             cells.append(ratio_cell(a, b, m["better"]) if a is not None and b else "—")
         out.append("| " + " | ".join(cells) + " |")
     order = sc.get("order") or []
     if order:
-        out += ["", f"Run order (warm-ups not shown): {', '.join(order)}; {sc.get('duration_s', 0)} s."]
+        out += [
+            "",
+            f"Run order (warm-ups not shown): {', '.join(order)}; {sc.get('duration_s', 0)} s.",
+        ]
     for err in sc.get("errors") or []:
         out += ["", f"**Error:** {err}"]
     return [*out, ""]
@@ -119,7 +124,7 @@ def markdown(doc: dict[str, Any], plots: dict[str, Path]) -> str:
         f"- Peer tools present: {tools}",
         f"- Pinning: {pin}",
         "",
-        "Each cell is the median over the runs, with the spread (min–max). The sides ran "
+        f"Each cell is the median over the runs, with the spread (min{DASH}max). The sides ran "
         "in alternation (netplane, peer, netplane, peer, ...) after warm-ups. The ratio is "
         "netplane's median over the peer's; the *better* column says whether lower or "
         "higher wins, and the verdict in brackets says who is ahead and by how much.",
@@ -137,6 +142,12 @@ def markdown(doc: dict[str, Any], plots: dict[str, Path]) -> str:
         for key, path in plots.items():
             out += [f"![{captions[key]}]({path.name})", ""]
     return "\n".join(out)
+
+
+def _plain(axis: Any) -> None:
+    """Plain numbers, not powers of ten, on a log axis; no minor labels."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt(v)))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def plot_standing(doc: dict[str, Any], path: Path) -> bool:
@@ -160,8 +171,9 @@ def plot_standing(doc: dict[str, Any], path: Path) -> bool:
     ax.set_xscale("log")
     lo, hi = min(*values, 1.0), max(*values, 1.0)
     ax.set_xlim(lo / 2, hi * 2)
+    _plain(ax.xaxis)
     for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.2f}×", va="center", fontsize=8)
+        ax.text(v, i, f" {v:.2f}{TIMES}", va="center", fontsize=8)
     ax.set_xlabel("netplane's standing vs peer (>1 means netplane is better; log scale)")
     ax.set_title("Relative standing per scenario and metric")
     ax.invert_yaxis()
@@ -193,6 +205,9 @@ def plot_percentiles(doc: dict[str, Any], path: Path) -> bool:
         fontsize=8,
     )
     ax.set_yscale("log")
+    every = [v for _, row in rows for v in row["values"].values() if v and v > 0]
+    ax.set_ylim(min(every) / 4, max(every) * 4)  # spans a power of ten
+    _plain(ax.yaxis)
     ax.set_ylabel(f"latency ({rows[0][1].get('unit', 'ms')}, log scale)")
     ax.set_title("Latency percentiles per side (medians over runs)")
     ax.legend()
@@ -217,9 +232,15 @@ def plot_programming(doc: dict[str, Any], path: Path) -> bool:
         pts.sort(key=lambda p: p["size"])
         xs = [p["size"] for p in pts]
         for key, style in (("p50", "-o"), ("p99", "--s")):
-            ax.plot(xs, [p[key] for p in pts], style, label=f"{label} {key}")
+            ax.plot(xs, [p.get(key) for p in pts], style, label=f"{label} {key}")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    sizes = sorted({p["size"] for pts in lines.values() for p in pts})
+    ax.set_xticks(sizes, [fmt(x) for x in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ys = [p[k] for pts in lines.values() for p in pts for k in ("p50", "p99") if p.get(k)]
+    ax.set_ylim(min(ys) / 4, max(ys) * 4)  # spans a power of ten, so a labelled tick
+    _plain(ax.yaxis)
     ax.set_xlabel(f"cluster size ({xlabel}, log scale)")
     ax.set_ylabel(f"programming latency ({unit}, log scale)")
     ax.set_title("Programming latency against cluster size")

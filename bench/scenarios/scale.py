@@ -1,4 +1,4 @@
-"""``scale``: initial sync of N Services and N×10 endpoints through the Kubernetes API path.
+"""``scale``: initial sync of N Services and N x 10 endpoints through the Kubernetes API path.
 
 The fake API server (bench/fakeapi.py, a separate process on the load core)
 serves the objects over HTTPS with list pagination and watches; netplane runs
@@ -22,7 +22,7 @@ PER_SLICE = 10
 
 
 def coredns_memory_mb(pods: int, services: int) -> float:
-    """CoreDNS's scaling guide: (pods + services) × 0.000858 MB + 49.1 MB."""
+    """CoreDNS's scaling guide: (pods + services) * 0.000858 MB + 49.1 MB."""
     return (pods + services) * 0.000858 + 49.1
 
 
@@ -46,7 +46,7 @@ class ScaleSync(Scenario):
     sides = (NETPLANE, COREDNS)
     peer_note = (
         "The peer is CoreDNS's published memory formula from its scaling guide, "
-        "(pods + services) × 0.000858 MB + 49.1 MB with pods = endpoints, not a run: "
+        "(pods + services) * 0.000858 MB + 49.1 MB with pods = endpoints, not a run: "
         "CoreDNS is not packaged here. It gives the RSS row only."
     )
     budget_s = 420.0

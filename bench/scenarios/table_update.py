@@ -45,7 +45,7 @@ class TableUpdate(Scenario):
     title = "Programming latency, state → table part"
     description = (
         "bench/state_scale.py runs as a subprocess on the server core with N ClusterIP "
-        "Services × 10 endpoints; after the initial build it applies single-EndpointSlice "
+        "Services of 10 endpoints; after the initial build it applies single-EndpointSlice "
         "changes (an endpoint's readiness flipped or its address moved), each timed from the "
         "raw API object through parse, ClusterState and ServiceTable. The end-to-end "
         "programming latency (a new connection reaches the new endpoint, DNS answers the new "
