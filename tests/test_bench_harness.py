@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
+pytest.importorskip("matplotlib")  # until pyproject declares it (a "bench" extra)
 
 from bench import report
 from bench.harness import (
