@@ -214,8 +214,12 @@ def vmrss_mb(pid: int) -> float:
 
 
 def netplane_cmd() -> list[str]:
-    exe = shutil.which("netplane")
-    return [exe] if exe else [sys.executable, "-m", "netplane"]
+    """The ``netplane`` console script beside this interpreter (not a PATH shim such as
+    pyenv's, whose start-up would be measured too), else ``python -m netplane``."""
+    script = Path(sys.executable).parent / "netplane"
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "netplane"]
 
 
 @dataclass
