@@ -1,0 +1,283 @@
+"""Turn a results JSON into a markdown report and PNG plots.
+
+    python -m bench.report bench/results/latest.json   # writes latest.md, latest-*.png
+
+Files land beside the JSON, named after it: ``STEM.md``, ``STEM-standing.png``
+(netplane's relative standing vs each peer, >1 means netplane is better),
+``STEM-percentiles.png`` (latency percentiles per side) and
+``STEM-programming.png`` (programming latency against cluster size). A plot
+no scenario feeds is skipped, and a stale file of that name is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from matplotlib.ticker import FuncFormatter, NullFormatter
+
+NETPLANE = "netplane"
+TIMES, DASH = "\u00d7", "\u2013"  # the multiplication sign and the en dash
+PLOTS = ("standing", "percentiles", "programming")
+
+
+def fmt(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if abs(v) >= 10_000:
+        return f"{v:,.0f}"
+    return f"{v:.4g}"
+
+
+def summary(values: list[float] | None) -> tuple[float, float, float] | None:
+    """(median, min, max), or None without values."""
+    if not values:
+        return None
+    return statistics.median(values), min(values), max(values)
+
+
+def standing(netplane: float, peer: float, better: str) -> float | None:
+    """How many times better netplane is than the peer: >1 netplane better, <1 peer better."""
+    if netplane <= 0 or peer <= 0:
+        return None
+    return peer / netplane if better == "lower" else netplane / peer
+
+
+def ratio_cell(netplane: float, peer: float, better: str) -> str:
+    ratio = netplane / peer if peer else float("inf")
+    s = standing(netplane, peer, better)
+    if s is None:
+        return f"{fmt(ratio)}"
+    if abs(s - 1) < 0.005:
+        verdict = "even"
+    elif s > 1:
+        verdict = f"netplane better, {s:.2f}{TIMES}"
+    else:
+        verdict = f"peer better, {1 / s:.2f}{TIMES}"
+    return f"{fmt(ratio)} ({verdict})"
+
+
+def _medians(sc: dict[str, Any], side: str, metric: str) -> tuple[float, float, float] | None:
+    return summary(sc["samples"].get(side, {}).get(metric))
+
+
+def scenario_md(sc: dict[str, Any], runs: int) -> list[str]:
+    sides: list[str] = sc["sides"]
+    peers = sides[1:]
+    out = [f"## {sc['title']} (`{sc['name']}`)", "", sc.get("description", ""), ""]
+    if not peers:
+        out.append(f"**No peer.** {sc.get('peer_note', '')}".rstrip())
+    else:
+        out.append(f"**Peer:** {', '.join(peers)}. {sc.get('peer_note', '')}".rstrip())
+    if sc.get("params"):
+        params = ", ".join(f"{k} {v}" for k, v in sc["params"].items())
+        out += ["", f"Parameters: {params}."]
+    head = ["metric", "unit", "better"] + [f"{s} median (min{DASH}max)" for s in sides]
+    head += [f"netplane/{p}" for p in peers]
+    out += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in sc["metrics"]:
+        cells = [m.get("title") or m["name"], m["unit"], m["better"]]
+        meds = {}
+        for side in sides:
+            s = _medians(sc, side, m["name"])
+            meds[side] = s[0] if s else None
+            cells.append(f"{fmt(s[0])} ({fmt(s[1])}{DASH}{fmt(s[2])})" if s else "—")
+        for p in peers:
+            a, b = meds[NETPLANE], meds[p]
+            cells.append(ratio_cell(a, b, m["better"]) if a is not None and b else "—")
+        out.append("| " + " | ".join(cells) + " |")
+    order = sc.get("order") or []
+    if order:
+        out += [
+            "",
+            f"Run order (warm-ups not shown): {', '.join(order)}; {sc.get('duration_s', 0)} s.",
+        ]
+    for err in sc.get("errors") or []:
+        out += ["", f"**Error:** {err}"]
+    return [*out, ""]
+
+
+def markdown(doc: dict[str, Any], plots: dict[str, Path]) -> str:
+    m = doc["machine"]
+    vers = m.get("versions", {})
+    libs = ", ".join(f"{k} {v}" for k, v in vers.items() if k != NETPLANE and v)
+    tools = "; ".join(f"{k}: {v}" for k, v in (m.get("tools") or {}).items()) or "none present"
+    pin = doc.get("pinning") or "not pinned"
+    kind = "quick smoke run (figures not meaningful)" if doc.get("quick") else "full run"
+    out = [
+        "# netplane benchmark results",
+        "",
+        f"- Run: {doc['started_utc']} UTC, {kind}, {doc['runs']} measured runs per side, "
+        f"{doc.get('duration_s', 0)} s; `{doc.get('command', 'python -m bench')}`",
+        f"- Machine: {m.get('cpu_model')}, {m.get('cores')} cores, "
+        f"{m.get('memory_mb')} MB, {m.get('kernel')}",
+        f"- Software: {m.get('python')}, netplane {vers.get(NETPLANE)} "
+        f"(commit {(m.get('git_commit') or '?')[:12]}); {libs}",
+        f"- Peer tools present: {tools}",
+        f"- Pinning: {pin}",
+        "",
+        f"Each cell is the median over the runs, with the spread (min{DASH}max). The sides ran "
+        "in alternation (netplane, peer, netplane, peer, ...) after warm-ups. The ratio is "
+        "netplane's median over the peer's; the *better* column says whether lower or "
+        "higher wins, and the verdict in brackets says who is ahead and by how much.",
+        "",
+    ]
+    for sc in doc["scenarios"]:
+        out += scenario_md(sc, doc["runs"])
+    if plots:
+        out += ["## Plots", ""]
+        captions = {
+            "standing": "netplane's standing vs each peer (>1: netplane better)",
+            "percentiles": "latency percentiles per side",
+            "programming": "programming latency against cluster size",
+        }
+        for key, path in plots.items():
+            out += [f"![{captions[key]}]({path.name})", ""]
+    return "\n".join(out)
+
+
+def _plain(axis: Any) -> None:
+    """Plain numbers, not powers of ten, on a log axis; no minor labels."""
+    axis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt(v)))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def plot_standing(doc: dict[str, Any], path: Path) -> bool:
+    labels, values = [], []
+    for sc in doc["scenarios"]:
+        for m in sc["metrics"]:
+            a = _medians(sc, NETPLANE, m["name"])
+            for peer in sc["sides"][1:]:
+                b = _medians(sc, peer, m["name"])
+                s = standing(a[0], b[0], m["better"]) if a and b else None
+                if s is not None:
+                    labels.append(f"{sc['name']}: {m.get('title') or m['name']}\nvs {peer}")
+                    values.append(s)
+    if not values:
+        return False
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.7 * len(values)))
+    colors = ["tab:green" if v >= 1 else "tab:red" for v in values]
+    ax.barh(range(len(values)), values, color=colors)
+    ax.set_yticks(range(len(values)), labels, fontsize=8)
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    lo, hi = min(*values, 1.0), max(*values, 1.0)
+    ax.set_xlim(lo / 2, hi * 2)
+    _plain(ax.xaxis)
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.2f}{TIMES}", va="center", fontsize=8)
+    ax.set_xlabel("netplane's standing vs peer (>1 means netplane is better; log scale)")
+    ax.set_title("Relative standing per scenario and metric")
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_percentiles(doc: dict[str, Any], path: Path) -> bool:
+    rows = [
+        (sc["name"], row)
+        for sc in doc["scenarios"]
+        for row in (sc.get("series") or {}).get("latency_percentiles") or []
+    ]
+    if not rows:
+        return False
+    keys = list(dict.fromkeys(k for _, row in rows for k in row["values"]))
+    fig, ax = plt.subplots(figsize=(max(6, 2 + 1.6 * len(rows)), 4.5))
+    width = 0.8 / len(keys)
+    for j, key in enumerate(keys):
+        xs = [i + (j - (len(keys) - 1) / 2) * width for i in range(len(rows))]
+        ys = [row["values"].get(key, 0) for _, row in rows]
+        bars = ax.bar(xs, ys, width, label=key)
+        ax.bar_label(bars, labels=[fmt(y) for y in ys], fontsize=7)
+    ax.set_xticks(
+        range(len(rows)),
+        [f"{name}\n{row['group']}\n{row['side']}" for name, row in rows],
+        fontsize=8,
+    )
+    ax.set_yscale("log")
+    every = [v for _, row in rows for v in row["values"].values() if v and v > 0]
+    ax.set_ylim(min(every) / 4, max(every) * 4)  # spans a power of ten
+    _plain(ax.yaxis)
+    ax.set_ylabel(f"latency ({rows[0][1].get('unit', 'ms')}, log scale)")
+    ax.set_title("Latency percentiles per side (medians over runs)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def plot_programming(doc: dict[str, Any], path: Path) -> bool:
+    lines: dict[str, list[dict[str, Any]]] = {}
+    xlabel, unit = "cluster size", "ms"
+    for sc in doc["scenarios"]:
+        prog = (sc.get("series") or {}).get("programming_latency") or {}
+        xlabel, unit = prog.get("x", xlabel), prog.get("unit", unit)
+        for pt in prog.get("points") or []:
+            lines.setdefault(f"{pt['side']} ({pt['stage']})", []).append(pt)
+    if not lines:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, pts in lines.items():
+        pts.sort(key=lambda p: p["size"])
+        xs = [p["size"] for p in pts]
+        for key, style in (("p50", "-o"), ("p99", "--s")):
+            ax.plot(xs, [p.get(key) for p in pts], style, label=f"{label} {key}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    sizes = sorted({p["size"] for pts in lines.values() for p in pts})
+    ax.set_xticks(sizes, [fmt(x) for x in sizes])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ys = [p[k] for pts in lines.values() for p in pts for k in ("p50", "p99") if p.get(k)]
+    ax.set_ylim(min(ys) / 4, max(ys) * 4)  # spans a power of ten, so a labelled tick
+    _plain(ax.yaxis)
+    ax.set_xlabel(f"cluster size ({xlabel}, log scale)")
+    ax.set_ylabel(f"programming latency ({unit}, log scale)")
+    ax.set_title("Programming latency against cluster size")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def generate(json_path: Path) -> dict[str, Path]:
+    """Write STEM.md and the plots beside ``json_path``; returns what was written."""
+    doc = json.loads(json_path.read_text())
+    stem = json_path.with_suffix("")
+    plotters = {"standing": plot_standing, "percentiles": plot_percentiles}
+    plotters["programming"] = plot_programming
+    plots: dict[str, Path] = {}
+    for key in PLOTS:
+        png = Path(f"{stem}-{key}.png")
+        if plotters[key](doc, png):
+            plots[key] = png
+        else:
+            png.unlink(missing_ok=True)
+    md = stem.with_suffix(".md")
+    md.write_text(markdown(doc, plots))
+    return {"md": md, **plots}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json", type=Path, nargs="?", default=Path("bench/results/latest.json"))
+    args = ap.parse_args(argv)
+    for path in generate(args.json).values():
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

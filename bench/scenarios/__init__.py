@@ -1,0 +1,18 @@
+"""The registered scenarios, in the order a full run executes them.
+
+To add one: write a module here with a :class:`bench.harness.Scenario`
+subclass and append the class to ``SCENARIOS`` (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+from bench.harness import Scenario
+from bench.scenarios.scale import ScaleSync
+from bench.scenarios.startup import Startup
+from bench.scenarios.table_update import TableUpdate
+
+SCENARIOS: list[type[Scenario]] = [Startup, ScaleSync, TableUpdate]
+
+
+def by_name() -> dict[str, type[Scenario]]:
+    return {cls.name: cls for cls in SCENARIOS}

@@ -1,0 +1,230 @@
+"""The bench harness: report rows and plots from a synthetic result, run order, process stopping.
+
+Fast and offline: no apt, no peers, no netplane process.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import struct
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
+pytest.importorskip("matplotlib")  # until pyproject declares it (a "bench" extra)
+
+from bench import report
+from bench.harness import (
+    Context,
+    Metric,
+    ProcessManager,
+    Scenario,
+    run_scenario,
+    schedule,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def synthetic() -> dict[str, Any]:
+    return {
+        "started_utc": "2026-01-01T00:00:00Z",
+        "duration_s": 1.0,
+        "quick": True,
+        "runs": 3,
+        "pinning": "load generators on CPU 0, servers and peers on CPU 1",
+        "machine": {"cpu_model": "Test CPU", "cores": 2, "versions": {"netplane": "0.1.0"}},
+        "scenarios": [
+            {
+                "name": "http",
+                "title": "HTTP proxy",
+                "description": "synthetic",
+                "sides": ["netplane", "nginx"],
+                "peer_note": "",
+                "params": {},
+                "metrics": [
+                    {"name": "rps", "unit": "req/s", "better": "higher", "title": "requests"},
+                    {"name": "p99", "unit": "ms", "better": "lower", "title": "latency p99"},
+                ],
+                "samples": {
+                    "netplane": {"rps": [90.0, 100.0, 120.0], "p99": [2.0, 2.5, 1.5]},
+                    "nginx": {"rps": [50.0, 40.0, 60.0], "p99": [1.0, 0.9, 1.1]},
+                },
+                "order": ["netplane", "nginx"] * 3,
+                "series": {
+                    "latency_percentiles": [
+                        {"group": "50 conns", "side": s, "unit": "ms", "values": v}
+                        for s, v in (
+                            ("netplane", {"p50": 1.0, "p90": 1.5, "p99": 2.0}),
+                            ("nginx", {"p50": 0.5, "p90": 0.8, "p99": 1.0}),
+                        )
+                    ]
+                },
+                "errors": [],
+            },
+            {
+                "name": "prog",
+                "title": "Programming",
+                "sides": ["netplane"],
+                "peer_note": "Absolute figures.",
+                "metrics": [{"name": "ms", "unit": "ms", "better": "lower", "title": "change"}],
+                "samples": {"netplane": {"ms": [0.2, 0.3, 0.25]}},
+                "series": {
+                    "programming_latency": {
+                        "x": "endpoints",
+                        "unit": "ms",
+                        "points": [
+                            {"side": "netplane", "stage": "s", "size": n, "p50": p, "p99": 2 * p}
+                            for n, p in ((1000, 0.1), (100_000, 0.2))
+                        ],
+                    }
+                },
+                "errors": [],
+            },
+        ],
+    }
+
+
+def test_report_rows_and_plots(tmp_path: Path) -> None:
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(synthetic()))
+    written = report.generate(path)
+    md = (tmp_path / "run.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if "|" in line}
+    # higher is better: median 100 vs 50 -> ratio 2, netplane ahead
+    assert "100 (90\u2013120)" in rows["requests"]
+    assert "50 (40\u201360)" in rows["requests"]
+    assert "2 (netplane better, 2.00\u00d7)" in rows["requests"]
+    # lower is better: median 2.0 vs 1.0 -> ratio 2, peer ahead
+    assert "| lower |" in rows["latency p99"]
+    assert "2 (1.5\u20132.5)" in rows["latency p99"]
+    assert "2 (peer better, 2.00\u00d7)" in rows["latency p99"]
+    assert "**No peer.** Absolute figures." in md
+    for key in ("standing", "percentiles", "programming"):
+        png = tmp_path / f"run-{key}.png"
+        assert written[key] == png
+        data = png.read_bytes()
+        assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 100 and height > 100
+        assert f"]({png.name})" in md
+
+
+def test_report_skips_unfed_plots_and_removes_stale_ones(tmp_path: Path) -> None:
+    doc = synthetic()
+    doc["scenarios"] = doc["scenarios"][1:]  # no peer, no percentiles
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(doc))
+    stale = tmp_path / "run-standing.png"
+    stale.write_bytes(PNG_MAGIC)
+    written = report.generate(path)
+    assert set(written) == {"md", "programming"}
+    assert not stale.exists()
+    assert not (tmp_path / "run-percentiles.png").exists()
+
+
+def test_standing_direction() -> None:
+    assert report.standing(100, 50, "higher") == 2
+    assert report.standing(1, 2, "lower") == 2
+    assert report.standing(2, 1, "lower") == 0.5
+
+
+def test_schedule_alternates_sides_after_warmups() -> None:
+    assert schedule(["netplane", "nginx", "haproxy"], runs=2, warmup=1) == [
+        ("netplane", 0, True),
+        ("nginx", 0, True),
+        ("haproxy", 0, True),
+        ("netplane", 0, False),
+        ("nginx", 0, False),
+        ("haproxy", 0, False),
+        ("netplane", 1, False),
+        ("nginx", 1, False),
+        ("haproxy", 1, False),
+    ]
+    assert schedule(["netplane"], runs=3, warmup=0) == [("netplane", i, False) for i in range(3)]
+
+
+class Toy(Scenario):
+    name = "toy"
+    title = "toy"
+    sides = ("netplane", "peer")
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        self.fail_at = fail_at
+        self.calls: list[tuple[str, int]] = []
+        self.torn_down = False
+
+    def metrics(self, ctx: Context) -> list[Metric]:
+        return [Metric("x", "s", "lower")]
+
+    def run_side(self, ctx: Context, side: str, index: int) -> dict[str, float]:
+        self.calls.append((side, index))
+        if len(self.calls) == self.fail_at:
+            raise RuntimeError("boom")
+        return {"x": float(index)}
+
+    def teardown(self, ctx: Context) -> None:
+        self.torn_down = True
+
+
+def test_run_scenario_alternates_and_records_errors(tmp_path: Path) -> None:
+    ctx = Context(quick=True, runs=2, workdir=tmp_path, echo=lambda _msg: None)
+    toy = Toy()
+    result = run_scenario(ctx, toy)
+    warmups = [("netplane", 0), ("peer", 0)]
+    assert toy.calls == [*warmups, ("netplane", 0), ("peer", 0), ("netplane", 1), ("peer", 1)]
+    assert result["order"] == ["netplane", "peer", "netplane", "peer"]
+    assert result["samples"] == {"netplane": {"x": [0.0, 1.0]}, "peer": {"x": [0.0, 1.0]}}
+    assert result["errors"] == [] and toy.torn_down
+
+    broken = Toy(fail_at=4)
+    result = run_scenario(ctx, broken)
+    assert result["errors"] == ["RuntimeError: boom"] and broken.torn_down
+
+
+def _gone(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_process_manager_stops_sleep_by_pid(tmp_path: Path) -> None:
+    procs = ProcessManager(term_timeout=5)
+    proc = procs.start(["sleep", "60"], name="sleep", log=tmp_path / "sleep.log")
+    assert proc.popen.poll() is None and procs.running == [proc]
+    assert procs.stop(proc) == -signal.SIGTERM
+    assert _gone(proc.pid) and procs.running == []
+
+
+def test_process_manager_kills_what_ignores_sigterm(tmp_path: Path) -> None:
+    procs = ProcessManager(term_timeout=0.5)
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(30)"
+    out = tmp_path / "out"
+    proc = procs.start([sys.executable, "-c", code], name="stubborn", stdout=out)
+    deadline = time.monotonic() + 5
+    while "up" not in (out.read_text() if out.exists() else ""):
+        assert time.monotonic() < deadline, "child did not start"
+        time.sleep(0.01)
+    assert procs.stop(proc) == -signal.SIGKILL
+    assert _gone(proc.pid)
+
+
+def test_stop_all_stops_everything(tmp_path: Path) -> None:
+    procs = ProcessManager(term_timeout=5)
+    started = [procs.start(["sleep", "60"], name=f"s{i}") for i in range(3)]
+    procs.stop_all()
+    assert all(_gone(p.pid) for p in started) and procs.running == []
+
+
+def test_pin_roles(tmp_path: Path) -> None:
+    ctx = Context(quick=True, runs=1, workdir=tmp_path, cpus=[0, 1])
+    if not ctx.pin("load"):
+        pytest.skip("taskset not installed")
+    assert ctx.pin("load") == ["taskset", "-c", "0"]
+    assert ctx.pin("server") == ctx.pin("peer") == ["taskset", "-c", "1"]
+    assert Context(quick=True, runs=1, workdir=tmp_path, cpus=[0]).pin("load") == []
+    with pytest.raises(ValueError):
+        ctx.pin("client")
