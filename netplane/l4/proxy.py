@@ -115,7 +115,11 @@ class L4Proxy:
             if entry is not None:
                 pickers = self._pickers.setdefault(sk, {})
                 new, problems = frontends_of(
-                    entry, pickers, node, self.nodeport_addresses, default_policy=self.default_policy
+                    entry,
+                    pickers,
+                    node,
+                    self.nodeport_addresses,
+                    default_policy=self.default_policy,
                 )
                 for p in problems:
                     log.warning("%s: %s", p.service, p.reason)

@@ -90,7 +90,9 @@ def frontends_of(
         pkey = f"{port.name}/{port.protocol}/{port.port}"
         if port.protocol not in SUPPORTED_PROTOCOLS:
             problems.append(
-                Problem(ref, f"port {port.port}/{port.protocol}: protocol not supported by the proxy")
+                Problem(
+                    ref, f"port {port.port}/{port.protocol}: protocol not supported by the proxy"
+                )
             )
             continue
         seen.add(pkey)
@@ -101,7 +103,9 @@ def frontends_of(
             picker.update(entry, port)
         if picker.policy_problem:
             problems.append(Problem(ref, picker.policy_problem))
-        _add_frontends(routes, entry, port, picker, node_ips, proxy_protocol and port.protocol == "TCP")
+        _add_frontends(
+            routes, entry, port, picker, node_ips, proxy_protocol and port.protocol == "TCP"
+        )
     for gone in [k for k in pickers if k not in seen]:
         del pickers[gone]
     return routes, problems
@@ -115,8 +119,12 @@ def _add_frontends(
     node_ips: Sequence[str],
     proxy_protocol: bool,
 ) -> None:
-    internal = PortRoute(picker, external=False, protocol=port.protocol, proxy_protocol=proxy_protocol)
-    external = PortRoute(picker, external=True, protocol=port.protocol, proxy_protocol=proxy_protocol)
+    internal = PortRoute(
+        picker, external=False, protocol=port.protocol, proxy_protocol=proxy_protocol
+    )
+    external = PortRoute(
+        picker, external=True, protocol=port.protocol, proxy_protocol=proxy_protocol
+    )
     for fe in port.frontends:
         if fe.ip is None:  # NodePort: every node address
             for ip in node_ips:
