@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
+import resource
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -91,6 +92,7 @@ async def serve(
     if not sources:
         raise ConfigError("no source: give -f PATH, --kubeconfig PATH or --in-cluster")
     dp = Dataplane(cfg, sources=sources)
+    raise_file_limit()
     proxy = proxy_for(cfg, dp)
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
@@ -156,6 +158,17 @@ async def serve(
         await dp.stop()
     log.info("stopped")
     return 0
+
+
+def raise_file_limit() -> None:
+    """Lift the soft open-files limit to the hard one: every listener and relayed
+    connection is a descriptor, and local mode binds one socket per service port."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
 
 
 def proxy_for(cfg: Config, dp: Dataplane) -> L4Proxy | None:
