@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import gc
-import resource
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 
