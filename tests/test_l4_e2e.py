@@ -313,3 +313,62 @@ async def test_endpoint_removal_under_load_loses_no_connection(tmp_path, daemon,
     assert failures == []
     assert hits_before > 0  # it served before the change
     assert backends.hits["127.0.25.2"] == hits_mid  # and nothing new after it
+
+
+async def test_proxy_protocol_v2_tells_the_endpoint_the_client_address(tmp_path, daemon):
+    from netplane.l4.proxy_protocol import decode_v2
+
+    seen: list[Any] = []
+
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        head = await r.readexactly(16)
+        rest = await r.readexactly(int.from_bytes(head[14:16], "big"))
+        header = decode_v2(head + rest)
+        seen.append(header)
+        w.write(f"{header.src[0]}:{header.src[1]}".encode())
+        await w.drain()
+        w.close()
+
+    port = free_port()
+    server = await asyncio.start_server(handle, "127.0.26.1", port)
+    svc = service("pp", "127.77.0.26", 7026)
+    svc["metadata"]["annotations"] = {"netplane.io/proxy-protocol": "v2"}
+    write(tmp_path / "m", "pp", [svc, endpoints("pp", [("127.0.26.1", port)])])
+    d = await daemon()
+    try:
+        await d.until_listening("127.77.0.26:7026/TCP")
+        async with asyncio.timeout(5):
+            reader, writer = await asyncio.open_connection(
+                "127.77.0.26", 7026, local_addr=("127.0.0.9", 0)
+            )
+            client = writer.get_extra_info("sockname")
+            reply = await reader.read()
+            writer.close()
+        assert reply.decode() == f"{client[0]}:{client[1]}"
+        assert seen[0].dst == ("127.77.0.26", 7026)
+    finally:
+        server.close()
+
+
+async def test_sctp_service_is_refused_with_a_log_line_and_the_rest_serves(
+    tmp_path, daemon, backends
+):
+    port = free_port()
+    await backends.echo("127.0.27.1", port)
+    write(tmp_path / "m", "mixed", [
+        service("sctp", "127.77.0.27", 7027, protocol="SCTP"),
+        service("echo", "127.77.0.28", 7028),
+        endpoints("echo", [("127.0.27.1", port)]),
+    ])  # fmt: skip
+    d = await daemon()
+    await d.until_listening("127.77.0.28:7028/TCP")
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection("127.77.0.28", 7028)
+        writer.write(b"hi")
+        writer.write_eof()
+        assert await reader.read() == b"echo:hi"
+        writer.close()
+    d.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(10):
+        out, _ = await d.proc.communicate()
+    assert "Service t/sctp: port 7027/SCTP: protocol not supported by the proxy" in out.decode()
