@@ -1,0 +1,97 @@
+"""AnyIP for node mode: make the service CIDRs (and externalIPs, LB IPs) local.
+
+A ``local`` route on ``lo`` in the kernel's ``local`` table makes every
+address of a prefix local to the host, so the proxy can bind any ClusterIP
+without adding one address per service (the "AnyIP" technique). netplane
+tags the routes it adds with its own route protocol number,
+:data:`RTPROT_NETPLANE`, so it can find them again: ``sync()`` adds what is
+missing and removes what it owns but no longer wants, which also repairs
+what a crashed run left behind, and ``clear()`` removes them all on shutdown.
+
+It never replaces a route it does not own: an externalIP that is already
+local (the node's own address, say) keeps the kernel's route.
+
+pyroute2 runs its own event loop, so the daemon calls these methods from a
+worker thread (``asyncio.to_thread``); :func:`plan` is the pure part.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+
+log = logging.getLogger("netplane.addresses")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: The route protocol number on netplane's routes (``ip route show table local proto 77``).
+RTPROT_NETPLANE = 77
+LOCAL_TABLE = 255
+SCOPE_HOST = 254
+
+
+def plan(
+    owned: set[IPNetwork], others: set[IPNetwork], desired: Iterable[IPNetwork]
+) -> tuple[set[IPNetwork], set[IPNetwork]]:
+    """(to add, to remove): ``owned`` are ours, ``others`` local routes we must not touch."""
+    want = {n for n in desired if n not in others}
+    return want - owned, owned - want
+
+
+def host_network(ip: str) -> IPNetwork:
+    """The /32 or /128 of one address."""
+    return ipaddress.ip_network(ip)
+
+
+class LocalRoutes:
+    """The AnyIP routes netplane owns on this host (or network namespace)."""
+
+    def __init__(self) -> None:
+        from pyroute2 import IPRoute
+
+        self._ipr = IPRoute()
+        self._lo = self._ipr.link_lookup(ifname="lo")[0]
+
+    def _local_routes(self) -> tuple[set[IPNetwork], set[IPNetwork]]:
+        owned: set[IPNetwork] = set()
+        others: set[IPNetwork] = set()
+        for family in (2, 10):  # AF_INET, AF_INET6
+            for r in self._ipr.route("dump", table=LOCAL_TABLE, family=family):
+                dst = r.get_attr("RTA_DST")
+                if dst is None:
+                    continue
+                net = ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False)
+                (owned if r["proto"] == RTPROT_NETPLANE else others).add(net)
+        return owned, others - owned
+
+    def _route(self, command: str, net: IPNetwork) -> None:
+        self._ipr.route(
+            command,
+            dst=str(net),
+            type="local",
+            table=LOCAL_TABLE,
+            oif=self._lo,
+            proto=RTPROT_NETPLANE,
+            scope=SCOPE_HOST,
+            family=2 if net.version == 4 else 10,
+        )
+
+    def sync(self, desired: Iterable[IPNetwork]) -> tuple[set[IPNetwork], set[IPNetwork]]:
+        """Make the owned routes exactly ``desired`` (less what is already local)."""
+        owned, others = self._local_routes()
+        add, remove = plan(owned, others, desired)
+        for net in sorted(add, key=str):
+            self._route("replace", net)
+            log.info("added local route %s on lo (AnyIP)", net)
+        for net in sorted(remove, key=str):
+            self._route("del", net)
+            log.info("removed local route %s", net)
+        return add, remove
+
+    def clear(self) -> set[IPNetwork]:
+        """Remove every route netplane owns."""
+        _, removed = self.sync(())
+        return removed
+
+    def close(self) -> None:
+        self._ipr.close()
