@@ -22,6 +22,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from netplane.l4.healthcheck import HealthChecks
 from netplane.l4.picker import NodeInfo, Picker
 from netplane.l4.routes import FrontendKey, PortRoute, frontends_of
 from netplane.l4.tcp import TcpProxy, TcpSettings
@@ -65,6 +66,8 @@ class L4Proxy:
         self._owned: dict[ServiceKey, set[FrontendKey]] = {}
         self._pickers: dict[ServiceKey, dict[str, Picker]] = {}
         self._listeners: dict[FrontendKey, Any] = {}
+        # healthCheckNodePort servers of externalTrafficPolicy Local services
+        self.health_checks = HealthChecks(node_name, self.nodeport_addresses)
         self._stream: Any = None
         self._task: Any = None
 
@@ -93,6 +96,7 @@ class L4Proxy:
             self._stream.close()
         for key in list(self._listeners):
             self._close_listener(key)
+        self.health_checks.close()
         await self.tcp.drain(grace)
         await self.tcp.close(0)
         await self.udp.close()
@@ -143,6 +147,7 @@ class L4Proxy:
                 await self._ensure_listener(key, route, sk)
             if owned:
                 self._owned[sk] = owned
+            await self.health_checks.sync(sk, entry)
 
     def _release(self, key: FrontendKey) -> None:
         self._claims.pop(key, None)
@@ -193,6 +198,7 @@ class L4Proxy:
             "tcp_connections": self.tcp.connections,
             "udp_flows": self.udp.flows,
             "udp_dropped_overflow": self.udp.dropped_overflow,
+            "health_checks": self.health_checks.debug_state(),
         }
 
 
