@@ -12,7 +12,10 @@ It never replaces a route it does not own: an externalIP that is already
 local (the node's own address, say) keeps the kernel's route.
 
 pyroute2 runs its own event loop, so the daemon calls these methods from a
-worker thread (``asyncio.to_thread``); :func:`plan` is the pure part.
+worker thread (``asyncio.to_thread``), and each call opens and closes its own
+netlink socket so that no pyroute2 object crosses threads. Route changes are
+rare (a service CIDR, an externalIP), so that costs nothing that matters.
+:func:`plan` is the pure part.
 """
 
 from __future__ import annotations
@@ -46,17 +49,11 @@ def host_network(ip: str) -> IPNetwork:
 class LocalRoutes:
     """The AnyIP routes netplane owns on this host (or network namespace)."""
 
-    def __init__(self) -> None:
-        from pyroute2 import IPRoute
-
-        self._ipr = IPRoute()
-        self._lo = self._ipr.link_lookup(ifname="lo")[0]
-
-    def _local_routes(self) -> tuple[set[IPNetwork], set[IPNetwork]]:
+    def _local_routes(self, ipr) -> tuple[set[IPNetwork], set[IPNetwork]]:
         owned: set[IPNetwork] = set()
         others: set[IPNetwork] = set()
         for family in (2, 10):  # AF_INET, AF_INET6
-            for r in self._ipr.route("dump", table=LOCAL_TABLE, family=family):
+            for r in ipr.route("dump", table=LOCAL_TABLE, family=family):
                 dst = r.get_attr("RTA_DST")
                 if dst is None:
                     continue
@@ -64,34 +61,41 @@ class LocalRoutes:
                 (owned if r["proto"] == RTPROT_NETPLANE else others).add(net)
         return owned, others - owned
 
-    def _route(self, command: str, net: IPNetwork) -> None:
-        self._ipr.route(
-            command,
-            dst=str(net),
-            type="local",
-            table=LOCAL_TABLE,
-            oif=self._lo,
-            proto=RTPROT_NETPLANE,
-            scope=SCOPE_HOST,
-            family=2 if net.version == 4 else 10,
-        )
+    def owned(self) -> set[IPNetwork]:
+        """The routes netplane owns now."""
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            return self._local_routes(ipr)[0]
 
     def sync(self, desired: Iterable[IPNetwork]) -> tuple[set[IPNetwork], set[IPNetwork]]:
         """Make the owned routes exactly ``desired`` (less what is already local)."""
-        owned, others = self._local_routes()
-        add, remove = plan(owned, others, desired)
-        for net in sorted(add, key=str):
-            self._route("replace", net)
-            log.info("added local route %s on lo (AnyIP)", net)
-        for net in sorted(remove, key=str):
-            self._route("del", net)
-            log.info("removed local route %s", net)
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            owned, others = self._local_routes(ipr)
+            add, remove = plan(owned, others, desired)
+            for command, nets in (("replace", add), ("del", remove)):
+                for net in sorted(nets, key=str):
+                    ipr.route(
+                        command,
+                        dst=str(net),
+                        type="local",
+                        table=LOCAL_TABLE,
+                        oif=lo,
+                        proto=RTPROT_NETPLANE,
+                        scope=SCOPE_HOST,
+                        family=2 if net.version == 4 else 10,
+                    )
+                    log.info(
+                        "%s local route %s on lo (AnyIP)",
+                        "added" if nets is add else "removed",
+                        net,
+                    )
         return add, remove
 
     def clear(self) -> set[IPNetwork]:
         """Remove every route netplane owns."""
         _, removed = self.sync(())
         return removed
-
-    def close(self) -> None:
-        self._ipr.close()

@@ -18,6 +18,7 @@ import signal
 from collections.abc import Awaitable, Callable
 
 from netplane import __version__
+from netplane.addresses import LocalRoutes
 from netplane.config import Config
 from netplane.dataplane import Dataplane
 from netplane.errors import ConfigError, NetplaneError
@@ -60,11 +61,6 @@ def sources_for(cfg: Config) -> list[Source]:
 def describe_planes(cfg: Config) -> list[str]:
     """What this version serves of what the config asks for, said plainly."""
     lines = []
-    if cfg.proxy and cfg.mode == "node":
-        lines.append(
-            "L4 service proxy in node mode: the AnyIP routes are not built yet, so only"
-            " cluster IPs already local to this host can be bound"
-        )
     wanted = {
         f"ingress HTTP on {cfg.ingress_http}": cfg.ingress_http is not None,
         f"ingress HTTPS on {cfg.ingress_https}": cfg.ingress_https is not None,
@@ -182,6 +178,8 @@ def proxy_for(cfg: Config, dp: Dataplane) -> L4Proxy | None:
         default_policy=cfg.lb_policy,
         tcp=TcpSettings(connect_timeout=cfg.connect_timeout, idle_timeout=cfg.tcp_idle_seconds),
         udp=UdpSettings(flow_idle_timeout=cfg.udp_idle_seconds),
+        local_routes=LocalRoutes() if cfg.mode == "node" else None,
+        service_cidrs=cfg.effective_service_cidrs,
     )
     dp.planes["proxy"] = proxy
     return proxy

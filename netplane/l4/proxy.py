@@ -17,6 +17,7 @@ keeps it and the second is logged.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
@@ -54,8 +55,16 @@ class L4Proxy:
         default_policy: str = "round-robin",
         tcp: TcpSettings | None = None,
         udp: UdpSettings | None = None,
+        local_routes: Any = None,
+        service_cidrs: Sequence[Any] = (),
     ) -> None:
         self._dp = dataplane
+        # Node mode: AnyIP routes (netplane.addresses.LocalRoutes) that make the
+        # service CIDRs, externalIPs and LB IPs local before anything binds them.
+        self.local_routes = local_routes
+        self.service_cidrs = tuple(service_cidrs)
+        self._extra_ips: dict[ServiceKey, frozenset[str]] = {}
+        self._routed: set[Any] | None = None
         self.node_name = node_name
         self.nodeport_addresses = tuple(nodeport_addresses)
         self.default_policy = default_policy
@@ -74,9 +83,8 @@ class L4Proxy:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        import asyncio
-
         self._stream = self._dp.subscribe()
+        await self._sync_local_routes()
         if self._dp.ready:
             await self.sync(e.key for e in self._dp.table)
         self._task = asyncio.create_task(self._follow(), name="l4-proxy")
@@ -100,6 +108,11 @@ class L4Proxy:
         await self.tcp.drain(grace)
         await self.tcp.close(0)
         await self.udp.close()
+        if self.local_routes is not None:
+            try:
+                await asyncio.to_thread(self.local_routes.clear)
+            except Exception as e:
+                log.error("cannot remove the AnyIP routes: %s", e)
 
     # -- following the table -------------------------------------------------
 
@@ -110,9 +123,41 @@ class L4Proxy:
             zone = getattr(node, "zone", "") or ""
         return NodeInfo(self.node_name, zone)
 
+    async def _sync_local_routes(self) -> None:
+        """Node mode: local routes for the CIDRs and every externalIP and LB IP."""
+        if self.local_routes is None:
+            return
+        desired = set(self.service_cidrs)
+        for ips in self._extra_ips.values():
+            desired |= {ipaddress.ip_network(ip) for ip in ips}
+        if desired != self._routed:
+            try:
+                await asyncio.to_thread(self.local_routes.sync, desired)
+            except Exception as e:  # pyroute2's NetlinkError, or no netlink at all
+                log.error(
+                    "cannot program the AnyIP routes (node mode needs root or CAP_NET_ADMIN): %s", e
+                )
+                return
+            self._routed = desired
+
     async def sync(self, services: Iterable[ServiceKey]) -> None:
         """Bring the listeners of ``services`` in line with the table."""
         node = self._node()
+        services = list(services)
+        if self.local_routes is not None:
+            for sk in services:
+                entry = self._dp.table.get(*sk)
+                ips = frozenset(
+                    f.ip
+                    for p in (entry.ports if entry is not None else ())
+                    for f in p.frontends
+                    if f.ip is not None and f.kind in ("ExternalIP", "LoadBalancer")
+                )
+                if ips:
+                    self._extra_ips[sk] = ips
+                else:
+                    self._extra_ips.pop(sk, None)
+            await self._sync_local_routes()
         for sk in services:
             entry = self._dp.table.get(*sk)
             new: dict[FrontendKey, PortRoute] = {}

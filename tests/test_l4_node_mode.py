@@ -1,0 +1,209 @@
+"""Node mode in network namespaces: AnyIP routes, ClusterIP and NodePort from another host.
+
+The test builds two namespaces joined by a veth pair (addresses from
+198.18.0.0/15 only): a "node" where `netplane run --mode node` runs as root
+with its backend, and a "client" host. Nothing touches the machine's own
+interfaces, and both namespaces are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+NODE_IP, CLIENT_IP = "198.18.0.1", "198.18.0.2"
+SERVICE_CIDR = "198.19.0.0/16"
+CLUSTER_IP, EXTERNAL_IP = "198.19.0.10", "198.18.99.1"
+
+
+def sh(*args: str, check: bool = True, timeout: float = 10) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=timeout)
+
+
+def _can_make_namespaces() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root to create network namespaces"
+    if shutil.which("ip") is None:
+        return "iproute2 (ip) is not installed"
+    if shutil.which("curl") is None:
+        return "curl is not installed"
+    name = f"npprobe{os.getpid()}"
+    probe = sh("ip", "netns", "add", name, check=False)
+    if probe.returncode != 0:
+        return f"this machine cannot create network namespaces: {probe.stderr.strip()}"
+    sh("ip", "netns", "del", name, check=False)
+    return None
+
+
+_why_not = _can_make_namespaces()
+if _why_not:
+    pytestmark = [pytestmark, pytest.mark.skip(reason=_why_not)]
+
+
+class Hosts:
+    def __init__(self) -> None:
+        tag = f"{os.getpid() % 100000}"
+        self.node, self.client = f"npnode{tag}", f"npclient{tag}"
+        self.procs: list[subprocess.Popen] = []
+
+    def up(self) -> None:
+        for ns in (self.node, self.client):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        veth_n, veth_c = f"vn{self.node[-8:]}", f"vc{self.client[-8:]}"
+        sh("ip", "link", "add", veth_n, "netns", self.node, "type", "veth",
+           "peer", "name", veth_c, "netns", self.client)  # fmt: skip
+        sh("ip", "-n", self.node, "addr", "add", f"{NODE_IP}/24", "dev", veth_n)
+        sh("ip", "-n", self.client, "addr", "add", f"{CLIENT_IP}/24", "dev", veth_c)
+        sh("ip", "-n", self.node, "link", "set", veth_n, "up")
+        sh("ip", "-n", self.client, "link", "set", veth_c, "up")
+
+    def down(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(timeout=10)
+        for ns in (self.node, self.client):
+            sh("ip", "netns", "del", ns, check=False)
+
+    def run(self, ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
+        return sh("ip", "netns", "exec", ns, *args, **kw)
+
+    def spawn(self, ns: str, *args: str, log: Path | None = None) -> subprocess.Popen:
+        out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+        p = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *args],
+            stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        self.procs.append(p)
+        return p
+
+    def curl(self, ns: str, url: str) -> str:
+        r = self.run(ns, "curl", "-sS", "--max-time", "3", url, check=False)
+        return r.stdout if r.returncode == 0 else f"curl exit {r.returncode}: {r.stderr.strip()}"
+
+    def routes(self) -> str:
+        return self.run(self.node, "ip", "route", "show", "table", "local", "proto", "77").stdout
+
+    def until(self, pred, what: str, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = pred()
+            if value:
+                return value
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    h = Hosts()
+    try:
+        h.up()
+        yield h
+    finally:
+        h.down()
+
+
+def manifests(path: Path, *, cluster_ip: str = CLUSTER_IP) -> None:
+    objs = [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "t"},
+            "spec": {
+                "type": "NodePort",
+                "clusterIP": cluster_ip,
+                "externalIPs": [EXTERNAL_IP],
+                "ports": [{"name": "http", "port": 8080, "targetPort": 18080, "nodePort": 30080}],
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "web-1",
+                "namespace": "t",
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 18080}],
+            "endpoints": [{"addresses": ["127.0.5.1"], "nodeName": "node-a"}],
+        },
+    ]
+    path.mkdir(exist_ok=True)
+    (path / "web.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+
+
+def start_netplane(h: Hosts, mdir: Path, log: Path, cidr: str = SERVICE_CIDR) -> subprocess.Popen:
+    p = h.spawn(
+        h.node, sys.executable, "-m", "netplane", "run", "-f", str(mdir), "--mode", "node",
+        "--service-cidr", cidr, "--node-ip", NODE_IP, "--node-name", "node-a",
+        "--admin", "127.0.0.1:10256", "--dns", "off", "--ingress-http", "off",
+        "--ingress-https", "off", "--drain-seconds", "1",
+        log=log,
+    )  # fmt: skip
+    h.until(lambda: h.curl(h.node, "http://127.0.0.1:10256/readyz") == "ok\n", "/readyz")
+    return p
+
+
+def test_node_mode_serves_cluster_ip_nodeport_and_external_ip(hosts: Hosts, tmp_path: Path):
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("backend-a\n")
+    hosts.spawn(hosts.node, sys.executable, "-m", "http.server", "18080",
+                "--bind", "127.0.5.1", "--directory", str(www))  # fmt: skip
+    manifests(tmp_path / "m")
+    log = tmp_path / "netplane.log"
+    np = start_netplane(hosts, tmp_path / "m", log)
+
+    # the AnyIP routes: the service CIDR, and the externalIP outside it
+    routes = hosts.until(lambda: EXTERNAL_IP in hosts.routes() and hosts.routes(), "routes")
+    assert f"local {SERVICE_CIDR} dev lo" in routes
+    assert f"local {EXTERNAL_IP} dev lo" in routes
+
+    def served(ns: str, url: str) -> bool:
+        return hosts.curl(ns, url) == "backend-a\n"
+
+    # another host reaches the NodePort on the node's address; the client has no
+    # route to the ClusterIP or the externalIP, so those are tried on the node
+    hosts.until(
+        lambda: served(hosts.client, f"http://{NODE_IP}:30080/"), "NodePort from the client"
+    )
+    hosts.until(lambda: served(hosts.node, f"http://{CLUSTER_IP}:8080/"), "ClusterIP on the node")
+    hosts.until(lambda: served(hosts.node, f"http://{EXTERNAL_IP}:8080/"), "externalIP on the node")
+
+    # a clean stop takes the routes away
+    np.send_signal(signal.SIGTERM)
+    assert np.wait(timeout=15) == 0, log.read_text()
+    assert hosts.routes().strip() == ""
+
+
+def test_a_crashed_run_is_repaired_on_start(hosts: Hosts, tmp_path: Path):
+    manifests(tmp_path / "m")
+    np = start_netplane(hosts, tmp_path / "m", tmp_path / "first.log")
+    hosts.until(lambda: SERVICE_CIDR in hosts.routes(), "routes")
+    np.kill()  # no chance to clean up
+    np.wait(timeout=10)
+    assert SERVICE_CIDR in hosts.routes()
+    # the next run, with another service CIDR, removes what the crashed one left
+    manifests(tmp_path / "m", cluster_ip="198.19.200.10")
+    np = start_netplane(hosts, tmp_path / "m", tmp_path / "second.log", cidr="198.19.128.0/17")
+    routes = hosts.until(lambda: "198.19.128.0/17" in hosts.routes() and hosts.routes(), "repair")
+    assert SERVICE_CIDR not in routes
+    np.send_signal(signal.SIGTERM)
+    assert np.wait(timeout=15) == 0
+    assert hosts.routes().strip() == ""
