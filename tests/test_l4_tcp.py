@@ -9,7 +9,7 @@ import struct
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-import uvloop
+from l4_fakes import Route
 
 from netplane.l4.flow_control import PENDING_FULL, FlowControl
 from netplane.l4.picker import Target
@@ -18,54 +18,6 @@ from netplane.l4.tcp import TcpProxy, TcpSettings
 
 WAIT = 5.0
 FAST = TcpSettings(connect_timeout=0.3, connect_attempts=3, idle_timeout=30.0)
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable:
-    """Run a coroutine to completion on a fresh loop of the parametrized kind."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def runner(coro):
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(coro)
-
-    return runner
-
-
-class Route:
-    """A fake Route: round-robin over the given targets, recording what the relay reports."""
-
-    protocol = "TCP"
-
-    def __init__(self, *targets: Target, proxy_protocol: bool = False) -> None:
-        self.targets = list(targets)
-        self.proxy_protocol = proxy_protocol
-        self.cursor = 0
-        self.picks: list[tuple[str, frozenset[Target]]] = []
-        self.n_opened: list[Target] = []
-        self.n_closed: list[Target] = []
-        self.n_failed: list[Target] = []
-
-    def pick(self, client_ip: str, exclude: frozenset[Target] = frozenset()) -> Target | None:
-        self.picks.append((client_ip, exclude))
-        candidates = [t for t in self.targets if t not in exclude]
-        if not candidates:
-            return None
-        target = candidates[self.cursor % len(candidates)]
-        self.cursor += 1
-        return target
-
-    def usable(self, target: Target) -> bool:
-        return target in self.targets
-
-    def opened(self, target: Target) -> None:
-        self.n_opened.append(target)
-
-    def closed(self, target: Target) -> None:
-        self.n_closed.append(target)
-
-    def failed(self, target: Target) -> None:
-        self.n_failed.append(target)
 
 
 async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -8,7 +8,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 
 import pytest
-import uvloop
+from l4_fakes import Route
 
 from netplane.l4.picker import Target
 from netplane.l4.udp import UdpProxy, UdpSettings
@@ -16,52 +16,6 @@ from netplane.l4.udp import UdpProxy, UdpSettings
 WAIT = 5.0
 # A service address that is not the endpoints' (all of 127/8 is local on Linux).
 SERVICE = "127.0.0.77"
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Callable:
-    """Run a coroutine to completion on a fresh loop of the parametrized kind."""
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def runner(coro):
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(coro)
-
-    return runner
-
-
-class Route:
-    """A fake Route: round-robin over the given targets, recording what the relay reports."""
-
-    protocol = "UDP"
-    proxy_protocol = False
-
-    def __init__(self, *targets: Target) -> None:
-        self.targets = list(targets)
-        self.cursor = 0
-        self.n_opened: list[Target] = []
-        self.n_closed: list[Target] = []
-        self.n_failed: list[Target] = []
-
-    def pick(self, client_ip: str, exclude: frozenset[Target] = frozenset()) -> Target | None:
-        candidates = [t for t in self.targets if t not in exclude]
-        if not candidates:
-            return None
-        target = candidates[self.cursor % len(candidates)]
-        self.cursor += 1
-        return target
-
-    def usable(self, target: Target) -> bool:
-        return target in self.targets
-
-    def opened(self, target: Target) -> None:
-        self.n_opened.append(target)
-
-    def closed(self, target: Target) -> None:
-        self.n_closed.append(target)
-
-    def failed(self, target: Target) -> None:
-        self.n_failed.append(target)
 
 
 class Echo(asyncio.DatagramProtocol):
@@ -132,7 +86,7 @@ def test_echo_reply_comes_from_the_service_address(run) -> None:
     async def main() -> None:
         proxy = UdpProxy()
         async with echo(b"e:") as (t, server):
-            listener = await proxy.listen(SERVICE, 0, route := Route(t))
+            listener = await proxy.listen(SERVICE, 0, route := Route(t, protocol="UDP"))
             service = listener.sockname
             assert service[0] == SERVICE
             async with client() as c:
@@ -162,7 +116,7 @@ def test_ipv6_loopback(run) -> None:
     async def main() -> None:
         proxy = UdpProxy()
         async with echo(b"6:", host="::1") as (t, _):
-            listener = await proxy.listen("::1", 0, Route(t))
+            listener = await proxy.listen("::1", 0, Route(t, protocol="UDP"))
             async with client("::1") as c:
                 data, source = await c.ask(b"x", listener.sockname[:2])
                 assert data == b"6:x"
@@ -176,7 +130,7 @@ def test_two_clients_get_separate_flows(run) -> None:
     async def main() -> None:
         proxy = UdpProxy()
         async with echo(b"e:") as (t, server):
-            listener = await proxy.listen(SERVICE, 0, route := Route(t))
+            listener = await proxy.listen(SERVICE, 0, route := Route(t, protocol="UDP"))
             async with client() as a, client() as b:
                 assert (await a.ask(b"from a", listener.sockname))[0] == b"e:from a"
                 assert (await b.ask(b"from b", listener.sockname))[0] == b"e:from b"
@@ -194,7 +148,7 @@ def test_idle_flow_is_removed(run) -> None:
     async def main() -> None:
         proxy = UdpProxy(UdpSettings(flow_idle_timeout=0.2))
         async with echo(b"e:") as (t, _):
-            listener = await proxy.listen(SERVICE, 0, route := Route(t))
+            listener = await proxy.listen(SERVICE, 0, route := Route(t, protocol="UDP"))
             async with client() as c:
                 await c.ask(b"hi", listener.sockname)
                 assert proxy.flows == 1
@@ -215,7 +169,7 @@ def test_flow_kept_alive_by_traffic(run) -> None:
     async def main() -> None:
         proxy = UdpProxy(UdpSettings(flow_idle_timeout=0.2))
         async with echo(b"e:") as (t, _):
-            listener = await proxy.listen(SERVICE, 0, route := Route(t))
+            listener = await proxy.listen(SERVICE, 0, route := Route(t, protocol="UDP"))
             async with client() as c:
                 for _ in range(8):  # 0.4 s of traffic, twice the timeout
                     await c.ask(b"tick", listener.sockname)
@@ -230,7 +184,7 @@ def test_overflow_is_dropped_and_counted(run, caplog) -> None:
     async def main() -> None:
         proxy = UdpProxy(UdpSettings(max_flows=1))
         async with echo(b"e:") as (t, _):
-            listener = await proxy.listen(SERVICE, 0, Route(t))
+            listener = await proxy.listen(SERVICE, 0, Route(t, protocol="UDP"))
             async with client() as a, client() as b:
                 await a.ask(b"first", listener.sockname)
                 await b.silence(b"no room", listener.sockname)
@@ -249,7 +203,7 @@ def test_flow_moves_when_its_target_goes(run) -> None:
     async def main() -> None:
         proxy = UdpProxy()
         async with echo(b"1:") as (t1, _), echo(b"2:") as (t2, _):
-            listener = await proxy.listen(SERVICE, 0, route := Route(t1, t2))
+            listener = await proxy.listen(SERVICE, 0, route := Route(t1, t2, protocol="UDP"))
             async with client() as c:
                 assert (await c.ask(b"x", listener.sockname))[0] == b"1:x"
                 assert (await c.ask(b"y", listener.sockname))[0] == b"1:y"  # sticks to its flow
@@ -267,10 +221,10 @@ def test_route_swap_applies_to_new_flows(run) -> None:
     async def main() -> None:
         proxy = UdpProxy()
         async with echo(b"old:") as (t1, _), echo(b"new:") as (t2, _):
-            listener = await proxy.listen(SERVICE, 0, old := Route(t1))
+            listener = await proxy.listen(SERVICE, 0, old := Route(t1, protocol="UDP"))
             async with client() as a, client() as b:
                 assert (await a.ask(b"1", listener.sockname))[0] == b"old:1"
-                listener.route = new = Route(t1, t2)
+                listener.route = new = Route(t1, t2, protocol="UDP")
                 new.cursor = 1  # its next pick is t2
                 assert (await b.ask(b"2", listener.sockname))[0] == b"new:2"
                 # a's target is still usable under the new route: a stays put.
@@ -291,10 +245,10 @@ def test_callable_route_and_no_target(run) -> None:
             async with client() as c:
                 await c.silence(b"nobody", listener.sockname)
                 assert proxy.dropped_no_target == 1
-                current["route"] = Route()  # a route without endpoints
+                current["route"] = Route(protocol="UDP")  # a route without endpoints
                 await c.silence(b"nobody yet", listener.sockname)
                 assert proxy.dropped_no_target == 2
-                current["route"] = Route(t)
+                current["route"] = Route(t, protocol="UDP")
                 assert (await c.ask(b"now", listener.sockname))[0] == b"e:now"
                 assert proxy.flows == 1
                 current["route"] = None  # the service went away: the flow closes
@@ -313,7 +267,7 @@ def test_refused_target_is_reported_and_repicked(run) -> None:
             dead = Target("127.0.0.1", s.getsockname()[1])
         proxy = UdpProxy()
         async with echo(b"e:") as (good, _):
-            listener = await proxy.listen(SERVICE, 0, route := Route(dead, good))
+            listener = await proxy.listen(SERVICE, 0, route := Route(dead, good, protocol="UDP"))
             async with client() as c:
                 # The first datagram goes to the dead port; its ICMP error closes the flow.
                 await c.silence(b"lost", listener.sockname, wait=0.1)
@@ -329,8 +283,8 @@ def test_listener_close_closes_its_flows(run) -> None:
     async def main() -> None:
         proxy = UdpProxy()
         async with echo(b"e:") as (t, _):
-            one = await proxy.listen(SERVICE, 0, r1 := Route(t))
-            two = await proxy.listen(SERVICE, 0, Route(t))
+            one = await proxy.listen(SERVICE, 0, r1 := Route(t, protocol="UDP"))
+            two = await proxy.listen(SERVICE, 0, Route(t, protocol="UDP"))
             async with client() as c:
                 await c.ask(b"a", one.sockname)
                 await c.ask(b"b", two.sockname)
