@@ -214,12 +214,13 @@ def vmrss_mb(pid: int) -> float:
 
 
 def netplane_cmd() -> list[str]:
-    """The ``netplane`` console script beside this interpreter (not a PATH shim such as
-    pyenv's, whose start-up would be measured too), else ``python -m netplane``."""
-    script = Path(sys.executable).parent / "netplane"
-    if script.is_file() and os.access(script, os.X_OK):
-        return [str(script)]
-    return [sys.executable, "-m", "netplane"]
+    """The netplane of this checkout, run by this interpreter.
+
+    Not the ``netplane`` on PATH: that may be a shim (pyenv's adds start-up
+    time that would be measured) or an install of another checkout.
+    """
+    boot = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from netplane.cli import main; sys.exit(main())"
+    return [sys.executable, "-c", boot]
 
 
 @dataclass
