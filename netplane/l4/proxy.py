@@ -18,6 +18,7 @@ keeps it and the second is logged.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 from collections.abc import Iterable, Sequence
@@ -36,6 +37,7 @@ log = logging.getLogger("netplane.l4")
 WILDCARDS = ("0.0.0.0", "::")
 
 
+@functools.lru_cache(maxsize=4096)  # per accepted connection: parse each address once
 def _norm(ip: str) -> str:
     addr = ipaddress.ip_address(ip.split("%", 1)[0])
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
