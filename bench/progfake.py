@@ -1,0 +1,379 @@
+"""The ``programming`` scenario's fake API server (with a control channel) and its client.
+
+    python -m bench.progfake serve --services N --backend-port P --ready PATH --kubeconfig PATH
+    python -m bench.progfake measure --ready PATH --changes K [--baseline B] [--warmup W]
+
+Both run pinned to the load core by the harness.
+
+``serve`` runs three things on one event loop:
+
+- a :class:`netplane.testing.fakekube.FakeKube` holding N ClusterIP Services
+  (one TCP port, 18080, ClusterIPs 127.77.128.1 upwards so that local mode
+  can bind them; clear of the addresses and ports tests/test_l4_e2e.py uses)
+  and N EndpointSlices of 10 endpoints, made from
+  bench/state_scale.py's generators. The endpoints of every Service but the
+  measured one are dummies from 127.1.0.1 upwards that no connection reaches;
+- two groups of 10 backends, ``a`` on 127.0.31.1-10 and ``b`` on
+  127.0.32.1-10, port P: each connection gets ``GROUP ADDRESS\\n`` and is
+  closed. The measured Service (index N // 2) has its 10 endpoints in one
+  group at a time;
+- a control server on 127.0.0.1 speaking lines: ``set a`` / ``set b``
+  re-applies the measured EndpointSlice with that group's endpoints and
+  answers ``ok T0`` where T0 is CLOCK_MONOTONIC in nanoseconds taken just
+  after the object was stored and its watch events queued (system-wide on
+  Linux, so the client process compares it with its own clock); ``get``
+  answers ``group G``. The event reaches the watch streams when this handler
+  yields, i.e. right after the answer is written.
+
+When everything listens it writes the kubeconfig, then ``--ready`` (JSON:
+control port, measured Service's namespace/name, ClusterIP and port), each
+atomically. It exits on SIGTERM/SIGINT or when its parent goes away.
+
+``measure`` first times B probes with nothing changing (a probe is one new
+TCP connection to the ClusterIP, read to EOF: its round trip through the
+proxy is the measurement's resolution and the floor under every latency).
+Then it makes K changes, after W unrecorded ones: it flips the measured slice
+to the other group through the control channel and takes T0 from the answer,
+then probes back to back (no pause) until an answer names the new group; T1
+is when that answer arrived, latency = T1 - T0. Also recorded: when that
+connection was opened (T1 minus its own trip through the proxy). A change
+not seen within ``--give-up-s`` counts as a failure. Between changes it
+sleeps ``--pause-ms`` so watch events never coalesce. It prints one JSON
+object: latencies and opening times (ms) with percentiles, failures, probes
+per change, probe round trips (ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import ipaddress
+import json
+import os
+import resource
+import signal
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.state_scale import make_service, make_slice, percentile
+from netplane.testing.fakekube import FakeKube
+
+TOKEN = "bench-token"
+PER_SLICE = 10
+SERVICE_PORT = 18080
+TARGET_PORT = 8080
+FIRST_CLUSTER_IP = ipaddress.ip_address("127.77.128.1")
+MAX_SERVICES = 32_000  # ClusterIPs stay inside 127.77.128.0/17
+DUMMY_NET = ipaddress.ip_address("127.1.0.1")  # endpoints no connection goes to
+GROUPS = {"a": "127.0.31.", "b": "127.0.32."}
+
+
+def cluster_ip(i: int) -> str:
+    return str(FIRST_CLUSTER_IP + i)
+
+
+def measured_index(services: int) -> int:
+    return services // 2
+
+
+def service(i: int) -> dict[str, Any]:
+    """state_scale's Service i, moved into 127.77.0.0/16 with one TCP port."""
+    svc = make_service(i)
+    spec = svc["spec"]
+    spec["clusterIP"] = cluster_ip(i)
+    spec["clusterIPs"] = [cluster_ip(i)]
+    spec["ports"] = [
+        {"name": "http", "port": SERVICE_PORT, "protocol": "TCP", "targetPort": TARGET_PORT}
+    ]
+    return svc
+
+
+def endpoint_slice(i: int, addresses: list[str] | None = None, port: int = TARGET_PORT) -> dict:
+    """state_scale's EndpointSlice i with one port; dummy addresses unless given."""
+    sl = make_slice(i, PER_SLICE)
+    for j, ep in enumerate(sl["endpoints"]):
+        ep["addresses"] = [addresses[j] if addresses else str(DUMMY_NET + i * PER_SLICE + j)]
+    sl["ports"] = [{"name": "http", "port": port, "protocol": "TCP"}]
+    return sl
+
+
+def group_addresses(group: str) -> list[str]:
+    return [f"{GROUPS[group]}{j + 1}" for j in range(PER_SLICE)]
+
+
+def raise_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class ProgFake:
+    def __init__(self, services: int, backend_port: int) -> None:
+        self.services = services
+        self.backend_port = backend_port
+        self.target = measured_index(services)
+        self.group = "a"
+        self.fake = FakeKube(tokens=(TOKEN,))
+        self.servers: list[asyncio.Server] = []
+        self.control_port = 0
+
+    def load(self) -> None:
+        fake = self.fake
+        for i in range(self.services):
+            fake.apply(service(i))
+        for i in range(self.services):
+            if i == self.target:
+                fake.apply(self.measured_slice(self.group))
+            else:
+                fake.apply(endpoint_slice(i))
+        fake.history.clear()  # nothing watches from before the list; keep memory flat
+        fake.compacted_rv = 0
+        # The loaded objects live on: keep them out of later collections, or a
+        # full collection over them (hundreds of ms at 10k) lands on a change.
+        gc.collect()
+        gc.freeze()
+
+    def measured_slice(self, group: str) -> dict[str, Any]:
+        return endpoint_slice(self.target, group_addresses(group), self.backend_port)
+
+    async def start_backends(self) -> None:
+        for group, prefix in GROUPS.items():
+            for j in range(PER_SLICE):
+                host = f"{prefix}{j + 1}"
+                answer = f"{group} {host}\n".encode()
+
+                async def handle(
+                    r: asyncio.StreamReader, w: asyncio.StreamWriter, answer: bytes = answer
+                ) -> None:
+                    w.write(answer)
+                    with contextlib.suppress(ConnectionError):
+                        await w.drain()
+                    w.close()
+
+                self.servers.append(await asyncio.start_server(handle, host, self.backend_port))
+
+    async def control(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while line := await r.readline():
+                cmd = line.decode().split()
+                if cmd == ["get"]:
+                    w.write(b"group %s\n" % self.group.encode())
+                elif len(cmd) == 2 and cmd[0] == "set" and cmd[1] in GROUPS:
+                    self.fake.apply(self.measured_slice(cmd[1]))
+                    t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                    self.group = cmd[1]
+                    w.write(b"ok %d\n" % t0)
+                else:
+                    w.write(b"error unknown command\n")
+                await w.drain()
+        except ConnectionError:
+            pass
+        finally:
+            w.close()
+
+    async def start(self) -> None:
+        await self.start_backends()
+        ctl = await asyncio.start_server(self.control, "127.0.0.1", 0)
+        self.servers.append(ctl)
+        self.control_port = ctl.sockets[0].getsockname()[1]
+        await self.fake.start()
+
+    async def stop(self) -> None:
+        for s in self.servers:
+            s.close()
+        await self.fake.stop()
+
+    def ready_doc(self) -> dict[str, Any]:
+        svc = service(self.target)["metadata"]
+        return {
+            "control_port": self.control_port,
+            "namespace": svc["namespace"],
+            "name": svc["name"],
+            "cluster_ip": cluster_ip(self.target),
+            "port": SERVICE_PORT,
+            "services": self.services,
+            "pid": os.getpid(),
+        }
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    pf = ProgFake(args.services, args.backend_port)
+    pf.load()
+    await pf.start()
+    kubeconfig = Path(args.kubeconfig)
+    tmp = kubeconfig.with_name(kubeconfig.name + ".tmp")
+    pf.fake.write_kubeconfig(tmp, {"token": TOKEN})
+    os.replace(tmp, kubeconfig)
+    _write_atomic(Path(args.ready), json.dumps(pf.ready_doc()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    parent = os.getppid()
+    try:
+        while not stop.is_set():
+            if os.getppid() != parent:
+                break  # the harness is gone: do not outlive it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        await pf.stop()
+
+
+def now_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+
+def probe(ip: str, port: int, timeout: float) -> bytes:
+    """One new connection to the Service: its whole answer (b"" if refused or reset)."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as s:
+            data = b""
+            while chunk := s.recv(256):
+                data += chunk
+            return data
+    except OSError:
+        return b""
+
+
+class Control:
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.file = self.sock.makefile("rb")
+
+    def ask(self, line: str) -> list[str]:
+        self.sock.sendall(line.encode() + b"\n")
+        return self.file.readline().decode().split()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    ready = json.loads(Path(args.ready).read_text())
+    ip, port = ready["cluster_ip"], ready["port"]
+    ctl = Control(ready["control_port"])
+    try:
+        group = ctl.ask("get")[1]
+        # The Service must answer with the current group before the first change.
+        deadline = time.monotonic() + args.settle_s
+        while not probe(ip, port, 1.0).startswith(group.encode()):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{ip}:{port} does not answer with group {group!r}")
+            time.sleep(0.01)
+        # Baseline: the probe's own round trip through the proxy with nothing changing,
+        # the measurement's resolution and the floor under every latency.
+        baseline: list[float] = []
+        for _ in range(args.baseline):
+            start = now_ns()
+            probe(ip, port, 1.0)
+            baseline.append((now_ns() - start) / 1e6)
+        baseline.sort()
+        latencies: list[float] = []
+        opened: list[float] = []  # T0 -> when the first connection that got the new group opened
+        probes: list[int] = []
+        rtts: list[float] = []
+        failures = 0
+        give_up = int(args.give_up_s * 1e9)
+        for i in range(args.warmup + args.changes):
+            time.sleep(args.pause_ms / 1000)
+            group = "b" if group == "a" else "a"
+            want = group.encode()
+            answer = ctl.ask(f"set {group}")
+            if answer[:1] != ["ok"]:
+                raise SystemExit(f"control channel: {answer!r}")
+            t0 = int(answer[1])
+            n = 0
+            while True:
+                start = now_ns()
+                data = probe(ip, port, 1.0)
+                t1 = now_ns()
+                n += 1
+                rtts.append((t1 - start) / 1e6)
+                if data.startswith(want):
+                    ok = True
+                    break
+                if t1 - t0 > give_up:
+                    ok = False
+                    break
+            if i < args.warmup:
+                continue
+            probes.append(n)
+            if ok:
+                latencies.append((t1 - t0) / 1e6)
+                opened.append(max(0, start - t0) / 1e6)
+            else:
+                failures += 1
+                # let the change land before the next one, bounded
+                deadline = time.monotonic() + args.settle_s
+                while not probe(ip, port, 1.0).startswith(want) and time.monotonic() < deadline:
+                    time.sleep(0.01)
+    finally:
+        ctl.close()
+    ordered = sorted(latencies)
+    opened_sorted = sorted(opened)
+    return {
+        "changes": args.changes,
+        "failures": failures,
+        "latencies_ms": [round(v, 4) for v in latencies],
+        "p50_ms": percentile(ordered, 0.50),
+        "p99_ms": percentile(ordered, 0.99),
+        "max_ms": ordered[-1] if ordered else 0.0,
+        "opened_ms": [round(v, 4) for v in opened],
+        "open_p50_ms": percentile(opened_sorted, 0.50),
+        "open_p99_ms": percentile(opened_sorted, 0.99),
+        "probes_per_change": probes,
+        "probe_ms_median": statistics.median(rtts) if rtts else 0.0,
+        "baseline_p50_ms": percentile(baseline, 0.50),
+        "baseline_p99_ms": percentile(baseline, 0.99),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sv = sub.add_parser("serve", help="the fake API server, control channel and backends")
+    sv.add_argument("--services", type=int, required=True)
+    sv.add_argument("--backend-port", type=int, required=True)
+    sv.add_argument("--kubeconfig", required=True)
+    sv.add_argument("--ready", required=True, help="JSON file written when serving")
+    ms = sub.add_parser("measure", help="make changes and time them; JSON on stdout")
+    ms.add_argument("--ready", required=True, help="the ready file of `serve`")
+    ms.add_argument("--changes", type=int, required=True)
+    ms.add_argument("--warmup", type=int, default=5, help="unrecorded changes first")
+    ms.add_argument("--baseline", type=int, default=300, help="probes before any change")
+    ms.add_argument("--pause-ms", type=float, default=20.0)
+    ms.add_argument("--give-up-s", type=float, default=2.0)
+    ms.add_argument("--settle-s", type=float, default=10.0)
+    args = ap.parse_args(argv)
+    if args.cmd == "measure":
+        print(json.dumps(measure(args)))
+        return 0
+    if not 1 <= args.services <= MAX_SERVICES:
+        ap.error(f"--services must be within 1..{MAX_SERVICES} (ClusterIPs in 127.77.128.0/17)")
+    raise_file_limit()
+    try:
+        import uvloop
+
+        uvloop.run(serve(args))
+    except ImportError:
+        asyncio.run(serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
