@@ -47,17 +47,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def write_results(doc: dict[str, Any], out: Path) -> dict[str, Path]:
-    """``TIMESTAMP[-quick].json`` plus ``latest.json``, each with its markdown and plots."""
+    """``TIMESTAMP[-quick].json`` plus ``latest[-quick].json``, each with its markdown and plots.
+
+    A quick run never replaces ``latest.json``: that is the full run the README shows.
+    """
     out.mkdir(parents=True, exist_ok=True)
     stamp = doc["started_utc"].replace("-", "").replace(":", "")
-    run_json = out / f"{stamp}{'-quick' if doc['quick'] else ''}.json"
+    suffix = "-quick" if doc["quick"] else ""
+    run_json = out / f"{stamp}{suffix}.json"
+    latest = out / f"latest{suffix}.json"
     text = json.dumps(doc, indent=2) + "\n"
-    tmp = out / "latest.json.tmp"
+    tmp = out / f"{latest.name}.tmp"
     tmp.write_text(text)
     run_json.write_text(text)
-    tmp.replace(out / "latest.json")
+    tmp.replace(latest)
     report.generate(run_json)
-    return report.generate(out / "latest.json")
+    return report.generate(latest)
 
 
 def main(argv: list[str] | None = None) -> int:
