@@ -33,25 +33,34 @@ def load(fake: FakeKube, services: int, per_slice: int) -> None:
     fake.compacted_rv = 0
 
 
-async def serve(args: argparse.Namespace) -> None:
-    fake = FakeKube(tokens=(TOKEN,))
-    load(fake, args.services, args.endpoints_per_slice)
-    await fake.start()
-    out = Path(args.kubeconfig)
-    tmp = out.with_name(out.name + ".tmp")
+def publish_kubeconfig(fake: FakeKube, path: Path) -> None:
+    """Write the kubeconfig atomically: its appearance tells the harness "ready"."""
+    tmp = path.with_name(path.name + ".tmp")
     fake.write_kubeconfig(tmp, {"token": TOKEN})
-    os.replace(tmp, out)
+    os.replace(tmp, path)
+
+
+async def until_stopped() -> None:
+    """Return on SIGTERM/SIGINT, or once the parent (the harness) is gone."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     parent = os.getppid()
+    while not stop.is_set():
+        if os.getppid() != parent:
+            return  # the harness is gone: do not outlive it
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def serve(args: argparse.Namespace) -> None:
+    fake = FakeKube(tokens=(TOKEN,))
+    load(fake, args.services, args.endpoints_per_slice)
+    await fake.start()
+    publish_kubeconfig(fake, Path(args.kubeconfig))
     try:
-        while not stop.is_set():
-            if os.getppid() != parent:
-                break  # the harness is gone: do not outlive it
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+        await until_stopped()
     finally:
         await fake.stop()
 

@@ -53,7 +53,6 @@ import ipaddress
 import json
 import os
 import resource
-import signal
 import socket
 import statistics
 import sys
@@ -61,10 +60,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.fakeapi import TOKEN, publish_kubeconfig, until_stopped
 from bench.state_scale import make_service, make_slice, percentile
 from netplane.testing.fakekube import FakeKube
 
-TOKEN = "bench-token"
 PER_SLICE = 10
 SERVICE_PORT = 18080
 TARGET_PORT = 8080
@@ -213,22 +212,10 @@ async def serve(args: argparse.Namespace) -> None:
     pf = ProgFake(args.services, args.backend_port)
     pf.load()
     await pf.start()
-    kubeconfig = Path(args.kubeconfig)
-    tmp = kubeconfig.with_name(kubeconfig.name + ".tmp")
-    pf.fake.write_kubeconfig(tmp, {"token": TOKEN})
-    os.replace(tmp, kubeconfig)
+    publish_kubeconfig(pf.fake, Path(args.kubeconfig))
     _write_atomic(Path(args.ready), json.dumps(pf.ready_doc()))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    parent = os.getppid()
     try:
-        while not stop.is_set():
-            if os.getppid() != parent:
-                break  # the harness is gone: do not outlive it
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 1.0)
+        await until_stopped()
     finally:
         await pf.stop()
 
