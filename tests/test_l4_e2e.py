@@ -232,11 +232,15 @@ async def test_no_endpoints_is_refused_at_once(tmp_path, daemon):
     loop = asyncio.get_running_loop()
     started = loop.time()
     async with asyncio.timeout(2):
-        reader, writer = await asyncio.open_connection("127.77.0.22", 8080)
-        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
-            await reader.readexactly(1)
-        writer.close()
+        try:
+            reader, writer = await asyncio.open_connection("127.77.0.22", 8080)
+        except ConnectionResetError:
+            pass  # reset so fast that the connect itself reports it
+        else:
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            with pytest.raises((ConnectionResetError, asyncio.IncompleteReadError)):
+                await reader.readexactly(1)
+            writer.close()
     assert loop.time() - started < 1.0
 
 

@@ -317,17 +317,23 @@ def test_all_refused_resets_the_client_quickly(run) -> None:
     run(main())
 
 
+async def connect_expect_reset(addr: tuple, within: float) -> None:
+    """Connect, then see a reset (which may come so fast that the connect reports it)."""
+    try:
+        reader, writer = await asyncio.open_connection(*addr)
+    except ConnectionResetError:
+        return
+    await expect_reset(reader, within=within)
+    writer.close()
+
+
 def test_no_target_resets_at_once(run) -> None:
     async def main() -> None:
         async with relay(Route()) as (proxy, addr):
-            reader, writer = await asyncio.open_connection(*addr)
-            await expect_reset(reader, within=0.5)
-            writer.close()
+            await connect_expect_reset(addr, within=0.5)
             assert proxy.refused == 1
         async with relay(None) as (proxy, addr):  # no route at all
-            reader, writer = await asyncio.open_connection(*addr)
-            await expect_reset(reader, within=0.5)
-            writer.close()
+            await connect_expect_reset(addr, within=0.5)
 
     run(main())
 
