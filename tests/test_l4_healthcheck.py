@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_l4_e2e import Backends, backends, curl, daemon, write  # noqa: F401 (fixtures)
 
 import netplane.l4.healthcheck as hc_mod
 from netplane.l4.healthcheck import (
@@ -30,7 +31,6 @@ from netplane.l4.healthcheck import (
 from netplane.l4.picker import NodeInfo, Picker
 from netplane.model import Service, parse_object
 from netplane.service_table import ServiceEntry, build_entry
-from tests.test_l4_e2e import Backends, backends, curl, daemon, write  # noqa: F401 (fixtures)
 
 # -- sans-IO ----------------------------------------------------------------------------
 
