@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import machine, report, setup
-from bench.harness import ROOT, Context, ProcessManager, install_exit_handlers, run_scenario
+from bench.harness import (
+    ROOT,
+    Context,
+    ProcessManager,
+    install_exit_handlers,
+    result_skeleton,
+    run_scenario,
+)
 from bench.scenarios import SCENARIOS, by_name
 
 RESULTS = ROOT / "bench" / "results"
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 setup.ensure(sc.packages)
             except Exception as e:
-                results.append({**_skeleton(sc), "errors": [f"setup failed: {e}"]})
+                results.append({**result_skeleton(sc), "errors": [f"setup failed: {e}"]})
                 continue
             results.append(run_scenario(ctx, sc))
     finally:
@@ -117,23 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"scenarios with errors: {', '.join(failed)} (logs kept in {workdir})")
     return 1 if failed else 0
-
-
-def _skeleton(sc: Any) -> dict[str, Any]:
-    return {
-        "name": sc.name,
-        "title": sc.title,
-        "description": sc.description,
-        "sides": list(sc.sides),
-        "peer_note": sc.peer_note,
-        "packages": list(sc.packages),
-        "params": {},
-        "metrics": [],
-        "samples": {},
-        "order": [],
-        "series": {},
-        "errors": [],
-    }
 
 
 if __name__ == "__main__":

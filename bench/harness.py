@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -288,25 +289,69 @@ class Context:
         raise TimeoutError(f"{url} did not answer {status} within {timeout:.0f} s")
 
 
-def run_scenario(ctx: Context, sc: Scenario) -> dict[str, Any]:
-    """Run one scenario in alternation and return its result (errors recorded, not raised)."""
-    metrics = sc.metrics(ctx)
-    names = {m.name for m in metrics}
-    samples: dict[str, dict[str, list[float]]] = {side: {} for side in sc.sides}
-    result: dict[str, Any] = {
+def result_skeleton(sc: Scenario) -> dict[str, Any]:
+    """A scenario's result before anything ran (also what a failed setup reports)."""
+    return {
         "name": sc.name,
         "title": sc.title,
         "description": sc.description,
         "sides": list(sc.sides),
         "peer_note": sc.peer_note,
         "packages": list(sc.packages),
-        "params": sc.params(ctx),
-        "metrics": [m.as_dict() for m in metrics],
-        "samples": samples,
+        "params": {},
+        "metrics": [],
+        "samples": {},
         "order": [],
         "series": {},
         "errors": [],
     }
+
+
+def latency_series(
+    samples: dict[str, dict[str, list[float]]],
+    sizes: list[int],
+    *,
+    metric: str,
+    group: str,
+    stage: str,
+    per_slice: int,
+    percentiles: tuple[str, ...] = ("p50", "p99", "max"),
+) -> dict[str, Any]:
+    """Plot data from netplane's ``{metric}_{p}_ms@{size}`` medians: percentiles and
+    programming latency against cluster size (in endpoints)."""
+    mine = samples.get(NETPLANE, {})
+    points, programming = [], []
+    for n in sizes:
+        med = {
+            p: statistics.median(mine[f"{metric}_{p}_ms@{n}"])
+            for p in percentiles
+            if mine.get(f"{metric}_{p}_ms@{n}")
+        }
+        if not med:
+            continue
+        points.append({"group": group.format(n=n), "side": NETPLANE, "unit": "ms", "values": med})
+        programming.append(
+            {
+                "side": NETPLANE,
+                "stage": stage,
+                "size": n * per_slice,
+                "p50": med.get("p50"),
+                "p99": med.get("p99"),
+            }
+        )
+    return {
+        "latency_percentiles": points,
+        "programming_latency": {"x": "endpoints", "unit": "ms", "points": programming},
+    }
+
+
+def run_scenario(ctx: Context, sc: Scenario) -> dict[str, Any]:
+    """Run one scenario in alternation and return its result (errors recorded, not raised)."""
+    metrics = sc.metrics(ctx)
+    names = {m.name for m in metrics}
+    samples: dict[str, dict[str, list[float]]] = {side: {} for side in sc.sides}
+    result = result_skeleton(sc)
+    result.update(params=sc.params(ctx), metrics=[m.as_dict() for m in metrics], samples=samples)
     t0 = time.perf_counter()
     try:
         sc.setup(ctx)

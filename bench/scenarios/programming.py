@@ -27,14 +27,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import statistics
 import struct
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, netplane_cmd
+from bench.harness import Context, Metric, Proc, Scenario, latency_series, netplane_cmd
 
 PER_SLICE = 10
 PERCENTILES = ("p50", "p99", "max")
@@ -252,37 +251,15 @@ class Programming(Scenario):
 
     def series(self, ctx: Context, samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
         sizes, _ = _sizes(ctx)
-        mine = samples.get(NETPLANE, {})
-        percentiles, programming = [], []
-        for n in sizes:
-            med = {
-                p: statistics.median(mine[f"e2e_{p}_ms@{n}"])
-                for p in PERCENTILES
-                if mine.get(f"e2e_{p}_ms@{n}")
-            }
-            if not med:
-                continue
-            percentiles.append(
-                {
-                    "group": f"{n:,} services, end to end",
-                    "side": NETPLANE,
-                    "unit": "ms",
-                    "values": med,
-                }
-            )
-            programming.append(
-                {
-                    "side": NETPLANE,
-                    "stage": STAGE,
-                    "size": n * PER_SLICE,
-                    "p50": med.get("p50"),
-                    "p99": med.get("p99"),
-                }
-            )
-        return {
-            "latency_percentiles": percentiles,
-            "programming_latency": {"x": "endpoints", "unit": "ms", "points": programming},
-        }
+        return latency_series(
+            samples,
+            sizes,
+            metric="e2e",
+            group="{n:,} services, end to end",
+            stage=STAGE,
+            per_slice=PER_SLICE,
+            percentiles=PERCENTILES,
+        )
 
 
 def _nofile() -> list[int]:

@@ -9,11 +9,10 @@ and the RSS. No peer: kube-proxy's rule-programming figures need a cluster.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from typing import Any
 
-from bench.harness import NETPLANE, Context, Metric, Scenario
+from bench.harness import Context, Metric, Scenario, latency_series
 
 PER_SLICE = 10
 PERCENTILES = ("p50", "p99", "max")
@@ -109,29 +108,12 @@ class TableUpdate(Scenario):
 
     def series(self, ctx: Context, samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
         sizes, _ = _sizes(ctx)
-        mine = samples.get(NETPLANE, {})
-        percentiles, programming = [], []
-        for n in sizes:
-            med = {
-                p: statistics.median(mine[f"change_{p}_ms@{n}"])
-                for p in PERCENTILES
-                if mine.get(f"change_{p}_ms@{n}")
-            }
-            if not med:
-                continue
-            percentiles.append(
-                {"group": f"{n:,} services", "side": NETPLANE, "unit": "ms", "values": med}
-            )
-            programming.append(
-                {
-                    "side": NETPLANE,
-                    "stage": "state → table",
-                    "size": n * PER_SLICE,
-                    "p50": med.get("p50"),
-                    "p99": med.get("p99"),
-                }
-            )
-        return {
-            "latency_percentiles": percentiles,
-            "programming_latency": {"x": "endpoints", "unit": "ms", "points": programming},
-        }
+        return latency_series(
+            samples,
+            sizes,
+            metric="change",
+            group="{n:,} services",
+            stage="state → table",
+            per_slice=PER_SLICE,
+            percentiles=PERCENTILES,
+        )
