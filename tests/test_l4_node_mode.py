@@ -207,3 +207,102 @@ def test_a_crashed_run_is_repaired_on_start(hosts: Hosts, tmp_path: Path):
     np.send_signal(signal.SIGTERM)
     assert np.wait(timeout=15) == 0
     assert hosts.routes().strip() == ""
+
+
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data, peer = s.recvfrom(2048)
+    s.sendto(sys.argv[3].encode() + b":" + data, peer)
+"""
+
+UDP_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((sys.argv[1], int(sys.argv[2])))  # replies from any other source are filtered out
+s.send(b"ping")
+print(s.recv(2048).decode())
+"""
+
+
+def service(name: str, ip: str, port: int, target: int, backend: str, proto: str = "TCP"):
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "t"},
+            "spec": {
+                "clusterIP": ip,
+                "ports": [{"name": "p", "port": port, "targetPort": target, "protocol": proto}],
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-1",
+                "namespace": "t",
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "p", "port": target, "protocol": proto}],
+            "endpoints": [{"addresses": [backend], "nodeName": "node-a"}],
+        },
+    ]
+
+
+def test_node_mode_shares_one_socket_per_port(hosts: Hosts, tmp_path: Path):
+    """Many services on one port cost one socket; each address still reaches its own service."""
+    for tag, ip in (("a", "127.0.5.1"), ("b", "127.0.5.2")):
+        www = tmp_path / f"www-{tag}"
+        www.mkdir()
+        (www / "index.html").write_text(f"backend-{tag}\n")
+        hosts.spawn(hosts.node, sys.executable, "-m", "http.server", "18080",
+                    "--bind", ip, "--directory", str(www))  # fmt: skip
+        hosts.spawn(hosts.node, sys.executable, "-c", UDP_ECHO, ip, "15353", f"udp-{tag}")
+    # the host already serves NODE_IP:8081, so 0.0.0.0:8081 cannot be bound
+    hosts.spawn(hosts.node, sys.executable, "-m", "http.server", "8081",
+                "--bind", NODE_IP, "--directory", str(tmp_path))  # fmt: skip
+    objs = []
+    for i in range(40):
+        backend = "127.0.5.1" if i % 2 == 0 else "127.0.5.2"
+        objs += service(f"web{i}", f"198.19.1.{i + 1}", 80, 18080, backend)
+    objs += service("dns-a", "198.19.2.1", 53, 15353, "127.0.5.1", "UDP")
+    objs += service("dns-b", "198.19.2.2", 53, 15353, "127.0.5.2", "UDP")
+    objs += service("busy", "198.19.3.1", 8081, 18080, "127.0.5.2")
+    mdir = tmp_path / "m"
+    mdir.mkdir()
+    (mdir / "all.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    log = tmp_path / "netplane.log"
+    np = start_netplane(hosts, mdir, log)
+
+    def state() -> dict:
+        r = hosts.run(hosts.node, "curl", "-sS", "--max-time", "3",
+                      "http://127.0.0.1:10256/debug/state", check=False)  # fmt: skip
+        return json.loads(r.stdout)["planes"]["proxy"] if r.returncode == 0 else {}
+
+    proxy = hosts.until(lambda: (s := state()).get("frontends") == 43 and s, "frontends")
+    assert sorted(proxy["listeners"]) == [
+        "0.0.0.0:53/UDP", "0.0.0.0:80/TCP", "198.19.3.1:8081/TCP",
+    ], log.read_text()  # fmt: skip
+
+    for i in (0, 1, 38, 39):
+        want = "backend-a\n" if i % 2 == 0 else "backend-b\n"
+        url = f"http://198.19.1.{i + 1}/"
+        hosts.until(lambda url=url, want=want: hosts.curl(hosts.node, url) == want, url)
+    hosts.until(lambda: hosts.curl(hosts.node, "http://198.19.3.1:8081/") == "backend-b\n", "8081")
+    # an address of the CIDR that no service has on this port is refused, not hung
+    r = hosts.run(hosts.node, "curl", "-sS", "--max-time", "3", "http://198.19.1.200/", check=False)
+    # (the shared socket accepts it and resets it at once)
+    assert r.returncode in (7, 56) and ("reset" in r.stderr or "refused" in r.stderr), r
+    # UDP: each ClusterIP reaches its own endpoint and the reply comes from the
+    # ClusterIP (the client's connected socket drops anything else)
+    for ip, want in (("198.19.2.1", "udp-a:ping"), ("198.19.2.2", "udp-b:ping")):
+        r = hosts.run(hosts.node, sys.executable, "-c", UDP_ASK, ip, "53", check=False)
+        assert r.stdout.strip() == want, (r, log.read_text())
+
+    np.send_signal(signal.SIGTERM)
+    assert np.wait(timeout=15) == 0, log.read_text()

@@ -6,10 +6,18 @@ swaps the route behind existing ones (new connections see the new table,
 open ones finish where they started), and closes listeners of frontends
 that went away for new connections while their open connections go on.
 
-Local mode binds one socket per frontend address (ClusterIPs are loopback
-addresses there). A TCP listener finds its route by the address the client
-reached (``getsockname()``), so a wildcard NodePort listener on 0.0.0.0 or
-``::`` serves every node address; its routes are keyed by that wildcard.
+Sockets. Local mode binds one socket per frontend address (ClusterIPs are
+loopback addresses there). Node mode binds one wildcard socket per distinct
+port and protocol (and address family), shared by every frontend on that
+port: the AnyIP routes make every service address local, so the wildcard
+socket receives them all, and the route is found by the address the client
+reached (``getsockname()`` for TCP, ``IP_PKTINFO`` for UDP). 10,000
+services on a few ports cost a few sockets, not 10,000. Connections to a
+local address that no service has on that port are reset. Where the host
+already uses a port on one of its own addresses, the wildcard cannot be
+bound; that port's frontends then fall back to one socket each. A wildcard
+NodePort listener on 0.0.0.0 or ``::`` has its routes keyed by that
+wildcard and serves every node address.
 
 Two services claiming the same frontend (an externalIP, say): the first
 keeps it and the second is logged.
@@ -18,9 +26,11 @@ keeps it and the second is logged.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import ipaddress
 import logging
+import socket
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,6 +45,9 @@ from netplane.service_table import ServiceKey
 log = logging.getLogger("netplane.l4")
 
 WILDCARDS = ("0.0.0.0", "::")
+
+# (bind address, port, protocol) of one listening socket
+SocketKey = tuple[str, int, str]
 
 
 @functools.lru_cache(maxsize=4096)  # per accepted connection: parse each address once
@@ -59,6 +72,7 @@ class L4Proxy:
         udp: UdpSettings | None = None,
         local_routes: Any = None,
         service_cidrs: Sequence[Any] = (),
+        shared_listeners: bool | None = None,
     ) -> None:
         self._dp = dataplane
         # Node mode: AnyIP routes (netplane.addresses.LocalRoutes) that make the
@@ -76,7 +90,15 @@ class L4Proxy:
         self._claims: dict[FrontendKey, ServiceKey] = {}
         self._owned: dict[ServiceKey, set[FrontendKey]] = {}
         self._pickers: dict[ServiceKey, dict[str, Picker]] = {}
-        self._listeners: dict[FrontendKey, Any] = {}
+        # One wildcard socket per port (node mode) or one socket per frontend.
+        self.shared_listeners = (
+            local_routes is not None if shared_listeners is None else shared_listeners
+        )
+        self._sockets: dict[SocketKey, Any] = {}
+        self._users: dict[SocketKey, set[FrontendKey]] = {}
+        self._socket_of: dict[FrontendKey, SocketKey] = {}
+        # wildcards the host already holds an address of; never retried
+        self._host_ports: set[SocketKey] = set()
         # healthCheckNodePort servers of externalTrafficPolicy Local services
         self.health_checks = HealthChecks(node_name, self.nodeport_addresses)
         self._stream: Any = None
@@ -104,7 +126,7 @@ class L4Proxy:
             self._task.cancel()
         if self._stream is not None:
             self._stream.close()
-        for key in list(self._listeners):
+        for key in list(self._socket_of):
             self._close_listener(key)
         self.health_checks.close()
         await self.tcp.drain(grace)
@@ -202,30 +224,76 @@ class L4Proxy:
         self._close_listener(key)
 
     async def _ensure_listener(self, key: FrontendKey, route: PortRoute, sk: ServiceKey) -> None:
+        skey = self._socket_of.get(key)
+        if skey is not None:
+            if skey == key and key[2] == "UDP":
+                self._sockets[skey].route = route  # a per-address UDP socket holds its route
+            return
         ip, port, proto = key
-        listener = self._listeners.get(key)
-        if listener is not None:
-            if proto == "UDP":
-                listener.route = route
+        wildcard = ("::" if ":" in ip else "0.0.0.0", port, proto)
+        if not self.shared_listeners or wildcard in self._host_ports:
+            await self._ensure_own(key, route, sk)
             return
-        try:
-            if proto == "TCP":
-                listener = await self.tcp.listen(ip, port, self._resolve_tcp)
-            else:
-                listener = await self.udp.listen(ip, port, route)
-        except OSError as e:
-            log.warning(
-                "Service %s/%s: cannot listen on %s: %s", *sk, _fmt(key), e.strerror or e
-            )  # fmt: skip
-            return
-        self._listeners[key] = listener
-        log.info("listening on %s for Service %s/%s", _fmt(key), *sk)
+        if wildcard not in self._sockets:
+            try:
+                await self._bind(wildcard, route)
+            except OSError as e:
+                if e.errno != errno.EADDRINUSE or wildcard == key:
+                    log.warning(
+                        "Service %s/%s: cannot listen on %s: %s", *sk, _fmt(key), e.strerror or e
+                    )  # fmt: skip
+                    return
+                # The host uses this port on an address of its own: the port's
+                # frontends get a socket each, where the address may still be free.
+                log.info("%s is in use on this host; its frontends bind alone", _fmt(wildcard))
+                self._host_ports.add(wildcard)
+                await self._ensure_own(key, route, sk)
+                return
+            log.info("listening on %s", _fmt(wildcard))
+        self._use(wildcard, key)
+
+    async def _ensure_own(self, key: FrontendKey, route: PortRoute, sk: ServiceKey) -> None:
+        """A socket for this frontend alone (local mode, or a port the host uses)."""
+        if key not in self._sockets:
+            try:
+                await self._bind(key, route)
+            except OSError as e:
+                log.warning(
+                    "Service %s/%s: cannot listen on %s: %s", *sk, _fmt(key), e.strerror or e
+                )  # fmt: skip
+                return
+            log.info("listening on %s", _fmt(key))
+        self._use(key, key)
+
+    async def _bind(self, skey: SocketKey, route: PortRoute) -> None:
+        ip, port, proto = skey
+        if proto == "TCP":
+            listener = await self.tcp.listen(ip, port, self._resolve_tcp)
+        elif ip in WILDCARDS and self.shared_listeners:
+            family = socket.AF_INET6 if ip == "::" else socket.AF_INET
+            listener = self.udp.listen_shared(family, port, self._resolve_udp)
+        else:
+            listener = await self.udp.listen(ip, port, route)
+        self._sockets[skey] = listener
+
+    def _use(self, skey: SocketKey, key: FrontendKey) -> None:
+        self._users.setdefault(skey, set()).add(key)
+        self._socket_of[key] = skey
 
     def _close_listener(self, key: FrontendKey) -> None:
-        listener = self._listeners.pop(key, None)
+        skey = self._socket_of.pop(key, None)
+        if skey is None:
+            return
+        users = self._users.get(skey)
+        if users is not None:
+            users.discard(key)
+            if users:
+                return
+            del self._users[skey]
+        listener = self._sockets.pop(skey, None)
         if listener is not None:
             listener.close()
-            log.info("closed %s to new connections", _fmt(key))
+            log.info("closed %s to new connections", _fmt(skey))
 
     def _resolve_tcp(self, sockname: tuple, peername: tuple) -> PortRoute | None:
         ip, port = _norm(sockname[0]), sockname[1]
@@ -237,11 +305,22 @@ class L4Proxy:
                     break
         return route
 
+    def _resolve_udp(self, address: str, port: int) -> PortRoute | None:
+        ip = _norm(address)
+        route = self._routes.get((ip, port, "UDP"))
+        if route is None:
+            for wildcard in WILDCARDS:
+                route = self._routes.get((wildcard, port, "UDP"))
+                if route is not None:
+                    break
+        return route
+
     # -- introspection -------------------------------------------------------
 
     def debug_state(self) -> dict[str, Any]:
         return {
-            "listeners": sorted(_fmt(k) for k in self._listeners),
+            "listeners": sorted(_fmt(k) for k in self._sockets),
+            "frontends": len(self._socket_of),
             "tcp_connections": self.tcp.connections,
             "udp_flows": self.udp.flows,
             "udp_dropped_overflow": self.udp.dropped_overflow,

@@ -8,8 +8,12 @@ Strategy:
   target and a non-blocking UDP socket is ``connect()``-ed to it. Replies
   read from that socket go back through the *listening* transport, so the
   client sees them come from the address and port it sent to, as a
-  stateful NAT would do it; with a wildcard listener the kernel picks the
-  source address of the reply (no ``IP_PKTINFO`` here).
+  stateful NAT would do it.
+- Node mode binds one wildcard socket per port instead of one per service
+  address (:class:`SharedUdpListener`): ``IP_PKTINFO``/``IPV6_PKTINFO``
+  tell it the address each datagram was sent to, that address picks the
+  route, and replies carry it back as their source (``sendmsg`` with the
+  same ancillary data). Its flows are keyed by (that address, client).
 - The upstream socket is a plain socket watched with ``loop.add_reader``
   rather than a second asyncio endpoint: opening a flow stays synchronous
   inside ``datagram_received``, so the first datagram goes out at once, with
@@ -43,6 +47,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -81,13 +86,26 @@ class UdpSettings:
 class _Flow:
     """One client address relayed to one target over a connected socket."""
 
-    __slots__ = ("busy", "client", "closed", "fd", "listener", "quiet", "route", "sock", "target")
+    __slots__ = (
+        "busy", "client", "closed", "cmsg", "fd", "key", "listener", "quiet", "route", "sock",
+        "target",
+    )  # fmt: skip
 
     def __init__(
-        self, listener: UdpListener, client: Any, route: Route, target: Target, sock: socket.socket
+        self,
+        listener: UdpListener,
+        key: Any,
+        client: Any,
+        route: Route,
+        target: Target,
+        sock: socket.socket,
+        cmsg: list | None = None,
     ) -> None:
         self.listener = listener
+        self.key = key
         self.client = client
+        # ancillary data that makes a shared socket's replies come from the service address
+        self.cmsg = cmsg
         self.route = route
         self.target = target
         self.sock = sock
@@ -114,7 +132,6 @@ class _Flow:
         """The upstream socket has replies: send them to the client from the service address."""
         sock = self.sock
         listener = self.listener
-        transport = listener._transport
         for _ in range(_READS_PER_WAKEUP):
             try:
                 data = sock.recv(_MAX_DATAGRAM)
@@ -128,10 +145,7 @@ class _Flow:
                 listener._close_flow(self)
                 return
             self.busy = True
-            if transport is None or transport.get_write_buffer_size() > _MAX_QUEUED:
-                listener._proxy.dropped_errors += 1
-                continue
-            transport.sendto(data, self.client)
+            listener._reply(data, self)
 
 
 class UdpListener(asyncio.DatagramProtocol):
@@ -199,9 +213,11 @@ class UdpListener(asyncio.DatagramProtocol):
         self._transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        flow = self._flows.get(addr)
+        self._relay(data, addr, addr, self._current_route(), None)
+
+    def _relay(self, data: bytes, key: Any, client: Any, route: Route | None, cmsg: Any) -> None:
+        flow = self._flows.get(key)
         if flow is not None:
-            route = self._current_route()
             if route is not None:
                 try:
                     usable = route.usable(flow.target)
@@ -212,9 +228,16 @@ class UdpListener(asyncio.DatagramProtocol):
                     flow.send(data)
                     return
             self._close_flow(flow)  # the target left: this datagram picks again
-        flow = self._open_flow(addr)
+        flow = self._open_flow(key, client, route, cmsg)
         if flow is not None:
             flow.send(data)
+
+    def _reply(self, data: bytes, flow: _Flow) -> None:
+        transport = self._transport
+        if transport is None or transport.get_write_buffer_size() > _MAX_QUEUED:
+            self._proxy.dropped_errors += 1
+            return
+        transport.sendto(data, flow.client)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors about replies sent to clients (a client port gone): nothing to do.
@@ -229,12 +252,13 @@ class UdpListener(asyncio.DatagramProtocol):
 
     # -- flows ------------------------------------------------------------------
 
-    def _open_flow(self, client: Any) -> _Flow | None:
+    def _open_flow(
+        self, key: Any, client: Any, route: Route | None, cmsg: list | None
+    ) -> _Flow | None:
         proxy = self._proxy
         if proxy._nflows >= proxy.settings.max_flows:
             proxy._overflow()
             return None
-        route = self._current_route()
         target = None
         if route is not None:
             try:
@@ -261,9 +285,9 @@ class UdpListener(asyncio.DatagramProtocol):
             if e.errno in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH):
                 route.failed(target)
             return None
-        flow = _Flow(self, client, route, target, sock)
+        flow = _Flow(self, key, client, route, target, sock, cmsg)
         self._loop.add_reader(flow.fd, flow.readable)
-        self._flows[client] = flow
+        self._flows[key] = flow
         proxy._nflows += 1
         proxy._arm_sweep()
         try:
@@ -276,8 +300,8 @@ class UdpListener(asyncio.DatagramProtocol):
         if flow.closed:
             return
         flow.closed = True
-        if self._flows.get(flow.client) is flow:
-            del self._flows[flow.client]
+        if self._flows.get(flow.key) is flow:
+            del self._flows[flow.key]
         self._proxy._nflows -= 1
         with contextlib.suppress(Exception):  # the loop may be closing
             self._loop.remove_reader(flow.fd)
@@ -318,6 +342,115 @@ class UdpListener(asyncio.DatagramProtocol):
         self._proxy._listeners.discard(self)
         if transport is not None:
             transport.close()
+
+
+class SharedUdpListener(UdpListener):
+    """One wildcard datagram socket serving every frontend on its port (node mode).
+
+    ``resolve(address, port)`` gives the route for the address a datagram
+    was sent to (read from ``IP_PKTINFO``/``IPV6_PKTINFO``), or None. The
+    socket is read with ``recvmsg`` from a reader callback, because asyncio's
+    datagram transports do not hand out ancillary data.
+    """
+
+    def __init__(
+        self,
+        proxy: UdpProxy,
+        resolve: Callable[[str, int], Route | None],
+        sock: socket.socket,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(proxy, resolve, loop)
+        self._resolve = resolve
+        self._sock: socket.socket | None = sock
+        self._v6 = sock.family == socket.AF_INET6
+        self._port = sock.getsockname()[1]
+        # one reply's ancillary data per service address, built once
+        self._cmsgs: dict[str, list] = {}
+        loop.add_reader(sock.fileno(), self._readable)
+
+    @property
+    def sockname(self) -> Any:
+        return None if self._sock is None else self._sock.getsockname()
+
+    @property
+    def closed(self) -> bool:
+        return self._sock is None
+
+    def _readable(self) -> None:
+        sock = self._sock
+        for _ in range(_READS_PER_WAKEUP):
+            if sock is None:
+                return
+            try:
+                data, ancdata, _flags, client = sock.recvmsg(_MAX_DATAGRAM, _ANC_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                # an ICMP error about an earlier reply to a client: nothing to do
+                log.debug("UDP %s: %s", _fmt(self.sockname), e)
+                continue
+            address = _destination(ancdata)
+            if address is None:
+                self._proxy.dropped_no_target += 1
+                continue
+            try:
+                route = self._resolve(address, self._port)
+            except Exception:
+                log.exception("UDP %s: finding the route failed", _fmt(self.sockname))
+                route = None
+            cmsg = self._cmsgs.get(address)
+            if cmsg is None:
+                cmsg = self._cmsgs[address] = _source_cmsg(address, self._v6)
+            self._relay(data, (address, client), client, route, cmsg)
+
+    def _reply(self, data: bytes, flow: _Flow) -> None:
+        sock = self._sock
+        if sock is None:
+            self._proxy.dropped_errors += 1
+            return
+        try:
+            sock.sendmsg([data], flow.cmsg, 0, flow.client)
+        except (BlockingIOError, InterruptedError):
+            self._proxy.dropped_errors += 1  # send buffer full: UDP may drop
+        except OSError as e:
+            self._proxy.dropped_errors += 1
+            log.debug("UDP %s: reply to %s: %s", _fmt(self.sockname), flow.client, e)
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        self._close_all()
+        self._proxy._listeners.discard(self)
+        if sock is not None:
+            with contextlib.suppress(Exception):  # the loop may be closing
+                self._loop.remove_reader(sock.fileno())
+            sock.close()
+
+
+# Linux's IP_PKTINFO; Python < 3.12 does not name it.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_ANC_SIZE = socket.CMSG_SPACE(32)
+
+
+def _destination(ancdata: list) -> str | None:
+    """The address a datagram was sent to, from its PKTINFO ancillary data."""
+    for level, kind, data in ancdata:
+        if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
+            # struct in_pktinfo { int ifindex; in_addr spec_dst; in_addr addr; }
+            return socket.inet_ntop(socket.AF_INET, data[8:12])
+        if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 16:
+            # struct in6_pktinfo { in6_addr addr; unsigned int ifindex; }
+            return socket.inet_ntop(socket.AF_INET6, data[:16])
+    return None
+
+
+def _source_cmsg(address: str, v6: bool) -> list:
+    """Ancillary data that sends a reply from ``address``."""
+    if v6:
+        info = socket.inet_pton(socket.AF_INET6, address) + struct.pack("=I", 0)
+        return [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, info)]
+    info = struct.pack("=i", 0) + socket.inet_pton(socket.AF_INET, address) + bytes(4)
+    return [(socket.IPPROTO_IP, _IP_PKTINFO, info)]
 
 
 class UdpProxy:
@@ -367,6 +500,29 @@ class UdpProxy:
             await loop.create_datagram_endpoint(
                 lambda: listener, local_addr=(host, port), reuse_port=reuse_port or None
             )
+        self._listeners.add(listener)
+        return listener
+
+    def listen_shared(
+        self, family: socket.AddressFamily, port: int, resolve: Callable[[str, int], Route | None]
+    ) -> SharedUdpListener:
+        """Bind the wildcard address of ``family`` on ``port`` for every frontend on that port."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+                sock.bind(("::", port))
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                sock.bind(("0.0.0.0", port))
+            listener = SharedUdpListener(self, resolve, sock, loop)
+        except BaseException:
+            sock.close()
+            raise
         self._listeners.add(listener)
         return listener
 
