@@ -169,7 +169,7 @@ class AdminServer:
         port: int,
         *,
         is_ready: Callable[[], bool],
-        debug_state: Callable[[], dict],
+        debug_state: Callable[..., dict],
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     ) -> None:
@@ -280,6 +280,10 @@ class AdminServer:
         return Response.text("ok\n")
 
     def _state(self, request: Request) -> Response:
+        # ?summary=1: counts and planes without the per-object lists, which run
+        # to tens of MB at 10k services
+        if request.query.get("summary", "") not in ("", "0", "false"):
+            return Response.json(self._debug_state(summary=True))
         return Response.json(self._debug_state())
 
 

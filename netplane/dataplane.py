@@ -332,8 +332,21 @@ class Dataplane:
 
     # -- introspection -------------------------------------------------------
 
-    def debug_state(self) -> dict[str, Any]:
-        """A JSON-ready summary for /debug/state; Secret contents never appear."""
+    def debug_state(self, *, summary: bool = False) -> dict[str, Any]:
+        """A JSON-ready summary for /debug/state; Secret contents never appear.
+
+        ``summary`` leaves out the lists of objects, secrets and services.
+        """
+        planes = {name: plane.debug_state() for name, plane in sorted(self.planes.items())}
+        if summary:
+            return {
+                "version": __version__,
+                "ready": self.ready,
+                "sources": {s.name: s.name in self._synced for s in self.sources},
+                "counts": self.state.counts(),
+                "rejected": len(self.state.rejected()),
+                "planes": planes,
+            }
         objects: dict[str, list[str]] = {}
         for obj in self.state:
             k = obj.key
@@ -364,7 +377,7 @@ class Dataplane:
             "secrets": secrets,
             "rejected": {str(k): e.describe() for k, e in sorted(self.state.rejected().items())},
             "services": [e.to_dict() for e in sorted(self.table, key=lambda e: e.key)],
-            "planes": {name: plane.debug_state() for name, plane in sorted(self.planes.items())},
+            "planes": planes,
         }
 
 

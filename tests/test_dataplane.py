@@ -334,6 +334,22 @@ async def test_debug_state_redacts_secrets():
         assert "TOPSECRET" not in repr(dp.state.secret("shop", "web-tls"))
 
 
+async def test_debug_state_summary_leaves_out_the_lists():
+    async with netplane.Dataplane(config()) as dp:
+        dp.apply(tls_secret())
+        dp.apply(service())
+        full, summary = dp.debug_state(), dp.debug_state(summary=True)
+        assert full["objects"] and full["services"] and full["secrets"]
+        assert summary == {
+            "version": full["version"],
+            "ready": True,
+            "sources": {},
+            "counts": full["counts"],
+            "rejected": 0,
+            "planes": {},
+        }
+
+
 async def http_get(port: int, path: str) -> tuple[int, bytes]:
     reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT)
     try:
@@ -360,6 +376,10 @@ async def test_admin_server_when_configured():
         assert status == 200
         state = json.loads(body)
         assert [(s["namespace"], s["name"]) for s in state["services"]] == [("shop", "web")]
+        status, body = await http_get(port, "/debug/state?summary=1")
+        assert status == 200
+        summary = json.loads(body)
+        assert summary["counts"] == state["counts"] and "services" not in summary
     with pytest.raises(OSError):
         await http_get(port, "/healthz")
 
