@@ -91,7 +91,7 @@ def scenario_md(sc: dict[str, Any], runs: int) -> list[str]:
             meds[side] = s[0] if s else None
             cells.append(f"{fmt(s[0])} ({fmt(s[1])}{DASH}{fmt(s[2])})" if s else "—")
         for p in peers:
-            a, b = meds[NETPLANE], meds[p]
+            a, b = meds[sides[0]], meds[p]  # the first side is netplane's
             cells.append(ratio_cell(a, b, m["better"]) if a is not None and b else "—")
         out.append("| " + " | ".join(cells) + " |")
     order = sc.get("order") or []
