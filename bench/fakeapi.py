@@ -24,9 +24,9 @@ from netplane.testing.fakekube import FakeKube
 TOKEN = "bench-token"
 
 
-def load(fake: FakeKube, services: int, per_slice: int) -> None:
+def load(fake: FakeKube, services: int, per_slice: int, ports: int = 2) -> None:
     for i in range(services):
-        fake.apply(make_service(i))
+        fake.apply(make_service(i, ports))
     for i in range(services):
         fake.apply(make_slice(i, per_slice))
     fake.history.clear()  # nothing watches from before the list; keep memory flat
@@ -56,7 +56,7 @@ async def until_stopped() -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     fake = FakeKube(tokens=(TOKEN,))
-    load(fake, args.services, args.endpoints_per_slice)
+    load(fake, args.services, args.endpoints_per_slice, args.ports_per_service)
     await fake.start()
     publish_kubeconfig(fake, Path(args.kubeconfig))
     try:
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--services", type=int, required=True)
     ap.add_argument("--endpoints-per-slice", type=int, default=10)
+    ap.add_argument("--ports-per-service", type=int, choices=(1, 2), default=2)
     ap.add_argument("--kubeconfig", required=True)
     args = ap.parse_args(argv)
     asyncio.run(serve(args))

@@ -47,7 +47,8 @@ def _ns(i: int) -> str:
     return f"ns-{i % 50}"
 
 
-def make_service(i: int) -> dict[str, Any]:
+def make_service(i: int, ports: int = 2) -> dict[str, Any]:
+    """Service ``i`` with ``ports`` of its two ports (http 80, metrics 9090)."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -69,7 +70,7 @@ def make_service(i: int) -> dict[str, Any]:
             "ports": [
                 {"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
                 {"name": "metrics", "port": 9090, "protocol": "TCP", "targetPort": "metrics"},
-            ],
+            ][:ports],
             "sessionAffinity": "None",
             "internalTrafficPolicy": "Cluster",
         },
