@@ -296,8 +296,9 @@ def test_node_mode_shares_one_socket_per_port(hosts: Hosts, tmp_path: Path):
     hosts.until(lambda: hosts.curl(hosts.node, "http://198.19.3.1:8081/") == "backend-b\n", "8081")
     # an address of the CIDR that no service has on this port is refused, not hung
     r = hosts.run(hosts.node, "curl", "-sS", "--max-time", "3", "http://198.19.1.200/", check=False)
-    # (the shared socket accepts it and resets it at once)
-    assert r.returncode in (7, 56) and ("reset" in r.stderr or "refused" in r.stderr), r
+    # (the shared socket accepts it and resets it at once; curl calls that 7 or
+    # 56 depending on whether the reset beat its connect; 28 would be a hang)
+    assert r.returncode in (7, 56), r
     # UDP: each ClusterIP reaches its own endpoint and the reply comes from the
     # ClusterIP (the client's connected socket drops anything else)
     for ip, want in (("198.19.2.1", "udp-a:ping"), ("198.19.2.2", "udp-b:ping")):
