@@ -31,6 +31,7 @@ from netplane.allocations import Allocations
 from netplane.config import Config, build
 from netplane.errors import ConfigError, ModelError
 from netplane.events import EventType, Synced, WatchEvent
+from netplane.metrics import CONTENT_TYPE, Metrics
 from netplane.model import KINDS, K8sObject, ObjectKey, parse_object, ref_of
 from netplane.service_table import ServiceKey, ServiceTable
 from netplane.sources import Source
@@ -119,8 +120,11 @@ class Dataplane:
         self._started_at = time.monotonic()
         self.admin: Any = None
         # Data planes that run beside this dataplane, by name; each has
-        # debug_state() (shown under "planes" in /debug/state).
+        # debug_state() (shown under "planes" in /debug/state), and may have
+        # metrics() returning Prometheus metric families (read at each scrape).
         self.planes: dict[str, Any] = {}
+        self.metrics = Metrics()
+        self.metrics.add_source(self._collect_metrics)
         self.running = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -148,6 +152,7 @@ class Dataplane:
                 is_ready=lambda: self.ready,
                 debug_state=self.debug_state,
             )
+            admin.add_route("GET", "/metrics", self._metrics_response)
             try:
                 await admin.start()
             except OSError as e:
@@ -248,6 +253,8 @@ class Dataplane:
 
     def _ingest(self, event: WatchEvent) -> ApplyResult:
         result = self.state.apply(event)
+        if result.error is not None:
+            self.metrics.rejected.labels(event.key.kind).inc()
         if result.changed:
             log.debug("%s %s from %s", event.type.value.lower(), event.key, event.source)
         if self._table_built and not self._batch_depth:
@@ -258,6 +265,7 @@ class Dataplane:
         changed = self._sub.take()
         if not changed:
             return
+        started = time.perf_counter()
         try:
             services = self.table.apply(self.state, changed)
         except Exception:
@@ -266,11 +274,33 @@ class Dataplane:
             services = self.table.rebuild(self.state)
         for feed in self._feeds:
             feed.push(changed, services)
+        self.metrics.sync_duration.observe(time.perf_counter() - started)
+        self._observe_programming(changed)
+
+    def _observe_programming(self, changed: frozenset[ObjectKey]) -> None:
+        """kube-proxy's network-programming duration: from the EndpointSlice
+        controller's trigger time to now, for each changed slice that has one.
+
+        Planes follow the tables within the same loop turn, so "now" is when
+        every plane has been told; the annotation has one-second resolution,
+        as in Kubernetes.
+        """
+        now = time.time()
+        for key in changed:
+            if key.kind != "EndpointSlice":
+                continue
+            obj = self.state.get(key)
+            stamp = obj.meta.annotations.get(TRIGGER_TIME_ANNOTATION) if obj else None
+            if stamp:
+                when = _parse_time(stamp)
+                if when is not None and now >= when:
+                    self.metrics.programming_duration.observe(now - when)
 
     def _build_table(self) -> None:
         self._sub.take()
         started = time.perf_counter()
         services = self.table.rebuild(self.state)
+        self.metrics.sync_duration.observe(time.perf_counter() - started)
         self._table_built = True
         self._ready_event.set()
         log.info(
@@ -332,6 +362,58 @@ class Dataplane:
 
     # -- introspection -------------------------------------------------------
 
+    def _metrics_response(self, request: Any) -> Any:
+        from netplane.admin import Response
+
+        return Response(200, self.metrics.render(), CONTENT_TYPE)
+
+    def _collect_metrics(self) -> Iterator[Any]:
+        """State, source and plane figures, read at scrape time."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        objects = GaugeMetricFamily(
+            "netplane_objects", "Objects in the cluster state", labels=["kind"]
+        )
+        for kind, n in self.state.counts().items():
+            objects.add_metric([kind], n)
+        yield objects
+        rejected = GaugeMetricFamily(
+            "netplane_rejected_objects_current", "Objects refused now, by kind", labels=["kind"]
+        )
+        by_kind: dict[str, int] = {}
+        for key in self.state.rejected():
+            by_kind[key.kind] = by_kind.get(key.kind, 0) + 1
+        for kind, n in sorted(by_kind.items()):
+            rejected.add_metric([kind], n)
+        yield rejected
+        synced = GaugeMetricFamily(
+            "netplane_source_synced",
+            "1 once a source has delivered its initial state",
+            labels=["source"],
+        )
+        lists = CounterMetricFamily(
+            "netplane_watch_lists",
+            "Complete lists per API resource (the first, then one per relist)",
+            labels=["source", "resource"],
+        )
+        failures = CounterMetricFamily(
+            "netplane_watch_reconnects",
+            "Failed lists or watches per API resource, each followed by a reconnect",
+            labels=["source", "resource"],
+        )
+        for source in self.sources:
+            synced.add_metric([source.name], float(source.name in self._synced))
+            for r in getattr(source, "reflectors", ()):
+                lists.add_metric([source.name, r.resource.plural], r.lists)
+                failures.add_metric([source.name, r.resource.plural], r.failures)
+        yield synced
+        yield lists
+        yield failures
+        for _name, plane in sorted(self.planes.items()):
+            collect = getattr(plane, "metrics", None)
+            if callable(collect):
+                yield from collect()
+
     def debug_state(self, *, summary: bool = False) -> dict[str, Any]:
         """A JSON-ready summary for /debug/state; Secret contents never appear.
 
@@ -379,6 +461,19 @@ class Dataplane:
             "services": [e.to_dict() for e in sorted(self.table, key=lambda e: e.key)],
             "planes": planes,
         }
+
+
+TRIGGER_TIME_ANNOTATION = "endpoints.kubernetes.io/last-change-trigger-time"
+
+
+def _parse_time(stamp: str) -> float | None:
+    """An RFC 3339 time as the API server writes it, in seconds since the epoch."""
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
 
 
 def _counts(counts: dict[str, int]) -> str:

@@ -153,6 +153,11 @@ class Picker:
         self._failed: dict[Target, int] = {}
         # Open connections per target; a target at zero has no entry.
         self._conns: dict[Target, int] = {}
+        # For metrics: connections or flows opened, connects failed, and
+        # picks that found no endpoint (the client was refused).
+        self.opened_total = 0
+        self.failed_total = 0
+        self.refused_total = 0
         # The round-robin start differs per node and service, so that nodes
         # starting together do not all send their first connection to the
         # same endpoint.
@@ -327,6 +332,7 @@ class Picker:
 
     def opened(self, target: Target) -> None:
         """A connection or flow to ``target`` started."""
+        self.opened_total += 1
         conns = self._conns
         conns[target] = conns.get(target, 0) + 1
 
@@ -343,6 +349,7 @@ class Picker:
 
     def failed(self, target: Target) -> None:
         """A connect to ``target`` failed: affinity entries pointing at it are dropped."""
+        self.failed_total += 1
         if not self._affinity:
             return
         self._seq += 1
@@ -353,6 +360,10 @@ class Picker:
     def connections(self, target: Target) -> int:
         """Open connections to ``target`` as reported through opened/closed."""
         return self._conns.get(target, 0)
+
+    def active(self) -> int:
+        """Open connections or flows over every target."""
+        return sum(self._conns.values())
 
     def candidates(self, *, external: bool) -> tuple[Target, ...]:
         """The current candidate list, in round-robin order."""

@@ -31,7 +31,7 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from netplane.l4.healthcheck import HealthChecks
@@ -316,6 +316,52 @@ class L4Proxy:
         return route
 
     # -- introspection -------------------------------------------------------
+
+    def metrics(self) -> Iterator[Any]:
+        """Per service port and proxy-wide figures, for /metrics (read at scrape time)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        labels = ["namespace", "service", "port", "protocol"]
+        opened = CounterMetricFamily(
+            "netplane_l4_connections",
+            "TCP connections and UDP flows opened to an endpoint, per service port",
+            labels=labels,
+        )
+        active = GaugeMetricFamily(
+            "netplane_l4_connections_active",
+            "TCP connections and UDP flows open now, per service port",
+            labels=labels,
+        )
+        failed = CounterMetricFamily(
+            "netplane_l4_connect_failures",
+            "Connects to an endpoint that were refused or timed out, per service port",
+            labels=labels,
+        )
+        refused = CounterMetricFamily(
+            "netplane_l4_no_endpoint",
+            "Connections reset and datagrams dropped for want of an endpoint, per service port",
+            labels=labels,
+        )
+        for (ns, name), pickers in sorted(self._pickers.items()):
+            for pkey, picker in sorted(pickers.items()):
+                port_name, protocol, number = pkey.split("/")
+                values = [ns, name, port_name or number, protocol]
+                opened.add_metric(values, picker.opened_total)
+                active.add_metric(values, picker.active())
+                failed.add_metric(values, picker.failed_total)
+                refused.add_metric(values, picker.refused_total)
+        yield from (opened, active, failed, refused)
+        udp = CounterMetricFamily(
+            "netplane_udp_dropped", "UDP datagrams dropped, by reason", labels=["reason"]
+        )
+        udp.add_metric(["flow_table_full"], self.udp.dropped_overflow)
+        udp.add_metric(["no_endpoint"], self.udp.dropped_no_target)
+        udp.add_metric(["error"], self.udp.dropped_errors)
+        yield udp
+        yield GaugeMetricFamily("netplane_udp_flows", "UDP flows open now", value=self.udp.flows)
+        yield GaugeMetricFamily(
+            "netplane_l4_listeners", "Listening sockets of the L4 proxy", value=len(self._sockets)
+        )
 
     def debug_state(self) -> dict[str, Any]:
         return {

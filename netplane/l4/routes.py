@@ -34,7 +34,10 @@ class PortRoute:
         self.proxy_protocol = proxy_protocol
 
     def pick(self, client_ip: str, exclude: frozenset[Target] = frozenset()) -> Target | None:
-        return self.picker.pick(client_ip, external=self.external, exclude=exclude)
+        target = self.picker.pick(client_ip, external=self.external, exclude=exclude)
+        if target is None:
+            self.picker.refused_total += 1
+        return target
 
     def usable(self, target: Target) -> bool:
         return self.picker.usable(target, external=self.external)

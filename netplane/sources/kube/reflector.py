@@ -113,6 +113,7 @@ class Reflector:
         self.resource_version = ""  # where the next watch resumes
         self.synced = False
         self.lists = 0  # complete lists done (1 + relists)
+        self.failures = 0  # failed lists or watches, each retried after a backoff
 
     def __repr__(self) -> str:
         return f"Reflector({self.resource.kind}, rv={self.resource_version!r})"
@@ -144,6 +145,7 @@ class Reflector:
                 )
                 need_list = True
             except (SourceError, OSError, asyncio.IncompleteReadError) as e:
+                self.failures += 1
                 delay = self.backoff.next()
                 what = "list" if need_list else "watch"
                 log.warning(
