@@ -140,6 +140,7 @@ async def serve(
         await dp.start()
         waiter = asyncio.create_task(_when_ready(dp, on_ready, cleanups))
         await stop.wait()
+        dp.draining = True  # /readyz answers 503 from here on
         log.info("stopping: draining for up to %.0f s", cfg.drain_seconds)
     finally:
         if waiter is not None:

@@ -125,6 +125,9 @@ class Dataplane:
         self.planes: dict[str, Any] = {}
         self.metrics = Metrics()
         self.metrics.add_source(self._collect_metrics)
+        # Set at the start of a shutdown: /readyz fails from then on, so load
+        # balancers stop sending while open connections drain.
+        self.draining = False
         self.running = False
 
     # -- lifecycle ---------------------------------------------------------
@@ -149,7 +152,7 @@ class Dataplane:
             admin = AdminServer(
                 self.config.admin.host,
                 self.config.admin.port,
-                is_ready=lambda: self.ready,
+                is_ready=lambda: self.ready and not self.draining,
                 debug_state=self.debug_state,
             )
             admin.add_route("GET", "/metrics", self._metrics_response)

@@ -376,3 +376,42 @@ async def test_sctp_service_is_refused_with_a_log_line_and_the_rest_serves(
     async with asyncio.timeout(10):
         out, _ = await d.proc.communicate()
     assert "Service t/sctp: port 7027/SCTP: protocol not supported by the proxy" in out.decode()
+
+
+async def test_sigterm_fails_readyz_and_lets_open_connections_finish(tmp_path, daemon, backends):
+    port = free_port()
+    await backends.echo("127.0.28.1", port)
+    write(tmp_path / "m", "drain", [
+        service("drain", "127.77.0.29", 7029),
+        endpoints("drain", [("127.0.28.1", port)]),
+    ])  # fmt: skip
+    d = await daemon("--drain-seconds", "10")
+    await d.until_listening("127.77.0.29:7029/TCP")
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection("127.77.0.29", 7029)
+        writer.write(b"before ")
+        await writer.drain()
+
+    def readyz() -> int:
+        try:
+            with urllib.request.urlopen(f"{d.admin}/readyz", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert await asyncio.to_thread(readyz) == 200
+    d.proc.send_signal(signal.SIGTERM)
+    async with asyncio.timeout(5):
+        while await asyncio.to_thread(readyz) != 503:  # load balancers stop sending
+            await asyncio.sleep(0.05)
+    with pytest.raises(OSError):  # no new connections
+        async with asyncio.timeout(2):
+            await asyncio.open_connection("127.77.0.29", 7029)
+    async with asyncio.timeout(5):  # the open one finishes its exchange
+        writer.write(b"after")
+        writer.write_eof()
+        assert await reader.read() == b"echo:before after"
+        writer.close()
+    async with asyncio.timeout(10):
+        await d.proc.communicate()
+    assert d.proc.returncode == 0
