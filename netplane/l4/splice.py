@@ -1,0 +1,718 @@
+"""The zero-copy TCP relay on Linux: socket -> pipe -> socket with ``os.splice``.
+
+Strategy:
+
+- Raw sockets, not transports. uvloop's transports own their descriptors
+  (``add_reader`` on a transport's fd is refused) and read into Python bytes
+  before a protocol sees them, so a spliced connection never has a transport:
+  :class:`Acceptor` accepts on the listening socket from an ``add_reader``
+  callback, and :class:`SplicedConnection` connects a non-blocking socket
+  with ``connect_ex`` and learns the outcome from ``add_writer`` plus
+  ``SO_ERROR``, under a ``call_later`` timeout. Detaching a transport's
+  socket instead would pay for a transport and a protocol per socket only to
+  throw them away, and a transport may already have read bytes. No task
+  and no future per connection either, which also helps connections/s.
+- One pipe per direction (:class:`_Pump`). Readable source: splice from the
+  socket into the pipe; then splice from the pipe into the destination
+  socket. A destination that takes less (EAGAIN) gets an ``add_writer``;
+  the source is read only while the pipe has room, so a full pipe stops
+  reading that direction and the kernel's receive window pushes back on
+  the sender. Bytes in a pipe are the relay's buffer: at most one pipe's
+  capacity per direction.
+- Pipes start at the kernel's default size and grow (``F_SETPIPE_SZ``, up
+  to ``pipe_size``, where the pipe limits allow it) only in a direction that
+  fills one, so short connections cost no more than 64 KiB of pipe budget.
+  Empty pipes are kept in a :class:`PipePool` for the next connection.
+- Before the upstream is up, the client's bytes are spliced into its pipe
+  (at most ``max_buffered``), after the PROXY v2 header when the route asks
+  for one, so both reach the endpoint first and in order; the rest waits in
+  the kernel. Reading the client meanwhile also notices a client that
+  resets or leaves while the connect is still in flight.
+- Half-close: EOF (a zero-byte splice) on one side becomes
+  ``shutdown(SHUT_WR)`` on the other once that direction's pipe is drained;
+  when both directions are shut, both sockets are closed. Any error reading
+  or writing resets both sockets (``SO_LINGER`` 0), so each peer sees the
+  failure instead of a clean EOF. The idle timeout, connect retries and
+  ``route.opened()/closed()/failed()`` work as in the Protocol relay of
+  :mod:`.tcp`, which stays the path wherever splice is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import functools
+import logging
+import os
+import select
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from netplane.l4.proxy_protocol import encode_v2, encode_v2_local
+
+if TYPE_CHECKING:
+    from netplane.l4 import Route, Target
+    from netplane.l4.tcp import Listener, TcpProxy
+
+log = logging.getLogger("netplane.l4.tcp")
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+_IDLE_TICKS = 4
+#: the kernel's default pipe capacity (16 pages)
+DEFAULT_PIPE = 65536
+#: pipes kept for reuse; each is two descriptors
+POOL_SIZE = 128
+#: connections accepted per readiness callback of a listening socket
+ACCEPT_BATCH = 64
+#: accept errors that mean "out of descriptors or memory": stop accepting for a while
+_ACCEPT_PAUSE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+_ACCEPT_PAUSE = 1.0
+
+if sys.platform == "linux" and hasattr(os, "splice"):
+    _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    _splice = os.splice
+    _SETPIPE_SZ: int = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+    _GETPIPE_SZ: int = getattr(fcntl, "F_GETPIPE_SZ", 1032)
+
+
+@functools.cache
+def available() -> bool:
+    """Whether splice relays TCP here: Linux, and one byte really goes socket->pipe->socket."""
+    if sys.platform != "linux" or not hasattr(os, "splice"):
+        return False
+    try:
+        with contextlib.ExitStack() as stack:
+            ls = stack.enter_context(socket.socket())
+            ls.bind(("127.0.0.1", 0))
+            ls.listen(1)
+            a = stack.enter_context(socket.create_connection(ls.getsockname(), timeout=1))
+            b = stack.enter_context(ls.accept()[0])
+            r, w = os.pipe()
+            stack.callback(os.close, r)
+            stack.callback(os.close, w)
+            a.sendall(b"x")
+            b.settimeout(1)
+            if not select.select([b], [], [], 1.0)[0]:
+                return False
+            moved = os.splice(b.fileno(), w, 1) == 1 and os.splice(r, a.fileno(), 1) == 1
+            return moved and b.recv(1) == b"x"
+    except OSError as e:
+        log.info("splice is unavailable (%s); TCP is relayed through Protocols", e)
+        return False
+
+
+class PipePool:
+    """Empty pipes kept for the next connection, so a connection does not cost a pipe2()."""
+
+    __slots__ = ("_free", "keep", "max_size")
+
+    def __init__(self, max_size: int, keep: int = POOL_SIZE) -> None:
+        #: the size a pipe may grow to (F_SETPIPE_SZ)
+        self.max_size = max_size
+        self.keep = keep
+        self._free: list[list[int]] = []
+
+    def get(self) -> list[int]:
+        """``[read_fd, write_fd, capacity]`` of an empty pipe; raises OSError (e.g. EMFILE)."""
+        if self._free:
+            return self._free.pop()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            capacity = fcntl.fcntl(w, _GETPIPE_SZ)
+        except OSError:
+            capacity = DEFAULT_PIPE
+        return [r, w, capacity]
+
+    def grow(self, pipe: list[int]) -> None:
+        """Try to enlarge ``pipe`` to ``max_size``; where the pipe limits refuse, keep its size."""
+        if pipe[2] >= self.max_size:
+            return
+        try:
+            pipe[2] = fcntl.fcntl(pipe[1], _SETPIPE_SZ, self.max_size)
+        except OSError:
+            pipe[2] = self.max_size = max(pipe[2], DEFAULT_PIPE)  # do not try again
+
+    def put(self, pipe: list[int], empty: bool) -> None:
+        """Return a pipe: kept if it is known to be empty and there is room, closed otherwise."""
+        if empty and len(self._free) < self.keep:
+            self._free.append(pipe)
+        else:
+            os.close(pipe[0])
+            os.close(pipe[1])
+
+    def close(self) -> None:
+        free, self._free = self._free, []
+        for r, w, _ in free:
+            os.close(r)
+            os.close(w)
+
+
+def reset_socket(sock: socket.socket) -> None:
+    """Close ``sock`` with a TCP RST (``SO_LINGER`` 0) instead of a FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    sock.close()
+
+
+async def bind(host: str | None, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
+    """Bound (not yet listening) TCP sockets for ``host:port``, as ``create_server`` binds them."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    socks: list[socket.socket] = []
+    seen: set[tuple] = set()
+    try:
+        for family, type_, proto, _, addr in infos:
+            if (family, addr) in seen:
+                continue
+            seen.add((family, addr))
+            sock = socket.socket(family, type_, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as e:
+                raise OSError(
+                    e.errno, f"error while attempting to bind on address {addr!r}: {e.strerror}"
+                ) from None
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+class Acceptor:
+    """Listening sockets served from ``add_reader``: each accepted socket goes to ``on_accept``.
+
+    It has the two members of ``asyncio.Server`` that :class:`.tcp.Listener`
+    uses, ``sockets`` and ``close()``.
+    """
+
+    __slots__ = ("_loop", "_on_accept", "_paused", "sockets")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        socks: list[socket.socket],
+        on_accept: Callable[[socket.socket, Any], None],
+        backlog: int,
+    ) -> None:
+        self._loop = loop
+        self._on_accept = on_accept
+        self._paused: asyncio.TimerHandle | None = None
+        self.sockets = tuple(socks)
+        for sock in socks:
+            sock.setblocking(False)
+            sock.listen(backlog)
+        self._watch()
+
+    def _watch(self) -> None:
+        self._paused = None
+        for sock in self.sockets:
+            self._loop.add_reader(sock.fileno(), self._ready, sock)
+
+    def _ready(self, lsock: socket.socket) -> None:
+        on_accept = self._on_accept
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = lsock.accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno in _ACCEPT_PAUSE_ERRORS:
+                    log.error(
+                        "TCP %s: cannot accept (%s); pausing accepts for %.0f s",
+                        _fmt(lsock.getsockname()),
+                        e.strerror,
+                        _ACCEPT_PAUSE,
+                    )
+                    for s in self.sockets:
+                        self._loop.remove_reader(s.fileno())
+                    self._paused = self._loop.call_later(_ACCEPT_PAUSE, self._watch)
+                    return
+                continue  # e.g. ECONNABORTED: that client is gone, the next may not be
+            try:
+                on_accept(sock, peer)
+            except Exception:
+                log.exception("TCP %s: handling a new connection failed", _fmt(peer))
+                reset_socket(sock)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening sockets."""
+        if self._paused is not None:
+            self._paused.cancel()
+            self._paused = None
+        else:
+            for sock in self.sockets:
+                if sock.fileno() >= 0:
+                    self._loop.remove_reader(sock.fileno())
+        for sock in self.sockets:
+            sock.close()
+
+
+class _Pump:
+    """One direction of a spliced connection: source socket -> pipe -> destination socket."""
+
+    __slots__ = (
+        "blocked",
+        "conn",
+        "dst",
+        "eof",
+        "inpipe",
+        "limit",
+        "loop",
+        "pipe",
+        "reading",
+        "shut",
+        "src",
+    )
+
+    def __init__(self, conn: SplicedConnection, src: int, pipe: list[int], limit: int) -> None:
+        self.conn = conn
+        self.loop = conn._loop
+        self.src = src
+        #: the destination socket's fd; -1 while the upstream is connecting
+        self.dst = -1
+        self.pipe = pipe
+        #: bytes in the pipe now
+        self.inpipe = 0
+        #: read no further than this many bytes in the pipe
+        self.limit = min(limit, pipe[2])
+        self.reading = False  # an add_reader is on src
+        self.blocked = False  # an add_writer is on dst
+        self.eof = False  # src sent its FIN
+        self.shut = False  # dst got its shutdown(SHUT_WR)
+
+    def start_reading(self) -> None:
+        if not self.reading and not self.eof and self.inpipe < self.limit:
+            self.loop.add_reader(self.src, self.readable)
+            self.reading = True
+
+    def stop_reading(self) -> None:
+        if self.reading:
+            self.loop.remove_reader(self.src)
+            self.reading = False
+
+    def connect(self, dst: int) -> None:
+        """The destination is up: flush what waited and read on."""
+        self.dst = dst
+        self.limit = self.pipe[2]
+        self.flush()
+        if not self.conn._done:
+            self.start_reading()
+
+    def put(self, data: bytes) -> None:
+        """Write ``data`` (the PROXY header) into the empty pipe, ahead of the client's bytes."""
+        n = os.write(self.pipe[1], data)
+        self.inpipe += n
+
+    def readable(self) -> None:
+        conn = self.conn
+        room = self.limit - self.inpipe
+        if room <= 0:
+            self.stop_reading()
+            return
+        try:
+            n = _splice(self.src, self.pipe[1], room, None, None, _FLAGS)
+        except BlockingIOError:
+            if self.inpipe:  # no free slot in the pipe: read again once it is drained
+                self.stop_reading()
+            return
+        except OSError as e:
+            conn._broken(self, e, reading=True)
+            return
+        if n == 0:
+            self.eof = True
+            self.stop_reading()
+            if self.dst >= 0 and not self.inpipe:
+                self._shutdown()
+            return
+        self.inpipe += n
+        conn._busy = True
+        if n == room and self.dst >= 0:
+            conn._proxy._pipes.grow(self.pipe)
+            self.limit = self.pipe[2]
+        if self.dst >= 0:
+            self.flush()
+        if self.inpipe >= self.limit:
+            self.stop_reading()
+
+    def flush(self) -> None:
+        """Move the pipe's bytes to the destination; on EAGAIN wait for it to be writable."""
+        dst, r = self.dst, self.pipe[0]
+        while self.inpipe:
+            try:
+                n = _splice(r, dst, self.inpipe, None, None, _FLAGS)
+            except BlockingIOError:
+                if not self.blocked:
+                    self.loop.add_writer(dst, self.flush)
+                    self.blocked = True
+                return
+            except OSError as e:
+                self.conn._broken(self, e, reading=False)
+                return
+            self.inpipe -= n
+        if self.blocked:
+            self.loop.remove_writer(dst)
+            self.blocked = False
+        if self.eof:
+            self._shutdown()
+        elif not self.reading and not self.conn._done:
+            self.loop.add_reader(self.src, self.readable)
+            self.reading = True
+
+    def _shutdown(self) -> None:
+        if self.shut:
+            return
+        self.shut = True
+        conn = self.conn
+        sock = conn._upstream if self.dst != conn._cfd else conn._client
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+        conn._check_done()
+
+    def release(self, pool: PipePool) -> None:
+        """Drop every registration; hand the pipe back (kept only if empty)."""
+        if self.reading:
+            self.loop.remove_reader(self.src)
+            self.reading = False
+        if self.blocked:
+            self.loop.remove_writer(self.dst)
+            self.blocked = False
+        pool.put(self.pipe, self.inpipe == 0)
+        self.inpipe = 0
+
+
+class SplicedConnection:
+    """One relayed connection on the splice path: two raw sockets, two pumps."""
+
+    __slots__ = (
+        "_busy",
+        "_cfd",
+        "_client",
+        "_connect_timer",
+        "_done",
+        "_down",
+        "_idle_handle",
+        "_listener",
+        "_loop",
+        "_opened",
+        "_peer",
+        "_proxy",
+        "_quiet",
+        "_route",
+        "_settings",
+        "_sockname",
+        "_target",
+        "_tried",
+        "_up",
+        "_upstream",
+    )
+
+    def __init__(
+        self,
+        proxy: TcpProxy,
+        listener: Listener,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        peer: Any,
+    ) -> None:
+        self._proxy = proxy
+        self._listener = listener
+        self._loop = loop
+        self._settings = proxy.settings
+        self._client = sock
+        self._cfd = sock.fileno()
+        self._peer = peer
+        self._sockname: Any = ()
+        self._upstream: socket.socket | None = None
+        self._up: _Pump | None = None  # client -> upstream
+        self._down: _Pump | None = None  # upstream -> client
+        self._route: Route | None = None
+        self._target: Target | None = None
+        self._tried: list[Target] = []
+        self._connect_timer: asyncio.TimerHandle | None = None
+        self._opened = False
+        self._done = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._busy = False
+        self._quiet = 0
+
+    # -- what tests and the proxy look at -----------------------------------------
+
+    @property
+    def client_paused(self) -> bool:
+        """Whether the relay is not reading the client now (backpressure, or still connecting)."""
+        return self._up is None or not self._up.reading
+
+    @property
+    def upstream_connected(self) -> bool:
+        return self._down is not None
+
+    @property
+    def pending_size(self) -> int:
+        """Client bytes held while the upstream is not up yet."""
+        return self._up.inpipe if self._up is not None and self._down is None else 0
+
+    def buffered(self) -> int:
+        """Bytes in this connection's pipes."""
+        n = 0
+        if self._up is not None:
+            n += self._up.inpipe
+        if self._down is not None:
+            n += self._down.inpipe
+        return n
+
+    # -- accepting and connecting ---------------------------------------------------
+
+    def start(self) -> None:
+        """Route the accepted client, then connect to its endpoint (or reset the client)."""
+        proxy, sock = self._proxy, self._client
+        sock.setblocking(False)
+        target = route = None
+        try:
+            self._sockname = sock.getsockname()
+            route = self._listener.resolve(self._sockname, self._peer)
+            if route is not None:
+                target = route.pick(self._peer[0])
+        except Exception:
+            log.exception("TCP %s: choosing an endpoint failed", _fmt(self._sockname))
+            route = None
+        if route is None or target is None:
+            proxy.accepted += 1
+            proxy.refused += 1
+            log.debug(
+                "TCP %s from %s: no %s, resetting",
+                _fmt(self._sockname),
+                _fmt(self._peer),
+                "route" if route is None else "endpoint",
+            )
+            reset_socket(sock)
+            return
+        try:
+            pipe = proxy._pipes.get()
+        except OSError as e:
+            proxy.accepted += 1
+            log.error("TCP %s: cannot create a pipe (%s); resetting", _fmt(self._peer), e)
+            reset_socket(sock)
+            return
+        proxy._add(self)
+        self._route = route
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._up = up = _Pump(self, self._cfd, pipe, self._settings.max_buffered)
+        if route.proxy_protocol:
+            try:
+                header = encode_v2(self._peer, self._sockname)
+            except (ValueError, IndexError, TypeError):
+                log.warning(
+                    "TCP %s: cannot encode a PROXY header for %r; sending LOCAL",
+                    _fmt(self._sockname),
+                    self._peer,
+                )
+                header = encode_v2_local()
+            up.put(header)
+        up.start_reading()
+        self._connect(target)
+
+    def _connect(self, target: Target) -> None:
+        self._target = target
+        family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
+        sock = None
+        try:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            err = sock.connect_ex((target.address, target.port))
+        except OSError as e:
+            err = e.errno or errno.EINVAL
+        self._upstream = sock
+        if err == 0:
+            self._connected()
+        elif err == errno.EINPROGRESS:
+            assert sock is not None
+            self._loop.add_writer(sock.fileno(), self._connect_done)
+            self._connect_timer = self._loop.call_later(
+                self._settings.connect_timeout, self._connect_timeout
+            )
+        else:
+            self._connect_failed(os.strerror(err))
+
+    def _connect_done(self) -> None:
+        sock = self._upstream
+        assert sock is not None
+        self._loop.remove_writer(sock.fileno())
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(os.strerror(err))
+        else:
+            self._connected()
+
+    def _connect_timeout(self) -> None:
+        self._connect_timer = None
+        sock = self._upstream
+        assert sock is not None
+        self._loop.remove_writer(sock.fileno())
+        self._connect_failed("TimeoutError")
+
+    def _connect_failed(self, reason: str) -> None:
+        route, target = self._route, self._target
+        assert route is not None and target is not None
+        if self._upstream is not None:
+            self._upstream.close()
+            self._upstream = None
+        self._proxy.connect_failures += 1
+        log.debug(
+            "TCP %s: connect to %s failed: %s",
+            _fmt(self._sockname),
+            _fmt((target.address, target.port)),
+            reason,
+        )
+        route.failed(target)
+        tried = self._tried
+        tried.append(target)
+        nxt = None
+        if len(tried) < self._settings.connect_attempts:
+            try:
+                nxt = route.pick(self._peer[0], exclude=frozenset(tried))
+            except Exception:
+                log.exception("TCP %s: choosing an endpoint failed", _fmt(self._sockname))
+        if nxt is not None:
+            self._connect(nxt)
+            return
+        self._proxy.unreachable += 1
+        log.debug(
+            "TCP %s from %s: no endpoint answered after %d attempts, resetting",
+            _fmt(self._sockname),
+            _fmt(self._peer),
+            len(tried),
+        )
+        self._finish(reset=True)
+
+    def _connected(self) -> None:
+        sock, route, up = self._upstream, self._route, self._up
+        assert sock is not None and route is not None and up is not None
+        assert self._target is not None
+        ufd = sock.fileno()
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pipe = self._proxy._pipes.get()
+        except OSError as e:
+            log.error("TCP %s: cannot create a pipe (%s); resetting", _fmt(self._peer), e)
+            self._finish(reset=True)
+            return
+        self._opened = True
+        route.opened(self._target)
+        self._down = down = _Pump(self, ufd, pipe, pipe[2])
+        down.dst = self._cfd
+        down.start_reading()
+        up.connect(ufd)
+        if not self._done:
+            self._arm_idle()
+
+    # -- endings --------------------------------------------------------------------
+
+    def _broken(self, pump: _Pump, exc: OSError, reading: bool) -> None:
+        """Reading or writing failed (a reset, mostly): reset both sides."""
+        if self._done:
+            return
+        src_is_client = pump.src == self._cfd
+        if reading:
+            side = "client" if src_is_client else "upstream"
+        else:
+            side = "upstream" if src_is_client else "client"
+        log.debug(
+            "TCP %s from %s: %s side failed (%s), resetting",
+            _fmt(self._sockname),
+            _fmt(self._peer),
+            side,
+            exc.strerror or type(exc).__name__,
+        )
+        self._finish(reset=True)
+
+    def _check_done(self) -> None:
+        up, down = self._up, self._down
+        if up is not None and down is not None and up.shut and down.shut:
+            self._finish(reset=False)
+
+    def abort(self) -> None:
+        """Reset both sides now (idle timeout, end of a drain)."""
+        self._finish(reset=True)
+
+    def _finish(self, reset: bool) -> None:
+        if self._done:
+            return
+        self._done = True
+        loop, pool = self._loop, self._proxy._pipes
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
+            if self._upstream is not None:
+                loop.remove_writer(self._upstream.fileno())
+        if self._up is not None:
+            self._up.release(pool)
+        if self._down is not None:
+            self._down.release(pool)
+        for sock in (self._upstream, self._client):
+            if sock is not None:
+                if reset:
+                    reset_socket(sock)
+                else:
+                    sock.close()
+        self._upstream = None
+        if self._opened:
+            self._opened = False
+            try:
+                self._route.closed(self._target)  # type: ignore[union-attr,arg-type]
+            except Exception:
+                log.exception("TCP %s: route.closed failed", _fmt(self._sockname))
+        self._proxy._remove(self)
+
+    # -- idle timeout -------------------------------------------------------------
+
+    def _arm_idle(self) -> None:
+        self._idle_handle = self._loop.call_later(
+            self._settings.idle_timeout / _IDLE_TICKS, self._idle_tick
+        )
+
+    def _idle_tick(self) -> None:
+        self._idle_handle = None
+        if self._done:
+            return
+        if self._busy:
+            self._busy = False
+            self._quiet = 0
+        else:
+            self._quiet += 1
+            if self._quiet >= _IDLE_TICKS:
+                log.debug(
+                    "TCP %s from %s: idle for %ss, resetting",
+                    _fmt(self._sockname),
+                    _fmt(self._peer),
+                    self._settings.idle_timeout,
+                )
+                self.abort()
+                return
+        self._arm_idle()
+
+
+def _fmt(addr: tuple | Any) -> str:
+    if not addr or not isinstance(addr, tuple):
+        return repr(addr)
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
