@@ -72,6 +72,9 @@ ACCEPT_BATCH = 64
 #: accept errors that mean "out of descriptors or memory": stop accepting for a while
 _ACCEPT_PAUSE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_PAUSE = 1.0
+# Linux's values; not every Python names them
+_IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
+_IPV6_TRANSPARENT = 75
 
 if sys.platform == "linux" and hasattr(os, "splice"):
     _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -195,6 +198,9 @@ async def bind(host: str | None, port: int, *, reuse_port: bool = False) -> list
 class Acceptor:
     """Listening sockets served from ``add_reader``: each accepted socket goes to ``on_accept``.
 
+    ``on_accept(sock, peer, sockname)`` gets the listening socket's own
+    address as ``sockname`` when every connection it accepts has that
+    address (a specific, non-transparent bind), else None (ask the socket).
     It has the two members of ``asyncio.Server`` that :class:`.tcp.Listener`
     uses, ``sockets`` and ``close()``.
     """
@@ -205,7 +211,7 @@ class Acceptor:
         self,
         loop: asyncio.AbstractEventLoop,
         socks: list[socket.socket],
-        on_accept: Callable[[socket.socket, Any], None],
+        on_accept: Callable[[socket.socket, Any, Any], None],
         backlog: int,
     ) -> None:
         self._loop = loop
@@ -220,9 +226,9 @@ class Acceptor:
     def _watch(self) -> None:
         self._paused = None
         for sock in self.sockets:
-            self._loop.add_reader(sock.fileno(), self._ready, sock)
+            self._loop.add_reader(sock.fileno(), self._ready, sock, _fixed_sockname(sock))
 
-    def _ready(self, lsock: socket.socket) -> None:
+    def _ready(self, lsock: socket.socket, sockname: Any) -> None:
         on_accept = self._on_accept
         for _ in range(ACCEPT_BATCH):
             try:
@@ -243,7 +249,7 @@ class Acceptor:
                     return
                 continue  # e.g. ECONNABORTED: that client is gone, the next may not be
             try:
-                on_accept(sock, peer)
+                on_accept(sock, peer, sockname)
             except Exception:
                 log.exception("TCP %s: handling a new connection failed", _fmt(peer))
                 reset_socket(sock)
@@ -261,137 +267,187 @@ class Acceptor:
             sock.close()
 
 
+def _fixed_sockname(lsock: socket.socket) -> Any:
+    """The address every connection accepted on ``lsock`` has, or None when it may vary."""
+    addr = lsock.getsockname()
+    if lsock.family == socket.AF_INET:
+        level, opt, wildcard = socket.SOL_IP, _IP_TRANSPARENT, "0.0.0.0"
+    elif lsock.family == socket.AF_INET6:
+        level, opt, wildcard = socket.IPPROTO_IPV6, _IPV6_TRANSPARENT, "::"
+    else:
+        return None
+    try:
+        transparent = lsock.getsockopt(level, opt)
+    except OSError:
+        transparent = 1
+    return None if transparent or addr[0] == wildcard else addr
+
+
+class Reactor:
+    """One edge-triggered epoll for all spliced sockets of a proxy, polled from the loop.
+
+    A socket is registered once, for reading and writing, and leaves the set
+    when it is closed; its handler gets the event mask and keeps its own
+    "may read" / "may write" flags until an operation says EAGAIN. A handler
+    that raises aborts its connection, never the rest of the batch (with
+    edge-triggered events, a lost event is a stalled connection).
+    """
+
+    __slots__ = ("_ep", "_handlers", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._ep = select.epoll()
+        self._handlers: dict[int, Callable[[int], None]] = {}
+        loop.add_reader(self._ep.fileno(), self._poll)
+
+    def register(self, fd: int, handler: Callable[[int], None]) -> None:
+        self._handlers[fd] = handler
+        self._ep.register(fd, _ET_MASK)
+
+    def forget(self, fd: int) -> None:
+        """Stop dispatching ``fd``; closing it removes it from the epoll set."""
+        self._handlers.pop(fd, None)
+
+    def _poll(self) -> None:
+        handlers = self._handlers
+        for fd, events in self._ep.poll(0, 1024):
+            handler = handlers.get(fd)
+            if handler is None:
+                continue
+            try:
+                handler(events)
+            except Exception:
+                log.exception("TCP: relaying failed; resetting the connection")
+                with contextlib.suppress(Exception):
+                    handler.__self__.abort()  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self._ep.closed:
+            return
+        self._loop.remove_reader(self._ep.fileno())
+        self._ep.close()
+        self._handlers.clear()
+
+
+_IN = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_OUT = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR
+_FAILED = select.EPOLLHUP | select.EPOLLERR
+_ET_MASK = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET
+
+
 class _Pump:
     """One direction of a spliced connection: source socket -> pipe -> destination socket."""
 
     __slots__ = (
-        "blocked",
         "conn",
+        "done",
         "dst",
+        "dst_sock",
         "eof",
         "inpipe",
         "limit",
-        "loop",
         "pipe",
-        "reading",
-        "shut",
+        "readable",
         "src",
+        "stuck",
+        "writable",
     )
 
     def __init__(self, conn: SplicedConnection, src: int, pipe: list[int], limit: int) -> None:
         self.conn = conn
-        self.loop = conn._loop
         self.src = src
-        #: the destination socket's fd; -1 while the upstream is connecting
+        #: the destination socket and its fd; None and -1 while the upstream is connecting
+        self.dst_sock: socket.socket | None = None
         self.dst = -1
         self.pipe = pipe
         #: bytes in the pipe now
         self.inpipe = 0
         #: read no further than this many bytes in the pipe
         self.limit = min(limit, pipe[2])
-        self.reading = False  # an add_reader is on src
-        self.blocked = False  # an add_writer is on dst
+        self.readable = False  # src may have bytes (or EOF, or an error) to read
+        self.writable = False  # dst may take bytes
+        self.stuck = False  # a read found no free slot in the pipe
         self.eof = False  # src sent its FIN
-        self.shut = False  # dst got its shutdown(SHUT_WR)
+        self.done = False  # ... and it was forwarded to dst
 
-    def start_reading(self) -> None:
-        if not self.reading and not self.eof and self.inpipe < self.limit:
-            self.loop.add_reader(self.src, self.readable)
-            self.reading = True
+    @property
+    def full(self) -> bool:
+        """Whether this direction reads no more until its pipe drains."""
+        return self.eof or self.stuck or self.inpipe >= self.limit
 
-    def stop_reading(self) -> None:
-        if self.reading:
-            self.loop.remove_reader(self.src)
-            self.reading = False
-
-    def connect(self, dst: int) -> None:
-        """The destination is up: flush what waited and read on."""
+    def connect(self, dst_sock: socket.socket, dst: int) -> None:
+        """The destination is up: what waited in the pipe may go."""
+        self.dst_sock = dst_sock
         self.dst = dst
+        self.writable = True
         self.limit = self.pipe[2]
-        self.flush()
-        if not self.conn._done:
-            self.start_reading()
 
-    def put(self, data: bytes) -> None:
-        """Write ``data`` (the PROXY header) into the empty pipe, ahead of the client's bytes."""
-        n = os.write(self.pipe[1], data)
-        self.inpipe += n
-
-    def readable(self) -> None:
+    def move(self) -> None:
+        """Move bytes src -> pipe -> dst until nothing more can move now."""
         conn = self.conn
-        room = self.limit - self.inpipe
-        if room <= 0:
-            self.stop_reading()
-            return
-        try:
-            n = _splice(self.src, self.pipe[1], room, None, None, _FLAGS)
-        except BlockingIOError:
-            if self.inpipe:  # no free slot in the pipe: read again once it is drained
-                self.stop_reading()
-            return
-        except OSError as e:
-            conn._broken(self, e, reading=True)
-            return
-        if n == 0:
-            self.eof = True
-            self.stop_reading()
-            if self.dst >= 0 and not self.inpipe:
-                self._shutdown()
-            return
-        self.inpipe += n
-        conn._busy = True
-        if n == room and self.dst >= 0:
-            conn._proxy._pipes.grow(self.pipe)
-            self.limit = self.pipe[2]
-        if self.dst >= 0:
-            self.flush()
-        if self.inpipe >= self.limit:
-            self.stop_reading()
-
-    def flush(self) -> None:
-        """Move the pipe's bytes to the destination; on EAGAIN wait for it to be writable."""
-        dst, r = self.dst, self.pipe[0]
-        while self.inpipe:
-            try:
-                n = _splice(r, dst, self.inpipe, None, None, _FLAGS)
-            except BlockingIOError:
-                if not self.blocked:
-                    self.loop.add_writer(dst, self.flush)
-                    self.blocked = True
+        pr, pw = self.pipe[0], self.pipe[1]
+        while True:
+            moved = False
+            if self.inpipe and self.writable:
+                try:
+                    n = _splice(pr, self.dst, self.inpipe, None, None, _FLAGS)
+                except BlockingIOError:
+                    self.writable = False
+                except OSError as e:
+                    conn._broken(self, e, reading=False)
+                    return
+                else:
+                    self.inpipe -= n
+                    self.stuck = False
+                    moved = True
+            if self.eof:
+                if not self.inpipe and self.dst >= 0:
+                    self._forward_eof()
                 return
-            except OSError as e:
-                self.conn._broken(self, e, reading=False)
+            room = self.limit - self.inpipe
+            if self.readable and room > 0:
+                try:
+                    n = _splice(self.src, pw, room, None, None, _FLAGS)
+                except BlockingIOError:
+                    if self.inpipe:
+                        self.stuck = True  # no free slot, or nothing to read: retry once drained
+                    else:
+                        self.readable = False
+                except OSError as e:
+                    conn._broken(self, e, reading=True)
+                    return
+                else:
+                    if n == 0:
+                        self.eof = True
+                        continue
+                    self.inpipe += n
+                    conn._busy = True
+                    moved = True
+                    if n == room and self.dst >= 0 and self.pipe[2] < conn._pipes.max_size:
+                        conn._pipes.grow(self.pipe)
+                        self.limit = self.pipe[2]
+            if not moved:
                 return
-            self.inpipe -= n
-        if self.blocked:
-            self.loop.remove_writer(dst)
-            self.blocked = False
-        if self.eof:
-            self._shutdown()
-        elif not self.reading and not self.conn._done:
-            self.loop.add_reader(self.src, self.readable)
-            self.reading = True
 
-    def _shutdown(self) -> None:
-        if self.shut:
+    def _forward_eof(self) -> None:
+        if self.done:
             return
-        self.shut = True
+        self.done = True
         conn = self.conn
-        sock = conn._upstream if self.dst != conn._cfd else conn._client
+        other = conn._down if self is conn._up else conn._up
+        if other is not None and other.done:
+            conn._finish(reset=False)  # both directions ended: close() sends this FIN
+            return
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
-        conn._check_done()
+            self.dst_sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
 
     def release(self, pool: PipePool) -> None:
-        """Drop every registration; hand the pipe back (kept only if empty)."""
-        if self.reading:
-            self.loop.remove_reader(self.src)
-            self.reading = False
-        if self.blocked:
-            self.loop.remove_writer(self.dst)
-            self.blocked = False
+        """Hand the pipe back (kept only if empty); the pump moves nothing after this."""
         pool.put(self.pipe, self.inpipe == 0)
         self.inpipe = 0
+        self.readable = self.writable = False
+        self.eof = self.done = True
 
 
 class SplicedConnection:
@@ -409,13 +465,16 @@ class SplicedConnection:
         "_loop",
         "_opened",
         "_peer",
+        "_pipes",
         "_proxy",
         "_quiet",
+        "_reactor",
         "_route",
         "_settings",
         "_sockname",
         "_target",
         "_tried",
+        "_ufd",
         "_up",
         "_upstream",
     )
@@ -425,18 +484,23 @@ class SplicedConnection:
         proxy: TcpProxy,
         listener: Listener,
         loop: asyncio.AbstractEventLoop,
+        reactor: Reactor,
         sock: socket.socket,
         peer: Any,
+        sockname: Any,
     ) -> None:
         self._proxy = proxy
         self._listener = listener
         self._loop = loop
+        self._reactor = reactor
+        self._pipes: PipePool = proxy._pipes
         self._settings = proxy.settings
         self._client = sock
         self._cfd = sock.fileno()
         self._peer = peer
-        self._sockname: Any = ()
+        self._sockname = sockname
         self._upstream: socket.socket | None = None
+        self._ufd = -1
         self._up: _Pump | None = None  # client -> upstream
         self._down: _Pump | None = None  # upstream -> client
         self._route: Route | None = None
@@ -453,8 +517,8 @@ class SplicedConnection:
 
     @property
     def client_paused(self) -> bool:
-        """Whether the relay is not reading the client now (backpressure, or still connecting)."""
-        return self._up is None or not self._up.reading
+        """Whether the relay reads no more from the client now (its pipe is full, or EOF)."""
+        return self._up is None or self._up.full
 
     @property
     def upstream_connected(self) -> bool:
@@ -482,7 +546,8 @@ class SplicedConnection:
         sock.setblocking(False)
         target = route = None
         try:
-            self._sockname = sock.getsockname()
+            if not self._sockname:
+                self._sockname = sock.getsockname()
             route = self._listener.resolve(self._sockname, self._peer)
             if route is not None:
                 target = route.pick(self._peer[0])
@@ -501,7 +566,7 @@ class SplicedConnection:
             reset_socket(sock)
             return
         try:
-            pipe = proxy._pipes.get()
+            pipe = self._pipes.get()
         except OSError as e:
             proxy.accepted += 1
             log.error("TCP %s: cannot create a pipe (%s); resetting", _fmt(self._peer), e)
@@ -521,8 +586,8 @@ class SplicedConnection:
                     self._peer,
                 )
                 header = encode_v2_local()
-            up.put(header)
-        up.start_reading()
+            up.inpipe = os.write(pipe[1], header)  # the pipe is empty: it all fits
+        self._reactor.register(self._cfd, self._client_event)
         self._connect(target)
 
     def _connect(self, target: Target) -> None:
@@ -530,49 +595,37 @@ class SplicedConnection:
         family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
         sock = None
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            sock.setblocking(False)
+            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             err = sock.connect_ex((target.address, target.port))
         except OSError as e:
             err = e.errno or errno.EINVAL
         self._upstream = sock
-        if err == 0:
-            self._connected()
-        elif err == errno.EINPROGRESS:
+        if err in (0, errno.EINPROGRESS):
             assert sock is not None
-            self._loop.add_writer(sock.fileno(), self._connect_done)
+            self._ufd = sock.fileno()
+            # Registered for writing: the connect's outcome comes as the first event.
+            self._reactor.register(self._ufd, self._upstream_event)
             self._connect_timer = self._loop.call_later(
                 self._settings.connect_timeout, self._connect_timeout
             )
         else:
             self._connect_failed(os.strerror(err))
 
-    def _connect_done(self) -> None:
-        sock = self._upstream
-        assert sock is not None
-        self._loop.remove_writer(sock.fileno())
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if err:
-            self._connect_failed(os.strerror(err))
-        else:
-            self._connected()
-
     def _connect_timeout(self) -> None:
         self._connect_timer = None
-        sock = self._upstream
-        assert sock is not None
-        self._loop.remove_writer(sock.fileno())
         self._connect_failed("TimeoutError")
 
     def _connect_failed(self, reason: str) -> None:
         route, target = self._route, self._target
         assert route is not None and target is not None
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
         if self._upstream is not None:
+            self._reactor.forget(self._ufd)
             self._upstream.close()
             self._upstream = None
+            self._ufd = -1
         self._proxy.connect_failures += 1
         log.debug(
             "TCP %s: connect to %s failed: %s",
@@ -601,26 +654,70 @@ class SplicedConnection:
         )
         self._finish(reset=True)
 
-    def _connected(self) -> None:
+    def _connected(self, events: int) -> None:
         sock, route, up = self._upstream, self._route, self._up
         assert sock is not None and route is not None and up is not None
         assert self._target is not None
-        ufd = sock.fileno()
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+            self._connect_timer = None
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pipe = self._proxy._pipes.get()
+            pipe = self._pipes.get()
         except OSError as e:
             log.error("TCP %s: cannot create a pipe (%s); resetting", _fmt(self._peer), e)
             self._finish(reset=True)
             return
         self._opened = True
         route.opened(self._target)
-        self._down = down = _Pump(self, ufd, pipe, pipe[2])
-        down.dst = self._cfd
-        down.start_reading()
-        up.connect(ufd)
+        self._down = down = _Pump(self, self._ufd, pipe, pipe[2])
+        down.connect(self._client, self._cfd)
+        down.readable = bool(events & _IN)
+        up.connect(sock, self._ufd)
+        self._arm_idle()
+        up.move()
         if not self._done:
-            self._arm_idle()
+            down.move()
+
+    # -- events ---------------------------------------------------------------------
+
+    def _client_event(self, events: int) -> None:
+        if self._done:
+            return
+        up, down = self._up, self._down
+        assert up is not None
+        if events & _IN:
+            up.readable = True
+        if down is None:
+            up.move()  # connecting: fill the pipe (bounded), notice a reset or EOF
+            return
+        if events & _OUT:
+            down.writable = True
+        up.move()
+        if not self._done:
+            down.move()
+
+    def _upstream_event(self, events: int) -> None:
+        if self._done:
+            return
+        up, down = self._up, self._down
+        assert up is not None
+        if down is None:  # the connect's outcome
+            if events & _FAILED:
+                err = self._upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
+                if err:
+                    self._connect_failed(os.strerror(err))
+                    return
+            if events & _OUT:
+                self._connected(events)
+            return
+        if events & _IN:
+            down.readable = True
+        if events & _OUT:
+            up.writable = True
+        down.move()
+        if not self._done:
+            up.move()
 
     # -- endings --------------------------------------------------------------------
 
@@ -642,11 +739,6 @@ class SplicedConnection:
         )
         self._finish(reset=True)
 
-    def _check_done(self) -> None:
-        up, down = self._up, self._down
-        if up is not None and down is not None and up.shut and down.shut:
-            self._finish(reset=False)
-
     def abort(self) -> None:
         """Reset both sides now (idle timeout, end of a drain)."""
         self._finish(reset=True)
@@ -655,26 +747,29 @@ class SplicedConnection:
         if self._done:
             return
         self._done = True
-        loop, pool = self._loop, self._proxy._pipes
+        reactor, pool = self._reactor, self._pipes
         if self._idle_handle is not None:
             self._idle_handle.cancel()
             self._idle_handle = None
         if self._connect_timer is not None:
             self._connect_timer.cancel()
             self._connect_timer = None
-            if self._upstream is not None:
-                loop.remove_writer(self._upstream.fileno())
         if self._up is not None:
             self._up.release(pool)
         if self._down is not None:
             self._down.release(pool)
-        for sock in (self._upstream, self._client):
-            if sock is not None:
-                if reset:
-                    reset_socket(sock)
-                else:
-                    sock.close()
-        self._upstream = None
+        reactor.forget(self._cfd)
+        if self._upstream is not None:
+            reactor.forget(self._ufd)
+            if reset:
+                reset_socket(self._upstream)
+            else:
+                self._upstream.close()
+            self._upstream = None
+        if reset:
+            reset_socket(self._client)
+        else:
+            self._client.close()
         if self._opened:
             self._opened = False
             try:

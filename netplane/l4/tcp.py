@@ -144,6 +144,7 @@ class TcpProxy:
         #: whether new listeners relay with os.splice (else through Protocols)
         self.spliced = self.settings.splice and splice.available()
         self._pipes = splice.PipePool(self.settings.pipe_size)
+        self._reactor: splice.Reactor | None = None
         self._listeners: set[Listener] = set()
         self._conns: set[_Connection | splice.SplicedConnection] = set()
         self._empty = asyncio.Event()
@@ -188,10 +189,17 @@ class TcpProxy:
             socks = (
                 [sock] if sock is not None else await splice.bind(host, port, reuse_port=reuse_port)
             )
-            SplicedConnection = splice.SplicedConnection
+            if self._reactor is None:
+                self._reactor = splice.Reactor(loop)
+            reactor, SplicedConnection = self._reactor, splice.SplicedConnection
 
-            def accepted(client: socket.socket, peer: Any) -> None:
-                SplicedConnection(self, listener, loop, client, peer).start()
+            def accepted(client: socket.socket, peer: Any, sockname: Any) -> None:
+                conn = SplicedConnection(self, listener, loop, reactor, client, peer, sockname)
+                try:
+                    conn.start()
+                except Exception:
+                    log.exception("TCP %s: accepting a connection failed", _fmt(peer))
+                    conn.abort()
 
             try:
                 listener._server = splice.Acceptor(loop, socks, accepted, backlog)  # type: ignore[assignment]
@@ -240,6 +248,9 @@ class TcpProxy:
             listener.close()
         await self.drain(grace)
         self._pipes.close()
+        if self._reactor is not None:
+            self._reactor.close()
+            self._reactor = None
 
     def _add(self, conn: _Connection | splice.SplicedConnection) -> None:
         self._conns.add(conn)
