@@ -35,6 +35,12 @@ Strategy:
   failure instead of a clean EOF. The idle timeout, connect retries and
   ``route.opened()/closed()/failed()`` work as in the Protocol relay of
   :mod:`.tcp`, which stays the path wherever splice is unavailable.
+- Per connection, the kernel sees what haproxy's would: accept4, socket,
+  connect, one epoll_ctl per socket (:class:`Reactor`: one edge-triggered
+  epoll per proxy, polled from the loop), the splices, one shutdown, two
+  closes. uvloop's ``add_reader``/``remove_reader`` cost about 18
+  epoll_ctl per connection here, and a timer per connection is replaced by
+  two sweeps per proxy.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import select
 import socket
 import struct
 import sys
+from _socket import socket as _RawSocket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +162,7 @@ class PipePool:
             os.close(w)
 
 
-def reset_socket(sock: socket.socket) -> None:
+def reset_socket(sock: _RawSocket) -> None:
     """Close ``sock`` with a TCP RST (``SO_LINGER`` 0) instead of a FIN."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
@@ -211,7 +218,7 @@ class Acceptor:
         self,
         loop: asyncio.AbstractEventLoop,
         socks: list[socket.socket],
-        on_accept: Callable[[socket.socket, Any, Any], None],
+        on_accept: Callable[[_RawSocket, Any, Any], None],
         backlog: int,
     ) -> None:
         self._loop = loop
@@ -226,13 +233,17 @@ class Acceptor:
     def _watch(self) -> None:
         self._paused = None
         for sock in self.sockets:
-            self._loop.add_reader(sock.fileno(), self._ready, sock, _fixed_sockname(sock))
+            self._loop.add_reader(
+                sock.fileno(), self._ready, sock, int(sock.family), _fixed_sockname(sock)
+            )
 
-    def _ready(self, lsock: socket.socket, sockname: Any) -> None:
-        on_accept = self._on_accept
+    def _ready(self, lsock: socket.socket, family: int, sockname: Any) -> None:
+        on_accept, accept = self._on_accept, lsock._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
             try:
-                sock, peer = lsock.accept()
+                fd, peer = accept()
+                # the C socket type: no Python __init__, no enum conversions per connection
+                sock = _RawSocket(family, socket.SOCK_STREAM, 0, fd)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -284,22 +295,49 @@ def _fixed_sockname(lsock: socket.socket) -> Any:
 
 
 class Reactor:
-    """One edge-triggered epoll for all spliced sockets of a proxy, polled from the loop.
+    """One edge-triggered epoll and two shared timers for all spliced sockets of a proxy.
 
     A socket is registered once, for reading and writing, and leaves the set
     when it is closed; its handler gets the event mask and keeps its own
     "may read" / "may write" flags until an operation says EAGAIN. A handler
     that raises aborts its connection, never the rest of the batch (with
     edge-triggered events, a lost event is a stalled connection).
+
+    Timeouts are swept, not timed one by one: connects in flight every quarter
+    connect timeout, open connections every quarter idle timeout, each sweep
+    only while there is something to sweep. A connect then fails between 1
+    and 1.25 timeouts after it started, and a connection is idle-aborted
+    between 1 and 1.25 timeouts after its last byte, as with one timer each,
+    but a connection costs no timer of its own.
     """
 
-    __slots__ = ("_ep", "_handlers", "_loop")
+    __slots__ = (
+        "_connect_step",
+        "_connect_timer",
+        "_connecting",
+        "_ep",
+        "_handlers",
+        "_idle_step",
+        "_idle_timer",
+        "_live",
+        "_loop",
+    )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, connect_timeout: float, idle_timeout: float
+    ) -> None:
         self._loop = loop
         self._ep = select.epoll()
         self._handlers: dict[int, Callable[[int], None]] = {}
+        self._connecting: dict[SplicedConnection, float] = {}
+        self._connect_step = connect_timeout / _IDLE_TICKS
+        self._connect_timer: asyncio.TimerHandle | None = None
+        self._live: set[SplicedConnection] = set()
+        self._idle_step = idle_timeout / _IDLE_TICKS
+        self._idle_timer: asyncio.TimerHandle | None = None
         loop.add_reader(self._ep.fileno(), self._poll)
+
+    # -- sockets --------------------------------------------------------------------
 
     def register(self, fd: int, handler: Callable[[int], None]) -> None:
         self._handlers[fd] = handler
@@ -322,11 +360,64 @@ class Reactor:
                 with contextlib.suppress(Exception):
                     handler.__self__.abort()  # type: ignore[attr-defined]
 
+    # -- timeouts -------------------------------------------------------------------
+
+    def connecting(self, conn: SplicedConnection, timeout: float) -> None:
+        """``conn._connect_timeout()`` runs if the connect is not over within ``timeout`` s."""
+        self._connecting[conn] = self._loop.time() + timeout
+        if self._connect_timer is None:
+            self._connect_timer = self._loop.call_later(self._connect_step, self._connect_sweep)
+
+    def connect_over(self, conn: SplicedConnection) -> None:
+        self._connecting.pop(conn, None)
+
+    def _connect_sweep(self) -> None:
+        self._connect_timer = None
+        now = self._loop.time()
+        late = [conn for conn, deadline in self._connecting.items() if deadline <= now]
+        for conn in late:
+            del self._connecting[conn]
+            try:
+                conn._connect_timeout()
+            except Exception:
+                log.exception("TCP: a connect timeout failed; resetting the connection")
+                conn.abort()
+        if self._connecting and self._connect_timer is None:
+            self._connect_timer = self._loop.call_later(self._connect_step, self._connect_sweep)
+
+    def live(self, conn: SplicedConnection) -> None:
+        """Watch ``conn`` for the idle timeout until :meth:`gone`."""
+        self._live.add(conn)
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_later(self._idle_step, self._idle_sweep)
+
+    def gone(self, conn: SplicedConnection) -> None:
+        self._live.discard(conn)
+        self._connecting.pop(conn, None)
+
+    def _idle_sweep(self) -> None:
+        self._idle_timer = None
+        for conn in list(self._live):
+            if conn._busy:
+                conn._busy = False
+                conn._quiet = 0
+            else:
+                conn._quiet += 1
+                if conn._quiet >= _IDLE_TICKS:
+                    conn._idle()
+        if self._live:
+            self._idle_timer = self._loop.call_later(self._idle_step, self._idle_sweep)
+
     def close(self) -> None:
-        if self._ep.closed:
-            return
-        self._loop.remove_reader(self._ep.fileno())
-        self._ep.close()
+        for timer in (self._connect_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._connect_timer = self._idle_timer = None
+        self._connecting.clear()
+        self._live.clear()
+        if not self._ep.closed:
+            self._loop.remove_reader(self._ep.fileno())
+            self._ep.close()
         self._handlers.clear()
 
 
@@ -358,7 +449,7 @@ class _Pump:
         self.conn = conn
         self.src = src
         #: the destination socket and its fd; None and -1 while the upstream is connecting
-        self.dst_sock: socket.socket | None = None
+        self.dst_sock: _RawSocket | None = None
         self.dst = -1
         self.pipe = pipe
         #: bytes in the pipe now
@@ -376,7 +467,7 @@ class _Pump:
         """Whether this direction reads no more until its pipe drains."""
         return self.eof or self.stuck or self.inpipe >= self.limit
 
-    def connect(self, dst_sock: socket.socket, dst: int) -> None:
+    def connect(self, dst_sock: _RawSocket, dst: int) -> None:
         """The destination is up: what waited in the pipe may go."""
         self.dst_sock = dst_sock
         self.dst = dst
@@ -457,10 +548,8 @@ class SplicedConnection:
         "_busy",
         "_cfd",
         "_client",
-        "_connect_timer",
         "_done",
         "_down",
-        "_idle_handle",
         "_listener",
         "_loop",
         "_opened",
@@ -485,7 +574,7 @@ class SplicedConnection:
         listener: Listener,
         loop: asyncio.AbstractEventLoop,
         reactor: Reactor,
-        sock: socket.socket,
+        sock: _RawSocket,
         peer: Any,
         sockname: Any,
     ) -> None:
@@ -499,18 +588,17 @@ class SplicedConnection:
         self._cfd = sock.fileno()
         self._peer = peer
         self._sockname = sockname
-        self._upstream: socket.socket | None = None
+        self._upstream: _RawSocket | None = None
         self._ufd = -1
         self._up: _Pump | None = None  # client -> upstream
         self._down: _Pump | None = None  # upstream -> client
         self._route: Route | None = None
         self._target: Target | None = None
         self._tried: list[Target] = []
-        self._connect_timer: asyncio.TimerHandle | None = None
         self._opened = False
         self._done = False
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._busy = False
+        # idle timeout (swept by the reactor): a byte moved since the last sweep; quiet sweeps
+        self._busy = True
         self._quiet = 0
 
     # -- what tests and the proxy look at -----------------------------------------
@@ -595,7 +683,7 @@ class SplicedConnection:
         family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
         sock = None
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+            sock = _RawSocket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             err = sock.connect_ex((target.address, target.port))
         except OSError as e:
             err = e.errno or errno.EINVAL
@@ -605,22 +693,18 @@ class SplicedConnection:
             self._ufd = sock.fileno()
             # Registered for writing: the connect's outcome comes as the first event.
             self._reactor.register(self._ufd, self._upstream_event)
-            self._connect_timer = self._loop.call_later(
-                self._settings.connect_timeout, self._connect_timeout
-            )
+            self._reactor.connecting(self, self._settings.connect_timeout)
         else:
             self._connect_failed(os.strerror(err))
 
     def _connect_timeout(self) -> None:
-        self._connect_timer = None
-        self._connect_failed("TimeoutError")
+        if not self._done and self._down is None:
+            self._connect_failed("TimeoutError")
 
     def _connect_failed(self, reason: str) -> None:
         route, target = self._route, self._target
         assert route is not None and target is not None
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        self._reactor.connect_over(self)
         if self._upstream is not None:
             self._reactor.forget(self._ufd)
             self._upstream.close()
@@ -658,9 +742,8 @@ class SplicedConnection:
         sock, route, up = self._upstream, self._route, self._up
         assert sock is not None and route is not None and up is not None
         assert self._target is not None
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        reactor = self._reactor
+        reactor.connect_over(self)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pipe = self._pipes.get()
@@ -674,7 +757,7 @@ class SplicedConnection:
         down.connect(self._client, self._cfd)
         down.readable = bool(events & _IN)
         up.connect(sock, self._ufd)
-        self._arm_idle()
+        reactor.live(self)
         up.move()
         if not self._done:
             down.move()
@@ -748,12 +831,7 @@ class SplicedConnection:
             return
         self._done = True
         reactor, pool = self._reactor, self._pipes
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-        if self._connect_timer is not None:
-            self._connect_timer.cancel()
-            self._connect_timer = None
+        reactor.gone(self)
         if self._up is not None:
             self._up.release(pool)
         if self._down is not None:
@@ -778,32 +856,14 @@ class SplicedConnection:
                 log.exception("TCP %s: route.closed failed", _fmt(self._sockname))
         self._proxy._remove(self)
 
-    # -- idle timeout -------------------------------------------------------------
-
-    def _arm_idle(self) -> None:
-        self._idle_handle = self._loop.call_later(
-            self._settings.idle_timeout / _IDLE_TICKS, self._idle_tick
+    def _idle(self) -> None:
+        log.debug(
+            "TCP %s from %s: idle for %ss, resetting",
+            _fmt(self._sockname),
+            _fmt(self._peer),
+            self._settings.idle_timeout,
         )
-
-    def _idle_tick(self) -> None:
-        self._idle_handle = None
-        if self._done:
-            return
-        if self._busy:
-            self._busy = False
-            self._quiet = 0
-        else:
-            self._quiet += 1
-            if self._quiet >= _IDLE_TICKS:
-                log.debug(
-                    "TCP %s from %s: idle for %ss, resetting",
-                    _fmt(self._sockname),
-                    _fmt(self._peer),
-                    self._settings.idle_timeout,
-                )
-                self.abort()
-                return
-        self._arm_idle()
+        self.abort()
 
 
 def _fmt(addr: tuple | Any) -> str:

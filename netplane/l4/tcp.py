@@ -190,10 +190,11 @@ class TcpProxy:
                 [sock] if sock is not None else await splice.bind(host, port, reuse_port=reuse_port)
             )
             if self._reactor is None:
-                self._reactor = splice.Reactor(loop)
+                st = self.settings
+                self._reactor = splice.Reactor(loop, st.connect_timeout, st.idle_timeout)
             reactor, SplicedConnection = self._reactor, splice.SplicedConnection
 
-            def accepted(client: socket.socket, peer: Any, sockname: Any) -> None:
+            def accepted(client: Any, peer: Any, sockname: Any) -> None:
                 conn = SplicedConnection(self, listener, loop, reactor, client, peer, sockname)
                 try:
                     conn.start()
