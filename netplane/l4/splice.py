@@ -493,7 +493,7 @@ class _Pump:
                     self.stuck = False
                     moved = True
             if self.eof:
-                if not self.inpipe and self.dst >= 0:
+                if not self.inpipe and not self.done and self.dst >= 0:
                     self._forward_eof()
                 return
             room = self.limit - self.inpipe
@@ -771,14 +771,11 @@ class SplicedConnection:
         assert up is not None
         if events & _IN:
             up.readable = True
-        if down is None:
-            up.move()  # connecting: fill the pipe (bounded), notice a reset or EOF
-            return
-        if events & _OUT:
+            up.move()  # while connecting: fill the pipe (bounded), notice a reset or EOF
+        if events & _OUT and down is not None and not self._done:
             down.writable = True
-        up.move()
-        if not self._done:
-            down.move()
+            if down.inpipe:
+                down.move()
 
     def _upstream_event(self, events: int) -> None:
         if self._done:
@@ -796,11 +793,11 @@ class SplicedConnection:
             return
         if events & _IN:
             down.readable = True
-        if events & _OUT:
+            down.move()
+        if events & _OUT and not self._done:
             up.writable = True
-        down.move()
-        if not self._done:
-            up.move()
+            if up.inpipe:
+                up.move()
 
     # -- endings --------------------------------------------------------------------
 
