@@ -147,6 +147,33 @@ def test_bytes_through_and_route_accounting(run) -> None:
     run(main())
 
 
+def test_wildcard_listener_routes_by_the_address_the_client_reached(run) -> None:
+    async def main() -> None:
+        seen: list[tuple] = []
+        async with server() as t:
+            proxy = new_proxy(FAST)
+            route = Route(t)
+
+            def resolve(sockname: tuple, peername: tuple) -> Route:
+                seen.append(sockname[:2])
+                return route
+
+            listener = await proxy.listen("0.0.0.0", 0, resolve)
+            port = listener.sockname[1]
+            try:
+                for ip in ("127.0.0.1", "127.0.0.2"):
+                    reader, writer = await asyncio.open_connection(ip, port)
+                    writer.write(ip.encode())
+                    writer.write_eof()
+                    assert await read_all(reader) == ip.encode()
+                    writer.close()
+            finally:
+                await proxy.close(1.0)
+            assert seen == [("127.0.0.1", port), ("127.0.0.2", port)]
+
+    run(main())
+
+
 def test_ipv6_loopback(run) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")

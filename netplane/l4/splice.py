@@ -4,25 +4,32 @@ Strategy:
 
 - Raw sockets, not transports. uvloop's transports own their descriptors
   (``add_reader`` on a transport's fd is refused) and read into Python bytes
-  before a protocol sees them, so a spliced connection never has a transport:
+  before a protocol sees them, so a spliced connection never has one:
   :class:`Acceptor` accepts on the listening socket from an ``add_reader``
   callback, and :class:`SplicedConnection` connects a non-blocking socket
-  with ``connect_ex`` and learns the outcome from ``add_writer`` plus
-  ``SO_ERROR``, under a ``call_later`` timeout. Detaching a transport's
-  socket instead would pay for a transport and a protocol per socket only to
-  throw them away, and a transport may already have read bytes. No task
-  and no future per connection either, which also helps connections/s.
-- One pipe per direction (:class:`_Pump`). Readable source: splice from the
-  socket into the pipe; then splice from the pipe into the destination
-  socket. A destination that takes less (EAGAIN) gets an ``add_writer``;
-  the source is read only while the pipe has room, so a full pipe stops
-  reading that direction and the kernel's receive window pushes back on
-  the sender. Bytes in a pipe are the relay's buffer: at most one pipe's
-  capacity per direction.
-- Pipes start at the kernel's default size and grow (``F_SETPIPE_SZ``, up
-  to ``pipe_size``, where the pipe limits allow it) only in a direction that
-  fills one, so short connections cost no more than 64 KiB of pipe budget.
-  Empty pipes are kept in a :class:`PipePool` for the next connection.
+  with ``connect_ex`` and learns the outcome from its first epoll event
+  (``SO_ERROR`` is read only when that event says the connect failed).
+  Detaching a transport's socket instead would pay for a transport and a
+  protocol per socket only to throw them away, and the transport may already
+  have read bytes. No task, future or timer per connection either.
+- One edge-triggered epoll per proxy (:class:`Reactor`), itself polled from
+  the loop with one ``add_reader``. Each socket is registered once, for
+  reading and writing, and leaves the set when it is closed: per connection
+  the kernel sees accept4, socket, connect, two epoll_ctl, the splices, one
+  shutdown and two closes, about what haproxy costs. uvloop's
+  ``add_reader``/``remove_reader`` per readiness change cost about 18
+  epoll_ctl per connection here, half of them failing.
+- One pipe per direction (:class:`_Pump`): splice from the source socket
+  into the pipe, then from the pipe into the destination, until one says
+  EAGAIN. The source is read only while its pipe has room, so a full pipe
+  (the destination not taking bytes) stops reading that direction and the
+  kernel's receive window pushes back on the sender. The bytes in the pipes
+  are the relay's buffer: at most one pipe's capacity per direction.
+- Pipes start at the kernel's default size (64 KiB) and grow
+  (``F_SETPIPE_SZ``, up to ``pipe_size``, where the pipe limits allow it)
+  only in a direction that fills one, so a short connection costs no more
+  pipe budget than that. Empty pipes are kept in a :class:`PipePool` for the
+  next connection.
 - Before the upstream is up, the client's bytes are spliced into its pipe
   (at most ``max_buffered``), after the PROXY v2 header when the route asks
   for one, so both reach the endpoint first and in order; the rest waits in
@@ -30,17 +37,12 @@ Strategy:
   resets or leaves while the connect is still in flight.
 - Half-close: EOF (a zero-byte splice) on one side becomes
   ``shutdown(SHUT_WR)`` on the other once that direction's pipe is drained;
-  when both directions are shut, both sockets are closed. Any error reading
-  or writing resets both sockets (``SO_LINGER`` 0), so each peer sees the
-  failure instead of a clean EOF. The idle timeout, connect retries and
+  when the second direction ends, both sockets are closed (the close sends
+  its FIN). Any error reading or writing resets both sockets (``SO_LINGER``
+  0), so each peer sees the failure instead of a clean EOF. Connect retries,
+  the connect and idle timeouts (swept by the reactor) and
   ``route.opened()/closed()/failed()`` work as in the Protocol relay of
   :mod:`.tcp`, which stays the path wherever splice is unavailable.
-- Per connection, the kernel sees what haproxy's would: accept4, socket,
-  connect, one epoll_ctl per socket (:class:`Reactor`: one edge-triggered
-  epoll per proxy, polled from the loop), the splices, one shutdown, two
-  closes. uvloop's ``add_reader``/``remove_reader`` cost about 18
-  epoll_ctl per connection here, and a timer per connection is replaced by
-  two sweeps per proxy.
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ class TcpProxy:
         return len(self._listeners)
 
     def buffered(self) -> int:
-        """Bytes held by the relay now: write buffers of both sides plus pre-connect bytes."""
+        """Bytes held by the relay now: write buffers (or splice pipes) and pre-connect bytes."""
         return sum(c.buffered() for c in self._conns)
 
     async def listen(
