@@ -81,6 +81,8 @@ ACCEPT_BATCH = 64
 #: accept errors that mean "out of descriptors or memory": stop accepting for a while
 _ACCEPT_PAUSE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 _ACCEPT_PAUSE = 1.0
+#: splice rounds (read + write) per direction before it yields to the loop
+_ROUNDS = 16
 # Linux's values; not every Python names them
 _IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
 _IPV6_TRANSPARENT = 75
@@ -433,6 +435,7 @@ class _Pump:
     """One direction of a spliced connection: source socket -> pipe -> destination socket."""
 
     __slots__ = (
+        "again",
         "conn",
         "done",
         "dst",
@@ -463,6 +466,7 @@ class _Pump:
         self.stuck = False  # a read found no free slot in the pipe
         self.eof = False  # src sent its FIN
         self.done = False  # ... and it was forwarded to dst
+        self.again = False  # a move() is scheduled with call_soon
 
     @property
     def full(self) -> bool:
@@ -477,10 +481,17 @@ class _Pump:
         self.limit = self.pipe[2]
 
     def move(self) -> None:
-        """Move bytes src -> pipe -> dst until nothing more can move now."""
+        """Move bytes src -> pipe -> dst until nothing more can move now.
+
+        A direction that could go on for ever (a fast sender, a fast reader)
+        stops after ``_ROUNDS`` rounds and goes on from ``call_soon``, so one
+        connection cannot starve the loop; with edge-triggered events nothing
+        else would wake it for the bytes already waiting.
+        """
         conn = self.conn
         pr, pw = self.pipe[0], self.pipe[1]
-        while True:
+        self.again = False
+        for _ in range(_ROUNDS):
             moved = False
             if self.inpipe and self.writable:
                 try:
@@ -522,6 +533,12 @@ class _Pump:
                         self.limit = self.pipe[2]
             if not moved:
                 return
+        self.again = True
+        conn._loop.call_soon(self._move_again)
+
+    def _move_again(self) -> None:
+        if self.again and not self.conn._done:
+            self.move()
 
     def _forward_eof(self) -> None:
         if self.done:
