@@ -650,11 +650,18 @@ class SplicedConnection:
     def start(self) -> None:
         """Route the accepted client, then connect to its endpoint (or reset the client)."""
         proxy, sock = self._proxy, self._client
-        sock.setblocking(False)
-        target = route = None
         try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if not self._sockname:
                 self._sockname = sock.getsockname()
+        except OSError as e:  # the client is gone already
+            proxy.accepted += 1
+            log.debug("TCP from %s: gone before it was routed (%s)", _fmt(self._peer), e)
+            sock.close()
+            return
+        target = route = None
+        try:
             route = self._listener.resolve(self._sockname, self._peer)
             if route is not None:
                 target = route.pick(self._peer[0])
@@ -681,7 +688,6 @@ class SplicedConnection:
             return
         proxy._add(self)
         self._route = route
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._up = up = _Pump(self, self._cfd, pipe, self._settings.max_buffered)
         if route.proxy_protocol:
             try:
