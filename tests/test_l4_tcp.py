@@ -1,9 +1,10 @@
-"""The TCP relay with real sockets on loopback, under both asyncio's loop and uvloop."""
+"""The TCP relay with real sockets on loopback: both relays (splice and Protocols), both loops."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from l4_fakes import Route
 
+from netplane.l4 import splice
 from netplane.l4.flow_control import PENDING_FULL, FlowControl
 from netplane.l4.picker import Target
 from netplane.l4.proxy_protocol import decode_v2
@@ -18,6 +20,22 @@ from netplane.l4.tcp import TcpProxy, TcpSettings
 
 WAIT = 5.0
 FAST = TcpSettings(connect_timeout=0.3, connect_attempts=3, idle_timeout=30.0)
+PATH = {"splice": True}
+
+
+@pytest.fixture(params=["splice", "protocol"], autouse=True)
+def relay_path(request: pytest.FixtureRequest) -> str:
+    """Every test here runs on both relays (the splice one only where the platform has it)."""
+    if request.param == "splice" and not splice.available():
+        pytest.skip("os.splice is not available here")
+    PATH["splice"] = request.param == "splice"
+    return request.param
+
+
+def new_proxy(settings: TcpSettings) -> TcpProxy:
+    proxy = TcpProxy(dataclasses.replace(settings, splice=PATH["splice"]))
+    assert proxy.spliced == PATH["splice"]
+    return proxy
 
 
 async def echo_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,7 +64,7 @@ async def server(handler=echo_handler, host: str = "127.0.0.1") -> AsyncIterator
 async def relay(
     route: Route | None, settings: TcpSettings = FAST, host: str = "127.0.0.1"
 ) -> AsyncIterator[tuple[TcpProxy, tuple[str, int]]]:
-    proxy = TcpProxy(settings)
+    proxy = new_proxy(settings)
     listener = await proxy.listen(host, 0, lambda sockname, peername: route)
     try:
         yield proxy, listener.sockname[:2]
@@ -129,6 +147,33 @@ def test_bytes_through_and_route_accounting(run) -> None:
     run(main())
 
 
+def test_wildcard_listener_routes_by_the_address_the_client_reached(run) -> None:
+    async def main() -> None:
+        seen: list[tuple] = []
+        async with server() as t:
+            proxy = new_proxy(FAST)
+            route = Route(t)
+
+            def resolve(sockname: tuple, peername: tuple) -> Route:
+                seen.append(sockname[:2])
+                return route
+
+            listener = await proxy.listen("0.0.0.0", 0, resolve)
+            port = listener.sockname[1]
+            try:
+                for ip in ("127.0.0.1", "127.0.0.2"):
+                    reader, writer = await asyncio.open_connection(ip, port)
+                    writer.write(ip.encode())
+                    writer.write_eof()
+                    assert await read_all(reader) == ip.encode()
+                    writer.close()
+            finally:
+                await proxy.close(1.0)
+            assert seen == [("127.0.0.1", port), ("127.0.0.2", port)]
+
+    run(main())
+
+
 def test_ipv6_loopback(run) -> None:
     if not socket.has_ipv6:
         pytest.skip("no IPv6")
@@ -165,7 +210,7 @@ def test_bulk_both_ways_with_slow_reader_stays_bounded(run) -> None:
         writer.close()
 
     async def main() -> None:
-        settings = TcpSettings(high_water=65536)
+        settings = TcpSettings(high_water=65536, pipe_size=65536)
         async with server(slow_sink_then_source) as t, relay(Route(t), settings) as (proxy, addr):
             peak = 0
 
@@ -208,7 +253,7 @@ def test_stalled_endpoint_pauses_the_client(run) -> None:
 
     async def main() -> None:
         stalls["go"] = release()
-        settings = TcpSettings(high_water=32768)
+        settings = TcpSettings(high_water=32768, pipe_size=65536)
         async with server(stalled_sink) as t, relay(Route(t), settings) as (proxy, addr):
             _reader, writer = await asyncio.open_connection(*addr)
             conn = next(iter(proxy._conns))
@@ -216,13 +261,13 @@ def test_stalled_endpoint_pauses_the_client(run) -> None:
             sent = 0
             async with asyncio.timeout(WAIT):
                 # Push until the relay stops reading the client (kernel buffers fill first).
-                while not conn._client_read.paused and sent < (256 << 20):
+                while not conn.client_paused and sent < (256 << 20):
                     writer.write(chunk)
                     sent += len(chunk)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(0.01):
                             await writer.drain()
-            assert conn._client_read.paused
+            assert conn.client_paused
             assert proxy.buffered() <= 32768 + 262144
             stalls["go"].set()
             async with asyncio.timeout(WAIT):
@@ -448,7 +493,7 @@ def test_client_reset_propagates_upstream(run) -> None:
 def test_listener_close_keeps_existing_connections(run) -> None:
     async def main() -> None:
         async with server() as t:
-            proxy = TcpProxy(FAST)
+            proxy = new_proxy(FAST)
             listener = await proxy.listen("127.0.0.1", 0, lambda s, p: Route(t))
             addr = listener.sockname[:2]
             reader, writer = await asyncio.open_connection(*addr)
@@ -559,9 +604,9 @@ def test_bytes_sent_while_connecting_are_bounded_then_delivered(run) -> None:
                 conn = next(iter(proxy._conns))
                 total = 4 << 20
                 writer.write(b"y" * total)  # far more than max_buffered
-                await wait_for(lambda: conn._client_read.paused, timeout=0.25)
-                assert conn._upstream is None  # still on the first (blackholed) attempt
-                assert conn._pending_size <= 65536 + 262144
+                await wait_for(lambda: conn.client_paused, timeout=0.25)
+                assert not conn.upstream_connected  # still on the first (blackholed) attempt
+                assert conn.pending_size <= 65536 + 262144
                 async with asyncio.timeout(WAIT):
                     await writer.drain()
                 writer.write_eof()

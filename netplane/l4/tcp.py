@@ -1,6 +1,12 @@
 """The TCP relay: accept on a frontend address, connect to an endpoint, copy bytes both ways.
 
-Strategy:
+Two relays share :class:`TcpProxy` and :class:`Listener`: on Linux the
+zero-copy one of :mod:`.splice` (raw sockets, ``os.splice`` through a pipe
+per direction), everywhere else, or with ``TcpSettings(splice=False)``, the
+Protocol relay below. Both keep the same contract: backpressure, half-close,
+resets, the idle timeout, connect retries, PROXY v2 and route accounting.
+
+Strategy of the Protocol relay:
 
 - Two thin ``asyncio.Protocol`` objects per connection: :class:`_Connection`
   for the accepted client socket (it owns all the state) and
@@ -46,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from netplane.l4 import splice
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
 from netplane.l4.proxy_protocol import encode_v2, encode_v2_local
 
@@ -74,14 +81,18 @@ class TcpSettings:
     high_water: int = HIGH_WATER
     #: client bytes kept while the upstream connection is being set up
     max_buffered: int = 262144
+    #: relay with os.splice where the platform can (Linux); False: always the Protocol relay
+    splice: bool = True
+    #: bytes a splice pipe may grow to in a direction that fills it (where the pipe limits allow)
+    pipe_size: int = 1 << 20
 
     def __post_init__(self) -> None:
         if self.connect_timeout <= 0 or self.idle_timeout <= 0:
             raise ValueError("TcpSettings: timeouts must be positive")
         if self.connect_attempts < 1:
             raise ValueError("TcpSettings: connect_attempts must be at least 1")
-        if self.high_water < 1 or self.max_buffered < 1:
-            raise ValueError("TcpSettings: high_water and max_buffered must be positive")
+        if self.high_water < 1 or self.max_buffered < 1 or self.pipe_size < 1:
+            raise ValueError("TcpSettings: high_water, max_buffered and pipe_size must be positive")
 
 
 def reset(transport: asyncio.BaseTransport) -> None:
@@ -130,8 +141,12 @@ class TcpProxy:
 
     def __init__(self, settings: TcpSettings | None = None) -> None:
         self.settings = settings or TcpSettings()
+        #: whether new listeners relay with os.splice (else through Protocols)
+        self.spliced = self.settings.splice and splice.available()
+        self._pipes = splice.PipePool(self.settings.pipe_size)
+        self._reactor: splice.Reactor | None = None
         self._listeners: set[Listener] = set()
-        self._conns: set[_Connection] = set()
+        self._conns: set[_Connection | splice.SplicedConnection] = set()
         self._empty = asyncio.Event()
         self._empty.set()
         # counters, for metrics
@@ -154,7 +169,7 @@ class TcpProxy:
         return len(self._listeners)
 
     def buffered(self) -> int:
-        """Bytes held by the relay now: write buffers of both sides plus pre-connect bytes."""
+        """Bytes held by the relay now: write buffers (or splice pipes) and pre-connect bytes."""
         return sum(c.buffered() for c in self._conns)
 
     async def listen(
@@ -170,6 +185,31 @@ class TcpProxy:
         """Listen on ``host:port`` (or the given bound ``sock``); raises OSError if it cannot."""
         loop = asyncio.get_running_loop()
         listener = Listener(self, resolve)
+        if self.spliced:
+            socks = (
+                [sock] if sock is not None else await splice.bind(host, port, reuse_port=reuse_port)
+            )
+            if self._reactor is None:
+                st = self.settings
+                self._reactor = splice.Reactor(loop, st.connect_timeout, st.idle_timeout)
+            reactor, SplicedConnection = self._reactor, splice.SplicedConnection
+
+            def accepted(client: Any, peer: Any, sockname: Any) -> None:
+                conn = SplicedConnection(self, listener, loop, reactor, client, peer, sockname)
+                try:
+                    conn.start()
+                except Exception:
+                    log.exception("TCP %s: accepting a connection failed", _fmt(peer))
+                    conn.abort()
+
+            try:
+                listener._server = splice.Acceptor(loop, socks, accepted, backlog)  # type: ignore[assignment]
+            except BaseException:
+                for s in socks:
+                    s.close()
+                raise
+            self._listeners.add(listener)
+            return listener
 
         def factory() -> _Connection:
             return _Connection(self, listener, loop)
@@ -208,13 +248,17 @@ class TcpProxy:
         for listener in list(self._listeners):
             listener.close()
         await self.drain(grace)
+        self._pipes.close()
+        if self._reactor is not None:
+            self._reactor.close()
+            self._reactor = None
 
-    def _add(self, conn: _Connection) -> None:
+    def _add(self, conn: _Connection | splice.SplicedConnection) -> None:
         self._conns.add(conn)
         self._empty.clear()
         self.accepted += 1
 
-    def _remove(self, conn: _Connection) -> None:
+    def _remove(self, conn: _Connection | splice.SplicedConnection) -> None:
         self._conns.discard(conn)
         if not self._conns:
             self._empty.set()
@@ -319,6 +363,22 @@ class _Connection(asyncio.Protocol):
         self._idle_handle: asyncio.TimerHandle | None = None
         self._busy = False
         self._quiet = 0
+
+    # -- what tests and the proxy look at -----------------------------------------
+
+    @property
+    def client_paused(self) -> bool:
+        """Whether the relay is not reading the client now (backpressure, or pending full)."""
+        return self._client_read is not None and self._client_read.paused
+
+    @property
+    def upstream_connected(self) -> bool:
+        return self._upstream is not None
+
+    @property
+    def pending_size(self) -> int:
+        """Client bytes held while the upstream is not up yet."""
+        return self._pending_size
 
     # -- client side (asyncio.Protocol) -----------------------------------------
 
