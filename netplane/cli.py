@@ -109,6 +109,11 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     ),
     (("--tcp-idle-seconds",), "tcp-idle-seconds", {"metavar": "S", "help": "default 3600"}),
     (
+        ("--tcp-relay",),
+        "tcp-relay",
+        {"choices": cfgmod.TCP_RELAYS, "help": "splice (zero-copy, Linux; default) or protocol"},
+    ),
+    (
         ("--udp-idle-seconds",),
         "udp-idle-seconds",
         {"metavar": "S", "help": "UDP flow idle timeout (default 30)"},

@@ -30,6 +30,7 @@ NODE_SERVICE_CIDR = "10.96.0.0/12"
 MODES = ("local", "node")
 LOG_FORMATS = ("text", "json")
 LB_POLICIES = ("round-robin", "least-connections")
+TCP_RELAYS = ("splice", "protocol")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -95,6 +96,7 @@ class Config:
     lb_policy: str = "round-robin"
     connect_timeout: float = 2.0
     tcp_idle_seconds: float = 3600.0
+    tcp_relay: str = "splice"
     udp_idle_seconds: float = 30.0
     derive_endpoints_from_pods: bool | None = None  # None: on unless the API is a source
     config_file: str | None = field(default=None, compare=False)
@@ -281,6 +283,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "lb-policy": ("lb_policy", _choice(LB_POLICIES)),
     "connect-timeout": ("connect_timeout", _positive_seconds),
     "tcp-idle-seconds": ("tcp_idle_seconds", _positive_seconds),
+    "tcp-relay": ("tcp_relay", _choice(TCP_RELAYS)),
     "udp-idle-seconds": ("udp_idle_seconds", _positive_seconds),
 }
 

@@ -177,7 +177,11 @@ def proxy_for(cfg: Config, dp: Dataplane) -> L4Proxy | None:
         node_name=cfg.node_name,
         nodeport_addresses=cfg.effective_nodeport_addresses,
         default_policy=cfg.lb_policy,
-        tcp=TcpSettings(connect_timeout=cfg.connect_timeout, idle_timeout=cfg.tcp_idle_seconds),
+        tcp=TcpSettings(
+            connect_timeout=cfg.connect_timeout,
+            idle_timeout=cfg.tcp_idle_seconds,
+            splice=cfg.tcp_relay == "splice",
+        ),
         udp=UdpSettings(flow_idle_timeout=cfg.udp_idle_seconds),
         local_routes=LocalRoutes() if cfg.mode == "node" else None,
         service_cidrs=cfg.effective_service_cidrs,

@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from netplane.l4 import splice
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
@@ -415,3 +417,20 @@ async def test_sigterm_fails_readyz_and_lets_open_connections_finish(tmp_path, d
     async with asyncio.timeout(10):
         await d.proc.communicate()
     assert d.proc.returncode == 0
+
+
+@needs_curl
+@pytest.mark.parametrize("relay", ["splice", "protocol"])
+async def test_either_tcp_relay_serves_and_says_which_runs(tmp_path, daemon, backends, relay):
+    port = free_port()
+    await backends.http("127.0.29.1", port)
+    write(tmp_path / "m", "relay", [
+        service("relay", "127.77.0.33", 8080),
+        endpoints("relay", [("127.0.29.1", port)]),
+    ])  # fmt: skip
+    d = await daemon("--tcp-relay", relay)
+    await d.until_listening("127.77.0.33:8080/TCP")
+    assert await curl("http://127.77.0.33:8080/") == (0, "127.0.29.1")
+    state = (await asyncio.to_thread(d.state))["planes"]["proxy"]
+    want = relay if splice.available() else "protocol"
+    assert state["tcp_relay"] == want

@@ -367,6 +367,7 @@ class L4Proxy:
         return {
             "listeners": sorted(_fmt(k) for k in self._sockets),
             "frontends": len(self._socket_of),
+            "tcp_relay": "splice" if self.tcp.spliced else "protocol",
             "tcp_connections": self.tcp.connections,
             "udp_flows": self.udp.flows,
             "udp_dropped_overflow": self.udp.dropped_overflow,
