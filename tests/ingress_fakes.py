@@ -189,3 +189,83 @@ def responses(raw: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
         out.append((status, headers, rest[:n]))
         raw = rest[n:]
     return out
+
+
+# -- the daemon as a process, for the e2e tests ------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    """``netplane run`` with the ingress on free loopback ports, reading a manifest directory."""
+
+    def __init__(self, manifests: Any) -> None:
+        self.manifests = manifests
+        self.http = free_port()
+        self.https = free_port()
+        self.admin = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.output = b""
+
+    async def start(self, *extra: str) -> Daemon:
+        import os
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "netplane", "run", "-f", str(self.manifests),
+            "--mode", "local", "--proxy", "off", "--dns", "off",
+            "--admin", f"127.0.0.1:{self.admin}",
+            "--ingress-http", f"127.0.0.1:{self.http}", "--ingress-https", f"127.0.0.1:{self.https}",
+            "--manifest-poll-seconds", "0.05", "--drain-seconds", "1", *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        return self
+
+    def write(self, name: str, objs: list[dict]) -> None:
+        import yaml
+
+        path = self.manifests / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump_all(objs))
+        tmp.rename(path)
+
+    async def until(self, url: str, *args: str, status: int = 200, timeout: float = 10) -> None:
+        """Poll with curl until ``url`` answers ``status`` (routes and listeners are up)."""
+        got: Any = None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    got = await curl(url, *args, "-o", "/dev/null", "-w", "%{http_code}")
+                    if got[1] == str(status):
+                        return
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(
+                f"{url} did not answer {status} in {timeout} s (last: {got})"
+            ) from None
+
+    async def stop(self) -> None:
+        import signal
+
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                out, _ = await proc.communicate()
+                self.output = out or b""
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def curl(url: str, *args: str) -> tuple[int, str]:
+    """Run curl; (exit code, stdout or else stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "5", *args, url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode, (out or err).decode(errors="replace")
