@@ -405,3 +405,34 @@ def test_debug_state_lists_hosts_and_paths() -> None:
         "port": 80,
         "endpoints": 1,
     }
+
+
+# -- the lookup cache ----------------------------------------------------------------------
+
+
+def test_repeated_requests_see_route_changes_at_once() -> None:
+    w = World(*SVCS, ingress("a", [("foo.example", [path("/", "s0")])]))
+    for _ in range(3):
+        assert w.service_for("foo.example", "/x") == "s0"
+    w.apply(ingress("a", [("foo.example", [path("/", "s1")])]))
+    assert w.service_for("foo.example", "/x") == "s1"
+    w.apply(ingress("b", [("foo.example", [path("/x", "s2", "Exact")])]))
+    assert w.service_for("foo.example", "/x") == "s2"
+    w.delete("Ingress", "b")
+    assert w.service_for("foo.example", "/x") == "s1"
+    w.delete("Ingress", "a")
+    assert w.service_for("foo.example", "/x") == 404
+    w.apply(ingress("c", [("foo.example", [path("/", "s0")])]))
+    assert w.service_for("foo.example", "/x") == "s0"
+
+
+def test_the_lookup_cache_is_bounded() -> None:
+    from netplane.ingress import routes
+
+    w = World(*SVCS, ingress("a", [("", [path("/", "s0")])]))
+    for i in range(routes._CACHE_MAX_ENTRIES + 100):
+        assert w.service_for(f"h{i % 7}.example", f"/p/{i}") == "s0"
+    assert w.service_for("h.example", "/" + "x" * 10_000) == "s0"
+    held = sum(len(d) for d in w.routes._cache.values())
+    assert 0 < held <= routes._CACHE_MAX_ENTRIES
+    assert all(len(t) <= routes._CACHE_MAX_TARGET for d in w.routes._cache.values() for t in d)
