@@ -436,3 +436,85 @@ def test_the_lookup_cache_is_bounded() -> None:
     held = sum(len(d) for d in w.routes._cache.values())
     assert 0 < held <= routes._CACHE_MAX_ENTRIES
     assert all(len(t) <= routes._CACHE_MAX_TARGET for d in w.routes._cache.values() for t in d)
+
+
+# -- incremental == rebuild, for random histories ------------------------------------------
+
+HOSTS = ["a.example", "b.example", "*.w.example", ""]
+PATHS = [("/", "Prefix"), ("/x", "Prefix"), ("/x", "Exact"), ("/x/y", "Prefix")]
+REQUESTS = [
+    (h, p)
+    for h in ("a.example", "b.example", "q.w.example", "other")
+    for p in ("/", "/x", "/x/", "/x/y/z", "/z")
+]
+
+
+def _random_ingress(draw, name: str) -> dict:  # type: ignore[no-untyped-def]
+    from hypothesis import strategies as st
+
+    rules = []
+    for host in draw(st.lists(st.sampled_from(HOSTS), max_size=2, unique=True)):
+        chosen = draw(st.lists(st.sampled_from(PATHS), min_size=1, max_size=3, unique=True))
+        rules.append(
+            (host, [path(p, draw(st.sampled_from(["s0", "s1", "s2"])), k) for p, k in chosen])
+        )
+    default = backend("dflt") if draw(st.booleans()) or not rules else None
+    tls = (
+        [{"hosts": [draw(st.sampled_from(HOSTS[:3]))], "secretName": "t"}]
+        if draw(st.booleans())
+        else None
+    )
+    annotations = {}
+    if draw(st.booleans()):
+        annotations["nginx.ingress.kubernetes.io/canary"] = "true"
+        annotations["nginx.ingress.kubernetes.io/canary-by-header"] = "x-canary"
+    return ingress(
+        name,
+        rules,
+        default=default,
+        tls=tls,
+        annotations=annotations,
+        created=draw(st.sampled_from(["2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z"])),
+        cls=draw(st.sampled_from(["netplane", "netplane", "nginx"])),
+    )
+
+
+def test_random_histories_match_a_rebuild() -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    @st.composite
+    def steps(draw):  # type: ignore[no-untyped-def]
+        out = []
+        for _ in range(draw(st.integers(1, 8))):
+            name = draw(st.sampled_from(["i1", "i2", "i3"]))
+            if draw(st.integers(0, 4)) == 0:
+                out.append(("delete", name))
+            else:
+                out.append(("apply", _random_ingress(draw, name)))
+        return out
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(steps())
+    def check(history: list) -> None:
+        w = World(*SVCS)
+        for step, (op, arg) in enumerate(history):
+            if op == "delete":
+                w.delete("Ingress", arg)
+            else:
+                w.apply(arg)
+            before = [w.service_for(h, p) for h, p in REQUESTS]
+            w.assert_matches_rebuild()
+            fresh = World(*SVCS)
+            for obj in w.state.objects("Ingress"):
+                fresh.apply(_raw_of(obj.key.name, history[: step + 1]))
+            assert [fresh.service_for(h, p) for h, p in REQUESTS] == before
+
+    check()
+
+
+def _raw_of(name: str, history: list) -> dict:
+    """The last applied raw object named ``name``."""
+    return next(
+        arg for op, arg in reversed(history) if op == "apply" and arg["metadata"]["name"] == name
+    )
