@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ class IngressSettings:
     access_log: str | None = "stdout"
     access_log_format: str = "text"
     http_settings: HttpSettings = field(default_factory=HttpSettings)
+    #: False: no TLS session tickets, so every new connection is a full handshake
+    tls_resumption: bool = True
     upstream_max_idle: int = 32
     upstream_idle_timeout: float = 60.0
 
@@ -91,7 +94,11 @@ class IngressPlane:
             if s.http is not None:
                 await self.server.listen(*s.http)
             if s.https is not None:
-                bound = await self.server.listen(*s.https, tls=self.certs.server_context())
+                ctx = self.certs.server_context()
+                if not s.tls_resumption:
+                    ctx.num_tickets = 0  # TLS 1.3 resumes only by ticket
+                    ctx.options |= ssl.OP_NO_TICKET
+                bound = await self.server.listen(*s.https, tls=ctx)
                 if s.https[1] == 0:  # ssl-redirect must name the port actually bound
                     self.routes.https_port = bound[1]
         except OSError as e:

@@ -159,6 +159,11 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "ingress-keepalive-timeout",
         {"metavar": "S", "help": "default 75"},
     ),
+    (
+        ("--ingress-tls-resumption",),
+        "ingress-tls-resumption",
+        {"choices": ("on", "off"), "help": "TLS session tickets (default on)"},
+    ),
 ]
 
 

@@ -106,6 +106,7 @@ class Config:
     ingress_header_timeout: float = 60.0
     ingress_body_timeout: float = 60.0
     ingress_keepalive_timeout: float = 75.0
+    ingress_tls_resumption: bool = True  # off: no session tickets (full handshakes, for bench)
     config_file: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -329,6 +330,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "ingress-header-timeout": ("ingress_header_timeout", _positive_seconds),
     "ingress-body-timeout": ("ingress_body_timeout", _positive_seconds),
     "ingress-keepalive-timeout": ("ingress_keepalive_timeout", _positive_seconds),
+    "ingress-tls-resumption": ("ingress_tls_resumption", _bool),
 }
 
 

@@ -210,6 +210,7 @@ def ingress_for(cfg: Config, dp: Dataplane) -> Any:
             hsts=cfg.ingress_hsts.encode() if cfg.ingress_hsts else None,
             access_log=cfg.ingress_access_log,
             access_log_format=cfg.log_format,
+            tls_resumption=cfg.ingress_tls_resumption,
             http_settings=HttpSettings(
                 max_header_bytes=cfg.ingress_max_header_bytes,
                 header_timeout=cfg.ingress_header_timeout,

@@ -123,6 +123,7 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "ingress-header-timeout": [("5", 5.0)],
     "ingress-body-timeout": [(30, 30.0)],
     "ingress-keepalive-timeout": [("1.5", 1.5)],
+    "ingress-tls-resumption": [("off", False)],
 }
 
 BAD: dict[str, list[tuple[object, str]]] = {
@@ -176,6 +177,7 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "ingress-header-timeout": [(0, "must be more than 0")],
     "ingress-body-timeout": [("x", "not a number of seconds")],
     "ingress-keepalive-timeout": [(-1, "not a finite, non-negative number")],
+    "ingress-tls-resumption": [("maybe", "'maybe' is not on/off")],
 }
 
 
