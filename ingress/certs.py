@@ -43,7 +43,7 @@ log = logging.getLogger("netplane.ingress.certs")
 
 ALPN = ["http/1.1"]
 GENERATED_NAME = "netplane default certificate"
-_KINDS = frozenset({"Ingress", "IngressClass", "Secret"})
+_ROUTING_KINDS = frozenset({"Ingress", "IngressClass"})
 
 
 class CertificateError(ValueError):
@@ -72,7 +72,7 @@ def new_context() -> ssl.SSLContext:
 
 def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
     """load_cert_chain from memory: memfd where the kernel has it, else a private temp dir."""
-    if hasattr(os, "memfd_create"):
+    if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
         fds = [os.memfd_create("netplane-cert"), os.memfd_create("netplane-key")]
         try:
             for fd, data in zip(fds, (cert_pem, key_pem), strict=True):
@@ -190,6 +190,8 @@ class CertStore:
         # host -> (Secret key, Ingress key) for every spec.tls host, usable or not.
         self._hosts: dict[str, tuple[ObjectKey, ObjectKey]] = {}
         self._problems: set[str] = set()
+        # Secrets named by our Ingresses (or as the default): changes to others are ignored.
+        self._wanted: frozenset[ObjectKey] = frozenset()
         # The listener's own context holds the fallback too; the SNI callback
         # replaces it per handshake (it runs also when the client sends no name).
         self._server = new_context()
@@ -272,6 +274,7 @@ class CertStore:
             else:
                 default, source = cert, str(skey)
         self._exact, self._wild, self._hosts = exact, wild, hosts
+        self._wanted = frozenset(wanted)
         self._default, self._default_source = default, source
         for p in problems:
             if p not in self._problems:
@@ -279,9 +282,11 @@ class CertStore:
         self._problems = set(problems)
 
     def apply(self, state: ClusterState, change: Change) -> None:
-        """Follow a change; only Ingresses, IngressClasses and Secrets matter here."""
-        if any(k.kind in _KINDS for k in change.objects):
-            self.rebuild(state)
+        """Follow a change: Ingresses, IngressClasses and the Secrets in use matter here."""
+        for k in change.objects:
+            if k.kind in _ROUTING_KINDS or (k.kind == "Secret" and k in self._wanted):
+                self.rebuild(state)
+                return
 
     def _certificate(self, state: ClusterState, skey: ObjectKey) -> Certificate | str:
         """The certificate of a Secret, parsed once per version, or why it cannot serve."""
