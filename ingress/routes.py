@@ -383,6 +383,7 @@ class RouteTable:
         self._any: _Host | None = None
         self._default: _Location | None = None
         self._pools: dict[tuple[str, str, int | None, str], _Pool] = {}
+        self._by_service: dict[ServiceKey, list[_Pool]] = {}
         self._options: dict[tuple, ProxyOptions] = {}
         self._table: ServiceTable | None = None
         # Problems found at the last build, for /debug/state: by host ("" for
@@ -414,6 +415,7 @@ class RouteTable:
         self._problems = {}
         old_pools = self._pools
         self._pools = {}
+        self._by_service = {}
         for host in list(self._host_ingresses):
             self._build_host(host, old_pools)
         self._build_default(old_pools)
@@ -459,7 +461,7 @@ class RouteTable:
             tls = self._compute_tls()
             if tls != self._tls_patterns:
                 self._tls_patterns = tls
-                touched.update(self._hosts)
+                touched.update(n for n, h in self._hosts.items() if h.tls != self._has_tls(n))
             pools = self._pools
             for host in touched:
                 self._build_host(host, pools)
@@ -468,10 +470,10 @@ class RouteTable:
             self._sweep_pools()
         services = set(change.services)
         services.update((k.namespace, k.name) for k in objects if k.kind == "Service")
-        if services:
-            for pool in self._pools.values():
-                if (pool.key[0], pool.key[1]) in services:
-                    pool.update(table)
+        by_service = self._by_service
+        for sk in services:
+            for pool in by_service.get(sk, ()):
+                pool.update(table)
 
     def _add_ingress(self, ing: Ingress) -> None:
         self._ingresses[ing.key] = ing
@@ -524,6 +526,7 @@ class RouteTable:
                 if self._table is not None:
                     pool.update(self._table)
             self._pools[key] = pool
+            self._by_service.setdefault(pool.service, []).append(pool)
         return pool
 
     def _sweep_pools(self) -> None:
@@ -540,6 +543,9 @@ class RouteTable:
             if loc.canary is not None:
                 live.add(id(loc.canary.pool))
         self._pools = {k: p for k, p in self._pools.items() if id(p) in live}
+        self._by_service = {}
+        for p in self._pools.values():
+            self._by_service.setdefault(p.service, []).append(p)
 
     def _proxy_options(self, ann: Annotations) -> ProxyOptions:
         key = (ann.body_limit, ann.connect_timeout, ann.read_timeout, ann.send_timeout)
