@@ -836,6 +836,10 @@ class RouteTable:
         if loc.ssl_redirect and not https:
             port = "" if self.https_port == 443 else f":{self.https_port}"
             hostname = split_host(host) or "localhost"
+            if not target.startswith("/"):  # absolute-form: keep its path and query
+                scheme = target.find("://")
+                slash = target.find("/", scheme + 3) if scheme >= 0 else -1
+                target = target[slash:] if slash >= 0 else "/"
             return Redirect(308, f"https://{hostname}{port}{target}".encode(), loc.ingress)
         if loc.unsupported is not None:
             return Respond(503, loc.unsupported, loc.ingress)
@@ -929,6 +933,7 @@ class RouteTable:
             "hosts": hosts,
             "defaultBackend": loc_dict(self._default) if self._default else None,
             "pools": len(self._pools),
+            "cachedLookups": self._cached,
             "problems": sorted(
                 [p for ps in self._problems.values() for p in ps]
                 + [f"{k}: {p}" for k, ps in self._ingress_problems.items() for p in ps]

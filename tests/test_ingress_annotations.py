@@ -225,6 +225,12 @@ def test_ssl_redirect_names_the_https_port_when_not_443() -> None:
     assert isinstance(d, Redirect) and d.location == b"https://a.example:8443/x"
 
 
+def test_ssl_redirect_of_an_absolute_form_target() -> None:
+    w = one({}, tls=True)
+    d = w.route("a.example", "http://a.example/p?q=1")
+    assert isinstance(d, Redirect) and d.location == b"https://a.example/p?q=1"
+
+
 def test_wildcard_tls_covers_a_host_for_ssl_redirect() -> None:
     raw = ingress(
         "ing",
