@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from typing import Any
 
@@ -39,73 +40,117 @@ class AccessLog:
         else:
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._own = True
-        self._lines: list[str] = []
+        self._lines: list[bytes] = []
         self._size = 0
         self._sec = -1
-        self._stamp = ""
+        self._offset = 0.0
+        self._wall = 0
+        self._stamp = b""
+        self._names: dict[Any, bytes] = {}
+        self._quotes: dict[bytes, bytes] = {}
+        self._ups: dict[tuple[str, int], bytes] = {}
         self.lines_written = 0
 
-    def _now(self) -> str:
-        t = time.time()
-        sec = int(t)
-        if sec != self._sec:
+    def _stamp_for(self, now: float) -> bytes:
+        """The wall-clock time of monotonic ``now``, as the daemon's log writes it."""
+        sec = int(now)
+        if sec != self._sec:  # once a second: re-anchor the monotonic clock to the wall
             self._sec = sec
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._stamp}.{int((t - sec) * 1000):03d}Z"
+            self._offset = time.time() - now
+            self._wall = int(now + self._offset)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._wall)).encode()
+        t = now + self._offset
+        ms = int((t - self._wall) * 1000)
+        if not 0 <= ms < 1000:  # the wall second moved within this monotonic second
+            self._wall = int(t)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._wall)).encode()
+            ms = int((t - self._wall) * 1000)
+        return b"%s.%03dZ" % (self._stamp, ms)
+
+    def _ingress(self, key: Any) -> bytes:
+        name = self._names.get(key)
+        if name is None:
+            name = self._names[key] = f"{key.namespace}/{key.name}".encode() if key else b"-"
+            if len(self._names) > 10000:
+                self._names.clear()
+        return name
+
+    # Small caches: the same paths, hosts and endpoints come back request after request.
+
+    def _quoted(self, text: bytes) -> bytes:
+        q = self._quotes.get(text)
+        if q is None:
+            if len(self._quotes) > 4096:
+                self._quotes.clear()
+            q = self._quotes[text] = _quote(text)
+        return q
+
+    def _upstream(self, up: tuple[str, int] | None) -> bytes:
+        if up is None:
+            return b"-"
+        u = self._ups.get(up)
+        if u is None:
+            if len(self._ups) > 4096:
+                self._ups.clear()
+            u = self._ups[up] = (
+                f"[{up[0]}]:{up[1]}" if ":" in up[0] else f"{up[0]}:{up[1]}"
+            ).encode()
+        return u
 
     def record(self, conn: Any, ex: Any, now: float) -> None:
-        """Add the line for exchange ``ex`` of client connection ``conn``."""
+        """Add the line for exchange ``ex`` of client connection ``conn``; ``now`` is monotonic."""
+        if self.fmt == "json":
+            self._lines.append(self._json(conn, ex, now))
+        else:
+            up = ex.upstream_addr
+            head = ex.head
+            line = b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%s id=%s' % (
+                self._stamp_for(now),
+                conn.client_ip_b,
+                ex.method,
+                self._quoted(ex.target),
+                b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
+                ex.status,
+                ex.bytes_out,
+                self._quoted(head.host) if head.host else b"-",
+                self._ingress(getattr(ex.decision, "ingress", None)),
+                self._upstream(up),
+                now - ex.t0,
+                b"%.6f" % (now - ex.t_up) if ex.t_up else b"-",
+                head.request_id or b"-",
+            )
+            self._lines.append(line)
+        self._size += 200
+        if self._size >= _BATCH:
+            self.flush()
+
+    def _json(self, conn: Any, ex: Any, now: float) -> bytes:
         d = ex.decision
         ingress = getattr(d, "ingress", None)
         up = ex.upstream_addr
-        duration = now - ex.t0
-        up_time = now - ex.t_up if ex.t_up else None
-        host = ex.head.host.decode("latin-1") if ex.head.host is not None else ""
-        if self.fmt == "json":
-            line = json.dumps(
-                {
-                    "ts": self._now(),
-                    "client": conn.client_ip,
-                    "method": ex.method.decode("latin-1"),
-                    "host": host,
-                    "path": ex.target.decode("latin-1"),
-                    "status": ex.status,
-                    "bytes": ex.bytes_out,
-                    "ingress": f"{ingress.namespace}/{ingress.name}" if ingress else None,
-                    "upstream": f"{up[0]}:{up[1]}" if up else None,
-                    "duration": round(duration, 6),
-                    "upstream_duration": round(up_time, 6) if up_time is not None else None,
-                    "request_id": ex.head.request_id.decode("latin-1")
-                    if ex.head.request_id
-                    else None,
-                },
-                ensure_ascii=False,
-            )
-        else:
-            line = '{} {} "{} {} {}" {} {} host={} ingress={} upstream={} rt={:.6f} urt={} id={}'.format(
-                self._now(),
-                conn.client_ip,
-                ex.method.decode("latin-1"),
-                _quote(ex.target.decode("latin-1")),
-                "HTTP/1.0" if ex.http10 else "HTTP/1.1",
-                ex.status,
-                ex.bytes_out,
-                _quote(host) or "-",
-                f"{ingress.namespace}/{ingress.name}" if ingress else "-",
-                f"{up[0]}:{up[1]}" if up else "-",
-                duration,
-                f"{up_time:.6f}" if up_time is not None else "-",
-                ex.head.request_id.decode("latin-1") if ex.head.request_id else "-",
-            )
-        self._lines.append(line)
-        self._size += len(line) + 1
-        if self._size >= _BATCH:
-            self.flush()
+        rid = ex.head.request_id
+        return json.dumps(
+            {
+                "ts": self._stamp_for(now).decode(),
+                "client": conn.client_ip,
+                "method": ex.method.decode("latin-1"),
+                "host": ex.head.host.decode("latin-1") if ex.head.host is not None else "",
+                "path": ex.target.decode("latin-1"),
+                "status": ex.status,
+                "bytes": ex.bytes_out,
+                "ingress": f"{ingress.namespace}/{ingress.name}" if ingress else None,
+                "upstream": f"{up[0]}:{up[1]}" if up else None,
+                "duration": round(now - ex.t0, 6),
+                "upstream_duration": round(now - ex.t_up, 6) if ex.t_up else None,
+                "request_id": rid.decode("latin-1") if rid else None,
+            },
+            ensure_ascii=False,
+        ).encode()
 
     def flush(self) -> None:
         if not self._lines:
             return
-        data = ("\n".join(self._lines) + "\n").encode("utf-8", "replace")
+        data = b"\n".join(self._lines) + b"\n"
         n = len(self._lines)
         self._lines.clear()
         self._size = 0
@@ -126,8 +171,11 @@ class AccessLog:
             self._own = False
 
 
-def _quote(text: str) -> str:
-    # A request target or Host can hold anything llhttp let through: keep one line per request.
-    if '"' in text or " " in text or "\\" in text or not text.isprintable():
-        return json.dumps(text, ensure_ascii=True)[1:-1].replace(" ", "%20")
-    return text
+_UNSAFE = re.compile(rb'[^\x21-\x7e]|["\\]')
+
+
+def _quote(text: bytes) -> bytes:
+    """One line per request whatever the client sent: quotes, spaces, controls escaped."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda m: b"\\x%02x" % m.group(0)[0], text)

@@ -31,7 +31,13 @@ from typing import Any
 
 import httptools
 from netplane.ingress.errors import error_response, reason, redirect_response
-from netplane.ingress.http_head import CHUNKED, NO_BODY, HeadError, RequestHead
+from netplane.ingress.http_head import (
+    CHUNKED,
+    NO_BODY,
+    SPECIAL_REQUEST_FIELDS,
+    HeadError,
+    RequestHead,
+)
 from netplane.ingress.routes import Forward, Redirect
 from netplane.ingress.upstream import Pool, UpstreamConnection
 
@@ -166,6 +172,7 @@ class ClientConnection(asyncio.Protocol):
         self.routes = listener.routes
         self.pool = listener.pool
         self.settings = listener.settings
+        self.max_header_bytes = listener.settings.max_header_bytes
         # per connection
         self.transport: Any = None
         self.flow: Any = None
@@ -186,6 +193,8 @@ class ClientConnection(asyncio.Protocol):
         self.active: Exchange | None = None
         self.queue: collections.deque[Exchange] = collections.deque()
         self._head_bytes = 0
+        # response bytes of one upstream read, written together (head and body in one write)
+        self.wbuf: list[bytes] = []
 
     # -- asyncio ---------------------------------------------------------------
 
@@ -201,7 +210,7 @@ class ClientConnection(asyncio.Protocol):
         self.listener.conns.add(self)
 
     def data_received(self, data: bytes) -> None:
-        self.last_read = monotonic()
+        self.last_read = monotonic()  # also the start time of requests begun in this read
         if self.tunnel is not None:
             self.tunnel.transport.write(data)
             return
@@ -268,27 +277,39 @@ class ClientConnection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self.cur = Exchange(monotonic())
+        self.cur = Exchange(self.last_read)
         self._head_bytes = 0
 
     def on_url(self, url: bytes) -> None:
         ex = self.cur
         ex.target += url
         self._head_bytes += len(url)
-        if self._head_bytes > self.settings.max_header_bytes:
+        if self._head_bytes > self.max_header_bytes:
             self._error = (431, b"The request line is longer than this proxy allows.")
             raise _Reject
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_bytes += len(name) + len(value) + 4
-        if self._head_bytes > self.settings.max_header_bytes:
+        # RequestHead.add, inline: this runs for every header of every request.
+        head = self.cur.head
+        lname = name.lower()
+        if lname in SPECIAL_REQUEST_FIELDS:
+            self._head_bytes += len(name) + len(value) + 4
+            try:
+                head.special(lname, value)
+            except HeadError as e:
+                self._error = (e.status, e.message)
+                raise _Reject from None
+        else:
+            line = name + b": " + value + b"\r\n"
+            head.lines.append(line)
+            self._head_bytes += len(line)
+            headers = head.headers
+            if lname in headers:
+                value = headers[lname] + (b"; " if lname == b"cookie" else b", ") + value
+            headers[lname] = value
+        if self._head_bytes > self.max_header_bytes:
             self._error = (431, None)
             raise _Reject
-        try:
-            self.cur.head.add(name, value)
-        except HeadError as e:
-            self._error = (e.status, e.message)
-            raise _Reject from None
 
     def on_headers_complete(self) -> None:
         ex = self.cur
@@ -298,15 +319,16 @@ class ClientConnection(asyncio.Protocol):
         ex.http10 = parser.get_http_version() == "1.0"
         ex.keep_alive = parser.should_keep_alive()
         head = ex.head
-        try:
-            head.check()
-        except HeadError as e:
-            self._error = (e.status, e.message)
-            raise _Reject from None
+        if head.transfer_encoding is not None or head.connection:
+            try:
+                head.check()
+            except HeadError as e:
+                self._error = (e.status, e.message)
+                raise _Reject from None
         if method == b"CONNECT":
             self._error = (400, b"CONNECT is not served by this proxy.")
             raise _Reject
-        if parser.should_upgrade():
+        if head.upgrade is not None and parser.should_upgrade():
             ex.upgrade = True
             ex.keep_alive = False  # after an upgrade that did not happen, the stream is unsure
         self._route(ex)
@@ -346,7 +368,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 ex.pending.append(b"0\r\n\r\n")
         if ex.upstream is not None:
-            ex.upstream.last_active = monotonic()  # proxy-read-timeout runs from here
+            ex.upstream.last_active = self.last_read  # proxy-read-timeout runs from here
         if ex is self.active and ex.resp_done:
             self._finish(ex)
 
@@ -460,14 +482,15 @@ class ClientConnection(asyncio.Protocol):
                 ex.method, d.path.encode("latin-1"), client_ip=self.client_ip_b,
                 proto=self.listener.proto, port=self.listener.port, upgrade=ex.upgrade,
             )  # fmt: skip
-        ex.t_up = monotonic()
         if ex.pending:
             up.send(self, ex.upstream_head + b"".join(ex.pending))
+            ex.t_up = up.last_active
             ex.pending = []
             ex.pending_size = 0
             self.flow.resume(PENDING_FULL)
         else:
             up.send(self, ex.upstream_head)
+        ex.t_up = up.last_active
         if self.write_paused:
             up.flow.pause_writing()
 
@@ -501,7 +524,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.until_eof and ex.http10:
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
-        self.transport.write(
+        self.wbuf.append(
             h.client_head(status, up.reason or reason(status), framing, keep_alive=keep, client_http10=ex.http10, extra=extra)
         )  # fmt: skip
         return head_request
@@ -510,21 +533,32 @@ class ClientConnection(asyncio.Protocol):
         ex = self.active
         ex.bytes_out += len(body)
         if ex.framing == CHUNKED:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+            self.wbuf.append(b"%x\r\n%b\r\n" % (len(body), body))
         else:
-            self.transport.write(body)
+            self.wbuf.append(body)
 
     def upstream_done(self, up: UpstreamConnection) -> None:
         ex = self.active
         if ex.framing == CHUNKED:
-            self.transport.write(b"0\r\n\r\n")
+            self.wbuf.append(b"0\r\n\r\n")
+        self.flush()
         if not ex.req_done:
             up.keep_alive = False  # the request is still being written: the stream is unsure
         ex.upstream = None
         up.release()
-        self._response_done(ex)
+        ex.resp_done = True
+        if ex.req_done or not ex.keep_alive:
+            self._finish(ex)
+
+    def flush(self) -> None:
+        """Write what the last upstream read produced, in one ``write``."""
+        wbuf = self.wbuf
+        if wbuf:
+            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+            wbuf.clear()
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
+        self.flush()
         ex = self.active
         if ex is None or ex.upstream is not up:
             return
@@ -552,6 +586,7 @@ class ClientConnection(asyncio.Protocol):
         self._reply(ex, 502, b"The upstream closed the connection before answering.")
 
     def upstream_failed(self, up: UpstreamConnection, message: bytes) -> None:
+        self.flush()
         ex = self.active
         if ex is None:
             return
@@ -592,6 +627,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _reply(self, ex: Exchange, status: int, message: bytes | None) -> None:
         """Answer the active exchange without its upstream (502, 504, 408 ...)."""
+        self.flush()
         up, ex.upstream = ex.upstream, None
         if up is not None:
             up.abort()
@@ -613,15 +649,18 @@ class ClientConnection(asyncio.Protocol):
             self._finish(ex)
 
     def _finish(self, ex: Exchange) -> None:
+        self.flush()
         self.active = None
         self.served += 1
-        self._log(ex)
+        self.idle_since = now = monotonic()
+        alog = self.listener.access_log
+        if alog is not None:
+            alog.record(self, ex, now)
         if not ex.keep_alive or self.closing or self.lost:
             self.parser = None
             self.transport.close()
             return
-        self.idle_since = monotonic()
-        if not self._advancing:
+        if self.queue and not self._advancing:
             self._advance()
 
     def _advance(self) -> None:

@@ -24,6 +24,7 @@ Rules (RFC 9110 §7.6.1, RFC 9112 §6, and ingress-nginx's defaults):
 
 from __future__ import annotations
 
+import itertools
 import os
 
 HOP_BY_HOP = frozenset(
@@ -37,7 +38,7 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     )
 )
-_REQUEST_OWN = HOP_BY_HOP | {
+SPECIAL_REQUEST_FIELDS = HOP_BY_HOP | {
     b"host",
     b"content-length",
     b"expect",
@@ -48,7 +49,11 @@ _REQUEST_OWN = HOP_BY_HOP | {
     b"x-real-ip",
     b"x-request-id",
 }
-_RESPONSE_OWN = HOP_BY_HOP | {b"content-length", b"x-request-id", b"strict-transport-security"}
+SPECIAL_RESPONSE_FIELDS = HOP_BY_HOP | {
+    b"content-length",
+    b"x-request-id",
+    b"strict-transport-security",
+}
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
 #: Response framings towards the client.
@@ -67,9 +72,17 @@ class HeadError(ValueError):
         self.message = message
 
 
+_ID_PREFIX = os.urandom(8).hex().encode()
+_ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+
 def new_request_id() -> bytes:
-    """32 hex digits, the shape ingress-nginx's ``$req_id`` has."""
-    return os.urandom(16).hex().encode()
+    """32 hex digits, the shape ingress-nginx's ``$req_id`` has.
+
+    A random per-process half and a counter: unique without a random draw
+    per request (IDs correlate logs; they are not secrets).
+    """
+    return b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 class RequestHead:
@@ -102,16 +115,26 @@ class RequestHead:
         self.xff: bytes | None = None
         self.request_id: bytes | None = None
 
-    def add(self, name: bytes, value: bytes) -> None:
-        """One header field as the parser delivered it."""
+    def add(self, name: bytes, value: bytes) -> int:
+        """One header field as the parser delivered it; returns its size on the wire.
+
+        (The proxy's parser callback does the same inline for speed; this is
+        the reference and what tests and other callers use.)
+        """
         lname = name.lower()
+        if lname in SPECIAL_REQUEST_FIELDS:
+            self.special(lname, value)
+            return len(name) + len(value) + 4
+        line = name + b": " + value + b"\r\n"
+        self.lines.append(line)
         headers = self.headers
-        if lname not in _REQUEST_OWN:
-            self.lines.append(name + b": " + value + b"\r\n")
-            if lname in headers:
-                value = headers[lname] + (b"; " if lname == b"cookie" else b", ") + value
-            headers[lname] = value
-            return
+        if lname in headers:
+            value = headers[lname] + (b"; " if lname == b"cookie" else b", ") + value
+        headers[lname] = value
+        return len(line)
+
+    def special(self, lname: bytes, value: bytes) -> None:
+        """A field the proxy handles itself (framing, hop-by-hop, forwarding)."""
         if lname == b"host":
             if self.host is not None:
                 raise HeadError(400, b"The request has more than one Host header.")
@@ -133,7 +156,7 @@ class RequestHead:
             self.xff = value if self.xff is None else self.xff + b", " + value
         elif lname == b"x-request-id":
             self.request_id = value
-        headers[lname] = value
+        self.headers[lname] = value
 
     def check(self) -> None:
         """Whole-head rules, once every field is in (smuggling and framing)."""
@@ -205,10 +228,14 @@ class ResponseHead:
         self.has_hsts = False
 
     def add(self, name: bytes, value: bytes) -> None:
+        """One header field (the upstream protocol does the common case inline)."""
         lname = name.lower()
-        if lname not in _RESPONSE_OWN:
+        if lname in SPECIAL_RESPONSE_FIELDS:
+            self.special(lname, name, value)
+        else:
             self.lines.append(name + b": " + value + b"\r\n")
-            return
+
+    def special(self, lname: bytes, name: bytes, value: bytes) -> None:
         if lname == b"content-length":
             self.has_length = True
             self.lines.append(b"Content-Length: " + value + b"\r\n")

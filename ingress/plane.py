@@ -48,7 +48,7 @@ class IngressSettings:
     http_settings: HttpSettings = field(default_factory=HttpSettings)
     #: False: no TLS session tickets, so every new connection is a full handshake
     tls_resumption: bool = True
-    upstream_max_idle: int = 32
+    upstream_max_idle: int = 320  # ingress-nginx's upstream-keepalive-connections
     upstream_idle_timeout: float = 60.0
 
 

@@ -7,7 +7,8 @@ each event to its client (:class:`netplane.ingress.http.ClientConnection`),
 which frames it for its own side.
 
 :class:`Pool` keeps idle keep-alive connections per endpoint ``(ip, port,
-tls)``: at most ``max_idle`` each (the oldest goes first), each closed
+tls)``: at most ``max_idle`` each (320, ingress-nginx's
+upstream-keepalive-connections) (the oldest goes first), each closed
 after ``idle_timeout`` seconds unused, and dropped at once when the
 endpoint closes it. A connection comes back to the pool only when its
 response was complete, its request was fully written and both sides
@@ -22,7 +23,7 @@ from time import monotonic
 from typing import Any
 
 import httptools
-from netplane.ingress.http_head import ResponseHead
+from netplane.ingress.http_head import SPECIAL_RESPONSE_FIELDS, ResponseHead
 
 from netplane.l4.flow_control import FlowControl
 
@@ -33,6 +34,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One connection to an endpoint, bound to at most one client at a time."""
 
     __slots__ = (
+        "backlogged",
         "client",
         "flow",
         "head",
@@ -73,6 +75,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.in_pool = False
         self.tunnel = False
         self.lost = False
+        #: our write buffer is above its high-water mark (the client's reading is held)
+        self.backlogged = False
         self.last_active = 0.0
 
     # -- asyncio -------------------------------------------------------------
@@ -94,6 +98,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.last_active = monotonic()
         try:
             self.parser.feed_data(data)
+            if client.wbuf:
+                client.flush()
         except httptools.HttpParserUpgrade as e:
             if self.status == 101 and self.client is not None:
                 self.tunnel = True
@@ -125,10 +131,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self.client is not None:
+            self.backlogged = True
             self.client.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        if self.client is not None:
+        if self.client is not None and self.backlogged:
+            self.backlogged = False
             self.client.flow.resume_writing()
 
     # -- one exchange ----------------------------------------------------------
@@ -150,9 +158,12 @@ class UpstreamConnection(asyncio.Protocol):
     def release(self) -> None:
         """The exchange is over: back to the pool when reusable, else closed."""
         client, self.client = self.client, None
-        if client is not None and self.flow is not None:
-            client.flow.resume_writing()  # our backlog no longer holds that client
-            self.flow.resume_writing()
+        if client is not None:
+            if self.backlogged:  # our write backlog no longer holds that client's reading
+                self.backlogged = False
+                client.flow.resume_writing()
+            if client.write_paused:  # nor does that client's backlog hold our reading
+                self.flow.resume_writing()
         if self.keep_alive and not self.lost and not self.transport.is_closing():
             self.pool.put(self)
         else:
@@ -170,7 +181,12 @@ class UpstreamConnection(asyncio.Protocol):
         self.reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.head.add(name, value)
+        # ResponseHead.add, inline: this runs for every header of every response.
+        lname = name.lower()
+        if lname in SPECIAL_RESPONSE_FIELDS:
+            self.head.special(lname, name, value)
+        else:
+            self.head.lines.append(name + b": " + value + b"\r\n")
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
@@ -206,7 +222,7 @@ class UpstreamConnection(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections per endpoint, bounded in count and idle time."""
 
-    def __init__(self, *, max_idle: int = 32, idle_timeout: float = 60.0) -> None:
+    def __init__(self, *, max_idle: int = 320, idle_timeout: float = 60.0) -> None:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
@@ -231,8 +247,7 @@ class Pool:
             oldest = idle.pop(0)
             oldest.in_pool = False
             oldest.transport.close()
-        up.in_pool = True
-        up.last_active = monotonic()
+        up.in_pool = True  # last_active: its last read, the end of the response
         idle.append(up)
 
     def discard(self, up: UpstreamConnection) -> None:

@@ -198,7 +198,7 @@ def nginx_conf(
     ups = "\n".join(
         f"    upstream {name} {{\n"
         + "".join(f"        server {a};\n" for a in addrs)
-        + "        keepalive 32;\n    }"
+        + "        keepalive 320;\n    }"
         for name, addrs in upstreams.items()
     )
     return f"""daemon off;
