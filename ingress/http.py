@@ -726,6 +726,20 @@ class ClientConnection(asyncio.Protocol):
             up = ex.upstream
             if (
                 up is not None
+                and up.backlogged
+                and now - up.backlogged_since > ex.decision.options.send_timeout
+            ):
+                log.info("upstream %s:%s stopped reading the request", *ex.upstream_addr)
+                if ex.resp_started:
+                    ex.upstream = None
+                    up.abort()
+                    ex.keep_alive = False
+                    self.transport.close()
+                else:
+                    self._reply(ex, 504, b"The upstream stopped reading the request.")
+                return
+            if (
+                up is not None
                 and ex.req_done
                 and now - up.last_active > ex.decision.options.read_timeout
             ):

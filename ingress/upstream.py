@@ -35,6 +35,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     __slots__ = (
         "backlogged",
+        "backlogged_since",
         "client",
         "flow",
         "head",
@@ -77,6 +78,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.lost = False
         #: our write buffer is above its high-water mark (the client's reading is held)
         self.backlogged = False
+        self.backlogged_since = 0.0
         self.last_active = 0.0
 
     # -- asyncio -------------------------------------------------------------
@@ -132,6 +134,7 @@ class UpstreamConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         if self.client is not None:
             self.backlogged = True
+            self.backlogged_since = monotonic()  # proxy-send-timeout runs from here
             self.client.flow.pause_writing()
 
     def resume_writing(self) -> None:

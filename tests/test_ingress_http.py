@@ -7,6 +7,7 @@ client sees on the wire, or what the backend received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import weakref
@@ -491,3 +492,30 @@ async def test_graceful_close_finishes_the_request_in_flight(backends, proxy_fac
     raw = await pending
     assert raw.startswith(b"HTTP/1.1 200 ")
     assert b"Connection: close" in raw
+
+
+async def test_upstream_that_stops_reading_the_request_is_504(backends, proxy_factory):
+    async def never_reads(req, r, w):
+        await asyncio.sleep(10)
+
+    addr = await backends.start(never_reads, read_body=False)
+    p = await proxy_factory(
+        FakeRoutes({"/": [addr]}, options=ProxyOptions(body_limit=None, send_timeout=0.3))
+    )
+    r, w = await asyncio.open_connection("127.0.0.1", p.port)
+    size = 256 * 1024 * 1024
+    w.write(b"PUT / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % size)
+
+    async def upload() -> None:
+        block = b"u" * (1024 * 1024)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(size // len(block)):
+                w.write(block)
+                await w.drain()
+
+    task = asyncio.ensure_future(upload())
+    async with asyncio.timeout(10):
+        head = await r.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 504 ")
+    task.cancel()
+    w.close()
