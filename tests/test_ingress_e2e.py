@@ -250,3 +250,39 @@ async def test_keep_alive_reuses_one_connection_for_many_requests(world):
     u, resolve = url(d, "shop.test", "/k")
     _code, out = await curl(u, "--resolve", resolve, u, "-w", " %{num_connects}\n")
     assert out.splitlines() == ["web GET /k 1", "web GET /k 0"]
+
+
+async def test_the_demo_serves_its_ingress_over_http_and_https():
+    import os
+    import re
+    import signal
+    import sys
+
+    from ingress_fakes import REPO
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "netplane", "demo", "--admin", "127.0.0.1:0", "--dns", "off",
+        "--ingress-access-log", "off",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        out = b""
+        async with asyncio.timeout(20):
+            while b"Ctrl-C stops" not in out:
+                line = await proc.stdout.readline()
+                assert line, out.decode(errors="replace")
+                out += line
+        text = out.decode()
+        tries = re.findall(r"^  (curl (?:-k )?--resolve \S+ (https?)://\S+/api)\s", text, re.M)
+        assert {scheme for _, scheme in tries} == {"http", "https"}, text
+        for command, _ in tries:
+            args = command.split()[1:]  # curl [-k] --resolve H:P:IP URL
+            code, body = await curl(args[-1], *args[:-1])
+            assert code == 0, body
+            assert "demo/api" in body  # the demo's own backend for the /api path answered
+        assert re.search(r"openssl s_client -connect 127\.0\.0\.1:\d+ -servername", text)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await proc.communicate()
