@@ -8,6 +8,7 @@ naming them and serves the Ingress on free loopback ports.
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -286,3 +287,16 @@ async def test_the_demo_serves_its_ingress_over_http_and_https():
         proc.send_signal(signal.SIGTERM)
         async with asyncio.timeout(10):
             await proc.communicate()
+
+
+async def test_debug_state_shows_the_ingress_plane(world):
+    d = world["daemon"]
+    await ready(d, "shop.test")
+    code, out = await curl(f"http://127.0.0.1:{d.admin}/debug/state")
+    assert code == 0, out
+    plane = json.loads(out)["planes"]["ingress"]
+    assert sorted(plane["listeners"]) == sorted(
+        [f"http://127.0.0.1:{d.http}", f"https://127.0.0.1:{d.https}"]
+    )
+    assert plane["upstream_opened"] >= 1
+    assert "shop.test" in json.dumps(plane["routes"])
