@@ -272,7 +272,7 @@ class IngressBench(Scenario):
         return QUICK_SIZES if ctx.quick else FULL_SIZES
 
     def seconds(self, ctx: Context) -> float:
-        return 2.0 if ctx.quick else 10.0
+        return 1.0 if ctx.quick else 10.0
 
     def metrics(self, ctx: Context) -> list[Metric]:
         out = []
@@ -433,7 +433,8 @@ class IngressBench(Scenario):
             proc, http_port, https_port = self._start(ctx, side, n, index)
             host = f"h{n - 1}.bench.test"
             try:
-                self._wrk(ctx, f"http://{LISTEN}:{http_port}/", host, 1)  # warm-up
+                if not ctx.quick:
+                    self._wrk(ctx, f"http://{LISTEN}:{http_port}/", host, 1)  # warm-up
                 cpu0 = cpu_seconds(proc.pid)
                 t0 = time.perf_counter()
                 text = self._wrk(ctx, f"http://{LISTEN}:{http_port}/", host, secs)
