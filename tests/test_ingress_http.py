@@ -519,3 +519,29 @@ async def test_upstream_that_stops_reading_the_request_is_504(backends, proxy_fa
     assert head.startswith(b"HTTP/1.1 504 ")
     task.cancel()
     w.close()
+
+
+async def test_interim_1xx_from_the_upstream_is_not_passed_on(backends, proxy_factory):
+    async def early_hints(req, r, w):
+        w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await w.drain()
+
+    addr = await backends.start(early_hints)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"103" not in raw and b"Link:" not in raw
+    assert raw.endswith(b"\r\n\r\nok")
+
+
+async def test_http10_keep_alive_is_honoured(backends, proxy_factory):
+    addr = await backends.start(echo)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(
+        p.port,
+        b"GET /1 HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n\r\nGET /2 HTTP/1.0\r\nHost: a\r\n\r\n",
+    )  # reads to EOF: the second request, without keep-alive, ends the connection
+    (s1, h1, b1), (s2, h2, b2) = responses(raw)
+    assert (s1, b1, h1[b"connection"]) == (200, b"GET /1\n", b"keep-alive")
+    assert (s2, b2, h2[b"connection"]) == (200, b"GET /2\n", b"close")
