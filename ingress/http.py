@@ -159,6 +159,18 @@ class Exchange:
         return self.head.chunked or (cl is not None and cl.strip() != b"0")
 
 
+def _origin_form(ex: Exchange) -> bytes:
+    """An absolute-form target (RFC 9112 §3.2.2): its authority replaces Host, its path routes."""
+    scheme, sep, rest = ex.target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        return ex.target  # "*" (OPTIONS) or something the route table will not match
+    authority, slash, path = rest.partition(b"/")
+    authority = authority.rpartition(b"@")[2]  # userinfo is never forwarded
+    if authority:
+        ex.head.host = authority
+    return b"/" + path if slash else b"/"
+
+
 class _Reject(Exception):
     """Raised inside a parser callback to stop parsing; the reason is on the connection."""
 
@@ -376,11 +388,14 @@ class ClientConnection(asyncio.Protocol):
 
     def _route(self, ex: Exchange) -> None:
         head = ex.head
+        target = ex.target
+        if target[:1] != b"/":
+            target = _origin_form(ex)
         host = head.host.decode("latin-1") if head.host is not None else ""
         try:
             d = self.routes.route(
                 host,
-                ex.target.decode("latin-1"),
+                target.decode("latin-1"),
                 https=self.listener.https,
                 client_ip=self.client_ip,
                 headers=head.headers,

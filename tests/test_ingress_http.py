@@ -545,3 +545,16 @@ async def test_http10_keep_alive_is_honoured(backends, proxy_factory):
     (s1, h1, b1), (s2, h2, b2) = responses(raw)
     assert (s1, b1, h1[b"connection"]) == (200, b"GET /1\n", b"keep-alive")
     assert (s2, b2, h2[b"connection"]) == (200, b"GET /2\n", b"close")
+
+
+async def test_absolute_form_target_routes_by_its_authority(backends, proxy_factory):
+    addr = await backends.start(echo)
+    routes = FakeRoutes({"/x": [addr]})
+    p = await proxy_factory(routes)
+    raw = await http_exchange(
+        p.port,
+        b"GET http://shop.example/x?q=1 HTTP/1.1\r\nHost: other\r\nConnection: close\r\n\r\n",
+    )
+    assert responses(raw)[0][2] == b"GET /x?q=1\n"
+    assert routes.seen[-1]["host"] == "shop.example"
+    assert backends.requests[0].headers[b"host"] == b"shop.example"
