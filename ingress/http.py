@@ -359,7 +359,7 @@ class ClientConnection(asyncio.Protocol):
         if limit is not None and ex.body_in > limit:
             self._error = (413, None)
             raise _Reject
-        if ex.head.chunked:
+        if ex.head.transfer_encoding is not None:
             body = b"%x\r\n%b\r\n" % (len(body), body)
         up = ex.upstream
         if up is not None:
@@ -374,7 +374,7 @@ class ClientConnection(asyncio.Protocol):
         ex = self.cur
         self.cur = None
         ex.req_done = True
-        if ex.response is None and ex.head.chunked:
+        if ex.response is None and ex.head.transfer_encoding is not None:
             if ex.upstream is not None:
                 ex.upstream.transport.write(b"0\r\n\r\n")
             else:
@@ -426,7 +426,7 @@ class ClientConnection(asyncio.Protocol):
         """May the connection go on after an answer that ignores the request body?"""
         if not ex.keep_alive or self.closing:
             return False
-        if ex.head.chunked:
+        if ex.head.transfer_encoding is not None:
             return False
         cl = ex.head.content_length
         ok = cl is None or int(cl) <= DISCARD_LIMIT
