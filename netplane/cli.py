@@ -131,6 +131,44 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
             "help": "derive endpoints from Pods (default: on without an API server)",
         },
     ),
+    # Ingress
+    (("--ingress-class",), "ingress-class", {"metavar": "NAME", "help": "default netplane"}),
+    (
+        ("--default-certificate",),
+        "default-certificate",
+        {"metavar": "NAMESPACE/NAME", "help": "tls Secret served when no SNI name matches"},
+    ),
+    (
+        ("--ingress-access-log",),
+        "ingress-access-log",
+        {"metavar": "stdout|stderr|PATH|off", "help": "one line per request (default stdout)"},
+    ),
+    (
+        ("--ingress-hsts",),
+        "ingress-hsts",
+        {"metavar": "VALUE|off", "help": "Strict-Transport-Security on HTTPS answers"},
+    ),
+    (
+        ("--ingress-max-header-bytes",),
+        "ingress-max-header-bytes",
+        {"metavar": "N", "help": "431 above this (default 32768)"},
+    ),
+    (
+        ("--ingress-header-timeout",),
+        "ingress-header-timeout",
+        {"metavar": "S", "help": "default 60"},
+    ),
+    (("--ingress-body-timeout",), "ingress-body-timeout", {"metavar": "S", "help": "default 60"}),
+    (
+        ("--ingress-keepalive-timeout",),
+        "ingress-keepalive-timeout",
+        {"metavar": "S", "help": "default 75"},
+    ),
+    (
+        ("--ingress-tls-resumption",),
+        "ingress-tls-resumption",
+        {"choices": ("on", "off"), "help": "TLS session tickets (default on)"},
+    ),
 ]
 
 
@@ -190,6 +228,9 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
     if demo:
         flags.setdefault("files", (demo_manifests(),))
         flags.setdefault("mode", "local")
+        # Ingress: free loopback ports, so the demo never collides with anything
+        flags.setdefault("ingress_http", cfgmod.Listen("127.0.0.1", 0))
+        flags.setdefault("ingress_https", cfgmod.Listen("127.0.0.1", 0))
     cfg = cfgmod.load(args.config, flags)
     _setup_logging(cfg)
 
@@ -239,6 +280,8 @@ def demo_text(dp: Any, backends: list[str]) -> str:
     out += ["", "Try:"]
     if dp.config.proxy:
         out += _proxy_tries(dp)
+    if "ingress" in dp.planes:
+        out += _ingress_tries(dp)
     if dp.admin is not None:
         base = f"http://{cfgmod.Listen(dp.config.admin.host, dp.admin.port)}"
         out += [f"  curl {base}/readyz", f"  curl {base}/debug/state"]
@@ -269,6 +312,36 @@ def _proxy_tries(dp: Any) -> list[str]:
                     )
                 elif p.name.startswith("http"):
                     lines.append(f"  curl http://{where}:{f.port}/    # {name} ({f.kind})")
+    return lines
+
+
+# Ingress
+def _ingress_tries(dp: Any) -> list[str]:
+    """curl commands for each Ingress host and path, over HTTP and HTTPS."""
+    plane = dp.planes["ingress"]
+    listeners = {https: (h, p) for h, p, https in plane.addresses}
+    lines = []
+    for ing in plane.routes.ingresses():
+        for rule in ing.rules:
+            if not rule.host or rule.host.startswith("*"):
+                continue
+            for path in rule.paths:
+                for https, scheme in ((False, "http"), (True, "https")):
+                    if https not in listeners:
+                        continue
+                    ip, port = listeners[https]
+                    insecure = "-k " if https else ""
+                    lines.append(
+                        f"  curl {insecure}--resolve {rule.host}:{port}:{ip}"
+                        f" {scheme}://{rule.host}:{port}{path.path}"
+                        f"    # Ingress {ing.key.namespace}/{ing.key.name} over {scheme.upper()}"
+                    )
+    if True in listeners:
+        ip, port = listeners[True]
+        lines.append(
+            f"  openssl s_client -connect {ip}:{port} -servername web.demo.localhost </dev/null"
+            "    # the certificate SNI picks"
+        )
     return lines
 
 

@@ -99,6 +99,16 @@ class Config:
     tcp_relay: str = "splice"
     udp_idle_seconds: float = 30.0
     derive_endpoints_from_pods: bool | None = None  # None: on unless the API is a source
+    # Ingress
+    ingress_class: str = "netplane"
+    default_certificate: tuple[str, str] | None = None  # (namespace, name) of a tls Secret
+    ingress_access_log: str | None = "stdout"  # "stdout", "stderr", a file path; None: off
+    ingress_hsts: str | None = "max-age=31536000; includeSubDomains"
+    ingress_max_header_bytes: int = 32 * 1024
+    ingress_header_timeout: float = 60.0
+    ingress_body_timeout: float = 60.0
+    ingress_keepalive_timeout: float = 75.0
+    ingress_tls_resumption: bool = True  # off: no session tickets (full handshakes, for bench)
     config_file: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -256,6 +266,35 @@ def _poll_seconds(v: Any, setting: str, base: Path) -> float:
     return f
 
 
+# Ingress
+def _secret_ref(v: Any, setting: str, _base: Path) -> tuple[str, str]:
+    ns, sep, name = str(v).partition("/")
+    if not sep or not ns or not name or "/" in name:
+        raise ConfigError(f"{setting}: {v!r} is not NAMESPACE/NAME")
+    return (ns, name)
+
+
+def _off_or_str(v: Any, setting: str, base: Path) -> str | None:
+    if v is False or (isinstance(v, str) and v.lower() == "off"):
+        return None
+    return _str(v, setting, base)
+
+
+def _access_log(v: Any, setting: str, base: Path) -> str | None:
+    s = _off_or_str(v, setting, base)
+    return s if s in (None, "stdout", "stderr") else _path(s, setting, base)
+
+
+def _header_bytes(v: Any, setting: str, _base: Path) -> int:
+    try:
+        n = int(str(v))
+    except ValueError:
+        raise ConfigError(f"{setting}: {v!r} is not a number of bytes") from None
+    if not 1024 <= n <= 1024 * 1024:
+        raise ConfigError(f"{setting}: {n} is out of range (1024-1048576)")
+    return n
+
+
 KEYS: dict[str, tuple[str, Any]] = {
     "files": ("files", _list(_path)),
     "kubeconfig": ("kubeconfig", _path),
@@ -285,6 +324,16 @@ KEYS: dict[str, tuple[str, Any]] = {
     "tcp-idle-seconds": ("tcp_idle_seconds", _positive_seconds),
     "tcp-relay": ("tcp_relay", _choice(TCP_RELAYS)),
     "udp-idle-seconds": ("udp_idle_seconds", _positive_seconds),
+    # Ingress
+    "ingress-class": ("ingress_class", _str),
+    "default-certificate": ("default_certificate", _secret_ref),
+    "ingress-access-log": ("ingress_access_log", _access_log),
+    "ingress-hsts": ("ingress_hsts", _off_or_str),
+    "ingress-max-header-bytes": ("ingress_max_header_bytes", _header_bytes),
+    "ingress-header-timeout": ("ingress_header_timeout", _positive_seconds),
+    "ingress-body-timeout": ("ingress_body_timeout", _positive_seconds),
+    "ingress-keepalive-timeout": ("ingress_keepalive_timeout", _positive_seconds),
+    "ingress-tls-resumption": ("ingress_tls_resumption", _bool),
 }
 
 

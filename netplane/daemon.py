@@ -16,6 +16,7 @@ import logging
 import resource
 import signal
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from netplane import __version__
 from netplane.addresses import LocalRoutes
@@ -62,8 +63,6 @@ def describe_planes(cfg: Config) -> list[str]:
     """What this version serves of what the config asks for, said plainly."""
     lines = []
     wanted = {
-        f"ingress HTTP on {cfg.ingress_http}": cfg.ingress_http is not None,
-        f"ingress HTTPS on {cfg.ingress_https}": cfg.ingress_https is not None,
         f"DNS on {cfg.dns}": cfg.dns is not None,
     }
     for plane, on in wanted.items():
@@ -90,6 +89,7 @@ async def serve(
     dp = Dataplane(cfg, sources=sources)
     raise_file_limit()
     proxy = proxy_for(cfg, dp)
+    ingress = ingress_for(cfg, dp)  # Ingress
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,6 +131,8 @@ async def serve(
             log.info(line)
         if proxy is not None:
             await proxy.start()  # subscribes before the table is built: sees all of it
+        if ingress is not None:
+            await ingress.start()  # Ingress: the same, and binds its listeners
         # The initial sync allocates objects that all live on; collecting
         # while they arrive only rescans them (a third of the sync's CPU at
         # 10k services). Collection resumes once the table is built, or after
@@ -150,6 +152,8 @@ async def serve(
             loop.remove_signal_handler(sig)
         if proxy is not None:
             await proxy.close(cfg.drain_seconds)
+        if ingress is not None:
+            await ingress.close(cfg.drain_seconds)
         for cleanup in cleanups:
             await cleanup()
         await dp.stop()
@@ -188,6 +192,40 @@ def proxy_for(cfg: Config, dp: Dataplane) -> L4Proxy | None:
     )
     dp.planes["proxy"] = proxy
     return proxy
+
+
+# Ingress
+def ingress_for(cfg: Config, dp: Dataplane) -> Any:
+    """The ingress plane the config asks for (HTTP and/or HTTPS), registered with the dataplane."""
+    if cfg.ingress_http is None and cfg.ingress_https is None:
+        return None
+    from netplane.ingress.http import HttpSettings
+    from netplane.ingress.plane import IngressPlane, IngressSettings
+
+    def addr(listen: Any) -> tuple[str, int] | None:
+        return (listen.host, listen.port) if listen is not None else None
+
+    plane = IngressPlane(
+        dp,
+        IngressSettings(
+            http=addr(cfg.ingress_http),
+            https=addr(cfg.ingress_https),
+            ingress_class=cfg.ingress_class,
+            default_secret=cfg.default_certificate,
+            hsts=cfg.ingress_hsts.encode() if cfg.ingress_hsts else None,
+            access_log=cfg.ingress_access_log,
+            access_log_format=cfg.log_format,
+            tls_resumption=cfg.ingress_tls_resumption,
+            http_settings=HttpSettings(
+                max_header_bytes=cfg.ingress_max_header_bytes,
+                header_timeout=cfg.ingress_header_timeout,
+                body_timeout=cfg.ingress_body_timeout,
+                keepalive_timeout=cfg.ingress_keepalive_timeout,
+            ),
+        ),
+    )
+    dp.planes["ingress"] = plane
+    return plane
 
 
 async def _when_ready(

@@ -111,6 +111,20 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "tcp-idle-seconds": [(60, 60.0)],
     "udp-idle-seconds": [("30", 30.0)],
     "pod-endpoints": [("on", True), (False, False)],
+    # Ingress
+    "ingress-class": [("nginx", "nginx")],
+    "default-certificate": [("ingress/default-tls", ("ingress", "default-tls"))],
+    "ingress-access-log": [
+        ("stdout", "stdout"),
+        ("off", None),
+        ("logs/access.log", str(BASE / "logs/access.log")),
+    ],
+    "ingress-hsts": [("max-age=60", "max-age=60"), ("off", None)],
+    "ingress-max-header-bytes": [("65536", 65536)],
+    "ingress-header-timeout": [("5", 5.0)],
+    "ingress-body-timeout": [(30, 30.0)],
+    "ingress-keepalive-timeout": [("1.5", 1.5)],
+    "ingress-tls-resumption": [("off", False)],
 }
 
 BAD: dict[str, list[tuple[object, str]]] = {
@@ -156,6 +170,16 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "tcp-idle-seconds": [(-1, "not a finite, non-negative number")],
     "udp-idle-seconds": [(0, "must be more than 0")],
     "pod-endpoints": [("auto", "'auto' is not on/off")],
+    # Ingress
+    "ingress-class": [("", "expected a non-empty string")],
+    "default-certificate": [("just-a-name", "is not NAMESPACE/NAME"), ("a/b/c", "NAMESPACE/NAME")],
+    "ingress-access-log": [("", "expected a non-empty string")],
+    "ingress-hsts": [(7, "expected a non-empty string")],
+    "ingress-max-header-bytes": [("big", "not a number of bytes"), (100, "out of range")],
+    "ingress-header-timeout": [(0, "must be more than 0")],
+    "ingress-body-timeout": [("x", "not a number of seconds")],
+    "ingress-keepalive-timeout": [(-1, "not a finite, non-negative number")],
+    "ingress-tls-resumption": [("maybe", "'maybe' is not on/off")],
 }
 
 

@@ -1,0 +1,472 @@
+"""``ingress``: the HTTP/TLS ingress against nginx given the same routes.
+
+One set of Ingress objects (N Ingresses, host ``hI.bench.test`` each, path
+``/`` Prefix to Service ``bench/web``, all with ``spec.tls`` naming one
+Secret) gives both netplane's manifests and an nginx.conf generated from
+them: a ``server`` per host on the same HTTP and HTTPS ports, an upstream
+with ``keepalive`` per Service, HTTP/1.1 upstream, the X-Forwarded-*,
+X-Real-IP and X-Request-ID headers an ingress controller sets, and an access
+log on both (to a file, buffered). The backend is nginx answering a small
+200 (1 worker, no log), or a Python server when nginx is missing.
+
+Per measured run of a side and size N (1, and 1,000 in full runs), its proxy
+is started on the server core, measured by wrk on the load core against the
+last host, and stopped:
+
+- keep-alive req/s over HTTP and over TLS (``wrk -t1 -c50 --latency``), with
+  p50/p99 latency of the HTTP run;
+- new TLS handshakes/s (``wrk -H "Connection: close"`` over HTTPS) with
+  session resumption off on both sides (netplane
+  ``--ingress-tls-resumption off``, nginx ``ssl_session_tickets off;
+  ssl_session_cache off``), ECDSA P-256 certificate on both;
+- the proxy's CPU per keep-alive request (utime+stime from /proc).
+
+wrk sends no SNI name it could resolve (it connects to 127.0.0.1), so both
+sides serve their default certificate; routing is by the Host header.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.harness import NETPLANE, Context, Metric, Proc, Scenario
+from bench.scenarios.l4 import children_cpu, cpu_seconds, parse_wrk, program
+
+NGINX = "nginx"
+NAMESPACE = "bench"
+SERVICE = "web"
+LISTEN = "127.0.0.1"
+FULL_SIZES = (1, 1000)
+QUICK_SIZES = (1,)
+
+_PY_BACKEND = """
+import asyncio, sys
+import uvloop
+class P(asyncio.Protocol):
+    def connection_made(self, t): self.t = t
+    def data_received(self, d):
+        n = d.count(b"\\r\\n\\r\\n")
+        self.t.write(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nok\\n" * n)
+async def main():
+    s = await asyncio.get_running_loop().create_server(P, sys.argv[1], int(sys.argv[2]), backlog=4096)
+    await s.serve_forever()
+uvloop.run(main())
+"""
+
+_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+_SCALE = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def wrk_latency(text: str) -> dict[str, float]:
+    """{"p50": ms, "p99": ms} from ``wrk --latency`` output."""
+    out = {}
+    for pct, value, unit in _LATENCY.findall(text):
+        out[f"p{pct}"] = float(value) * _SCALE[unit]
+    return out
+
+
+def objects(n: int, backend: tuple[str, int], cert: bytes, key: bytes) -> list[dict[str, Any]]:
+    """The Kubernetes objects both sides are configured from."""
+    objs: list[dict[str, Any]] = [
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "IngressClass",
+            "metadata": {"name": "netplane"},
+            "spec": {"controller": "netplane.io/ingress"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": SERVICE, "namespace": NAMESPACE},
+            "spec": {"ports": [{"name": "http", "port": 80}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{SERVICE}-1",
+                "namespace": NAMESPACE,
+                "labels": {"kubernetes.io/service-name": SERVICE},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": backend[1]}],
+            "endpoints": [{"addresses": [backend[0]], "conditions": {"ready": True}}],
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "kubernetes.io/tls",
+            "metadata": {"name": "bench-tls", "namespace": NAMESPACE},
+            "data": {
+                "tls.crt": base64.b64encode(cert).decode(),
+                "tls.key": base64.b64encode(key).decode(),
+            },
+        },
+    ]
+    for i in range(n):
+        host = f"h{i}.bench.test"
+        objs.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "Ingress",
+                "metadata": {
+                    "name": f"r{i}",
+                    "namespace": NAMESPACE,
+                    # the same requests over HTTP and HTTPS on both sides: no redirect
+                    "annotations": {"nginx.ingress.kubernetes.io/ssl-redirect": "false"},
+                },
+                "spec": {
+                    "ingressClassName": "netplane",
+                    "tls": [{"hosts": [host], "secretName": "bench-tls"}],
+                    "rules": [
+                        {
+                            "host": host,
+                            "http": {
+                                "paths": [
+                                    {
+                                        "path": "/",
+                                        "pathType": "Prefix",
+                                        "backend": {
+                                            "service": {"name": SERVICE, "port": {"number": 80}}
+                                        },
+                                    }
+                                ]
+                            },
+                        }
+                    ],
+                },
+            }
+        )
+    return objs
+
+
+def nginx_conf(
+    objs: list[dict[str, Any]], work: Path, http_port: int, https_port: int, access_log: Path
+) -> str:
+    """nginx.conf for the same Ingresses: a server per rule host, an upstream per Service port."""
+    slices = {
+        (o["metadata"]["namespace"], o["metadata"]["labels"]["kubernetes.io/service-name"]): o
+        for o in objs
+        if o["kind"] == "EndpointSlice"
+    }
+    secrets = {
+        (o["metadata"]["namespace"], o["metadata"]["name"]): o
+        for o in objs
+        if o["kind"] == "Secret"
+    }
+    upstreams: dict[str, list[str]] = {}
+    servers: list[str] = []
+    for ing in (o for o in objs if o["kind"] == "Ingress"):
+        ns = ing["metadata"]["namespace"]
+        tls_secret = {h: t["secretName"] for t in ing["spec"].get("tls", []) for h in t["hosts"]}
+        for rule in ing["spec"]["rules"]:
+            host = rule["host"]
+            locations = []
+            for p in rule["http"]["paths"]:
+                svc = p["backend"]["service"]["name"]
+                name = f"{ns}_{svc}"
+                eps = slices[(ns, svc)]
+                port = eps["ports"][0]["port"]
+                upstreams[name] = [f"{a}:{port}" for e in eps["endpoints"] for a in e["addresses"]]
+                locations.append(f"        location {p['path']} {{ proxy_pass http://{name}; }}")
+            ssl_lines = ""
+            if host in tls_secret:
+                sec = secrets[(ns, tls_secret[host])]
+                crt, key = (
+                    work / f"{ns}-{tls_secret[host]}.crt",
+                    work / f"{ns}-{tls_secret[host]}.key",
+                )
+                crt.write_bytes(base64.b64decode(sec["data"]["tls.crt"]))
+                key.write_bytes(base64.b64decode(sec["data"]["tls.key"]))
+                ssl_lines = (
+                    f"        listen {LISTEN}:{https_port} ssl;\n"
+                    f"        ssl_certificate {crt};\n        ssl_certificate_key {key};\n"
+                )
+            servers.append(
+                "    server {\n"
+                f"        listen {LISTEN}:{http_port};\n{ssl_lines}"
+                f"        server_name {host};\n" + "\n".join(locations) + "\n    }"
+            )
+    ups = "\n".join(
+        f"    upstream {name} {{\n"
+        + "".join(f"        server {a};\n" for a in addrs)
+        + "        keepalive 320;\n    }"
+        for name, addrs in upstreams.items()
+    )
+    return f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {work}/nginx-proxy.pid;
+error_log {work}/nginx-proxy-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    log_format ingress '$time_iso8601 $remote_addr "$request" $status $body_bytes_sent host=$host upstream=$upstream_addr rt=$request_time urt=$upstream_response_time id=$rid';
+    access_log {access_log} ingress buffer=64k flush=1s;
+    client_body_temp_path {work}/nginx/body;
+    proxy_temp_path {work}/nginx/proxy;
+    fastcgi_temp_path {work}/nginx/fastcgi;
+    uwsgi_temp_path {work}/nginx/uwsgi;
+    scgi_temp_path {work}/nginx/scgi;
+    server_names_hash_max_size 4096;
+    server_names_hash_bucket_size 128;
+    keepalive_requests 1000000;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_tickets off;
+    ssl_session_cache off;
+    map $http_x_request_id $rid {{ default $http_x_request_id; "" $request_id; }}
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    proxy_set_header Host $host;
+    proxy_set_header X-Request-ID $rid;
+    proxy_set_header X-Real-IP $remote_addr;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Forwarded-Host $host;
+    proxy_set_header X-Forwarded-Port $server_port;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    add_header X-Request-ID $rid;
+{ups}
+    server {{
+        listen {LISTEN}:{http_port} default_server;
+        listen {LISTEN}:{https_port} ssl default_server;
+        ssl_certificate {work}/{NAMESPACE}-bench-tls.crt;
+        ssl_certificate_key {work}/{NAMESPACE}-bench-tls.key;
+        return 404;
+    }}
+{chr(10).join(servers)}
+}}
+"""
+
+
+class IngressBench(Scenario):
+    name = "ingress"
+    title = (
+        "Ingress: keep-alive req/s (HTTP, TLS), new TLS handshakes/s, latency; 1 and 1,000 rules"
+    )
+    description = __doc__.split("\n\n", 1)[1].replace("\n", " ") if __doc__ else ""
+    sides = (NETPLANE, NGINX)
+    peer_note = (
+        "nginx 1 worker, the same routes generated from the same Ingress objects, upstream "
+        "keepalive 32, the same forwarded headers, buffered access log on both; resumption off "
+        "on both. Bar (issue 6): >= 0.6x nginx on each figure; aim 1.0x."
+    )
+    packages = ("nginx", "wrk")
+    warmup_runs = 0
+    budget_s = 400.0
+
+    def __init__(self) -> None:
+        self.work: Path | None = None
+        self.backend: Proc | None = None
+        self.backend_addr: tuple[str, int] = (LISTEN, 0)
+        self.cert: tuple[bytes, bytes] = (b"", b"")
+        self.load_cpu = 0.0
+
+    def sizes(self, ctx: Context) -> tuple[int, ...]:
+        return QUICK_SIZES if ctx.quick else FULL_SIZES
+
+    def seconds(self, ctx: Context) -> float:
+        return 1.0 if ctx.quick else 10.0
+
+    def metrics(self, ctx: Context) -> list[Metric]:
+        out = []
+        for n in self.sizes(ctx):
+            out += [
+                Metric(f"rps@{n}", "req/s", "higher", f"keep-alive req/s over HTTP, {n} rules"),
+                Metric(f"p50_ms@{n}", "ms", "lower", f"HTTP keep-alive p50 latency, {n} rules"),
+                Metric(f"p99_ms@{n}", "ms", "lower", f"HTTP keep-alive p99 latency, {n} rules"),
+                Metric(f"cpu_us@{n}", "µs", "lower", f"proxy CPU per HTTP request, {n} rules"),
+                Metric(f"tls_rps@{n}", "req/s", "higher", f"keep-alive req/s over TLS, {n} rules"),
+                Metric(f"handshakes@{n}", "conn/s", "higher", f"new TLS handshakes/s, {n} rules"),
+                Metric(
+                    f"load_cpu_pct@{n}",
+                    "%",
+                    "lower",
+                    f"wrk CPU (HTTP run), % of its core, {n} rules",
+                ),
+            ]
+        return out
+
+    def params(self, ctx: Context) -> dict[str, Any]:
+        return {
+            "wrk": f"-t1 -c50 -d{self.seconds(ctx):g}s --latency",
+            "rules": list(self.sizes(ctx)),
+            "runs": "1 per side (quick)" if ctx.quick else f"{ctx.runs} per side",
+        }
+
+    # -- shared -----------------------------------------------------------------
+
+    def setup(self, ctx: Context) -> None:
+        program("wrk")
+        import trustme
+
+        self.work = work = ctx.workdir / "ingress"
+        work.mkdir(exist_ok=True)
+        (work / "nginx").mkdir(exist_ok=True)
+        leaf = trustme.CA().issue_cert("*.bench.test")  # ECDSA P-256
+        self.cert = (leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes())
+        port = ctx.free_port()
+        self.backend_addr = (LISTEN, port)
+        server = ctx.pin("server")
+        nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+        if nginx:
+            conf = work / "backend.conf"
+            conf.write_text(
+                f"daemon off;\nmaster_process off;\nworker_processes 1;\npid {work}/backend.pid;\n"
+                f"error_log {work}/backend-error.log warn;\nevents {{ worker_connections 8192; }}\n"
+                f"http {{\n    access_log off;\n    keepalive_requests 1000000;\n"
+                f"    client_body_temp_path {work}/nginx/body;\n    proxy_temp_path {work}/nginx/proxy;\n"
+                f"    fastcgi_temp_path {work}/nginx/fastcgi;\n    uwsgi_temp_path {work}/nginx/uwsgi;\n"
+                f"    scgi_temp_path {work}/nginx/scgi;\n"
+                f'    server {{ listen {LISTEN}:{port} backlog=4096; location / {{ return 200 "ok\\n"; }} }}\n}}\n'
+            )
+            argv = [
+                *server,
+                nginx,
+                "-p",
+                str(work),
+                "-c",
+                str(conf),
+                "-e",
+                str(work / "backend-error.log"),
+            ]
+        else:
+            argv = [*server, sys.executable, "-c", _PY_BACKEND, LISTEN, str(port)]
+        self.backend = ctx.procs.start(argv, name="backend", log=work / "backend.log")
+        ctx.wait_http(f"http://{LISTEN}:{port}/", 200, timeout=15, proc=self.backend)
+
+    def _wait(self, port: int, host: str, proc: Proc, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.popen.poll() is not None:
+                raise RuntimeError(
+                    f"{proc.name} exited with {proc.popen.returncode}; see {proc.log}"
+                )
+            conn = http.client.HTTPConnection(LISTEN, port, timeout=2)
+            try:
+                conn.request("GET", "/", headers={"Host": host})
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            finally:
+                conn.close()
+            time.sleep(0.05)
+        raise TimeoutError(f"{proc.name} did not route {host} within {timeout:.0f} s")
+
+    def _start(self, ctx: Context, side: str, n: int, index: int) -> tuple[Proc, int, int]:
+        assert self.work is not None
+        work = self.work
+        http_port, https_port = ctx.free_port(), ctx.free_port()
+        objs = objects(n, self.backend_addr, *self.cert)
+        log = work / f"{side}-{n}-{index}.log"
+        access = work / f"{side}-{n}-{index}-access.log"
+        if side == NETPLANE:
+            mdir = work / f"manifests-{n}"
+            mdir.mkdir(exist_ok=True)
+            (mdir / "objects.json").write_text(
+                json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
+            )
+            argv = [
+                *ctx.pin("server"), sys.executable, "-c",
+                f"import sys; sys.path.insert(0, {str(ctx.root)!r}); from netplane.cli import main; sys.exit(main())",
+                "run", "-f", str(mdir), "--mode", "local", "--proxy", "off", "--dns", "off",
+                "--admin", "off", "--ingress-http", f"{LISTEN}:{http_port}",
+                "--ingress-https", f"{LISTEN}:{https_port}", "--ingress-access-log", str(access),
+                "--ingress-tls-resumption", "off", "--log-level", "warning", "--drain-seconds", "1",
+            ]  # fmt: skip
+        else:
+            nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+            conf = work / f"proxy-{n}.conf"
+            conf.write_text(nginx_conf(objs, work, http_port, https_port, access))
+            argv = [
+                *ctx.pin("server"),
+                str(nginx),
+                "-p",
+                str(work),
+                "-c",
+                str(conf),
+                "-e",
+                str(work / "nginx-proxy-error.log"),
+            ]
+        proc = ctx.procs.start(argv, name=side, log=log, cwd=work)
+        self._wait(http_port, f"h{n - 1}.bench.test", proc)
+        return proc, http_port, https_port
+
+    def _wrk(self, ctx: Context, url: str, host: str, seconds: float, *extra: str) -> str:
+        assert self.work is not None
+        out = self.work / "wrk.out"
+        out.write_text("")
+        before = children_cpu()
+        proc = ctx.procs.start(
+            [*ctx.pin("load"), program("wrk"), "-t1", "-c50", f"-d{seconds:g}s", "--latency",
+             "-H", f"Host: {host}", *extra, url],
+            name="wrk", log=self.work / "wrk.log", stdout=out,
+        )  # fmt: skip
+        rc = ctx.procs.wait(proc, timeout=seconds + 30)
+        self.load_cpu = children_cpu() - before
+        text = out.read_text()
+        if rc != 0:
+            raise RuntimeError(
+                f"wrk exited with {rc}: {(self.work / 'wrk.log').read_text()[-300:]}"
+            )
+        return text
+
+    def run_side(self, ctx: Context, side: str, index: int) -> dict[str, float]:
+        if ctx.quick and index > 0:
+            return {}
+        if side == NGINX and not (
+            shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
+        ):
+            if ctx.quick:
+                return {}  # quick mode never fails for a missing peer
+            raise RuntimeError("nginx is not installed (python -m bench.setup nginx)")
+        secs = self.seconds(ctx)
+        out: dict[str, float] = {}
+        for n in self.sizes(ctx):
+            proc, http_port, https_port = self._start(ctx, side, n, index)
+            host = f"h{n - 1}.bench.test"
+            try:
+                if not ctx.quick:
+                    self._wrk(ctx, f"http://{LISTEN}:{http_port}/", host, 1)  # warm-up
+                cpu0 = cpu_seconds(proc.pid)
+                t0 = time.perf_counter()
+                text = self._wrk(ctx, f"http://{LISTEN}:{http_port}/", host, secs)
+                wall = time.perf_counter() - t0
+                rps, total, errors = parse_wrk(text)
+                if errors > 0.01 * max(total, 1):
+                    raise RuntimeError(f"wrk through {side}: {errors} errors in {total} requests")
+                out[f"rps@{n}"] = rps
+                out[f"cpu_us@{n}"] = 1e6 * (cpu_seconds(proc.pid) - cpu0) / max(total, 1)
+                out[f"load_cpu_pct@{n}"] = 100 * self.load_cpu / wall
+                lat = wrk_latency(text)
+                if "p50" in lat:
+                    out[f"p50_ms@{n}"] = lat["p50"]
+                if "p99" in lat:
+                    out[f"p99_ms@{n}"] = lat["p99"]
+                text = self._wrk(ctx, f"https://{LISTEN}:{https_port}/", host, secs)
+                rps, total, errors = parse_wrk(text)
+                if errors > 0.01 * max(total, 1):
+                    raise RuntimeError(f"wrk over TLS through {side}: {errors} errors in {total}")
+                out[f"tls_rps@{n}"] = rps
+                text = self._wrk(
+                    ctx, f"https://{LISTEN}:{https_port}/", host, secs, "-H", "Connection: close"
+                )
+                rps, total, errors = parse_wrk(text)
+                if errors > 0.05 * max(total, 1):
+                    raise RuntimeError(f"wrk handshakes through {side}: {errors} errors in {total}")
+                out[f"handshakes@{n}"] = rps
+            finally:
+                ctx.procs.stop(proc)
+        return out
+
+    def teardown(self, ctx: Context) -> None:
+        if self.backend is not None:
+            ctx.procs.stop(self.backend)
+            self.backend = None

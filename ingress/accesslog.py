@@ -1,0 +1,181 @@
+"""The access log: one line per request, text or JSON, written in batches.
+
+A request's line says who asked (client address), what (method, host,
+target), what came of it (status, body bytes sent, the Ingress, the
+endpoint) and how long it took (total and upstream seconds), plus the
+X-Request-ID that went upstream. Lines gather in memory and go out with
+one ``write`` when 64 KiB are waiting or when :meth:`AccessLog.flush` runs
+(the server's sweeper calls it twice a second), as nginx's ``buffer=`` and
+``flush=`` do; the logging module would cost more per line than the proxy
+spends on the request. Timestamps have the daemon log's format
+(:mod:`netplane.logs`): UTC, RFC 3339, milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from typing import Any
+
+FORMATS = ("text", "json")
+_BATCH = 64 * 1024
+
+
+class AccessLog:
+    """Buffered access-log lines to a file descriptor (stdout, or a file opened for append)."""
+
+    def __init__(self, target: str = "stdout", fmt: str = "text") -> None:
+        if fmt not in FORMATS:
+            raise ValueError(f"access log format {fmt!r} is not one of {', '.join(FORMATS)}")
+        self.fmt = fmt
+        self.target = target
+        if target in ("stdout", "-"):
+            self._fd = 1
+            self._own = False
+        elif target == "stderr":
+            self._fd = 2
+            self._own = False
+        else:
+            self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._own = True
+        self._lines: list[bytes] = []
+        self._size = 0
+        self._sec = -1
+        self._offset = 0.0
+        self._wall = 0
+        self._stamp = b""
+        self._names: dict[Any, bytes] = {}
+        self._quotes: dict[bytes, bytes] = {}
+        self._ups: dict[tuple[str, int], bytes] = {}
+        self.lines_written = 0
+
+    def _stamp_for(self, now: float) -> bytes:
+        """The wall-clock time of monotonic ``now``, as the daemon's log writes it."""
+        sec = int(now)
+        if sec != self._sec:  # once a second: re-anchor the monotonic clock to the wall
+            self._sec = sec
+            self._offset = time.time() - now
+            self._wall = int(now + self._offset)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._wall)).encode()
+        t = now + self._offset
+        ms = int((t - self._wall) * 1000)
+        if not 0 <= ms < 1000:  # the wall second moved within this monotonic second
+            self._wall = int(t)
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._wall)).encode()
+            ms = int((t - self._wall) * 1000)
+        return b"%s.%03dZ" % (self._stamp, ms)
+
+    def _ingress(self, key: Any) -> bytes:
+        name = self._names.get(key)
+        if name is None:
+            name = self._names[key] = f"{key.namespace}/{key.name}".encode() if key else b"-"
+            if len(self._names) > 10000:
+                self._names.clear()
+        return name
+
+    # Small caches: the same paths, hosts and endpoints come back request after request.
+
+    def _quoted(self, text: bytes) -> bytes:
+        q = self._quotes.get(text)
+        if q is None:
+            if len(self._quotes) > 4096:
+                self._quotes.clear()
+            q = self._quotes[text] = _quote(text)
+        return q
+
+    def _upstream(self, up: tuple[str, int] | None) -> bytes:
+        if up is None:
+            return b"-"
+        u = self._ups.get(up)
+        if u is None:
+            if len(self._ups) > 4096:
+                self._ups.clear()
+            u = self._ups[up] = (
+                f"[{up[0]}]:{up[1]}" if ":" in up[0] else f"{up[0]}:{up[1]}"
+            ).encode()
+        return u
+
+    def record(self, conn: Any, ex: Any, now: float) -> None:
+        """Add the line for exchange ``ex`` of client connection ``conn``; ``now`` is monotonic."""
+        if self.fmt == "json":
+            self._lines.append(self._json(conn, ex, now))
+        else:
+            up = ex.upstream_addr
+            head = ex.head
+            line = b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%s id=%s' % (
+                self._stamp_for(now),
+                conn.client_ip_b,
+                ex.method,
+                self._quoted(ex.target),
+                b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
+                ex.status,
+                ex.bytes_out,
+                self._quoted(head.host) if head.host else b"-",
+                self._ingress(getattr(ex.decision, "ingress", None)),
+                self._upstream(up),
+                now - ex.t0,
+                b"%.6f" % (now - ex.t_up) if ex.t_up else b"-",
+                head.request_id or b"-",
+            )
+            self._lines.append(line)
+        self._size += 200
+        if self._size >= _BATCH:
+            self.flush()
+
+    def _json(self, conn: Any, ex: Any, now: float) -> bytes:
+        d = ex.decision
+        ingress = getattr(d, "ingress", None)
+        up = ex.upstream_addr
+        rid = ex.head.request_id
+        return json.dumps(
+            {
+                "ts": self._stamp_for(now).decode(),
+                "client": conn.client_ip,
+                "method": ex.method.decode("latin-1"),
+                "host": ex.head.host.decode("latin-1") if ex.head.host is not None else "",
+                "path": ex.target.decode("latin-1"),
+                "status": ex.status,
+                "bytes": ex.bytes_out,
+                "ingress": f"{ingress.namespace}/{ingress.name}" if ingress else None,
+                "upstream": f"{up[0]}:{up[1]}" if up else None,
+                "duration": round(now - ex.t0, 6),
+                "upstream_duration": round(now - ex.t_up, 6) if ex.t_up else None,
+                "request_id": rid.decode("latin-1") if rid else None,
+            },
+            ensure_ascii=False,
+        ).encode()
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        data = b"\n".join(self._lines) + b"\n"
+        n = len(self._lines)
+        self._lines.clear()
+        self._size = 0
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except BlockingIOError:
+            pass  # a non-blocking stdout that is full: lose the rest of this batch, not the loop
+        except OSError:
+            return
+        self.lines_written += n
+
+    def close(self) -> None:
+        self.flush()
+        if self._own:
+            os.close(self._fd)
+            self._own = False
+
+
+_UNSAFE = re.compile(rb'[^\x21-\x7e]|["\\]')
+
+
+def _quote(text: bytes) -> bytes:
+    """One line per request whatever the client sent: quotes, spaces, controls escaped."""
+    if _UNSAFE.search(text) is None:
+        return text
+    return _UNSAFE.sub(lambda m: b"\\x%02x" % m.group(0)[0], text)

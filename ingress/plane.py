@@ -1,0 +1,151 @@
+"""IngressPlane: the ingress proxy of one Dataplane, following its changes.
+
+It builds the RouteTable and the CertStore from the cluster state, opens
+the HTTP and HTTPS listeners, and applies every coalesced Change to both
+(as :mod:`netplane.l4.proxy` does for the L4 table). The listeners read
+the route table per request and the TLS context picks certificates per
+handshake, so a change reaches the next request and the next handshake
+while requests in flight, open keep-alive connections and WebSocket
+tunnels carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+from netplane.ingress.accesslog import AccessLog
+from netplane.ingress.certs import CertStore
+from netplane.ingress.http import HttpSettings
+from netplane.ingress.routes import DEFAULT_HSTS, RouteTable
+from netplane.ingress.server import IngressServer
+from netplane.ingress.upstream import Pool
+
+from netplane.errors import ConfigError
+
+log = logging.getLogger("netplane.ingress")
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSettings:
+    """What the ingress plane is told by the config (see ``ingress_for`` in the daemon)."""
+
+    http: tuple[str, int] | None = ("127.0.0.1", 8080)
+    https: tuple[str, int] | None = ("127.0.0.1", 8443)
+    ingress_class: str = "netplane"
+    controller: str = "netplane.io/ingress"
+    #: (namespace, name) of a kubernetes.io/tls Secret for the default certificate
+    default_secret: tuple[str, str] | None = None
+    #: (cert PEM, key PEM) served when no Secret matches (None: generated at start)
+    default_pair: tuple[bytes, bytes] | None = None
+    hsts: bytes | None = DEFAULT_HSTS
+    #: "stdout", "stderr", a file path, or None for no access log
+    access_log: str | None = "stdout"
+    access_log_format: str = "text"
+    http_settings: HttpSettings = field(default_factory=HttpSettings)
+    #: False: no TLS session tickets, so every new connection is a full handshake
+    tls_resumption: bool = True
+    upstream_max_idle: int = 320  # ingress-nginx's upstream-keepalive-connections
+    upstream_idle_timeout: float = 60.0
+
+
+class IngressPlane:
+    """Routes, certificates and listeners of the ingress; ``start()`` before the Dataplane's."""
+
+    def __init__(self, dataplane: Any, settings: IngressSettings | None = None) -> None:
+        self._dp = dataplane
+        self.settings = s = settings or IngressSettings()
+        self.routes = RouteTable(
+            ingress_class=s.ingress_class,
+            controller=s.controller,
+            hsts=s.hsts,
+            https_port=s.https[1] if s.https is not None else 443,
+        )
+        self.certs = CertStore(
+            default=s.default_pair,
+            ingress_class=s.ingress_class,
+            controller=s.controller,
+            default_secret=s.default_secret,
+        )
+        self.access_log = (
+            AccessLog(s.access_log, s.access_log_format) if s.access_log is not None else None
+        )
+        self.server = IngressServer(
+            self.routes,
+            settings=s.http_settings,
+            pool=Pool(max_idle=s.upstream_max_idle, idle_timeout=s.upstream_idle_timeout),
+            access_log=self.access_log,
+        )
+        self._built = False
+        self._stream: Any = None
+        self._task: asyncio.Task | None = None
+        self.changes_applied = 0
+
+    async def start(self) -> None:
+        """Subscribe, build what the state holds already, open the listeners."""
+        self._stream = self._dp.subscribe()
+        if self._dp.ready:
+            self._rebuild()
+        s = self.settings
+        try:
+            if s.http is not None:
+                await self.server.listen(*s.http)
+            if s.https is not None:
+                ctx = self.certs.server_context()
+                if not s.tls_resumption:
+                    ctx.num_tickets = 0  # TLS 1.3 resumes only by ticket
+                    ctx.options |= ssl.OP_NO_TICKET
+                bound = await self.server.listen(*s.https, tls=ctx)
+                if s.https[1] == 0:  # ssl-redirect must name the port actually bound
+                    self.routes.https_port = bound[1]
+        except OSError as e:
+            await self.server.close(0)
+            raise ConfigError(f"ingress: cannot listen: {e.strerror or e}") from None
+        self._task = asyncio.create_task(self._follow(), name="ingress")
+
+    def _rebuild(self) -> None:
+        self.routes.rebuild(self._dp.state, self._dp.table)
+        self.certs.rebuild(self._dp.state)
+        self._built = True
+
+    async def _follow(self) -> None:
+        async for change in self._stream:
+            try:
+                if not self._built:
+                    self._rebuild()
+                else:
+                    self.routes.apply(self._dp.state, self._dp.table, change)
+                    self.certs.apply(self._dp.state, change)
+                self.changes_applied += 1
+            except Exception:
+                log.exception("ingress update failed; rebuilding routes and certificates")
+                try:
+                    self._rebuild()
+                except Exception:
+                    log.exception("ingress rebuild failed; keeping the previous routes")
+
+    @property
+    def addresses(self) -> list[tuple[str, int, bool]]:
+        """(host, port, https) of each listener, once started."""
+        return self.server.addresses
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting; requests in flight get up to ``grace`` seconds."""
+        if self._task is not None:
+            self._task.cancel()
+        if self._stream is not None:
+            self._stream.close()
+        await self.server.close(grace)
+        if self.access_log is not None:
+            self.access_log.close()
+
+    def debug_state(self) -> dict[str, Any]:
+        return {
+            **self.server.debug_state(),
+            "changes_applied": self.changes_applied,
+            "routes": self.routes.debug_state(),
+            "certificates": self.certs.debug_state(),
+        }

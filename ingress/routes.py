@@ -1,0 +1,980 @@
+"""RouteTable: Ingress v1 host/path routing with ingress-nginx annotations (sans-IO).
+
+Interface extensions (compatible, all keyword arguments with defaults):
+``RouteTable(hsts=..., https_port=...)`` sets the HSTS value and the port
+that ssl-redirect sends clients to; ``CertStore(ingress_class=...,
+controller=..., default_secret=...)`` in ``certs.py`` selects Ingresses the
+same way and can serve ``--default-certificate NAMESPACE/NAME`` from the
+cluster.
+
+Strategy: everything a request needs is computed when the table is built.
+Per host a :class:`_Host` holds a dict of Exact paths and a tuple of
+Prefix/regex locations, longest path first; per (service, port) a
+:class:`_Pool` holds the candidate endpoints as precomputed rotations, one
+per starting endpoint, so round-robin is an index bump and the Forward is
+the only object a plain request allocates. A location carries two flags
+saying whether it needs any per-request policy (allowlist, redirects,
+canary, affinity, rewrite) for HTTP and for HTTPS; when not, ``route()``
+is a host dict lookup, a path dict lookup, a short prefix scan and one
+constructor call.
+
+Rules follow the Ingress v1 specification and ingress-nginx where the
+specification leaves room:
+
+- Exact beats Prefix on the same path; otherwise the longest path wins.
+  Regex locations (ImplementationSpecific under use-regex) sit in the scan
+  by the length of their pattern, as ingress-nginx orders its locations.
+- An exact host beats a wildcard, which beats rules without a host; a host
+  that matches but has no matching path does not fall through to a less
+  specific host (each host is one nginx ``server``). Then the host's
+  ``spec.defaultBackend`` (from the oldest of its Ingresses that has one),
+  then the oldest Ingress-wide default backend, then 404.
+- Several Ingresses merge per host; when two define the same path (same
+  kind), the oldest (creationTimestamp, then namespace/name) serves it and
+  the other is logged once each time the host is rebuilt.
+- A canary Ingress (``canary: "true"``) adds no locations of its own: each
+  of its paths attaches to the main location with the same host and path.
+- rewrite-target replaces the whole path, as nginx's ``rewrite`` does;
+  ``$1``.. refer to the regex's groups under use-regex. The query string
+  is kept.
+- Policy order per request: allowlist (403), permanent/temporal redirect,
+  app-root, ssl-redirect, then forward.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from netplane.dataplane import Change
+from netplane.model import Ingress, IngressBackend, ObjectKey
+from netplane.service_table import ServiceKey, ServiceTable
+from netplane.state import ClusterState
+
+from .annotations import Affinity, Annotations, Canary, parse_annotations
+from .classes import ClassSelector
+from .paths import (
+    compile_regex,
+    normalize,
+    prefix_key,
+    request_path,
+    split_host,
+    wildcard_parent,
+)
+
+log = logging.getLogger("netplane.ingress.routes")
+
+DEFAULT_HSTS = b"max-age=31536000; includeSubDomains"
+# Endpoints in Forward.targets: the choice plus connect-failure retries
+# (ingress-nginx's proxy-next-upstream-tries default is 3).
+MAX_TARGETS = 3
+
+
+# -- decisions -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOptions:
+    """Per-location proxy settings, from annotations and defaults."""
+
+    body_limit: int | None = 1024 * 1024  # proxy-body-size (None: unlimited) -> 413
+    connect_timeout: float = 5.0  # proxy-connect-timeout
+    read_timeout: float = 60.0  # proxy-read-timeout -> 504
+    send_timeout: float = 60.0  # proxy-send-timeout
+    hsts: bytes | None = None  # Strict-Transport-Security value on HTTPS replies
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Proxy the request to ``targets[0]``; the rest are connect-failure retries."""
+
+    ingress: ObjectKey
+    service: ServiceKey
+    targets: tuple[tuple[str, int], ...]
+    path: str  # the request target to send upstream (after rewrite-target)
+    upstream_tls: bool  # backend-protocol HTTPS
+    options: ProxyOptions
+    set_cookie: bytes | None = None  # a Set-Cookie value to add to the response (affinity)
+
+
+@dataclass(frozen=True, slots=True)
+class Respond:
+    """Answer without an upstream (403, 404, 503) with a short plain-text body."""
+
+    status: int
+    body: bytes
+    ingress: ObjectKey | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """Answer with a redirect (ssl-redirect 308, permanent 301, temporal 302, app-root)."""
+
+    status: int
+    location: bytes
+    ingress: ObjectKey | None = None
+
+
+Decision = Forward | Respond | Redirect
+
+
+def _frozen_maker(cls: type) -> Any:
+    """A positional constructor for a frozen, slotted dataclass, about three times as fast.
+
+    The object is built as an unfrozen twin with the same slots (plain
+    attribute stores) and then given ``cls`` as its class, which Python
+    allows between classes of identical layout. The result is an ordinary
+    ``cls`` instance: same type, equality, hash and immutability.
+    """
+    names = cls.__slots__
+    args = ", ".join(names)
+    body = "\n".join(f"        self.{n} = {n}" for n in names)
+    ns: dict[str, Any] = {}
+    exec(f"class Twin:\n    __slots__ = {names!r}\n    def __init__(self, {args}):\n{body}\n", ns)
+    twin = ns["Twin"]
+    exec(
+        f"def make({args}, _twin=_twin, _cls=_cls):\n"
+        f"    o = _twin({args})\n    o.__class__ = _cls\n    return o\n",
+        {"_twin": twin, "_cls": cls},
+        ns,
+    )
+    return ns["make"]
+
+
+_forward = _frozen_maker(Forward)
+
+# The lookup cache: Host header -> request target -> location (None: 404).
+# Repeated requests (the same pages, health checks, a benchmark) skip the
+# host and path matching; its size is bounded, and long targets are not kept.
+_MISS = object()
+_CACHE_MAX_ENTRIES = 8192
+_CACHE_MAX_TARGET = 256
+
+NOT_FOUND = Respond(404, b"404 Not Found: no Ingress rule matches this host and path\n")
+
+
+def _age(ing: Ingress) -> tuple[str, str, str]:
+    return (ing.meta.creation_timestamp, ing.key.namespace, ing.key.name)
+
+
+# -- endpoints -------------------------------------------------------------------
+
+
+class _Pool:
+    """The candidate endpoints of one Ingress backend (service and port), round-robin."""
+
+    __slots__ = (
+        "by_target",
+        "by_token",
+        "cursor",
+        "key",
+        "rotations",
+        "service",
+        "tokens",
+        "unavailable",
+    )
+
+    def __init__(self, key: tuple[str, str, int | None, str]) -> None:
+        self.key = key  # (namespace, service, port number, port name)
+        self.service: ServiceKey = (key[0], key[1])
+        self.rotations: tuple[tuple[tuple[str, int], ...], ...] = ()
+        self.tokens: tuple[bytes, ...] = ()
+        self.by_token: dict[bytes, int] = {}
+        self.by_target: dict[tuple[str, int], int] = {}
+        self.cursor = 0
+        self.unavailable = b""
+
+    def update(self, table: ServiceTable) -> None:
+        """Take the current endpoints: ready ones, else serving and terminating ones."""
+        ns, name, number, pname = self.key
+        port_text = str(number) if number is not None else repr(pname)
+        entry = table.get(ns, name)
+        candidates: list[tuple[str, int]] = []
+        if entry is None:
+            self.unavailable = f"503 Service Unavailable: service {ns}/{name} not found\n".encode()
+        else:
+            port = None
+            for p in entry.ports:
+                if p.protocol == "TCP" and (
+                    p.port == number if number is not None else p.name == pname
+                ):
+                    port = p
+                    break
+            if port is None:
+                self.unavailable = (
+                    f"503 Service Unavailable: service {ns}/{name} has no TCP port {port_text}\n"
+                ).encode()
+            else:
+                pna = entry.service.publish_not_ready_addresses
+                chosen = [b for b in port.backends if pna or b.ready]
+                if not chosen:
+                    chosen = [b for b in port.backends if b.serving and b.terminating]
+                candidates = sorted({(b.address, b.port) for b in chosen})
+                self.unavailable = (
+                    f"503 Service Unavailable: no ready endpoint for service {ns}/{name}"
+                    f" port {port_text}\n"
+                ).encode()
+        n = len(candidates)
+        k = min(n, MAX_TARGETS)
+        self.rotations = tuple(tuple(candidates[(i + j) % n] for j in range(k)) for i in range(n))
+        self.tokens = tuple(
+            hashlib.sha256(f"{a}|{p}".encode()).hexdigest()[:16].encode() for a, p in candidates
+        )
+        self.by_token = {t: i for i, t in enumerate(self.tokens)}
+        self.by_target = {t: i for i, t in enumerate(candidates)}
+        if self.cursor >= n:
+            self.cursor = 0
+
+    def next(self) -> int:
+        """The index of the next endpoint in round-robin order (-1: none)."""
+        n = len(self.rotations)
+        if not n:
+            return -1
+        i = self.cursor
+        self.cursor = i + 1 if i + 1 < n else 0
+        return i
+
+
+# -- locations -------------------------------------------------------------------
+
+
+class _Canary:
+    """A canary Ingress attached to a main location."""
+
+    __slots__ = ("acc", "header", "header_value", "ingress", "pool", "upstream_tls", "weight")
+
+    def __init__(self, ingress: ObjectKey, pool: _Pool, upstream_tls: bool, c: Canary) -> None:
+        self.ingress = ingress
+        self.pool = pool
+        self.upstream_tls = upstream_tls
+        self.weight = c.weight
+        self.header = c.header
+        self.header_value = c.header_value
+        self.acc = 0
+
+    def wanted(self, headers: Mapping[bytes, bytes]) -> bool:
+        if self.header is not None:
+            v = headers.get(self.header)
+            if v is not None:
+                if self.header_value is not None:
+                    if v == self.header_value:
+                        return True
+                elif v == b"always":
+                    return True
+                elif v == b"never":
+                    return False
+        if not self.weight:
+            return False
+        # Deterministic weighting: exactly weight out of every 100 requests.
+        self.acc += self.weight
+        if self.acc >= 100:
+            self.acc -= 100
+            return True
+        return False
+
+
+class _Location:
+    """One path of one host (or a default backend), with everything route() needs."""
+
+    __slots__ = (
+        "affinity",
+        "allow",
+        "app_root",
+        "canary",
+        "cookie_tail",
+        "description",
+        "ingress",
+        "kind",
+        "options",
+        "path",
+        "plain_http",
+        "plain_https",
+        "pool",
+        "redirect",
+        "regex",
+        "rewrite",
+        "ssl_redirect",
+        "unsupported",
+        "upstream_tls",
+    )
+
+    def __init__(self) -> None:
+        self.ingress: ObjectKey
+        self.kind = ""  # "Exact" | "Prefix" | "Regex" | "Default"
+        self.path = ""
+        self.description = ""
+        self.pool: _Pool | None = None
+        self.unsupported: bytes | None = None  # backend.resource: 503 with this body
+        self.upstream_tls = False
+        self.options = ProxyOptions()
+        self.regex: re.Pattern[str] | None = None
+        self.rewrite: str | None = None
+        self.allow: tuple | None = None
+        self.redirect: Redirect | None = None
+        self.app_root: bytes | None = None
+        self.ssl_redirect = False
+        self.affinity: Affinity | None = None
+        self.cookie_tail = b""
+        self.canary: _Canary | None = None
+        self.plain_http = True
+        self.plain_https = True
+
+    def finish(self) -> None:
+        """Set the fast-path flags once every field is final."""
+        common = (
+            self.allow is None
+            and self.redirect is None
+            and self.app_root is None
+            and self.affinity is None
+            and self.canary is None
+            and self.rewrite is None
+            and self.unsupported is None
+        )
+        self.plain_https = common
+        self.plain_http = common and not self.ssl_redirect
+
+
+class _Host:
+    """The locations of one rule host."""
+
+    __slots__ = ("default", "exact", "name", "scan", "tls")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.exact: dict[str, _Location] = {}
+        # Prefix locations as (key, key + "/", location) and regex ones as
+        # (None, pattern, location), longest first.
+        self.scan: tuple[tuple[str | None, object, _Location], ...] = ()
+        self.default: _Location | None = None
+        self.tls = False
+
+
+# -- the table -------------------------------------------------------------------
+
+
+class RouteTable:
+    """Ingress v1 host/path routing with ingress-nginx annotations; sans-IO."""
+
+    def __init__(
+        self,
+        *,
+        ingress_class: str = "netplane",
+        controller: str = "netplane.io/ingress",
+        hsts: bytes | None = DEFAULT_HSTS,
+        https_port: int = 443,
+    ) -> None:
+        self.ingress_class = ingress_class
+        self.controller = controller
+        self.hsts = hsts
+        self.https_port = https_port
+        self._selector = ClassSelector(ingress_class, controller, frozenset(), False)
+        self._ingresses: dict[ObjectKey, Ingress] = {}
+        self._annotations: dict[ObjectKey, Annotations] = {}
+        self._host_ingresses: dict[str, set[ObjectKey]] = {}
+        self._tls_patterns: frozenset[str] = frozenset()
+        self._hosts: dict[str, _Host] = {}  # every rule host, by its rule text
+        self._exact: dict[str, _Host] = {}
+        self._wild: dict[str, _Host] = {}
+        self._any: _Host | None = None
+        self._default: _Location | None = None
+        self._pools: dict[tuple[str, str, int | None, str], _Pool] = {}
+        self._by_service: dict[ServiceKey, list[_Pool]] = {}
+        self._options: dict[tuple, ProxyOptions] = {}
+        self._table: ServiceTable | None = None
+        # Problems found at the last build, for /debug/state: by host ("" for
+        # Ingress-wide ones), each a logged line.
+        self._problems: dict[str, list[str]] = {}
+        self._cache: dict[str, dict[str, _Location | None]] = {}
+        self._cached = 0
+        self._ingress_problems: dict[ObjectKey, list[str]] = {}
+
+    # -- building ------------------------------------------------------------
+
+    def rebuild(self, state: ClusterState, table: ServiceTable) -> None:
+        """Recompute everything from ``state`` (start-up, or after an IngressClass change)."""
+        self._table = table
+        self._selector = ClassSelector.from_state(
+            state, ingress_class=self.ingress_class, controller=self.controller
+        )
+        self._ingresses = {}
+        self._annotations = {}
+        self._ingress_problems = {}
+        self._host_ingresses = {}
+        for obj in state.objects("Ingress"):
+            if self._selector.selects(obj):  # type: ignore[arg-type]
+                self._add_ingress(obj)  # type: ignore[arg-type]
+        self._tls_patterns = self._compute_tls()
+        self._hosts = {}
+        self._forget()
+        self._exact, self._wild, self._any = {}, {}, None
+        self._problems = {}
+        old_pools = self._pools
+        self._pools = {}
+        self._by_service = {}
+        for host in list(self._host_ingresses):
+            self._build_host(host, old_pools)
+        self._build_default(old_pools)
+        for key, pool in self._pools.items():
+            if key in old_pools:
+                pool.update(table)
+
+    def apply(self, state: ClusterState, table: ServiceTable, change: Change) -> None:
+        """Incremental update for one coalesced dataplane Change.
+
+        Only hosts whose Ingresses changed are rebuilt; an endpoint change
+        only refreshes the pools of the services it touched.
+        """
+        self._table = table
+        objects = change.objects
+        if any(k.kind == "IngressClass" for k in objects):
+            self.rebuild(state, table)
+            return
+        touched: set[str] = set()
+        defaults_changed = False
+        ingresses_changed = False
+        for key in objects:
+            if key.kind != "Ingress":
+                continue
+            old = self._ingresses.get(key)
+            new = state.get(key)
+            if new is not None and not self._selector.selects(new):  # type: ignore[arg-type]
+                new = None
+            if old is None and new is None:
+                continue
+            ingresses_changed = True
+            for ing in (old, new):
+                if ing is not None:
+                    touched.update(r.host for r in ing.rules)
+                    if ing.default_backend is not None:
+                        defaults_changed = True
+            if old is not None:
+                self._remove_ingress(old)
+            if new is not None:
+                self._add_ingress(new)  # type: ignore[arg-type]
+        if ingresses_changed:
+            self._forget()
+            tls = self._compute_tls()
+            if tls != self._tls_patterns:
+                self._tls_patterns = tls
+                touched.update(n for n, h in self._hosts.items() if h.tls != self._has_tls(n))
+            pools = self._pools
+            for host in touched:
+                self._build_host(host, pools)
+            if defaults_changed:
+                self._build_default(pools)
+            self._sweep_pools()
+        services = set(change.services)
+        services.update((k.namespace, k.name) for k in objects if k.kind == "Service")
+        by_service = self._by_service
+        for sk in services:
+            for pool in by_service.get(sk, ()):
+                pool.update(table)
+
+    def _add_ingress(self, ing: Ingress) -> None:
+        self._ingresses[ing.key] = ing
+        ann = parse_annotations(ing.meta.annotations)
+        self._annotations[ing.key] = ann
+        problems = list(ann.problems)
+        if ann.canary is not None and ing.default_backend is not None and not ing.rules:
+            problems.append("a canary Ingress with only a defaultBackend is ignored")
+        for p in problems:
+            log.warning("%s: %s; the rest of it still serves", ing.key, p)
+        if problems:
+            self._ingress_problems[ing.key] = problems
+        for r in ing.rules:
+            self._host_ingresses.setdefault(r.host, set()).add(ing.key)
+
+    def _remove_ingress(self, ing: Ingress) -> None:
+        del self._ingresses[ing.key]
+        self._annotations.pop(ing.key, None)
+        self._ingress_problems.pop(ing.key, None)
+        for r in ing.rules:
+            keys = self._host_ingresses.get(r.host)
+            if keys is not None:
+                keys.discard(ing.key)
+                if not keys:
+                    del self._host_ingresses[r.host]
+
+    def _compute_tls(self) -> frozenset[str]:
+        return frozenset(h for ing in self._ingresses.values() for t in ing.tls for h in t.hosts)
+
+    def _has_tls(self, host: str) -> bool:
+        if not host:
+            return False
+        tls = self._tls_patterns
+        if host in tls:
+            return True
+        if host.startswith("*."):
+            return False
+        parent = wildcard_parent(host)
+        return parent is not None and "*." + parent in tls
+
+    def _pool(
+        self, ns: str, backend: IngressBackend, old: dict[tuple[str, str, int | None, str], _Pool]
+    ) -> _Pool:
+        key = (ns, backend.service_name, backend.port_number, backend.port_name)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = old.get(key)
+            if pool is None:
+                pool = _Pool(key)
+                if self._table is not None:
+                    pool.update(self._table)
+            self._pools[key] = pool
+            self._by_service.setdefault(pool.service, []).append(pool)
+        return pool
+
+    def _sweep_pools(self) -> None:
+        live: set[int] = set()
+        locs: list[_Location] = [h.default for h in self._hosts.values() if h.default]
+        for h in self._hosts.values():
+            locs.extend(h.exact.values())
+            locs.extend(entry[2] for entry in h.scan)
+        if self._default is not None:
+            locs.append(self._default)
+        for loc in locs:
+            if loc.pool is not None:
+                live.add(id(loc.pool))
+            if loc.canary is not None:
+                live.add(id(loc.canary.pool))
+        self._pools = {k: p for k, p in self._pools.items() if id(p) in live}
+        self._by_service = {}
+        for p in self._pools.values():
+            self._by_service.setdefault(p.service, []).append(p)
+
+    def _proxy_options(self, ann: Annotations) -> ProxyOptions:
+        key = (ann.body_limit, ann.connect_timeout, ann.read_timeout, ann.send_timeout)
+        opts = self._options.get(key)
+        if opts is None:
+            opts = self._options[key] = ProxyOptions(*key, self.hsts)
+        return opts
+
+    def _location(
+        self,
+        ing: Ingress,
+        backend: IngressBackend,
+        kind: str,
+        path: str,
+        host_tls: bool,
+        old: dict,
+    ) -> _Location:
+        ann = self._annotations[ing.key]
+        loc = _Location()
+        loc.ingress = ing.key
+        loc.kind = kind
+        loc.path = path
+        if backend.resource is not None:
+            r = backend.resource
+            loc.unsupported = (
+                f"503 Service Unavailable: backend resource {r.kind} {r.name} is not supported\n"
+            ).encode()
+        else:
+            loc.pool = self._pool(ing.key.namespace, backend, old)
+        loc.upstream_tls = ann.backend_https
+        loc.options = self._proxy_options(ann)
+        loc.rewrite = _rewrite_template(ann.rewrite_target) if ann.rewrite_target else None
+        loc.allow = ann.allow
+        if ann.permanent_redirect:
+            loc.redirect = Redirect(301, ann.permanent_redirect.encode(), ing.key)
+        elif ann.temporal_redirect:
+            loc.redirect = Redirect(302, ann.temporal_redirect.encode(), ing.key)
+        loc.app_root = ann.app_root.encode() if ann.app_root else None
+        loc.ssl_redirect = ann.force_ssl_redirect or (ann.ssl_redirect and host_tls)
+        if ann.affinity is not None:
+            a = ann.affinity
+            cookie_path = a.path or (path if kind in ("Exact", "Prefix") else "/")
+            tail = f"; Path={cookie_path}"
+            if a.max_age is not None:
+                tail += f"; Max-Age={a.max_age}"
+            loc.affinity = a
+            loc.cookie_tail = (tail + "; HttpOnly").encode()
+        return loc
+
+    def _build_host(self, host: str, old: dict) -> None:
+        """(Re)build one rule host from the Ingresses that name it."""
+        prev = self._hosts.pop(host, None)
+        if prev is not None:
+            self._unindex(prev)
+        keys = self._host_ingresses.get(host)
+        problems: list[str] = []
+        self._problems.pop(host, None)
+        if not keys:
+            return
+        ingresses = sorted((self._ingresses[k] for k in keys), key=_age)
+        h = _Host(host)
+        h.tls = self._has_tls(host)
+        owners: dict[tuple[str, str], tuple[_Location, Ingress]] = {}
+        canaries: list[tuple[Ingress, tuple[str, str], IngressBackend]] = []
+        label = host or "*"
+        for ing in ingresses:
+            ann = self._annotations[ing.key]
+            for rule in ing.rules:
+                if rule.host != host:
+                    continue
+                for ip in rule.paths:
+                    kind = ip.path_type
+                    if kind == "ImplementationSpecific":
+                        kind = "Regex" if ann.use_regex else "Prefix"
+                    mkey = (kind, prefix_key(ip.path) if kind == "Prefix" else ip.path)
+                    if ann.canary is not None:
+                        canaries.append((ing, mkey, ip.backend))
+                        continue
+                    if ip.backend.resource is not None:
+                        problems.append(
+                            f"{ing.key}: host {label} path {ip.path}: backend.resource"
+                            " is not supported; answering 503"
+                        )
+                    if mkey in owners:
+                        winner = owners[mkey][1]
+                        problems.append(
+                            f"{ing.key}: host {label} {kind} path {ip.path} is already"
+                            f" defined by {winner.key}, which is older; ignoring it here"
+                        )
+                        continue
+                    regex = None
+                    if kind == "Regex":
+                        try:
+                            regex = compile_regex(ip.path)
+                        except re.error as e:
+                            problems.append(
+                                f"{ing.key}: host {label} path {ip.path!r} is not a valid"
+                                f" regular expression ({e}); ignoring the path"
+                            )
+                            continue
+                    loc = self._location(ing, ip.backend, kind, ip.path, h.tls, old)
+                    loc.regex = regex
+                    owners[mkey] = (loc, ing)
+            if h.default is None and ing.default_backend is not None and ann.canary is None:
+                h.default = self._location(ing, ing.default_backend, "Default", "", h.tls, old)
+        for ing, mkey, backend in canaries:
+            main = owners.get(mkey)
+            ann = self._annotations[ing.key]
+            if main is None:
+                problems.append(
+                    f"{ing.key}: canary for host {label} path {mkey[1] or '/'} has no main"
+                    " Ingress with that host and path; ignoring it"
+                )
+                continue
+            loc = main[0]
+            if loc.canary is not None:
+                problems.append(
+                    f"{ing.key}: host {label} path {mkey[1] or '/'} already has the canary"
+                    f" {loc.canary.ingress}; ignoring this one"
+                )
+                continue
+            if backend.resource is not None:
+                problems.append(f"{ing.key}: canary backend.resource is not supported; ignoring it")
+                continue
+            assert ann.canary is not None
+            loc.canary = _Canary(
+                ing.key, self._pool(ing.key.namespace, backend, old), ann.backend_https, ann.canary
+            )
+        scan: list[tuple[int, int, tuple[str | None, object, _Location]]] = []
+        for (kind, key), (loc, _) in owners.items():
+            loc.finish()
+            if kind == "Exact":
+                h.exact[key] = loc
+            elif kind == "Prefix":
+                scan.append((len(key), 1, (key, key + "/", loc)))
+            else:
+                scan.append((len(key), 0, (None, loc.regex, loc)))
+        # Longest first; on equal length a Prefix before a regex, then by path.
+        scan.sort(key=lambda s: (-s[0], -s[1], s[2][2].path))
+        h.scan = tuple(s[2] for s in scan)
+        if h.default is not None:
+            h.default.finish()
+        for p in problems:
+            log.warning("%s", p)
+        if problems:
+            self._problems[host] = problems
+        self._hosts[host] = h
+        if not host:
+            self._any = h
+        elif host.startswith("*."):
+            self._wild[host[2:]] = h
+        else:
+            self._exact[host] = h
+
+    def _unindex(self, h: _Host) -> None:
+        if not h.name:
+            self._any = None
+        elif h.name.startswith("*."):
+            self._wild.pop(h.name[2:], None)
+        else:
+            self._exact.pop(h.name, None)
+
+    def _build_default(self, old: dict) -> None:
+        """The controller-wide default backend: the oldest Ingress's spec.defaultBackend."""
+        with_default = sorted(
+            (
+                i
+                for i in self._ingresses.values()
+                if i.default_backend is not None and self._annotations[i.key].canary is None
+            ),
+            key=_age,
+        )
+        self._default = None
+        problems = []
+        if with_default:
+            first = with_default[0]
+            assert first.default_backend is not None
+            self._default = self._location(first, first.default_backend, "Default", "", False, old)
+            self._default.finish()
+            for other in with_default[1:]:
+                if not other.rules:
+                    problems.append(
+                        f"{other.key}: spec.defaultBackend conflicts with {first.key}, which is"
+                        " older and serves requests no rule matches"
+                    )
+        self._problems.pop("<default>", None)
+        for p in problems:
+            log.warning("%s", p)
+        if problems:
+            self._problems["<default>"] = problems
+
+    # -- the hot path --------------------------------------------------------
+
+    def route(
+        self,
+        host: str,
+        path: str,
+        *,
+        https: bool,
+        client_ip: str,
+        headers: Mapping[bytes, bytes],
+    ) -> Decision:
+        """The decision for one request; ``host`` is the raw Host header, ``path`` the target."""
+        by_path = self._cache.get(host)
+        loc = by_path.get(path, _MISS) if by_path is not None else _MISS
+        if loc is _MISS:
+            loc = self._find(host, path)
+            self._remember(host, path, loc)
+        if loc is None:
+            return NOT_FOUND
+        if loc.plain_https if https else loc.plain_http:
+            pool: _Pool = loc.pool  # type: ignore[assignment]
+            rotations = pool.rotations
+            if rotations:  # _Pool.next(), inlined
+                i = pool.cursor
+                pool.cursor = i + 1 if i + 1 < len(rotations) else 0
+                return _forward(
+                    loc.ingress,
+                    pool.service,
+                    rotations[i],
+                    path,
+                    loc.upstream_tls,
+                    loc.options,
+                    None,
+                )
+            return Respond(503, pool.unavailable, loc.ingress)
+        return self._policy(loc, host, path, https, client_ip, headers)
+
+    def _find(self, host: str, target: str) -> _Location | None:
+        """The location for a Host header and request target (see the module docstring)."""
+        name = split_host(host)
+        h = self._exact.get(name)
+        if h is None:
+            parent = wildcard_parent(name)
+            if parent is not None:
+                h = self._wild.get(parent)
+            if h is None:
+                h = self._any
+        if h is None:
+            return self._default
+        p = request_path(target)
+        loc = h.exact.get(p)
+        if loc is not None:
+            return loc
+        for key, pattern, candidate in h.scan:
+            if key is not None:
+                if p == key or p.startswith(pattern):  # type: ignore[arg-type]
+                    return candidate
+            elif pattern.match(p):  # type: ignore[union-attr]
+                return candidate
+        return h.default or self._default
+
+    def _remember(self, host: str, target: str, loc: _Location | None) -> None:
+        """Cache a lookup; bounded in entries and key length, emptied when routes change."""
+        if len(target) > _CACHE_MAX_TARGET or len(host) > _CACHE_MAX_TARGET:
+            return
+        if self._cached >= _CACHE_MAX_ENTRIES:
+            self._forget()
+        by_path = self._cache.get(host)
+        if by_path is None:
+            by_path = self._cache[host] = {}
+        by_path[target] = loc
+        self._cached += 1
+
+    def _forget(self) -> None:
+        self._cache = {}
+        self._cached = 0
+
+    def _policy(
+        self,
+        loc: _Location,
+        host: str,
+        target: str,
+        https: bool,
+        client_ip: str,
+        headers: Mapping[bytes, bytes],
+    ) -> Decision:
+        """The slow path: everything a location's annotations ask for, in order."""
+        if loc.allow is not None and not _allowed(client_ip, loc.allow):
+            return Respond(
+                403, b"403 Forbidden: the client address is not allowed here\n", loc.ingress
+            )
+        if loc.redirect is not None:
+            return loc.redirect
+        if loc.app_root is not None and _path_only(target) == "/":
+            scheme = "https" if https else "http"
+            return Redirect(302, f"{scheme}://{host}".encode() + loc.app_root, loc.ingress)
+        if loc.ssl_redirect and not https:
+            port = "" if self.https_port == 443 else f":{self.https_port}"
+            hostname = split_host(host) or "localhost"
+            if not target.startswith("/"):  # absolute-form: keep its path and query
+                scheme = target.find("://")
+                slash = target.find("/", scheme + 3) if scheme >= 0 else -1
+                target = target[slash:] if slash >= 0 else "/"
+            return Redirect(308, f"https://{hostname}{port}{target}".encode(), loc.ingress)
+        if loc.unsupported is not None:
+            return Respond(503, loc.unsupported, loc.ingress)
+        pool = loc.pool
+        assert pool is not None
+        ingress = loc.ingress
+        upstream_tls = loc.upstream_tls
+        canary = loc.canary
+        if canary is not None and canary.pool.rotations and canary.wanted(headers):
+            pool, ingress, upstream_tls = canary.pool, canary.ingress, canary.upstream_tls
+        path = target
+        if loc.rewrite is not None:
+            path = self._rewritten(loc, target)
+        set_cookie = None
+        i = -1
+        if loc.affinity is not None:
+            cookie = headers.get(b"cookie")
+            if cookie is not None:
+                token = _cookie_value(cookie, loc.affinity.name.encode())
+                if token is not None:
+                    i = pool.by_token.get(token, -1)
+            if i < 0:
+                i = pool.next()
+                if i >= 0:
+                    set_cookie = (
+                        loc.affinity.name.encode() + b"=" + pool.tokens[i] + loc.cookie_tail
+                    )
+        else:
+            i = pool.next()
+        if i < 0:
+            return Respond(503, pool.unavailable, ingress)
+        return _forward(
+            ingress, pool.service, pool.rotations[i], path, upstream_tls, loc.options, set_cookie
+        )
+
+    def _rewritten(self, loc: _Location, target: str) -> str:
+        q = target.find("?")
+        query = "" if q < 0 else target[q:]
+        p = normalize(target[:q] if q >= 0 else target)
+        template = loc.rewrite
+        assert template is not None
+        m = loc.regex.match(p) if loc.regex is not None else None
+        if m is not None:
+            new = m.expand(template)
+        else:
+            new = _NO_GROUPS.sub("", template).replace("\\\\", "\\")
+        if not new.startswith("/") and "://" not in new:
+            new = "/" + new
+        if query and "?" in new:
+            # An explicit query in the target replaces the original one (nginx's rule).
+            return new
+        return new + query
+
+    # -- introspection -------------------------------------------------------
+
+    def debug_state(self) -> dict:
+        """Hosts, their locations and endpoint counts, and the problems logged at build."""
+
+        def loc_dict(loc: _Location) -> dict:
+            d: dict = {"ingress": str(loc.ingress), "pathType": loc.kind}
+            if loc.pool is not None:
+                ns, svc, number, pname = loc.pool.key
+                d["service"] = f"{ns}/{svc}"
+                d["port"] = number if number is not None else pname
+                d["endpoints"] = len(loc.pool.rotations)
+            else:
+                d["backend"] = "resource (unsupported)"
+            if loc.canary is not None:
+                d["canary"] = {
+                    "ingress": str(loc.canary.ingress),
+                    "service": "/".join(loc.canary.pool.service),
+                    "weight": loc.canary.weight,
+                    "header": loc.canary.header.decode() if loc.canary.header else None,
+                }
+            return d
+
+        hosts = {}
+        for name, h in sorted(self._hosts.items()):
+            locs = {p: loc_dict(loc) for p, loc in sorted(h.exact.items())}
+            for _key, _pattern, loc in h.scan:
+                locs.setdefault(loc.path, loc_dict(loc))
+            hosts[name or "*"] = {
+                "tls": h.tls,
+                "paths": locs,
+                "defaultBackend": loc_dict(h.default) if h.default else None,
+            }
+        return {
+            "ingressClass": self.ingress_class,
+            "controller": self.controller,
+            "ingresses": len(self._ingresses),
+            "hosts": hosts,
+            "defaultBackend": loc_dict(self._default) if self._default else None,
+            "pools": len(self._pools),
+            "cachedLookups": self._cached,
+            "problems": sorted(
+                [p for ps in self._problems.values() for p in ps]
+                + [f"{k}: {p}" for k, ps in self._ingress_problems.items() for p in ps]
+            ),
+        }
+
+    def ingresses(self) -> Iterable[Ingress]:
+        """The Ingresses this table serves (those of our class)."""
+        return self._ingresses.values()
+
+
+# -- helpers ---------------------------------------------------------------------
+
+_GROUP_REF = re.compile(r"\$(\d)")
+_NO_GROUPS = re.compile(r"\\g<\d>")
+
+
+def _rewrite_template(target: str) -> str:
+    """nginx ``$1`` references as a ``re.Match.expand`` template."""
+    return _GROUP_REF.sub(r"\\g<\1>", target.replace("\\", "\\\\"))
+
+
+def _path_only(target: str) -> str:
+    q = target.find("?")
+    return target if q < 0 else target[:q]
+
+
+def _allowed(client_ip: str, nets: tuple) -> bool:
+    try:
+        addr = ipaddress.ip_address(client_ip.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in n for n in nets)
+
+
+def _cookie_value(header: bytes, name: bytes) -> bytes | None:
+    """The value of cookie ``name`` in a Cookie header (RFC 6265 section 5.4)."""
+    for part in header.split(b";"):
+        k, eq, v = part.strip().partition(b"=")
+        if eq and k == name:
+            return v.strip().strip(b'"')
+    return None

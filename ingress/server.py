@@ -1,0 +1,127 @@
+"""Listeners: plain and TLS servers of ClientConnection, one sweeper, graceful close.
+
+:class:`IngressServer` owns what every connection shares: the route table
+(read per request, so a change applies to the next request at once), the
+upstream pool, the settings and the access log. It runs one timer for
+everything that can time out (client heads and bodies, idle keep-alive,
+upstream reads, idle pooled connections), so no request arms a timer of
+its own, and flushes the access log on the same tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from time import monotonic
+from typing import Any
+
+from netplane.ingress.http import ClientConnection, HttpSettings, Listener
+from netplane.ingress.upstream import Pool
+
+log = logging.getLogger("netplane.ingress")
+
+#: How often timeouts are checked; every timeout is late by at most this.
+SWEEP_INTERVAL = 0.5
+
+
+class IngressServer:
+    """HTTP and HTTPS listeners that proxy by one route table."""
+
+    def __init__(
+        self,
+        routes: Any,
+        *,
+        settings: HttpSettings | None = None,
+        pool: Pool | None = None,
+        access_log: Any = None,
+    ) -> None:
+        self.routes = routes
+        self.settings = settings or HttpSettings()
+        self.pool = pool or Pool()
+        self.access_log = access_log
+        self.conns: set[ClientConnection] = set()
+        self._servers: list[tuple[asyncio.AbstractServer, Listener]] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def listen(
+        self, host: str, port: int, *, tls: ssl.SSLContext | None = None, backlog: int = 1024
+    ) -> tuple[str, int]:
+        """Start serving on ``host:port`` (0 picks a free port); return the bound address."""
+        loop = asyncio.get_running_loop()
+        listener = Listener(
+            self.routes, self.pool, self.settings, https=tls is not None, port=port,
+            access_log=self.access_log, conns=self.conns,
+        )  # fmt: skip
+        server = await loop.create_server(
+            lambda: ClientConnection(listener), host, port, ssl=tls, backlog=backlog,
+            ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
+        )  # fmt: skip
+        sock = server.sockets[0]
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        bound = sock.getsockname()[:2]
+        listener.port = str(bound[1]).encode()
+        self._servers.append((server, listener))
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
+        log.info("ingress %s listening on %s", "HTTPS" if tls else "HTTP", _fmt(bound))
+        return bound
+
+    @property
+    def addresses(self) -> list[tuple[str, int, bool]]:
+        """(host, port, https) of each listener."""
+        return [
+            (*s.sockets[0].getsockname()[:2], lst.https) for s, lst in self._servers if s.sockets
+        ]
+
+    def _sweep(self) -> None:
+        now = monotonic()
+        for conn in list(self.conns):
+            try:
+                conn.sweep(now)
+            except Exception:
+                log.exception("ingress: timeout check failed for a connection; closing it")
+                conn.abort()
+        self.pool.sweep(now)
+        if self.access_log is not None:
+            self.access_log.flush()
+        self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
+
+    async def close(self, grace: float) -> None:
+        """Stop accepting; let requests in flight finish up to ``grace`` seconds, then cut."""
+        for server, _ in self._servers:
+            server.close()
+        for conn in list(self.conns):
+            conn.shutdown()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                while self.conns:
+                    await asyncio.sleep(0.05)
+        for conn in list(self.conns):
+            conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        self.pool.close()
+        if self.access_log is not None:
+            self.access_log.flush()
+        self._servers.clear()
+
+    def debug_state(self) -> dict[str, Any]:
+        return {
+            "listeners": [
+                f"{'https' if https else 'http'}://{_fmt((h, p))}" for h, p, https in self.addresses
+            ],
+            "connections": len(self.conns),
+            "upstream_idle": self.pool.idle_count(),
+            "upstream_opened": self.pool.opened,
+            "upstream_reused": self.pool.reused,
+        }
+
+
+def _fmt(addr: tuple) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -1,0 +1,308 @@
+"""Upstream connections: one HTTP/1.1 response parser per connection, and idle pools.
+
+An :class:`UpstreamConnection` carries one request at a time for the client
+connection that holds it (no upstream pipelining: a failure then always
+belongs to one request). It parses the response with httptools and hands
+each event to its client (:class:`netplane.ingress.http.ClientConnection`),
+which frames it for its own side.
+
+:class:`Pool` keeps idle keep-alive connections per endpoint ``(ip, port,
+tls)``: at most ``max_idle`` each (320, ingress-nginx's
+upstream-keepalive-connections) (the oldest goes first), each closed
+after ``idle_timeout`` seconds unused, and dropped at once when the
+endpoint closes it. A connection comes back to the pool only when its
+response was complete, its request was fully written and both sides
+wanted keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from time import monotonic
+from typing import Any
+
+import httptools
+from netplane.ingress.http_head import SPECIAL_RESPONSE_FIELDS, ResponseHead
+
+from netplane.l4.flow_control import FlowControl
+
+PoolKey = tuple[str, int, bool]  # (ip, port, upstream TLS)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to an endpoint, bound to at most one client at a time."""
+
+    __slots__ = (
+        "backlogged",
+        "backlogged_since",
+        "client",
+        "flow",
+        "head",
+        "in_pool",
+        "informational",
+        "keep_alive",
+        "key",
+        "last_active",
+        "lost",
+        "parser",
+        "pool",
+        "reason",
+        "requests",
+        "responding",
+        "stale_parser",
+        "status",
+        "transport",
+        "tunnel",
+    )
+
+    def __init__(self, pool: Pool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.transport: Any = None
+        self.flow: Any = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.client: Any = None
+        self.head = ResponseHead()
+        self.status = 0
+        self.reason = b""
+        self.keep_alive = False
+        #: requests sent on this connection so far (more than one: it was reused)
+        self.requests = 0
+        #: a byte of the current response has arrived
+        self.responding = False
+        self.informational = False
+        self.stale_parser = False
+        self.in_pool = False
+        self.tunnel = False
+        self.lost = False
+        #: our write buffer is above its high-water mark (the client's reading is held)
+        self.backlogged = False
+        self.backlogged_since = 0.0
+        self.last_active = 0.0
+
+    # -- asyncio -------------------------------------------------------------
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        transport.set_write_buffer_limits(high=65536)
+
+    def data_received(self, data: bytes) -> None:
+        client = self.client
+        if self.tunnel:
+            client.transport.write(data)
+            return
+        if client is None:  # an idle connection spoke out of turn: it cannot be reused
+            self.transport.close()
+            return
+        self.responding = True
+        self.last_active = monotonic()
+        try:
+            self.parser.feed_data(data)
+            if client.wbuf:
+                client.flush()
+        except httptools.HttpParserUpgrade as e:
+            if self.status == 101 and self.client is not None:
+                self.tunnel = True
+                self.client.start_tunnel(self, data[e.args[0] :])
+            else:
+                self._broken()
+        except httptools.HttpParserError:
+            self._broken()
+
+    def _broken(self) -> None:
+        client, self.client = self.client, None
+        self.transport.abort()
+        if client is not None:
+            client.upstream_failed(self, b"The upstream sent a malformed response.")
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.flow is not None:
+            self.flow.finish()
+        if self.in_pool:
+            self.pool.discard(self)
+            return
+        client, self.client = self.client, None
+        if client is not None:
+            client.upstream_lost(self)
+
+    def pause_writing(self) -> None:
+        if self.client is not None:
+            self.backlogged = True
+            self.backlogged_since = monotonic()  # proxy-send-timeout runs from here
+            self.client.flow.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.client is not None and self.backlogged:
+            self.backlogged = False
+            self.client.flow.resume_writing()
+
+    # -- one exchange ----------------------------------------------------------
+
+    def send(self, client: Any, data: bytes) -> None:
+        """Bind to ``client`` and write its request head (and any body already read)."""
+        if self.stale_parser:
+            self.parser = httptools.HttpResponseParser(self)
+            self.stale_parser = False
+        self.client = client
+        self.head = ResponseHead()
+        self.status = 0
+        self.reason = b""
+        self.responding = False
+        self.requests += 1
+        self.last_active = monotonic()
+        self.transport.write(data)
+
+    def release(self) -> None:
+        """The exchange is over: back to the pool when reusable, else closed."""
+        client, self.client = self.client, None
+        if client is not None:
+            if self.backlogged:  # our write backlog no longer holds that client's reading
+                self.backlogged = False
+                client.flow.resume_writing()
+            if client.write_paused:  # nor does that client's backlog hold our reading
+                self.flow.resume_writing()
+        if self.keep_alive and not self.lost and not self.transport.is_closing():
+            self.pool.put(self)
+        else:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection mid-exchange (the client went away or timed out)."""
+        self.client = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- httptools callbacks -------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # ResponseHead.add, inline: this runs for every header of every response.
+        lname = name.lower()
+        if lname in SPECIAL_RESPONSE_FIELDS:
+            self.head.special(lname, name, value)
+        else:
+            self.head.lines.append(name + b": " + value + b"\r\n")
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # 1xx interim answers (RFC 9110 §15.2) are not passed on: the proxy
+            # answers Expect itself. Their end is the parser's message end.
+            self.informational = True
+            return
+        self.status = status
+        self.keep_alive = self.parser.should_keep_alive()
+        client = self.client
+        if client is not None and client.upstream_head(self, status):
+            # HEAD: the parser would wait for the body the length announces.
+            self.stale_parser = True
+            client.upstream_done(self)
+
+    def on_body(self, body: bytes) -> None:
+        if self.client is not None:
+            self.client.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            self.head = ResponseHead()
+            self.reason = b""
+            return
+        if self.status == 101 or self.stale_parser:
+            return
+        if self.client is not None:
+            self.client.upstream_done(self)
+
+
+class Pool:
+    """Idle keep-alive connections per endpoint, bounded in count and idle time."""
+
+    def __init__(self, *, max_idle: int = 320, idle_timeout: float = 60.0) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        self._tls: ssl.SSLContext | None = None
+        self.opened = 0
+        self.reused = 0
+
+    def take(self, key: PoolKey) -> UpstreamConnection | None:
+        """The most recently used idle connection to ``key``, or None."""
+        idle = self._idle.get(key)
+        while idle:
+            up = idle.pop()
+            up.in_pool = False
+            if not up.lost and not up.transport.is_closing():
+                self.reused += 1
+                return up
+        return None
+
+    def put(self, up: UpstreamConnection) -> None:
+        idle = self._idle.setdefault(up.key, [])
+        if len(idle) >= self.max_idle:
+            oldest = idle.pop(0)
+            oldest.in_pool = False
+            oldest.transport.close()
+        up.in_pool = True  # last_active: its last read, the end of the response
+        idle.append(up)
+
+    def discard(self, up: UpstreamConnection) -> None:
+        up.in_pool = False
+        idle = self._idle.get(up.key)
+        if idle and up in idle:
+            idle.remove(up)
+            if not idle:
+                del self._idle[up.key]
+
+    async def connect(self, key: PoolKey, timeout: float) -> UpstreamConnection:
+        """A new connection to ``key``; OSError or TimeoutError when it cannot be had."""
+        ip, port, tls = key
+        loop = asyncio.get_running_loop()
+        ctx = self._tls_context() if tls else None
+        async with asyncio.timeout(timeout):
+            _, up = await loop.create_connection(
+                lambda: UpstreamConnection(self, key), ip, port, ssl=ctx,
+                server_hostname="" if tls else None,
+            )  # fmt: skip
+        self.opened += 1
+        return up
+
+    def _tls_context(self) -> ssl.SSLContext:
+        # backend-protocol HTTPS: encrypted, not verified (ingress-nginx's
+        # proxy-ssl-verify defaults to off; endpoints are addressed by IP).
+        if self._tls is None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            ctx.set_alpn_protocols(["http/1.1"])
+            self._tls = ctx
+        return self._tls
+
+    def sweep(self, now: float) -> None:
+        """Close connections idle for longer than ``idle_timeout`` (monotonic ``now``)."""
+        limit = now - self.idle_timeout
+        for key in list(self._idle):
+            idle = self._idle[key]
+            while idle and idle[0].last_active < limit:
+                up = idle.pop(0)
+                up.in_pool = False
+                up.transport.close()
+            if not idle:
+                del self._idle[key]
+
+    def idle_count(self) -> int:
+        return sum(len(v) for v in self._idle.values())
+
+    def close(self) -> None:
+        for idle in self._idle.values():
+            for up in idle:
+                up.in_pool = False
+                up.transport.close()
+        self._idle.clear()

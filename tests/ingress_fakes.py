@@ -1,0 +1,271 @@
+"""Shared helpers for the ingress engine tests: a fake route table, raw HTTP backends, a client.
+
+The fake route table answers like RouteTable does (Forward / Respond /
+Redirect) from a dict of path prefixes, so the HTTP engine can be tested
+without Ingress objects; the e2e tests use the real table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from netplane.ingress.routes import Forward, ProxyOptions, Redirect, Respond
+
+from netplane.model import ObjectKey
+
+ING = ObjectKey("Ingress", "t", "web")
+
+
+@dataclass
+class FakeRoutes:
+    """path prefix -> decision (or a list of targets to forward to); longest prefix wins."""
+
+    rules: dict[str, Any] = field(default_factory=dict)
+    options: ProxyOptions = field(default_factory=ProxyOptions)
+    seen: list[dict] = field(default_factory=list)
+
+    def route(self, host: str, path: str, *, https: bool, client_ip: str, headers: Any) -> Any:
+        self.seen.append({"host": host, "path": path, "https": https, "client_ip": client_ip})
+        for prefix in sorted(self.rules, key=len, reverse=True):
+            if path.startswith(prefix):
+                rule = self.rules[prefix]
+                if isinstance(rule, Forward | Respond | Redirect):
+                    return rule
+                return forward(rule, path, self.options)
+        return Respond(404, b"no route\n")
+
+
+def forward(
+    targets: list[tuple[str, int]], path: str, options: ProxyOptions | None = None, **kw: Any
+) -> Forward:
+    return Forward(
+        ING,
+        ("t", "web"),
+        tuple(targets),
+        path,
+        kw.pop("tls", False),
+        options or ProxyOptions(),
+        **kw,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Request:
+    head: bytes
+    method: bytes
+    target: bytes
+    headers: dict[bytes, bytes]
+    body: bytes
+
+
+async def read_request(r: asyncio.StreamReader, read_body: bool = True) -> Request:
+    """One request from a stream (Content-Length or chunked body); IncompleteReadError at EOF."""
+    head = await r.readuntil(b"\r\n\r\n")
+    lines = head[:-4].split(b"\r\n")
+    method, target, _ = lines[0].split(b" ", 2)
+    headers: dict[bytes, bytes] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    body = b""
+    if not read_body:
+        pass
+    elif headers.get(b"transfer-encoding", b"").lower() == b"chunked":
+        while True:
+            size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await r.readuntil(b"\r\n")
+                break
+            body += await r.readexactly(size)
+            await r.readexactly(2)
+    elif b"content-length" in headers:
+        body = await r.readexactly(int(headers[b"content-length"]))
+    return Request(head, method, target, headers, body)
+
+
+Handler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool | None]]
+
+
+class Backends:
+    """Small asyncio HTTP servers on loopback; each handler answers one request, False closes."""
+
+    def __init__(self) -> None:
+        self.servers: list[asyncio.AbstractServer] = []
+        self.connections = 0
+        self.requests: list[Request] = []
+
+    async def start(
+        self,
+        handler: Handler,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        ssl: Any = None,
+        *,
+        read_body: bool = True,
+    ) -> tuple[str, int]:
+        """Serve ``handler``; with ``read_body=False`` it gets the head only and reads the body."""
+
+        async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            self.connections += 1
+            try:
+                while True:
+                    req = await read_request(r, read_body)
+                    self.requests.append(req)
+                    if await handler(req, r, w) is False:
+                        break
+            except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+                pass
+            finally:
+                w.close()
+
+        server = await asyncio.start_server(serve, host, port, ssl=ssl)
+        self.servers.append(server)
+        return server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        for s in self.servers:
+            s.close()
+        for s in self.servers:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await s.wait_closed()
+
+
+async def echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """200 with ``METHOD target`` and the body it got."""
+    body = req.method + b" " + req.target + b"\n" + req.body
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await w.drain()
+
+
+async def http_exchange(
+    port: int, data: bytes, *, until: bytes | None = None, count: int = 1, timeout: float = 5.0
+) -> bytes:
+    """Send raw bytes; read until EOF, or until ``until`` has been seen ``count`` times."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        w.write(data)
+        await w.drain()
+        out = b""
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    chunk = await r.read(65536)
+                    if not chunk:
+                        break
+                    out += chunk
+                    if until is not None and out.count(until) >= count:
+                        break
+        except TimeoutError:
+            raise AssertionError(f"no answer in {timeout} s; got {out[:300]!r}") from None
+        return out
+    finally:
+        w.close()
+
+
+def responses(raw: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
+    """Split raw Content-Length-framed responses into (status, headers, body)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        n = int(headers.get(b"content-length", b"0"))
+        out.append((status, headers, rest[:n]))
+        raw = rest[n:]
+    return out
+
+
+# -- the daemon as a process, for the e2e tests ------------------------------------------------
+
+REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+class Daemon:
+    """``netplane run`` with the ingress on free loopback ports, reading a manifest directory."""
+
+    def __init__(self, manifests: Any) -> None:
+        self.manifests = manifests
+        self.http = free_port()
+        self.https = free_port()
+        self.admin = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.output = b""
+
+    async def start(self, *extra: str) -> Daemon:
+        import os
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "netplane", "run", "-f", str(self.manifests),
+            "--mode", "local", "--proxy", "off", "--dns", "off",
+            "--admin", f"127.0.0.1:{self.admin}",
+            "--ingress-http", f"127.0.0.1:{self.http}", "--ingress-https", f"127.0.0.1:{self.https}",
+            "--manifest-poll-seconds", "0.05", "--drain-seconds", "1", *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        return self
+
+    def write(self, name: str, objs: list[dict]) -> None:
+        import yaml
+
+        path = self.manifests / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump_all(objs))
+        tmp.rename(path)
+
+    async def until(self, url: str, *args: str, status: int = 200, timeout: float = 10) -> None:
+        """Poll with curl until ``url`` answers ``status`` (routes and listeners are up)."""
+        got: Any = None
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    got = await curl(url, *args, "-o", "/dev/null", "-w", "%{http_code}")
+                    if got[1] == str(status):
+                        return
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(
+                f"{url} did not answer {status} in {timeout} s (last: {got})"
+            ) from None
+
+    async def stop(self) -> None:
+        import signal
+
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                out, _ = await proc.communicate()
+                self.output = out or b""
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def curl(url: str, *args: str) -> tuple[int, str]:
+    """Run curl; (exit code, stdout or else stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "--max-time", "5", *args, url,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    return proc.returncode, (out or err).decode(errors="replace")

@@ -1,0 +1,302 @@
+"""The ingress end to end: `netplane run` as a process, curl and raw sockets as clients.
+
+Backends are small asyncio servers in the test on loopback addresses; the
+daemon reads manifests (IngressClass, Ingresses, Services, EndpointSlices)
+naming them and serves the Ingress on free loopback ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ingress_fakes import Backends, Daemon, Request, curl, free_port, http_exchange
+from ingress_world import endpoints, ingress, ingress_class, path, service
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
+]
+
+NGINX = "nginx.ingress.kubernetes.io/"
+
+
+def named(name: str):
+    async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        body = b"%s %s %s" % (name.encode(), req.method, req.target)
+        if req.body:
+            body += b" body=%d" % len(req.body)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        await w.drain()
+
+    return handler
+
+
+async def slow(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(4)
+
+
+async def ws_echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    w.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    while data := await r.read(4096):
+        w.write(b"echo:" + data)
+        await w.drain()
+    return False
+
+
+async def chunk_counter(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Reads a chunked body itself and answers how many chunks and bytes came."""
+    chunks = total = 0
+    while True:
+        size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await r.readuntil(b"\r\n")
+            break
+        total += len(await r.readexactly(size))
+        chunks += 1
+        await r.readexactly(2)
+    body = b"chunks=%d bytes=%d te=%s" % (
+        chunks,
+        total,
+        req.headers.get(b"transfer-encoding", b"-"),
+    )
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    await w.drain()
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    b = Backends()
+    ports = {}
+    for i, (name, handler, read_body) in enumerate(
+        [
+            ("web", named("web"), True),
+            ("api", named("api"), True),
+            ("slow", slow, True),
+            ("ws", ws_echo, True),
+            ("upload", chunk_counter, False),
+        ],
+        start=1,
+    ):
+        _, ports[name] = await b.start(handler, f"127.0.40.{i}", free_port(), read_body=read_body)
+    ports["dead"] = free_port()
+    ports["none"] = free_port()
+    addrs = {"web": 1, "api": 2, "slow": 3, "ws": 4, "upload": 5, "dead": 6, "none": 7}
+    objs: list[dict] = [ingress_class("netplane")]
+    for name, n in addrs.items():
+        objs.append(service(name))
+        objs.append(
+            endpoints(name, [f"127.0.40.{n}"], [("http", ports[name])], ready=name != "none")
+        )
+    objs += [
+        ingress(
+            "site",
+            [
+                (
+                    "shop.test",
+                    [path("/", "web"), path("/api", "api"), path("/exact", "api", "Exact")],
+                ),
+                ("*.wild.test", [path("/", "api")]),
+                ("ws.test", [path("/", "ws")]),
+                ("upload.test", [path("/", "upload")]),
+            ],
+        ),
+        ingress(
+            "limits",
+            [
+                (
+                    "limits.test",
+                    [
+                        path("/", "web"),
+                        path("/dead", "dead"),
+                        path("/none", "none"),
+                        path("/slow", "slow"),
+                    ],
+                )
+            ],
+            annotations={NGINX + "proxy-body-size": "10", NGINX + "proxy-read-timeout": "1"},
+        ),
+        ingress(
+            "moved",
+            [("old.test", [path("/", "web")])],
+            annotations={NGINX + "permanent-redirect": "https://new.test/"},
+        ),
+    ]
+    (tmp_path / "m").mkdir()
+    d = Daemon(tmp_path / "m")
+    d.write("all.yaml", objs)
+    await d.start("--ingress-access-log", str(tmp_path / "access.log"))
+    yield {"daemon": d, "backends": b, "objs": objs, "tmp": tmp_path}
+    await d.stop()
+    await b.close()
+
+
+def url(d: Daemon, host: str, target: str) -> tuple[str, str]:
+    return f"http://{host}:{d.http}{target}", f"{host}:{d.http}:127.0.0.1"
+
+
+async def ready(d: Daemon, host: str) -> None:
+    u, resolve = url(d, host, "/")
+    await d.until(u, "--resolve", resolve)
+
+
+async def get(d: Daemon, host: str, target: str, *args: str) -> tuple[int, str]:
+    u, resolve = url(d, host, target)
+    return await curl(u, "--resolve", resolve, *args)
+
+
+async def status(d: Daemon, host: str, target: str, *args: str) -> str:
+    return (await get(d, host, target, "-o", "/dev/null", "-w", "%{http_code}", *args))[1]
+
+
+async def test_host_and_path_routing(world):
+    d = world["daemon"]
+    await ready(d, "shop.test")
+    assert (await get(d, "shop.test", "/"))[1] == "web GET /"
+    assert (await get(d, "SHOP.test", "/a/b?x=1"))[1] == "web GET /a/b?x=1"
+    assert (await get(d, "shop.test", "/api"))[1] == "api GET /api"
+    assert (await get(d, "shop.test", "/api/v1"))[1] == "api GET /api/v1"
+    assert (await get(d, "shop.test", "/apix"))[1] == "web GET /apix"  # Prefix is per segment
+    assert (await get(d, "shop.test", "/exact"))[1] == "api GET /exact"
+    assert (await get(d, "shop.test", "/exact/more"))[1] == "web GET /exact/more"
+    assert (await get(d, "a.wild.test", "/w"))[1] == "api GET /w"
+    assert await status(d, "a.b.wild.test", "/w") == "404"  # a wildcard is one label
+    assert await status(d, "nobody.test", "/") == "404"
+
+
+async def test_redirects_and_error_statuses(world):
+    d = world["daemon"]
+    await ready(d, "limits.test")
+    _code, out = await get(
+        d, "old.test", "/x", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"
+    )
+    assert out == "301 https://new.test/"
+    assert await status(d, "limits.test", "/", "--data-binary", "0123456789A") == "413"
+    assert await status(d, "limits.test", "/", "--data-binary", "0123456789") == "200"
+    assert await status(d, "limits.test", "/", "-H", "X-Big: " + "a" * 40000) == "431"
+    assert await status(d, "limits.test", "/dead") == "502"
+    assert await status(d, "limits.test", "/none") == "503"
+    assert await status(d, "limits.test", "/slow") == "504"
+    raw = await http_exchange(d.http, b"GET / HTTP/1.1\r\nHost: limits.test\r\nBad Header\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400 ")
+    # every error page is small and says what happened
+    _, body = await get(d, "limits.test", "/dead")
+    assert 0 < len(body) < 200 and "upstream" in body
+    # and the listener goes on serving
+    assert (await get(d, "limits.test", "/"))[1] == "web GET /"
+
+
+async def test_access_log_has_a_line_per_request(world):
+    d = world["daemon"]
+    await ready(d, "shop.test")
+    await get(d, "shop.test", "/logged-here")
+    log = world["tmp"] / "access.log"
+    async with asyncio.timeout(5):
+        while "/logged-here" not in (log.read_text() if log.exists() else ""):
+            await asyncio.sleep(0.1)
+    line = next(ln for ln in log.read_text().splitlines() if "/logged-here" in ln)
+    assert '"GET /logged-here HTTP/1.1" 200' in line
+    assert "host=shop.test" in line and "ingress=default/site" in line
+
+
+async def test_websocket_echo_survives_a_route_change(world):
+    d = world["daemon"]
+    await ready(d, "shop.test")
+    r, w = await asyncio.open_connection("127.0.0.1", d.http)
+    w.write(
+        b"GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    async with asyncio.timeout(5):
+        head = await r.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 ")
+        w.write(b"hello")
+        assert await r.readexactly(10) == b"echo:hello"
+    # ws.test now routes elsewhere: new requests see it, the open tunnel does not
+    objs = [o for o in world["objs"] if o["metadata"]["name"] != "site"]
+    objs.append(
+        ingress("site", [("shop.test", [path("/", "web")]), ("ws.test", [path("/", "api")])])
+    )
+    d.write("all.yaml", objs)
+    async with asyncio.timeout(10):
+        while (await get(d, "ws.test", "/x"))[1] != "api GET /x":
+            await asyncio.sleep(0.05)
+    async with asyncio.timeout(5):
+        w.write(b"still")
+        assert await r.readexactly(10) == b"echo:still"
+    w.close()
+
+
+async def test_chunked_upload_is_streamed_to_the_backend(world, tmp_path):
+    d = world["daemon"]
+    await ready(d, "shop.test")
+    data = tmp_path / "upload.bin"
+    data.write_bytes(b"u" * 200_000)
+    code, out = await get(
+        d, "upload.test", "/up", "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{data}"
+    )
+    assert code == 0
+    assert out.startswith("chunks=") and out.endswith("bytes=200000 te=chunked")
+
+
+async def test_keep_alive_reuses_one_connection_for_many_requests(world):
+    d = world["daemon"]
+    await ready(d, "shop.test")
+    u, resolve = url(d, "shop.test", "/k")
+    _code, out = await curl(u, "--resolve", resolve, u, "-w", " %{num_connects}\n")
+    assert out.splitlines() == ["web GET /k 1", "web GET /k 0"]
+
+
+async def test_the_demo_serves_its_ingress_over_http_and_https():
+    import os
+    import re
+    import signal
+    import sys
+
+    from ingress_fakes import REPO
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "netplane", "demo", "--admin", "127.0.0.1:0", "--dns", "off",
+        "--ingress-access-log", "off",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        out = b""
+        async with asyncio.timeout(20):
+            while b"Ctrl-C stops" not in out:
+                line = await proc.stdout.readline()
+                assert line, out.decode(errors="replace")
+                out += line
+        text = out.decode()
+        tries = re.findall(r"^  (curl (?:-k )?--resolve \S+ (https?)://\S+/api)\s", text, re.M)
+        assert {scheme for _, scheme in tries} == {"http", "https"}, text
+        for command, _ in tries:
+            args = command.split()[1:]  # curl [-k] --resolve H:P:IP URL
+            code, body = await curl(args[-1], *args[:-1])
+            assert code == 0, body
+            assert "demo/api" in body  # the demo's own backend for the /api path answered
+        assert re.search(r"openssl s_client -connect 127\.0\.0\.1:\d+ -servername", text)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(10):
+            await proc.communicate()
+
+
+async def test_debug_state_shows_the_ingress_plane(world):
+    d = world["daemon"]
+    await ready(d, "shop.test")
+    code, out = await curl(f"http://127.0.0.1:{d.admin}/debug/state")
+    assert code == 0, out
+    plane = json.loads(out)["planes"]["ingress"]
+    assert sorted(plane["listeners"]) == sorted(
+        [f"http://127.0.0.1:{d.http}", f"https://127.0.0.1:{d.https}"]
+    )
+    assert plane["upstream_opened"] >= 1
+    assert "shop.test" in json.dumps(plane["routes"])
