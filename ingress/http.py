@@ -39,6 +39,7 @@ from netplane.ingress.http_head import (
     RequestHead,
 )
 from netplane.ingress.routes import Forward, Redirect
+from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool, UpstreamConnection
 
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
@@ -68,7 +69,9 @@ class HttpSettings:
 class Listener:
     """What every connection accepted on one listener shares."""
 
-    __slots__ = ("access_log", "conns", "https", "pool", "port", "proto", "routes", "settings")
+    __slots__ = (
+        "access_log", "conns", "https", "pool", "port", "proto", "routes", "settings", "stats",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -80,8 +83,10 @@ class Listener:
         port: int,
         access_log: Any = None,
         conns: set | None = None,
+        stats: RequestStats | None = None,
     ) -> None:
         self.routes = routes
+        self.stats = stats if stats is not None else RequestStats()
         self.pool = pool
         self.settings = settings
         self.https = https
@@ -220,6 +225,8 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ip
         self.client_ip_b = ip.encode()
         self.listener.conns.add(self)
+        if self.listener.https:  # uvloop calls this once the TLS handshake is done
+            self.listener.stats.tls_handshakes += 1
 
     def data_received(self, data: bytes) -> None:
         self.last_read = monotonic()  # also the start time of requests begun in this read
@@ -668,9 +675,7 @@ class ClientConnection(asyncio.Protocol):
         self.active = None
         self.served += 1
         self.idle_since = now = monotonic()
-        alog = self.listener.access_log
-        if alog is not None:
-            alog.record(self, ex, now)
+        self._log(ex, now)
         if not ex.keep_alive or self.closing or self.lost:
             self.parser = None
             self.transport.close()
@@ -715,10 +720,19 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.queue.append(ex)
 
-    def _log(self, ex: Exchange) -> None:
-        alog = self.listener.access_log
+    def _log(self, ex: Exchange, now: float | None = None) -> None:
+        """Count the finished exchange for /metrics and write its access-log line."""
+        if now is None:
+            now = monotonic()
+        listener = self.listener
+        d = ex.decision
+        listener.stats.record(
+            getattr(d, "ingress", None), getattr(d, "service", None), ex.status,
+            listener.https, now - ex.t0,
+        )  # fmt: skip
+        alog = listener.access_log
         if alog is not None:
-            alog.record(self, ex, monotonic())
+            alog.record(self, ex, now)
 
     # -- timers and shutdown ------------------------------------------------------------
 

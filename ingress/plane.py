@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,6 +142,10 @@ class IngressPlane:
         await self.server.close(grace)
         if self.access_log is not None:
             self.access_log.close()
+
+    def metrics(self) -> Iterator[Any]:
+        """Requests by Ingress, Service and status class, durations, TLS handshakes."""
+        return self.server.stats.families()
 
     def debug_state(self) -> dict[str, Any]:
         return {

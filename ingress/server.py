@@ -19,6 +19,7 @@ from time import monotonic
 from typing import Any
 
 from netplane.ingress.http import ClientConnection, HttpSettings, Listener
+from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool
 
 log = logging.getLogger("netplane.ingress")
@@ -42,6 +43,7 @@ class IngressServer:
         self.settings = settings or HttpSettings()
         self.pool = pool or Pool()
         self.access_log = access_log
+        self.stats = RequestStats()
         self.conns: set[ClientConnection] = set()
         self._servers: list[tuple[asyncio.AbstractServer, Listener]] = []
         self._sweeper: asyncio.TimerHandle | None = None
@@ -53,7 +55,7 @@ class IngressServer:
         loop = asyncio.get_running_loop()
         listener = Listener(
             self.routes, self.pool, self.settings, https=tls is not None, port=port,
-            access_log=self.access_log, conns=self.conns,
+            access_log=self.access_log, conns=self.conns, stats=self.stats,
         )  # fmt: skip
         server = await loop.create_server(
             lambda: ClientConnection(listener), host, port, ssl=tls, backlog=backlog,

@@ -300,3 +300,43 @@ async def test_debug_state_shows_the_ingress_plane(world):
     )
     assert plane["upstream_opened"] >= 1
     assert "shop.test" in json.dumps(plane["routes"])
+
+
+async def test_metrics_count_requests_by_ingress_service_and_status_class(world):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    d = world["daemon"]
+    await ready(d, "limits.test")
+
+    async def scrape() -> dict[tuple, float]:
+        code, out = await curl(f"http://127.0.0.1:{d.admin}/metrics")
+        assert code == 0, out
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(out)
+            for s in f.samples
+        }
+
+    before = await scrape()
+    for _ in range(3):
+        assert await status(d, "limits.test", "/") == "200"
+    assert await status(d, "limits.test", "/none") == "503"
+    assert await status(d, "nobody.test", "/") == "404"
+    after = await scrape()
+    ns = "default"
+
+    def labels(ingress: str, service: str, code: str) -> tuple:
+        return tuple(sorted(
+            {"ingress": ingress, "service": service, "code": code, "scheme": "http"}.items()
+        ))  # fmt: skip
+
+    def moved(name: str, key: tuple) -> float:
+        return after.get((name, key), 0.0) - before.get((name, key), 0.0)
+
+    ok = labels(f"{ns}/limits", f"{ns}/web", "2xx")
+    assert moved("netplane_http_requests_total", ok) == 3
+    assert moved("netplane_http_request_duration_seconds_count", ok) == 3
+    assert moved("netplane_http_requests_total", labels(f"{ns}/limits", "", "5xx")) == 1
+    assert moved("netplane_http_requests_total", labels("", "", "4xx")) == 1
+    # no label carries a value the client chose
+    assert not any("nobody.test" in str(key) for key in after)

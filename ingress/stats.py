@@ -1,0 +1,81 @@
+"""Request counts and durations of the ingress, for /metrics.
+
+The hot path only bumps integers in a dict keyed by (Ingress, Service,
+status class, scheme): every label value comes from objects in the cluster
+state, never from a request (no raw Host or path), so the number of series
+stays bounded by the objects. :meth:`RequestStats.families` turns them into
+Prometheus metric families when /metrics is scraped.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import Any
+
+# seconds; the shape of ingress-nginx's request-duration buckets
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class RequestStats:
+    """Counters of finished requests and TLS handshakes of one ingress."""
+
+    def __init__(self) -> None:
+        # key -> [per-bucket counts (the last one: above every bucket), sum of seconds]
+        self._series: dict[tuple[Any, Any, int, bool], list[Any]] = {}
+        self.tls_handshakes = 0
+
+    def record(self, ingress: Any, service: Any, status: int, https: bool, seconds: float) -> None:
+        """One finished exchange (ingress/service None when no rule or upstream was involved)."""
+        key = (ingress, service, status // 100, https)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = [[0] * (len(BUCKETS) + 1), 0.0]
+        series[0][bisect_left(BUCKETS, seconds)] += 1
+        series[1] += seconds
+
+    def families(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+
+        labels = ["ingress", "service", "code", "scheme"]
+        requests = CounterMetricFamily(
+            "netplane_http_requests", "Requests answered by the ingress", labels=labels
+        )
+        durations = HistogramMetricFamily(
+            "netplane_http_request_duration_seconds",
+            "From the first byte of a request to the last byte of its response",
+            labels=labels,
+        )
+        for (ingress, service, cls, https), (counts, total) in sorted(
+            self._series.items(), key=lambda kv: str(kv[0])
+        ):
+            values = [
+                _name(ingress),
+                _name(service),
+                _CLASSES[cls] if 0 < cls < len(_CLASSES) else "other",
+                "https" if https else "http",
+            ]
+            requests.add_metric(values, sum(counts))
+            buckets, running = [], 0
+            for bound, n in zip(BUCKETS, counts, strict=False):
+                running += n
+                buckets.append((repr(bound), running))
+            buckets.append(("+Inf", running + counts[-1]))
+            durations.add_metric(values, buckets, total)
+        yield requests
+        yield durations
+        yield CounterMetricFamily(
+            "netplane_tls_handshakes",
+            "TLS handshakes completed on the HTTPS listeners",
+            value=self.tls_handshakes,
+        )
+
+
+def _name(key: Any) -> str:
+    """``namespace/name`` of an ObjectKey or a (namespace, name) ServiceKey; "" for none."""
+    if key is None:
+        return ""
+    if hasattr(key, "namespace"):
+        return f"{key.namespace}/{key.name}"
+    return "/".join(str(part) for part in key)
