@@ -126,6 +126,41 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
             "help": "derive endpoints from Pods (default: on without an API server)",
         },
     ),
+    # DNS
+    (("--dns-ttl",), "dns-ttl", {"metavar": "S", "help": "TTL of cluster records (default 5)"}),
+    (
+        ("--dns-upstreams",),
+        "dns-upstreams",
+        {
+            "action": "append",
+            "metavar": "IP[:PORT]",
+            "help": "where other names go (repeatable; default: /etc/resolv.conf)",
+        },
+    ),
+    (
+        ("--dns-allow",),
+        "dns-allow",
+        {
+            "action": "append",
+            "metavar": "CIDR",
+            "help": "clients that may recurse (default: loopback, service/pod CIDRs, node IPs)",
+        },
+    ),
+    (
+        ("--pod-cidr",),
+        "pod-cidr",
+        {"action": "append", "metavar": "CIDR", "help": "pod addresses (DNS reverse zones, allow)"},
+    ),
+    (
+        ("--dns-pods",),
+        "dns-pods",
+        {"choices": cfgmod.DNS_POD_MODES, "help": "pod A records (default disabled)"},
+    ),
+    (
+        ("--dns-udp-size",),
+        "dns-udp-size",
+        {"metavar": "BYTES", "help": "largest UDP reply (default 1232)"},
+    ),
 ]
 
 
@@ -185,6 +220,7 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
     if demo:
         flags.setdefault("files", (demo_manifests(),))
         flags.setdefault("mode", "local")
+        flags.setdefault("dns", demo_dns_listen())  # DNS
     cfg = cfgmod.load(args.config, flags)
     _setup_logging(cfg)
 
@@ -234,6 +270,8 @@ def demo_text(dp: Any, backends: list[str]) -> str:
     out += ["", "Try:"]
     if dp.config.proxy:
         out += _proxy_tries(dp)
+    if "dns" in dp.planes:  # DNS
+        out += _dns_tries(dp)
     if dp.admin is not None:
         base = f"http://{cfgmod.Listen(dp.config.admin.host, dp.admin.port)}"
         out += [f"  curl {base}/readyz", f"  curl {base}/debug/state"]
@@ -264,6 +302,48 @@ def _proxy_tries(dp: Any) -> list[str]:
                     )
                 elif p.name.startswith("http"):
                     lines.append(f"  curl http://{where}:{f.port}/    # {name} ({f.kind})")
+    return lines
+
+
+# DNS
+DEMO_DNS_PORT = 10053
+
+
+def demo_dns_listen(port: int = DEMO_DNS_PORT) -> cfgmod.Listen:
+    """127.0.0.1:10053 for the demo's DNS when both its UDP and TCP ports are free, else a free one."""
+    import socket
+
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return cfgmod.Listen("127.0.0.1", 0)
+    return cfgmod.Listen("127.0.0.1", port)
+
+
+def _dns_tries(dp: Any) -> list[str]:
+    plane = dp.planes["dns"]
+    host = plane.settings.host
+    at = f"dig @{host} -p {plane.port}"
+    zone = dp.config.cluster_domain
+    lines = []
+    for entry in sorted(dp.table, key=lambda e: e.key):
+        svc = entry.service
+        name = f"{svc.key.name}.{svc.key.namespace}.svc.{zone}"
+        what = "the ClusterIP"
+        if svc.headless:
+            what = "every ready endpoint (headless)"
+        elif svc.type == "ExternalName":
+            what = f"a CNAME to {svc.external_name}"
+        lines.append(f"  {at} {name}    # {what}")
+        named = [p for p in entry.ports if p.name]
+        if named and svc.headless:
+            p = named[0]
+            lines.append(f"  {at} _{p.name}._{p.protocol.lower()}.{name} SRV    # one per endpoint")
+        if svc.cluster_ips and svc.key.name == "web":
+            lines.append(f"  {at} -x {svc.cluster_ips[0]}    # the PTR back to {name}")
+    lines.append(f"  {at} nothere.demo.svc.{zone}    # NXDOMAIN, with the SOA")
     return lines
 
 

@@ -16,6 +16,7 @@ import logging
 import resource
 import signal
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from netplane import __version__
 from netplane.addresses import LocalRoutes
@@ -26,6 +27,9 @@ from netplane.l4.proxy import L4Proxy
 from netplane.l4.tcp import TcpSettings
 from netplane.l4.udp import UdpSettings
 from netplane.sources import Source
+
+if TYPE_CHECKING:
+    from netplane.dns.plane import DnsPlane
 
 log = logging.getLogger("netplane.daemon")
 
@@ -64,7 +68,6 @@ def describe_planes(cfg: Config) -> list[str]:
     wanted = {
         f"ingress HTTP on {cfg.ingress_http}": cfg.ingress_http is not None,
         f"ingress HTTPS on {cfg.ingress_https}": cfg.ingress_https is not None,
-        f"DNS on {cfg.dns}": cfg.dns is not None,
     }
     for plane, on in wanted.items():
         if on:
@@ -90,6 +93,7 @@ async def serve(
     dp = Dataplane(cfg, sources=sources)
     raise_file_limit()
     proxy = proxy_for(cfg, dp)
+    dns = dns_for(cfg, dp)  # DNS
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,6 +135,15 @@ async def serve(
             log.info(line)
         if proxy is not None:
             await proxy.start()  # subscribes before the table is built: sees all of it
+        if dns is not None:  # DNS: the same; a port that cannot be bound is logged, the rest serves
+            try:
+                await dns.start()
+            except OSError as e:
+                log.error(
+                    "DNS: cannot listen on %s: %s; serving without DNS", cfg.dns, e.strerror or e
+                )
+                dp.planes.pop("dns", None)
+                dns = None
         # The initial sync allocates objects that all live on; collecting
         # while they arrive only rescans them (a third of the sync's CPU at
         # 10k services). Collection resumes once the table is built, or after
@@ -149,6 +162,8 @@ async def serve(
             loop.remove_signal_handler(sig)
         if proxy is not None:
             await proxy.close(cfg.drain_seconds)
+        if dns is not None:  # DNS
+            await dns.close()
         for cleanup in cleanups:
             await cleanup()
         await dp.stop()
@@ -183,6 +198,41 @@ def proxy_for(cfg: Config, dp: Dataplane) -> L4Proxy | None:
     )
     dp.planes["proxy"] = proxy
     return proxy
+
+
+# DNS
+def dns_for(cfg: Config, dp: Dataplane) -> DnsPlane | None:
+    """The cluster DNS plane the config asks for, registered with the dataplane."""
+    if cfg.dns is None:
+        return None
+    from netplane.dns.plane import DnsPlane, DnsSettings, own_addresses, resolv_conf_upstreams
+
+    upstreams = cfg.dns_upstreams
+    if not upstreams:
+        try:
+            with open("/etc/resolv.conf") as fh:
+                text = fh.read()
+        except OSError:
+            text = ""
+        upstreams = tuple(
+            resolv_conf_upstreams(text, exclude=own_addresses(cfg.dns.host, cfg.dns.port))
+        )
+    plane = DnsPlane(
+        dp,
+        DnsSettings(
+            host=cfg.dns.host,
+            port=cfg.dns.port,
+            domain=cfg.cluster_domain,
+            ttl=cfg.dns_ttl,
+            upstreams=upstreams,
+            allow=cfg.effective_dns_allow,
+            reverse_cidrs=(*cfg.effective_service_cidrs, *cfg.pod_cidrs),
+            pods=cfg.dns_pods,
+            udp_cap=cfg.dns_udp_size,
+        ),
+    )
+    dp.planes["dns"] = plane
+    return plane
 
 
 async def _when_ready(
