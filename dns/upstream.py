@@ -37,8 +37,16 @@ def upstream_query(query: Query, qid: int) -> DNSRecord:
 
 
 def matches(reply: DNSRecord, sent: DNSRecord) -> bool:
-    """The reply answers what was sent: same ID, a response, the same question."""
-    if reply.header.id != sent.header.id or not reply.header.qr or len(reply.questions) != 1:
+    """The reply answers what was sent: same ID, a response, the same question.
+
+    A truncated reply may come without its question (dnslib's own server
+    sends it so); it is only a cue to ask again over TCP, so the ID is enough.
+    """
+    if reply.header.id != sent.header.id or not reply.header.qr:
+        return False
+    if reply.header.tc and not reply.questions:
+        return True
+    if len(reply.questions) != 1:
         return False
     a, b = reply.q, sent.q
     return a.qtype == b.qtype and a.qclass == b.qclass and a.qname == b.qname
