@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
-
 from netplane.dns.answer import NOERROR, NXDOMAIN, SERVFAIL, Answer, answer
 from netplane.dns.zone import (
     AAAA,
@@ -24,6 +23,7 @@ from netplane.dns.zone import (
     reverse_zones,
     undashed,
 )
+
 from netplane.model import ObjectKey, parse_object
 from netplane.service_table import ServiceEntry, build_entry
 

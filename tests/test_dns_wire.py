@@ -14,11 +14,11 @@ import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RR, SOA, DNSRecord
 from dnslib import A as A_RD
-
 from netplane.dns.cache import AnswerCache, ForwardCache, cache_ttl, fast_key
 from netplane.dns.responder import Allow, Forward, Responder
 from netplane.dns.wire import TcpFramer, frame, header_error
 from netplane.dns.zone import Zone
+
 from netplane.model import parse_object
 from netplane.service_table import build_entry
 
