@@ -92,11 +92,18 @@ class Responder:
         self.forwarded = forwarded if forwarded is not None else ForwardCache()
         self.can_forward = can_forward
         self.udp_cap = udp_cap
-        self.counts = {"queries": 0, "formerr": 0, "refused": 0, "forwarded": 0, "servfail": 0}
+        # Queries that missed the answer cache (hits are never counted: the hot path stays bare).
+        self.counts = {
+            "uncached_queries": 0,
+            "formerr": 0,
+            "refused": 0,
+            "forwarded": 0,
+            "servfail": 0,
+        }
 
     def handle(self, data: bytes, client: str, *, tcp: bool = False) -> bytes | Forward | None:
         counts = self.counts
-        counts["queries"] += 1
+        counts["uncached_queries"] += 1
         try:
             q = parse_query(data)
         except DnsFormatError:
@@ -165,7 +172,6 @@ class Responder:
         return {
             **self.counts,
             "answer_cache_entries": len(self.answers),
-            "answer_cache_hits": self.answers.hits,
             "answer_cache_invalidated": self.answers.invalidated,
             "forward_cache_entries": len(self.forwarded),
             "forward_cache_hits": self.forwarded.hits,

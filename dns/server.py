@@ -140,20 +140,22 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.server = server
         self.cached = server.responder.answers.reply
         self.transport: asyncio.DatagramTransport | None = None
+        self.sendto: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.sendto = transport.sendto
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         hit = self.cached(data)
         if hit is not None:
-            self.transport.sendto(hit, addr)
+            self.sendto(hit, addr)
             return
         result = self.server.handle(data, addr[0], False)
         if result is None:
             return
         if not isinstance(result, Forward):
-            self.transport.sendto(result, addr)
+            self.sendto(result, addr)
             return
         transport = self.transport
         self.server.forward(result, lambda reply: transport.sendto(reply, addr))
