@@ -7,13 +7,21 @@ subclass and append the class to ``SCENARIOS`` (see bench/README.md).
 from __future__ import annotations
 
 from bench.harness import Scenario
+from bench.scenarios.dns import ClusterDns
 from bench.scenarios.l4 import L4Proxy
 from bench.scenarios.programming import Programming
 from bench.scenarios.scale import ScaleSync
 from bench.scenarios.startup import Startup
 from bench.scenarios.table_update import TableUpdate
 
-SCENARIOS: list[type[Scenario]] = [Startup, ScaleSync, TableUpdate, Programming, L4Proxy]
+SCENARIOS: list[type[Scenario]] = [
+    Startup,
+    ScaleSync,
+    TableUpdate,
+    Programming,
+    L4Proxy,
+    ClusterDns,
+]
 
 
 def by_name() -> dict[str, type[Scenario]]:
