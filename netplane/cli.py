@@ -196,6 +196,17 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-f", "--file", dest="files", action="append", metavar="PATH", required=True)
     check.add_argument("--service-cidr", action="append", metavar="CIDR")
     check.add_argument("--nodeport-range", metavar="LOW-HIGH")
+    # DNS: discovery by environment variables
+    env = sub.add_parser("env", help="print the service variables kubelet gives a pod of NS")
+    env.add_argument("--namespace", required=True, metavar="NS", help="the pod's namespace")
+    env.add_argument("-f", "--file", dest="files", action="append", metavar="PATH")
+    env.add_argument("--kubeconfig", metavar="PATH")
+    env.add_argument("--context")
+    env.add_argument("--in-cluster", action="store_const", const=True)
+    env.add_argument("--config", metavar="FILE", help="YAML config file; flags override it")
+    env.add_argument("--mode", choices=cfgmod.MODES, help="as for run: it picks the service CIDR")
+    env.add_argument("--service-cidr", action="append", metavar="CIDR")
+    env.add_argument("--timeout", type=float, default=30.0, metavar="S", help="sync wait (30)")
     sub.add_parser("version", help="print the version")
     return p
 
@@ -347,6 +358,56 @@ def _dns_tries(dp: Any) -> list[str]:
     return lines
 
 
+def _env(args: argparse.Namespace) -> int:
+    """``netplane env``: the sources' Services as kubelet's variables for one namespace."""
+    import asyncio
+
+    from netplane.daemon import sources_for
+    from netplane.dataplane import Dataplane
+    from netplane.envvars import namespace_env, shell_exports
+
+    cwd = Path.cwd()
+    flags: dict[str, Any] = {"admin": None, "proxy": False, "dns": None}
+    for key in ("files", "kubeconfig", "context", "in-cluster", "mode", "service-cidr"):
+        value = getattr(args, key.replace("-", "_"))
+        if value is not None:
+            fname, conv = cfgmod.KEYS[key]
+            flags[fname] = conv(value, f"--{key}" if key != "files" else "-f", cwd)
+    cfg = cfgmod.load(args.config, flags)
+    # Every namespace is read: the default namespace's kubernetes Service is included too.
+    cfg = cfgmod.build({}, {**_config_values(cfg), "namespace": None, "log_level": "warning"})
+    _setup_logging(cfg)
+    sources = sources_for(cfg)
+    if not sources:
+        raise ConfigError("no source: give -f PATH, --kubeconfig PATH or --in-cluster")
+
+    async def collect() -> list | None:
+        dp = Dataplane(cfg, sources=sources)
+        await dp.start()
+        try:
+            await asyncio.wait_for(dp.wait_ready(), args.timeout)
+        except TimeoutError:
+            return None
+        finally:
+            await dp.stop(0)
+        return list(dp.state.objects("Service"))
+
+    services = asyncio.run(collect())
+    if services is None:
+        print(f"netplane: the sources did not sync within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    sys.stdout.write(shell_exports(namespace_env(services, args.namespace)))
+    return 0
+
+
+def _config_values(cfg: cfgmod.Config) -> dict[str, Any]:
+    import dataclasses
+
+    return {
+        f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "config_file"
+    }
+
+
 def _check(args: argparse.Namespace) -> int:
     from netplane.check import check_paths
 
@@ -377,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return _check(args)
+        if args.command == "env":  # DNS
+            return _env(args)
         return _run(args, demo=args.command == "demo")
     except ConfigError as e:
         print(f"netplane: {e}", file=sys.stderr)
