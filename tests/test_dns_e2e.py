@@ -8,6 +8,8 @@ import re
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -270,3 +272,32 @@ def test_servfail_when_every_upstream_fails(tmp_path: Path) -> None:
         assert ask(d.port, f"web.shop.svc.{ZONE}").answer  # and the zone still answers
     finally:
         assert d.stop() == 0
+
+
+def test_the_demo_serves_dns_and_prints_dig_commands(tmp_path: Path) -> None:
+    port = free_port()
+    out_path = tmp_path / "demo.out"
+    argv = [
+        sys.executable, "-m", "netplane", "demo", "--proxy", "off", "--admin", "off",
+        "--ingress-http", "off", "--ingress-https", "off", "--dns", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    with open(out_path, "wb") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 15
+        line = f"dig @127.0.0.1 -p {port} web.demo.svc.{ZONE}"
+        while line not in out_path.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, out_path.read_text()
+            time.sleep(0.05)
+        text = out_path.read_text()
+        assert line in text and f"dig @127.0.0.1 -p {port} -x " in text
+        web_ip = re.search(r"^  demo/web  ClusterIP  (\S+)", text, re.M).group(1)
+        assert dig(port, f"web.demo.svc.{ZONE}", "+short").strip() == web_ip
+        srv = dig(port, f"_pg._tcp.db.demo.svc.{ZONE}", "SRV", "+short").split("\n")
+        assert sorted(s for s in srv if s) == [
+            f"0 50 15432 db-0.db.demo.svc.{ZONE}.",
+            f"0 50 15432 db-1.db.demo.svc.{ZONE}.",
+        ]
+    finally:
+        proc.terminate()
+        proc.wait(10)
