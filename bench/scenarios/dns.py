@@ -384,6 +384,7 @@ pid-file=
     def _dnsperf(self, ctx: Context, port: int, queries: str, *extra: str, name: str) -> str:
         assert self.work is not None
         out = self.work / f"{name}.out"
+        out.write_text("")  # the process manager appends: one run's output only
         argv = [
             *ctx.pin("load"), program("dnsperf"), "-s", "127.0.0.1", "-p", str(port),
             "-d", str(self.work / f"{queries}.txt"), "-c", "10", "-T", "1", *extra,
