@@ -21,42 +21,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from dnslib import (
-    AAAA as AAAA_RD,
-)
-from dnslib import (
-    CNAME as CNAME_RD,
-)
-from dnslib import (
-    EDNS0,
-    QTYPE,
-    RD,
-    DNSError,
-    DNSHeader,
-    DNSLabel,
-    DNSRecord,
-)
-from dnslib import (
-    NS as NS_RD,
-)
-from dnslib import (
-    PTR as PTR_RD,
-)
-from dnslib import (
-    RR as DnsRR,
-)
-from dnslib import (
-    SOA as SOA_RD,
-)
-from dnslib import (
-    SRV as SRV_RD,
-)
-from dnslib import (
-    TXT as TXT_RD,
-)
-from dnslib import (
-    A as A_RD,
-)
+import dnslib
+from dnslib import EDNS0, DNSError, DNSHeader, DNSLabel, DNSRecord
 from netplane.dns.answer import FORMERR, RR, Answer
 from netplane.dns.zone import AAAA, CNAME, HINFO, NS, OPT, PTR, SOA, SRV, TXT, A
 
@@ -132,31 +98,31 @@ def header_reply(query: Query, rcode: int, *, udp_cap: int = DEFAULT_UDP_CAP) ->
     return pack_reply(query, Answer(rcode, authoritative=False), max_size=MAX_TCP, udp_cap=udp_cap)
 
 
-def _rdata(rr: RR) -> RD:
+def _rdata(rr: RR) -> dnslib.RD:
     t, d = rr.rtype, rr.rdata
     if t == A:
-        return A_RD(d)
+        return dnslib.A(d)
     if t == AAAA:
-        return AAAA_RD(d)
+        return dnslib.AAAA(d)
     if t == CNAME:
-        return CNAME_RD(d)
+        return dnslib.CNAME(d)
     if t == PTR:
-        return PTR_RD(d)
+        return dnslib.PTR(d)
     if t == NS:
-        return NS_RD(d)
+        return dnslib.NS(d)
     if t == SRV:
-        return SRV_RD(d.priority, d.weight, d.port, d.target)
+        return dnslib.SRV(d.priority, d.weight, d.port, d.target)
     if t == TXT:
-        return TXT_RD(d)
+        return dnslib.TXT(d)
     if t == SOA:
-        return SOA_RD(d.mname, d.rname, (d.serial, d.refresh, d.retry, d.expire, d.minimum))
+        return dnslib.SOA(d.mname, d.rname, (d.serial, d.refresh, d.retry, d.expire, d.minimum))
     if t == HINFO:
         cpu, os_ = (s.encode() for s in d)
-        return RD(bytes([len(cpu)]) + cpu + bytes([len(os_)]) + os_)
+        return dnslib.RD(bytes([len(cpu)]) + cpu + bytes([len(os_)]) + os_)
     raise ValueError(f"no encoder for record type {t}")
 
 
-def _records(rrs: tuple[RR, ...], query: Query) -> list[DnsRR]:
+def _records(rrs: tuple[RR, ...], query: Query) -> list[dnslib.RR]:
     qlabel = query.record.q.qname
     out = []
     for rr in rrs:
@@ -164,7 +130,7 @@ def _records(rrs: tuple[RR, ...], query: Query) -> list[DnsRR]:
         # the owner goes out in the question's case (and a cached copy
         # follows whatever case the next question has).
         name = qlabel if rr.name == query.qname else DNSLabel(rr.name)
-        out.append(DnsRR(name, rr.rtype, 1, rr.ttl, _rdata(rr)))
+        out.append(dnslib.RR(name, rr.rtype, 1, rr.ttl, _rdata(rr)))
     return out
 
 
@@ -198,7 +164,7 @@ def pack_reply(
     return data
 
 
-def opt_record(query: Query, ext_rcode: int, udp_cap: int) -> DnsRR:
+def opt_record(query: Query, ext_rcode: int, udp_cap: int) -> dnslib.RR:
     # Our own payload size goes out (RFC 6891 section 6.2.3), DO echoed (RFC 3225).
     return EDNS0(udp_len=udp_cap, ext_rcode=ext_rcode, flags="do" if query.do else "")
 
@@ -210,10 +176,6 @@ def reply_limit(query: Query, *, tcp: bool, udp_cap: int) -> int:
     if not query.edns:
         return MIN_UDP
     return max(MIN_UDP, min(query.udp_size, udp_cap))
-
-
-def qtype_name(qtype: int) -> str:
-    return str(QTYPE.get(qtype, qtype))
 
 
 def frame(message: bytes) -> bytes:

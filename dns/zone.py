@@ -21,7 +21,7 @@ Sans-IO: no sockets, no clock.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,10 +223,6 @@ class Zone:
     @property
     def names(self) -> int:
         return len(self._names)
-
-    def __iter__(self) -> Iterator[tuple[str, Records]]:
-        """Every stored name and its records, sorted by name (zone-transfer order)."""
-        return iter(sorted(self._names.items()))
 
     def apex_of(self, name: str) -> str | None:
         """The zone (cluster domain or a reverse zone) that holds ``name``; None if none."""
