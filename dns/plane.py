@@ -113,8 +113,9 @@ class DnsPlane:
         return self.server.port
 
     async def start(self) -> None:
-        self._stream = self._dp.subscribe()
+        """Bind UDP and TCP (OSError when the address is taken), then follow the table."""
         await self.server.start()
+        self._stream = self._dp.subscribe()
         if self._dp.ready:
             self.apply(
                 (e.key for e in self._dp.table), (o.key for o in self._dp.state.objects("Pod"))

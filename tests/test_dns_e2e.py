@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -301,3 +302,36 @@ def test_the_demo_serves_dns_and_prints_dig_commands(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_taken_dns_port_is_logged_and_the_rest_serves(tmp_path: Path) -> None:
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "web.json").write_text(json.dumps(service("web", clusterIP="127.77.0.20")))
+    admin = free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        log = tmp_path / "netplane.log"
+        argv = [
+            sys.executable, "-m", "netplane", "run", "-f", str(manifests), "--mode", "local",
+            "--proxy", "off", "--ingress-http", "off", "--ingress-https", "off",
+            "--admin", f"127.0.0.1:{admin}", "--dns", f"127.0.0.1:{port}",
+        ]  # fmt: skip
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
+        try:
+            deadline = time.monotonic() + 15
+            status = 0
+            while time.monotonic() < deadline and status != 200:
+                assert proc.poll() is None, log.read_text()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2) as r:
+                        status = r.status
+                except OSError:
+                    time.sleep(0.05)
+            assert status == 200
+            assert f"DNS: cannot listen on 127.0.0.1:{port}" in log.read_text()
+        finally:
+            proc.terminate()
+            assert proc.wait(10) == 0
