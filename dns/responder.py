@@ -9,7 +9,7 @@ The order of checks, each with its answer:
 
 1. unparseable but with a header: FORMERR, header only; no header, or the
    packet is a response: silence;
-2. opcode other than QUERY: NOTIMP; EDNS version above 0: BADVERS
+2. opcode other than QUERY: NOTIMP (header only); EDNS version above 0: BADVERS
    (RFC 6891); more than one question or OPT: FORMERR;
 3. AXFR/IXFR: REFUSED (no zone transfers); a class other than IN: REFUSED;
 4. a name in the cluster domain or a reverse zone: the zone's answer,
@@ -114,7 +114,9 @@ class Responder:
             return None
         cap = self.udp_cap
         if h.opcode != 0:
-            return header_reply(q, NOTIMP, udp_cap=cap)
+            # Header only: other opcodes give the question section other meanings
+            # (UPDATE's zone section), which the reply must not claim to answer.
+            return header_error(data, NOTIMP)
         if q.version:
             return pack_reply(q, Answer(BADVERS, authoritative=False), max_size=512, udp_cap=cap)
         if q.qtype in (AXFR, IXFR) or q.qclass != IN:
