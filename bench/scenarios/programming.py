@@ -44,6 +44,7 @@ from bench.harness import Context, Metric, Proc, Scenario, latency_series, netpl
 PER_SLICE = 10
 PERCENTILES = ("p50", "p99", "max")
 STAGE = "end to end, new connection"
+DNS_STAGE = "end to end, DNS answer (headless)"
 CLUSTER_NET = ipaddress.IPv4Network("127.77.128.0/17")  # bench/progfake.py's ClusterIPs
 
 
@@ -284,7 +285,7 @@ class Programming(Scenario):
 
     def series(self, ctx: Context, samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
         sizes, _ = _sizes(ctx)
-        return latency_series(
+        out = latency_series(
             samples,
             sizes,
             metric="e2e",
@@ -293,6 +294,19 @@ class Programming(Scenario):
             per_slice=PER_SLICE,
             percentiles=PERCENTILES,
         )
+        # DNS (b): the same plots, one more stage
+        dns = latency_series(
+            samples,
+            sizes,
+            metric="dns",
+            group="{n:,} services, DNS answer",
+            stage=DNS_STAGE,
+            per_slice=PER_SLICE,
+            percentiles=PERCENTILES,
+        )
+        out["latency_percentiles"] += dns["latency_percentiles"]
+        out["programming_latency"]["points"] += dns["programming_latency"]["points"]
+        return out
 
 
 def _nofile() -> list[int]:
