@@ -239,7 +239,9 @@ class Zone:
 
     def exists(self, name: str) -> bool:
         """True for a name with records or with names below it (NODATA, not NXDOMAIN)."""
-        return name in self._names or name in self._ent or name in self.apex_names
+        if name in self._names or name in self._ent or name in self.apex_names:
+            return True
+        return name == f"dns.{self.domain}"  # above ns.dns.<domain>, the NS host
 
     def soa(self, apex: str) -> Soa:
         return Soa(

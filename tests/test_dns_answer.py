@@ -283,6 +283,8 @@ def test_txt_dns_version_soa_and_ns_at_the_apex() -> None:
     assert rdatas(ask(z, "cluster.local", NS), "additional") == [
         ("ns.dns.cluster.local", A, "10.96.0.53")
     ]
+    nodata = ask(z, "dns.cluster.local")  # above the NS host: NODATA, not NXDOMAIN
+    assert (nodata.rcode, nodata.answer) == (NOERROR, ())
     # the reverse zones have their own apex
     assert ask(z, "96.10.in-addr.arpa", SOA).answer[0].name == "96.10.in-addr.arpa"
 
