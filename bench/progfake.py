@@ -2,6 +2,7 @@
 
     python -m bench.progfake serve --services N --backend-port P --ready PATH --kubeconfig PATH
     python -m bench.progfake measure --ready PATH --changes K [--baseline B] [--warmup W]
+                                     [--dns-port P]
 
 Both run pinned to the load core by the harness.
 
@@ -25,6 +26,11 @@ Both run pinned to the load core by the harness.
   answers ``group G``. The event reaches the watch streams when this handler
   yields, i.e. right after the answer is written.
 
+Beside them, one headless Service (``dns-probe`` in the measured Service's
+namespace) has an EndpointSlice of 10 endpoints in one group at a time;
+``dset a`` / ``dset b`` flip it the same way and answer ``ok T0``; ``dget``
+answers its group. It is what DNS programming latency is measured on.
+
 When everything listens it writes the kubeconfig, then ``--ready`` (JSON:
 control port, measured Service's namespace/name, ClusterIP and port), each
 atomically. It exits on SIGTERM/SIGINT or when its parent goes away.
@@ -41,6 +47,11 @@ not seen within ``--give-up-s`` counts as a failure. Between changes it
 sleeps ``--pause-ms`` so watch events never coalesce. It prints one JSON
 object: latencies and opening times (ms) with percentiles, failures, probes
 per change, probe round trips (ms).
+
+With ``--dns-port P`` the same loop measures DNS instead: the changes flip
+the headless ``dns-probe`` Service (``dset``), and a probe is one UDP A query
+for its name to netplane's DNS on 127.0.0.1:P; T1 is when an answer first
+lists the new group's addresses.
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ import os
 import resource
 import socket
 import statistics
+import struct
 import sys
 import time
 from pathlib import Path
@@ -71,6 +83,7 @@ FIRST_CLUSTER_IP = ipaddress.ip_address("127.77.128.1")
 MAX_SERVICES = 32_000  # ClusterIPs stay inside 127.77.128.0/17
 DUMMY_NET = ipaddress.ip_address("127.1.0.1")  # endpoints no connection goes to
 GROUPS = {"a": "127.0.31.", "b": "127.0.32."}
+DNS_PROBE = "dns-probe"  # the headless Service whose slice the DNS measurement flips
 
 
 def cluster_ip(i: int) -> str:
@@ -113,12 +126,38 @@ def raise_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def dns_probe_service(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": DNS_PROBE, "namespace": namespace, "resourceVersion": "1"},
+        "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": SERVICE_PORT}]},
+    }
+
+
+def dns_probe_slice(namespace: str, group: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{DNS_PROBE}-1",
+            "namespace": namespace,
+            "labels": {"kubernetes.io/service-name": DNS_PROBE},
+        },
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": TARGET_PORT, "protocol": "TCP"}],
+        "endpoints": [{"addresses": [a]} for a in group_addresses(group)],
+    }
+
+
 class ProgFake:
     def __init__(self, services: int, backend_port: int) -> None:
         self.services = services
         self.backend_port = backend_port
         self.target = measured_index(services)
         self.group = "a"
+        self.dns_group = "a"
+        self.namespace = service(self.target)["metadata"]["namespace"]
         self.fake = FakeKube(tokens=(TOKEN,))
         self.servers: list[asyncio.Server] = []
         self.control_port = 0
@@ -132,6 +171,8 @@ class ProgFake:
                 fake.apply(self.measured_slice(self.group))
             else:
                 fake.apply(endpoint_slice(i))
+        fake.apply(dns_probe_service(self.namespace))
+        fake.apply(dns_probe_slice(self.namespace, self.dns_group))
         fake.history.clear()  # nothing watches from before the list; keep memory flat
         fake.compacted_rv = 0
         # The loaded objects live on: keep them out of later collections, or a
@@ -169,6 +210,13 @@ class ProgFake:
                     t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
                     self.group = cmd[1]
                     w.write(b"ok %d\n" % t0)
+                elif cmd == ["dget"]:
+                    w.write(b"group %s\n" % self.dns_group.encode())
+                elif len(cmd) == 2 and cmd[0] == "dset" and cmd[1] in GROUPS:
+                    self.fake.apply(dns_probe_slice(self.namespace, cmd[1]))
+                    t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+                    self.dns_group = cmd[1]
+                    w.write(b"ok %d\n" % t0)
                 else:
                     w.write(b"error unknown command\n")
                 await w.drain()
@@ -198,6 +246,7 @@ class ProgFake:
             "cluster_ip": cluster_ip(self.target),
             "port": SERVICE_PORT,
             "services": self.services,
+            "dns_name": f"{DNS_PROBE}.{self.namespace}.svc.cluster.local",
             "pid": os.getpid(),
         }
 
@@ -236,6 +285,37 @@ def probe(ip: str, port: int, timeout: float) -> bytes:
         return b""
 
 
+def dns_query(name: str, qid: int) -> bytes:
+    qname = b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
+    return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + qname + b"\0\x01\0\x01"
+
+
+def dns_probe(sock: socket.socket, port: int, name: str, timeout: float) -> bytes:
+    """One A query for ``name``: the first answer's address as text (b"" without one).
+
+    A cluster answer holds the question once and each A record's owner as a
+    compression pointer, so the first address is the 4 bytes after the first
+    ``00 01 00 01 TTL(4) 00 04`` past the question.
+    """
+    qid = int.from_bytes(os.urandom(2), "big")
+    packet = dns_query(name, qid)
+    sock.settimeout(timeout)
+    try:
+        sock.sendto(packet, ("127.0.0.1", port))
+        while True:
+            data = sock.recv(4096)
+            if data[:2] == packet[:2]:
+                break
+    except OSError:
+        return b""
+    if len(data) < 12 or data[3] & 0x0F or data[6:8] == b"\0\0":
+        return b""
+    rdata = data.find(b"\x00\x01\x00\x01", len(packet)) + 10
+    if rdata < 10 or len(data) < rdata + 6 or data[rdata - 2 : rdata] != b"\x00\x04":
+        return b""
+    return ".".join(str(b) for b in data[rdata : rdata + 4]).encode()
+
+
 class Control:
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -254,8 +334,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     ready = json.loads(Path(args.ready).read_text())
     ip, port = ready["cluster_ip"], ready["port"]
     ctl = Control(ready["control_port"])
+    get, set_ = ("dget", "dset") if args.dns_port else ("get", "set")
+    probe = _probe_for(args, ready)
     try:
-        group = ctl.ask("get")[1]
+        group = ctl.ask(get)[1]
         # The Service must answer with the current group before the first change.
         deadline = time.monotonic() + args.settle_s
         while not probe(ip, port, 1.0).startswith(group.encode()):
@@ -280,7 +362,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(args.pause_ms / 1000)
             group = "b" if group == "a" else "a"
             want = group.encode()
-            answer = ctl.ask(f"set {group}")
+            answer = ctl.ask(f"{set_} {group}")
             if answer[:1] != ["ok"]:
                 raise SystemExit(f"control channel: {answer!r}")
             t0 = int(answer[1])
@@ -330,6 +412,24 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _probe_for(args: argparse.Namespace, ready: dict[str, Any]) -> Any:
+    """The L4 probe, or with --dns-port one DNS query whose answer starts like a backend's."""
+    if not args.dns_port:
+        return probe
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    name = ready["dns_name"]
+    prefixes = {prefix.encode(): group.encode() for group, prefix in GROUPS.items()}
+
+    def dns(_ip: str, _port: int, timeout: float) -> bytes:
+        addr = dns_probe(sock, args.dns_port, name, timeout)
+        for prefix, group in prefixes.items():
+            if addr.startswith(prefix):
+                return group + b" " + addr
+        return b""
+
+    return dns
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -346,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     ms.add_argument("--pause-ms", type=float, default=20.0)
     ms.add_argument("--give-up-s", type=float, default=2.0)
     ms.add_argument("--settle-s", type=float, default=10.0)
+    ms.add_argument("--dns-port", type=int, default=0, help="measure DNS on 127.0.0.1:P instead")
     args = ap.parse_args(argv)
     if args.cmd == "measure":
         print(json.dumps(measure(args)))

@@ -169,6 +169,41 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "ingress-tls-resumption",
         {"choices": ("on", "off"), "help": "TLS session tickets (default on)"},
     ),
+    # DNS
+    (("--dns-ttl",), "dns-ttl", {"metavar": "S", "help": "TTL of cluster records (default 5)"}),
+    (
+        ("--dns-upstreams",),
+        "dns-upstreams",
+        {
+            "action": "append",
+            "metavar": "IP[:PORT]",
+            "help": "where other names go (repeatable; default: /etc/resolv.conf)",
+        },
+    ),
+    (
+        ("--dns-allow",),
+        "dns-allow",
+        {
+            "action": "append",
+            "metavar": "CIDR",
+            "help": "clients that may recurse (default: loopback, service/pod CIDRs, node IPs)",
+        },
+    ),
+    (
+        ("--pod-cidr",),
+        "pod-cidr",
+        {"action": "append", "metavar": "CIDR", "help": "pod addresses (DNS reverse zones, allow)"},
+    ),
+    (
+        ("--dns-pods",),
+        "dns-pods",
+        {"choices": cfgmod.DNS_POD_MODES, "help": "pod A records (default disabled)"},
+    ),
+    (
+        ("--dns-udp-size",),
+        "dns-udp-size",
+        {"metavar": "BYTES", "help": "largest UDP reply (default 1232)"},
+    ),
 ]
 
 
@@ -204,6 +239,17 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("-f", "--file", dest="files", action="append", metavar="PATH", required=True)
     check.add_argument("--service-cidr", action="append", metavar="CIDR")
     check.add_argument("--nodeport-range", metavar="LOW-HIGH")
+    # DNS: discovery by environment variables
+    env = sub.add_parser("env", help="print the service variables kubelet gives a pod of NS")
+    env.add_argument("--namespace", required=True, metavar="NS", help="the pod's namespace")
+    env.add_argument("-f", "--file", dest="files", action="append", metavar="PATH")
+    env.add_argument("--kubeconfig", metavar="PATH")
+    env.add_argument("--context")
+    env.add_argument("--in-cluster", action="store_const", const=True)
+    env.add_argument("--config", metavar="FILE", help="YAML config file; flags override it")
+    env.add_argument("--mode", choices=cfgmod.MODES, help="as for run: it picks the service CIDR")
+    env.add_argument("--service-cidr", action="append", metavar="CIDR")
+    env.add_argument("--timeout", type=float, default=30.0, metavar="S", help="sync wait (30)")
     sub.add_parser("version", help="print the version")
     return p
 
@@ -231,6 +277,7 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
         # Ingress: free loopback ports, so the demo never collides with anything
         flags.setdefault("ingress_http", cfgmod.Listen("127.0.0.1", 0))
         flags.setdefault("ingress_https", cfgmod.Listen("127.0.0.1", 0))
+        flags.setdefault("dns", demo_dns_listen())  # DNS
     cfg = cfgmod.load(args.config, flags)
     _setup_logging(cfg)
 
@@ -282,6 +329,8 @@ def demo_text(dp: Any, backends: list[str]) -> str:
         out += _proxy_tries(dp)
     if "ingress" in dp.planes:
         out += _ingress_tries(dp)
+    if "dns" in dp.planes:  # DNS
+        out += _dns_tries(dp)
     if dp.admin is not None:
         base = f"http://{cfgmod.Listen(dp.config.admin.host, dp.admin.port)}"
         out += [f"  curl {base}/readyz", f"  curl {base}/debug/state"]
@@ -345,6 +394,98 @@ def _ingress_tries(dp: Any) -> list[str]:
     return lines
 
 
+# DNS
+DEMO_DNS_PORT = 10053
+
+
+def demo_dns_listen(port: int = DEMO_DNS_PORT) -> cfgmod.Listen:
+    """127.0.0.1:10053 for the demo's DNS when both its UDP and TCP ports are free, else a free one."""
+    import socket
+
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return cfgmod.Listen("127.0.0.1", 0)
+    return cfgmod.Listen("127.0.0.1", port)
+
+
+def _dns_tries(dp: Any) -> list[str]:
+    plane = dp.planes["dns"]
+    host = plane.settings.host
+    at = f"dig @{host} -p {plane.port}"
+    zone = dp.config.cluster_domain
+    lines = []
+    for entry in sorted(dp.table, key=lambda e: e.key):
+        svc = entry.service
+        name = f"{svc.key.name}.{svc.key.namespace}.svc.{zone}"
+        what = "the ClusterIP"
+        if svc.headless:
+            what = "every ready endpoint (headless)"
+        elif svc.type == "ExternalName":
+            what = f"a CNAME to {svc.external_name}"
+        lines.append(f"  {at} {name}    # {what}")
+        named = [p for p in entry.ports if p.name]
+        if named and svc.headless:
+            p = named[0]
+            lines.append(f"  {at} _{p.name}._{p.protocol.lower()}.{name} SRV    # one per endpoint")
+        if svc.cluster_ips and svc.key.name == "web":
+            lines.append(f"  {at} -x {svc.cluster_ips[0]}    # the PTR back to {name}")
+    lines.append(f"  {at} nothere.demo.svc.{zone}    # NXDOMAIN, with the SOA")
+    return lines
+
+
+def _env(args: argparse.Namespace) -> int:
+    """``netplane env``: the sources' Services as kubelet's variables for one namespace."""
+    import asyncio
+
+    from netplane.daemon import sources_for
+    from netplane.dataplane import Dataplane
+    from netplane.envvars import namespace_env, shell_exports
+
+    cwd = Path.cwd()
+    flags: dict[str, Any] = {"admin": None, "proxy": False, "dns": None}
+    for key in ("files", "kubeconfig", "context", "in-cluster", "mode", "service-cidr"):
+        value = getattr(args, key.replace("-", "_"))
+        if value is not None:
+            fname, conv = cfgmod.KEYS[key]
+            flags[fname] = conv(value, f"--{key}" if key != "files" else "-f", cwd)
+    cfg = cfgmod.load(args.config, flags)
+    # Every namespace is read: the default namespace's kubernetes Service is included too.
+    cfg = cfgmod.build({}, {**_config_values(cfg), "namespace": None, "log_level": "warning"})
+    _setup_logging(cfg)
+    sources = sources_for(cfg)
+    if not sources:
+        raise ConfigError("no source: give -f PATH, --kubeconfig PATH or --in-cluster")
+
+    async def collect() -> list | None:
+        dp = Dataplane(cfg, sources=sources)
+        await dp.start()
+        try:
+            await asyncio.wait_for(dp.wait_ready(), args.timeout)
+        except TimeoutError:
+            return None
+        finally:
+            await dp.stop(0)
+        return list(dp.state.objects("Service"))
+
+    services = asyncio.run(collect())
+    if services is None:
+        print(f"netplane: the sources did not sync within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    sys.stdout.write(shell_exports(namespace_env(services, args.namespace)))
+    return 0
+
+
+def _config_values(cfg: cfgmod.Config) -> dict[str, Any]:
+    import dataclasses
+
+    return {
+        f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name != "config_file"
+    }
+
+
 def _check(args: argparse.Namespace) -> int:
     from netplane.check import check_paths
 
@@ -375,6 +516,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "check":
             return _check(args)
+        if args.command == "env":  # DNS
+            return _env(args)
         return _run(args, demo=args.command == "demo")
     except ConfigError as e:
         print(f"netplane: {e}", file=sys.stderr)

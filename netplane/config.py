@@ -32,6 +32,8 @@ LOG_FORMATS = ("text", "json")
 LB_POLICIES = ("round-robin", "least-connections")
 TCP_RELAYS = ("splice", "protocol")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# DNS
+DNS_POD_MODES = ("disabled", "insecure", "verified")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +111,13 @@ class Config:
     ingress_body_timeout: float = 60.0
     ingress_keepalive_timeout: float = 75.0
     ingress_tls_resumption: bool = True  # off: no session tickets (full handshakes, for bench)
+    # DNS
+    dns_ttl: int = 5
+    dns_upstreams: tuple[tuple[str, int], ...] = ()  # empty: the nameservers of /etc/resolv.conf
+    dns_allow: tuple[IPNetwork, ...] = ()  # empty: loopback, service and pod CIDRs, node IPs
+    pod_cidrs: tuple[IPNetwork, ...] = ()
+    dns_pods: str = "disabled"
+    dns_udp_size: int = 1232
     config_file: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +141,14 @@ class Config:
             for c in self.service_cidrs
         )  # fmt: skip
         object.__setattr__(self, "service_cidrs", cidrs)
+        # DNS
+        for name in ("dns_allow", "pod_cidrs"):
+            nets = tuple(_cidr(c, name, Path()) for c in getattr(self, name))
+            object.__setattr__(self, name, nets)
+        if self.dns_pods not in DNS_POD_MODES:
+            raise ConfigError(
+                f"dns pods: {self.dns_pods!r} is not one of {', '.join(DNS_POD_MODES)}"
+            )
         for name in ("ingress_http", "ingress_https", "dns", "admin"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -157,6 +174,15 @@ class Config:
         if self.node_ips:
             return self.node_ips
         return ("127.0.0.1",) if self.mode == "local" else ("0.0.0.0", "::")
+
+    @property
+    def effective_dns_allow(self) -> tuple[IPNetwork, ...]:
+        """Who may have names outside the cluster forwarded (DNS): never the whole world by default."""
+        if self.dns_allow:
+            return self.dns_allow
+        loopback = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+        nodes = tuple(ipaddress.ip_network(ip) for ip in self.node_ips)
+        return (*loopback, *self.effective_service_cidrs, *self.pod_cidrs, *nodes)
 
     @property
     def pods_make_endpoints(self) -> bool:
@@ -228,6 +254,41 @@ def _listen(v: Any, setting: str, _base: Path) -> Listen | None:
     if v is False:
         return None
     return parse_listen(str(v), setting)
+
+
+def _int_in(lo: int, hi: int):
+    def inner(v: Any, setting: str, _base: Path) -> int:
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, str) and v.isdigit())):
+            raise ConfigError(f"{setting}: {v!r} is not a whole number")
+        n = int(v)
+        if not lo <= n <= hi:
+            raise ConfigError(f"{setting}: {n} out of range ({lo}-{hi})")
+        return n
+
+    return inner
+
+
+def _upstream(v: Any, setting: str, _base: Path) -> tuple[str, int]:
+    """``IP``, ``IP:PORT`` or ``[V6]:PORT``; port 53 when none is given."""
+    text = str(v).strip()
+    host, port = text, 53
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and (not rest.startswith(":") or not rest[1:].isdigit())):
+            raise ConfigError(f"{setting}: {v!r} is not IP, IP:PORT or [IPv6]:PORT")
+        port = int(rest[1:]) if rest else 53
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        if not p.isdigit():
+            raise ConfigError(f"{setting}: {v!r} is not IP, IP:PORT or [IPv6]:PORT")
+        port = int(p)
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        raise ConfigError(f"{setting}: {host!r} is not an IP address") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{setting}: port {port} out of range (1-65535)")
+    return (host, port)
 
 
 def _port_range(v: Any, setting: str, _base: Path) -> tuple[int, int]:
@@ -334,6 +395,13 @@ KEYS: dict[str, tuple[str, Any]] = {
     "ingress-body-timeout": ("ingress_body_timeout", _positive_seconds),
     "ingress-keepalive-timeout": ("ingress_keepalive_timeout", _positive_seconds),
     "ingress-tls-resumption": ("ingress_tls_resumption", _bool),
+    # DNS
+    "dns-ttl": ("dns_ttl", _int_in(0, 3600)),
+    "dns-upstreams": ("dns_upstreams", _list(_upstream)),
+    "dns-allow": ("dns_allow", _list(_cidr)),
+    "pod-cidr": ("pod_cidrs", _list(_cidr)),
+    "dns-pods": ("dns_pods", _choice(DNS_POD_MODES)),
+    "dns-udp-size": ("dns_udp_size", _int_in(512, 65535)),
 }
 
 

@@ -16,7 +16,7 @@ import logging
 import resource
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netplane import __version__
 from netplane.addresses import LocalRoutes
@@ -27,6 +27,9 @@ from netplane.l4.proxy import L4Proxy
 from netplane.l4.tcp import TcpSettings
 from netplane.l4.udp import UdpSettings
 from netplane.sources import Source
+
+if TYPE_CHECKING:
+    from netplane.dns.plane import DnsPlane
 
 log = logging.getLogger("netplane.daemon")
 
@@ -59,18 +62,6 @@ def sources_for(cfg: Config) -> list[Source]:
     return sources
 
 
-def describe_planes(cfg: Config) -> list[str]:
-    """What this version serves of what the config asks for, said plainly."""
-    lines = []
-    wanted = {
-        f"DNS on {cfg.dns}": cfg.dns is not None,
-    }
-    for plane, on in wanted.items():
-        if on:
-            lines.append(f"{plane}: not part of netplane {__version__} yet; the setting is kept")
-    return lines
-
-
 async def serve(
     cfg: Config,
     *,
@@ -90,6 +81,7 @@ async def serve(
     raise_file_limit()
     proxy = proxy_for(cfg, dp)
     ingress = ingress_for(cfg, dp)  # Ingress
+    dns = dns_for(cfg, dp)  # DNS
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -127,12 +119,19 @@ async def serve(
             ", ".join(str(n) for n in cfg.effective_service_cidrs),
             ", ".join(s.name for s in sources),
         )
-        for line in describe_planes(cfg):
-            log.info(line)
         if proxy is not None:
             await proxy.start()  # subscribes before the table is built: sees all of it
         if ingress is not None:
             await ingress.start()  # Ingress: the same, and binds its listeners
+        if dns is not None:  # DNS: the same; a port that cannot be bound is logged, the rest serves
+            try:
+                await dns.start()
+            except OSError as e:
+                log.error(
+                    "DNS: cannot listen on %s: %s; serving without DNS", cfg.dns, e.strerror or e
+                )
+                dp.planes.pop("dns", None)
+                dns = None
         # The initial sync allocates objects that all live on; collecting
         # while they arrive only rescans them (a third of the sync's CPU at
         # 10k services). Collection resumes once the table is built, or after
@@ -154,6 +153,8 @@ async def serve(
             await proxy.close(cfg.drain_seconds)
         if ingress is not None:
             await ingress.close(cfg.drain_seconds)
+        if dns is not None:  # DNS
+            await dns.close()
         for cleanup in cleanups:
             await cleanup()
         await dp.stop()
@@ -225,6 +226,40 @@ def ingress_for(cfg: Config, dp: Dataplane) -> Any:
         ),
     )
     dp.planes["ingress"] = plane
+
+
+# DNS
+def dns_for(cfg: Config, dp: Dataplane) -> DnsPlane | None:
+    """The cluster DNS plane the config asks for, registered with the dataplane."""
+    if cfg.dns is None:
+        return None
+    from netplane.dns.plane import DnsPlane, DnsSettings, own_addresses, resolv_conf_upstreams
+
+    upstreams = cfg.dns_upstreams
+    if not upstreams:
+        try:
+            with open("/etc/resolv.conf") as fh:
+                text = fh.read()
+        except OSError:
+            text = ""
+        upstreams = tuple(
+            resolv_conf_upstreams(text, exclude=own_addresses(cfg.dns.host, cfg.dns.port))
+        )
+    plane = DnsPlane(
+        dp,
+        DnsSettings(
+            host=cfg.dns.host,
+            port=cfg.dns.port,
+            domain=cfg.cluster_domain,
+            ttl=cfg.dns_ttl,
+            upstreams=upstreams,
+            allow=cfg.effective_dns_allow,
+            reverse_cidrs=(*cfg.effective_service_cidrs, *cfg.pod_cidrs),
+            pods=cfg.dns_pods,
+            udp_cap=cfg.dns_udp_size,
+        ),
+    )
+    dp.planes["dns"] = plane
     return plane
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+import dns.message  # noqa: F401  # DNS: dnspython claims `dns` before any test puts the repository root (and its dns/ folder) on sys.path
 import pytest
 import uvloop
 

@@ -125,6 +125,19 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "ingress-body-timeout": [(30, 30.0)],
     "ingress-keepalive-timeout": [("1.5", 1.5)],
     "ingress-tls-resumption": [("off", False)],
+    # DNS
+    "dns-ttl": [(30, 30), ("0", 0)],
+    "dns-upstreams": [
+        ("10.0.0.2", (("10.0.0.2", 53),)),
+        (
+            ["10.0.0.2:5300", "[fd00::2]:53", "::3"],
+            (("10.0.0.2", 5300), ("fd00::2", 53), ("::3", 53)),
+        ),
+    ],
+    "dns-allow": [("10.0.0.0/8", (ipaddress.ip_network("10.0.0.0/8"),))],
+    "pod-cidr": [("10.244.0.0/16", (ipaddress.ip_network("10.244.0.0/16"),))],
+    "dns-pods": [("verified", "verified"), ("Insecure", "insecure")],
+    "dns-udp-size": [(4096, 4096), ("512", 512)],
 }
 
 BAD: dict[str, list[tuple[object, str]]] = {
@@ -180,6 +193,21 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "ingress-body-timeout": [("x", "not a number of seconds")],
     "ingress-keepalive-timeout": [(-1, "not a finite, non-negative number")],
     "ingress-tls-resumption": [("maybe", "'maybe' is not on/off")],
+    # DNS
+    "dns-ttl": [
+        (-1, "-1 out of range (0-3600)"),
+        (7200, "7200 out of range (0-3600)"),
+        (True, "not a whole"),
+    ],
+    "dns-upstreams": [
+        ("dns.example", "'dns.example' is not an IP address"),
+        ("10.0.0.2:0", "port 0 out of range"),
+        ("[::1", "is not IP, IP:PORT or [IPv6]:PORT"),
+    ],
+    "dns-allow": [("10.0.0.1/8", "'10.0.0.1/8' is not a CIDR")],
+    "pod-cidr": [("pods", "'pods' is not a CIDR")],
+    "dns-pods": [("on", "'on' is not one of disabled, insecure, verified")],
+    "dns-udp-size": [(100, "100 out of range (512-65535)"), ("big", "is not a whole number")],
 }
 
 

@@ -7,6 +7,7 @@ subclass and append the class to ``SCENARIOS`` (see bench/README.md).
 from __future__ import annotations
 
 from bench.harness import Scenario
+from bench.scenarios.dns import ClusterDns
 from bench.scenarios.ingress import IngressBench
 from bench.scenarios.l4 import L4Proxy
 from bench.scenarios.node_sockets import NodeSockets
@@ -23,6 +24,7 @@ SCENARIOS: list[type[Scenario]] = [
     L4Proxy,
     NodeSockets,
     IngressBench,
+    ClusterDns,
 ]
 
 

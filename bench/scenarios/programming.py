@@ -18,8 +18,14 @@ probes back to back until an answer comes from the new group (T1).
 
 Latency = T1 - T0: the watch event leaving the fake server, netplane's
 reflector, state, table and proxy route swap, and the new connection through
-the proxy to the backend. DNS, the issue's other half, is not measured yet:
-netplane's DNS plane does not exist.
+the proxy to the backend.
+
+DNS, the issue's other half (b): the same client, run again with
+``--dns-port``, flips the EndpointSlice of a headless Service (``dns-probe``)
+between the two groups and asks netplane's DNS for its name (one UDP A query
+per probe, back to back) until the answer lists the new group's addresses:
+the watch event, state, table, the DNS zone's re-derivation of that service
+and the answer cache dropping its names.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from bench.harness import Context, Metric, Proc, Scenario, latency_series, netpl
 PER_SLICE = 10
 PERCENTILES = ("p50", "p99", "max")
 STAGE = "end to end, new connection"
+DNS_STAGE = "end to end, DNS answer (headless)"
 CLUSTER_NET = ipaddress.IPv4Network("127.77.128.0/17")  # bench/progfake.py's ClusterIPs
 
 
@@ -54,7 +61,7 @@ class Programming(Scenario):
         "watches, load core) holds N ClusterIP Services in 127.77.128.0/17 (one TCP port) "
         "with EndpointSlices of 10 endpoints, plus two groups of 10 loopback backends that "
         "answer with their group's name. `netplane run --kubeconfig K --mode local` (L4 proxy "
-        "on, ingress and DNS off; server core) binds every ClusterIP:port; measuring starts "
+        "and DNS on, ingress off; server core) binds every ClusterIP:port; measuring starts "
         "once all N listen. A client on the load core moves one Service's EndpointSlice to "
         "the other group through the fake server's control channel, then opens new "
         "connections to the ClusterIP back to back until one reaches the new group. Latency: "
@@ -62,8 +69,9 @@ class Programming(Scenario):
         "to that connection's answer; also given, to when that connection was opened. 20 ms "
         "between changes, 5 unrecorded warm-up changes per run, 2 s to give up (a failure). "
         "The probe (one new connection through the proxy, idle) is timed on its own: it is "
-        "the resolution and the floor of every latency. DNS answering the new address, the "
-        "issue's other half, is left out: netplane has no DNS plane yet."
+        "the resolution and the floor of every latency. DNS (b): the same client then flips the "
+        "EndpointSlice of a headless Service (`dns-probe`) and sends UDP A queries for its name "
+        "back to back until the answer lists the new group; same clock, pause and give-up."
     )
     peer_note = (
         "None measurable here: kube-proxy's programming latency needs a real cluster "
@@ -95,6 +103,23 @@ class Programming(Scenario):
                 out.append(Metric(f"probe_{p}_ms@{n}", "ms", "lower", title))
             out.append(
                 Metric(f"ready_s@{n}", "s", "lower", f"start → ready and listening, {n:,} svc")
+            )
+            # DNS: (b) a headless Service's EndpointSlice change until DNS answers the new address
+            for p in PERCENTILES:
+                title = f"change → DNS answers the new address {p}, {n:,} svc"
+                out.append(Metric(f"dns_{p}_ms@{n}", "ms", "lower", title))
+            out.append(
+                Metric(
+                    f"dns_failures@{n}",
+                    "changes",
+                    "lower",
+                    f"DNS changes not seen in 2 s, {n:,} svc",
+                )
+            )
+            out.append(
+                Metric(
+                    f"dns_probe_p50_ms@{n}", "ms", "lower", f"one DNS query, idle, p50, {n:,} svc"
+                )
             )
         return out
 
@@ -165,6 +190,7 @@ class Programming(Scenario):
                     f"something already listens on ClusterIPs, port {target['port']}"
                 )
             port = ctx.free_port()
+            dns_port = ctx.free_port()
             argv = [
                 *ctx.pin("server"),
                 *netplane_cmd(),
@@ -176,7 +202,7 @@ class Programming(Scenario):
                 "--service-cidr",
                 "127.77.0.0/16",
                 "--dns",
-                "off",
+                f"127.0.0.1:{dns_port}",
                 "--ingress-http",
                 "off",
                 "--ingress-https",
@@ -198,35 +224,8 @@ class Programming(Scenario):
                 _wait_bound(n, target["port"], np, timeout=120)
                 values[f"ready_s@{n}"] = time.perf_counter() - np.started
                 time.sleep(0.5)  # let the start-up's last work (GC freeze, logging) settle
-                out = ctx.workdir / f"prog-{n}-{index}.json"
-                client = ctx.procs.start(
-                    [
-                        *ctx.pin("load"),
-                        sys.executable,
-                        "-m",
-                        "bench.progfake",
-                        "measure",
-                        "--ready",
-                        str(ready),
-                        "--changes",
-                        str(changes),
-                        "--warmup",
-                        "5",
-                        "--pause-ms",
-                        "20",
-                        "--give-up-s",
-                        "2",
-                    ],
-                    name="progfake-measure",
-                    log=ctx.workdir / f"prog-measure-{n}-{index}.log",
-                    stdout=out,
-                    env=self._env(ctx),
-                    cwd=ctx.root,
-                )
-                code = ctx.procs.wait(client, timeout=30 + changes * 2.1)
-                if code != 0:
-                    raise RuntimeError(f"progfake measure exited with {code}; see {client.log}")
-                doc = json.loads(out.read_text())
+                doc = self._measure(ctx, ready, n, index, changes)
+                dns_doc = self._measure(ctx, ready, n, index, changes, dns_port=dns_port)
             finally:
                 ctx.procs.stop(np)
             if not doc["latencies_ms"]:
@@ -242,7 +241,42 @@ class Programming(Scenario):
                 f"    {n:,} services: p50 {doc['p50_ms']:.2f} ms, p99 {doc['p99_ms']:.2f} ms, "
                 f"max {doc['max_ms']:.2f} ms, {doc['failures']} failures"
             )
+            if dns_doc["latencies_ms"]:
+                for p in PERCENTILES:
+                    values[f"dns_{p}_ms@{n}"] = float(dns_doc[f"{p}_ms"])
+            values[f"dns_failures@{n}"] = float(dns_doc["failures"])
+            values[f"dns_probe_p50_ms@{n}"] = float(dns_doc["baseline_p50_ms"])
+            ctx.echo(
+                f"    {n:,} services, DNS: p50 {dns_doc['p50_ms']:.2f} ms, "
+                f"p99 {dns_doc['p99_ms']:.2f} ms, {dns_doc['failures']} failures"
+            )
         return values
+
+    def _measure(
+        self, ctx: Context, ready: Path, n: int, index: int, changes: int, *, dns_port: int = 0
+    ) -> dict[str, Any]:
+        """Run ``progfake measure`` on the load core (L4, or DNS with ``dns_port``)."""
+        kind = "dns" if dns_port else "l4"
+        out = ctx.workdir / f"prog-{kind}-{n}-{index}.json"
+        argv = [
+            *ctx.pin("load"), sys.executable, "-m", "bench.progfake", "measure",
+            "--ready", str(ready), "--changes", str(changes), "--warmup", "5",
+            "--pause-ms", "20", "--give-up-s", "2",
+        ]  # fmt: skip
+        if dns_port:
+            argv += ["--dns-port", str(dns_port)]
+        client = ctx.procs.start(
+            argv,
+            name=f"progfake-measure-{kind}",
+            log=ctx.workdir / f"prog-measure-{kind}-{n}-{index}.log",
+            stdout=out,
+            env=self._env(ctx),
+            cwd=ctx.root,
+        )
+        code = ctx.procs.wait(client, timeout=30 + changes * 2.1)
+        if code != 0:
+            raise RuntimeError(f"progfake measure exited with {code}; see {client.log}")
+        return json.loads(out.read_text())
 
     def teardown(self, ctx: Context) -> None:
         for proc, _, _ in self.fakes.values():
@@ -251,7 +285,7 @@ class Programming(Scenario):
 
     def series(self, ctx: Context, samples: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
         sizes, _ = _sizes(ctx)
-        return latency_series(
+        out = latency_series(
             samples,
             sizes,
             metric="e2e",
@@ -260,6 +294,19 @@ class Programming(Scenario):
             per_slice=PER_SLICE,
             percentiles=PERCENTILES,
         )
+        # DNS (b): the same plots, one more stage
+        dns = latency_series(
+            samples,
+            sizes,
+            metric="dns",
+            group="{n:,} services, DNS answer",
+            stage=DNS_STAGE,
+            per_slice=PER_SLICE,
+            percentiles=PERCENTILES,
+        )
+        out["latency_percentiles"] += dns["latency_percentiles"]
+        out["programming_latency"]["points"] += dns["programming_latency"]["points"]
+        return out
 
 
 def _nofile() -> list[int]:

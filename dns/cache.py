@@ -1,0 +1,232 @@
+"""Two caches: finished replies in wire format for the zone, and upstream answers for forwarding.
+
+:class:`AnswerCache` is the fast path. Its key is the query from the flags
+on (ID cut off), with the question name lower-cased, so it holds the EDNS
+bits and size too; a hit is served by splicing the query's ID and its name
+bytes (the case the client asked in) into the stored reply, without parsing
+anything. Only queries of the plain shape are keyed (one question, no
+answer or authority records, and either no additional record or one OPT
+without options); everything else takes the parsing path. Entries are
+dropped per name: each remembers the zone names its answer read, and a
+change to any of them removes it. The bound evicts the oldest entry.
+
+:class:`ForwardCache` holds upstream replies for forwarded names: positive
+answers for their smallest TTL, negative ones (NXDOMAIN, NODATA) for the
+SOA's TTL or MINIMUM, whichever is less (RFC 2308 section 5), never a
+negative answer without a SOA, never SERVFAIL or a truncated reply. Reading
+an entry gives the TTLs that remain. The clock is injected.
+
+Sans-IO: no sockets; the clock is a parameter.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from dnslib import RR as DnsRR
+from dnslib import DNSRecord
+from netplane.dns.zone import SOA
+
+_ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00"
+_OPT_HEAD = b"\x00\x00\x29"  # root owner name, type OPT
+
+
+def fast_key(data: bytes) -> tuple[bytes, int] | None:
+    """``(key, end of the question name)`` for a query of the plain shape, else None.
+
+    The header's flag bytes are lower-cased with the name: the shape check
+    leaves no letter-valued byte there (opcode 0 and QR 0 in the first byte,
+    the Z bit 0 in the second), so only the name's letters change.
+    """
+    n = len(data)
+    if n < 17 or data[4:11] != _ONE_QUESTION or data[2] & 0xF8 or data[3] & 0x40:
+        return None
+    ar = data[11]
+    if ar == 0:
+        qend = n - 4
+    elif ar == 1 and n >= 28 and data[n - 11 : n - 8] == _OPT_HEAD and data[n - 2 :] == b"\0\0":
+        qend = n - 15
+    else:
+        return None
+    return data[2:qend].lower() + data[qend:], qend
+
+
+class AnswerCache:
+    """Wire-format replies by :func:`fast_key`, dropped per changed zone name.
+
+    :meth:`reply` is the server's hot path: a few slices and one dict lookup.
+    """
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max_entries
+        # key -> (reply[2:12], reply[qend:]): everything but the ID and the name bytes
+        self._entries: dict[bytes, tuple[bytes, bytes]] = {}
+        self._names_of: dict[bytes, frozenset[str]] = {}
+        self._by_name: dict[str, set[bytes]] = {}
+        self.evicted = 0
+        self.invalidated = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def reply(self, data: bytes) -> bytes | None:
+        """The cached reply to ``data`` with its ID and name spliced in; None on a miss.
+
+        Only the question's end is worked out here (from the additional
+        count); the shape itself needs no check, because only well-formed
+        queries of the plain shape are ever stored, and lower-casing cannot
+        turn any other packet into one of their keys: it maps bytes into
+        0x61-0x7a only, values which a stored key's header never holds.
+        """
+        n = len(data)
+        if n < 17:
+            return None
+        ar = data[11]
+        if ar == 0:
+            qend = n - 4
+        elif ar == 1:
+            qend = n - 15
+        else:
+            return None
+        hit = self._entries.get(data[2:qend].lower() + data[qend:])
+        if hit is None:
+            return None
+        return data[:2] + hit[0] + data[12:qend] + hit[1]
+
+    def put(self, query: bytes, reply: bytes, names: Iterable[str]) -> bool:
+        """Store ``reply`` for ``query`` (if of the plain shape); ``names`` are what it read."""
+        fk = fast_key(query)
+        if fk is None:
+            return False
+        key, qend = fk
+        if reply[12:qend].lower() != query[12:qend].lower() or len(reply) < qend + 4:
+            return False  # the reply's question is not where the query's was
+        if key not in self._entries and len(self._entries) >= self.max_entries:
+            self._drop(next(iter(self._entries)))
+            self.evicted += 1
+        self._drop(key)
+        names = frozenset(names)
+        self._entries[key] = (reply[2:12], reply[qend:])
+        self._names_of[key] = names
+        for name in names:
+            self._by_name.setdefault(name, set()).add(key)
+        return True
+
+    def invalidate(self, names: Iterable[str]) -> int:
+        """Drop every reply that read one of ``names``; returns how many went."""
+        dropped = 0
+        for name in names:
+            for key in self._by_name.pop(name, ()):
+                if self._drop(key):
+                    dropped += 1
+        self.invalidated += dropped
+        return dropped
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._names_of.clear()
+        self._by_name.clear()
+
+    def _drop(self, key: bytes) -> bool:
+        if self._entries.pop(key, None) is None:
+            return False
+        for name in self._names_of.pop(key, ()):
+            keys = self._by_name.get(name)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_name[name]
+        return True
+
+
+ForwardKey = tuple[str, int, int, bool]  # (lower-case name, qtype, qclass, DO)
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """An upstream reply as served now: its records with the TTLs that remain."""
+
+    rcode: int
+    answer: list[DnsRR]
+    authority: list[DnsRR]
+    additional: list[DnsRR]
+    aa: bool
+
+
+@dataclass(slots=True)
+class _Entry:
+    reply: DNSRecord
+    stored: float
+    ttl: int
+
+
+def cache_ttl(reply: DNSRecord, max_ttl: int) -> int | None:
+    """How long ``reply`` may be cached, or None when it must not be (RFC 2308)."""
+    h = reply.header
+    if h.tc or h.rcode not in (0, 3):
+        return None  # truncated, SERVFAIL, REFUSED ...: ask again next time
+    answers = [rr for rr in reply.rr]
+    if h.rcode == 0 and answers:
+        return min(max_ttl, *(rr.ttl for rr in answers))
+    soas = [rr for rr in reply.auth if rr.rtype == SOA]
+    if not soas:
+        return None  # a negative answer without a SOA is not cached (section 5)
+    soa = soas[0]
+    return min(max_ttl, soa.ttl, soa.rdata.times[4])
+
+
+class ForwardCache:
+    """Upstream replies by (name, type, class, DO), bounded, TTLs counted down on read."""
+
+    def __init__(
+        self,
+        max_entries: int = 10_000,
+        *,
+        max_ttl: int = 3600,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_entries = max_entries
+        self.max_ttl = max_ttl
+        self.now = now
+        self._entries: OrderedDict[ForwardKey, _Entry] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def put(self, key: ForwardKey, reply: DNSRecord) -> bool:
+        ttl = cache_ttl(reply, self.max_ttl)
+        if ttl is None or ttl <= 0:
+            return False
+        self._entries[key] = _Entry(reply, self.now(), ttl)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return True
+
+    def get(self, key: ForwardKey) -> Cached | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        elapsed = int(self.now() - entry.stored)
+        if elapsed >= entry.ttl:
+            del self._entries[key]
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        r = entry.reply
+
+        def aged(rrs: list[DnsRR]) -> list[DnsRR]:
+            return [
+                DnsRR(rr.rname, rr.rtype, rr.rclass, max(0, rr.ttl - elapsed), rr.rdata)
+                for rr in rrs
+                if rr.rtype != 41  # OPT belongs to the upstream hop, not to the client
+            ]
+
+        return Cached(r.header.rcode, aged(r.rr), aged(r.auth), aged(r.ar), bool(r.header.aa))

@@ -1,0 +1,180 @@
+"""What to do with one DNS message: the policy between the wire and the zone, sans-IO.
+
+:meth:`Responder.handle` takes the bytes of a query and the client's
+address and returns the reply bytes, None (stay silent), or a
+:class:`Forward` job when the name must be asked upstream; the adapter runs
+the job and hands the upstream reply to :meth:`Responder.finish`.
+
+The order of checks, each with its answer:
+
+1. unparseable but with a header: FORMERR, header only; no header, or the
+   packet is a response: silence;
+2. opcode other than QUERY: NOTIMP (header only); EDNS version above 0: BADVERS
+   (RFC 6891); more than one question or OPT: FORMERR;
+3. AXFR/IXFR: REFUSED (no zone transfers); a class other than IN: REFUSED;
+4. a name in the cluster domain or a reverse zone: the zone's answer,
+   stored in the answer cache when the query had the plain shape;
+5. any other name: REFUSED unless the client may recurse (the allow
+   list), SERVFAIL when there is no upstream, else the forward cache, else
+   a :class:`Forward` job.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from dnslib import RR as DnsRR
+from dnslib import DNSHeader, DNSRecord
+from netplane.dns.answer import BADVERS, FORMERR, NOTIMP, REFUSED, SERVFAIL, Answer, answer
+from netplane.dns.cache import AnswerCache, Cached, ForwardCache, ForwardKey
+from netplane.dns.wire import (
+    DEFAULT_UDP_CAP,
+    DnsFormatError,
+    Query,
+    header_error,
+    header_reply,
+    opt_record,
+    pack_reply,
+    parse_query,
+    reply_limit,
+)
+from netplane.dns.zone import AXFR, IXFR, Zone
+
+IN = 1
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A query to ask upstream; the adapter resolves it and calls :meth:`Responder.finish`."""
+
+    query: Query
+    key: ForwardKey
+    tcp: bool
+
+
+class Allow:
+    """Which clients may recurse (have names outside the zone forwarded)."""
+
+    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+        self.networks = tuple(networks)
+        self.allowed = functools.lru_cache(maxsize=4096)(self._allowed)
+
+    def _allowed(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
+
+
+class Responder:
+    """Turns query bytes into reply bytes (or a forwarding job) for one zone."""
+
+    def __init__(
+        self,
+        zone: Zone,
+        *,
+        allow: Allow,
+        answers: AnswerCache | None = None,
+        forwarded: ForwardCache | None = None,
+        can_forward: bool = True,
+        udp_cap: int = DEFAULT_UDP_CAP,
+    ) -> None:
+        self.zone = zone
+        self.allow = allow
+        self.answers = answers if answers is not None else AnswerCache()
+        self.forwarded = forwarded if forwarded is not None else ForwardCache()
+        self.can_forward = can_forward
+        self.udp_cap = udp_cap
+        # Queries that missed the answer cache (hits are never counted: the hot path stays bare).
+        self.counts = {
+            "uncached_queries": 0,
+            "formerr": 0,
+            "refused": 0,
+            "forwarded": 0,
+            "servfail": 0,
+        }
+
+    def handle(self, data: bytes, client: str, *, tcp: bool = False) -> bytes | Forward | None:
+        counts = self.counts
+        counts["uncached_queries"] += 1
+        try:
+            q = parse_query(data)
+        except DnsFormatError:
+            counts["formerr"] += 1
+            return header_error(data, FORMERR)
+        h = q.record.header
+        if h.qr:
+            return None
+        cap = self.udp_cap
+        if h.opcode != 0:
+            # Header only: other opcodes give the question section other meanings
+            # (UPDATE's zone section), which the reply must not claim to answer.
+            return header_error(data, NOTIMP)
+        if q.version:
+            return pack_reply(q, Answer(BADVERS, authoritative=False), max_size=512, udp_cap=cap)
+        if q.qtype in (AXFR, IXFR) or q.qclass != IN:
+            counts["refused"] += 1
+            return header_reply(q, REFUSED, udp_cap=cap)
+        limit = reply_limit(q, tcp=tcp, udp_cap=cap)
+        ans = answer(self.zone, q.qname, q.qtype)
+        if ans is not None:
+            reply = pack_reply(q, ans, max_size=limit, udp_cap=cap)
+            if ans.cacheable and not tcp and not q.has_options:
+                self.answers.put(data, reply, ans.touched)
+            return reply
+        if not self.allow.allowed(client):
+            counts["refused"] += 1
+            return header_reply(q, REFUSED, udp_cap=cap)
+        if not self.can_forward:
+            counts["servfail"] += 1
+            return header_reply(q, SERVFAIL, udp_cap=cap)
+        key = (q.qname.lower(), q.qtype, q.qclass, q.do)
+        cached = self.forwarded.get(key)
+        if cached is not None:
+            return self._relay(q, cached, limit)
+        counts["forwarded"] += 1
+        return Forward(q, key, tcp)
+
+    def finish(self, job: Forward, upstream: DNSRecord | None) -> bytes:
+        """The client's reply to a forwarded query, from the upstream's reply (None: all failed)."""
+        q = job.query
+        if upstream is None:
+            self.counts["servfail"] += 1
+            return header_reply(q, SERVFAIL, udp_cap=self.udp_cap)
+        self.forwarded.put(job.key, upstream)
+        h = upstream.header
+        strip = [rr for rr in upstream.ar if rr.rtype != 41]
+        cached = Cached(h.rcode, list(upstream.rr), list(upstream.auth), strip, False)
+        return self._relay(q, cached, reply_limit(q, tcp=job.tcp, udp_cap=self.udp_cap))
+
+    def _relay(self, q: Query, c: Cached, limit: int) -> bytes:
+        qh = q.record.header
+        header = DNSHeader(id=qh.id, qr=1, opcode=0, rd=qh.rd, ra=1, rcode=c.rcode & 0x0F)
+        header.cd = qh.cd
+        reply = DNSRecord(header, q=q.record.q)
+        reply.rr = list(c.answer)
+        reply.auth = list(c.authority)
+        extra: list[DnsRR] = [opt_record(q, 0, self.udp_cap)] if q.edns else []
+        reply.ar = list(c.additional) + extra
+        data = bytes(reply.pack())
+        if len(data) > limit:
+            header.tc = 1
+            reply.rr, reply.auth, reply.ar = [], [], extra
+            data = bytes(reply.pack())
+        return data
+
+    def debug_state(self) -> dict[str, int]:
+        return {
+            **self.counts,
+            "answer_cache_entries": len(self.answers),
+            "answer_cache_invalidated": self.answers.invalidated,
+            "forward_cache_entries": len(self.forwarded),
+            "forward_cache_hits": self.forwarded.hits,
+        }

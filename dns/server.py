@@ -1,0 +1,231 @@
+"""The UDP and TCP adapters: sockets in, :class:`Responder` in the middle, sockets out.
+
+UDP: a datagram is first offered to the answer cache (a hit is spliced and
+sent without parsing); a miss goes to the responder; a forwarding job runs
+as a task (bounded in number: past the bound the query gets SERVFAIL at
+once rather than queueing behind the others).
+
+TCP (RFC 7766): queries are length-prefixed and may be pipelined; replies
+go out as they are ready, forwarded ones possibly out of order. A
+connection idle for ``tcp_idle`` seconds with nothing in flight is closed,
+and so is one that sends a message that cannot be a query.
+
+Any exception while answering one message is logged and answered with
+SERVFAIL when the header can be read; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from netplane.dns.answer import SERVFAIL
+from netplane.dns.responder import Forward, Responder
+from netplane.dns.upstream import Forwarder
+from netplane.dns.wire import TcpFramer, frame, header_error
+
+log = logging.getLogger("netplane.dns")
+
+MAX_FORWARDS = 1024
+MAX_TCP_CONNECTIONS = 512
+MAX_TCP_BUFFER = 2 * 65537  # one message being read plus one more
+
+
+class DnsServer:
+    """One UDP socket and one TCP listener on ``host:port`` (port 0 picks one for both)."""
+
+    def __init__(
+        self,
+        responder: Responder,
+        forwarder: Forwarder,
+        *,
+        host: str,
+        port: int,
+        tcp_idle: float = 10.0,
+    ) -> None:
+        self.responder = responder
+        self.forwarder = forwarder
+        self.host = host
+        self.port = port
+        self.tcp_idle = tcp_idle
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._conns: set[_TcpConnection] = set()
+        self.errors = 0
+        self.dropped_forwards = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        # The TCP port first when it is to be picked: UDP then takes the same number.
+        self._tcp = await loop.create_server(
+            lambda: _TcpConnection(self), self.host, self.port, reuse_address=True
+        )
+        if self.port == 0:
+            self.port = self._tcp.sockets[0].getsockname()[1]
+        try:
+            self._udp, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpProtocol(self), local_addr=(self.host, self.port)
+            )
+        except OSError:
+            self._tcp.close()
+            raise
+
+    async def close(self) -> None:
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+        for conn in list(self._conns):
+            conn.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._tcp is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._tcp.wait_closed(), 1)
+
+    # -- shared --------------------------------------------------------------
+
+    def handle(self, data: bytes, client: str, tcp: bool) -> bytes | Forward | None:
+        try:
+            return self.responder.handle(data, client, tcp=tcp)
+        except Exception:
+            self.errors += 1
+            log.exception("DNS: failed to answer a query from %s; SERVFAIL", client)
+            return header_error(data, SERVFAIL)
+
+    def forward(self, job: Forward, send: Any) -> None:
+        if len(self._tasks) >= MAX_FORWARDS:
+            self.dropped_forwards += 1
+            send(header_error(job.query.record.pack(), SERVFAIL))
+            return
+        task = asyncio.create_task(self._forward(job, send))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _forward(self, job: Forward, send: Any) -> None:
+        try:
+            upstream = await self.forwarder.resolve(job.query, job.key)
+            reply = self.responder.finish(job, upstream)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.errors += 1
+            log.exception("DNS: forwarding %s failed", job.query.qname)
+            reply = header_error(job.query.record.pack(), SERVFAIL)
+        if reply is not None:
+            send(reply)
+
+    def debug_state(self) -> dict[str, Any]:
+        return {
+            "listen": f"[{self.host}]:{self.port}"
+            if ":" in self.host
+            else f"{self.host}:{self.port}",
+            "tcp_connections": len(self._conns),
+            "forwards_in_flight": len(self._tasks),
+            "errors": self.errors,
+            "dropped_forwards": self.dropped_forwards,
+            "upstreams": [f"{h}:{p}" for h, p in self.forwarder.upstreams],
+            "upstream_failures": self.forwarder.failures,
+        }
+
+
+class _UdpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.cached = server.responder.answers.reply
+        self.transport: asyncio.DatagramTransport | None = None
+        self.sendto: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.sendto = transport.sendto
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        hit = self.cached(data)
+        if hit is not None:
+            self.sendto(hit, addr)
+            return
+        result = self.server.handle(data, addr[0], False)
+        if result is None:
+            return
+        if not isinstance(result, Forward):
+            self.sendto(result, addr)
+            return
+        transport = self.transport
+        self.server.forward(result, lambda reply: transport.sendto(reply, addr))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # an ICMP error for an earlier reply: nothing to do
+
+
+class _TcpConnection(asyncio.Protocol):
+    def __init__(self, server: DnsServer) -> None:
+        self.server = server
+        self.framer = TcpFramer()
+        self.transport: asyncio.Transport | None = None
+        self.client = ""
+        self.pending = 0
+        self.idle: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.client = peer[0] if peer else ""
+        if len(self.server._conns) >= MAX_TCP_CONNECTIONS:
+            transport.close()
+            return
+        self.server._conns.add(self)
+        self._arm()
+
+    def _arm(self) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.idle = asyncio.get_running_loop().call_later(self.server.tcp_idle, self._idle)
+
+    def _idle(self) -> None:
+        if self.pending:
+            self._arm()
+        else:
+            self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self._arm()
+        self.framer.feed(data)
+        while (message := self.framer.next_message()) is not None:
+            result = self.server.handle(message, self.client, True)
+            if result is None:
+                if header_error(message, 0) is None and len(message) < 12:
+                    self.close()  # not even a header: this is not a DNS client
+                    return
+                continue
+            if not isinstance(result, Forward):
+                self.send(result)
+            else:
+                self.pending += 1
+                self.server.forward(result, self._forwarded)
+        if self.framer.buffered > MAX_TCP_BUFFER:
+            self.close()
+
+    def _forwarded(self, reply: bytes) -> None:
+        self.pending -= 1
+        self.send(reply)
+
+    def send(self, reply: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frame(reply))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.idle is not None:
+            self.idle.cancel()
+        self.server._conns.discard(self)
+        self.transport = None

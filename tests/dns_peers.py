@@ -1,0 +1,164 @@
+"""Helpers for the DNS end-to-end tests: a second DNS server to forward to, and a netplane
+process serving DNS from manifests, waited for with real queries."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dns.exception
+import dns.message
+import dns.query
+import dns.rcode
+from dnslib import QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
+from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
+
+WAIT = 10.0
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            t.bind(("127.0.0.1", 0))
+            port = t.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                try:
+                    u.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
+
+
+class _Resolver(BaseResolver):
+    """example.test: www (A, TTL 300), nx (NXDOMAIN with a SOA), big (TXT past 1232 bytes)."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+
+    def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
+        name = str(request.q.qname).lower()
+        with self.lock:
+            self.asked.append((name, handler.protocol))
+        reply = request.reply()
+        soa = RR(
+            "example.test.",
+            QTYPE.SOA,
+            ttl=3600,
+            rdata=SOA("ns.example.test.", "h.example.test.", (1, 7200, 900, 86400, 60)),
+        )
+        if name == "www.example.test.":
+            reply.add_answer(RR(request.q.qname, QTYPE.A, ttl=300, rdata=A("192.0.2.10")))
+        elif name == "big.example.test.":
+            for i in range(40):
+                reply.add_answer(
+                    RR(request.q.qname, QTYPE.TXT, ttl=300, rdata=TXT(f"{i:02d}" * 25))
+                )
+        else:
+            reply.header.rcode = RCODE.NXDOMAIN
+            reply.add_auth(soa)
+        return reply
+
+    def count(self, name: str) -> int:
+        with self.lock:
+            return sum(1 for n, _ in self.asked if n == name)
+
+
+class _Handler(DNSHandler):
+    udplen = 1232
+
+
+class Upstream:
+    """A dnslib server on UDP and TCP (threads), what netplane forwards to."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.resolver = _Resolver()
+        logger = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
+        self.servers = [
+            DNSServer(
+                self.resolver, "127.0.0.1", self.port, tcp=tcp, logger=logger, handler=_Handler
+            )
+            for tcp in (False, True)
+        ]
+
+    def __enter__(self) -> Upstream:
+        for s in self.servers:
+            s.start_thread()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s in self.servers:
+            s.stop()
+            s.server.server_close()
+
+
+def ask(
+    port: int, name: str, rdtype: str = "A", *, tcp: bool = False, source: str = "127.0.0.1", **kw
+) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype, **kw)
+    if tcp:
+        return dns.query.tcp(q, "127.0.0.1", port=port, timeout=3, source=source)
+    return dns.query.udp(q, "127.0.0.1", port=port, timeout=3, source=source, ignore_trailing=False)
+
+
+class NetplaneDns:
+    """``netplane run`` serving DNS (proxy and ingress off) from ``manifests``."""
+
+    def __init__(self, tmp: Path, manifests: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.log = tmp / f"netplane-{self.port}.log"
+        argv = [
+            sys.executable, "-m", "netplane", "run", "-f", str(manifests), "--mode", "local",
+            "--proxy", "off", "--ingress-http", "off", "--ingress-https", "off",
+            "--admin", "off", "--dns", f"127.0.0.1:{self.port}", "--manifest-poll-seconds", "0.05",
+            "--drain-seconds", "0", *extra,
+        ]  # fmt: skip
+        self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT, cwd=tmp)
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"netplane exited: {self.log.read_text()}")
+            try:
+                m = ask(self.port, "dns-version.cluster.local", "TXT")
+                if m.rcode() == dns.rcode.NOERROR:
+                    return
+            except (dns.exception.DNSException, OSError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"netplane DNS not ready in {WAIT} s: {self.log.read_text()}")
+
+    def stop(self) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._out.close()
+        return self.proc.returncode
+
+
+def dig(port: int, *args: str, timeout: float = 15) -> str:
+    out = subprocess.run(
+        ["dig", "@127.0.0.1", "-p", str(port), "+tries=1", "+time=3", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return out.stdout
