@@ -226,6 +226,7 @@ def ingress_for(cfg: Config, dp: Dataplane) -> Any:
         ),
     )
     dp.planes["ingress"] = plane
+    return plane
 
 
 # DNS
