@@ -62,8 +62,11 @@ class AnswerCache:
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        # key -> (reply[2:12], reply[qend:]): everything but the ID and the name bytes
-        self._entries: dict[bytes, tuple[bytes, bytes]] = {}
+        # key -> [reply[2:12], reply[qend:], hits, (qtype, rcode)]: everything but
+        # the ID and the name bytes, and what /metrics counts of it
+        self._entries: dict[bytes, list] = {}
+        # hits of entries dropped since, by (qtype, rcode)
+        self._past_hits: dict[tuple[int, int], int] = {}
         self._names_of: dict[bytes, frozenset[str]] = {}
         self._by_name: dict[str, set[bytes]] = {}
         self.evicted = 0
@@ -94,6 +97,7 @@ class AnswerCache:
         hit = self._entries.get(data[2:qend].lower() + data[qend:])
         if hit is None:
             return None
+        hit[2] += 1
         return data[:2] + hit[0] + data[12:qend] + hit[1]
 
     def put(self, query: bytes, reply: bytes, names: Iterable[str]) -> bool:
@@ -109,7 +113,8 @@ class AnswerCache:
             self.evicted += 1
         self._drop(key)
         names = frozenset(names)
-        self._entries[key] = (reply[2:12], reply[qend:])
+        kind = (int.from_bytes(query[qend : qend + 2], "big"), reply[3] & 0x0F)
+        self._entries[key] = [reply[2:12], reply[qend:], 0, kind]
         self._names_of[key] = names
         for name in names:
             self._by_name.setdefault(name, set()).add(key)
@@ -126,13 +131,26 @@ class AnswerCache:
         return dropped
 
     def clear(self) -> None:
+        for key in list(self._entries):
+            self._drop(key)
         self._entries.clear()
         self._names_of.clear()
         self._by_name.clear()
 
+    def hits(self) -> dict[tuple[int, int], int]:
+        """Replies served from this cache so far, by (qtype, rcode)."""
+        out = dict(self._past_hits)
+        for entry in self._entries.values():
+            if entry[2]:
+                out[entry[3]] = out.get(entry[3], 0) + entry[2]
+        return out
+
     def _drop(self, key: bytes) -> bool:
-        if self._entries.pop(key, None) is None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
             return False
+        if entry[2]:
+            self._past_hits[entry[3]] = self._past_hits.get(entry[3], 0) + entry[2]
         for name in self._names_of.pop(key, ()):
             keys = self._by_name.get(name)
             if keys is not None:

@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -161,6 +161,10 @@ class DnsPlane:
         if self._stream is not None:
             self._stream.close()
         await self.server.close()
+
+    def metrics(self) -> Iterator[Any]:
+        """Replies by type and rcode, answer-cache hits and misses, durations (for /metrics)."""
+        return self.server.stats.families(self.responder.answers.hits())
 
     def debug_state(self) -> dict[str, Any]:
         return {

@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from time import perf_counter
 from typing import Any
 
 from netplane.dns.answer import SERVFAIL
 from netplane.dns.responder import Forward, Responder
+from netplane.dns.stats import DnsStats, qtype_of
 from netplane.dns.upstream import Forwarder
 from netplane.dns.wire import TcpFramer, frame, header_error
 
@@ -56,6 +58,7 @@ class DnsServer:
         self._conns: set[_TcpConnection] = set()
         self.errors = 0
         self.dropped_forwards = 0
+        self.stats = DnsStats()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -92,23 +95,28 @@ class DnsServer:
     # -- shared --------------------------------------------------------------
 
     def handle(self, data: bytes, client: str, tcp: bool) -> bytes | Forward | None:
+        started = perf_counter()
         try:
-            return self.responder.handle(data, client, tcp=tcp)
+            result = self.responder.handle(data, client, tcp=tcp)
         except Exception:
             self.errors += 1
             log.exception("DNS: failed to answer a query from %s; SERVFAIL", client)
-            return header_error(data, SERVFAIL)
+            result = header_error(data, SERVFAIL)
+        if isinstance(result, bytes):
+            self.stats.record(qtype_of(data), result, perf_counter() - started)
+        return result
 
     def forward(self, job: Forward, send: Any) -> None:
+        started = perf_counter()
         if len(self._tasks) >= MAX_FORWARDS:
             self.dropped_forwards += 1
             send(header_error(job.query.record.pack(), SERVFAIL))
             return
-        task = asyncio.create_task(self._forward(job, send))
+        task = asyncio.create_task(self._forward(job, send, started))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _forward(self, job: Forward, send: Any) -> None:
+    async def _forward(self, job: Forward, send: Any, started: float) -> None:
         try:
             upstream = await self.forwarder.resolve(job.query, job.key)
             reply = self.responder.finish(job, upstream)
@@ -119,6 +127,7 @@ class DnsServer:
             log.exception("DNS: forwarding %s failed", job.query.qname)
             reply = header_error(job.query.record.pack(), SERVFAIL)
         if reply is not None:
+            self.stats.record(job.query.qtype, reply, perf_counter() - started)
             send(reply)
 
     def debug_state(self) -> dict[str, Any]:

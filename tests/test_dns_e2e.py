@@ -335,3 +335,41 @@ def test_a_taken_dns_port_is_logged_and_the_rest_serves(tmp_path: Path) -> None:
         finally:
             proc.terminate()
             assert proc.wait(10) == 0
+
+
+def test_metrics_count_replies_by_type_and_rcode_and_cache_hits(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    manifests = tmp_path / "m"
+    manifests.mkdir()
+    (manifests / "shop.json").write_text(json.dumps({"kind": "List", "items": MANIFESTS}))
+    admin = free_port()
+    d = NetplaneDns(tmp_path, manifests, "--admin", f"127.0.0.1:{admin}")
+
+    def scrape() -> dict[tuple, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+        }
+
+    try:
+        before = scrape()
+        for _ in range(3):  # the first is answered from the zone, the rest from the cache
+            assert ask(d.port, f"web.shop.svc.{ZONE}").rcode() == dns.rcode.NOERROR
+        assert ask(d.port, f"nope.shop.svc.{ZONE}", "SRV").rcode() == dns.rcode.NXDOMAIN
+        after = scrape()
+    finally:
+        assert d.stop() == 0
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("netplane_dns_requests_total", type="A", rcode="NOERROR") == 3
+    assert moved("netplane_dns_requests_total", type="SRV", rcode="NXDOMAIN") == 1
+    assert moved("netplane_dns_cache_hits_total") == 2
+    assert moved("netplane_dns_cache_misses_total") == 2
+    assert moved("netplane_dns_request_duration_seconds_count") == 2
