@@ -3,7 +3,6 @@ process serving DNS from manifests, waited for with real queries."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
@@ -17,22 +16,14 @@ import dns.rcode
 from dnslib import QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
+from netplane.testing.ports import free_udp_tcp_port
+
 WAIT = 10.0
 
 
 def free_port() -> int:
     """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
+    return free_udp_tcp_port()
 
 
 class _Resolver(BaseResolver):

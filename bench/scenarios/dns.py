@@ -45,6 +45,7 @@ from typing import Any
 from bench import setup
 from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, netplane_cmd, vmrss_mb
 from bench.scenarios.scale import coredns_memory_mb
+from netplane.testing.ports import free_udp_tcp_port
 
 NSD = "nsd"
 DNSMASQ = "dnsmasq"
@@ -314,7 +315,7 @@ class ClusterDns(Scenario):
     def _start(self, ctx: Context, side: str, index: int, *, dns: bool = True) -> tuple[Proc, int]:
         assert self.work is not None
         work = self.work
-        port = _free_port()
+        port = free_udp_tcp_port()
         log = work / f"{side.split()[0]}-{index}{'' if dns else '-off'}.log"
         server = ctx.pin("server")
         if side == NETPLANE:
@@ -442,21 +443,6 @@ pid-file=
         finally:
             ctx.procs.stop(proc)
         return out
-
-
-def _free_port() -> int:
-    """A port free for UDP and TCP on 127.0.0.1 (DNS servers bind both)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            t.bind(("127.0.0.1", 0))
-            port = t.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                try:
-                    u.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port for UDP and TCP")
 
 
 if __name__ == "__main__":  # pragma: no cover - a manual look at the generated files

@@ -30,6 +30,7 @@ the receiver uses the connection's own addresses, as the spec requires.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import struct
 from typing import NamedTuple
 
@@ -102,6 +103,18 @@ def encode_v2(src: tuple[str, int], dst: tuple[str, int], *, protocol: str = "TC
 def encode_v2_local() -> bytes:
     """A LOCAL header (health checks and the like): the receiver keeps the real addresses."""
     return _FIXED.pack(SIGNATURE, _VERSION | _CMD_LOCAL, 0, 0)
+
+
+def header_for(peer: tuple, sockname: tuple) -> bytes:
+    """The v2 header for a relayed connection from ``peer`` to ``sockname``; LOCAL (logged)
+    when the addresses cannot be encoded, so the endpoint still gets a valid header."""
+    try:
+        return encode_v2(peer, sockname)
+    except (ValueError, IndexError, TypeError):
+        logging.getLogger("netplane.l4.tcp").warning(
+            "TCP %s: cannot encode a PROXY header for %r; sending LOCAL", sockname, peer
+        )
+        return encode_v2_local()
 
 
 def _addr(packed: bytes) -> str:

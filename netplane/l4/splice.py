@@ -62,7 +62,7 @@ from _socket import socket as _RawSocket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from netplane.l4.proxy_protocol import encode_v2, encode_v2_local
+from netplane.l4.proxy_protocol import header_for
 
 if TYPE_CHECKING:
     from netplane.l4 import Route, Target
@@ -690,15 +690,7 @@ class SplicedConnection:
         self._route = route
         self._up = up = _Pump(self, self._cfd, pipe, self._settings.max_buffered)
         if route.proxy_protocol:
-            try:
-                header = encode_v2(self._peer, self._sockname)
-            except (ValueError, IndexError, TypeError):
-                log.warning(
-                    "TCP %s: cannot encode a PROXY header for %r; sending LOCAL",
-                    _fmt(self._sockname),
-                    self._peer,
-                )
-                header = encode_v2_local()
+            header = header_for(self._peer, self._sockname)
             up.inpipe = os.write(pipe[1], header)  # the pipe is empty: it all fits
         self._reactor.register(self._cfd, self._client_event)
         self._connect(target)

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from netplane.l4 import splice
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
-from netplane.l4.proxy_protocol import encode_v2, encode_v2_local
+from netplane.l4.proxy_protocol import header_for
 
 if TYPE_CHECKING:
     from netplane.l4 import Route, Target
@@ -526,15 +526,7 @@ class _Connection(asyncio.Protocol):
         self._opened = True
         self._route.opened(self._target)
         if self._route.proxy_protocol:
-            try:
-                header = encode_v2(self._peer, self._sockname)
-            except (ValueError, IndexError, TypeError):
-                log.warning(
-                    "TCP %s: cannot encode a PROXY header for %r; sending LOCAL",
-                    _fmt(self._sockname),
-                    self._peer,
-                )
-                header = encode_v2_local()
+            header = header_for(self._peer, self._sockname)
             transport.write(header)
         pending, self._pending = self._pending, None
         if pending:
