@@ -12,6 +12,7 @@ dicts directly and builds a :class:`Fields` only to report an error.
 from __future__ import annotations
 
 import ipaddress
+import sys
 from dataclasses import dataclass
 
 from netplane.model.meta import (
@@ -231,7 +232,7 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
     """
     out = []
     append = out.append
-    make, make_ref, ipv4 = _make_endpoint, _make_target_ref, _IPV4
+    make, make_ref, ipv4, intern = _make_endpoint, _make_target_ref, _IPV4, sys.intern
     for i, raw in enumerate(raw_eps):
         if raw.__class__ is dict and family == 4:
             get = raw.get
@@ -267,7 +268,10 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
                 if tr is not None and tr.__class__ is dict:
                     kind, ns, nm = tr.get("kind", ""), tr.get("namespace", ""), tr.get("name", "")
                     if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
-                        ref = make_ref(kind, ns, nm)
+                        ref = make_ref(intern(kind), intern(ns), nm)
+                # Node, zone, kind and namespace repeat across 100k endpoints; the
+                # JSON decoder makes a new string for each occurrence, so share them.
+                node_name, zone = intern(node_name), intern(zone)
                 if (
                     ready.__class__ is bool
                     and serving.__class__ is bool
