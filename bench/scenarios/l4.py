@@ -5,9 +5,10 @@ endpoint: the backends on 127.0.0.1) gives both netplane's manifests (a
 Service and an EndpointSlice) and haproxy's configuration, so every side
 listens on the same frontend addresses and relays to the same backends.
 
-Backends (started once, pinned to the server core): nginx answering a small
-200 (1 worker, access log off), ``iperf3 -s`` and a Python UDP echo server
-(``l4_backends.py``). Per measured run of a side, its proxy is started on the
+Backends (started once): nginx answering a small 200 (1 worker, access log
+off) and a Python UDP echo server (``l4_backends.py``) pinned to the server
+core, and ``iperf3 -s`` pinned to the load core beside its client, so that
+the relay has the server core to itself in every side. Per measured run of a side, its proxy is started on the
 server core, waited for, measured with each load generator on the load core,
 and stopped:
 
@@ -186,7 +187,8 @@ class L4Proxy(Scenario):
         "127.0.0.1) gives netplane's manifests (`netplane run -f DIR --mode local`, DNS and "
         "ingress off) and haproxy's tcp-mode config (1 thread), so all sides use the same "
         "frontend and backends. Backends on the server core: nginx (1 worker, small 200, "
-        "access log off), `iperf3 -s`, a Python UDP echo loop. Each run starts the side's "
+        "access log off), a Python UDP echo loop; `iperf3 -s` on the load core beside its "
+        "client, so the relay has the server core to itself in every side. Each run starts the side's "
         "proxy on the server core and stops it after. New connections: `wrk -t1 -c50 "
         '-H "Connection: close"` after a 1 s warm-up (one request per connection); bulk: '
         "`iperf3 -c FRONTEND --json`, one stream, client to server, with the proxy's CPU "
@@ -306,8 +308,13 @@ http {{
                  str(work / "nginx-error.log")],
                 name="nginx", log=work / "nginx.log",
             ),
+            # The iperf3 server runs beside its client on the load core, so that
+            # in every side the relay has the server core to itself: otherwise
+            # the direct side's iperf3 server gets a core that the proxied
+            # sides' servers share with their proxy.
             ctx.procs.start(
-                [*server, program("iperf3"), "-s", "-B", BACKEND_IP, "-p", str(iperf.target)],
+                [*ctx.pin("load"), program("iperf3"), "-s", "-B", BACKEND_IP,
+                 "-p", str(iperf.target)],
                 name="iperf3 -s", log=work / "iperf3-server.log",
             ),
             ctx.procs.start(
