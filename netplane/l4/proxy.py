@@ -295,25 +295,22 @@ class L4Proxy:
             listener.close()
             log.info("closed %s to new connections", _fmt(skey))
 
-    def _resolve_tcp(self, sockname: tuple, peername: tuple) -> PortRoute | None:
-        ip, port = _norm(sockname[0]), sockname[1]
-        route = self._routes.get((ip, port, "TCP"))
+    def _route_at(self, address: str, port: int, protocol: str) -> PortRoute | None:
+        """The route of the frontend a client reached: its address, else a wildcard NodePort."""
+        routes = self._routes
+        route = routes.get((_norm(address), port, protocol))
         if route is None:
             for wildcard in WILDCARDS:
-                route = self._routes.get((wildcard, port, "TCP"))
+                route = routes.get((wildcard, port, protocol))
                 if route is not None:
                     break
         return route
 
+    def _resolve_tcp(self, sockname: tuple, peername: tuple) -> PortRoute | None:
+        return self._route_at(sockname[0], sockname[1], "TCP")
+
     def _resolve_udp(self, address: str, port: int) -> PortRoute | None:
-        ip = _norm(address)
-        route = self._routes.get((ip, port, "UDP"))
-        if route is None:
-            for wildcard in WILDCARDS:
-                route = self._routes.get((wildcard, port, "UDP"))
-                if route is not None:
-                    break
-        return route
+        return self._route_at(address, port, "UDP")
 
     # -- introspection -------------------------------------------------------
 

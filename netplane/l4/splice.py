@@ -56,13 +56,20 @@ import logging
 import os
 import select
 import socket
-import struct
 import sys
 from _socket import socket as _RawSocket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from netplane.l4.proxy_protocol import header_for
+from netplane.l4.relay_shared import (
+    IDLE_TICKS,
+    LINGER_RST,
+    first_target,
+    fmt_addr,
+    next_target,
+    report_closed,
+)
 
 if TYPE_CHECKING:
     from netplane.l4 import Route, Target
@@ -70,8 +77,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("netplane.l4.tcp")
 
-_LINGER_RST = struct.pack("ii", 1, 0)
-_IDLE_TICKS = 4
 #: the kernel's default pipe capacity (16 pages)
 DEFAULT_PIPE = 65536
 #: pipes kept for reuse; each is two descriptors
@@ -169,7 +174,7 @@ class PipePool:
 def reset_socket(sock: _RawSocket) -> None:
     """Close ``sock`` with a TCP RST (``SO_LINGER`` 0) instead of a FIN."""
     with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
     sock.close()
 
 
@@ -254,7 +259,7 @@ class Acceptor:
                 if e.errno in _ACCEPT_PAUSE_ERRORS:
                     log.error(
                         "TCP %s: cannot accept (%s); pausing accepts for %.0f s",
-                        _fmt(lsock.getsockname()),
+                        fmt_addr(lsock.getsockname()),
                         e.strerror,
                         _ACCEPT_PAUSE,
                     )
@@ -266,7 +271,7 @@ class Acceptor:
             try:
                 on_accept(sock, peer, sockname)
             except Exception:
-                log.exception("TCP %s: handling a new connection failed", _fmt(peer))
+                log.exception("TCP %s: handling a new connection failed", fmt_addr(peer))
                 reset_socket(sock)
 
     def close(self) -> None:
@@ -334,10 +339,10 @@ class Reactor:
         self._ep = select.epoll()
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._connecting: dict[SplicedConnection, float] = {}
-        self._connect_step = connect_timeout / _IDLE_TICKS
+        self._connect_step = connect_timeout / IDLE_TICKS
         self._connect_timer: asyncio.TimerHandle | None = None
         self._live: set[SplicedConnection] = set()
-        self._idle_step = idle_timeout / _IDLE_TICKS
+        self._idle_step = idle_timeout / IDLE_TICKS
         self._idle_timer: asyncio.TimerHandle | None = None
         loop.add_reader(self._ep.fileno(), self._poll)
 
@@ -407,7 +412,7 @@ class Reactor:
                 conn._quiet = 0
             else:
                 conn._quiet += 1
-                if conn._quiet >= _IDLE_TICKS:
+                if conn._quiet >= IDLE_TICKS:
                     conn._idle()
         if self._live:
             self._idle_timer = self._loop.call_later(self._idle_step, self._idle_sweep)
@@ -657,24 +662,17 @@ class SplicedConnection:
                 self._sockname = sock.getsockname()
         except OSError as e:  # the client is gone already
             proxy.accepted += 1
-            log.debug("TCP from %s: gone before it was routed (%s)", _fmt(self._peer), e)
+            log.debug("TCP from %s: gone before it was routed (%s)", fmt_addr(self._peer), e)
             sock.close()
             return
-        target = route = None
-        try:
-            route = self._listener.resolve(self._sockname, self._peer)
-            if route is not None:
-                target = route.pick(self._peer[0])
-        except Exception:
-            log.exception("TCP %s: choosing an endpoint failed", _fmt(self._sockname))
-            route = None
+        route, target = first_target(self._listener.resolve, self._sockname, self._peer)
         if route is None or target is None:
             proxy.accepted += 1
             proxy.refused += 1
             log.debug(
                 "TCP %s from %s: no %s, resetting",
-                _fmt(self._sockname),
-                _fmt(self._peer),
+                fmt_addr(self._sockname),
+                fmt_addr(self._peer),
                 "route" if route is None else "endpoint",
             )
             reset_socket(sock)
@@ -683,7 +681,7 @@ class SplicedConnection:
             pipe = self._pipes.get()
         except OSError as e:
             proxy.accepted += 1
-            log.error("TCP %s: cannot create a pipe (%s); resetting", _fmt(self._peer), e)
+            log.error("TCP %s: cannot create a pipe (%s); resetting", fmt_addr(self._peer), e)
             reset_socket(sock)
             return
         proxy._add(self)
@@ -730,8 +728,8 @@ class SplicedConnection:
         self._proxy.connect_failures += 1
         log.debug(
             "TCP %s: connect to %s failed: %s",
-            _fmt(self._sockname),
-            _fmt((target.address, target.port)),
+            fmt_addr(self._sockname),
+            fmt_addr((target.address, target.port)),
             reason,
         )
         route.failed(target)
@@ -739,18 +737,15 @@ class SplicedConnection:
         tried.append(target)
         nxt = None
         if len(tried) < self._settings.connect_attempts:
-            try:
-                nxt = route.pick(self._peer[0], exclude=frozenset(tried))
-            except Exception:
-                log.exception("TCP %s: choosing an endpoint failed", _fmt(self._sockname))
+            nxt = next_target(route, self._peer, tried, self._sockname)
         if nxt is not None:
             self._connect(nxt)
             return
         self._proxy.unreachable += 1
         log.debug(
             "TCP %s from %s: no endpoint answered after %d attempts, resetting",
-            _fmt(self._sockname),
-            _fmt(self._peer),
+            fmt_addr(self._sockname),
+            fmt_addr(self._peer),
             len(tried),
         )
         self._finish(reset=True)
@@ -765,7 +760,7 @@ class SplicedConnection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pipe = self._pipes.get()
         except OSError as e:
-            log.error("TCP %s: cannot create a pipe (%s); resetting", _fmt(self._peer), e)
+            log.error("TCP %s: cannot create a pipe (%s); resetting", fmt_addr(self._peer), e)
             self._finish(reset=True)
             return
         self._opened = True
@@ -829,8 +824,8 @@ class SplicedConnection:
             side = "upstream" if src_is_client else "client"
         log.debug(
             "TCP %s from %s: %s side failed (%s), resetting",
-            _fmt(self._sockname),
-            _fmt(self._peer),
+            fmt_addr(self._sockname),
+            fmt_addr(self._peer),
             side,
             exc.strerror or type(exc).__name__,
         )
@@ -864,24 +859,14 @@ class SplicedConnection:
             self._client.close()
         if self._opened:
             self._opened = False
-            try:
-                self._route.closed(self._target)  # type: ignore[union-attr,arg-type]
-            except Exception:
-                log.exception("TCP %s: route.closed failed", _fmt(self._sockname))
+            report_closed(self._route, self._target, self._sockname)  # type: ignore[arg-type]
         self._proxy._remove(self)
 
     def _idle(self) -> None:
         log.debug(
             "TCP %s from %s: idle for %ss, resetting",
-            _fmt(self._sockname),
-            _fmt(self._peer),
+            fmt_addr(self._sockname),
+            fmt_addr(self._peer),
             self._settings.idle_timeout,
         )
         self.abort()
-
-
-def _fmt(addr: tuple | Any) -> str:
-    if not addr or not isinstance(addr, tuple):
-        return repr(addr)
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

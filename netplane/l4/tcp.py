@@ -47,7 +47,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +54,14 @@ from typing import TYPE_CHECKING, Any
 from netplane.l4 import splice
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
 from netplane.l4.proxy_protocol import header_for
+from netplane.l4.relay_shared import (
+    IDLE_TICKS,
+    LINGER_RST,
+    first_target,
+    fmt_addr,
+    next_target,
+    report_closed,
+)
 
 if TYPE_CHECKING:
     from netplane.l4 import Route, Target
@@ -62,9 +69,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("netplane.l4.tcp")
 
 Resolver = Callable[[tuple, tuple], "Route | None"]
-
-_LINGER_RST = struct.pack("ii", 1, 0)
-_IDLE_TICKS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +104,7 @@ def reset(transport: asyncio.BaseTransport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
     transport.abort()  # type: ignore[attr-defined]
 
 
@@ -199,7 +203,7 @@ class TcpProxy:
                 try:
                     conn.start()
                 except Exception:
-                    log.exception("TCP %s: accepting a connection failed", _fmt(peer))
+                    log.exception("TCP %s: accepting a connection failed", fmt_addr(peer))
                     conn.abort()
 
             try:
@@ -389,20 +393,13 @@ class _Connection(asyncio.Protocol):
         self._client_read = FlowControl(transport)
         self._peer = transport.get_extra_info("peername") or ()
         self._sockname = transport.get_extra_info("sockname") or ()
-        target = None
-        try:
-            route = self._listener.resolve(self._sockname, self._peer)
-            if route is not None:
-                target = route.pick(self._peer[0])
-        except Exception:
-            log.exception("TCP %s: choosing an endpoint failed", _fmt(self._sockname))
-            route = None
+        route, target = first_target(self._listener.resolve, self._sockname, self._peer)
         if route is None or target is None:
             self._proxy.refused += 1
             log.debug(
                 "TCP %s from %s: no %s, resetting",
-                _fmt(self._sockname),
-                _fmt(self._peer),
+                fmt_addr(self._sockname),
+                fmt_addr(self._peer),
                 "route" if route is None else "endpoint",
             )
             reset(transport)
@@ -480,33 +477,29 @@ class _Connection(asyncio.Protocol):
                 if isinstance(e, OSError | TimeoutError):
                     log.debug(
                         "TCP %s: connect to %s failed: %s",
-                        _fmt(self._sockname),
-                        _fmt((target.address, target.port)),
+                        fmt_addr(self._sockname),
+                        fmt_addr((target.address, target.port)),
                         e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__,
                     )
                 else:
                     log.exception(
                         "TCP %s: connect to %s failed",
-                        _fmt(self._sockname),
-                        _fmt((target.address, target.port)),
+                        fmt_addr(self._sockname),
+                        fmt_addr((target.address, target.port)),
                     )
             route.failed(target)
             tried.append(target)
             if attempt == s.connect_attempts:
                 break
-            try:
-                target = route.pick(self._peer[0], exclude=frozenset(tried))
-            except Exception:
-                log.exception("TCP %s: choosing an endpoint failed", _fmt(self._sockname))
-                target = None
+            target = next_target(route, self._peer, tried, self._sockname)
             if target is None:
                 break
         self._connecting = None
         self._proxy.unreachable += 1
         log.debug(
             "TCP %s from %s: no endpoint answered after %d attempts, resetting",
-            _fmt(self._sockname),
-            _fmt(self._peer),
+            fmt_addr(self._sockname),
+            fmt_addr(self._peer),
             len(tried),
         )
         self._pending = None
@@ -586,10 +579,7 @@ class _Connection(asyncio.Protocol):
             self._connecting = None
         if self._opened:
             self._opened = False
-            try:
-                self._route.closed(self._target)  # type: ignore[union-attr,arg-type]
-            except Exception:
-                log.exception("TCP %s: route.closed failed", _fmt(self._sockname))
+            report_closed(self._route, self._target, self._sockname)  # type: ignore[arg-type]
         self._proxy._remove(self)
 
     def abort(self) -> None:
@@ -614,7 +604,7 @@ class _Connection(asyncio.Protocol):
 
     def _arm_idle(self) -> None:
         self._idle_handle = self._loop.call_later(
-            self._settings.idle_timeout / _IDLE_TICKS, self._idle_tick
+            self._settings.idle_timeout / IDLE_TICKS, self._idle_tick
         )
 
     def _idle_tick(self) -> None:
@@ -626,20 +616,13 @@ class _Connection(asyncio.Protocol):
             self._quiet = 0
         else:
             self._quiet += 1
-            if self._quiet >= _IDLE_TICKS:
+            if self._quiet >= IDLE_TICKS:
                 log.debug(
                     "TCP %s from %s: idle for %ss, resetting",
-                    _fmt(self._sockname),
-                    _fmt(self._peer),
+                    fmt_addr(self._sockname),
+                    fmt_addr(self._peer),
                     self._settings.idle_timeout,
                 )
                 self.abort()
                 return
         self._arm_idle()
-
-
-def _fmt(addr: tuple | Any) -> str:
-    if not addr or not isinstance(addr, tuple):
-        return repr(addr)
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

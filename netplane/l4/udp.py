@@ -52,12 +52,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from netplane.l4.relay_shared import IDLE_TICKS, fmt_addr
+
 if TYPE_CHECKING:
     from netplane.l4 import Route, Target
 
 log = logging.getLogger("netplane.l4.udp")
 
-_IDLE_TICKS = 4
 #: datagrams read from one upstream socket per readiness callback (fairness)
 _READS_PER_WAKEUP = 64
 #: largest UDP payload over IPv4/IPv6 without jumbograms
@@ -188,7 +189,7 @@ class UdpListener(asyncio.DatagramProtocol):
         try:
             return self._source()
         except Exception:
-            log.exception("UDP %s: finding the route failed", _fmt(self.sockname))
+            log.exception("UDP %s: finding the route failed", fmt_addr(self.sockname))
             return None
 
     # -- introspection ----------------------------------------------------------
@@ -222,7 +223,7 @@ class UdpListener(asyncio.DatagramProtocol):
                 try:
                     usable = route.usable(flow.target)
                 except Exception:
-                    log.exception("UDP %s: route.usable failed", _fmt(self.sockname))
+                    log.exception("UDP %s: route.usable failed", fmt_addr(self.sockname))
                     usable = False
                 if usable:
                     flow.send(data)
@@ -241,11 +242,11 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors about replies sent to clients (a client port gone): nothing to do.
-        log.debug("UDP %s: %s", _fmt(self.sockname), exc)
+        log.debug("UDP %s: %s", fmt_addr(self.sockname), exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if exc is not None:
-            log.warning("UDP %s: listener closed: %s", _fmt(self.sockname), exc)
+            log.warning("UDP %s: listener closed: %s", fmt_addr(self.sockname), exc)
         self._transport = None
         self._close_all()
         self._proxy._listeners.discard(self)
@@ -264,7 +265,7 @@ class UdpListener(asyncio.DatagramProtocol):
             try:
                 target = route.pick(client[0])
             except Exception:
-                log.exception("UDP %s: choosing an endpoint failed", _fmt(self.sockname))
+                log.exception("UDP %s: choosing an endpoint failed", fmt_addr(self.sockname))
         if route is None or target is None:
             proxy.dropped_no_target += 1
             return None
@@ -293,7 +294,7 @@ class UdpListener(asyncio.DatagramProtocol):
         try:
             route.opened(target)
         except Exception:
-            log.exception("UDP %s: route.opened failed", _fmt(self.sockname))
+            log.exception("UDP %s: route.opened failed", fmt_addr(self.sockname))
         return flow
 
     def _close_flow(self, flow: _Flow) -> None:
@@ -309,16 +310,16 @@ class UdpListener(asyncio.DatagramProtocol):
         try:
             flow.route.closed(flow.target)
         except Exception:
-            log.exception("UDP %s: route.closed failed", _fmt(self.sockname))
+            log.exception("UDP %s: route.closed failed", fmt_addr(self.sockname))
 
     def _refused(self, flow: _Flow) -> None:
         log.debug(
-            "UDP %s: %s refused the flow of %s", _fmt(self.sockname), flow.target, flow.client
+            "UDP %s: %s refused the flow of %s", fmt_addr(self.sockname), flow.target, flow.client
         )
         try:
             flow.route.failed(flow.target)
         except Exception:
-            log.exception("UDP %s: route.failed failed", _fmt(self.sockname))
+            log.exception("UDP %s: route.failed failed", fmt_addr(self.sockname))
         self._close_flow(flow)
 
     def _close_all(self) -> None:
@@ -332,7 +333,7 @@ class UdpListener(asyncio.DatagramProtocol):
                 flow.quiet = 0
             else:
                 flow.quiet += 1
-                if flow.quiet >= _IDLE_TICKS:
+                if flow.quiet >= IDLE_TICKS:
                     self._close_flow(flow)
 
     def close(self) -> None:
@@ -388,7 +389,7 @@ class SharedUdpListener(UdpListener):
                 return
             except OSError as e:
                 # an ICMP error about an earlier reply to a client: nothing to do
-                log.debug("UDP %s: %s", _fmt(self.sockname), e)
+                log.debug("UDP %s: %s", fmt_addr(self.sockname), e)
                 continue
             address = _destination(ancdata)
             if address is None:
@@ -397,7 +398,7 @@ class SharedUdpListener(UdpListener):
             try:
                 route = self._resolve(address, self._port)
             except Exception:
-                log.exception("UDP %s: finding the route failed", _fmt(self.sockname))
+                log.exception("UDP %s: finding the route failed", fmt_addr(self.sockname))
                 route = None
             cmsg = self._cmsgs.get(address)
             if cmsg is None:
@@ -415,7 +416,7 @@ class SharedUdpListener(UdpListener):
             self._proxy.dropped_errors += 1  # send buffer full: UDP may drop
         except OSError as e:
             self._proxy.dropped_errors += 1
-            log.debug("UDP %s: reply to %s: %s", _fmt(self.sockname), flow.client, e)
+            log.debug("UDP %s: reply to %s: %s", fmt_addr(self.sockname), flow.client, e)
 
     def close(self) -> None:
         sock, self._sock = self._sock, None
@@ -540,7 +541,7 @@ class UdpProxy:
     def _arm_sweep(self) -> None:
         if self._sweep_handle is None and self._loop is not None:
             self._sweep_handle = self._loop.call_later(
-                self.settings.flow_idle_timeout / _IDLE_TICKS, self._sweep
+                self.settings.flow_idle_timeout / IDLE_TICKS, self._sweep
             )
 
     def _sweep(self) -> None:
@@ -566,12 +567,8 @@ class UdpProxy:
         if now - self._error_logged >= _LOG_EVERY:
             self._error_logged = now
             log.warning(
-                "UDP: cannot %s %s: %s", what, _fmt((target.address, target.port)), e.strerror or e
+                "UDP: cannot %s %s: %s",
+                what,
+                fmt_addr((target.address, target.port)),
+                e.strerror or e,
             )
-
-
-def _fmt(addr: Any) -> str:
-    if not addr or not isinstance(addr, tuple):
-        return repr(addr)
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
