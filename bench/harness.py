@@ -254,6 +254,17 @@ class Context:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
 
+    def wait_file(self, path: Path, proc: Proc, timeout: float, what: str) -> None:
+        """Poll until ``path`` exists (a server's "I am up" file, such as a kubeconfig it
+        publishes). Raises RuntimeError if ``proc`` exits, TimeoutError after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if proc.popen.poll() is not None:
+                raise RuntimeError(f"{what} exited; see {proc.log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not start within {timeout:.0f} s")
+            time.sleep(0.05)
+
     def wait_http(
         self,
         url: str,

@@ -16,6 +16,8 @@ from typing import Any
 
 from dnslib import QTYPE, RCODE
 
+from netplane.metrics import cumulative_buckets
+
 # seconds; CoreDNS's request-duration buckets start at 0.25 ms
 BUCKETS = (0.00025, 0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512,
            1.024, 2.048, 4.096, 8.192)  # fmt: skip
@@ -72,16 +74,11 @@ class DnsStats:
             "Replies made past the answer cache (answered from the zone, forwarded or refused)",
             value=sum(self.replies.values()),
         )
-        buckets, running = [], 0
-        for bound, n in zip(BUCKETS, self.buckets, strict=False):
-            running += n
-            buckets.append((repr(bound), running))
-        buckets.append(("+Inf", running + self.buckets[-1]))
         durations = HistogramMetricFamily(
             "netplane_dns_request_duration_seconds",
             "Time to answer a query that missed the answer cache (forwarding included)",
         )
-        durations.add_metric([], buckets, self.seconds)
+        durations.add_metric([], cumulative_buckets(BUCKETS, self.buckets), self.seconds)
         yield durations
 
 

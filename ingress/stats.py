@@ -13,6 +13,8 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
+from netplane.metrics import cumulative_buckets
+
 # seconds; the shape of ingress-nginx's request-duration buckets
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
@@ -57,12 +59,7 @@ class RequestStats:
                 "https" if https else "http",
             ]
             requests.add_metric(values, sum(counts))
-            buckets, running = [], 0
-            for bound, n in zip(BUCKETS, counts, strict=False):
-                running += n
-                buckets.append((repr(bound), running))
-            buckets.append(("+Inf", running + counts[-1]))
-            durations.add_metric(values, buckets, total)
+            durations.add_metric(values, cumulative_buckets(BUCKETS, counts), total)
         yield requests
         yield durations
         yield CounterMetricFamily(

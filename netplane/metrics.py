@@ -85,3 +85,17 @@ class Metrics:
     def render(self) -> bytes:
         """The text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    """Prometheus histogram buckets from per-bucket counts (``counts[-1]``: above every bound).
+
+    The planes count each observation once, in its own bucket, on the hot
+    path; the running totals Prometheus wants are made here, at scrape time.
+    """
+    out, running = [], 0
+    for bound, n in zip(bounds, counts, strict=False):
+        running += n
+        out.append((repr(bound), running))
+    out.append(("+Inf", running + counts[-1]))
+    return out

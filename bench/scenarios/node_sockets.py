@@ -26,7 +26,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -129,13 +128,7 @@ class NodeSockets(Scenario):
                 argv, name=f"fakeapi-{short}", log=ctx.workdir / f"fakeapi-{short}.log",
                 env=env, cwd=ctx.root,
             )  # fmt: skip
-            deadline = time.monotonic() + 180
-            while not kubeconfig.exists():
-                if api.popen.poll() is not None:
-                    raise RuntimeError(f"fake API server exited; see {api.log}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError("fake API server did not start within 180 s")
-                time.sleep(0.05)
+            ctx.wait_file(kubeconfig, api, 180, "fake API server")
 
     def run_side(self, ctx: Context, side: str, index: int) -> dict[str, float]:
         n = self.size(ctx)

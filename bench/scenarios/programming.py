@@ -168,14 +168,9 @@ class Programming(Scenario):
                 cwd=ctx.root,
             )
             self.fakes[n] = (proc, kubeconfig, ready)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 120  # for all of them together
         for n, (proc, _, ready) in self.fakes.items():
-            while not ready.exists():
-                if proc.popen.poll() is not None:
-                    raise RuntimeError(f"progfake serve ({n}) exited; see {proc.log}")
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"progfake serve ({n}) did not start within 120 s")
-                time.sleep(0.05)
+            ctx.wait_file(ready, proc, max(deadline - time.monotonic(), 0), f"progfake serve ({n})")
 
     def run_side(self, ctx: Context, side: str, index: int) -> dict[str, float]:
         sizes, changes = _sizes(ctx)

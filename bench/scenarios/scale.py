@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +87,7 @@ class ScaleSync(Scenario):
         self.api = ctx.procs.start(
             argv, name="fakeapi", log=ctx.workdir / "fakeapi.log", env=env, cwd=ctx.root
         )
-        deadline = time.monotonic() + 120
-        while not self.kubeconfig.exists():
-            if self.api.popen.poll() is not None:
-                raise RuntimeError(f"fake API server exited; see {self.api.log}")
-            if time.monotonic() > deadline:
-                raise TimeoutError("fake API server did not start within 120 s")
-            time.sleep(0.05)
+        ctx.wait_file(self.kubeconfig, self.api, 120, "fake API server")
 
     def run_side(self, ctx: Context, side: str, index: int) -> dict[str, float]:
         n = self.size(ctx)
