@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import test_l4_e2e as e2e
 
 pytestmark = pytest.mark.e2e
 
@@ -229,28 +230,10 @@ print(s.recv(2048).decode())
 
 
 def service(name: str, ip: str, port: int, target: int, backend: str, proto: str = "TCP"):
+    """A ClusterIP Service on ``ip:port`` and its EndpointSlice: ``backend:target``."""
     return [
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": name, "namespace": "t"},
-            "spec": {
-                "clusterIP": ip,
-                "ports": [{"name": "p", "port": port, "targetPort": target, "protocol": proto}],
-            },
-        },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{name}-1",
-                "namespace": "t",
-                "labels": {"kubernetes.io/service-name": name},
-            },
-            "addressType": "IPv4",
-            "ports": [{"name": "p", "port": target, "protocol": proto}],
-            "endpoints": [{"addresses": [backend], "nodeName": "node-a"}],
-        },
+        e2e.service(name, ip, port, protocol=proto),
+        e2e.endpoints(name, [(backend, target)], protocol=proto),
     ]
 
 
