@@ -52,6 +52,8 @@ class DnsSettings:
     answer_cache: int = 100_000
     forward_cache: int = 10_000
     ns_addresses: tuple[str, ...] = field(default=())
+    #: SO_REUSEPORT on the UDP and TCP sockets, so that --workers N processes share them
+    reuse_port: bool = False
 
 
 def resolv_conf_upstreams(text: str, *, exclude: Iterable[Upstream] = ()) -> list[Upstream]:
@@ -102,7 +104,12 @@ class DnsPlane:
         )
         self.forwarder = Forwarder(upstreams, timeout=s.forward_timeout)
         self.server = DnsServer(
-            self.responder, self.forwarder, host=s.host, port=s.port, tcp_idle=s.tcp_idle
+            self.responder,
+            self.forwarder,
+            host=s.host,
+            port=s.port,
+            tcp_idle=s.tcp_idle,
+            reuse_port=s.reuse_port,
         )
         self._stream: Any = None
         self._task: asyncio.Task | None = None

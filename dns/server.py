@@ -46,8 +46,10 @@ class DnsServer:
         host: str,
         port: int,
         tcp_idle: float = 10.0,
+        reuse_port: bool = False,
     ) -> None:
         self.responder = responder
+        self.reuse_port = reuse_port
         self.forwarder = forwarder
         self.host = host
         self.port = port
@@ -64,13 +66,19 @@ class DnsServer:
         loop = asyncio.get_running_loop()
         # The TCP port first when it is to be picked: UDP then takes the same number.
         self._tcp = await loop.create_server(
-            lambda: _TcpConnection(self), self.host, self.port, reuse_address=True
+            lambda: _TcpConnection(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         if self.port == 0:
             self.port = self._tcp.sockets[0].getsockname()[1]
         try:
             self._udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), local_addr=(self.host, self.port)
+                lambda: _UdpProtocol(self),
+                local_addr=(self.host, self.port),
+                reuse_port=self.reuse_port or None,
             )
         except OSError:
             self._tcp.close()

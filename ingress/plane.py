@@ -51,6 +51,8 @@ class IngressSettings:
     tls_resumption: bool = True
     upstream_max_idle: int = 320  # ingress-nginx's upstream-keepalive-connections
     upstream_idle_timeout: float = 60.0
+    #: SO_REUSEPORT on the listeners, so that --workers N processes share them
+    reuse_port: bool = False
 
 
 class IngressPlane:
@@ -93,13 +95,13 @@ class IngressPlane:
         s = self.settings
         try:
             if s.http is not None:
-                await self.server.listen(*s.http)
+                await self.server.listen(*s.http, reuse_port=s.reuse_port)
             if s.https is not None:
                 ctx = self.certs.server_context()
                 if not s.tls_resumption:
                     ctx.num_tickets = 0  # TLS 1.3 resumes only by ticket
                     ctx.options |= ssl.OP_NO_TICKET
-                bound = await self.server.listen(*s.https, tls=ctx)
+                bound = await self.server.listen(*s.https, tls=ctx, reuse_port=s.reuse_port)
                 if s.https[1] == 0:  # ssl-redirect must name the port actually bound
                     self.routes.https_port = bound[1]
         except OSError as e:

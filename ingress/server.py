@@ -49,7 +49,13 @@ class IngressServer:
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(
-        self, host: str, port: int, *, tls: ssl.SSLContext | None = None, backlog: int = 1024
+        self,
+        host: str,
+        port: int,
+        *,
+        tls: ssl.SSLContext | None = None,
+        backlog: int = 1024,
+        reuse_port: bool = False,
     ) -> tuple[str, int]:
         """Start serving on ``host:port`` (0 picks a free port); return the bound address."""
         loop = asyncio.get_running_loop()
@@ -60,6 +66,7 @@ class IngressServer:
         server = await loop.create_server(
             lambda: ClientConnection(listener), host, port, ssl=tls, backlog=backlog,
             ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
+            reuse_port=reuse_port or None,
         )  # fmt: skip
         sock = server.sockets[0]
         with contextlib.suppress(OSError):

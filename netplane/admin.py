@@ -279,12 +279,14 @@ class AdminServer:
             return Response.text("not ready\n", 503)
         return Response.text("ok\n")
 
-    def _state(self, request: Request) -> Response:
+    async def _state(self, request: Request) -> Response:
         # ?summary=1: counts and planes without the per-object lists, which run
         # to tens of MB at 10k services
-        if request.query.get("summary", "") not in ("", "0", "false"):
-            return Response.json(self._debug_state(summary=True))
-        return Response.json(self._debug_state())
+        summary = request.query.get("summary", "") not in ("", "0", "false")
+        state = self._debug_state(summary=True) if summary else self._debug_state()
+        if inspect.isawaitable(state):  # the owner of --workers N asks its workers
+            state = await state
+        return Response.json(state)
 
 
 def _fmt_addr(addr: tuple[str, int]) -> str:

@@ -85,9 +85,17 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--log-format",), "log-format", {"choices": cfgmod.LOG_FORMATS}),
     (("--log-level",), "log-level", {"choices": cfgmod.LOG_LEVELS}),
     (
-        ("--drain-seconds",),
-        "drain-seconds",
-        {"metavar": "S", "help": "grace period on stop (default 10)"},
+        ("--shutdown-grace", "--drain-seconds"),
+        "shutdown-grace",
+        {"metavar": "S", "help": "how long open connections may finish at SIGTERM (default 30)"},
+    ),
+    (
+        ("--workers",),
+        "workers",
+        {
+            "metavar": "N|auto",
+            "help": "processes serving the listeners (default auto: one per core)",
+        },
     ),
     (
         ("--nodeport-addresses",),

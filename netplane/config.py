@@ -92,7 +92,8 @@ class Config:
     admin: Listen | None = Listen("127.0.0.1", 10256)
     log_format: str = "text"
     log_level: str = "info"
-    drain_seconds: float = 10.0
+    shutdown_grace: float = 30.0  # SIGTERM: how long open connections may drain
+    workers: int = 0  # processes serving the listeners; 0: one per usable core
     manifest_poll_seconds: float = 1.0
     nodeport_addresses: tuple[str, ...] = ()  # empty: the node IPs, else 127.0.0.1 (local) or all
     lb_policy: str = "round-robin"
@@ -185,6 +186,16 @@ class Config:
         return (*loopback, *self.effective_service_cidrs, *self.pod_cidrs, *nodes)
 
     @property
+    def effective_workers(self) -> int:
+        """How many processes serve the listeners: the setting, else one per core we may use."""
+        if self.workers:
+            return self.workers
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+
+    @property
     def pods_make_endpoints(self) -> bool:
         if self.derive_endpoints_from_pods is not None:
             return self.derive_endpoints_from_pods
@@ -266,6 +277,13 @@ def _int_in(lo: int, hi: int):
         return n
 
     return inner
+
+
+def _workers(v: Any, setting: str, base: Path) -> int:
+    """``auto`` (0: one per usable core) or a count of worker processes."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return 0
+    return _int_in(1, 256)(v, setting, base)
 
 
 def _upstream(v: Any, setting: str, _base: Path) -> tuple[str, int]:
@@ -376,7 +394,9 @@ KEYS: dict[str, tuple[str, Any]] = {
     "admin": ("admin", _listen),
     "log-format": ("log_format", _choice(LOG_FORMATS)),
     "log-level": ("log_level", _choice(LOG_LEVELS)),
-    "drain-seconds": ("drain_seconds", _seconds),
+    "shutdown-grace": ("shutdown_grace", _seconds),
+    "drain-seconds": ("shutdown_grace", _seconds),  # the name before 0.2; kept for old configs
+    "workers": ("workers", _workers),
     "manifest-poll-seconds": ("manifest_poll_seconds", _poll_seconds),
     "pod-endpoints": ("derive_endpoints_from_pods", _bool),
     "nodeport-addresses": ("nodeport_addresses", _list(_ip)),

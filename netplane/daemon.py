@@ -25,6 +25,7 @@ from netplane.addresses import LocalRoutes
 from netplane.config import Config
 from netplane.dataplane import Dataplane
 from netplane.errors import ConfigError, NetplaneError
+from netplane.l4.node_routes import NodeRoutes
 from netplane.l4.proxy import L4Proxy
 from netplane.l4.tcp import TcpSettings
 from netplane.l4.udp import UdpSettings
@@ -32,6 +33,7 @@ from netplane.sources import Source
 
 if TYPE_CHECKING:
     from netplane.dns.plane import DnsPlane
+    from netplane.supervisor import WorkerPool
 
 log = logging.getLogger("netplane.daemon")
 
@@ -79,11 +81,24 @@ async def serve(
     sources = sources_for(cfg)
     if not sources:
         raise ConfigError("no source: give -f PATH, --kubeconfig PATH or --in-cluster")
-    dp = Dataplane(cfg, sources=sources)
     raise_file_limit()
-    proxy = proxy_for(cfg, dp)
-    ingress = ingress_for(cfg, dp)  # Ingress
-    dns = dns_for(cfg, dp)  # DNS
+    workers = cfg.effective_workers
+    if workers > 1:
+        cfg = pick_free_ports(cfg)  # every worker must bind the same port
+    dp = Dataplane(cfg, sources=sources)
+    pool: WorkerPool | None = None
+    node_routes: NodeRoutes | None = None
+    if workers > 1:
+        # The planes run in worker processes; this one keeps the sources,
+        # the admin server and (node mode) the routes.
+        proxy = ingress = dns = None
+        pool = _worker_pool(dp, workers)
+        if cfg.proxy and cfg.mode == "node":
+            node_routes = NodeRoutes(LocalRoutes(), cfg.effective_service_cidrs)
+    else:
+        proxy = proxy_for(cfg, dp)
+        ingress = ingress_for(cfg, dp)  # Ingress
+        dns = dns_for(cfg, dp)  # DNS
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -115,12 +130,15 @@ async def serve(
     waiter: asyncio.Task | None = None
     try:
         log.info(
-            "netplane %s starting: mode %s, service CIDR %s, sources %s",
+            "netplane %s starting: mode %s, service CIDR %s, sources %s, %s",
             __version__,
             cfg.mode,
             ", ".join(str(n) for n in cfg.effective_service_cidrs),
             ", ".join(s.name for s in sources),
+            f"{workers} worker processes" if workers > 1 else "one process",
         )
+        if node_routes is not None:
+            await node_routes.start(dp)
         if proxy is not None:
             await proxy.start()  # subscribes before the table is built: sees all of it
         if ingress is not None:
@@ -141,20 +159,26 @@ async def serve(
         gc.disable()
         loop.call_later(_GC_PAUSE_LIMIT, gc.enable)
         await dp.start()
+        if pool is not None:
+            await pool.start()  # each worker starts once the state is complete
         waiter = asyncio.create_task(_when_ready(dp, on_ready, cleanups))
         await stop.wait()
         dp.draining = True  # /readyz answers 503 from here on
-        log.info("stopping: draining for up to %.0f s", cfg.drain_seconds)
+        log.info("stopping: draining for up to %.0f s", cfg.shutdown_grace)
     finally:
         if waiter is not None:
             waiter.cancel()
         gc.enable()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
+        if pool is not None:
+            await pool.stop(cfg.shutdown_grace)
+        if node_routes is not None:
+            await node_routes.close()
         if proxy is not None:
-            await proxy.close(cfg.drain_seconds)
+            await proxy.close(cfg.shutdown_grace)
         if ingress is not None:
-            await ingress.close(cfg.drain_seconds)
+            await ingress.close(cfg.shutdown_grace)
         if dns is not None:  # DNS
             await dns.close()
         for cleanup in cleanups:
@@ -190,10 +214,53 @@ def raise_file_limit() -> None:
             log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
 
 
-def proxy_for(cfg: Config, dp: Dataplane) -> L4Proxy | None:
-    """The L4 service proxy the config asks for, registered with the dataplane."""
+def _worker_pool(dp: Dataplane, workers: int) -> WorkerPool:
+    """The workers of ``--workers N``, wired into the owner's admin server."""
+    from netplane.supervisor import WorkerPool
+
+    pool = WorkerPool(dp, workers)
+    dp.planes["workers"] = pool
+    dp.before_scrape.append(pool.refresh_metrics)
+    dp.remote_planes = pool.planes_state
+    dp.ready_checks.append(lambda: pool.ready)
+    return pool
+
+
+def pick_free_ports(cfg: Config) -> Config:
+    """Port 0 (any free port) made one concrete port, so that every worker binds the same."""
+    import socket
+
+    changes: dict[str, Any] = {}
+    for name in ("ingress_http", "ingress_https", "dns"):
+        listen = getattr(cfg, name)
+        if listen is None or listen.port != 0:
+            continue
+        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
+        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if name == "dns" else (socket.SOCK_STREAM,)
+        for _ in range(20):  # a port free for TCP may be taken for UDP; try another
+            with socket.socket(family, kinds[0]) as s:
+                s.bind((listen.host, 0))
+                port = s.getsockname()[1]
+                try:
+                    for kind in kinds[1:]:
+                        with socket.socket(family, kind) as t:
+                            t.bind((listen.host, port))
+                except OSError:
+                    continue
+            break
+        changes[name] = dataclasses.replace(listen, port=port)
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def proxy_for(cfg: Config, dp: Dataplane, *, workers: int = 1) -> L4Proxy | None:
+    """The L4 service proxy the config asks for, registered with the dataplane.
+
+    In a worker of ``--workers N`` (``workers`` > 1) the owner keeps node
+    mode's routes, and listeners are shared with the other workers.
+    """
     if not cfg.proxy:
         return None
+    node = cfg.mode == "node"
     proxy = L4Proxy(
         dp,
         node_name=cfg.node_name,
@@ -205,15 +272,17 @@ def proxy_for(cfg: Config, dp: Dataplane) -> L4Proxy | None:
             splice=cfg.tcp_relay == "splice",
         ),
         udp=UdpSettings(flow_idle_timeout=cfg.udp_idle_seconds),
-        local_routes=LocalRoutes() if cfg.mode == "node" else None,
+        local_routes=LocalRoutes() if node and workers == 1 else None,
         service_cidrs=cfg.effective_service_cidrs,
+        shared_listeners=node,
+        workers=workers,
     )
     dp.planes["proxy"] = proxy
     return proxy
 
 
 # Ingress
-def ingress_for(cfg: Config, dp: Dataplane) -> Any:
+def ingress_for(cfg: Config, dp: Dataplane, *, reuse_port: bool = False) -> Any:
     """The ingress plane the config asks for (HTTP and/or HTTPS), registered with the dataplane."""
     if cfg.ingress_http is None and cfg.ingress_https is None:
         return None
@@ -234,6 +303,7 @@ def ingress_for(cfg: Config, dp: Dataplane) -> Any:
             access_log=cfg.ingress_access_log,
             access_log_format=cfg.log_format,
             tls_resumption=cfg.ingress_tls_resumption,
+            reuse_port=reuse_port,
             http_settings=HttpSettings(
                 max_header_bytes=cfg.ingress_max_header_bytes,
                 header_timeout=cfg.ingress_header_timeout,
@@ -247,7 +317,7 @@ def ingress_for(cfg: Config, dp: Dataplane) -> Any:
 
 
 # DNS
-def dns_for(cfg: Config, dp: Dataplane) -> DnsPlane | None:
+def dns_for(cfg: Config, dp: Dataplane, *, reuse_port: bool = False) -> DnsPlane | None:
     """The cluster DNS plane the config asks for, registered with the dataplane."""
     if cfg.dns is None:
         return None
@@ -275,6 +345,7 @@ def dns_for(cfg: Config, dp: Dataplane) -> DnsPlane | None:
             reverse_cidrs=(*cfg.effective_service_cidrs, *cfg.pod_cidrs),
             pods=cfg.dns_pods,
             udp_cap=cfg.dns_udp_size,
+            reuse_port=reuse_port,
         ),
     )
     dp.planes["dns"] = plane

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,12 @@ class Dataplane:
         # balancers stop sending while open connections drain.
         self.draining = False
         self.running = False
+        # Set by the owner of --workers N: the planes run in worker processes,
+        # which are asked for their figures before a scrape and for their
+        # state when /debug/state is read; /readyz also waits for them.
+        self.before_scrape: list[Callable[[], Awaitable[None]]] = []
+        self.remote_planes: Callable[[], Awaitable[dict[str, Any]]] | None = None
+        self.ready_checks: list[Callable[[], bool]] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -152,8 +158,8 @@ class Dataplane:
             admin = AdminServer(
                 self.config.admin.host,
                 self.config.admin.port,
-                is_ready=lambda: self.ready and not self.draining,
-                debug_state=self.debug_state,
+                is_ready=self._serving,
+                debug_state=self._debug_state_with_remote,
             )
             admin.add_route("GET", "/metrics", self._metrics_response)
             try:
@@ -180,7 +186,7 @@ class Dataplane:
                 await task
         self._tasks.clear()
         if self.admin is not None:
-            await self.admin.close(self.config.drain_seconds if grace is None else grace)
+            await self.admin.close(self.config.shutdown_grace if grace is None else grace)
             self.admin = None
         for feed in list(self._feeds):
             feed.close()
@@ -365,10 +371,21 @@ class Dataplane:
 
     # -- introspection -------------------------------------------------------
 
-    def _metrics_response(self, request: Any) -> Any:
+    def _serving(self) -> bool:
+        return self.ready and not self.draining and all(check() for check in self.ready_checks)
+
+    async def _metrics_response(self, request: Any) -> Any:
         from netplane.admin import Response
 
+        for refresh in self.before_scrape:
+            await refresh()
         return Response(200, self.metrics.render(), CONTENT_TYPE)
+
+    async def _debug_state_with_remote(self, *, summary: bool = False) -> dict[str, Any]:
+        state = self.debug_state(summary=summary)
+        if self.remote_planes is not None:
+            state["planes"] = {**await self.remote_planes(), **state["planes"]}
+        return state
 
     def _collect_metrics(self) -> Iterator[Any]:
         """State, source and plane figures, read at scrape time."""

@@ -232,9 +232,10 @@ class _Probe(asyncio.Protocol):
 class ServiceHealthCheck:
     """The health check of one service: a listener per node address, and its count."""
 
-    def __init__(self, key: ServiceKey, port: int) -> None:
+    def __init__(self, key: ServiceKey, port: int, *, reuse_port: bool = False) -> None:
         self.key = key
         self.port = port
+        self.reuse_port = reuse_port
         #: ready endpoints of the service on this node; read by every probe
         self.local_endpoints = 0
         self._servers: dict[str, asyncio.AbstractServer] = {}
@@ -252,7 +253,11 @@ class ServiceHealthCheck:
                 continue
             try:
                 self._servers[ip] = await loop.create_server(
-                    lambda: _Probe(self), ip, self.port, reuse_address=True
+                    lambda: _Probe(self),
+                    ip,
+                    self.port,
+                    reuse_address=True,
+                    reuse_port=self.reuse_port or None,
                 )
             except OSError as e:
                 log.warning(
@@ -278,9 +283,13 @@ class ServiceHealthCheck:
 class HealthChecks:
     """The health-check servers of all services, kept in line with the ServiceTable."""
 
-    def __init__(self, node_name: str, addresses: Sequence[str]) -> None:
+    def __init__(
+        self, node_name: str, addresses: Sequence[str], *, reuse_port: bool = False
+    ) -> None:
         self.node_name = node_name
         self.addresses = tuple(addresses)
+        # with --workers N, every worker serves the same answer on a shared port
+        self.reuse_port = reuse_port
         self._checks: dict[ServiceKey, ServiceHealthCheck] = {}
 
     async def sync(self, key: ServiceKey, entry: ServiceEntry | None) -> None:
@@ -294,7 +303,7 @@ class HealthChecks:
         if port is None or entry is None:
             return
         if check is None:
-            check = self._checks[key] = ServiceHealthCheck(key, port)
+            check = self._checks[key] = ServiceHealthCheck(key, port, reuse_port=self.reuse_port)
         check.local_endpoints = local_ready_endpoints(entry, self.node_name)
         await check.listen(self.addresses)
 

@@ -35,8 +35,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from netplane.l4.healthcheck import HealthChecks
+from netplane.l4.node_routes import NodeRoutes
 from netplane.l4.picker import NodeInfo, Picker
 from netplane.l4.routes import FrontendKey, PortRoute, frontends_of
+from netplane.l4.steer import steer_by_source
 from netplane.l4.tcp import TcpProxy, TcpSettings
 from netplane.l4.udp import UdpProxy, UdpSettings
 from netplane.model import ObjectKey
@@ -73,14 +75,15 @@ class L4Proxy:
         local_routes: Any = None,
         service_cidrs: Sequence[Any] = (),
         shared_listeners: bool | None = None,
+        workers: int = 1,
     ) -> None:
         self._dp = dataplane
         # Node mode: AnyIP routes (netplane.addresses.LocalRoutes) that make the
         # service CIDRs, externalIPs and LB IPs local before anything binds them.
         self.local_routes = local_routes
-        self.service_cidrs = tuple(service_cidrs)
-        self._extra_ips: dict[ServiceKey, frozenset[str]] = {}
-        self._routed: set[Any] | None = None
+        self.node_routes = (
+            NodeRoutes(local_routes, service_cidrs) if local_routes is not None else None
+        )
         self.node_name = node_name
         self.nodeport_addresses = tuple(nodeport_addresses)
         self.default_policy = default_policy
@@ -100,7 +103,12 @@ class L4Proxy:
         # wildcards the host already holds an address of; never retried
         self._host_ports: set[SocketKey] = set()
         # healthCheckNodePort servers of externalTrafficPolicy Local services
-        self.health_checks = HealthChecks(node_name, self.nodeport_addresses)
+        self.health_checks = HealthChecks(
+            node_name, self.nodeport_addresses, reuse_port=workers > 1
+        )
+        # With --workers N every worker binds each listener with SO_REUSEPORT,
+        # and a filter keeps each client address on one worker (see steer.py).
+        self.workers = workers
         self._stream: Any = None
         self._task: Any = None
 
@@ -108,7 +116,8 @@ class L4Proxy:
 
     async def start(self) -> None:
         self._stream = self._dp.subscribe()
-        await self._sync_local_routes()
+        if self.node_routes is not None:
+            await self.node_routes.sync()
         if self._dp.ready:
             await self.sync(e.key for e in self._dp.table)
         self._task = asyncio.create_task(self._follow(), name="l4-proxy")
@@ -132,11 +141,8 @@ class L4Proxy:
         await self.tcp.drain(grace)
         await self.tcp.close(0)
         await self.udp.close()
-        if self.local_routes is not None:
-            try:
-                await asyncio.to_thread(self.local_routes.clear)
-            except Exception as e:
-                log.error("cannot remove the AnyIP routes: %s", e)
+        if self.node_routes is not None:
+            await self.node_routes.clear()
 
     # -- following the table -------------------------------------------------
 
@@ -147,41 +153,13 @@ class L4Proxy:
             zone = getattr(node, "zone", "") or ""
         return NodeInfo(self.node_name, zone)
 
-    async def _sync_local_routes(self) -> None:
-        """Node mode: local routes for the CIDRs and every externalIP and LB IP."""
-        if self.local_routes is None:
-            return
-        desired = set(self.service_cidrs)
-        for ips in self._extra_ips.values():
-            desired |= {ipaddress.ip_network(ip) for ip in ips}
-        if desired != self._routed:
-            try:
-                await asyncio.to_thread(self.local_routes.sync, desired)
-            except Exception as e:  # pyroute2's NetlinkError, or no netlink at all
-                log.error(
-                    "cannot program the AnyIP routes (node mode needs root or CAP_NET_ADMIN): %s", e
-                )
-                return
-            self._routed = desired
-
     async def sync(self, services: Iterable[ServiceKey]) -> None:
         """Bring the listeners of ``services`` in line with the table."""
         node = self._node()
         services = list(services)
-        if self.local_routes is not None:
-            for sk in services:
-                entry = self._dp.table.get(*sk)
-                ips = frozenset(
-                    f.ip
-                    for p in (entry.ports if entry is not None else ())
-                    for f in p.frontends
-                    if f.ip is not None and f.kind in ("ExternalIP", "LoadBalancer")
-                )
-                if ips:
-                    self._extra_ips[sk] = ips
-                else:
-                    self._extra_ips.pop(sk, None)
-            await self._sync_local_routes()
+        if self.node_routes is not None:
+            self.node_routes.note(self._dp.table, services)
+            await self.node_routes.sync()
         for sk in services:
             entry = self._dp.table.get(*sk)
             new: dict[FrontendKey, PortRoute] = {}
@@ -267,14 +245,47 @@ class L4Proxy:
 
     async def _bind(self, skey: SocketKey, route: PortRoute) -> None:
         ip, port, proto = skey
-        if proto == "TCP":
-            listener = await self.tcp.listen(ip, port, self._resolve_tcp)
-        elif ip in WILDCARDS and self.shared_listeners:
-            family = socket.AF_INET6 if ip == "::" else socket.AF_INET
-            listener = self.udp.listen_shared(family, port, self._resolve_udp)
-        else:
-            listener = await self.udp.listen(ip, port, route)
+        sock = self._reuse_socket(ip, port, proto) if self.workers > 1 else None
+        try:
+            if proto == "TCP":
+                listener = await self.tcp.listen(ip, port, self._resolve_tcp, sock=sock)
+            elif ip in WILDCARDS and self.shared_listeners:
+                family = socket.AF_INET6 if ip == "::" else socket.AF_INET
+                listener = self.udp.listen_shared(family, port, self._resolve_udp, sock=sock)
+            else:
+                listener = await self.udp.listen(ip, port, route, sock=sock)
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
         self._sockets[skey] = listener
+
+    def _reuse_socket(self, ip: str, port: int, proto: str) -> socket.socket:
+        """A bound SO_REUSEPORT socket whose group steers each client address to one worker."""
+        family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+        kind = socket.SOCK_STREAM if proto == "TCP" else socket.SOCK_DGRAM
+        sock = socket.socket(family, kind)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((ip, port))
+            if kind == socket.SOCK_STREAM:
+                # Joins the port's group at listen(); a filter attached before
+                # would give this socket a group of its own, and listen() fails.
+                sock.listen(1024)
+            try:
+                steer_by_source(sock, self.workers)
+            except OSError as e:
+                log.warning(
+                    "%s: cannot steer clients to one worker each: %s", _fmt((ip, port, proto)), e
+                )
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
     def _use(self, skey: SocketKey, key: FrontendKey) -> None:
         self._users.setdefault(skey, set()).add(key)

@@ -505,21 +505,31 @@ class UdpProxy:
         return listener
 
     def listen_shared(
-        self, family: socket.AddressFamily, port: int, resolve: Callable[[str, int], Route | None]
+        self,
+        family: socket.AddressFamily,
+        port: int,
+        resolve: Callable[[str, int], Route | None],
+        *,
+        sock: socket.socket | None = None,
     ) -> SharedUdpListener:
-        """Bind the wildcard address of ``family`` on ``port`` for every frontend on that port."""
+        """Bind the wildcard address of ``family`` on ``port`` for every frontend on that port
+        (or use ``sock``, already bound there)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        bound = sock is not None
+        sock = sock or socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                if not bound:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-                sock.bind(("::", port))
+                if not bound:
+                    sock.bind(("::", port))
             else:
                 sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
-                sock.bind(("0.0.0.0", port))
+                if not bound:
+                    sock.bind(("0.0.0.0", port))
             listener = SharedUdpListener(self, resolve, sock, loop)
         except BaseException:
             sock.close()

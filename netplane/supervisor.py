@@ -1,0 +1,279 @@
+"""The owner side of ``netplane run --workers N``: start, feed and restart the workers.
+
+The owner keeps the one watch per node on the API server (its sources and
+ClusterState); each worker gets the whole state once, then every change as
+it happens, as the objects the owner's state holds (validated, with their
+allocated addresses), never the world again. A worker that dies is started
+again after a short, growing delay; its peers keep serving meanwhile,
+because the kernel stops handing a dead process's SO_REUSEPORT socket new
+connections.
+
+/metrics and /debug/state are the owner's: it asks every live worker over
+the channel and adds their figures up (:mod:`netplane.metrics_merge`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from netplane.control import CHUNK, Channel
+from netplane.metrics_merge import merge
+
+log = logging.getLogger("netplane.workers")
+
+# A worker that dies is restarted after this long, doubling to the cap; the
+# delay resets once a worker has served for _STABLE seconds.
+_RESTART_DELAY = (0.2, 10.0)
+_STABLE = 30.0
+_ASK_TIMEOUT = 5.0
+
+
+@dataclass
+class WorkerSlot:
+    """One worker's place: its current process and channel, and its history."""
+
+    index: int
+    pid: int | None = None
+    ready: bool = False
+    restarts: int = 0
+    started_at: float = 0.0
+    process: Any = None
+    channel: Channel | None = None
+    answers: dict[int, asyncio.Future] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "pid": self.pid,
+            "ready": self.ready,
+            "restarts": self.restarts,
+        }
+
+
+class WorkerPool:
+    """N worker processes serving the planes of one owner's Dataplane."""
+
+    def __init__(self, dataplane: Any, count: int) -> None:
+        self.dp = dataplane
+        self.count = count
+        self.slots = [WorkerSlot(i) for i in range(count)]
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+        self._ids = itertools.count(1)
+        self._metrics_texts: list[str] = []
+        # ready once every worker has been ready once; after that, while any is
+        self._all_started = False
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every worker once the owner's state is complete."""
+        for slot in self.slots:
+            self._tasks.append(asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}"))
+
+    @property
+    def ready(self) -> bool:
+        """Every worker started and is serving; later, at least one is (others restarting)."""
+        live = sum(s.ready for s in self.slots)
+        if not self._all_started:
+            self._all_started = live == self.count
+        return live > 0 and self._all_started
+
+    async def stop(self, grace: float) -> None:
+        """Tell every worker to stop accepting and drain up to ``grace`` seconds; then reap."""
+        self._stopping = True
+        for slot in self.slots:
+            if slot.channel is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await slot.channel.send(("stop", grace))
+        tasks = list(self._tasks)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace + 5.0)
+            for slot in self.slots:
+                proc = slot.process
+                if proc is not None and proc.returncode is None:
+                    log.warning(
+                        "worker %d (pid %d) did not stop in time; killing it", slot.index, proc.pid
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- one worker, for ever --------------------------------------------------
+
+    async def _keep(self, slot: WorkerSlot) -> None:
+        await self.dp.wait_ready()
+        delay = _RESTART_DELAY[0]
+        while not self._stopping:
+            slot.started_at = time.monotonic()
+            try:
+                code = await self._run_once(slot)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("worker %d failed", slot.index)
+                code = None
+            slot.ready = False
+            slot.channel = None
+            for fut in slot.answers.values():
+                if not fut.done():
+                    fut.cancel()
+            slot.answers.clear()
+            if self._stopping:
+                return
+            if time.monotonic() - slot.started_at > _STABLE:
+                delay = _RESTART_DELAY[0]
+            slot.restarts += 1
+            log.error(
+                "worker %d (pid %s) exited with %s; starting it again in %.1f s",
+                slot.index, slot.pid, code, delay,
+            )  # fmt: skip
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _RESTART_DELAY[1])
+
+    async def _run_once(self, slot: WorkerSlot) -> int | None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "netplane.worker", str(theirs.fileno()),
+                pass_fds=(theirs.fileno(),), env=_child_env(),
+            )  # fmt: skip
+        finally:
+            theirs.close()
+        slot.process, slot.pid = proc, proc.pid
+        channel = await Channel.over(ours)
+        slot.channel = channel
+        log.info("worker %d started: pid %d", slot.index, proc.pid)
+        reader = asyncio.create_task(self._read(slot, channel))
+        feeder: asyncio.Task | None = None
+        try:
+            await channel.send(("hello", slot.index, self.count, self.dp.config))
+            # The snapshot and the stream of later changes are taken in one
+            # go, with no await between them: nothing falls in the gap.
+            stream = self.dp.subscribe()
+            objects = [(o.key, o) for o in self.dp.state]
+            feeder = asyncio.create_task(self._feed(channel, objects, stream))
+            await proc.wait()
+        except (ConnectionError, RuntimeError) as e:
+            log.warning("worker %d: control channel lost: %s", slot.index, e)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+            reader.cancel()
+            channel.close()
+        return proc.returncode
+
+    async def _feed(self, channel: Channel, objects: list[tuple[Any, Any]], stream: Any) -> None:
+        try:
+            for i in range(0, len(objects), CHUNK):
+                await channel.send(("objects", objects[i : i + CHUNK]))
+            await channel.send(("synced",))
+            del objects
+            async for change in stream:
+                batch = [(key, self.dp.state.get(key)) for key in sorted(change.objects)]
+                for i in range(0, len(batch), CHUNK):
+                    await channel.send(("objects", batch[i : i + CHUNK]))
+        except (ConnectionError, RuntimeError):
+            pass  # the worker is gone; _run_once sees it exit
+        finally:
+            stream.close()
+
+    async def _read(self, slot: WorkerSlot, channel: Channel) -> None:
+        while True:
+            message = await channel.recv()
+            if message is None:
+                return
+            if message[0] == "ready":
+                slot.ready = True
+                log.info("worker %d ready (pid %d)", slot.index, message[1])
+            elif message[0] == "answer":
+                fut = slot.answers.pop(message[1], None)
+                if fut is not None and not fut.done():
+                    fut.set_result(message[2])
+
+    # -- asking the workers ----------------------------------------------------
+
+    async def ask(self, what: str, arg: Any = None) -> list[tuple[WorkerSlot, Any]]:
+        """Ask every ready worker; the ones that answer in time, with their answers."""
+        loop = asyncio.get_running_loop()
+        asked: list[tuple[WorkerSlot, int, asyncio.Future]] = []
+        for slot in self.slots:
+            if not slot.ready or slot.channel is None:
+                continue
+            ident = next(self._ids)
+            fut = loop.create_future()
+            slot.answers[ident] = fut
+            try:
+                await slot.channel.send(("ask", ident, what, arg))
+            except (ConnectionError, RuntimeError):
+                slot.answers.pop(ident, None)
+                continue
+            asked.append((slot, ident, fut))
+        out = []
+        for slot, ident, fut in asked:
+            try:
+                out.append((slot, await asyncio.wait_for(fut, _ASK_TIMEOUT)))
+            except (TimeoutError, asyncio.CancelledError):
+                slot.answers.pop(ident, None)
+                log.warning("worker %d did not answer %r in time", slot.index, what)
+        return out
+
+    async def refresh_metrics(self) -> None:
+        """Fetch every worker's figures; :meth:`metrics` yields their sums at the scrape."""
+        self._metrics_texts = [text for _, text in await self.ask("metrics")]
+
+    def metrics(self) -> Any:
+        yield from merge(self._metrics_texts)
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily(
+            "netplane_workers_ready", "Worker processes serving now", labels=["worker"]
+        )
+        restarts = CounterMetricFamily(
+            "netplane_worker_restarts",
+            "Times a worker process was started again",
+            labels=["worker"],
+        )
+        for slot in self.slots:
+            up.add_metric([str(slot.index)], float(slot.ready))
+            restarts.add_metric([str(slot.index)], slot.restarts)
+        yield up
+        yield restarts
+
+    async def planes_state(self) -> dict[str, Any]:
+        """The planes as the first worker that answers sees them (every worker holds the same)."""
+        for _slot, planes in await self.ask("debug"):
+            return planes
+        return {}
+
+    def debug_state(self) -> list[dict[str, Any]]:
+        return [slot.describe() for slot in self.slots]
+
+
+def _child_env() -> dict[str, str]:
+    """The owner's environment, with the directory netplane was imported from on the path
+    (so that a worker runs the same code when netplane runs from a source tree)."""
+    import netplane
+
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(netplane.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
