@@ -286,6 +286,8 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
         flags.setdefault("ingress_http", cfgmod.Listen("127.0.0.1", 0))
         flags.setdefault("ingress_https", cfgmod.Listen("127.0.0.1", 0))
         flags.setdefault("dns", demo_dns_listen())  # DNS
+        # One process: the greeting lists the listeners the planes bound.
+        flags.setdefault("workers", 1)
     cfg = cfgmod.load(args.config, flags)
     _setup_logging(cfg)
 

@@ -121,6 +121,8 @@ async def serve(
                     log.warning("changed settings need a restart to apply: %s", ", ".join(restart))
                 if apply_logging is not None:
                     apply_logging(new)
+                if pool is not None:
+                    loop.create_task(pool.reconfigure_logging(new.log_level, new.log_format))
                 cfg = new
         dp.reload()
 

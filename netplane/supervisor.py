@@ -35,6 +35,8 @@ log = logging.getLogger("netplane.workers")
 _RESTART_DELAY = (0.2, 10.0)
 _STABLE = 30.0
 _ASK_TIMEOUT = 5.0
+# Figures every worker holds alike (each binds every listener): shown once, not summed.
+_SAME_IN_EVERY_WORKER = frozenset({"netplane_l4_listeners"})
 
 
 @dataclass
@@ -209,6 +211,13 @@ class WorkerPool:
                 if fut is not None and not fut.done():
                     fut.set_result(message[2])
 
+    async def reconfigure_logging(self, level: str, fmt: str) -> None:
+        """Pass a reloaded log level and format on to every worker."""
+        for slot in self.slots:
+            if slot.channel is not None:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await slot.channel.send(("logging", level, fmt))
+
     # -- asking the workers ----------------------------------------------------
 
     async def ask(self, what: str, arg: Any = None) -> list[tuple[WorkerSlot, Any]]:
@@ -241,7 +250,7 @@ class WorkerPool:
         self._metrics_texts = [text for _, text in await self.ask("metrics")]
 
     def metrics(self) -> Any:
-        yield from merge(self._metrics_texts)
+        yield from merge(self._metrics_texts, same_everywhere=_SAME_IN_EVERY_WORKER)
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         up = GaugeMetricFamily(

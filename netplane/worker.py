@@ -91,6 +91,12 @@ class Worker:
                 if not stop.done():
                     stop.set_result(float(message[1]))
                 return
+            if message[0] == "logging":  # SIGHUP gave the owner a new level or format
+                from netplane.logs import setup_logging
+
+                setup_logging(message[1], message[2])
+                _tag_logs(self.index)
+                continue
             if message[0] == "ask":
                 _, ident, what, arg = message
                 await self.channel.send(("answer", ident, self._answer(what, arg)))
@@ -143,9 +149,18 @@ class Worker:
         self.proxy = proxy_for(cfg, self.dp, workers=self.count)
         self.ingress = ingress_for(cfg, self.dp, reuse_port=True)
         self.dns = dns_for(cfg, self.dp, reuse_port=True)
-        for plane in (self.proxy, self.ingress, self.dns):
+        for plane in (self.proxy, self.ingress):
             if plane is not None:
                 await plane.start()
+        if self.dns is not None:  # a port that cannot be bound is logged, the rest serves
+            try:
+                await self.dns.start()
+            except OSError as e:
+                log.error(
+                    "DNS: cannot listen on %s: %s; serving without DNS", cfg.dns, e.strerror or e
+                )
+                self.dp.planes.pop("dns", None)
+                self.dns = None
 
     async def close(self, grace: float) -> None:
         """Stop accepting, let open connections finish up to ``grace`` seconds, stop."""

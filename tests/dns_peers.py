@@ -109,7 +109,9 @@ class NetplaneDns:
             sys.executable, "-m", "netplane", "run", "-f", str(manifests), "--mode", "local",
             "--proxy", "off", "--ingress-http", "off", "--ingress-https", "off",
             "--admin", "off", "--dns", f"127.0.0.1:{self.port}", "--manifest-poll-seconds", "0.05",
-            "--drain-seconds", "0", *extra,
+            # One process: these tests follow one answer cache's hits and TTLs;
+            # each worker of --workers N has its own (tests/test_workers.py).
+            "--shutdown-grace", "0", "--workers", "1", *extra,
         ]  # fmt: skip
         self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT, cwd=tmp)

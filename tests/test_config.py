@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 
 import pytest
@@ -99,7 +100,9 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "admin": [("127.0.0.1:0", Listen("127.0.0.1", 0)), (False, None)],
     "log-format": [("json", "json"), ("TEXT", "text")],
     "log-level": [("debug", "debug"), ("Warning", "warning")],
-    "drain-seconds": [(0, 0.0), ("2.5", 2.5), (10, 10.0)],
+    "shutdown-grace": [(0, 0.0), ("2.5", 2.5), (10, 10.0)],
+    "drain-seconds": [(0, 0.0), ("2.5", 2.5)],
+    "workers": [("auto", 0), (1, 1), ("4", 4)],
     "manifest-poll-seconds": [(0.05, 0.05), ("1", 1.0)],
     "nodeport-addresses": [
         ("198.18.0.1", ("198.18.0.1",)),
@@ -168,7 +171,9 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "admin": [("127.0.0.1", "is not HOST:PORT or off")],
     "log-format": [("xml", "'xml' is not one of text, json")],
     "log-level": [("trace", "'trace' is not one of debug, info, warning, error")],
-    "drain-seconds": [
+    "workers": [(0, "0 out of range (1-256)"), ("many", "is not a whole number")],
+    "drain-seconds": [("soon", "'soon' is not a number of seconds")],
+    "shutdown-grace": [
         ("soon", "'soon' is not a number of seconds"),
         (-1, "-1"),
         ("nan", "'nan' is not a finite"),
@@ -263,7 +268,8 @@ def test_local_mode_defaults():
     assert cfg.admin == Listen("127.0.0.1", 10256)
     assert cfg.node_port_range == (30000, 32767)
     assert cfg.log_format == "text" and cfg.log_level == "info"
-    assert cfg.drain_seconds == 10.0
+    assert cfg.shutdown_grace == 30.0
+    assert cfg.workers == 0 and cfg.effective_workers == len(os.sched_getaffinity(0))
     assert cfg.manifest_poll_seconds == 1.0
     assert not cfg.uses_api
     assert cfg.pods_make_endpoints  # manifests only: Pods stand in for the slice controller

@@ -363,7 +363,7 @@ async def http_get(port: int, path: str) -> tuple[int, bytes]:
 
 async def test_admin_server_when_configured():
     source = FakeSource("later", [service()])
-    cfg = config(admin=netplane.config.Listen("127.0.0.1", 0), drain_seconds=1.0)
+    cfg = config(admin=netplane.config.Listen("127.0.0.1", 0), shutdown_grace=1.0)
     async with netplane.Dataplane(cfg, sources=[source]) as dp:
         port = dp.admin.port
         assert port != 0

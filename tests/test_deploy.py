@@ -90,8 +90,8 @@ def test_daemonset_args_are_a_valid_node_mode_command_line():
     caps = c["securityContext"]["capabilities"]
     assert caps == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_BIND_SERVICE"]}
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    # SIGTERM drains for --drain-seconds; the pod must be given that long
-    assert spec["terminationGracePeriodSeconds"] > cfg.drain_seconds
+    # SIGTERM drains for --shutdown-grace; the pod must be given that long
+    assert spec["terminationGracePeriodSeconds"] > cfg.shutdown_grace
 
 
 @pytest.mark.parametrize(
@@ -149,5 +149,5 @@ def test_systemd_unit_runs_a_valid_command_line():
     assert cfg.files == ("/etc/netplane/manifests",)
     assert fields["ExecReload"] == "/bin/kill -HUP $MAINPID"  # SIGHUP re-reads
     assert fields["KillSignal"] == "SIGTERM"
-    assert float(fields["TimeoutStopSec"]) > cfg.drain_seconds
+    assert float(fields["TimeoutStopSec"]) > cfg.shutdown_grace
     assert set(fields["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_BIND_SERVICE"}
