@@ -219,8 +219,16 @@ def netplane_cmd() -> list[str]:
 
     Not the ``netplane`` on PATH: that may be a shim (pyenv's adds start-up
     time that would be measured) or an install of another checkout.
+
+    ``run`` gets ``--workers 1`` unless the command names a count: the
+    side-by-side scenarios pin one netplane process and one single-worker
+    peer to the same core, and the workers scenario passes its own.
     """
-    boot = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from netplane.cli import main; sys.exit(main())"
+    boot = (
+        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from netplane.cli import main; "
+        "a = sys.argv[1:]; "
+        "sys.exit(main(a + ['--workers', '1'] if a[:1] == ['run'] and '--workers' not in a else a))"
+    )
     return [sys.executable, "-c", boot]
 
 

@@ -48,6 +48,10 @@ class Channel:
         self.writer.write(encode(message))
         await self.writer.drain()
 
+    def post(self, message: tuple[Any, ...]) -> None:
+        """Queue one small message without waiting for the peer to take it."""
+        self.writer.write(encode(message))
+
     async def recv(self) -> tuple[Any, ...] | None:
         """The next message, or None once the peer has gone."""
         try:

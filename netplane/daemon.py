@@ -122,7 +122,7 @@ async def serve(
                 if apply_logging is not None:
                     apply_logging(new)
                 if pool is not None:
-                    loop.create_task(pool.reconfigure_logging(new.log_level, new.log_format))
+                    pool.reconfigure_logging(new.log_level, new.log_format)
                 cfg = new
         dp.reload()
 

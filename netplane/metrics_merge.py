@@ -18,7 +18,9 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def merge(texts: Iterable[str], *, same_everywhere: frozenset[str] = frozenset()) -> Iterator[Metric]:
+def merge(
+    texts: Iterable[str], *, same_everywhere: frozenset[str] = frozenset()
+) -> Iterator[Metric]:
     """Families with each series summed over ``texts`` (first seen order kept)."""
     families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}

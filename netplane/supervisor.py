@@ -211,12 +211,12 @@ class WorkerPool:
                 if fut is not None and not fut.done():
                     fut.set_result(message[2])
 
-    async def reconfigure_logging(self, level: str, fmt: str) -> None:
+    def reconfigure_logging(self, level: str, fmt: str) -> None:
         """Pass a reloaded log level and format on to every worker."""
         for slot in self.slots:
             if slot.channel is not None:
                 with contextlib.suppress(ConnectionError, RuntimeError):
-                    await slot.channel.send(("logging", level, fmt))
+                    slot.channel.post(("logging", level, fmt))
 
     # -- asking the workers ----------------------------------------------------
 

@@ -15,6 +15,7 @@ from bench.scenarios.programming import Programming
 from bench.scenarios.scale import ScaleSync
 from bench.scenarios.startup import Startup
 from bench.scenarios.table_update import TableUpdate
+from bench.scenarios.workers import WorkerScaling
 
 SCENARIOS: list[type[Scenario]] = [
     Startup,
@@ -25,6 +26,7 @@ SCENARIOS: list[type[Scenario]] = [
     NodeSockets,
     IngressBench,
     ClusterDns,
+    WorkerScaling,
 ]
 
 
