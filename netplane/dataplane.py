@@ -78,6 +78,11 @@ class ChangeStream:
         self._wakeup.set()
         self._owner.discard(self)
 
+    @property
+    def pending(self) -> bool:
+        """True while changes wait to be read."""
+        return bool(self._objects or self._services)
+
     def take(self) -> Change:
         """What is pending now, without waiting (empty when nothing is)."""
         change = Change(frozenset(self._objects), frozenset(self._services))

@@ -50,6 +50,7 @@ class WorkerSlot:
     started_at: float = 0.0
     process: Any = None
     channel: Channel | None = None
+    stream: Any = None  # the changes still to send this worker
     answers: dict[int, asyncio.Future] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -167,7 +168,7 @@ class WorkerPool:
             await channel.send(("hello", slot.index, self.count, self.dp.config))
             # The snapshot and the stream of later changes are taken in one
             # go, with no await between them: nothing falls in the gap.
-            stream = self.dp.subscribe()
+            stream = slot.stream = self.dp.subscribe()
             objects = [(o.key, o) for o in self.dp.state]
             feeder = asyncio.create_task(self._feed(channel, objects, stream))
             await proc.wait()
@@ -223,6 +224,12 @@ class WorkerPool:
     async def ask(self, what: str, arg: Any = None) -> list[tuple[WorkerSlot, Any]]:
         """Ask every ready worker; the ones that answer in time, with their answers."""
         loop = asyncio.get_running_loop()
+        # Changes made before the question go out before it, so the answers reflect them.
+        deadline = loop.time() + 1.0
+        while any(s.ready and s.stream is not None and s.stream.pending for s in self.slots):
+            if loop.time() > deadline:
+                break
+            await asyncio.sleep(0.001)
         asked: list[tuple[WorkerSlot, int, asyncio.Future]] = []
         for slot in self.slots:
             if not slot.ready or slot.channel is None:

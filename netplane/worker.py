@@ -99,6 +99,8 @@ class Worker:
                 continue
             if message[0] == "ask":
                 _, ident, what, arg = message
+                if what == "debug" and self.proxy is not None:
+                    await self.proxy.settled()  # the answer shows the changes sent before it
                 await self.channel.send(("answer", ident, self._answer(what, arg)))
                 continue
             with self.dp.batch():

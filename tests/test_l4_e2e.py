@@ -81,10 +81,21 @@ class Daemon:
         with urllib.request.urlopen(f"{self.admin}/debug/state", timeout=2) as r:
             return json.loads(r.read())
 
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.admin}/readyz", timeout=2) as r:
+                return r.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
     async def until_listening(self, *frontends: str, gone: tuple[str, ...] = ()) -> None:
+        """Until the daemon is ready (every worker of --workers N serving) and
+        the planes list ``frontends`` and none of ``gone``."""
         async with asyncio.timeout(10):
             while True:
                 try:
+                    if not await asyncio.to_thread(self.ready):
+                        raise KeyError("not ready")
                     listeners = set(
                         (await asyncio.to_thread(self.state))["planes"]["proxy"]["listeners"]
                     )

@@ -111,6 +111,7 @@ class L4Proxy:
         self.workers = workers
         self._stream: Any = None
         self._task: Any = None
+        self._syncing = False
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -124,10 +125,21 @@ class L4Proxy:
 
     async def _follow(self) -> None:
         async for change in self._stream:
+            self._syncing = True
             try:
                 await self.sync(change.services)
             except Exception:
                 log.exception("L4 proxy update failed; keeping the previous listeners")
+            finally:
+                self._syncing = False
+
+    async def settled(self, timeout: float = 2.0) -> None:
+        """Return once every change seen so far has reached the listeners (or after ``timeout``)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while (self._syncing or (self._stream is not None and self._stream.pending)) and (
+            asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.001)
 
     async def close(self, grace: float) -> None:
         """Stop accepting, let open TCP connections finish up to ``grace`` seconds."""
