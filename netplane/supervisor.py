@@ -99,8 +99,15 @@ class WorkerPool:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await slot.channel.send(("stop", grace))
         tasks = list(self._tasks)
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace + 5.0)
+        # Only a running worker is worth waiting for; a slot still waiting for
+        # the state, or between restarts, just stops.
+        running = [
+            task
+            for slot, task in zip(self.slots, tasks, strict=True)
+            if slot.process is not None and slot.process.returncode is None
+        ]
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace + 5.0)
             for slot in self.slots:
                 proc = slot.process
                 if proc is not None and proc.returncode is None:

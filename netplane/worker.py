@@ -59,6 +59,9 @@ class Worker:
                     return  # the owner went away before we served anything
                 if message[0] == "synced":
                     break
+                if message[0] == "stop":
+                    self.channel.close()
+                    return  # stopped before serving anything
                 self._handle(message)
         await self.dp.start()  # no sources: builds the table from what arrived
         await self._start_planes()
