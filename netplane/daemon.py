@@ -84,6 +84,7 @@ async def serve(
     proxy = proxy_for(cfg, dp)
     ingress = ingress_for(cfg, dp)  # Ingress
     dns = dns_for(cfg, dp)  # DNS
+    status = _ingress_status_for(cfg, dp, sources)  # Ingress status: only where the sources run
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -141,6 +142,8 @@ async def serve(
         gc.disable()
         loop.call_later(_GC_PAUSE_LIMIT, gc.enable)
         await dp.start()
+        if status is not None:  # Ingress status
+            await status.start()
         waiter = asyncio.create_task(_when_ready(dp, on_ready, cleanups))
         await stop.wait()
         dp.draining = True  # /readyz answers 503 from here on
@@ -149,6 +152,8 @@ async def serve(
         if waiter is not None:
             waiter.cancel()
         gc.enable()
+        if status is not None:  # Ingress status
+            await status.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         if proxy is not None:
@@ -162,6 +167,14 @@ async def serve(
         await dp.stop()
     log.info("stopped")
     return 0
+
+
+def _ingress_status_for(cfg: Config, dp: Dataplane, sources: list[Source]) -> Any:
+    if not cfg.uses_api:
+        return None
+    from netplane.sources.kube.status_writer import ingress_status_for
+
+    return ingress_status_for(cfg, dp, sources)
 
 
 def release_free_memory() -> None:
