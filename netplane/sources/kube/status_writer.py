@@ -72,6 +72,7 @@ class IngressStatusWriter:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingress-status")
+        self._task.add_done_callback(_log_crash)
 
     async def close(self) -> None:
         if self._task is not None:
@@ -212,6 +213,11 @@ class IngressStatusWriter:
         }
 
 
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("Ingress status writer stopped", exc_info=task.exception())
+
+
 def ingress_status_for(cfg: Any, dp: Any, sources: Sequence[Any]) -> IngressStatusWriter | None:
     """The status writer a daemon config asks for: the API source with ingress on."""
     if not cfg.uses_api or (cfg.ingress_http is None and cfg.ingress_https is None):
@@ -226,7 +232,7 @@ def ingress_status_for(cfg: Any, dp: Any, sources: Sequence[Any]) -> IngressStat
         dp,
         KubeClient(kube.config),
         ingress_class=cfg.ingress_class,
-        controller=IngressSettings.controller,
+        controller=IngressSettings().controller,  # the ingress plane's own
         publish_addresses=cfg.publish_addresses,
         node_name=cfg.node_name,
     )
