@@ -193,6 +193,57 @@ def test_a_changed_address_rewrites_every_ingress_of_ours():
     assert [(u.key.name, u.status.hostnames) for u in moved] == [("a", ("lb.example.com",))]
 
 
+def with_status(ing: Ingress, lb: LoadBalancer, rv: str) -> Ingress:
+    """``ing`` as the watch would show it after ``lb`` was written."""
+    entries = [{"ip": ip} for ip in lb.ips] + [{"hostname": h} for h in lb.hostnames]
+    return ingress(ing.key.name, ing.class_name, status=entries, rv=rv)
+
+
+def test_nodes_sharing_a_status_each_add_their_own_address_and_do_not_fight():
+    node_a, node_b = StatusPlanner(shared=True), StatusPlanner(shared=True)
+    addr_a, addr_b = LoadBalancer.of(["198.18.0.1"]), LoadBalancer.of(["198.18.0.2"])
+    ing = ingress("a", status=[{"ip": "203.0.113.9"}])  # someone else's entry stays
+    first = node_a.plan(ing, selector(), addr_a)
+    assert first is not None and first.status == LoadBalancer.of(["203.0.113.9", "198.18.0.1"])
+    node_a.written(first)
+    ing = with_status(ing, first.status, "8")
+    second = node_b.plan(ing, selector(), addr_b)
+    assert second is not None
+    assert second.status == LoadBalancer.of(["203.0.113.9", "198.18.0.1", "198.18.0.2"])
+    node_b.written(second)
+    ing = with_status(ing, second.status, "9")
+    # Both see the list with both in it: neither writes again.
+    assert node_a.plan(ing, selector(), addr_a) is None
+    assert node_b.plan(ing, selector(), addr_b) is None
+
+    # Node A's IP changes: its old address goes, the others stay.
+    moved = node_a.plan(ing, selector(), LoadBalancer.of(["198.18.0.11"]))
+    assert moved is not None
+    assert moved.status == LoadBalancer.of(["203.0.113.9", "198.18.0.11", "198.18.0.2"])
+    node_a.written(moved)
+    ing = with_status(ing, moved.status, "10")
+
+    # Node B leaves (shutdown): only its own entry goes, and it forgets the Ingress.
+    (leave,) = node_b.plan_leave([ing])
+    assert leave.release and leave.status == LoadBalancer.of(["203.0.113.9", "198.18.0.11"])
+    node_b.written(leave)
+    assert node_b.claimed == set()
+
+    # The class moves away: node A takes out only its own entry.
+    away = ingress("a", cls="nginx", status=[{"ip": "203.0.113.9"}, {"ip": "198.18.0.11"}])
+    release = node_a.plan(away, selector(), LoadBalancer.of(["198.18.0.11"]))
+    assert release is not None and release.status == LoadBalancer.of(["203.0.113.9"])
+
+
+def test_a_published_address_replaces_the_status_and_does_not_leave_at_shutdown():
+    p = StatusPlanner(shared=False)
+    ing = ingress("a", status=[{"ip": "203.0.113.9"}])
+    update = p.plan(ing, selector(), ADDR)
+    assert update is not None and update.status == ADDR
+    p.written(update)
+    assert p.plan_leave([with_status(ing, ADDR, "8")]) == []
+
+
 def test_merge_patch_follows_rfc_7386():
     # RFC 7386 appendix A, a few of its cases.
     assert merge_patch({"a": "b"}, {"a": "c"}) == {"a": "c"}
@@ -327,3 +378,51 @@ async def test_writer_follows_classes_node_address_and_survives_errors():
         finally:
             await writer.close()
             await dp.stop()
+
+
+async def test_two_nodes_share_the_status_and_each_takes_itself_out_when_it_stops():
+    async with FakeKube() as fake:
+        fake.apply(class_doc())
+        fake.apply(ingress_doc("a"))
+        for name, ip in (("node-a", "198.18.0.21"), ("node-b", "198.18.0.22")):
+            fake.apply(
+                {
+                    "kind": "Node",
+                    "metadata": {"name": name},
+                    "status": {"addresses": [{"type": "InternalIP", "address": ip}]},
+                }
+            )
+        planes = []
+        for name in ("node-a", "node-b"):
+            cfg = build({}, {"mode": "local", "admin": None, "node_name": name})
+            source = KubeSource(
+                fake.cluster_config(), resources=("IngressClass", "Ingress", "Node"),
+                node_name=name,
+            )  # fmt: skip
+            dp = Dataplane(cfg, sources=[source])
+            writer = IngressStatusWriter(
+                dp, KubeClient(fake.cluster_config()), ingress_class="netplane",
+                controller=CONTROLLER, node_name=name,
+                backoff=Backoff(initial=0.02, maximum=0.1),
+            )  # fmt: skip
+            planes.append((dp, writer))
+        try:
+            for dp, writer in planes:  # both start together: usually one meets a 409
+                await dp.start()
+                await writer.start()
+            both = [{"ip": "198.18.0.21"}, {"ip": "198.18.0.22"}]
+            await until(lambda: stored_status(fake, "a") == both)
+            await asyncio.sleep(0.3)
+            n = len(patches(fake, "a"))
+            await asyncio.sleep(0.3)
+            assert len(patches(fake, "a")) == n  # settled: no write loop between the nodes
+            dp, writer = planes.pop(0)
+            await writer.close()
+            await dp.stop()
+            assert stored_status(fake, "a") == [{"ip": "198.18.0.22"}]
+            await asyncio.sleep(0.3)
+            assert stored_status(fake, "a") == [{"ip": "198.18.0.22"}]  # node B keeps its own
+        finally:
+            for dp, writer in planes:
+                await writer.close()
+                await dp.stop()

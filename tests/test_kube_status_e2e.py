@@ -96,13 +96,15 @@ async def test_ingress_status_appears_follows_publish_address_and_is_cleared(
         )
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", {"token": "test-token"})
 
-        # No --publish-address: the node's address.
+        # No --publish-address: the node's address, beside any other node's.
         proc = await start(kubeconfig)
         try:
             await until(lambda: status(fake) == [{"ip": "198.18.0.7"}], "the node's address")
         finally:
             out = await stop(proc)
         assert "Ingress shop/web: status.loadBalancer set to 198.18.0.7" in out
+        # Each node publishes only itself, so a stopping node takes itself out.
+        assert status(fake) == []
 
         # Restarted with --publish-address: an IP and a name replace it.
         proc = await start(kubeconfig, "--publish-address", "lb.example.com,198.18.0.9")

@@ -6,9 +6,11 @@ netplane does what ingress-nginx does:
 
 - the address is ``--publish-address`` (IPs become ``{"ip": ...}``, names
   ``{"hostname": ...}``), else the node's ExternalIPs, else its InternalIPs;
-- every Ingress our IngressClass selects gets that address;
-- an Ingress that was ours and no longer is (its class moved away) is
-  cleared, once; Ingresses that were never ours are never touched;
+- every Ingress our IngressClass selects gets that address: the whole
+  status with ``--publish-address``; beside the other nodes' entries with
+  the node's address (a DaemonSet: see :class:`StatusPlanner`);
+- an Ingress that was ours and no longer is (its class moved away) loses
+  our address, once; Ingresses that were never ours are never touched;
 - a write is planned only when the status differs from what the object
   carries, so the watch echoing our own write plans nothing; while a write
   is in flight the same write is not planned again for the same
@@ -52,6 +54,18 @@ class LoadBalancer:
         """What the Ingress carries now."""
         return cls(tuple(sorted(set(ing.status_ips))), tuple(sorted(set(ing.status_hostnames))))
 
+    def __or__(self, other: LoadBalancer) -> LoadBalancer:
+        return LoadBalancer(
+            tuple(sorted({*self.ips, *other.ips})),
+            tuple(sorted({*self.hostnames, *other.hostnames})),
+        )
+
+    def __sub__(self, other: LoadBalancer) -> LoadBalancer:
+        return LoadBalancer(
+            tuple(ip for ip in self.ips if ip not in other.ips),
+            tuple(h for h in self.hostnames if h not in other.hostnames),
+        )
+
     def __bool__(self) -> bool:
         return bool(self.ips or self.hostnames)
 
@@ -89,43 +103,62 @@ def published(publish_addresses: Sequence[str], node: Node | None) -> LoadBalanc
 
 @dataclass(frozen=True, slots=True)
 class StatusUpdate:
-    """Write ``status`` to the Ingress ``key``, planned from ``resource_version``."""
+    """Write ``status`` to the Ingress ``key``, planned from ``resource_version``.
+
+    ``release``: the write takes our address out (the Ingress is no longer
+    ours, or we are leaving); once it is done the Ingress is forgotten.
+    """
 
     key: ObjectKey
     status: LoadBalancer
     resource_version: str
+    release: bool = False
 
 
 class StatusPlanner:
-    """Decides which Ingresses need a status write; remembers which ones are ours."""
+    """Decides which Ingresses need a status write; remembers which ones are ours.
 
-    def __init__(self) -> None:
+    ``shared=False`` (``--publish-address``): the address is the whole status;
+    every replica is told the same one, so they agree. ``shared=True`` (the
+    node's address, one netplane per node): each node keeps its own entries
+    in the list beside the other nodes', and takes them out when it stops
+    serving the Ingress or shuts down; an address it published before and no
+    longer has (the node's IP changed) is taken out too.
+    """
+
+    def __init__(self, *, shared: bool = False) -> None:
+        self.shared = shared
         self.claimed: set[ObjectKey] = set()  # selected by us since start-up
+        self._address = LoadBalancer()
+        self._retired = LoadBalancer()  # published by us earlier, not any more
         self._in_flight: dict[ObjectKey, tuple[str, LoadBalancer]] = {}
+
+    def _note(self, address: LoadBalancer) -> None:
+        if address != self._address:
+            if self._address:
+                self._retired = (self._retired | self._address) - address
+            self._address = address
+
+    def _want(self, current: LoadBalancer, mine: bool) -> LoadBalancer:
+        if not self.shared:
+            return self._address if mine else LoadBalancer()
+        others = current - self._retired - self._address
+        return others | self._address if mine else others
 
     def plan(
         self, ing: Ingress, selector: ClassSelector, address: LoadBalancer
     ) -> StatusUpdate | None:
         """The write this Ingress needs now, or None."""
+        self._note(address)
         key = ing.key
         if selector.selects(ing):
             self.claimed.add(key)
             if not address:  # nothing known to publish yet (no node, no --publish-address)
                 return None
-            want = address
-        elif key in self.claimed:
-            want = LoadBalancer()
-        else:
-            return None
-        rv = ing.meta.resource_version
-        if LoadBalancer.current(ing) == want:
-            self._in_flight.pop(key, None)
-            if not want:
-                self.claimed.discard(key)
-            return None
-        if self._in_flight.get(key) == (rv, want):
-            return None  # written from this version already; its echo is on the way
-        return StatusUpdate(key, want, rv)
+            return self._update(ing, mine=True)
+        if key in self.claimed:
+            return self._update(ing, mine=False)
+        return None
 
     def plan_all(
         self, ingresses: Iterable[Ingress], selector: ClassSelector, address: LoadBalancer
@@ -133,10 +166,30 @@ class StatusPlanner:
         updates = (self.plan(i, selector, address) for i in ingresses)
         return sorted((u for u in updates if u is not None), key=lambda u: u.key)
 
+    def plan_leave(self, ingresses: Iterable[Ingress]) -> list[StatusUpdate]:
+        """At shutdown, shared mode only: take our address out of every Ingress of ours."""
+        if not self.shared:
+            return []
+        updates = (self._update(i, mine=False) for i in ingresses if i.key in self.claimed)
+        return sorted((u for u in updates if u is not None), key=lambda u: u.key)
+
+    def _update(self, ing: Ingress, *, mine: bool) -> StatusUpdate | None:
+        key, rv = ing.key, ing.meta.resource_version
+        current = LoadBalancer.current(ing)
+        want = self._want(current, mine)
+        if current == want:
+            self._in_flight.pop(key, None)
+            if not mine:
+                self.claimed.discard(key)
+            return None
+        if self._in_flight.get(key) == (rv, want):
+            return None  # written from this version already; its echo is on the way
+        return StatusUpdate(key, want, rv, release=not mine)
+
     def written(self, update: StatusUpdate) -> None:
-        """The API server took ``update``; a cleared Ingress stops being ours."""
+        """The API server took ``update``; a released Ingress stops being ours."""
         self._in_flight[update.key] = (update.resource_version, update.status)
-        if not update.status:
+        if update.release:
             self.claimed.discard(update.key)
 
     def gone(self, key: ObjectKey) -> None:

@@ -12,6 +12,12 @@ carries the resourceVersion it was planned from:
 - anything else (5xx, connection errors): kept, retried with exponential
   backoff, while later changes still replan it.
 
+The resourceVersion precondition is also what lets the netplanes of many
+nodes share one status (node addresses, no ``--publish-address``): two
+nodes adding themselves at once cannot overwrite each other; the loser
+re-reads and adds itself to the winner's list. On shutdown such a node
+takes its address out again (bounded by a few seconds).
+
 It runs only where the sources run (one writer per node, not per worker).
 """
 
@@ -63,24 +69,38 @@ class IngressStatusWriter:
         self.controller = controller
         self.publish_addresses = tuple(publish_addresses)
         self.node_key = ObjectKey("Node", "", node_name) if node_name else None
-        self.planner = StatusPlanner()
+        # Without --publish-address each node adds its own address (a DaemonSet).
+        self.planner = StatusPlanner(shared=not self.publish_addresses)
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self.writes = 0
         self.failures = 0
         self._pending: dict[ObjectKey, StatusUpdate] = {}
         self._task: asyncio.Task[None] | None = None
+        self._leaving = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingress-status")
         self._task.add_done_callback(_log_crash)
 
-    async def close(self) -> None:
+    async def close(self, leave_timeout: float = 3.0) -> None:
+        """Stop; a node that shares the status takes its address out first (bounded)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self.planner.shared and self.dp.ready:
+            self._leaving = True
+            try:
+                async with asyncio.timeout(leave_timeout):
+                    await self._leave()
+            except TimeoutError:
+                log.warning("Ingress status: could not take our address out in time")
         await self.client.aclose()
+
+    async def _leave(self) -> None:
+        for update in self.planner.plan_leave(self.dp.state.objects("Ingress")):
+            await self._write(update)
 
     # -- planning ------------------------------------------------------------
 
@@ -198,7 +218,10 @@ class IngressStatusWriter:
             return False
         if not isinstance(ing, Ingress):
             return True
-        fresh = self.planner.plan(ing, self._selector(), self._address())
+        if self._leaving:
+            fresh = next(iter(self.planner.plan_leave([ing])), None)
+        else:
+            fresh = self.planner.plan(ing, self._selector(), self._address())
         if fresh is None:
             return True
         return await self._write(fresh, reread=False)
