@@ -362,6 +362,13 @@ async def test_writer_follows_classes_node_address_and_survives_errors():
             )
             await until(lambda: stored_status(fake, "a") == [{"ip": "198.18.0.6"}])
             assert writer.failures >= 2
+            exported = {
+                (s.name, tuple(s.labels.values())): s.value
+                for family in writer.metrics()
+                for s in family.samples
+            }
+            assert exported[("netplane_ingress_status_writes_total", ("error",))] == 2
+            assert exported[("netplane_ingress_status_writes_total", ("ok",))] == 2
 
             # Someone edits the spec between our read and our write: a 409, re-read, written.
             fake.patch_failures = [409]
