@@ -34,6 +34,7 @@ from netplane.ingress.classes import ClassSelector
 from netplane.model import Ingress, Node, ObjectKey, parse_object
 from netplane.sources.kube.client import ApiError, KubeClient
 from netplane.sources.kube.ingress_status import (
+    LoadBalancer,
     StatusPlanner,
     StatusUpdate,
     published,
@@ -109,7 +110,7 @@ class IngressStatusWriter:
             self.dp.state, ingress_class=self.ingress_class, controller=self.controller
         )
 
-    def _address(self) -> Any:
+    def _address(self) -> LoadBalancer:
         node = self.dp.state.get(self.node_key) if self.node_key is not None else None
         return published(self.publish_addresses, node if isinstance(node, Node) else None)
 
