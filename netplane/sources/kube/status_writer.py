@@ -44,6 +44,10 @@ from netplane.sources.kube.resources import INGRESS
 
 log = logging.getLogger("netplane.ingress.status")
 
+# Writes in flight at once: start-up with thousands of Ingresses is not one
+# round trip after another, and the API server is not flooded either.
+MAX_IN_FLIGHT = 8
+
 
 def status_path(key: ObjectKey) -> str:
     """``/apis/networking.k8s.io/v1/namespaces/NS/ingresses/NAME/status``."""
@@ -164,12 +168,19 @@ class IngressStatusWriter:
             stream.close()
 
     async def _flush(self) -> float | None:
-        """Send every pending write; the delay before retrying what failed, or None."""
+        """Send every pending write, a few at a time; the delay before retrying what failed."""
+        updates = [self._pending.pop(key) for key in sorted(self._pending)]
+        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+        async def one(update: StatusUpdate) -> bool:
+            async with gate:
+                return await self._write(update)
+
+        done = await asyncio.gather(*(one(u) for u in updates))
         failed = False
-        for key in sorted(self._pending):
-            update = self._pending.pop(key)
-            if not await self._write(update):
-                self._pending.setdefault(key, update)
+        for update, ok in zip(updates, done, strict=True):
+            if not ok:
+                self._pending.setdefault(update.key, update)
                 failed = True
         if not failed:
             self.backoff.reset()
