@@ -177,6 +177,15 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         "ingress-tls-resumption",
         {"choices": ("on", "off"), "help": "TLS session tickets (default on)"},
     ),
+    (
+        ("--publish-address",),
+        "publish-address",
+        {
+            "action": "append",
+            "metavar": "ADDR[,ADDR]",
+            "help": "IPs or names written to Ingress status (default: the node's address)",
+        },
+    ),
     # DNS
     (("--dns-ttl",), "dns-ttl", {"metavar": "S", "help": "TTL of cluster records (default 5)"}),
     (

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from netplane.errors import ConfigError
+from netplane.model.meta import is_dns1123_subdomain
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -112,6 +113,7 @@ class Config:
     ingress_body_timeout: float = 60.0
     ingress_keepalive_timeout: float = 75.0
     ingress_tls_resumption: bool = True  # off: no session tickets (full handshakes, for bench)
+    publish_addresses: tuple[str, ...] = ()  # Ingress status; empty: the node's address
     # DNS
     dns_ttl: int = 5
     dns_upstreams: tuple[tuple[str, int], ...] = ()  # empty: the nameservers of /etc/resolv.conf
@@ -364,6 +366,26 @@ def _access_log(v: Any, setting: str, base: Path) -> str | None:
     return s if s in (None, "stdout", "stderr") else _path(s, setting, base)
 
 
+def _publish_addresses(v: Any, setting: str, _base: Path) -> tuple[str, ...]:
+    """IPs or DNS names for Ingress status: a list, or one comma-separated string."""
+    items = v if isinstance(v, list) else [v]
+    out: list[str] = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ConfigError(f"{setting}: {item!r} is not an IP address or host name")
+        for part in item.split(","):
+            text = part.strip()
+            try:
+                out.append(str(ipaddress.ip_address(text)))
+                continue
+            except ValueError:
+                pass
+            if not is_dns1123_subdomain(text.lower()):
+                raise ConfigError(f"{setting}: {text!r} is not an IP address or host name")
+            out.append(text.lower())
+    return tuple(dict.fromkeys(out))
+
+
 def _header_bytes(v: Any, setting: str, _base: Path) -> int:
     try:
         n = int(str(v))
@@ -415,6 +437,7 @@ KEYS: dict[str, tuple[str, Any]] = {
     "ingress-body-timeout": ("ingress_body_timeout", _positive_seconds),
     "ingress-keepalive-timeout": ("ingress_keepalive_timeout", _positive_seconds),
     "ingress-tls-resumption": ("ingress_tls_resumption", _bool),
+    "publish-address": ("publish_addresses", _publish_addresses),
     # DNS
     "dns-ttl": ("dns_ttl", _int_in(0, 3600)),
     "dns-upstreams": ("dns_upstreams", _list(_upstream)),

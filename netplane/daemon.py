@@ -99,6 +99,7 @@ async def serve(
         proxy = proxy_for(cfg, dp)
         ingress = ingress_for(cfg, dp)  # Ingress
         dns = dns_for(cfg, dp)  # DNS
+    status = _ingress_status_for(cfg, dp, sources)  # Ingress status: only where the sources run
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -163,6 +164,8 @@ async def serve(
         await dp.start()
         if pool is not None:
             await pool.start()  # each worker starts once the state is complete
+        if status is not None:  # Ingress status
+            await status.start()
         waiter = asyncio.create_task(_when_ready(dp, on_ready, cleanups))
         await stop.wait()
         dp.draining = True  # /readyz answers 503 from here on
@@ -171,6 +174,8 @@ async def serve(
         if waiter is not None:
             waiter.cancel()
         gc.enable()
+        if status is not None:  # Ingress status
+            await status.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         if pool is not None:
@@ -188,6 +193,14 @@ async def serve(
         await dp.stop()
     log.info("stopped")
     return 0
+
+
+def _ingress_status_for(cfg: Config, dp: Dataplane, sources: list[Source]) -> Any:
+    if not cfg.uses_api:
+        return None
+    from netplane.sources.kube.status_writer import ingress_status_for
+
+    return ingress_status_for(cfg, dp, sources)
 
 
 def release_free_memory() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from netplane.l4.picker import Target
+from netplane.l4.picker import RelayCounts, Target
 
 
 class Route:
@@ -15,6 +15,7 @@ class Route:
         self.targets = list(targets)
         self.proxy_protocol = proxy_protocol
         self.cursor = 0
+        self.counts = RelayCounts()
         self.picks: list[tuple[str, frozenset[Target]]] = []
         self.n_opened: list[Target] = []
         self.n_closed: list[Target] = []

@@ -128,6 +128,11 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "ingress-body-timeout": [(30, 30.0)],
     "ingress-keepalive-timeout": [("1.5", 1.5)],
     "ingress-tls-resumption": [("off", False)],
+    "publish-address": [
+        ("198.18.0.1", ("198.18.0.1",)),
+        ("198.18.0.1, LB.example.com,fd00::1", ("198.18.0.1", "lb.example.com", "fd00::1")),
+        (["a.example", "198.18.0.2"], ("a.example", "198.18.0.2")),
+    ],
     # DNS
     "dns-ttl": [(30, 30), ("0", 0)],
     "dns-upstreams": [
@@ -198,6 +203,11 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "ingress-body-timeout": [("x", "not a number of seconds")],
     "ingress-keepalive-timeout": [(-1, "not a finite, non-negative number")],
     "ingress-tls-resumption": [("maybe", "'maybe' is not on/off")],
+    "publish-address": [
+        ("198.18.0.1,,x.example", "'' is not an IP address or host name"),
+        ("under_score.example", "'under_score.example' is not an IP address or host name"),
+        (7, "7 is not an IP address or host name"),
+    ],
     # DNS
     "dns-ttl": [
         (-1, "-1 out of range (0-3600)"),

@@ -61,7 +61,7 @@ def test_rbac_grants_list_and_watch_on_everything_the_source_watches_and_no_more
     for res in RESOURCES.values():
         group = "" if res.group_version == "v1" else res.group_version.split("/")[0]
         wanted[(group, res.plural)] = {"list", "watch"}
-    wanted[("networking.k8s.io", "ingresses/status")] = {"update"}
+    wanted[("networking.k8s.io", "ingresses/status")] = {"patch"}  # the status writer's verb
     assert granted == wanted
 
     sa = objs["ServiceAccount"]["metadata"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import urllib.request
 from pathlib import Path
 
@@ -121,3 +122,68 @@ async def test_programming_duration_is_observed_from_the_trigger_time():
     assert samples[("netplane_network_programming_duration_seconds_sum", ())] > 20 * 365 * 86400
     # the first build, then one per applied change
     assert samples[("netplane_sync_proxy_rules_duration_seconds_count", ())] == 4
+
+
+async def tcp_echo(host: str, port: int, payload: bytes) -> bytes:
+    async with asyncio.timeout(10):
+        r, w = await asyncio.open_connection(host, port)
+        w.write(payload)
+        w.write_eof()
+        data = await r.read()
+        w.close()
+    return data
+
+
+@pytest.mark.parametrize("relay", ["splice", "protocol"])
+async def test_bytes_relayed_per_service_port_and_direction_equal_what_was_sent(
+    tmp_path: Path,
+    daemon,  # noqa: F811
+    backends,  # noqa: F811
+    relay: str,
+):
+    tport, uport = free_port(), free_port()
+    await backends.echo("127.0.31.1", tport)
+    await backends.udp("127.0.31.2", uport)
+    write(tmp_path / "m", "bytes", [
+        service("tcp", "127.77.0.33", 7000),
+        endpoints("tcp", [("127.0.31.1", tport)]),
+        service("udp", "127.77.0.34", 7053, protocol="UDP"),
+        endpoints("udp", [("127.0.31.2", uport)], protocol="UDP"),
+    ])  # fmt: skip
+    d = await daemon("--tcp-relay", relay)
+    await d.until_listening("127.77.0.33:7000/TCP", "127.77.0.34:7053/UDP")
+
+    # Two TCP connections, one of them large enough to take many reads.
+    payloads = [bytes(range(256)) * 4096, b"hello"]  # 1 MiB and 5 bytes
+    for p in payloads:
+        assert await tcp_echo("127.77.0.33", 7000, p) == b"echo:" + p
+    # Three datagrams on one UDP flow; each reply is the endpoint's name, ':' and the datagram.
+    sent = received = 0
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        for i in range(3):
+            msg = b"datagram-%d" % i
+            s.sendto(msg, ("127.77.0.34", 7053))
+            data, _ = await asyncio.to_thread(s.recvfrom, 100)
+            assert data == b"127.0.31.2:" + msg
+            sent, received = sent + len(msg), received + len(data)
+
+    _, after = await asyncio.to_thread(scrape, d.admin)
+
+    def relayed(name: str, protocol: str, direction: str) -> float:
+        labels = {"namespace": "t", "service": name, "port": "p", "protocol": protocol}
+        return after[
+            ("netplane_l4_bytes_total", tuple(sorted({**labels, "direction": direction}.items())))
+        ]
+
+    assert relayed("tcp", "TCP", "to_endpoint") == sum(len(p) for p in payloads)
+    assert relayed("tcp", "TCP", "to_client") == sum(len(b"echo:" + p) for p in payloads)
+    assert relayed("udp", "UDP", "to_endpoint") == sent
+    assert relayed("udp", "UDP", "to_client") == received
+    udp = tuple(
+        sorted({"namespace": "t", "service": "udp", "port": "p", "protocol": "UDP"}.items())
+    )
+    assert after[("netplane_l4_connections_total", udp)] == 1  # one flow
+    assert after[("netplane_udp_flows_moved_total", udp)] == 0
+    assert after[("netplane_udp_dropped_total", (("reason", "no_endpoint"),))] == 0
+    assert d.state()["planes"]["proxy"]["tcp_relay"] == relay

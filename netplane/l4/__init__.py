@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from netplane.l4.picker import Target
+from netplane.l4.picker import RelayCounts, Target
 
 
 class Route(Protocol):
@@ -33,6 +33,8 @@ class Route(Protocol):
     protocol: str
     #: send a PROXY protocol v2 header to the endpoint first (TCP only)
     proxy_protocol: bool
+    #: where the relays add the bytes they move (shared by a service port's routes)
+    counts: RelayCounts
 
     def pick(self, client_ip: str, exclude: frozenset[Target] = frozenset()) -> Target | None:
         """An endpoint for a new connection or flow from ``client_ip``, or None (refuse)."""
@@ -50,4 +52,4 @@ class Route(Protocol):
         """Connecting to ``target`` was refused or timed out."""
 
 
-__all__ = ["Route", "Target"]
+__all__ = ["RelayCounts", "Route", "Target"]

@@ -118,6 +118,23 @@ def _serving_terminating(b: Backend) -> bool:
     return b.serving and b.terminating
 
 
+class RelayCounts:
+    """Bytes relayed for one service port, by direction; plain integer adds on the hot path.
+
+    ``to_endpoint`` counts what was read from clients and sent on, ``to_client``
+    what came back (TCP payload or UDP datagram bytes, never a PROXY header);
+    ``flows_moved`` the UDP flows that changed endpoint because theirs left.
+    /metrics reads them at scrape time.
+    """
+
+    __slots__ = ("flows_moved", "to_client", "to_endpoint")
+
+    def __init__(self) -> None:
+        self.to_endpoint = 0
+        self.to_client = 0
+        self.flows_moved = 0
+
+
 class Picker:
     """The endpoint choice of one service port; see the module docstring."""
 
@@ -158,6 +175,7 @@ class Picker:
         self.opened_total = 0
         self.failed_total = 0
         self.refused_total = 0
+        self.counts = RelayCounts()
         # The round-robin start differs per node and service, so that nodes
         # starting together do not all send their first connection to the
         # same endpoint.

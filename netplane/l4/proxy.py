@@ -362,6 +362,17 @@ class L4Proxy:
             "Connections reset and datagrams dropped for want of an endpoint, per service port",
             labels=labels,
         )
+        relayed = CounterMetricFamily(
+            "netplane_l4_bytes",
+            "Bytes relayed per service port: read from clients and sent to_endpoint, "
+            "or read from endpoints and sent to_client",
+            labels=[*labels, "direction"],
+        )
+        moved = CounterMetricFamily(
+            "netplane_udp_flows_moved",
+            "UDP flows moved to another endpoint on their next datagram because theirs left",
+            labels=labels,
+        )
         for (ns, name), pickers in sorted(self._pickers.items()):
             for pkey, picker in sorted(pickers.items()):
                 port_name, protocol, number = pkey.split("/")
@@ -370,7 +381,12 @@ class L4Proxy:
                 active.add_metric(values, picker.active())
                 failed.add_metric(values, picker.failed_total)
                 refused.add_metric(values, picker.refused_total)
-        yield from (opened, active, failed, refused)
+                counts = picker.counts
+                relayed.add_metric([*values, "to_endpoint"], counts.to_endpoint)
+                relayed.add_metric([*values, "to_client"], counts.to_client)
+                if protocol == "UDP":
+                    moved.add_metric(values, counts.flows_moved)
+        yield from (opened, active, failed, refused, relayed, moved)
         udp = CounterMetricFamily(
             "netplane_udp_dropped", "UDP datagrams dropped, by reason", labels=["reason"]
         )

@@ -25,10 +25,11 @@ PROXY_PROTOCOL_ANNOTATION = "netplane.io/proxy-protocol"
 class PortRoute:
     """The Route (see netplane.l4) of one frontend: a picker plus the traffic kind."""
 
-    __slots__ = ("external", "picker", "protocol", "proxy_protocol")
+    __slots__ = ("counts", "external", "picker", "protocol", "proxy_protocol")
 
     def __init__(self, picker: Picker, *, external: bool, protocol: str, proxy_protocol: bool):
         self.picker = picker
+        self.counts = picker.counts
         self.external = external
         self.protocol = protocol
         self.proxy_protocol = proxy_protocol

@@ -72,7 +72,7 @@ from netplane.l4.relay_shared import (
 )
 
 if TYPE_CHECKING:
-    from netplane.l4 import Route, Target
+    from netplane.l4 import RelayCounts, Route, Target
     from netplane.l4.tcp import Listener, TcpProxy
 
 log = logging.getLogger("netplane.l4.tcp")
@@ -442,6 +442,7 @@ class _Pump:
     __slots__ = (
         "again",
         "conn",
+        "counts",
         "done",
         "dst",
         "dst_sock",
@@ -452,11 +453,23 @@ class _Pump:
         "readable",
         "src",
         "stuck",
+        "to_endpoint",
         "writable",
     )
 
-    def __init__(self, conn: SplicedConnection, src: int, pipe: list[int], limit: int) -> None:
+    def __init__(
+        self,
+        conn: SplicedConnection,
+        src: int,
+        pipe: list[int],
+        limit: int,
+        counts: RelayCounts,
+        to_endpoint: bool,
+    ) -> None:
         self.conn = conn
+        #: the service port's byte counts, and which of them this direction adds to
+        self.counts = counts
+        self.to_endpoint = to_endpoint
         self.src = src
         #: the destination socket and its fd; None and -1 while the upstream is connecting
         self.dst_sock: _RawSocket | None = None
@@ -532,6 +545,10 @@ class _Pump:
                         continue
                     self.inpipe += n
                     conn._busy = True
+                    if self.to_endpoint:
+                        self.counts.to_endpoint += n
+                    else:
+                        self.counts.to_client += n
                     moved = True
                     if n == room and self.dst >= 0 and self.pipe[2] < conn._pipes.max_size:
                         conn._pipes.grow(self.pipe)
@@ -686,7 +703,9 @@ class SplicedConnection:
             return
         proxy._add(self)
         self._route = route
-        self._up = up = _Pump(self, self._cfd, pipe, self._settings.max_buffered)
+        self._up = up = _Pump(
+            self, self._cfd, pipe, self._settings.max_buffered, route.counts, True
+        )
         if route.proxy_protocol:
             header = header_for(self._peer, self._sockname)
             up.inpipe = os.write(pipe[1], header)  # the pipe is empty: it all fits
@@ -765,7 +784,7 @@ class SplicedConnection:
             return
         self._opened = True
         route.opened(self._target)
-        self._down = down = _Pump(self, self._ufd, pipe, pipe[2])
+        self._down = down = _Pump(self, self._ufd, pipe, pipe[2], route.counts, False)
         down.connect(self._client, self._cfd)
         down.readable = bool(events & _IN)
         up.connect(sock, self._ufd)

@@ -286,6 +286,7 @@ class _Upstream(asyncio.Protocol):
         if conn is not None:
             conn._client.write(data)  # type: ignore[union-attr]
             conn._busy = True
+            conn._route.counts.to_client += len(data)  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         if self._conn is not None:
@@ -412,6 +413,7 @@ class _Connection(asyncio.Protocol):
         if upstream is not None:
             upstream.write(data)
             self._busy = True
+            self._route.counts.to_endpoint += len(data)  # type: ignore[union-attr]
             return
         pending = self._pending
         if pending is None:  # reset or refused: drop
@@ -525,6 +527,7 @@ class _Connection(asyncio.Protocol):
         if pending:
             for chunk in pending:
                 transport.write(chunk)
+            self._route.counts.to_endpoint += self._pending_size
             self._pending_size = 0
         self._client_read.resume(PENDING_FULL)  # type: ignore[union-attr]
         if self._client_eof:

@@ -118,7 +118,7 @@ class _Flow:
     def send(self, data: bytes) -> None:
         self.busy = True
         try:
-            self.sock.send(data)
+            self.route.counts.to_endpoint += self.sock.send(data)
         except BlockingIOError:
             self.listener._proxy.dropped_errors += 1  # send buffer full: UDP may drop
         except ConnectionRefusedError:
@@ -228,6 +228,7 @@ class UdpListener(asyncio.DatagramProtocol):
                 if usable:
                     flow.send(data)
                     return
+                route.counts.flows_moved += 1
             self._close_flow(flow)  # the target left: this datagram picks again
         flow = self._open_flow(key, client, route, cmsg)
         if flow is not None:
@@ -239,6 +240,7 @@ class UdpListener(asyncio.DatagramProtocol):
             self._proxy.dropped_errors += 1
             return
         transport.sendto(data, flow.client)
+        flow.route.counts.to_client += len(data)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP errors about replies sent to clients (a client port gone): nothing to do.
@@ -411,7 +413,7 @@ class SharedUdpListener(UdpListener):
             self._proxy.dropped_errors += 1
             return
         try:
-            sock.sendmsg([data], flow.cmsg, 0, flow.client)
+            flow.route.counts.to_client += sock.sendmsg([data], flow.cmsg, 0, flow.client)
         except (BlockingIOError, InterruptedError):
             self._proxy.dropped_errors += 1  # send buffer full: UDP may drop
         except OSError as e:

@@ -17,6 +17,11 @@ Strategy: enough of the API server to exercise a reflector honestly.
 - Label selectors (``a=b``, ``a!=b``, ``a``) and field selectors
   (``type=``, ``metadata.name=``, ``metadata.namespace=``); an object that
   stops or starts matching shows up as DELETED or ADDED, like the real server.
+- ``GET .../NAME`` reads one object; ``PATCH .../NAME/status`` with a JSON merge patch (RFC 7386) changes only
+  ``status``, honours a ``metadata.resourceVersion`` precondition (409 on a
+  mismatch), bumps the resourceVersion and emits MODIFIED, as the status
+  subresource does; a patch that changes nothing is a no-op without an event.
+  :attr:`patch_failures` makes the next PATCHes fail with given statuses.
 - Test controls: :meth:`apply` / :meth:`delete`, :meth:`restart` (drop every
   open connection), :meth:`outage` (and refuse new ones meanwhile),
   :meth:`inject` (a raw line into open watches), :meth:`expire_watches` (an
@@ -66,6 +71,7 @@ class RequestRecord:
     query: dict[str, str]
     auth: str | None  # "token", "cert" or None
     status: int = 0
+    body: bytes = b""
 
     @property
     def watch(self) -> bool:
@@ -158,6 +164,7 @@ class FakeKube:
         self.max_watch_seconds: float | None = None
         self.bookmarks = False  # send a BOOKMARK when a watch ends at its timeout
         self.requests: list[RequestRecord] = []
+        self.patch_failures: list[int] = []  # statuses for the next PATCH requests, in order
         self.rv = first_rv
         self.compacted_rv = 0  # watches from an rv below this get 410
         self.store: dict[str, dict[tuple[str, str], dict[str, Any]]] = {k: {} for k in KINDS}
@@ -385,9 +392,11 @@ class FakeKube:
             while True:
                 event = await self._next(conn, reader)
                 if isinstance(event, h11.Request):
-                    while not isinstance(await self._next(conn, reader), h11.EndOfMessage):
-                        pass
-                    await self._serve(conn, reader, writer, event)
+                    body = bytearray()
+                    while not isinstance(part := await self._next(conn, reader), h11.EndOfMessage):
+                        if isinstance(part, h11.Data):
+                            body += part.data
+                    await self._serve(conn, reader, writer, event, bytes(body))
                     if conn.our_state is h11.MUST_CLOSE:
                         break
                     conn.start_next_cycle()
@@ -437,14 +446,34 @@ class FakeKube:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         req: h11.Request,
+        body: bytes = b"",
     ) -> None:
         url = urlsplit(req.target.decode())
         query = dict(parse_qsl(url.query))
-        rec = RequestRecord(req.method.decode(), url.path, query, self._authorize(req, writer))
+        rec = RequestRecord(
+            req.method.decode(), url.path, query, self._authorize(req, writer), body=body
+        )
         self.requests.append(rec)
         if rec.auth is None:
             rec.status = 401
             await self._json(conn, writer, 401, status_body(401, "Unauthorized", "Unauthorized"))
+            return
+        if rec.method == "PATCH":
+            ctype = dict(req.headers).get(b"content-type", b"").decode()
+            rec.status, answer = self._patch_status(url.path, ctype, body)
+            await self._json(conn, writer, rec.status, answer)
+            return
+        one = self._route_object(url.path) if rec.method == "GET" else None
+        if one is not None:
+            kind, namespace, name = one
+            obj = self.store[kind].get((namespace, name))
+            if obj is None:
+                rec.status = 404
+                msg = f'{KINDS[kind][1]} "{name}" not found'
+                await self._json(conn, writer, 404, status_body(404, "NotFound", msg))
+            else:
+                rec.status = 200
+                await self._json(conn, writer, 200, copy.deepcopy(obj))
             return
         route = self._route(url.path)
         if route is None or rec.method != "GET":
@@ -462,6 +491,62 @@ class FakeKube:
         else:
             rec.status = 200
             await self._json(conn, writer, 200, self._list(kind, namespace, query))
+
+    def _patch_status(self, path: str, ctype: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        """A merge patch of one object's status subresource: (HTTP status, response body)."""
+        if self.patch_failures:
+            code = self.patch_failures.pop(0)
+            reason = {409: "Conflict", 404: "NotFound"}.get(code, "InternalError")
+            return code, status_body(code, reason, f"injected failure {code}")
+        target = (
+            self._route_object(path.removesuffix("/status")) if path.endswith("/status") else None
+        )
+        if target is None:
+            msg = "the server could not find the requested resource"
+            return 404, status_body(404, "NotFound", msg)
+        kind, namespace, name = target
+        if ctype.split(";")[0].strip() != "application/merge-patch+json":
+            msg = f"the body of the request was in an unknown format: {ctype}"
+            return 415, status_body(415, "UnsupportedMediaType", msg)
+        try:
+            patch = json.loads(body)
+        except ValueError:
+            return 400, status_body(400, "BadRequest", "the body is not JSON")
+        if not isinstance(patch, dict):
+            return 400, status_body(400, "BadRequest", "a merge patch must be a JSON object")
+        old = self.store[kind].get((namespace, name))
+        if old is None:
+            plural = KINDS[kind][1]
+            return 404, status_body(404, "NotFound", f'{plural} "{name}" not found')
+        want_rv = (patch.get("metadata") or {}).get("resourceVersion")
+        if want_rv is not None and want_rv != old["metadata"]["resourceVersion"]:
+            msg = (
+                f'Operation cannot be fulfilled on {KINDS[kind][1]} "{name}": the object has '
+                "been modified; please apply your changes to the latest version and try again"
+            )
+            return 409, status_body(409, "Conflict", msg)
+        new = copy.deepcopy(old)
+        if "status" in patch:  # the status subresource ignores every other field
+            patched = merge_patch({"status": old.get("status")}, {"status": patch["status"]})
+            if patched.get("status") is None:
+                new.pop("status", None)
+            else:
+                new["status"] = patched["status"]
+        if new == old:
+            return 200, copy.deepcopy(old)
+        self.rv += 1
+        new["metadata"]["resourceVersion"] = str(self.rv)
+        self.store[kind][(namespace, name)] = new
+        self._record(_Change(self.rv, kind, "MODIFIED", old, new))
+        return 200, copy.deepcopy(new)
+
+    def _route_object(self, path: str) -> tuple[str, str, str] | None:
+        """``.../namespaces/NS/PLURAL/NAME`` (or ``.../PLURAL/NAME`` cluster-scoped)."""
+        collection, _, name = path.rstrip("/").rpartition("/")
+        route = self._route(collection) if name else None
+        if route is None or (route[1] is None) == KINDS[route[0]][2]:
+            return None
+        return route[0], route[1] or "", name
 
     def _route(self, path: str) -> tuple[str, str | None] | None:
         parts = path.strip("/").split("/")
@@ -585,6 +670,19 @@ class FakeKube:
             await self._send(conn, writer, h11.EndOfMessage())
         finally:
             self._watchers.discard(w)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, null deletes, the rest replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
 
 
 async def collect(

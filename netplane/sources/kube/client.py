@@ -1,4 +1,4 @@
-"""A minimal Kubernetes API client: GET JSON and stream watches, on h11 + asyncio.
+"""A minimal Kubernetes API client: GET JSON, stream watches, PATCH status; h11 + asyncio.
 
 Strategy: one TCP/TLS connection per request, driven by an ``h11.Connection``
 (the sans-IO HTTP/1.1 engine) over ``asyncio.open_connection``. Lists are
@@ -46,12 +46,15 @@ MAX_ERROR_BODY = 64 * 1024
 class ApiError(SourceError):
     """The API server answered with a non-2xx status."""
 
-    def __init__(self, status: int, path: str, reason: str = "", message: str = "") -> None:
+    def __init__(
+        self, status: int, path: str, reason: str = "", message: str = "", method: str = "GET"
+    ) -> None:
         self.status = status
         self.path = path
         self.reason = reason
         self.message = message
-        text = f"GET {path}: HTTP {status}"
+        self.method = method
+        text = f"{method} {path}: HTTP {status}"
         if reason:
             text += f" {reason}"
         if message:
@@ -61,6 +64,14 @@ class ApiError(SourceError):
     @property
     def gone(self) -> bool:
         return self.status == 410
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
 
 
 class _Conn:
@@ -100,7 +111,7 @@ class _Conn:
 
 
 class KubeClient:
-    """GET lists and watches from one API server; use one per source."""
+    """GET lists and watches (and PATCH Ingress status) on one API server; one per source."""
 
     def __init__(
         self,
@@ -130,6 +141,21 @@ class KubeClient:
         """GET ``path`` and return the decoded JSON object."""
         target = _target(path, params)
         conn = await self._request(target)
+        return await self._read_json(conn, "GET", path)
+
+    async def patch_json(
+        self,
+        path: str,
+        patch: Mapping[str, Any],
+        *,
+        content_type: str = "application/merge-patch+json",
+    ) -> dict[str, Any]:
+        """PATCH ``path`` (a JSON merge patch by default) and return the object the server stored."""
+        body = json.dumps(patch, separators=(",", ":")).encode()
+        conn = await self._request(path, method="PATCH", body=body, content_type=content_type)
+        return await self._read_json(conn, "PATCH", path)
+
+    async def _read_json(self, conn: _Conn, method: str, path: str) -> dict[str, Any]:
         try:
             body = bytearray()
             while True:
@@ -137,7 +163,7 @@ class KubeClient:
                 if isinstance(event, h11.Data):
                     body += event.data
                     if len(body) > MAX_BODY:
-                        raise SourceError(f"GET {path}: response larger than {MAX_BODY} bytes")
+                        raise SourceError(f"{method} {path}: response larger than {MAX_BODY} bytes")
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                     break
         finally:
@@ -145,9 +171,9 @@ class KubeClient:
         try:
             doc = json.loads(body)
         except ValueError:
-            raise SourceError(f"GET {path}: response is not JSON") from None
+            raise SourceError(f"{method} {path}: response is not JSON") from None
         if not isinstance(doc, dict):
-            raise SourceError(f"GET {path}: response is not a JSON object")
+            raise SourceError(f"{method} {path}: response is not a JSON object")
         return doc
 
     async def watch(
@@ -180,8 +206,15 @@ class KubeClient:
         finally:
             self._done(conn)
 
-    async def _request(self, target: str) -> _Conn:
-        """Open a connection, send the GET, and return it positioned after a 2xx head."""
+    async def _request(
+        self,
+        target: str,
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        content_type: str | None = None,
+    ) -> _Conn:
+        """Open a connection, send the request, and return it positioned after a 2xx head."""
         for attempt in (1, 2):
             conn = await self._connect()
             try:
@@ -193,22 +226,27 @@ class KubeClient:
                 auth = await self.credentials.authorization()
                 if auth is not None:
                     headers.append(("Authorization", auth))
-                await conn.send(h11.Request(method="GET", target=target, headers=headers))
+                if body is not None:
+                    headers.append(("Content-Type", content_type or "application/json"))
+                    headers.append(("Content-Length", str(len(body))))
+                await conn.send(h11.Request(method=method, target=target, headers=headers))
+                if body:
+                    await conn.send(h11.Data(data=body))
                 await conn.send(h11.EndOfMessage())
                 event = await conn.next_event(self.request_timeout)
                 while isinstance(event, h11.InformationalResponse):  # 1xx: the answer follows
                     event = await conn.next_event(self.request_timeout)
                 if isinstance(event, h11.ConnectionClosed):
                     raise SourceError(
-                        f"GET {_path_only(target)}: connection closed before a response"
+                        f"{method} {_path_only(target)}: connection closed before a response"
                     )
                 if not isinstance(event, h11.Response):
                     raise SourceError(
-                        f"GET {_path_only(target)}: unexpected {type(event).__name__}"
+                        f"{method} {_path_only(target)}: unexpected {type(event).__name__}"
                     )
                 if 200 <= event.status_code < 300:
                     return conn
-                err = await self._error(conn, event.status_code, target)
+                err = await self._error(conn, event.status_code, target, method)
             except BaseException:
                 self._done(conn)
                 raise
@@ -219,7 +257,7 @@ class KubeClient:
             raise err
         raise AssertionError("unreachable")
 
-    async def _error(self, conn: _Conn, status: int, target: str) -> ApiError:
+    async def _error(self, conn: _Conn, status: int, target: str, method: str) -> ApiError:
         body = bytearray()
         try:
             while len(body) < MAX_ERROR_BODY:
@@ -238,7 +276,7 @@ class KubeClient:
                 message = str(doc.get("message") or "")[:500]
         except ValueError:
             pass
-        return ApiError(status, _path_only(target), reason, message)
+        return ApiError(status, _path_only(target), reason, message, method)
 
     async def _connect(self) -> _Conn:
         host, port = self.config.host_port

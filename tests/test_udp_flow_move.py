@@ -1,0 +1,194 @@
+"""A UDP flow whose endpoint is removed moves on its very next datagram (issue 8).
+
+kube-proxy's long-standing complaint: a conntrack entry keeps sending a
+client's datagrams to an endpoint that is gone until it expires. Here a
+client socket's flow is pinned to one endpoint; that endpoint is removed
+from the EndpointSlice through the running daemon's source (a manifest file,
+then the API server's watch); the next datagram from the same socket must
+be answered by the other endpoint, and every one after it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from test_l4_e2e import (  # noqa: F401 (backends and daemon are fixtures)
+    backends,
+    daemon,
+    endpoints,
+    free_port,
+    service,
+    write,
+)
+
+from netplane.testing.fakekube import FakeKube
+
+pytestmark = pytest.mark.e2e
+
+A, B = "127.0.36.1", "127.0.36.2"
+VIP, VPORT = "127.77.0.36", 7036
+
+
+def udp_port() -> int:
+    """A port free for UDP on both endpoint addresses."""
+    for _ in range(20):
+        port = free_port()
+        socks = []
+        try:
+            for host in (A, B):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise AssertionError("no free UDP port")
+
+
+def state(admin: str) -> dict[str, Any]:
+    with urllib.request.urlopen(f"{admin}/debug/state", timeout=2) as r:
+        return json.loads(r.read())
+
+
+def endpoint_addresses(admin: str, namespace: str, name: str) -> set[str]:
+    for svc in state(admin)["services"]:
+        if svc["namespace"] == namespace and svc["name"] == name:
+            return {e["address"] for p in svc["ports"] for e in p["endpoints"]}
+    return set()
+
+
+async def until_endpoints(admin: str, namespace: str, name: str, want: set[str]) -> None:
+    async with asyncio.timeout(10):
+        while True:
+            try:
+                if await asyncio.to_thread(endpoint_addresses, admin, namespace, name) == want:
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+def metric(admin: str, name: str, labels: dict[str, str]) -> float:
+    with urllib.request.urlopen(f"{admin}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    raise AssertionError(f"{name}{labels} not in /metrics")
+
+
+async def ask(sock: socket.socket, msg: bytes) -> str:
+    """One datagram to the service; the name of the endpoint that answered."""
+    sock.sendto(msg, (VIP, VPORT))
+    data, src = await asyncio.to_thread(sock.recvfrom, 200)
+    assert src == (VIP, VPORT)
+    who, _, echoed = data.partition(b":")
+    assert echoed == msg
+    return who.decode()
+
+
+async def until_new_flows_reach(only: str) -> None:
+    """Wait until the proxy itself has the change, not just the table in /debug/state.
+
+    The L4 plane follows the table a few loop turns later. New flows are
+    balanced round-robin, so two new flows in a row answered by ``only``
+    mean the other endpoint is no longer a candidate.
+    """
+    async with asyncio.timeout(10):
+        in_a_row = 0
+        while in_a_row < 2:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.settimeout(3)
+                in_a_row = in_a_row + 1 if await ask(probe, b"probe") == only else 0
+
+
+async def pinned_then_moved(sock: socket.socket, remove, admin: str, ns: str) -> None:
+    """The flow stays on one endpoint; after ``remove(endpoint)`` the next datagram moves."""
+    first = await ask(sock, b"0")
+    for i in range(1, 4):
+        assert await ask(sock, b"%d" % i) == first  # one flow, one endpoint
+    other = B if first == A else A
+    await remove(first)
+    await until_endpoints(admin, ns, "dns", {other})
+    await until_new_flows_reach(other)
+    assert await ask(sock, b"after") == other  # the very next datagram: no black hole
+    for i in range(3):
+        assert await ask(sock, b"again-%d" % i) == other
+    labels = {"namespace": ns, "service": "dns", "port": "p", "protocol": "UDP"}
+    assert await asyncio.to_thread(metric, admin, "netplane_udp_flows_moved_total", labels) == 1
+
+
+async def test_a_flow_moves_when_its_endpoint_leaves_the_manifest(tmp_path, daemon, backends):  # noqa: F811
+    port = udp_port()
+    await backends.udp(A, port)
+    await backends.udp(B, port)
+    svc = service("dns", VIP, VPORT, protocol="UDP")
+    write(tmp_path / "m", "dns", [svc, endpoints("dns", [(A, port), (B, port)], protocol="UDP")])
+    d = await daemon()
+    await d.until_listening(f"{VIP}:{VPORT}/UDP")
+
+    async def remove(gone: str) -> None:
+        left = [(ip, port) for ip in (A, B) if ip != gone]
+        write(tmp_path / "m", "dns", [svc, endpoints("dns", left, protocol="UDP")])
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        await pinned_then_moved(sock, remove, d.admin, "t")
+
+
+async def test_a_flow_moves_when_its_endpoint_leaves_through_the_api_watch(
+    tmp_path: Path,
+    backends,  # noqa: F811
+) -> None:
+    port = udp_port()
+    await backends.udp(A, port)
+    await backends.udp(B, port)
+
+    def slice_of(ips: list[str]) -> dict[str, Any]:
+        doc = endpoints("dns", [(ip, port) for ip in ips], protocol="UDP")
+        doc["metadata"]["namespace"] = "shop"
+        return doc
+
+    svc = service("dns", VIP, VPORT, protocol="UDP")
+    svc["metadata"]["namespace"] = "shop"
+    async with FakeKube() as fake:
+        fake.apply(svc)
+        fake.apply(slice_of([A, B]))
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", {"token": "test-token"})
+        admin_port = free_port()
+        admin = f"http://127.0.0.1:{admin_port}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "netplane", "run", "--kubeconfig", str(kubeconfig),
+            "--mode", "local", "--admin", f"127.0.0.1:{admin_port}", "--dns", "off",
+            "--ingress-http", "off", "--ingress-https", "off", "--drain-seconds", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        )  # fmt: skip
+        try:
+            await until_endpoints(admin, "shop", "dns", {A, B})
+
+            async def remove(gone: str) -> None:
+                fake.apply(slice_of([ip for ip in (A, B) if ip != gone]))
+
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(3)
+                await pinned_then_moved(sock, remove, admin, "shop")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(15):
+                out, _ = await proc.communicate()
+        assert proc.returncode == 0, out.decode()
