@@ -85,7 +85,7 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
     (("--log-format",), "log-format", {"choices": cfgmod.LOG_FORMATS}),
     (("--log-level",), "log-level", {"choices": cfgmod.LOG_LEVELS}),
     (
-        ("--shutdown-grace", "--drain-seconds"),
+        ("--drain-seconds", "--shutdown-grace"),  # the old name first: errors name the new one
         "shutdown-grace",
         {"metavar": "S", "help": "how long open connections may finish at SIGTERM (default 30)"},
     ),

@@ -99,6 +99,8 @@ class WorkerPool:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await slot.channel.send(("stop", grace))
         tasks = list(self._tasks)
+        if not tasks:  # never started (the dataplane failed to start)
+            return
         # Only a running worker is worth waiting for; a slot still waiting for
         # the state, or between restarts, just stops.
         running = [

@@ -297,7 +297,10 @@ def test_unknown_config_key_exits_2_naming_key_and_file(tmp_path, manifests):
             ["-f", ".", "--kubeconfig", "/k", "--in-cluster"],
             "netplane: --kubeconfig and --in-cluster are exclusive\n",
         ),
-        (["-f", ".", "--drain-seconds", "nan"], "netplane: --drain-seconds: 'nan' is not a finite"),
+        (
+            ["-f", ".", "--shutdown-grace", "nan"],
+            "netplane: --shutdown-grace: 'nan' is not a finite",
+        ),
     ],
 )
 def test_run_setting_errors(args, message):

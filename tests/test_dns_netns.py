@@ -71,7 +71,7 @@ def test_getent_resolves_short_names_like_a_pod(netns: str, tmp_path: Path) -> N
         "ip", "netns", "exec", netns, sys.executable, "-m", "netplane", "run",
         "-f", str(manifests), "--mode", "local", "--proxy", "off", "--ingress-http", "off",
         "--ingress-https", "off", "--admin", "off", "--dns", "127.0.0.1:53",
-        "--drain-seconds", "0",
+        "--shutdown-grace", "0",
     ]  # fmt: skip
     with open(log, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)

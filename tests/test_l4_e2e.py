@@ -116,7 +116,7 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
             sys.executable, "-m", "netplane", "run", "-f", str(tmp_path / "m"),
             "--mode", "local", "--admin", f"127.0.0.1:{port}", "--dns", "off",
             "--ingress-http", "off", "--ingress-https", "off",
-            "--manifest-poll-seconds", "0.05", "--drain-seconds", "1", *extra,
+            "--manifest-poll-seconds", "0.05", "--shutdown-grace", "1", *extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
@@ -398,7 +398,7 @@ async def test_sigterm_fails_readyz_and_lets_open_connections_finish(tmp_path, d
         service("drain", "127.77.0.29", 7029),
         endpoints("drain", [("127.0.28.1", port)]),
     ])  # fmt: skip
-    d = await daemon("--drain-seconds", "10")
+    d = await daemon("--shutdown-grace", "10")
     await d.until_listening("127.77.0.29:7029/TCP")
     async with asyncio.timeout(5):
         reader, writer = await asyncio.open_connection("127.77.0.29", 7029)

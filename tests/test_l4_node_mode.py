@@ -154,7 +154,7 @@ def start_netplane(h: Hosts, mdir: Path, log: Path, cidr: str = SERVICE_CIDR) ->
         h.node, sys.executable, "-m", "netplane", "run", "-f", str(mdir), "--mode", "node",
         "--service-cidr", cidr, "--node-ip", NODE_IP, "--node-name", "node-a",
         "--admin", "127.0.0.1:10256", "--dns", "off", "--ingress-http", "off",
-        "--ingress-https", "off", "--drain-seconds", "1",
+        "--ingress-https", "off", "--shutdown-grace", "1",
         log=log,
     )  # fmt: skip
     h.until(lambda: h.curl(h.node, "http://127.0.0.1:10256/readyz") == "ok\n", "/readyz")

@@ -225,7 +225,7 @@ async def test_a_thousand_route_changes_lose_no_request_and_keep_the_websocket(
             "--mode", "local", "--proxy", "off", "--dns", "off",
             "--ingress-http", f"127.0.0.1:{http_port}",
             "--ingress-https", f"127.0.0.1:{https_port}", "--admin", f"127.0.0.1:{admin_port}",
-            "--ingress-access-log", "off", "--drain-seconds", "1",
+            "--ingress-access-log", "off", "--shutdown-grace", "1",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
         )  # fmt: skip

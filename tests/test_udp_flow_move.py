@@ -70,11 +70,22 @@ def endpoint_addresses(admin: str, namespace: str, name: str) -> set[str]:
     return set()
 
 
+def ready(admin: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{admin}/readyz", timeout=2) as r:
+            return r.status == 200
+    except OSError:  # HTTPError (503) included
+        return False
+
+
 async def until_endpoints(admin: str, namespace: str, name: str, want: set[str]) -> None:
+    """Until the daemon is ready (every worker serving) with ``want`` in its table."""
     async with asyncio.timeout(10):
         while True:
             try:
-                if await asyncio.to_thread(endpoint_addresses, admin, namespace, name) == want:
+                if await asyncio.to_thread(ready, admin) and (
+                    await asyncio.to_thread(endpoint_addresses, admin, namespace, name) == want
+                ):
                     return
             except OSError:
                 pass
@@ -174,7 +185,7 @@ async def test_a_flow_moves_when_its_endpoint_leaves_through_the_api_watch(
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "netplane", "run", "--kubeconfig", str(kubeconfig),
             "--mode", "local", "--admin", f"127.0.0.1:{admin_port}", "--dns", "off",
-            "--ingress-http", "off", "--ingress-https", "off", "--drain-seconds", "1",
+            "--ingress-http", "off", "--ingress-https", "off", "--shutdown-grace", "1",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
         )  # fmt: skip

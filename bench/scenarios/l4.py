@@ -351,7 +351,7 @@ http {{
                 *ctx.pin("server"), sys.executable, str(BACKENDS), "netplane", str(ctx.root),
                 "run", "-f", str(self.manifests), "--mode", "local", "--dns", "off",
                 "--ingress-http", "off", "--ingress-https", "off",
-                "--admin", f"127.0.0.1:{admin}", "--drain-seconds", "1",
+                "--admin", f"127.0.0.1:{admin}", "--shutdown-grace", "1",
                 "--log-level", "warning",
             ]  # fmt: skip
             proc = ctx.procs.start(argv, name=side, log=log, cwd=work)

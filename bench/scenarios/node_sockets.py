@@ -139,7 +139,7 @@ class NodeSockets(Scenario):
             *ctx.pin("server"), *netplane_cmd(), "run",
             "--kubeconfig", str(self.kubeconfigs[side]), "--mode", mode,
             "--service-cidr", CIDR, "--ingress-http", "off", "--ingress-https", "off",
-            "--dns", "off", "--admin", f"127.0.0.1:{admin}", "--drain-seconds", "1",
+            "--dns", "off", "--admin", f"127.0.0.1:{admin}", "--shutdown-grace", "1",
         ]  # fmt: skip
         out = ctx.workdir / f"node-sockets-{mode}-{index}.json"
         argv = [

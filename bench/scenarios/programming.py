@@ -204,7 +204,7 @@ class Programming(Scenario):
                 "off",
                 "--admin",
                 f"127.0.0.1:{port}",
-                "--drain-seconds",
+                "--shutdown-grace",
                 "1",
             ]
             np = ctx.procs.start(

@@ -115,7 +115,7 @@ class ScaleSync(Scenario):
             "off",
             "--admin",
             f"127.0.0.1:{port}",
-            "--drain-seconds",
+            "--shutdown-grace",
             "1",
         ]
         proc = ctx.procs.start(

@@ -48,7 +48,7 @@ class Startup(Scenario):
             "off",
             "--ingress-https",
             "off",
-            "--drain-seconds",
+            "--shutdown-grace",
             "1",
         ]
         proc = ctx.procs.start(
