@@ -70,6 +70,20 @@ def endpoint_addresses(admin: str, namespace: str, name: str) -> set[str]:
     return set()
 
 
+async def until_listening(admin: str, timeout: float = 30.0) -> None:
+    """Wait for the proxy's UDP listener on the service address (a loaded machine starts slowly)."""
+    frontend = f"{VIP}:{VPORT}/UDP"
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                doc = await asyncio.to_thread(state, admin)
+                if frontend in doc["planes"]["proxy"]["listeners"]:
+                    return
+            except (OSError, KeyError):
+                pass
+            await asyncio.sleep(0.05)
+
+
 async def until_endpoints(admin: str, namespace: str, name: str, want: set[str]) -> None:
     async with asyncio.timeout(10):
         while True:
@@ -144,7 +158,7 @@ async def test_a_flow_moves_when_its_endpoint_leaves_the_manifest(
     svc = service("dns", VIP, VPORT, protocol="UDP")
     write(tmp_path / "m", "dns", [svc, endpoints("dns", [(A, port), (B, port)], protocol="UDP")])
     d = await daemon()
-    await d.until_listening(f"{VIP}:{VPORT}/UDP")
+    await until_listening(d.admin)
 
     async def remove(gone: str) -> None:
         if how == "removed":
@@ -194,6 +208,7 @@ async def test_a_flow_moves_when_its_endpoint_leaves_through_the_api_watch(
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
         )  # fmt: skip
         try:
+            await until_listening(admin)
             await until_endpoints(admin, "shop", "dns", {A, B})
 
             async def remove(gone: str) -> None:
