@@ -50,7 +50,7 @@ def status(fake: FakeKube) -> list[dict[str, str]]:
     return ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
 
 
-async def until(pred, what: str, timeout: float = 15.0) -> None:
+async def until(pred, what: str, timeout: float = 30.0) -> None:
     try:
         async with asyncio.timeout(timeout):
             while not pred():

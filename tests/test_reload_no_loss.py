@@ -189,7 +189,7 @@ async def until_tls_cert(
             await asyncio.sleep(0.05)
 
 
-async def until_status(port: int, host: str, status: int, timeout: float = 15.0) -> None:
+async def until_status(port: int, host: str, status: int, timeout: float = 30.0) -> None:
     async with asyncio.timeout(timeout):
         while await get_status(port, host) != status:
             await asyncio.sleep(0.05)

@@ -78,6 +78,22 @@ def ready(admin: str) -> bool:
         return False
 
 
+async def until_listening(admin: str, timeout: float = 30.0) -> None:
+    """Wait for the proxy's UDP listener on the service address, and /readyz (a loaded
+    machine starts slowly)."""
+    frontend = f"{VIP}:{VPORT}/UDP"
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                doc = await asyncio.to_thread(state, admin)
+                # ready: every worker of --workers N serves, not just the one asked
+                if frontend in doc["planes"]["proxy"]["listeners"] and ready(admin):
+                    return
+            except (OSError, KeyError):
+                pass
+            await asyncio.sleep(0.05)
+
+
 async def until_endpoints(admin: str, namespace: str, name: str, want: set[str]) -> None:
     """Until the daemon is ready (every worker serving) with ``want`` in its table."""
     async with asyncio.timeout(10):
@@ -134,7 +150,6 @@ async def pinned_then_moved(sock: socket.socket, remove, admin: str, ns: str) ->
         assert await ask(sock, b"%d" % i) == first  # one flow, one endpoint
     other = B if first == A else A
     await remove(first)
-    await until_endpoints(admin, ns, "dns", {other})
     await until_new_flows_reach(other)
     assert await ask(sock, b"after") == other  # the very next datagram: no black hole
     for i in range(3):
@@ -143,18 +158,34 @@ async def pinned_then_moved(sock: socket.socket, remove, admin: str, ns: str) ->
     assert await asyncio.to_thread(metric, admin, "netplane_udp_flows_moved_total", labels) == 1
 
 
-async def test_a_flow_moves_when_its_endpoint_leaves_the_manifest(tmp_path, daemon, backends):  # noqa: F811
+@pytest.mark.parametrize("how", ["removed", "terminating"])
+async def test_a_flow_moves_when_its_endpoint_leaves_the_manifest(
+    tmp_path,
+    daemon,  # noqa: F811
+    backends,  # noqa: F811
+    how: str,
+):
     port = udp_port()
     await backends.udp(A, port)
     await backends.udp(B, port)
     svc = service("dns", VIP, VPORT, protocol="UDP")
     write(tmp_path / "m", "dns", [svc, endpoints("dns", [(A, port), (B, port)], protocol="UDP")])
     d = await daemon()
-    await d.until_listening(f"{VIP}:{VPORT}/UDP")
+    await until_listening(d.admin)
 
     async def remove(gone: str) -> None:
-        left = [(ip, port) for ip in (A, B) if ip != gone]
-        write(tmp_path / "m", "dns", [svc, endpoints("dns", left, protocol="UDP")])
+        if how == "removed":
+            left = [(ip, port) for ip in (A, B) if ip != gone]
+            write(tmp_path / "m", "dns", [svc, endpoints("dns", left, protocol="UDP")])
+            await until_endpoints(d.admin, "t", "dns", {ip for ip, _ in left})
+            return
+        # Still in the slice, but terminating (a pod being deleted): with a ready
+        # endpoint left, a terminating one takes no new traffic, and no old flow.
+        doc = endpoints("dns", [(A, port), (B, port)], protocol="UDP")
+        for ep in doc["endpoints"]:
+            if ep["addresses"] == [gone]:
+                ep["conditions"] = {"ready": False, "serving": True, "terminating": True}
+        write(tmp_path / "m", "dns", [svc, doc])
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(3)
@@ -190,10 +221,13 @@ async def test_a_flow_moves_when_its_endpoint_leaves_through_the_api_watch(
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
         )  # fmt: skip
         try:
+            await until_listening(admin)
             await until_endpoints(admin, "shop", "dns", {A, B})
 
             async def remove(gone: str) -> None:
-                fake.apply(slice_of([ip for ip in (A, B) if ip != gone]))
+                left = [ip for ip in (A, B) if ip != gone]
+                fake.apply(slice_of(left))
+                await until_endpoints(admin, "shop", "dns", set(left))
 
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.settimeout(3)

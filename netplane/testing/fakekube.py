@@ -17,10 +17,11 @@ Strategy: enough of the API server to exercise a reflector honestly.
 - Label selectors (``a=b``, ``a!=b``, ``a``) and field selectors
   (``type=``, ``metadata.name=``, ``metadata.namespace=``); an object that
   stops or starts matching shows up as DELETED or ADDED, like the real server.
-- ``GET .../NAME`` reads one object; ``PATCH .../NAME/status`` with a JSON merge patch (RFC 7386) changes only
-  ``status``, honours a ``metadata.resourceVersion`` precondition (409 on a
-  mismatch), bumps the resourceVersion and emits MODIFIED, as the status
-  subresource does; a patch that changes nothing is a no-op without an event.
+- ``GET .../NAME`` reads one object. ``PATCH .../NAME/status`` with a JSON
+  merge patch (RFC 7386) changes only ``status``, honours a
+  ``metadata.resourceVersion`` precondition (409 on a mismatch), bumps the
+  resourceVersion and emits MODIFIED, as the status subresource does; a
+  patch that changes nothing is a no-op without an event.
   :attr:`patch_failures` makes the next PATCHes fail with given statuses.
 - Test controls: :meth:`apply` / :meth:`delete`, :meth:`restart` (drop every
   open connection), :meth:`outage` (and refuse new ones meanwhile),
