@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -1049,3 +1050,104 @@ def test_parse_does_not_modify_input() -> None:
         before = copy.deepcopy(raw)
         parse_object(raw)
         assert raw == before
+
+
+# -- memory: nothing kept from the decoded document --------------------------
+
+
+def _held(value: Any, out: dict[int, Any]) -> None:
+    """Every str and int reachable from a model value (dataclass fields, tuples, dicts)."""
+    if isinstance(value, (str, int)):
+        out[id(value)] = value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _held(v, out)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _held(k, out)
+            _held(v, out)
+    elif hasattr(value, "__dataclass_fields__"):
+        for name in value.__dataclass_fields__:
+            _held(getattr(value, name), out)
+
+
+def _raw_values(value: Any, out: dict[int, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out[id(k)] = k
+            _raw_values(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _raw_values(v, out)
+    elif isinstance(value, (str, int)):
+        out[id(value)] = value
+
+
+@pytest.mark.parametrize("kind", ["Service", "EndpointSlice", "Endpoints"])
+def test_parsed_objects_keep_nothing_the_decoder_allocated(kind: str) -> None:
+    # A string or large int kept from the decoded document pins the memory the
+    # decoder used for the whole document; the parsers keep copies instead.
+    docs = {
+        "Service": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {
+                "clusterIP": "10.96.0.10",
+                "selector": {"app": "web"},
+                "ports": [
+                    {"name": "http", "port": 8080, "targetPort": "web-port"},
+                    {"name": "alt", "port": 8443, "targetPort": 9443},
+                ],
+            },
+        },
+        "EndpointSlice": {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "web-1",
+                "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {
+                    "addresses": ["10.1.2.3"],
+                    "hostname": "web-0",
+                    "nodeName": "node-a",
+                    "zone": "zone-a",
+                    "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-0"},
+                },
+                {"addresses": ["10.1.2.4"], "conditions": {"ready": False}, "hints": None},
+                {"addresses": ["fd00::1"], "nodeName": "node-b"},
+            ],
+        },
+        "Endpoints": {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "legacy", "namespace": "shop"},
+            "subsets": [
+                {
+                    "addresses": [{"ip": "10.2.0.1", "hostname": "a", "nodeName": "node-a"}],
+                    "ports": [{"name": "http", "port": 8080}],
+                }
+            ],
+        },
+    }
+    # Through the JSON decoder, so that every string is the decoder's own.
+    raw = json.loads(json.dumps(docs[kind]))
+    if kind == "EndpointSlice":
+        raw["endpoints"].pop()  # an IPv6 address in an IPv4 slice is an error
+    obj = parse_object(raw)
+    held: dict[int, Any] = {}
+    _held(obj, held)
+    decoded: dict[int, Any] = {}
+    _raw_values(raw, decoded)
+
+    # Cached by CPython itself (one character, small ints): shared by everyone.
+    def cached(v: Any) -> bool:
+        return len(v) <= 1 if isinstance(v, str) else -5 <= v <= 256
+
+    kept = [v for i, v in decoded.items() if i in held and not cached(v)]
+    assert kept == []

@@ -12,7 +12,6 @@ dicts directly and builds a :class:`Fields` only to report an error.
 from __future__ import annotations
 
 import ipaddress
-import sys
 from dataclasses import dataclass
 
 from netplane.model.meta import (
@@ -21,7 +20,9 @@ from netplane.model.meta import (
     ObjectKey,
     fast_constructor,
     is_canonical_ipv4,
+    own,
     parse_meta,
+    shared,
 )
 
 KIND = "EndpointSlice"
@@ -131,7 +132,7 @@ def _fast_target_ref(raw: object) -> TargetRef | None:
     if raw.__class__ is dict:
         kind, ns, nm = raw.get("kind", ""), raw.get("namespace", ""), raw.get("name", "")
         if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
-            return _make_target_ref(kind, ns, nm)
+            return _make_target_ref(shared(kind), shared(ns), own(nm))
     return None
 
 
@@ -149,7 +150,7 @@ def _addresses(raw: dict, f: Fields, i: int, family: int | None) -> tuple[str, .
             if a.__class__ is not str or _IPV4(a) is None:
                 break
         else:
-            return tuple(addrs)
+            return tuple([own(a) for a in addrs])
     out = []
     for j, a in enumerate(addrs):
         if not isinstance(a, str):
@@ -157,7 +158,7 @@ def _addresses(raw: dict, f: Fields, i: int, family: int | None) -> tuple[str, .
         if family is None:
             if not a:
                 _at(f, raw, i).fail(f"addresses[{j}]", "expected a host name")
-            out.append(a)
+            out.append(own(a))
         else:
             out.append(_check_ip(_at(f, raw, i), f"addresses[{j}]", a, family))
     return tuple(out)
@@ -169,7 +170,7 @@ def _opt_str(raw: dict, name: str, f: Fields, i: int) -> str:
         return ""
     if v.__class__ is not str:
         _at(f, raw, i).str(name)  # raises, naming the field
-    return v
+    return shared(v)
 
 
 def _conditions(cond: object, f: Fields, i: int) -> tuple[bool, bool, bool]:
@@ -218,7 +219,15 @@ def _endpoint(raw: object, f: Fields, i: int, family: int | None) -> Endpoint:
     if tr is not None:
         target_ref = _fast_target_ref(tr) or _target_ref(tr, _at(f, raw, i), "targetRef")
     return _make_endpoint(
-        addresses, ready, serving, terminating, hostname, node_name, zone, hints, target_ref
+        addresses,
+        ready,
+        serving,
+        terminating,
+        own(hostname),
+        shared(node_name),
+        shared(zone),
+        hints,
+        target_ref,
     )
 
 
@@ -232,7 +241,7 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
     """
     out = []
     append = out.append
-    make, make_ref, ipv4, intern = _make_endpoint, _make_target_ref, _IPV4, sys.intern
+    make, make_ref, ipv4 = _make_endpoint, _make_target_ref, _IPV4
     for i, raw in enumerate(raw_eps):
         if raw.__class__ is dict and family == 4:
             get = raw.get
@@ -268,18 +277,29 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
                 if tr is not None and tr.__class__ is dict:
                     kind, ns, nm = tr.get("kind", ""), tr.get("namespace", ""), tr.get("name", "")
                     if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
-                        ref = make_ref(intern(kind), intern(ns), nm)
+                        ref = make_ref(shared(kind), shared(ns), own(nm))
                 # Node, zone, kind and namespace repeat across 100k endpoints; the
                 # JSON decoder makes a new string for each occurrence, so share them.
-                node_name, zone = intern(node_name), intern(zone)
+                node_name, zone = shared(node_name), shared(zone)
                 if (
                     ready.__class__ is bool
                     and serving.__class__ is bool
                     and terminating.__class__ is bool
                     and (tr is None or ref is not None)
                 ):
+                    hostname = own(hostname)
                     append(
-                        make((a,), ready, serving, terminating, hostname, node_name, zone, (), ref)
+                        make(
+                            (own(a),),
+                            ready,
+                            serving,
+                            terminating,
+                            hostname,
+                            node_name,
+                            zone,
+                            (),
+                            ref,
+                        )
                     )
                     continue
         append(_endpoint(raw, f, i, family))
