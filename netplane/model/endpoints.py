@@ -53,6 +53,11 @@ class Endpoint:
     hints_for_zones: tuple[str, ...] = ()
     target_ref: TargetRef | None = None
 
+    @property
+    def address(self) -> str:
+        """The address the data planes use: the first, as kube-proxy reads it."""
+        return self.addresses[0]
+
 
 @dataclass(frozen=True, slots=True)
 class EndpointPort:
