@@ -109,7 +109,7 @@ class AnswerCache:
     def put(self, query: bytes, reply: bytes, names: Iterable[str]) -> bool:
         """Store ``reply`` for ``query`` (if of the plain shape); ``names`` are what it read."""
         fk = fast_key(query)
-        if fk is None:
+        if fk is None or self.max_entries <= 0:
             return False
         key, qend = fk
         if reply[12:qend].lower() != query[12:qend].lower() or len(reply) < qend + 4:

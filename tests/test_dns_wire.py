@@ -321,3 +321,10 @@ def test_answer_cache_drops_exactly_the_replies_that_read_a_changed_name(ops: li
         for i, q in enumerate(queries):
             assert (cache.reply(q) is not None) == (i in model), (i, model)
     assert len(cache) == len(model)
+
+
+def test_an_answer_cache_of_size_zero_stores_nothing_and_answers_still_go_out() -> None:
+    r = Responder(make_zone(), allow=Allow([]), answers=AnswerCache(max_entries=0))
+    q = query("web0.demo.svc.cluster.local")
+    assert [str(rr) for rr in parse(r.handle(q, "127.0.0.1")).answer[0]] == ["10.96.0.20"]
+    assert len(r.answers) == 0 and r.answers.reply(q) is None
