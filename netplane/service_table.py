@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from netplane.model import Endpoint, EndpointSlice, ObjectKey, Pod, Service, ServicePort, TargetRef
+from netplane.model import Endpoint, EndpointSlice, ObjectKey, Pod, Service, ServicePort
 from netplane.model.meta import fast_constructor
 from netplane.state import ClusterState
 
@@ -228,7 +228,6 @@ def pod_endpoint_slice(svc: Service, pods: Iterable[Pod]) -> list[tuple[Pod, End
                         terminating=pod.terminating,
                         hostname=hostname,
                         node_name=pod.node_name,
-                        target_ref=TargetRef("Pod", pod.key.namespace, pod.key.name),
                     ),
                 )
             )

@@ -32,7 +32,6 @@ from netplane.model import (
     Secret,
     Service,
     ServicePort,
-    TargetRef,
     parse_object,
 )
 
@@ -193,7 +192,7 @@ def test_namespace_defaults_and_meta_fields() -> None:
     svc = parse_object(raw)
     assert isinstance(svc, Service)
     assert svc.meta.namespace == "default"
-    assert (svc.meta.uid, svc.meta.resource_version) == ("u1", "42")
+    assert svc.meta.resource_version == "42"
     assert svc.meta.labels == {"app": "web"}
     assert svc.meta.annotations == {"a": "b"}
 
@@ -477,7 +476,6 @@ def test_endpoint_slice_full() -> None:
                 node_name="node-1",
                 zone="z1",
                 hints_for_zones=("z1", "z2"),
-                target_ref=TargetRef("Pod", "default", "pod-a"),
             ),
         ),
         ports=(EndpointPort("http", "TCP", 8080, "http"),),
@@ -613,9 +611,7 @@ def test_endpoints_mirrored_per_subset_and_family() -> None:
         Endpoint(("10.2.0.1",), True, True, False, hostname="a", node_name="n1"),
         Endpoint(("10.2.0.3",), False, False, False),
     )
-    assert v6.endpoints == (
-        Endpoint(("fd00::2",), True, True, False, target_ref=TargetRef("Pod", "", "p2")),
-    )
+    assert v6.endpoints == (Endpoint(("fd00::2",), True, True, False),)
     assert v4.ports == v6.ports == (EndpointPort("http", "TCP", 8080, ""),)
     assert second.endpoints == (Endpoint(("10.2.0.9",), False, False, False),)
     assert second.ports == (EndpointPort("", "UDP", 9090, ""),)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from netplane.allocations import Allocations
 from netplane.events import WatchEvent
-from netplane.model import ObjectKey, TargetRef, parse_object
+from netplane.model import ObjectKey, parse_object
 from netplane.service_table import Frontend, ServiceTable, build_entry
 from netplane.state import ClusterState
 
@@ -468,7 +468,6 @@ def test_pod_derived_endpoints() -> None:
     assert entry is not None
     terminating = entry.ports[0].backends[2]
     assert (terminating.ready, terminating.serving, terminating.terminating) == (False, True, True)
-    assert entry.addresses[0].target_ref == TargetRef("Pod", "default", "p1")
     assert entry.addresses[0].node_name == "n1"
     w.assert_matches_rebuild()
 

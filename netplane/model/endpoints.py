@@ -33,15 +33,12 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 @dataclass(frozen=True, slots=True)
-class TargetRef:
-    kind: str
-    namespace: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One endpoint of a slice; conditions already defaulted as kube-proxy reads them."""
+    """One endpoint of a slice; conditions already defaulted as kube-proxy reads them.
+
+    ``targetRef`` is checked but not kept: no data plane reads it, and at
+    100k endpoints the pod names it carries cost more than the addresses.
+    """
 
     addresses: tuple[str, ...]
     ready: bool = True
@@ -51,7 +48,6 @@ class Endpoint:
     node_name: str = ""
     zone: str = ""
     hints_for_zones: tuple[str, ...] = ()
-    target_ref: TargetRef | None = None
 
     @property
     def address(self) -> str:
@@ -125,20 +121,25 @@ def _ports(f: Fields, name: str) -> tuple[EndpointPort, ...]:
     return tuple(out)
 
 
-def _target_ref(raw: object, f: Fields, name: str) -> TargetRef | None:
-    if raw is None:
-        return None
+def _is_target_ref(raw: object) -> bool:
+    """The common case: a mapping whose kind, namespace and name are strings when present."""
+    if raw.__class__ is not dict:
+        return False
+    get = raw.get  # type: ignore[attr-defined]
+    return (
+        get("kind", "").__class__ is str
+        and get("namespace", "").__class__ is str
+        and get("name", "").__class__ is str
+    )
+
+
+def _check_target_ref(raw: object, f: Fields, name: str) -> None:
+    """Raise, naming the field, when ``targetRef`` is not a reference."""
+    if raw is None or _is_target_ref(raw):
+        return
     tr = f.obj(name)
-    return TargetRef(tr.str("kind"), tr.str("namespace"), tr.str("name"))
-
-
-def _fast_target_ref(raw: object) -> TargetRef | None:
-    """The common case (a dict of strings, as the API server sends it), else None."""
-    if raw.__class__ is dict:
-        kind, ns, nm = raw.get("kind", ""), raw.get("namespace", ""), raw.get("name", "")
-        if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
-            return _make_target_ref(shared(kind), shared(ns), own(nm))
-    return None
+    for field_name in ("kind", "namespace", "name"):
+        tr.str(field_name)
 
 
 def _at(f: Fields, raw: object, i: int) -> Fields:
@@ -220,9 +221,8 @@ def _endpoint(raw: object, f: Fields, i: int, family: int | None) -> Endpoint:
         node_name = _opt_str(raw, "nodeName", f, i)
         zone = _opt_str(raw, "zone", f, i)
     tr = get("targetRef")
-    target_ref = None
-    if tr is not None:
-        target_ref = _fast_target_ref(tr) or _target_ref(tr, _at(f, raw, i), "targetRef")
+    if tr is not None and not _is_target_ref(tr):
+        _check_target_ref(tr, _at(f, raw, i), "targetRef")
     return _make_endpoint(
         addresses,
         ready,
@@ -232,7 +232,6 @@ def _endpoint(raw: object, f: Fields, i: int, family: int | None) -> Endpoint:
         shared(node_name),
         shared(zone),
         hints,
-        target_ref,
     )
 
 
@@ -246,7 +245,7 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
     """
     out = []
     append = out.append
-    make, make_ref, ipv4 = _make_endpoint, _make_target_ref, _IPV4
+    make, is_ref, ipv4 = _make_endpoint, _is_target_ref, _IPV4
     for i, raw in enumerate(raw_eps):
         if raw.__class__ is dict and family == 4:
             get = raw.get
@@ -278,19 +277,14 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
                         terminating = False
                 else:
                     ready = None
-                ref = None
-                if tr is not None and tr.__class__ is dict:
-                    kind, ns, nm = tr.get("kind", ""), tr.get("namespace", ""), tr.get("name", "")
-                    if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
-                        ref = make_ref(shared(kind), shared(ns), own(nm))
-                # Node, zone, kind and namespace repeat across 100k endpoints; the
+                # Node and zone repeat across 100k endpoints; the
                 # JSON decoder makes a new string for each occurrence, so share them.
                 node_name, zone = shared(node_name), shared(zone)
                 if (
                     ready.__class__ is bool
                     and serving.__class__ is bool
                     and terminating.__class__ is bool
-                    and (tr is None or ref is not None)
+                    and (tr is None or is_ref(tr))
                 ):
                     hostname = own(hostname)
                     append(
@@ -303,7 +297,6 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
                             node_name,
                             zone,
                             (),
-                            ref,
                         )
                     )
                     continue
@@ -312,7 +305,6 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
 
 
 _make_endpoint = fast_constructor(Endpoint)
-_make_target_ref = fast_constructor(TargetRef)
 
 
 def _parts(f: Fields) -> tuple[str | int, ...]:
@@ -355,6 +347,7 @@ def parse_endpoints(f: Fields) -> Endpoints:
         for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
             for a in subset.objs(field_name):
                 ip = _check_ip(a, "ip", a.raw.get("ip"), None)
+                _check_target_ref(a.raw.get("targetRef"), a, "targetRef")
                 fam = ipaddress.ip_address(ip).version
                 by_family[fam].append(
                     Endpoint(
@@ -364,7 +357,6 @@ def parse_endpoints(f: Fields) -> Endpoints:
                         terminating=False,
                         hostname=a.str("hostname"),
                         node_name=a.str("nodeName"),
-                        target_ref=_target_ref(a.raw.get("targetRef"), a, "targetRef"),
                     )
                 )
         for fam, eps in by_family.items():

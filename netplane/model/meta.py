@@ -89,7 +89,6 @@ class Meta:
 
     name: str
     namespace: str
-    uid: str = ""
     # Not compared: an object whose only change is a new resourceVersion is the
     # same object to every data plane (a resync or a no-op update).
     resource_version: str = field(default="", compare=False)
@@ -296,7 +295,6 @@ def parse_meta(f: Fields, kind: str, *, default_namespace: str = "default") -> M
     return Meta(
         name=name,
         namespace=namespace,
-        uid=md.str("uid"),
         resource_version=md.str("resourceVersion"),
         creation_timestamp=md.str("creationTimestamp"),
         labels=md.str_map("labels"),
