@@ -58,17 +58,23 @@ class AnswerCache:
     """Wire-format replies by :func:`fast_key`, dropped per changed zone name.
 
     :meth:`reply` is the server's hot path: a few slices and one dict lookup.
+    An entry is small because a warm cache holds one per name asked (every
+    service name, and every missing one): a single name or key is held as
+    itself rather than in a one-element set, and the header bytes and the
+    (qtype, rcode) pair, which few entries differ in, are shared.
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        # key -> [reply[2:12], reply[qend:], hits, (qtype, rcode)]: everything but
-        # the ID and the name bytes, and what /metrics counts of it
+        # key -> [reply[2:12], reply[qend:], hits, (qtype, rcode), names]:
+        # everything but the ID and the name bytes, what /metrics counts of it,
+        # and the zone names it read (a str, or a tuple of them)
         self._entries: dict[bytes, list] = {}
         # hits of entries dropped since, by (qtype, rcode)
         self._past_hits: dict[tuple[int, int], int] = {}
-        self._names_of: dict[bytes, frozenset[str]] = {}
-        self._by_name: dict[str, set[bytes]] = {}
+        # zone name -> the key of the one entry that read it, or a set of keys
+        self._by_name: dict[str, bytes | set[bytes]] = {}
+        self._shared: dict[object, object] = {}
         self.evicted = 0
         self.invalidated = 0
 
@@ -103,7 +109,7 @@ class AnswerCache:
     def put(self, query: bytes, reply: bytes, names: Iterable[str]) -> bool:
         """Store ``reply`` for ``query`` (if of the plain shape); ``names`` are what it read."""
         fk = fast_key(query)
-        if fk is None:
+        if fk is None or self.max_entries <= 0:
             return False
         key, qend = fk
         if reply[12:qend].lower() != query[12:qend].lower() or len(reply) < qend + 4:
@@ -112,19 +118,31 @@ class AnswerCache:
             self._drop(next(iter(self._entries)))
             self.evicted += 1
         self._drop(key)
-        names = frozenset(names)
+        read = tuple(set(names))
+        held: str | tuple[str, ...] = read[0] if len(read) == 1 else read
+        share = self._shared.setdefault
         kind = (int.from_bytes(query[qend : qend + 2], "big"), reply[3] & 0x0F)
-        self._entries[key] = [reply[2:12], reply[qend:], 0, kind]
-        self._names_of[key] = names
-        for name in names:
-            self._by_name.setdefault(name, set()).add(key)
+        head = reply[2:12]
+        self._entries[key] = [share(head, head), reply[qend:], 0, share(kind, kind), held]
+        by_name = self._by_name
+        for name in read:
+            have = by_name.get(name)
+            if have is None:
+                by_name[name] = key
+            elif have.__class__ is set:
+                have.add(key)  # type: ignore[union-attr]
+            elif have != key:
+                by_name[name] = {have, key}  # type: ignore[arg-type]
         return True
 
     def invalidate(self, names: Iterable[str]) -> int:
         """Drop every reply that read one of ``names``; returns how many went."""
         dropped = 0
         for name in names:
-            for key in self._by_name.pop(name, ()):
+            keys = self._by_name.pop(name, None)
+            if keys is None:
+                continue
+            for key in (keys,) if keys.__class__ is bytes else keys:  # type: ignore[union-attr]
                 if self._drop(key):
                     dropped += 1
         self.invalidated += dropped
@@ -134,7 +152,6 @@ class AnswerCache:
         for key in list(self._entries):
             self._drop(key)
         self._entries.clear()
-        self._names_of.clear()
         self._by_name.clear()
 
     def hits(self) -> dict[tuple[int, int], int]:
@@ -151,12 +168,18 @@ class AnswerCache:
             return False
         if entry[2]:
             self._past_hits[entry[3]] = self._past_hits.get(entry[3], 0) + entry[2]
-        for name in self._names_of.pop(key, ()):
-            keys = self._by_name.get(name)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._by_name[name]
+        held = entry[4]
+        by_name = self._by_name
+        for name in (held,) if held.__class__ is str else held:
+            keys = by_name.get(name)
+            if keys is None:
+                continue
+            if keys.__class__ is set:
+                keys.discard(key)  # type: ignore[union-attr]
+                if len(keys) == 1:
+                    by_name[name] = next(iter(keys))  # type: ignore[arg-type]
+            elif keys == key:
+                del by_name[name]
         return True
 
 

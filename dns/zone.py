@@ -3,11 +3,14 @@
 Strategy: each service contributes a small map ``{name: {qtype: rdata tuple}}``
 (:func:`service_names`), computed from its :class:`ServiceEntry` alone, so a
 change to one EndpointSlice re-derives that service's names only.
-:class:`Zone` merges the contributions (two headless services may share a
-pod's PTR name), keeps a count of descendants per empty non-terminal (so
-``demo.svc.cluster.local`` is NODATA, not NXDOMAIN, while a service lives in
-``demo``), and reports which names changed so the answer cache can drop
-exactly those.
+:class:`Zone` keeps only which services own each name, and derives a name's
+records from its owners' table entries when asked (a miss of the answer
+cache, which holds the finished replies): at 10k services a stored record
+map per name cost more than the rest of the DNS plane. It merges the
+contributions (two headless services may share a pod's PTR name), keeps a
+count of descendants per empty non-terminal (so ``demo.svc.cluster.local``
+is NODATA, not NXDOMAIN, while a service lives in ``demo``), and reports
+which names changed so the answer cache can drop exactly those.
 
 Names are lower-case strings without the trailing dot. Record data is plain
 Python (an address string, an SRV tuple ...); :mod:`netplane.dns.wire` turns
@@ -20,6 +23,7 @@ Sans-IO: no sockets, no clock.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +40,8 @@ SCHEMA_VERSION = "1.1.0"
 POD_MODES = ("disabled", "insecure", "verified")
 
 Records = dict[int, tuple[Any, ...]]
+# How many services' derived names the zone keeps between lookups.
+_DERIVED_KEPT = 64
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -209,9 +215,12 @@ class Zone:
         self.ns_addresses = tuple(ns_addresses)
         self.serial = serial
         self.ready = False
-        self._names: dict[str, Records] = {}
-        self._owners: dict[str, list[ServiceKey]] = {}
-        self._by_service: dict[ServiceKey, dict[str, Records]] = {}
+        # name -> the service that owns it, or a list when several do
+        self._names: dict[str, ServiceKey | list[ServiceKey]] = {}
+        # the table entry each service's names were derived from
+        self._by_service: dict[ServiceKey, ServiceEntry] = {}
+        # the names of a few services derived lately: (entry, names) by service
+        self._derived: dict[ServiceKey, tuple[ServiceEntry, dict[str, Records]]] = {}
         self._ent: dict[str, int] = {}  # empty non-terminal -> number of names below it
         self._pod_ips: dict[ObjectKey, tuple[str, ...]] = {}
         self._pods_at: dict[tuple[str, str], int] = {}  # (namespace, ip) -> pods holding it
@@ -255,10 +264,12 @@ class Zone:
         )
 
     def lookup(self, name: str) -> Records | None:
-        """The records of ``name`` (lower-case, no trailing dot), stored or synthesized."""
-        rec = self._names.get(name)
-        if rec is not None:
-            return rec
+        """The records of ``name`` (lower-case, no trailing dot), derived or synthesized."""
+        owners = self._names.get(name)
+        if owners is not None:
+            if owners.__class__ is list:
+                return _merge(self._derive(o, self._by_service[o])[name] for o in owners)
+            return self._derive(owners, self._by_service[owners])[name]  # type: ignore[index]
         if name in self.apex_names:
             return {SOA: (self.soa(name),), NS: (f"ns.dns.{self.domain}",)}
         domain = self.domain
@@ -272,7 +283,8 @@ class Zone:
 
     def _ns_records(self) -> Records | None:
         """This server's addresses: the kube-dns Service's cluster IPs, else the configured ones."""
-        own = self._names.get(f"kube-dns.kube-system.svc.{self.domain}")
+        kube_dns = f"kube-dns.kube-system.svc.{self.domain}"
+        own = self.lookup(kube_dns) if kube_dns in self._names else None
         addrs = tuple(ip for t in (A, AAAA) for ip in (own or {}).get(t, ())) or self.ns_addresses
         rec: Records = {}
         for ip in addrs:
@@ -309,38 +321,62 @@ class Zone:
 
     # -- writing ---------------------------------------------------------------
 
+    def _derive(self, sk: ServiceKey, entry: ServiceEntry) -> dict[str, Records]:
+        """The names of one service from its table entry, kept for a few services.
+
+        A lookup usually reads one service's names more than once in a row
+        (an SRV answer and the addresses of its targets), and a change reads
+        the names of the entry it replaces.
+        """
+        kept = self._derived.get(sk)
+        if kept is not None and kept[0] is entry:
+            return kept[1]
+        names = service_names(entry, self.domain, self.reverse_cidrs)
+        if len(self._derived) >= _DERIVED_KEPT:
+            del self._derived[next(iter(self._derived))]
+        self._derived[sk] = (entry, names)
+        return names
+
     def update_service(self, sk: ServiceKey, entry: ServiceEntry | None) -> set[str]:
         """Re-derive one service's names; return every name whose answer may have changed."""
-        old = self._by_service.pop(sk, {})
-        new = service_names(entry, self.domain, self.reverse_cidrs) if entry is not None else {}
+        before_entry = self._by_service.pop(sk, None)
+        old = self._derive(sk, before_entry) if before_entry is not None else {}
+        new = self._derive(sk, entry) if entry is not None else {}
         if new:
-            self._by_service[sk] = new
+            assert entry is not None
+            self._by_service[sk] = entry
+        else:
+            self._derived.pop(sk, None)
+        names = self._names
         changed: set[str] = set()
         for name in old.keys() | new.keys():
-            before, after = old.get(name), new.get(name)
-            if before == after:
+            if old.get(name) == new.get(name):
                 continue
             changed.add(name)
-            owners = self._owners.get(name)
-            if after is None:
-                if owners is not None and sk in owners:
-                    owners.remove(sk)
+            owners = names.get(name)
+            if name not in new:
+                if owners is None:
+                    continue
+                if owners.__class__ is list:
+                    if sk in owners:
+                        owners.remove(sk)  # type: ignore[union-attr]
+                    if len(owners) == 1:
+                        names[name] = owners[0]  # type: ignore[index]
+                    continue
+                if owners != sk:
+                    continue
+                del names[name]
+                self._count_ancestors(name, -1, changed)
             elif owners is None:
-                owners = self._owners[name] = [sk]
-            elif sk not in owners:
-                owners.append(sk)
-            if not owners:
-                self._owners.pop(name, None)
-                if self._names.pop(name, None) is not None:
-                    self._count_ancestors(name, -1, changed)
-                continue
-            existed = name in self._names
-            if len(owners) == 1:
-                self._names[name] = self._by_service[owners[0]][name]
-            else:
-                self._names[name] = _merge(self._by_service[o][name] for o in owners)
-            if not existed:
+                names[name] = sk
                 self._count_ancestors(name, +1, changed)
+            # Owners in key order, so that a shared name answers the same
+            # whatever order its services came in.
+            elif owners.__class__ is list:
+                if sk not in owners:
+                    bisect.insort(owners, sk)  # type: ignore[type-var]
+            elif owners != sk:
+                names[name] = sorted([owners, sk])  # type: ignore[list-item, type-var]
         if changed:
             self.serial += 1
             changed.update(self.dependency_names())

@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from netplane.model import EndpointSlice, ObjectKey, Pod, Service, ServicePort, TargetRef
+from netplane.model import Endpoint, EndpointSlice, ObjectKey, Pod, Service, ServicePort
 from netplane.model.meta import fast_constructor
 from netplane.state import ClusterState
 
@@ -42,30 +42,48 @@ class Frontend:
 
 @dataclass(frozen=True, slots=True)
 class Backend:
-    """One endpoint of one service port, with what endpoint selection needs."""
+    """One endpoint of one service port, with what endpoint selection needs.
 
-    address: str
+    It holds the slice's own :class:`Endpoint` rather than a copy of its
+    fields: at 100k endpoints a copy per endpoint and port is most of the
+    table's memory.
+    """
+
+    endpoint: Endpoint
     port: int
-    ready: bool
-    serving: bool
-    terminating: bool
-    node_name: str = ""
-    zone: str = ""
-    hints_for_zones: tuple[str, ...] = ()
+
+    @property
+    def address(self) -> str:
+        return self.endpoint.addresses[0]
+
+    @property
+    def ready(self) -> bool:
+        return self.endpoint.ready
+
+    @property
+    def serving(self) -> bool:
+        return self.endpoint.serving
+
+    @property
+    def terminating(self) -> bool:
+        return self.endpoint.terminating
+
+    @property
+    def node_name(self) -> str:
+        return self.endpoint.node_name
+
+    @property
+    def zone(self) -> str:
+        return self.endpoint.zone
+
+    @property
+    def hints_for_zones(self) -> tuple[str, ...]:
+        return self.endpoint.hints_for_zones
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointAddress:
-    """One endpoint address of a service, regardless of port (what DNS reads)."""
-
-    address: str
-    ready: bool
-    serving: bool
-    terminating: bool
-    hostname: str = ""
-    node_name: str = ""
-    zone: str = ""
-    target_ref: TargetRef | None = None
+# One endpoint address of a service, regardless of port (what DNS reads): the
+# slice's Endpoint itself, whose ``address`` is its first address.
+EndpointAddress = Endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +151,6 @@ class ServiceEntry:
 
 
 _make_backend = fast_constructor(Backend)
-_make_address = fast_constructor(EndpointAddress)
 
 
 def _frontends(svc: Service, p: ServicePort) -> tuple[Frontend, ...]:
@@ -204,14 +221,13 @@ def pod_endpoint_slice(svc: Service, pods: Iterable[Pod]) -> list[tuple[Pod, End
             out.append(
                 (
                     pod,
-                    EndpointAddress(
-                        address=ip,
+                    Endpoint(
+                        addresses=(ip,),
                         ready=ready,
                         serving=pod.ready,
                         terminating=pod.terminating,
                         hostname=hostname,
                         node_name=pod.node_name,
-                        target_ref=TargetRef("Pod", pod.key.namespace, pod.key.name),
                     ),
                 )
             )
@@ -240,6 +256,7 @@ def _build(
         # address repeats. A backend's address is always in ``addresses``
         # first, so an address not seen before cannot be a duplicate.
         service_ports = svc.ports
+        make_backend = _make_backend
         seen: list[set[tuple[str, int]] | None] = [None] * len(service_ports)
         for sl in ip_slices:
             ports = []
@@ -249,41 +266,21 @@ def _build(
                     ports.append((i, port))
             for ep in sl.endpoints:
                 addr = ep.addresses[0]
-                ready, serving, terminating = ep.ready, ep.serving, ep.terminating
-                node_name, zone = ep.node_name, ep.zone
                 new = addr not in addresses
                 if new:
-                    addresses[addr] = _make_address(
-                        addr,
-                        ready,
-                        serving,
-                        terminating,
-                        ep.hostname,
-                        node_name,
-                        zone,
-                        ep.target_ref,
-                    )
+                    addresses[addr] = ep
                 for i, port in ports:
                     keys = seen[i]
                     if not new:
                         if keys is None:
-                            keys = seen[i] = {(b.address, b.port) for b in per_port[i]}
+                            keys = seen[i] = {
+                                (b.endpoint.addresses[0], b.port) for b in per_port[i]
+                            }
                         if (addr, port) in keys:
                             continue  # the first slice (by name) wins, as in kube-proxy
                     if keys is not None:
                         keys.add((addr, port))
-                    per_port[i].append(
-                        _make_backend(
-                            addr,
-                            port,
-                            ready,
-                            serving,
-                            terminating,
-                            node_name,
-                            zone,
-                            ep.hints_for_zones,
-                        )
-                    )
+                    per_port[i].append(make_backend(ep, port))
     else:
         by_key: list[dict[tuple[str, int], Backend]] = [{} for _ in svc.ports]
         for pod, ea in pod_eps:
@@ -291,12 +288,7 @@ def _build(
             for i, p in enumerate(svc.ports):
                 port = _pod_port(pod, p)
                 if port is not None:
-                    by_key[i].setdefault(
-                        (ea.address, port),
-                        Backend(
-                            ea.address, port, ea.ready, ea.serving, ea.terminating, ea.node_name
-                        ),
-                    )
+                    by_key[i].setdefault((ea.address, port), Backend(ea, port))
         per_port = [list(d.values()) for d in by_key]
     ports = tuple(
         PortEntry(

@@ -102,8 +102,9 @@ class ClusterState:
         self.log_rejections = log_rejections
         self._objects: dict[ObjectKey, K8sObject] = {}
         self._by_kind: dict[str, dict[ObjectKey, K8sObject]] = {}
-        # (namespace, service name) -> keys of EndpointSlices and Endpoints
-        self._slices_by_service: dict[tuple[str, str], set[ObjectKey]] = {}
+        # (namespace, service name) -> keys of EndpointSlices and Endpoints, sorted
+        # (a tuple: nearly every service has one slice, and there are 10k of them)
+        self._slices_by_service: dict[tuple[str, str], tuple[ObjectKey, ...]] = {}
         self._ingresses_by_class: dict[str, set[ObjectKey]] = {}
         self._pods_by_namespace: dict[str, set[ObjectKey]] = {}
         self._rejected: dict[ObjectKey, ModelError] = {}
@@ -135,7 +136,7 @@ class ClusterState:
     def slices_for_service(self, namespace: str, name: str) -> list[EndpointSlice]:
         """EndpointSlices labelled for the service, plus those mirrored from v1 Endpoints."""
         out: list[EndpointSlice] = []
-        for key in sorted(self._slices_by_service.get((namespace, name), ())):
+        for key in self._slices_by_service.get((namespace, name), ()):
             obj = self._objects[key]
             if isinstance(obj, Endpoints):
                 out.extend(obj.slices)
@@ -239,7 +240,10 @@ class ClusterState:
         self._by_kind.setdefault(key.kind, {})[key] = obj
         svc = _service_of(obj)
         if svc is not None:
-            self._slices_by_service.setdefault((key.namespace, svc), set()).add(key)
+            bucket = (key.namespace, svc)
+            have = self._slices_by_service.get(bucket, ())
+            if key not in have:
+                self._slices_by_service[bucket] = tuple(sorted((*have, key)))
         elif isinstance(obj, Ingress):
             self._ingresses_by_class.setdefault(obj.class_name, set()).add(key)
         elif isinstance(obj, Pod):
@@ -250,7 +254,12 @@ class ClusterState:
         del self._by_kind[key.kind][key]
         svc = _service_of(obj)
         if svc is not None:
-            _discard(self._slices_by_service, (key.namespace, svc), key)
+            bucket = (key.namespace, svc)
+            left = tuple(k for k in self._slices_by_service.get(bucket, ()) if k != key)
+            if left:
+                self._slices_by_service[bucket] = left
+            else:
+                self._slices_by_service.pop(bucket, None)
         elif isinstance(obj, Ingress):
             _discard(self._ingresses_by_class, obj.class_name, key)
         elif isinstance(obj, Pod):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from netplane.dns.answer import NOERROR, NXDOMAIN, SERVFAIL, Answer, answer
 from netplane.dns.zone import (
     AAAA,
@@ -396,3 +398,79 @@ def test_reverse_zones_follow_label_boundaries() -> None:
     assert [name.split(".", 1)[0] for name in v6] == ["0", "1", "2", "3"]
     for name in v6:
         assert name.endswith(".6.9.0.0.0.0.d.f.ip6.arpa") and len(name.split(".")) == 28 + 2
+
+
+def _headless(name: str, hosts: list[tuple[str, str]], ns: str = "demo") -> ServiceEntry:
+    eps = [{"addresses": [ip], "hostname": h} if h else {"addresses": [ip]} for ip, h in hosts]
+    return entry(
+        service(name, ns=ns, clusterIP="None"), *([endpoint_slice(name, eps, ns)] if eps else [])
+    )
+
+
+# A pool of versions per service: headless ones sharing pod addresses (so
+# PTR names with several owners), ClusterIP ones, and None (deleted).
+_POOL: dict[str, list[ServiceEntry | None]] = {
+    "a": [
+        None,
+        _headless("a", [("10.244.3.3", "h"), ("10.244.3.4", "")]),
+        _headless("a", [("10.244.3.4", "h")]),
+    ],
+    "b": [
+        None,
+        _headless("b", [("10.244.3.3", "h")]),
+        _headless("b", [("10.244.3.3", "h"), ("10.244.3.4", "h2")]),
+    ],
+    "c": [
+        None,
+        entry(service("c", clusterIP="10.96.0.40")),
+        entry(service("c", ns="other", clusterIP="10.96.0.41")),
+    ],
+}
+
+
+def _every_name(z: Zone) -> dict[str, object]:
+    return {n: z.lookup(n) for n in z._names}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(sorted(_POOL)), st.integers(0, 2)), max_size=12))
+def test_any_sequence_of_changes_leaves_the_zone_a_fresh_build_would_give(
+    steps: list[tuple[str, int]],
+) -> None:
+    z = zone_with()
+    current: dict[str, ServiceEntry | None] = {}
+    for name, version in steps:
+        e = _POOL[name][version]
+        key = ("demo", name)
+        # a service that moves namespace is a delete here and an add there
+        old = current.get(name)
+        if old is not None and e is not None and old.key != e.key:
+            z.update_service(old.key, None)
+        z.update_service(e.key if e is not None else (old.key if old else key), e)
+        current[name] = e
+    fresh = zone_with(*(e for e in current.values() if e is not None))
+    assert _every_name(z) == _every_name(fresh)
+    assert z._ent == fresh._ent
+    fresh.serial = z.serial  # the serial counts changes; it is all that may differ
+    for qname in [
+        "h.a.demo.svc.cluster.local",
+        "3.3.244.10.in-addr.arpa",
+        "demo.svc.cluster.local",
+    ]:
+        for qtype in (A, PTR):
+            assert answer(z, qname, qtype) == answer(fresh, qname, qtype)
+
+
+def test_names_of_many_services_are_derived_again_when_asked() -> None:
+    # More services than the zone keeps derived: each still answers right.
+    entries = [entry(service(f"s{i}", clusterIP=f"10.96.1.{i + 1}")) for i in range(200)]
+    z = zone_with(*entries)
+    for i in (0, 77, 199, 0):
+        ans = ask(z, f"s{i}.demo.svc.cluster.local")
+        assert rdatas(ans) == [(f"s{i}.demo.svc.cluster.local", A, f"10.96.1.{i + 1}")]
+        srv = ask(z, f"_http._tcp.s{i}.demo.svc.cluster.local", SRV)
+        assert [rr.rdata.target for rr in srv.answer] == [f"s{i}.demo.svc.cluster.local"]
+        assert rdatas(srv, "additional") == [
+            (f"s{i}.demo.svc.cluster.local", A, f"10.96.1.{i + 1}")
+        ]
+    assert z.names == 600  # A, SRV and PTR names of each

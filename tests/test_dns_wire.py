@@ -14,6 +14,8 @@ import dns.rdatatype
 import pytest
 from dnslib import QTYPE, RR, SOA, DNSRecord
 from dnslib import A as A_RD
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from netplane.dns.cache import AnswerCache, ForwardCache, cache_ttl, fast_key
 from netplane.dns.responder import Allow, Forward, Responder
 from netplane.dns.wire import TcpFramer, frame, header_error
@@ -283,3 +285,46 @@ def test_cache_hit_equals_a_fresh_answer(name: str) -> None:
     q = query(name, qid=99)
     fresh = r.handle(q, "127.0.0.1")
     assert r.answers.reply(q) == fresh
+
+
+_CACHE_NAMES = ["a", "b", "c", "d"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), st.integers(0, 5), st.sets(st.sampled_from(_CACHE_NAMES))),
+            st.tuples(st.just("drop"), st.sets(st.sampled_from(_CACHE_NAMES))),
+        ),
+        max_size=20,
+    )
+)
+def test_answer_cache_drops_exactly_the_replies_that_read_a_changed_name(ops: list) -> None:
+    cache = AnswerCache(max_entries=4)
+    queries = [query(f"q{i}.demo.svc.cluster.local") for i in range(6)]
+    model: dict[int, set[str]] = {}  # query index -> the names its stored reply read
+    for op in ops:
+        if op[0] == "put":
+            _, i, names = op
+            reply = queries[i][:2] + b"\x85\x00" + queries[i][4:]
+            if i not in model and len(model) >= 4:
+                del model[next(iter(model))]  # the oldest goes, as in the cache
+            model.pop(i, None)
+            assert cache.put(queries[i], reply, names)
+            model[i] = set(names)
+        else:
+            gone = [i for i, read in model.items() if read & op[1]]
+            assert cache.invalidate(op[1]) == len(gone)
+            for i in gone:
+                del model[i]
+        for i, q in enumerate(queries):
+            assert (cache.reply(q) is not None) == (i in model), (i, model)
+    assert len(cache) == len(model)
+
+
+def test_an_answer_cache_of_size_zero_stores_nothing_and_answers_still_go_out() -> None:
+    r = Responder(make_zone(), allow=Allow([]), answers=AnswerCache(max_entries=0))
+    q = query("web0.demo.svc.cluster.local")
+    assert [str(rr) for rr in parse(r.handle(q, "127.0.0.1")).answer[0]] == ["10.96.0.20"]
+    assert len(r.answers) == 0 and r.answers.reply(q) is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -31,7 +32,6 @@ from netplane.model import (
     Secret,
     Service,
     ServicePort,
-    TargetRef,
     parse_object,
 )
 
@@ -192,7 +192,7 @@ def test_namespace_defaults_and_meta_fields() -> None:
     svc = parse_object(raw)
     assert isinstance(svc, Service)
     assert svc.meta.namespace == "default"
-    assert (svc.meta.uid, svc.meta.resource_version) == ("u1", "42")
+    assert svc.meta.resource_version == "42"
     assert svc.meta.labels == {"app": "web"}
     assert svc.meta.annotations == {"a": "b"}
 
@@ -476,7 +476,6 @@ def test_endpoint_slice_full() -> None:
                 node_name="node-1",
                 zone="z1",
                 hints_for_zones=("z1", "z2"),
-                target_ref=TargetRef("Pod", "default", "pod-a"),
             ),
         ),
         ports=(EndpointPort("http", "TCP", 8080, "http"),),
@@ -612,9 +611,7 @@ def test_endpoints_mirrored_per_subset_and_family() -> None:
         Endpoint(("10.2.0.1",), True, True, False, hostname="a", node_name="n1"),
         Endpoint(("10.2.0.3",), False, False, False),
     )
-    assert v6.endpoints == (
-        Endpoint(("fd00::2",), True, True, False, target_ref=TargetRef("Pod", "", "p2")),
-    )
+    assert v6.endpoints == (Endpoint(("fd00::2",), True, True, False),)
     assert v4.ports == v6.ports == (EndpointPort("http", "TCP", 8080, ""),)
     assert second.endpoints == (Endpoint(("10.2.0.9",), False, False, False),)
     assert second.ports == (EndpointPort("", "UDP", 9090, ""),)
@@ -1049,3 +1046,104 @@ def test_parse_does_not_modify_input() -> None:
         before = copy.deepcopy(raw)
         parse_object(raw)
         assert raw == before
+
+
+# -- memory: nothing kept from the decoded document --------------------------
+
+
+def _held(value: Any, out: dict[int, Any]) -> None:
+    """Every str and int reachable from a model value (dataclass fields, tuples, dicts)."""
+    if isinstance(value, (str, int)):
+        out[id(value)] = value
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _held(v, out)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _held(k, out)
+            _held(v, out)
+    elif hasattr(value, "__dataclass_fields__"):
+        for name in value.__dataclass_fields__:
+            _held(getattr(value, name), out)
+
+
+def _raw_values(value: Any, out: dict[int, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out[id(k)] = k
+            _raw_values(v, out)
+    elif isinstance(value, list):
+        for v in value:
+            _raw_values(v, out)
+    elif isinstance(value, (str, int)):
+        out[id(value)] = value
+
+
+@pytest.mark.parametrize("kind", ["Service", "EndpointSlice", "Endpoints"])
+def test_parsed_objects_keep_nothing_the_decoder_allocated(kind: str) -> None:
+    # A string or large int kept from the decoded document pins the memory the
+    # decoder used for the whole document; the parsers keep copies instead.
+    docs = {
+        "Service": {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+            "spec": {
+                "clusterIP": "10.96.0.10",
+                "selector": {"app": "web"},
+                "ports": [
+                    {"name": "http", "port": 8080, "targetPort": "web-port"},
+                    {"name": "alt", "port": 8443, "targetPort": 9443},
+                ],
+            },
+        },
+        "EndpointSlice": {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": "web-1",
+                "namespace": "shop",
+                "labels": {"kubernetes.io/service-name": "web"},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {
+                    "addresses": ["10.1.2.3"],
+                    "hostname": "web-0",
+                    "nodeName": "node-a",
+                    "zone": "zone-a",
+                    "targetRef": {"kind": "Pod", "namespace": "shop", "name": "web-0"},
+                },
+                {"addresses": ["10.1.2.4"], "conditions": {"ready": False}, "hints": None},
+                {"addresses": ["fd00::1"], "nodeName": "node-b"},
+            ],
+        },
+        "Endpoints": {
+            "apiVersion": "v1",
+            "kind": "Endpoints",
+            "metadata": {"name": "legacy", "namespace": "shop"},
+            "subsets": [
+                {
+                    "addresses": [{"ip": "10.2.0.1", "hostname": "a", "nodeName": "node-a"}],
+                    "ports": [{"name": "http", "port": 8080}],
+                }
+            ],
+        },
+    }
+    # Through the JSON decoder, so that every string is the decoder's own.
+    raw = json.loads(json.dumps(docs[kind]))
+    if kind == "EndpointSlice":
+        raw["endpoints"].pop()  # an IPv6 address in an IPv4 slice is an error
+    obj = parse_object(raw)
+    held: dict[int, Any] = {}
+    _held(obj, held)
+    decoded: dict[int, Any] = {}
+    _raw_values(raw, decoded)
+
+    # Cached by CPython itself (one character, small ints): shared by everyone.
+    def cached(v: Any) -> bool:
+        return len(v) <= 1 if isinstance(v, str) else -5 <= v <= 256
+
+    kept = [v for i, v in decoded.items() if i in held and not cached(v)]
+    assert kept == []

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from netplane.allocations import Allocations
 from netplane.events import WatchEvent
-from netplane.model import ObjectKey, TargetRef, parse_object
-from netplane.service_table import Backend, EndpointAddress, Frontend, ServiceTable, build_entry
+from netplane.model import ObjectKey, parse_object
+from netplane.service_table import Frontend, ServiceTable, build_entry
 from netplane.state import ClusterState
 
 CIDR = ipaddress.ip_network("10.96.0.0/16")
@@ -238,10 +238,20 @@ def test_first_address_only_and_conditions() -> None:
     )
     entry = w.table.get("default", "web")
     assert entry is not None
-    assert entry.ports[0].backends == (
-        Backend("10.1.0.1", 80, False, True, True, "n1", "z1", ("z1",)),
+    (b,) = entry.ports[0].backends
+    assert (b.address, b.port, b.ready, b.serving, b.terminating) == (
+        "10.1.0.1",
+        80,
+        False,
+        True,
+        True,
     )
-    assert entry.addresses == (EndpointAddress("10.1.0.1", False, True, True, "", "n1", "z1"),)
+    assert (b.node_name, b.zone, b.hints_for_zones) == ("n1", "z1", ("z1",))
+    (a,) = entry.addresses
+    assert (a.address, a.ready, a.serving, a.terminating) == ("10.1.0.1", False, True, True)
+    assert (a.hostname, a.node_name, a.zone) == ("", "n1", "z1")
+    # The table shares the slice's endpoint rather than copying it per port.
+    assert b.endpoint is a
     d = entry.to_dict()
     assert d["ports"][0]["endpoints"] == [
         {
@@ -458,7 +468,6 @@ def test_pod_derived_endpoints() -> None:
     assert entry is not None
     terminating = entry.ports[0].backends[2]
     assert (terminating.ready, terminating.serving, terminating.terminating) == (False, True, True)
-    assert entry.addresses[0].target_ref == TargetRef("Pod", "default", "p1")
     assert entry.addresses[0].node_name == "n1"
     w.assert_matches_rebuild()
 

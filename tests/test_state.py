@@ -7,6 +7,8 @@ import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
 
 from netplane.allocations import Allocations
 from netplane.events import EventType, WatchEvent
@@ -586,3 +588,31 @@ def test_event_types() -> None:
     assert WatchEvent.upsert(obj).type is EventType.MODIFIED
     ev = WatchEvent.delete(obj.key, "src", obj)
     assert (ev.type, ev.obj, ev.source) == (EventType.DELETED, obj, "src")
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    hs.lists(
+        hs.tuples(
+            hs.sampled_from(["s1", "s2", "s3", "s4"]),
+            hs.sampled_from(["web", "api", None, "gone"]),
+        ),
+        max_size=25,
+    )
+)
+def test_the_slice_index_always_matches_the_slices_held(
+    steps: list[tuple[str, str | None]],
+) -> None:
+    state = new_state()
+    for rv, (name, service) in enumerate(steps, start=1):
+        if service == "gone":
+            state.apply(delete("EndpointSlice", name))
+        else:
+            state.apply(upsert(slice_raw(name, service=service, rv=str(rv))))
+    for service in ("web", "api"):
+        held = sorted(
+            s.key.name
+            for s in state.objects("EndpointSlice")
+            if isinstance(s, EndpointSlice) and s.service_name == service
+        )
+        assert [s.key.name for s in state.slices_for_service("default", service)] == held

@@ -28,7 +28,6 @@ from netplane.model.endpoints import (
     EndpointPort,
     Endpoints,
     EndpointSlice,
-    TargetRef,
     parse_endpoint_slice,
     parse_endpoints,
 )
@@ -111,7 +110,6 @@ __all__ = [
     "Secret",
     "Service",
     "ServicePort",
-    "TargetRef",
     "is_known_kind",
     "parse_object",
     "ref_of",

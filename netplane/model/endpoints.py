@@ -12,7 +12,6 @@ dicts directly and builds a :class:`Fields` only to report an error.
 from __future__ import annotations
 
 import ipaddress
-import sys
 from dataclasses import dataclass
 
 from netplane.model.meta import (
@@ -21,7 +20,9 @@ from netplane.model.meta import (
     ObjectKey,
     fast_constructor,
     is_canonical_ipv4,
+    own,
     parse_meta,
+    shared,
 )
 
 KIND = "EndpointSlice"
@@ -32,15 +33,12 @@ PROTOCOLS = ("TCP", "UDP", "SCTP")
 
 
 @dataclass(frozen=True, slots=True)
-class TargetRef:
-    kind: str
-    namespace: str
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One endpoint of a slice; conditions already defaulted as kube-proxy reads them."""
+    """One endpoint of a slice; conditions already defaulted as kube-proxy reads them.
+
+    ``targetRef`` is checked but not kept: no data plane reads it, and at
+    100k endpoints the pod names it carries cost more than the addresses.
+    """
 
     addresses: tuple[str, ...]
     ready: bool = True
@@ -50,7 +48,11 @@ class Endpoint:
     node_name: str = ""
     zone: str = ""
     hints_for_zones: tuple[str, ...] = ()
-    target_ref: TargetRef | None = None
+
+    @property
+    def address(self) -> str:
+        """The address the data planes use: the first, as kube-proxy reads it."""
+        return self.addresses[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,20 +121,25 @@ def _ports(f: Fields, name: str) -> tuple[EndpointPort, ...]:
     return tuple(out)
 
 
-def _target_ref(raw: object, f: Fields, name: str) -> TargetRef | None:
-    if raw is None:
-        return None
+def _is_target_ref(raw: object) -> bool:
+    """The common case: a mapping whose kind, namespace and name are strings when present."""
+    if raw.__class__ is not dict:
+        return False
+    get = raw.get  # type: ignore[attr-defined]
+    return (
+        get("kind", "").__class__ is str
+        and get("namespace", "").__class__ is str
+        and get("name", "").__class__ is str
+    )
+
+
+def _check_target_ref(raw: object, f: Fields, name: str) -> None:
+    """Raise, naming the field, when ``targetRef`` is not a reference."""
+    if raw is None or _is_target_ref(raw):
+        return
     tr = f.obj(name)
-    return TargetRef(tr.str("kind"), tr.str("namespace"), tr.str("name"))
-
-
-def _fast_target_ref(raw: object) -> TargetRef | None:
-    """The common case (a dict of strings, as the API server sends it), else None."""
-    if raw.__class__ is dict:
-        kind, ns, nm = raw.get("kind", ""), raw.get("namespace", ""), raw.get("name", "")
-        if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
-            return _make_target_ref(kind, ns, nm)
-    return None
+    for field_name in ("kind", "namespace", "name"):
+        tr.str(field_name)
 
 
 def _at(f: Fields, raw: object, i: int) -> Fields:
@@ -149,7 +156,7 @@ def _addresses(raw: dict, f: Fields, i: int, family: int | None) -> tuple[str, .
             if a.__class__ is not str or _IPV4(a) is None:
                 break
         else:
-            return tuple(addrs)
+            return tuple([own(a) for a in addrs])
     out = []
     for j, a in enumerate(addrs):
         if not isinstance(a, str):
@@ -157,7 +164,7 @@ def _addresses(raw: dict, f: Fields, i: int, family: int | None) -> tuple[str, .
         if family is None:
             if not a:
                 _at(f, raw, i).fail(f"addresses[{j}]", "expected a host name")
-            out.append(a)
+            out.append(own(a))
         else:
             out.append(_check_ip(_at(f, raw, i), f"addresses[{j}]", a, family))
     return tuple(out)
@@ -169,7 +176,7 @@ def _opt_str(raw: dict, name: str, f: Fields, i: int) -> str:
         return ""
     if v.__class__ is not str:
         _at(f, raw, i).str(name)  # raises, naming the field
-    return v
+    return shared(v)
 
 
 def _conditions(cond: object, f: Fields, i: int) -> tuple[bool, bool, bool]:
@@ -214,11 +221,17 @@ def _endpoint(raw: object, f: Fields, i: int, family: int | None) -> Endpoint:
         node_name = _opt_str(raw, "nodeName", f, i)
         zone = _opt_str(raw, "zone", f, i)
     tr = get("targetRef")
-    target_ref = None
-    if tr is not None:
-        target_ref = _fast_target_ref(tr) or _target_ref(tr, _at(f, raw, i), "targetRef")
+    if tr is not None and not _is_target_ref(tr):
+        _check_target_ref(tr, _at(f, raw, i), "targetRef")
     return _make_endpoint(
-        addresses, ready, serving, terminating, hostname, node_name, zone, hints, target_ref
+        addresses,
+        ready,
+        serving,
+        terminating,
+        own(hostname),
+        shared(node_name),
+        shared(zone),
+        hints,
     )
 
 
@@ -232,7 +245,7 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
     """
     out = []
     append = out.append
-    make, make_ref, ipv4, intern = _make_endpoint, _make_target_ref, _IPV4, sys.intern
+    make, is_ref, ipv4 = _make_endpoint, _is_target_ref, _IPV4
     for i, raw in enumerate(raw_eps):
         if raw.__class__ is dict and family == 4:
             get = raw.get
@@ -264,22 +277,27 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
                         terminating = False
                 else:
                     ready = None
-                ref = None
-                if tr is not None and tr.__class__ is dict:
-                    kind, ns, nm = tr.get("kind", ""), tr.get("namespace", ""), tr.get("name", "")
-                    if kind.__class__ is str and ns.__class__ is str and nm.__class__ is str:
-                        ref = make_ref(intern(kind), intern(ns), nm)
-                # Node, zone, kind and namespace repeat across 100k endpoints; the
+                # Node and zone repeat across 100k endpoints; the
                 # JSON decoder makes a new string for each occurrence, so share them.
-                node_name, zone = intern(node_name), intern(zone)
+                node_name, zone = shared(node_name), shared(zone)
                 if (
                     ready.__class__ is bool
                     and serving.__class__ is bool
                     and terminating.__class__ is bool
-                    and (tr is None or ref is not None)
+                    and (tr is None or is_ref(tr))
                 ):
+                    hostname = own(hostname)
                     append(
-                        make((a,), ready, serving, terminating, hostname, node_name, zone, (), ref)
+                        make(
+                            (own(a),),
+                            ready,
+                            serving,
+                            terminating,
+                            hostname,
+                            node_name,
+                            zone,
+                            (),
+                        )
                     )
                     continue
         append(_endpoint(raw, f, i, family))
@@ -287,7 +305,6 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
 
 
 _make_endpoint = fast_constructor(Endpoint)
-_make_target_ref = fast_constructor(TargetRef)
 
 
 def _parts(f: Fields) -> tuple[str | int, ...]:
@@ -330,6 +347,7 @@ def parse_endpoints(f: Fields) -> Endpoints:
         for field_name, ready in (("addresses", True), ("notReadyAddresses", False)):
             for a in subset.objs(field_name):
                 ip = _check_ip(a, "ip", a.raw.get("ip"), None)
+                _check_target_ref(a.raw.get("targetRef"), a, "targetRef")
                 fam = ipaddress.ip_address(ip).version
                 by_family[fam].append(
                     Endpoint(
@@ -339,7 +357,6 @@ def parse_endpoints(f: Fields) -> Endpoints:
                         terminating=False,
                         hostname=a.str("hostname"),
                         node_name=a.str("nodeName"),
-                        target_ref=_target_ref(a.raw.get("targetRef"), a, "targetRef"),
                     )
                 )
         for fam, eps in by_family.items():

@@ -8,6 +8,7 @@ exact field (``spec.ports[1].port``) without each parser building strings.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field, fields
 from typing import Any, NoReturn
 
@@ -28,6 +29,32 @@ is_canonical_ipv4 = re.compile(
     r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
     r"(?:\.(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}"
 ).fullmatch
+
+
+# The decoded document (JSON or YAML) is garbage once the model holds its
+# objects, but every string or large int the model kept from it would stay
+# where the decoder put it, scattered across the document's memory, and pin
+# all of it (CPython frees an arena only when nothing in it lives). So the
+# parsers keep their own copies, allocated beside the model objects.
+
+
+def own(s: str) -> str:
+    """A fresh copy of ``s``, so that the model keeps nothing the decoder allocated."""
+    return (s + " ")[:-1] if s else ""
+
+
+def shared(s: str) -> str:
+    """:func:`own`, interned: for values that repeat across objects (namespaces, nodes)."""
+    return sys.intern((s + " ")[:-1]) if s else ""
+
+
+def own_int(v: int) -> int:
+    """A fresh int (small ints are cached by CPython and are returned as they are)."""
+    return v + 0
+
+
+# Shared by every object without labels or annotations; the model is never mutated.
+EMPTY_MAP: dict[str, str] = {}
 
 
 def is_dns1123_label(value: str) -> bool:
@@ -62,7 +89,6 @@ class Meta:
 
     name: str
     namespace: str
-    uid: str = ""
     # Not compared: an object whose only change is a new resourceVersion is the
     # same object to every data plane (a resync or a no-op update).
     resource_version: str = field(default="", compare=False)
@@ -145,7 +171,7 @@ class Fields:
             self.fail(name, f"expected a string, got {_type(v)}")
         if required and not v:
             self.fail(name, "required")
-        return v
+        return own(v)
 
     def choice(
         self, name: str, choices: tuple[str, ...], default: str = "", *, required: bool = False
@@ -154,7 +180,7 @@ class Fields:
         v = self.str(name, default, required=required)
         if v not in choices:
             self.fail(name, f"unsupported value {v!r} (one of {', '.join(choices)})")
-        return v
+        return choices[choices.index(v)]
 
     def int(self, name: str, default: int | None = None, *, required: bool = False) -> int | None:
         v = self.raw.get(name)
@@ -164,7 +190,7 @@ class Fields:
             return default
         if isinstance(v, bool) or not isinstance(v, int):
             self.fail(name, f"expected an integer, got {_type(v)}")
-        return v
+        return own_int(v)
 
     def bool(self, name: str, default: bool | None = None) -> bool | None:
         v = self.raw.get(name)
@@ -210,12 +236,13 @@ class Fields:
                     _fmt_path((*self._path, name, i)),
                     f"expected a string, got {_type(item)}",
                 )
-        return tuple(out)
+        return tuple([own(item) for item in out])
 
     def str_map(self, name: str) -> dict[str, str]:
+        """A map of strings, copied (keys interned: they repeat across objects)."""
         v = self.raw.get(name)
         if v is None:
-            return {}
+            return EMPTY_MAP
         if not isinstance(v, dict):
             self.fail(name, f"expected a map, got {_type(v)}")
         for k, item in v.items():
@@ -225,7 +252,9 @@ class Fields:
                     _fmt_path((*self._path, name, k)),
                     f"expected a string, got {_type(item)}",
                 )
-        return v
+        if not v:
+            return EMPTY_MAP
+        return {(shared(k) if isinstance(k, str) else k): own(item) for k, item in v.items()}
 
 
 def _type(v: Any) -> str:
@@ -260,13 +289,12 @@ def parse_meta(f: Fields, kind: str, *, default_namespace: str = "default") -> M
     if kind in CLUSTER_SCOPED:
         namespace = ""
     else:
-        namespace = md.str("namespace") or default_namespace
+        namespace = sys.intern(md.str("namespace")) or default_namespace
         if not is_dns1123_label(namespace):
             md.fail("namespace", f"{namespace!r} is not a valid DNS-1123 label")
     return Meta(
         name=name,
         namespace=namespace,
-        uid=md.str("uid"),
         resource_version=md.str("resourceVersion"),
         creation_timestamp=md.str("creationTimestamp"),
         labels=md.str_map("labels"),

@@ -20,6 +20,8 @@ from netplane.model.meta import (
     is_dns1035_label,
     is_dns1123_label,
     is_dns1123_subdomain,
+    own,
+    own_int,
     parse_meta,
 )
 
@@ -80,7 +82,7 @@ class Service:
 
 def _ip(f: Fields, name: str | int, value: str) -> str:
     if is_canonical_ipv4(value):
-        return value
+        return own(value)
     try:
         return str(ipaddress.ip_address(value))
     except ValueError:
@@ -185,13 +187,14 @@ def parse_service(f: Fields) -> Service:
                 tp = int(tp)
             elif not is_iana_svc_name(tp):
                 p.fail("targetPort", f"{tp!r} is not a valid port name")
-            target = tp
+            else:
+                target = own(tp)
         if isinstance(tp, int) and not isinstance(tp, bool):
             if tp == 0:
                 tp = port  # 0 means "same as port", as the API server defaults it
             if not 1 <= tp <= 65535:
                 p.fail("targetPort", f"{tp} out of range (1-65535)")
-            target = tp
+            target = own_int(tp)
         elif tp is not None and not isinstance(tp, str):
             p.fail("targetPort", "expected a number or a port name")
         node_port = _port_number(p, "nodePort")

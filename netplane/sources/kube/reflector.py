@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 from netplane.errors import ModelError, SourceError
 from netplane.events import EventType, WatchEvent
 from netplane.model import K8sObject, ObjectKey, parse_object
+from netplane.model.meta import own, shared
 from netplane.sources.kube.client import ApiError, KubeClient
 from netplane.sources.kube.resources import Resource
 from netplane.sources.kube.watchstream import BadLine, RawEvent
@@ -306,7 +307,8 @@ class Reflector:
         if self.resource.namespaced:
             raw_ns = md.get("namespace")
             ns = raw_ns if isinstance(raw_ns, str) and raw_ns else "default"
-        return ObjectKey(self.resource.kind, ns, md["name"])
+        # Copies: the key outlives the decoded page, whose memory it would pin.
+        return ObjectKey(self.resource.kind, shared(ns), own(md["name"]))
 
 
 def _rv_of(raw: dict[str, Any]) -> str:
