@@ -1,5 +1,8 @@
 """``programming``: end-to-end programming latency of the L4 proxy (new connection → new endpoint).
 
+Each size runs twice: one netplane process, and netplane with ``--workers 2``
+(the owner sends each change on to its workers: one more hop).
+
 Per cluster size, ``setup`` starts ``python -m bench.progfake serve`` on the
 load core: a fake Kubernetes API server (FakeKube, HTTPS, watches) holding N
 ClusterIP Services (ClusterIPs from 127.77.128.1, one TCP port, 18080) with
@@ -39,13 +42,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import Context, Metric, Proc, Scenario, latency_series, netplane_cmd
+from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, latency_series, netplane_cmd
 
 PER_SLICE = 10
 PERCENTILES = ("p50", "p99", "max")
 STAGE = "end to end, new connection"
 DNS_STAGE = "end to end, DNS answer (headless)"
 CLUSTER_NET = ipaddress.IPv4Network("127.77.128.0/17")  # bench/progfake.py's ClusterIPs
+WORKERS = 2
+# The same daemon with --workers 2: each change takes one more hop, owner to
+# worker, before it reaches the listeners (the "peer" column is this one).
+MULTI = f"netplane --workers {WORKERS}"
 
 
 def _sizes(ctx: Context) -> tuple[list[int], int]:
@@ -76,8 +83,11 @@ class Programming(Scenario):
     peer_note = (
         "None measurable here: kube-proxy's programming latency needs a real cluster "
         "(its SLO figure, network programming latency p99, is measured by clusterloader2). "
-        "Absolute figures; target p99 < 10 ms at 10,000 Services."
+        "Absolute figures; target p99 < 10 ms at 10,000 Services. The second column is "
+        f"netplane itself with --workers {WORKERS} (server core shared by the owner and its "
+        "workers): the cost of the owner-to-worker hop."
     )
+    sides = (NETPLANE, MULTI)
     warmup_runs = 0  # every run starts a fresh netplane and makes warm-up changes first
     budget_s = 300.0
 
@@ -206,21 +216,25 @@ class Programming(Scenario):
                 f"127.0.0.1:{port}",
                 "--shutdown-grace",
                 "1",
+                "--workers",
+                str(WORKERS if side == MULTI else 1),
             ]
             np = ctx.procs.start(
                 argv,
                 name="netplane",
-                log=ctx.workdir / f"prog-netplane-{n}-{index}.log",
+                log=ctx.workdir / f"prog-netplane-{n}-{index}-{side.split()[-1]}.log",
                 env=self._env(ctx),
                 cwd=ctx.workdir,
             )
             try:
                 ctx.wait_http(f"http://127.0.0.1:{port}/readyz", 200, timeout=180, proc=np)
-                _wait_bound(n, target["port"], np, timeout=120)
+                # every worker binds every ClusterIP (SO_REUSEPORT)
+                _wait_bound(n * (WORKERS if side == MULTI else 1), target["port"], np, timeout=120)
                 values[f"ready_s@{n}"] = time.perf_counter() - np.started
                 time.sleep(0.5)  # let the start-up's last work (GC freeze, logging) settle
-                doc = self._measure(ctx, ready, n, index, changes)
-                dns_doc = self._measure(ctx, ready, n, index, changes, dns_port=dns_port)
+                tag = f"{index}-{WORKERS}w" if side == MULTI else str(index)
+                doc = self._measure(ctx, ready, n, tag, changes)
+                dns_doc = self._measure(ctx, ready, n, tag, changes, dns_port=dns_port)
             finally:
                 ctx.procs.stop(np)
             if not doc["latencies_ms"]:
@@ -233,7 +247,7 @@ class Programming(Scenario):
             values[f"probe_p50_ms@{n}"] = float(doc["baseline_p50_ms"])
             values[f"probe_p99_ms@{n}"] = float(doc["baseline_p99_ms"])
             ctx.echo(
-                f"    {n:,} services: p50 {doc['p50_ms']:.2f} ms, p99 {doc['p99_ms']:.2f} ms, "
+                f"    {side}, {n:,} services: p50 {doc['p50_ms']:.2f} ms, p99 {doc['p99_ms']:.2f} ms, "
                 f"max {doc['max_ms']:.2f} ms, {doc['failures']} failures"
             )
             if dns_doc["latencies_ms"]:
@@ -242,17 +256,17 @@ class Programming(Scenario):
             values[f"dns_failures@{n}"] = float(dns_doc["failures"])
             values[f"dns_probe_p50_ms@{n}"] = float(dns_doc["baseline_p50_ms"])
             ctx.echo(
-                f"    {n:,} services, DNS: p50 {dns_doc['p50_ms']:.2f} ms, "
+                f"    {side}, {n:,} services, DNS: p50 {dns_doc['p50_ms']:.2f} ms, "
                 f"p99 {dns_doc['p99_ms']:.2f} ms, {dns_doc['failures']} failures"
             )
         return values
 
     def _measure(
-        self, ctx: Context, ready: Path, n: int, index: int, changes: int, *, dns_port: int = 0
+        self, ctx: Context, ready: Path, n: int, tag: str, changes: int, *, dns_port: int = 0
     ) -> dict[str, Any]:
         """Run ``progfake measure`` on the load core (L4, or DNS with ``dns_port``)."""
         kind = "dns" if dns_port else "l4"
-        out = ctx.workdir / f"prog-{kind}-{n}-{index}.json"
+        out = ctx.workdir / f"prog-{kind}-{n}-{tag}.json"
         argv = [
             *ctx.pin("load"), sys.executable, "-m", "bench.progfake", "measure",
             "--ready", str(ready), "--changes", str(changes), "--warmup", "5",
@@ -263,7 +277,7 @@ class Programming(Scenario):
         client = ctx.procs.start(
             argv,
             name=f"progfake-measure-{kind}",
-            log=ctx.workdir / f"prog-measure-{kind}-{n}-{index}.log",
+            log=ctx.workdir / f"prog-measure-{kind}-{n}-{tag}.log",
             stdout=out,
             env=self._env(ctx),
             cwd=ctx.root,
