@@ -125,11 +125,16 @@ async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
 
     (tmp_path / "m").mkdir()
     yield start
-    for proc in started:
+    await terminate(started)
+
+
+async def terminate(procs: list[asyncio.subprocess.Process], timeout: float = 10) -> None:
+    """SIGTERM each process still running; SIGKILL one that has not exited in ``timeout`` s."""
+    for proc in procs:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
             try:
-                async with asyncio.timeout(10):
+                async with asyncio.timeout(timeout):
                     await proc.communicate()
             except TimeoutError:
                 proc.kill()

@@ -24,7 +24,18 @@ import dns.query
 import dns.rdatatype
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_l4_e2e import REPO, Backends, curl, endpoints, free_port, needs_curl, service, write
+from test_l4_e2e import (  # noqa: F401 (backends is a fixture)
+    REPO,
+    Backends,
+    backends,
+    curl,
+    endpoints,
+    free_port,
+    needs_curl,
+    service,
+    terminate,
+    write,
+)
 
 from netplane.l4.steer import steer_by_source
 from netplane.metrics_merge import merge
@@ -100,15 +111,7 @@ async def owner(tmp_path: Path) -> AsyncIterator[Any]:
 
     (tmp_path / "m").mkdir()
     yield start
-    for proc in started:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(15):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+    await terminate(started, timeout=15)
 
 
 def udp_port_holders(port: int) -> set[int]:
@@ -137,87 +140,74 @@ def parent_of(pid: int) -> int:
         return int(fh.read().rsplit(")", 1)[1].split()[1])
 
 
-def web(tmp_path: Path, backend_port: int) -> None:
+@pytest.fixture
+async def web(tmp_path: Path, backends: Backends) -> None:  # noqa: F811
+    """Service t/web at 127.77.0.40:8080 with two HTTP endpoints that answer their names."""
+    port = free_port()
+    await backends.http("127.0.40.1", port)
+    await backends.http("127.0.40.2", port)
     write(tmp_path / "m", "web", [
         service("web", "127.77.0.40", 8080),
-        endpoints("web", [("127.0.40.1", backend_port), ("127.0.40.2", backend_port)]),
+        endpoints("web", [("127.0.40.1", port), ("127.0.40.2", port)]),
     ])  # fmt: skip
 
 
 @needs_curl
-async def test_workers_share_every_listener_and_answer_as_one(tmp_path, owner):
-    b, port = Backends(), free_port()
-    await b.http("127.0.40.1", port)
-    await b.http("127.0.40.2", port)
-    web(tmp_path, port)
-    try:
-        o = await owner(2)
-        workers = await asyncio.to_thread(o.workers)
-        pids = {w["pid"] for w in workers}
-        assert len(pids) == 2 and all(w["ready"] for w in workers)
-        assert {parent_of(pid) for pid in pids} == {o.proc.pid}
-        # both workers hold the DNS port; the owner holds no listener of its own
-        assert udp_port_holders(o.dns_port) == pids
+async def test_workers_share_every_listener_and_answer_as_one(owner, web):
+    o = await owner(2)
+    workers = await asyncio.to_thread(o.workers)
+    pids = {w["pid"] for w in workers}
+    assert len(pids) == 2 and all(w["ready"] for w in workers)
+    assert {parent_of(pid) for pid in pids} == {o.proc.pid}
+    # both workers hold the DNS port; the owner holds no listener of its own
+    assert udp_port_holders(o.dns_port) == pids
 
-        before = await asyncio.to_thread(o.metrics)
-        for _ in range(20):
-            assert await asyncio.to_thread(o.query, "web.t.svc.cluster.local.") == ["127.77.0.40"]
-        bodies = collections.Counter(
-            [(await curl("http://127.77.0.40:8080/"))[1] for _ in range(6)]
-        )
-        assert bodies == {"127.0.40.1": 3, "127.0.40.2": 3}
+    before = await asyncio.to_thread(o.metrics)
+    for _ in range(20):
+        assert await asyncio.to_thread(o.query, "web.t.svc.cluster.local.") == ["127.77.0.40"]
+    bodies = collections.Counter([(await curl("http://127.77.0.40:8080/"))[1] for _ in range(6)])
+    assert bodies == {"127.0.40.1": 3, "127.0.40.2": 3}
 
-        # /metrics adds the workers up: every query and connection is counted once
-        after = await asyncio.to_thread(o.metrics)
-        key = ("netplane_dns_requests_total", (("rcode", "NOERROR"), ("type", "A")))
-        assert after[key] - before.get(key, 0.0) == 20
-        conns = sum(
-            v for (name, labels), v in after.items() if name == "netplane_l4_connections_total"
-        )
-        assert conns == 6
-        assert after[("netplane_workers_ready", (("worker", "0"),))] == 1
-        assert after[("netplane_workers_ready", (("worker", "1"),))] == 1
-        # /debug/state shows the planes as the workers see them
-        status, body = await asyncio.to_thread(o.get, "/debug/state")
-        assert status == 200 and '"127.77.0.40:8080/TCP"' in body
-    finally:
-        b.close()
+    # /metrics adds the workers up: every query and connection is counted once
+    after = await asyncio.to_thread(o.metrics)
+    key = ("netplane_dns_requests_total", (("rcode", "NOERROR"), ("type", "A")))
+    assert after[key] - before.get(key, 0.0) == 20
+    conns = sum(v for (name, labels), v in after.items() if name == "netplane_l4_connections_total")
+    assert conns == 6
+    assert after[("netplane_workers_ready", (("worker", "0"),))] == 1
+    assert after[("netplane_workers_ready", (("worker", "1"),))] == 1
+    # /debug/state shows the planes as the workers see them
+    status, body = await asyncio.to_thread(o.get, "/debug/state")
+    assert status == 200 and '"127.77.0.40:8080/TCP"' in body
 
 
 @needs_curl
-async def test_a_killed_worker_is_restarted_while_the_others_answer(tmp_path, owner):
-    b, port = Backends(), free_port()
-    await b.http("127.0.40.1", port)
-    await b.http("127.0.40.2", port)
-    web(tmp_path, port)
-    try:
-        o = await owner(2)
-        victim = (await asyncio.to_thread(o.workers))[0]["pid"]
-        os.kill(victim, signal.SIGKILL)
-        await o.until(
-            "the killed worker's sockets to close",
-            lambda: victim not in udp_port_holders(o.dns_port),
-        )
-        # the other worker answers everyone meanwhile: queries and connections
-        for _ in range(30):
-            assert await asyncio.to_thread(o.query, "web.t.svc.cluster.local.") == ["127.77.0.40"]
-        for _ in range(6):
-            assert (await curl("http://127.77.0.40:8080/"))[0] == 0
+async def test_a_killed_worker_is_restarted_while_the_others_answer(owner, web):
+    o = await owner(2)
+    victim = (await asyncio.to_thread(o.workers))[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    await o.until(
+        "the killed worker's sockets to close",
+        lambda: victim not in udp_port_holders(o.dns_port),
+    )
+    # the other worker answers everyone meanwhile: queries and connections
+    for _ in range(30):
+        assert await asyncio.to_thread(o.query, "web.t.svc.cluster.local.") == ["127.77.0.40"]
+    for _ in range(6):
+        assert (await curl("http://127.77.0.40:8080/"))[0] == 0
 
-        def restarted() -> bool:
-            w = o.workers()
-            return bool(w) and w[0]["pid"] != victim and w[0]["ready"] and w[0]["restarts"] == 1
+    def restarted() -> bool:
+        w = o.workers()
+        return bool(w) and w[0]["pid"] != victim and w[0]["ready"] and w[0]["restarts"] == 1
 
-        await o.until("worker 0 to be started again", restarted)
-        new = (await asyncio.to_thread(o.workers))[0]["pid"]
-        assert parent_of(new) == o.proc.pid
-        assert new in udp_port_holders(o.dns_port)
-        assert o.get("/readyz")[0] == 200
-        metrics = await asyncio.to_thread(o.metrics)
-        assert metrics[("netplane_worker_restarts_total", (("worker", "0"),))] == 1
-        assert metrics[("netplane_worker_restarts_total", (("worker", "1"),))] == 0
-    finally:
-        b.close()
+    await o.until("worker 0 to be started again", restarted)
+    new = (await asyncio.to_thread(o.workers))[0]["pid"]
+    assert parent_of(new) == o.proc.pid
+    assert new in udp_port_holders(o.dns_port)
+    assert o.get("/readyz")[0] == 200
+    metrics = await asyncio.to_thread(o.metrics)
+    assert metrics[("netplane_worker_restarts_total", (("worker", "0"),))] == 1
+    assert metrics[("netplane_worker_restarts_total", (("worker", "1"),))] == 0
 
 
 async def test_changes_reach_every_worker(tmp_path, owner):
