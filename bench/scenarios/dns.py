@@ -46,7 +46,7 @@ from typing import Any
 
 from bench import setup
 from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, netplane_cmd, vmrss_mb
-from bench.scenarios.scale import coredns_memory_mb
+from bench.scenarios.scale import coredns_memory_mb, settled_rss_mb
 from netplane.testing.ports import free_udp_tcp_port
 
 NSD = "nsd"
@@ -411,7 +411,7 @@ pid-file=
         if side == NETPLANE and self.dns_off_rss is None:
             proc, _ = self._start(ctx, side, index, dns=False)
             try:
-                self.dns_off_rss = vmrss_mb(proc.pid)
+                self.dns_off_rss = settled_rss_mb(proc.pid)
             finally:
                 ctx.procs.stop(proc)
         if side == NETPLANE and self.dns_off_rss is not None:
@@ -419,7 +419,7 @@ pid-file=
         proc, port = self._start(ctx, side, index)
         try:
             if side == NETPLANE:
-                out["rss_mb"] = vmrss_mb(proc.pid)
+                out["rss_mb"] = settled_rss_mb(proc.pid)
             sets = ("a", "nx") if side == DNSMASQ else ("mix", "a", "nx")
             for queries in sets:  # warm-up: every name once
                 self._dnsperf(ctx, port, queries, "-n", "1", name=f"warm-{queries}")
