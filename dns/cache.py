@@ -60,15 +60,15 @@ class AnswerCache:
     :meth:`reply` is the server's hot path: a few slices and one dict lookup.
     An entry is small because a warm cache holds one per name asked (every
     service name, and every missing one): a single name or key is held as
-    itself rather than in a one-element set, and the header bytes and the
-    (qtype, rcode) pair, which few entries differ in, are shared.
+    itself rather than in a one-element set, and the (qtype, rcode) pair,
+    which few entries differ in, is shared.
     """
 
     def __init__(self, max_entries: int = 100_000) -> None:
         self.max_entries = max_entries
-        # key -> [reply[2:12], reply[qend:], hits, (qtype, rcode), names]:
-        # everything but the ID and the name bytes, what /metrics counts of it,
-        # and the zone names it read (a str, or a tuple of them)
+        # key -> [reply[2:] with the name lower-cased, hits, (qtype, rcode), names]:
+        # the reply but its ID, what /metrics counts of it, and the zone names
+        # it read (a str, or a tuple of them)
         self._entries: dict[bytes, list] = {}
         # hits of entries dropped since, by (qtype, rcode)
         self._past_hits: dict[tuple[int, int], int] = {}
@@ -100,11 +100,16 @@ class AnswerCache:
             qend = n - 15
         else:
             return None
-        hit = self._entries.get(data[2:qend].lower() + data[qend:])
+        asked = data[2:qend]
+        lowered = asked.lower()
+        hit = self._entries.get(lowered + data[qend:])
         if hit is None:
             return None
-        hit[2] += 1
-        return data[:2] + hit[0] + data[12:qend] + hit[1]
+        hit[1] += 1
+        if lowered == asked:  # a lower-case name: the stored reply is the reply
+            return data[:2] + hit[0]
+        stored = hit[0]
+        return data[:2] + stored[:10] + data[12:qend] + stored[qend - 2 :]
 
     def put(self, query: bytes, reply: bytes, names: Iterable[str]) -> bool:
         """Store ``reply`` for ``query`` (if of the plain shape); ``names`` are what it read."""
@@ -122,8 +127,8 @@ class AnswerCache:
         held: str | tuple[str, ...] = read[0] if len(read) == 1 else read
         share = self._shared.setdefault
         kind = (int.from_bytes(query[qend : qend + 2], "big"), reply[3] & 0x0F)
-        head = reply[2:12]
-        self._entries[key] = [share(head, head), reply[qend:], 0, share(kind, kind), held]
+        stored = reply[2:12] + key[10 : qend - 2] + reply[qend:]
+        self._entries[key] = [stored, 0, share(kind, kind), held]
         by_name = self._by_name
         for name in read:
             have = by_name.get(name)
@@ -158,17 +163,17 @@ class AnswerCache:
         """Replies served from this cache so far, by (qtype, rcode)."""
         out = dict(self._past_hits)
         for entry in self._entries.values():
-            if entry[2]:
-                out[entry[3]] = out.get(entry[3], 0) + entry[2]
+            if entry[1]:
+                out[entry[2]] = out.get(entry[2], 0) + entry[1]
         return out
 
     def _drop(self, key: bytes) -> bool:
         entry = self._entries.pop(key, None)
         if entry is None:
             return False
-        if entry[2]:
-            self._past_hits[entry[3]] = self._past_hits.get(entry[3], 0) + entry[2]
-        held = entry[4]
+        if entry[1]:
+            self._past_hits[entry[2]] = self._past_hits.get(entry[2], 0) + entry[1]
+        held = entry[3]
         by_name = self._by_name
         for name in (held,) if held.__class__ is str else held:
             keys = by_name.get(name)

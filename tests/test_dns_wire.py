@@ -328,3 +328,14 @@ def test_an_answer_cache_of_size_zero_stores_nothing_and_answers_still_go_out() 
     q = query("web0.demo.svc.cluster.local")
     assert [str(rr) for rr in parse(r.handle(q, "127.0.0.1")).answer[0]] == ["10.96.0.20"]
     assert len(r.answers) == 0 and r.answers.reply(q) is None
+
+
+def test_a_reply_stored_for_a_mixed_case_name_answers_others_in_their_case() -> None:
+    r = responder()
+    r.handle(query("Web0.Demo.svc.cluster.local", qid=7), "127.0.0.1")
+    for name in ("web0.demo.svc.cluster.local", "WEB0.DEMO.SVC.CLUSTER.LOCAL"):
+        m = parse(r.answers.reply(query(name, qid=9)))
+        assert m.id == 9
+        assert m.question[0].name.to_text() == f"{name}."
+        assert m.answer[0].name.to_text() == f"{name}."
+        assert [str(rr) for rr in m.answer[0]] == ["10.96.0.20"]

@@ -617,3 +617,32 @@ def test_incremental_equals_rebuild(events: list[tuple]) -> None:
         else:
             w.delete("Service", ev[1])
         w.assert_matches_rebuild()
+
+
+def test_an_entry_survives_pickling_with_its_endpoints_still_shared() -> None:
+    # Worker processes get the table pickled: a backend and its address must
+    # arrive as one object, and the entry must read the same.
+    import pickle
+
+    w = World()
+    w.apply(
+        svc_raw(ports=[{"name": "http", "port": 80}, {"name": "alt", "port": 81}]),
+        slice_raw(
+            "web-1",
+            "web",
+            [ep("10.1.0.1", hostname="a", nodeName="n1"), ep("10.1.0.2")],
+            ports=[{"name": "http", "port": 8080}, {"name": "alt", "port": 8081}],
+        ),
+    )
+    entry = w.table.get("default", "web")
+    assert entry is not None
+    copy = pickle.loads(pickle.dumps(entry))
+    assert copy == entry
+    assert [(b.address, b.port) for p in copy.ports for b in p.backends] == [
+        ("10.1.0.1", 8080),
+        ("10.1.0.2", 8080),
+        ("10.1.0.1", 8081),
+        ("10.1.0.2", 8081),
+    ]
+    assert copy.ports[0].backends[0].endpoint is copy.addresses[0]
+    assert copy.ports[1].backends[0].endpoint is copy.addresses[0]

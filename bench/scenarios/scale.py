@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,20 @@ PER_SLICE = 10
 def coredns_memory_mb(pods: int, services: int) -> float:
     """CoreDNS's scaling guide: (pods + services) * 0.000858 MB + 49.1 MB."""
     return (pods + services) * 0.000858 + 49.1
+
+
+def settled_rss_mb(pid: int, *, timeout: float = 5.0, step: float = 0.25) -> float:
+    """VmRSS once it stops moving: /readyz answers before the post-sync collection
+    and heap trim have run, and a reading taken then is the parsing peak."""
+    last = vmrss_mb(pid)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(step)
+        now = vmrss_mb(pid)
+        if abs(now - last) < 0.5:
+            return now
+        last = now
+    return last
 
 
 def cpu_seconds(pid: int) -> float:
@@ -124,7 +139,7 @@ class ScaleSync(Scenario):
         try:
             sync = ctx.wait_http(f"http://127.0.0.1:{port}/readyz", 200, timeout=180, proc=proc)
             cpu = cpu_seconds(proc.pid)
-            rss = vmrss_mb(proc.pid)
+            rss = settled_rss_mb(proc.pid)
         finally:
             ctx.procs.stop(proc)
         return {"sync_s": sync, "cpu_s": cpu, "rss_mb": rss}

@@ -289,7 +289,8 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
                     hostname = own(hostname)
                     append(
                         make(
-                            (own(a),),
+                            # canonical IPv4 has no letters: lower() is a copy
+                            (a.lower(),),
                             ready,
                             serving,
                             terminating,

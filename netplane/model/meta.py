@@ -43,9 +43,24 @@ def own(s: str) -> str:
     return (s + " ")[:-1] if s else ""
 
 
+_SHARED: dict[str, str] = {}
+_SHARED_MAX = 65536  # distinct values kept; past it the table starts again
+
+
 def shared(s: str) -> str:
-    """:func:`own`, interned: for values that repeat across objects (namespaces, nodes)."""
-    return sys.intern((s + " ")[:-1]) if s else ""
+    """:func:`own`, one copy per value: for values that repeat across objects (namespaces, nodes).
+
+    One dict lookup when the value was seen before, which is nearly always.
+    """
+    v = _SHARED.get(s)
+    if v is None:
+        if not s:
+            return ""
+        if len(_SHARED) >= _SHARED_MAX:
+            _SHARED.clear()
+        v = sys.intern((s + " ")[:-1])
+        _SHARED[v] = v
+    return v
 
 
 def own_int(v: int) -> int:
