@@ -3,10 +3,12 @@
 A request's line says who asked (client address), what (method, host,
 target), what came of it (status, body bytes sent, the Ingress, the
 endpoint) and how long it took (total and upstream seconds), plus the
-X-Request-ID that went upstream. Lines gather in memory and go out with
-one ``write`` when 64 KiB are waiting or when :meth:`AccessLog.flush` runs
-(the server's sweeper calls it twice a second), as nginx's ``buffer=`` and
-``flush=`` do; the logging module would cost more per line than the proxy
+X-Request-ID that went upstream. Finished exchanges queue in memory and
+are formatted and written with one ``write`` when 320 are waiting (about
+64 KiB of lines) or when :meth:`AccessLog.flush` runs (the server's
+sweeper calls it twice a second), as nginx's ``buffer=`` and ``flush=``
+do; formatting a batch in one loop costs the request path only a list
+append, and the logging module would cost more per line than the proxy
 spends on the request. Timestamps have the daemon log's format
 (:mod:`netplane.logs`): UTC, RFC 3339, milliseconds.
 """
@@ -20,7 +22,10 @@ import time
 from typing import Any
 
 FORMATS = ("text", "json")
-_BATCH = 64 * 1024
+#: Lines formatted and written together (about 64 KiB of text lines).
+_BATCH_LINES = 320
+_NONE = object()
+_MILLIS = [b".%03dZ" % ms for ms in range(1000)]
 
 
 class AccessLog:
@@ -40,11 +45,10 @@ class AccessLog:
         else:
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._own = True
-        self._lines: list[bytes] = []
-        self._size = 0
+        self._pending: list[tuple[bytes, Any, float]] = []
         self._sec = -1
-        self._offset = 0.0
-        self._wall = 0
+        self._offset_ms = 0
+        self._wall = -1
         self._stamp = b""
         self._names: dict[Any, bytes] = {}
         self._quotes: dict[bytes, bytes] = {}
@@ -53,19 +57,15 @@ class AccessLog:
 
     def _stamp_for(self, now: float) -> bytes:
         """The wall-clock time of monotonic ``now``, as the daemon's log writes it."""
-        sec = int(now)
-        if sec != self._sec:  # once a second: re-anchor the monotonic clock to the wall
-            self._sec = sec
-            self._offset = time.time() - now
-            self._wall = int(now + self._offset)
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._wall)).encode()
-        t = now + self._offset
-        ms = int((t - self._wall) * 1000)
-        if not 0 <= ms < 1000:  # the wall second moved within this monotonic second
-            self._wall = int(t)
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._wall)).encode()
-            ms = int((t - self._wall) * 1000)
-        return b"%s.%03dZ" % (self._stamp, ms)
+        mono_ms = int(now * 1000)
+        if mono_ms // 1000 != self._sec:  # once a second: re-anchor the monotonic clock
+            self._sec = mono_ms // 1000
+            self._offset_ms = round((time.time() - time.monotonic()) * 1000)
+        sec, ms = divmod(mono_ms + self._offset_ms, 1000)
+        if sec != self._wall:
+            self._wall = sec
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+        return self._stamp + _MILLIS[ms]
 
     def _ingress(self, key: Any) -> bytes:
         name = self._names.get(key)
@@ -98,33 +98,61 @@ class AccessLog:
         return u
 
     def record(self, conn: Any, ex: Any, now: float) -> None:
-        """Add the line for exchange ``ex`` of client connection ``conn``; ``now`` is monotonic."""
-        if self.fmt == "json":
-            self._lines.append(self._json(conn, ex, now))
-        else:
-            up = ex.upstream_addr
-            head = ex.head
-            line = b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%s id=%s' % (
-                self._stamp_for(now),
-                conn.client_ip_b,
-                ex.method,
-                self._quoted(ex.target),
-                b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
-                ex.status,
-                ex.bytes_out,
-                self._quoted(head.host) if head.host else b"-",
-                self._ingress(getattr(ex.decision, "ingress", None)),
-                self._upstream(up),
-                now - ex.t0,
-                b"%.6f" % (now - ex.t_up) if ex.t_up else b"-",
-                head.request_id or b"-",
-            )
-            self._lines.append(line)
-        self._size += 200
-        if self._size >= _BATCH:
+        """Queue the line for exchange ``ex`` of client connection ``conn``; ``now`` is monotonic.
+
+        Only the finished exchange is kept here; its line is formatted in
+        :meth:`flush`, a batch at a time, off the request's own path.
+        """
+        pending = self._pending
+        pending.append((conn.client_ip_b, ex, now))
+        if len(pending) >= _BATCH_LINES:
             self.flush()
 
-    def _json(self, conn: Any, ex: Any, now: float) -> bytes:
+    def _format(self, pending: list[tuple[bytes, Any, float]]) -> list[bytes]:
+        if self.fmt == "json":
+            return [self._json(ip, ex, now) for ip, ex, now in pending]
+        lines = []
+        append = lines.append
+        quoted = self._quotes.get
+        ups = self._ups.get
+        stamp_ms = -1
+        stamp = b""
+        last_ingress: Any = _NONE
+        ingress_b = b"-"
+        for ip, ex, now in pending:
+            ms = int(now * 1000)
+            if ms != stamp_ms:
+                stamp_ms = ms
+                stamp = self._stamp_for(now)
+            head = ex.head
+            ingress = getattr(ex.decision, "ingress", None)
+            if ingress is not last_ingress:
+                last_ingress = ingress
+                ingress_b = self._ingress(ingress)
+            target = ex.target
+            host = head.host
+            t_up = ex.t_up
+            append(
+                b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%s id=%s'
+                % (
+                    stamp,
+                    ip,
+                    ex.method,
+                    quoted(target) or self._quoted(target),
+                    b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
+                    ex.status,
+                    ex.bytes_out,
+                    (quoted(host) or self._quoted(host)) if host else b"-",
+                    ingress_b,
+                    ups(ex.upstream_addr) or self._upstream(ex.upstream_addr),
+                    now - ex.t0,
+                    b"%.6f" % (now - t_up) if t_up else b"-",
+                    head.request_id or b"-",
+                )
+            )
+        return lines
+
+    def _json(self, ip: bytes, ex: Any, now: float) -> bytes:
         d = ex.decision
         ingress = getattr(d, "ingress", None)
         up = ex.upstream_addr
@@ -132,7 +160,7 @@ class AccessLog:
         return json.dumps(
             {
                 "ts": self._stamp_for(now).decode(),
-                "client": conn.client_ip,
+                "client": ip.decode(),
                 "method": ex.method.decode("latin-1"),
                 "host": ex.head.host.decode("latin-1") if ex.head.host is not None else "",
                 "path": ex.target.decode("latin-1"),
@@ -148,12 +176,13 @@ class AccessLog:
         ).encode()
 
     def flush(self) -> None:
-        if not self._lines:
+        """Format the queued lines and write them with one ``write``."""
+        pending = self._pending
+        if not pending:
             return
-        data = b"\n".join(self._lines) + b"\n"
-        n = len(self._lines)
-        self._lines.clear()
-        self._size = 0
+        self._pending = []
+        lines = self._format(pending)
+        data = b"\n".join(lines) + b"\n"
         try:
             while data:
                 written = os.write(self._fd, data)
@@ -162,7 +191,7 @@ class AccessLog:
             pass  # a non-blocking stdout that is full: lose the rest of this batch, not the loop
         except OSError:
             return
-        self.lines_written += n
+        self.lines_written += len(lines)
 
     def close(self) -> None:
         self.flush()

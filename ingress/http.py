@@ -30,7 +30,7 @@ from time import monotonic
 from typing import Any
 
 import httptools
-from netplane.ingress.errors import error_response, reason, redirect_response
+from netplane.ingress.errors import error_response, redirect_response
 from netplane.ingress.http_head import (
     CHUNKED,
     NO_BODY,
@@ -500,9 +500,10 @@ class ClientConnection(asyncio.Protocol):
         ex.upstream = up
         ex.upstream_addr = d.targets[ex.target_index]
         if not ex.upstream_head:
+            listener = self.listener
             ex.upstream_head = ex.head.upstream_head(
-                ex.method, d.path.encode("latin-1"), client_ip=self.client_ip_b,
-                proto=self.listener.proto, port=self.listener.port, upgrade=ex.upgrade,
+                ex.method, d.path.encode("latin-1"), self.client_ip_b, listener.proto,
+                listener.port, ex.upgrade,
             )  # fmt: skip
         if ex.pending:
             up.send(self, ex.upstream_head + b"".join(ex.pending))
@@ -546,9 +547,7 @@ class ClientConnection(asyncio.Protocol):
         if ex.until_eof and ex.http10:
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
-        self.wbuf.append(
-            h.client_head(status, up.reason or reason(status), framing, keep_alive=keep, client_http10=ex.http10, extra=extra)
-        )  # fmt: skip
+        self.wbuf.append(h.client_head(status, up.reason, framing, keep, ex.http10, extra))
         return head_request
 
     def upstream_body(self, body: bytes) -> None:
@@ -561,9 +560,12 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_done(self, up: UpstreamConnection) -> None:
         ex = self.active
+        wbuf = self.wbuf
         if ex.framing == CHUNKED:
-            self.wbuf.append(b"0\r\n\r\n")
-        self.flush()
+            wbuf.append(b"0\r\n\r\n")
+        if wbuf:  # flush(), inline
+            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+            wbuf.clear()
         if not ex.req_done:
             up.keep_alive = False  # the request is still being written: the stream is unsure
         ex.upstream = None
@@ -671,11 +673,22 @@ class ClientConnection(asyncio.Protocol):
             self._finish(ex)
 
     def _finish(self, ex: Exchange) -> None:
-        self.flush()
+        wbuf = self.wbuf
+        if wbuf:
+            self.flush()
         self.active = None
         self.served += 1
         self.idle_since = now = monotonic()
-        self._log(ex, now)
+        # _log, inline: this runs once per request
+        listener = self.listener
+        d = ex.decision
+        listener.stats.record(
+            getattr(d, "ingress", None), getattr(d, "service", None), ex.status,
+            listener.https, now - ex.t0,
+        )  # fmt: skip
+        alog = listener.access_log
+        if alog is not None:
+            alog.record(self, ex, now)
         if not ex.keep_alive or self.closing or self.lost:
             self.parser = None
             self.transport.close()

@@ -27,6 +27,8 @@ from __future__ import annotations
 import itertools
 import os
 
+from netplane.ingress.errors import reason as _reason
+
 HOP_BY_HOP = frozenset(
     (
         b"connection",
@@ -182,7 +184,6 @@ class RequestHead:
         self,
         method: bytes,
         target: bytes,
-        *,
         client_ip: bytes,
         proto: bytes,
         port: bytes,
@@ -261,17 +262,26 @@ class ResponseHead:
         status: int,
         reason: bytes,
         framing: int,
-        *,
         keep_alive: bool,
         client_http10: bool,
         extra: bytes,
     ) -> bytes:
-        """The response head for the client; ``extra`` is pre-framed lines the proxy adds."""
+        """The response head for the client; ``extra`` is pre-framed lines the proxy adds.
+
+        An empty ``reason`` gets the status code's standard one.
+        """
+        line = _STATUS_LINES.get((status, reason))
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
+            if len(_STATUS_LINES) < 1024:
+                _STATUS_LINES[(status, reason)] = line
         conn = b"Transfer-Encoding: chunked\r\n" if framing == CHUNKED else b""
         if not keep_alive:
             conn += b"Connection: close\r\n"
         elif client_http10:
             conn += b"Connection: keep-alive\r\n"
-        return b"".join(
-            (b"HTTP/1.1 %d %s\r\n" % (status, reason), *self.lines, extra, conn, b"\r\n")
-        )
+        return b"".join((line, *self.lines, extra, conn, b"\r\n"))
+
+
+# (status, upstream reason) -> status line; bounded (an upstream chooses its reasons)
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
