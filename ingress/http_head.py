@@ -56,6 +56,15 @@ SPECIAL_RESPONSE_FIELDS = HOP_BY_HOP | {
     b"x-request-id",
     b"strict-transport-security",
 }
+#: Common response fields in their usual spelling, none of them special: the
+#: proxy passes these on without lower-casing their names first.
+PLAIN_RESPONSE_FIELDS = frozenset(
+    (
+        b"Server", b"Date", b"Content-Type", b"Last-Modified", b"ETag", b"Cache-Control",
+        b"Expires", b"Vary", b"Set-Cookie", b"Location", b"Accept-Ranges", b"Content-Encoding",
+        b"Access-Control-Allow-Origin",
+    )
+)  # fmt: skip
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
 #: Response framings towards the client.

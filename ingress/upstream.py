@@ -23,7 +23,11 @@ from time import monotonic
 from typing import Any
 
 import httptools
-from netplane.ingress.http_head import SPECIAL_RESPONSE_FIELDS, ResponseHead
+from netplane.ingress.http_head import (
+    PLAIN_RESPONSE_FIELDS,
+    SPECIAL_RESPONSE_FIELDS,
+    ResponseHead,
+)
 
 from netplane.l4.flow_control import FlowControl
 
@@ -181,15 +185,18 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------
 
     def on_status(self, reason: bytes) -> None:
-        self.reason += reason
+        self.reason = self.reason + reason if self.reason else reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # ResponseHead.add, inline: this runs for every header of every response.
+        if name in PLAIN_RESPONSE_FIELDS:  # the usual spellings of fields passed on as they are
+            self.head.lines.append(b"%s: %s\r\n" % (name, value))
+            return
         lname = name.lower()
         if lname in SPECIAL_RESPONSE_FIELDS:
             self.head.special(lname, name, value)
         else:
-            self.head.lines.append(name + b": " + value + b"\r\n")
+            self.head.lines.append(b"%s: %s\r\n" % (name, value))
 
     def on_headers_complete(self) -> None:
         status = self.parser.get_status_code()
