@@ -193,7 +193,10 @@ class ClientConnection(asyncio.Protocol):
         # per connection
         self.transport: Any = None
         self.flow: Any = None
-        self.parser: Any = httptools.HttpRequestParser(self)
+        # Made in connection_made: until then nothing here refers back to this
+        # object, so a TLS connection whose handshake fails is freed (and
+        # counted, see __del__) as soon as the loop drops it.
+        self.parser: Any = None
         self.client_ip = ""
         self.client_ip_b = b""
         self.write_paused = False
@@ -217,6 +220,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
         self.flow = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else ""
@@ -225,8 +229,14 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ip
         self.client_ip_b = ip.encode()
         self.listener.conns.add(self)
-        if self.listener.https:  # uvloop calls this once the TLS handshake is done
+        if self.listener.https:  # the loop calls this once the TLS handshake is done
             self.listener.stats.tls_handshakes += 1
+
+    def __del__(self) -> None:
+        # The loop makes the protocol when it accepts and calls connection_made
+        # only after a TLS handshake succeeded; it says nothing when one fails.
+        if self.transport is None and self.listener.https:
+            self.listener.stats.tls_handshake_failures += 1
 
     def data_received(self, data: bytes) -> None:
         self.last_read = monotonic()  # also the start time of requests begun in this read
@@ -264,6 +274,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.transport is None:  # a TLS connection lost before its handshake was done
+            return
         self.flow.finish()
         self.listener.conns.discard(self)
         if self.tunnel is not None:

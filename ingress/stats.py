@@ -21,7 +21,7 @@ _CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class RequestStats:
-    """Counters of finished requests and TLS handshakes of one ingress."""
+    """Counters of finished requests and TLS handshakes (done and failed) of one ingress."""
 
     def __init__(self) -> None:
         # key -> [per-bucket counts (the last one: above every bucket), sum of seconds]
@@ -30,6 +30,7 @@ class RequestStats:
         # requests to one route skips hashing the object keys.
         self._last: tuple[Any, Any, int, bool, list[Any]] = (None, None, -1, False, [])
         self.tls_handshakes = 0
+        self.tls_handshake_failures = 0
 
     def record(self, ingress: Any, service: Any, status: int, https: bool, seconds: float) -> None:
         """One finished exchange (ingress/service None when no rule or upstream was involved)."""
@@ -69,11 +70,15 @@ class RequestStats:
             durations.add_metric(values, cumulative_buckets(BUCKETS, counts), total)
         yield requests
         yield durations
-        yield CounterMetricFamily(
-            "netplane_tls_handshakes",
-            "TLS handshakes completed on the HTTPS listeners",
-            value=self.tls_handshakes,
+        handshakes = CounterMetricFamily(
+            "netplane_ingress_tls_handshakes",
+            "TLS handshakes on the ingress HTTPS listeners, by result "
+            "(failed: refused protocol or cipher, not TLS at all, cut or timed out)",
+            labels=["result"],
         )
+        handshakes.add_metric(["ok"], self.tls_handshakes)
+        handshakes.add_metric(["failed"], self.tls_handshake_failures)
+        yield handshakes
 
 
 def _name(key: Any) -> str:
