@@ -382,7 +382,7 @@ class ClientConnection(asyncio.Protocol):
             body = b"%x\r\n%b\r\n" % (len(body), body)
         up = ex.upstream
         if up is not None:
-            up.transport.write(body)
+            up.write(body)
         else:
             ex.pending.append(body)
             ex.pending_size += len(body)
@@ -395,7 +395,7 @@ class ClientConnection(asyncio.Protocol):
         ex.req_done = True
         if ex.response is None and ex.head.transfer_encoding is not None:
             if ex.upstream is not None:
-                ex.upstream.transport.write(b"0\r\n\r\n")
+                ex.upstream.write(b"0\r\n\r\n")
             else:
                 ex.pending.append(b"0\r\n\r\n")
         if ex.upstream is not None:
@@ -644,7 +644,7 @@ class ClientConnection(asyncio.Protocol):
         if rest:
             self.transport.write(rest)
         if ex.early:
-            up.transport.write(b"".join(ex.early))
+            up.write(b"".join(ex.early))
             ex.early = []
             self.flow.resume(PENDING_FULL)
         ex.resp_done = True
