@@ -3,13 +3,13 @@
 A request's line says who asked (client address), what (method, host,
 target), what came of it (status, body bytes sent, the Ingress, the
 endpoint) and how long it took (total and upstream seconds), plus the
-X-Request-ID that went upstream. Finished exchanges queue in memory and
-are formatted and written with one ``write`` when 320 are waiting (about
-64 KiB of lines) or when :meth:`AccessLog.flush` runs (the server's
-sweeper calls it twice a second), as nginx's ``buffer=`` and ``flush=``
-do; formatting a batch in one loop costs the request path only a list
-append, and the logging module would cost more per line than the proxy
-spends on the request. Timestamps have the daemon log's format
+X-Request-ID that went upstream. Lines gather in memory and go out with
+one ``write`` when 320 are waiting (about 64 KiB) or when
+:meth:`AccessLog.flush` runs (the server's sweeper calls it twice a
+second), as nginx's ``buffer=`` and ``flush=`` do; the logging module
+would cost more per line than the proxy spends on the request. The
+timestamp's text is made once a second and its milliseconds come from a
+table. Timestamps have the daemon log's format
 (:mod:`netplane.logs`): UTC, RFC 3339, milliseconds.
 """
 
@@ -45,7 +45,11 @@ class AccessLog:
         else:
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._own = True
-        self._pending: list[tuple[bytes, Any, float]] = []
+        self._lines: list[bytes] = []
+        self._stamp_ms = -1
+        self._stamp_b = b""
+        self._last_ingress: Any = _NONE
+        self._ingress_b = b"-"
         self._sec = -1
         self._offset_ms = 0
         self._wall = -1
@@ -98,59 +102,46 @@ class AccessLog:
         return u
 
     def record(self, conn: Any, ex: Any, now: float) -> None:
-        """Queue the line for exchange ``ex`` of client connection ``conn``; ``now`` is monotonic.
+        """Add the line for exchange ``ex`` of client connection ``conn``; ``now`` is monotonic.
 
-        Only the finished exchange is kept here; its line is formatted in
-        :meth:`flush`, a batch at a time, off the request's own path.
+        The line is made at once (holding exchanges for a batch would keep
+        them alive long enough for the garbage collector to promote them).
         """
-        pending = self._pending
-        pending.append((conn.client_ip_b, ex, now))
-        if len(pending) >= _BATCH_LINES:
-            self.flush()
-
-    def _format(self, pending: list[tuple[bytes, Any, float]]) -> list[bytes]:
         if self.fmt == "json":
-            return [self._json(ip, ex, now) for ip, ex, now in pending]
-        lines = []
-        append = lines.append
-        quoted = self._quotes.get
-        ups = self._ups.get
-        stamp_ms = -1
-        stamp = b""
-        last_ingress: Any = _NONE
-        ingress_b = b"-"
-        for ip, ex, now in pending:
+            line = self._json(conn.client_ip_b, ex, now)
+        else:
             ms = int(now * 1000)
-            if ms != stamp_ms:
-                stamp_ms = ms
-                stamp = self._stamp_for(now)
+            if ms != self._stamp_ms:
+                self._stamp_ms = ms
+                self._stamp_b = self._stamp_for(now)
             head = ex.head
             ingress = getattr(ex.decision, "ingress", None)
-            if ingress is not last_ingress:
-                last_ingress = ingress
-                ingress_b = self._ingress(ingress)
+            if ingress is not self._last_ingress:
+                self._last_ingress = ingress
+                self._ingress_b = self._ingress(ingress)
             target = ex.target
             host = head.host
+            up = ex.upstream_addr
             t_up = ex.t_up
-            append(
-                b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%s id=%s'
-                % (
-                    stamp,
-                    ip,
-                    ex.method,
-                    quoted(target) or self._quoted(target),
-                    b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
-                    ex.status,
-                    ex.bytes_out,
-                    (quoted(host) or self._quoted(host)) if host else b"-",
-                    ingress_b,
-                    ups(ex.upstream_addr) or self._upstream(ex.upstream_addr),
-                    now - ex.t0,
-                    b"%.6f" % (now - t_up) if t_up else b"-",
-                    head.request_id or b"-",
-                )
+            line = b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%s id=%s' % (
+                self._stamp_b,
+                conn.client_ip_b,
+                ex.method,
+                self._quotes.get(target) or self._quoted(target),
+                b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
+                ex.status,
+                ex.bytes_out,
+                (self._quotes.get(host) or self._quoted(host)) if host else b"-",
+                self._ingress_b,
+                self._ups.get(up) or self._upstream(up),
+                now - ex.t0,
+                b"%.6f" % (now - t_up) if t_up else b"-",
+                head.request_id or b"-",
             )
-        return lines
+        lines = self._lines
+        lines.append(line)
+        if len(lines) >= _BATCH_LINES:
+            self.flush()
 
     def _json(self, ip: bytes, ex: Any, now: float) -> bytes:
         d = ex.decision
@@ -176,12 +167,11 @@ class AccessLog:
         ).encode()
 
     def flush(self) -> None:
-        """Format the queued lines and write them with one ``write``."""
-        pending = self._pending
-        if not pending:
+        """Write the waiting lines with one ``write``."""
+        lines = self._lines
+        if not lines:
             return
-        self._pending = []
-        lines = self._format(pending)
+        self._lines = []
         data = b"\n".join(lines) + b"\n"
         try:
             while data:
