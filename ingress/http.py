@@ -35,6 +35,7 @@ from netplane.ingress.http_head import (
     CHUNKED,
     NO_BODY,
     SPECIAL_REQUEST_FIELDS,
+    UNTIL_CLOSE,
     HeadError,
     RequestHead,
 )
@@ -347,9 +348,15 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         ex.headers_done = True
         ex.method = method = parser.get_method()
-        ex.http10 = parser.get_http_version() == "1.0"
-        ex.keep_alive = parser.should_keep_alive()
+        ex.keep_alive = keep_alive = parser.should_keep_alive()
         head = ex.head
+        # Keep-alive with no Connection field (nor the Proxy-Connection the
+        # parser reads as one) is HTTP/1.1: the version string, which the
+        # parser formats anew on each call, is asked for only otherwise.
+        if keep_alive and not head.connection and b"proxy-connection" not in head.headers:
+            ex.http10 = False
+        else:
+            ex.http10 = parser.get_http_version() == "1.0"
         if head.transfer_encoding is not None or head.connection:
             try:
                 head.check()
@@ -556,7 +563,7 @@ class ClientConnection(asyncio.Protocol):
         framing = h.framing(status, head_request, ex.http10)
         ex.framing = framing
         ex.until_eof = framing != NO_BODY and not h.has_length and not h.chunked
-        if ex.until_eof and ex.http10:
+        if framing == UNTIL_CLOSE:  # the body's end is the connection's end
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
         self.wbuf.append(h.client_head(status, up.reason, framing, keep, ex.http10, extra))
