@@ -254,7 +254,7 @@ class IngressBench(Scenario):
     sides = (NETPLANE, NGINX)
     peer_note = (
         "nginx 1 worker, the same routes generated from the same Ingress objects, upstream "
-        "keepalive 32, the same forwarded headers, buffered access log on both; resumption off "
+        "keepalive 320, the same forwarded headers, buffered access log on both; resumption off "
         "on both. Bar (issue 6): >= 0.6x nginx on each figure; aim 1.0x."
     )
     packages = ("nginx", "wrk")
