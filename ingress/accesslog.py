@@ -4,10 +4,12 @@ A request's line says who asked (client address), what (method, host,
 target), what came of it (status, body bytes sent, the Ingress, the
 endpoint) and how long it took (total and upstream seconds), plus the
 X-Request-ID that went upstream. Lines gather in memory and go out with
-one ``write`` when 64 KiB are waiting or when :meth:`AccessLog.flush` runs
-(the server's sweeper calls it twice a second), as nginx's ``buffer=`` and
-``flush=`` do; the logging module would cost more per line than the proxy
-spends on the request. Timestamps have the daemon log's format
+one ``write`` when 320 are waiting (about 64 KiB) or when
+:meth:`AccessLog.flush` runs (the server's sweeper calls it twice a
+second), as nginx's ``buffer=`` and ``flush=`` do; the logging module
+would cost more per line than the proxy spends on the request. The
+timestamp's text is made once a second and its milliseconds come from a
+table. Timestamps have the daemon log's format
 (:mod:`netplane.logs`): UTC, RFC 3339, milliseconds.
 """
 
@@ -20,7 +22,10 @@ import time
 from typing import Any
 
 FORMATS = ("text", "json")
-_BATCH = 64 * 1024
+#: Lines formatted and written together (about 64 KiB of text lines).
+_BATCH_LINES = 320
+_NONE = object()
+_MILLIS = [b".%03dZ" % ms for ms in range(1000)]
 
 
 class AccessLog:
@@ -41,10 +46,13 @@ class AccessLog:
             self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._own = True
         self._lines: list[bytes] = []
-        self._size = 0
+        self._stamp_ms = -1
+        self._stamp_b = b""
+        self._last_ingress: Any = _NONE
+        self._ingress_b = b"-"
         self._sec = -1
-        self._offset = 0.0
-        self._wall = 0
+        self._offset_ms = 0
+        self._wall = -1
         self._stamp = b""
         self._names: dict[Any, bytes] = {}
         self._quotes: dict[bytes, bytes] = {}
@@ -53,19 +61,15 @@ class AccessLog:
 
     def _stamp_for(self, now: float) -> bytes:
         """The wall-clock time of monotonic ``now``, as the daemon's log writes it."""
-        sec = int(now)
-        if sec != self._sec:  # once a second: re-anchor the monotonic clock to the wall
-            self._sec = sec
-            self._offset = time.time() - now
-            self._wall = int(now + self._offset)
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._wall)).encode()
-        t = now + self._offset
-        ms = int((t - self._wall) * 1000)
-        if not 0 <= ms < 1000:  # the wall second moved within this monotonic second
-            self._wall = int(t)
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self._wall)).encode()
-            ms = int((t - self._wall) * 1000)
-        return b"%s.%03dZ" % (self._stamp, ms)
+        mono_ms = int(now * 1000)
+        if mono_ms // 1000 != self._sec:  # once a second: re-anchor the monotonic clock
+            self._sec = mono_ms // 1000
+            self._offset_ms = round((time.time() - time.monotonic()) * 1000)
+        sec, ms = divmod(mono_ms + self._offset_ms, 1000)
+        if sec != self._wall:
+            self._wall = sec
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+        return self._stamp + _MILLIS[ms]
 
     def _ingress(self, key: Any) -> bytes:
         name = self._names.get(key)
@@ -98,33 +102,48 @@ class AccessLog:
         return u
 
     def record(self, conn: Any, ex: Any, now: float) -> None:
-        """Add the line for exchange ``ex`` of client connection ``conn``; ``now`` is monotonic."""
+        """Add the line for exchange ``ex`` of client connection ``conn``; ``now`` is monotonic.
+
+        The line is made at once (holding exchanges for a batch would keep
+        them alive long enough for the garbage collector to promote them).
+        """
         if self.fmt == "json":
-            self._lines.append(self._json(conn, ex, now))
+            line = self._json(conn.client_ip_b, ex, now)
         else:
-            up = ex.upstream_addr
+            ms = int(now * 1000)
+            if ms != self._stamp_ms:
+                self._stamp_ms = ms
+                self._stamp_b = self._stamp_for(now)
             head = ex.head
+            ingress = getattr(ex.decision, "ingress", None)
+            if ingress is not self._last_ingress:
+                self._last_ingress = ingress
+                self._ingress_b = self._ingress(ingress)
+            target = ex.target
+            host = head.host
+            up = ex.upstream_addr
+            t_up = ex.t_up
             line = b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%s id=%s' % (
-                self._stamp_for(now),
+                self._stamp_b,
                 conn.client_ip_b,
                 ex.method,
-                self._quoted(ex.target),
+                self._quotes.get(target) or self._quoted(target),
                 b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
                 ex.status,
                 ex.bytes_out,
-                self._quoted(head.host) if head.host else b"-",
-                self._ingress(getattr(ex.decision, "ingress", None)),
-                self._upstream(up),
+                (self._quotes.get(host) or self._quoted(host)) if host else b"-",
+                self._ingress_b,
+                self._ups.get(up) or self._upstream(up),
                 now - ex.t0,
-                b"%.6f" % (now - ex.t_up) if ex.t_up else b"-",
+                b"%.6f" % (now - t_up) if t_up else b"-",
                 head.request_id or b"-",
             )
-            self._lines.append(line)
-        self._size += 200
-        if self._size >= _BATCH:
+        lines = self._lines
+        lines.append(line)
+        if len(lines) >= _BATCH_LINES:
             self.flush()
 
-    def _json(self, conn: Any, ex: Any, now: float) -> bytes:
+    def _json(self, ip: bytes, ex: Any, now: float) -> bytes:
         d = ex.decision
         ingress = getattr(d, "ingress", None)
         up = ex.upstream_addr
@@ -132,7 +151,7 @@ class AccessLog:
         return json.dumps(
             {
                 "ts": self._stamp_for(now).decode(),
-                "client": conn.client_ip,
+                "client": ip.decode(),
                 "method": ex.method.decode("latin-1"),
                 "host": ex.head.host.decode("latin-1") if ex.head.host is not None else "",
                 "path": ex.target.decode("latin-1"),
@@ -148,12 +167,12 @@ class AccessLog:
         ).encode()
 
     def flush(self) -> None:
-        if not self._lines:
+        """Write the waiting lines with one ``write``."""
+        lines = self._lines
+        if not lines:
             return
-        data = b"\n".join(self._lines) + b"\n"
-        n = len(self._lines)
-        self._lines.clear()
-        self._size = 0
+        self._lines = []
+        data = b"\n".join(lines) + b"\n"
         try:
             while data:
                 written = os.write(self._fd, data)
@@ -162,7 +181,7 @@ class AccessLog:
             pass  # a non-blocking stdout that is full: lose the rest of this batch, not the loop
         except OSError:
             return
-        self.lines_written += n
+        self.lines_written += len(lines)
 
     def close(self) -> None:
         self.flush()

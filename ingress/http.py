@@ -30,11 +30,12 @@ from time import monotonic
 from typing import Any
 
 import httptools
-from netplane.ingress.errors import error_response, reason, redirect_response
+from netplane.ingress.errors import error_response, redirect_response
 from netplane.ingress.http_head import (
     CHUNKED,
     NO_BODY,
     SPECIAL_REQUEST_FIELDS,
+    UNTIL_CLOSE,
     HeadError,
     RequestHead,
 )
@@ -193,7 +194,10 @@ class ClientConnection(asyncio.Protocol):
         # per connection
         self.transport: Any = None
         self.flow: Any = None
-        self.parser: Any = httptools.HttpRequestParser(self)
+        # Made in connection_made: until then nothing here refers back to this
+        # object, so a TLS connection whose handshake fails is freed (and
+        # counted, see __del__) as soon as the loop drops it.
+        self.parser: Any = None
         self.client_ip = ""
         self.client_ip_b = b""
         self.write_paused = False
@@ -217,6 +221,7 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.parser = httptools.HttpRequestParser(self)
         self.flow = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         ip = peer[0] if peer else ""
@@ -225,8 +230,14 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = ip
         self.client_ip_b = ip.encode()
         self.listener.conns.add(self)
-        if self.listener.https:  # uvloop calls this once the TLS handshake is done
+        if self.listener.https:  # the loop calls this once the TLS handshake is done
             self.listener.stats.tls_handshakes += 1
+
+    def __del__(self) -> None:
+        # The loop makes the protocol when it accepts and calls connection_made
+        # only after a TLS handshake succeeded; it says nothing when one fails.
+        if self.transport is None and self.listener.https:
+            self.listener.stats.tls_handshake_failures += 1
 
     def data_received(self, data: bytes) -> None:
         self.last_read = monotonic()  # also the start time of requests begun in this read
@@ -264,6 +275,8 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.transport is None:  # a TLS connection lost before its handshake was done
+            return
         self.flow.finish()
         self.listener.conns.discard(self)
         if self.tunnel is not None:
@@ -335,9 +348,15 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         ex.headers_done = True
         ex.method = method = parser.get_method()
-        ex.http10 = parser.get_http_version() == "1.0"
-        ex.keep_alive = parser.should_keep_alive()
+        ex.keep_alive = keep_alive = parser.should_keep_alive()
         head = ex.head
+        # Keep-alive with no Connection field (nor the Proxy-Connection the
+        # parser reads as one) is HTTP/1.1: the version string, which the
+        # parser formats anew on each call, is asked for only otherwise.
+        if keep_alive and not head.connection and b"proxy-connection" not in head.headers:
+            ex.http10 = False
+        else:
+            ex.http10 = parser.get_http_version() == "1.0"
         if head.transfer_encoding is not None or head.connection:
             try:
                 head.check()
@@ -370,7 +389,7 @@ class ClientConnection(asyncio.Protocol):
             body = b"%x\r\n%b\r\n" % (len(body), body)
         up = ex.upstream
         if up is not None:
-            up.transport.write(body)
+            up.write(body)
         else:
             ex.pending.append(body)
             ex.pending_size += len(body)
@@ -383,7 +402,7 @@ class ClientConnection(asyncio.Protocol):
         ex.req_done = True
         if ex.response is None and ex.head.transfer_encoding is not None:
             if ex.upstream is not None:
-                ex.upstream.transport.write(b"0\r\n\r\n")
+                ex.upstream.write(b"0\r\n\r\n")
             else:
                 ex.pending.append(b"0\r\n\r\n")
         if ex.upstream is not None:
@@ -500,9 +519,10 @@ class ClientConnection(asyncio.Protocol):
         ex.upstream = up
         ex.upstream_addr = d.targets[ex.target_index]
         if not ex.upstream_head:
+            listener = self.listener
             ex.upstream_head = ex.head.upstream_head(
-                ex.method, d.path.encode("latin-1"), client_ip=self.client_ip_b,
-                proto=self.listener.proto, port=self.listener.port, upgrade=ex.upgrade,
+                ex.method, d.path.encode("latin-1"), self.client_ip_b, listener.proto,
+                listener.port, ex.upgrade,
             )  # fmt: skip
         if ex.pending:
             up.send(self, ex.upstream_head + b"".join(ex.pending))
@@ -543,12 +563,10 @@ class ClientConnection(asyncio.Protocol):
         framing = h.framing(status, head_request, ex.http10)
         ex.framing = framing
         ex.until_eof = framing != NO_BODY and not h.has_length and not h.chunked
-        if ex.until_eof and ex.http10:
+        if framing == UNTIL_CLOSE:  # the body's end is the connection's end
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
-        self.wbuf.append(
-            h.client_head(status, up.reason or reason(status), framing, keep_alive=keep, client_http10=ex.http10, extra=extra)
-        )  # fmt: skip
+        self.wbuf.append(h.client_head(status, up.reason, framing, keep, ex.http10, extra))
         return head_request
 
     def upstream_body(self, body: bytes) -> None:
@@ -561,9 +579,12 @@ class ClientConnection(asyncio.Protocol):
 
     def upstream_done(self, up: UpstreamConnection) -> None:
         ex = self.active
+        wbuf = self.wbuf
         if ex.framing == CHUNKED:
-            self.wbuf.append(b"0\r\n\r\n")
-        self.flush()
+            wbuf.append(b"0\r\n\r\n")
+        if wbuf:  # flush(), inline
+            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+            wbuf.clear()
         if not ex.req_done:
             up.keep_alive = False  # the request is still being written: the stream is unsure
         ex.upstream = None
@@ -630,7 +651,7 @@ class ClientConnection(asyncio.Protocol):
         if rest:
             self.transport.write(rest)
         if ex.early:
-            up.transport.write(b"".join(ex.early))
+            up.write(b"".join(ex.early))
             ex.early = []
             self.flow.resume(PENDING_FULL)
         ex.resp_done = True
@@ -671,11 +692,22 @@ class ClientConnection(asyncio.Protocol):
             self._finish(ex)
 
     def _finish(self, ex: Exchange) -> None:
-        self.flush()
+        wbuf = self.wbuf
+        if wbuf:
+            self.flush()
         self.active = None
         self.served += 1
         self.idle_since = now = monotonic()
-        self._log(ex, now)
+        # _log, inline: this runs once per request
+        listener = self.listener
+        d = ex.decision
+        listener.stats.record(
+            getattr(d, "ingress", None), getattr(d, "service", None), ex.status,
+            listener.https, now - ex.t0,
+        )  # fmt: skip
+        alog = listener.access_log
+        if alog is not None:
+            alog.record(self, ex, now)
         if not ex.keep_alive or self.closing or self.lost:
             self.parser = None
             self.transport.close()

@@ -27,6 +27,8 @@ from __future__ import annotations
 import itertools
 import os
 
+from netplane.ingress.errors import reason as _reason
+
 HOP_BY_HOP = frozenset(
     (
         b"connection",
@@ -54,6 +56,15 @@ SPECIAL_RESPONSE_FIELDS = HOP_BY_HOP | {
     b"x-request-id",
     b"strict-transport-security",
 }
+#: Common response fields in their usual spelling, none of them special: the
+#: proxy passes these on without lower-casing their names first.
+PLAIN_RESPONSE_FIELDS = frozenset(
+    (
+        b"Server", b"Date", b"Content-Type", b"Last-Modified", b"ETag", b"Cache-Control",
+        b"Expires", b"Vary", b"Set-Cookie", b"Location", b"Accept-Ranges", b"Content-Encoding",
+        b"Access-Control-Allow-Origin",
+    )
+)  # fmt: skip
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
 #: Response framings towards the client.
@@ -182,7 +193,6 @@ class RequestHead:
         self,
         method: bytes,
         target: bytes,
-        *,
         client_ip: bytes,
         proto: bytes,
         port: bytes,
@@ -261,17 +271,26 @@ class ResponseHead:
         status: int,
         reason: bytes,
         framing: int,
-        *,
         keep_alive: bool,
         client_http10: bool,
         extra: bytes,
     ) -> bytes:
-        """The response head for the client; ``extra`` is pre-framed lines the proxy adds."""
+        """The response head for the client; ``extra`` is pre-framed lines the proxy adds.
+
+        An empty ``reason`` gets the status code's standard one.
+        """
+        line = _STATUS_LINES.get((status, reason))
+        if line is None:
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
+            if len(_STATUS_LINES) < 1024:
+                _STATUS_LINES[(status, reason)] = line
         conn = b"Transfer-Encoding: chunked\r\n" if framing == CHUNKED else b""
         if not keep_alive:
             conn += b"Connection: close\r\n"
         elif client_http10:
             conn += b"Connection: keep-alive\r\n"
-        return b"".join(
-            (b"HTTP/1.1 %d %s\r\n" % (status, reason), *self.lines, extra, conn, b"\r\n")
-        )
+        return b"".join((line, *self.lines, extra, conn, b"\r\n"))
+
+
+# (status, upstream reason) -> status line; bounded (an upstream chooses its reasons)
+_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}

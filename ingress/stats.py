@@ -21,19 +21,27 @@ _CLASSES = ("", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 class RequestStats:
-    """Counters of finished requests and TLS handshakes of one ingress."""
+    """Counters of finished requests and TLS handshakes (done and failed) of one ingress."""
 
     def __init__(self) -> None:
         # key -> [per-bucket counts (the last one: above every bucket), sum of seconds]
         self._series: dict[tuple[Any, Any, int, bool], list[Any]] = {}
+        # The last series used, by the identity of its key's parts: a run of
+        # requests to one route skips hashing the object keys.
+        self._last: tuple[Any, Any, int, bool, list[Any]] = (None, None, -1, False, [])
         self.tls_handshakes = 0
+        self.tls_handshake_failures = 0
 
     def record(self, ingress: Any, service: Any, status: int, https: bool, seconds: float) -> None:
         """One finished exchange (ingress/service None when no rule or upstream was involved)."""
-        key = (ingress, service, status // 100, https)
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = [[0] * (len(BUCKETS) + 1), 0.0]
+        cls = status // 100
+        l_ingress, l_service, l_cls, l_https, series = self._last
+        if ingress is not l_ingress or service is not l_service or cls != l_cls or https != l_https:
+            key = (ingress, service, cls, https)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = [[0] * (len(BUCKETS) + 1), 0.0]
+            self._last = (ingress, service, cls, https, series)
         series[0][bisect_left(BUCKETS, seconds)] += 1
         series[1] += seconds
 
@@ -62,11 +70,15 @@ class RequestStats:
             durations.add_metric(values, cumulative_buckets(BUCKETS, counts), total)
         yield requests
         yield durations
-        yield CounterMetricFamily(
-            "netplane_tls_handshakes",
-            "TLS handshakes completed on the HTTPS listeners",
-            value=self.tls_handshakes,
+        handshakes = CounterMetricFamily(
+            "netplane_ingress_tls_handshakes",
+            "TLS handshakes on the ingress HTTPS listeners, by result "
+            "(failed: refused protocol or cipher, not TLS at all, cut or timed out)",
+            labels=["result"],
         )
+        handshakes.add_metric(["ok"], self.tls_handshakes)
+        handshakes.add_metric(["failed"], self.tls_handshake_failures)
+        yield handshakes
 
 
 def _name(key: Any) -> str:

@@ -216,7 +216,7 @@ class Daemon:
             "--mode", "local", "--proxy", "off", "--dns", "off",
             "--admin", f"127.0.0.1:{self.admin}",
             "--ingress-http", f"127.0.0.1:{self.http}", "--ingress-https", f"127.0.0.1:{self.https}",
-            "--manifest-poll-seconds", "0.05", "--drain-seconds", "1", *extra,
+            "--manifest-poll-seconds", "0.05", "--shutdown-grace", "1", *extra,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip

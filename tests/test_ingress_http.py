@@ -258,6 +258,23 @@ async def test_chunked_and_close_delimited_responses_stream_whole(backends, prox
             assert chunks == want
 
 
+@pytest.mark.parametrize("field", [b"Connection", b"Proxy-Connection"])
+async def test_http10_keep_alive_client_gets_no_chunked_response(backends, proxy_factory, field):
+    async def chunked(req, r, w):
+        w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+        await w.drain()
+
+    addr = await backends.start(chunked)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(
+        p.port, b"GET /c HTTP/1.0\r\nHost: a\r\n%s: keep-alive\r\n\r\n" % field
+    )
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"Transfer-Encoding" not in head
+    assert body == b"abc"
+
+
 @pytest.mark.parametrize(
     ("request_bytes", "status"),
     [

@@ -194,3 +194,50 @@ async def test_a_bad_secret_falls_back_to_the_default_and_never_logs_the_key(wor
     assert "secure-tls" in out
     assert "PRIVATE KEY" not in out
     assert other.private_key_pem.bytes().decode().splitlines()[1] not in out
+
+
+async def handshakes(d: Daemon) -> dict[str, float]:
+    """``netplane_ingress_tls_handshakes_total`` by result, parsed from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, out = await curl(f"http://127.0.0.1:{d.admin}/metrics")
+    assert code == 0, out
+    return {
+        s.labels["result"]: s.value
+        for f in text_string_to_metric_families(out)
+        for s in f.samples
+        if s.name == "netplane_ingress_tls_handshakes_total"
+    }
+
+
+async def test_tls_handshakes_are_counted_ok_and_failed(world):
+    d = world["daemon"]
+    await https_ready(world)
+    before = await handshakes(d)
+    assert set(before) == {"ok", "failed"}
+
+    # one good handshake: the certificate is presented
+    assert names(await presented(d, "secure.test")) == ["secure.test"]
+    # a TLS 1.1 client: refused (TLS 1.2 and 1.3 only)
+    proc = await asyncio.create_subprocess_exec(
+        "openssl", "s_client", "-connect", f"127.0.0.1:{d.https}", "-tls1_1",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(10):
+        out, _ = await proc.communicate()
+    assert b"BEGIN CERTIFICATE" not in out
+    # plain HTTP on the TLS port
+    r, w = await asyncio.open_connection("127.0.0.1", d.https)
+    w.write(b"GET / HTTP/1.1\r\nHost: secure.test\r\n\r\n")
+    async with asyncio.timeout(10):
+        await r.read()  # the proxy closes it
+    w.close()
+
+    async with asyncio.timeout(10):
+        while True:
+            after = await handshakes(d)
+            if after["failed"] - before["failed"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+    assert after["ok"] - before["ok"] == 1
+    assert after["failed"] - before["failed"] == 2

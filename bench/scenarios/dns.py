@@ -329,7 +329,7 @@ class ClusterDns(Scenario):
                 "--service-cidr", "127.77.0.0/16", "--proxy", "off", "--ingress-http", "off",
                 "--ingress-https", "off", "--admin", f"127.0.0.1:{admin}",
                 "--dns", f"127.0.0.1:{port}" if dns else "off", "--dns-ttl", str(TTL),
-                "--log-level", "warning", "--drain-seconds", "0",
+                "--log-level", "warning", "--shutdown-grace", "0",
             ]  # fmt: skip
             proc = ctx.procs.start(argv, name=side, log=log, cwd=work)
             ctx.wait_http(f"http://127.0.0.1:{admin}/readyz", 200, timeout=300, proc=proc)

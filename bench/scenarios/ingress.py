@@ -254,7 +254,7 @@ class IngressBench(Scenario):
     sides = (NETPLANE, NGINX)
     peer_note = (
         "nginx 1 worker, the same routes generated from the same Ingress objects, upstream "
-        "keepalive 32, the same forwarded headers, buffered access log on both; resumption off "
+        "keepalive 320, the same forwarded headers, buffered access log on both; resumption off "
         "on both. Bar (issue 6): >= 0.6x nginx on each figure; aim 1.0x."
     )
     packages = ("nginx", "wrk")
@@ -379,7 +379,8 @@ class IngressBench(Scenario):
                 "run", "-f", str(mdir), "--mode", "local", "--proxy", "off", "--dns", "off",
                 "--admin", "off", "--ingress-http", f"{LISTEN}:{http_port}",
                 "--ingress-https", f"{LISTEN}:{https_port}", "--ingress-access-log", str(access),
-                "--ingress-tls-resumption", "off", "--log-level", "warning", "--drain-seconds", "1",
+                "--ingress-tls-resumption", "off", "--log-level", "warning", "--shutdown-grace", "1",
+                "--workers", "1",  # one process against nginx's one worker
             ]  # fmt: skip
         else:
             nginx = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
