@@ -135,12 +135,20 @@ async def until_new_flows_reach(only: str) -> None:
     balanced round-robin, so two new flows in a row answered by ``only``
     mean the other endpoint is no longer a candidate.
     """
-    async with asyncio.timeout(10):
-        in_a_row = 0
-        while in_a_row < 2:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+    # Every probe keeps its socket open until the end: a closed probe's port,
+    # reused by a later one, would find its old flow instead of a new pick.
+    probes: list[socket.socket] = []
+    try:
+        async with asyncio.timeout(10):
+            in_a_row = 0
+            while in_a_row < 2:
+                probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                probes.append(probe)
                 probe.settimeout(3)
                 in_a_row = in_a_row + 1 if await ask(probe, b"probe") == only else 0
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 async def pinned_then_moved(sock: socket.socket, remove, admin: str, ns: str) -> None:
