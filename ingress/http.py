@@ -703,7 +703,7 @@ class ClientConnection(asyncio.Protocol):
         d = ex.decision
         listener.stats.record(
             getattr(d, "ingress", None), getattr(d, "service", None), ex.status,
-            listener.https, now - ex.t0,
+            listener.https, now - ex.t0, getattr(d, "host", ""),
         )  # fmt: skip
         alog = listener.access_log
         if alog is not None:
@@ -760,7 +760,7 @@ class ClientConnection(asyncio.Protocol):
         d = ex.decision
         listener.stats.record(
             getattr(d, "ingress", None), getattr(d, "service", None), ex.status,
-            listener.https, now - ex.t0,
+            listener.https, now - ex.t0, getattr(d, "host", ""),
         )  # fmt: skip
         alog = listener.access_log
         if alog is not None:

@@ -100,6 +100,7 @@ class Forward:
     upstream_tls: bool  # backend-protocol HTTPS
     options: ProxyOptions
     set_cookie: bytes | None = None  # a Set-Cookie value to add to the response (affinity)
+    host: str = ""  # the matched rule's host ("" for a rule without one), for /metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class Respond:
     status: int
     body: bytes
     ingress: ObjectKey | None = None
+    host: str = ""  # the matched rule's host, for /metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,7 @@ class Redirect:
     status: int
     location: bytes
     ingress: ObjectKey | None = None
+    host: str = ""  # the matched rule's host, for /metrics
 
 
 Decision = Forward | Respond | Redirect
@@ -288,6 +291,7 @@ class _Location:
         "canary",
         "cookie_tail",
         "description",
+        "host",
         "ingress",
         "kind",
         "options",
@@ -305,6 +309,7 @@ class _Location:
 
     def __init__(self) -> None:
         self.ingress: ObjectKey
+        self.host = ""  # the rule's host, or "" (no host, a default backend)
         self.kind = ""  # "Exact" | "Prefix" | "Regex" | "Default"
         self.path = ""
         self.description = ""
@@ -562,10 +567,12 @@ class RouteTable:
         path: str,
         host_tls: bool,
         old: dict,
+        host: str = "",
     ) -> _Location:
         ann = self._annotations[ing.key]
         loc = _Location()
         loc.ingress = ing.key
+        loc.host = host
         loc.kind = kind
         loc.path = path
         if backend.resource is not None:
@@ -580,9 +587,9 @@ class RouteTable:
         loc.rewrite = _rewrite_template(ann.rewrite_target) if ann.rewrite_target else None
         loc.allow = ann.allow
         if ann.permanent_redirect:
-            loc.redirect = Redirect(301, ann.permanent_redirect.encode(), ing.key)
+            loc.redirect = Redirect(301, ann.permanent_redirect.encode(), ing.key, host)
         elif ann.temporal_redirect:
-            loc.redirect = Redirect(302, ann.temporal_redirect.encode(), ing.key)
+            loc.redirect = Redirect(302, ann.temporal_redirect.encode(), ing.key, host)
         loc.app_root = ann.app_root.encode() if ann.app_root else None
         loc.ssl_redirect = ann.force_ssl_redirect or (ann.ssl_redirect and host_tls)
         if ann.affinity is not None:
@@ -646,11 +653,13 @@ class RouteTable:
                                 f" regular expression ({e}); ignoring the path"
                             )
                             continue
-                    loc = self._location(ing, ip.backend, kind, ip.path, h.tls, old)
+                    loc = self._location(ing, ip.backend, kind, ip.path, h.tls, old, host)
                     loc.regex = regex
                     owners[mkey] = (loc, ing)
             if h.default is None and ing.default_backend is not None and ann.canary is None:
-                h.default = self._location(ing, ing.default_backend, "Default", "", h.tls, old)
+                h.default = self._location(
+                    ing, ing.default_backend, "Default", "", h.tls, old, host
+                )
         for ing, mkey, backend in canaries:
             main = owners.get(mkey)
             ann = self._annotations[ing.key]
@@ -770,8 +779,9 @@ class RouteTable:
                     loc.upstream_tls,
                     loc.options,
                     None,
+                    loc.host,
                 )
-            return Respond(503, pool.unavailable, loc.ingress)
+            return Respond(503, pool.unavailable, loc.ingress, loc.host)
         return self._policy(loc, host, path, https, client_ip, headers)
 
     def _find(self, host: str, target: str) -> _Location | None:
@@ -826,13 +836,18 @@ class RouteTable:
         """The slow path: everything a location's annotations ask for, in order."""
         if loc.allow is not None and not _allowed(client_ip, loc.allow):
             return Respond(
-                403, b"403 Forbidden: the client address is not allowed here\n", loc.ingress
+                403,
+                b"403 Forbidden: the client address is not allowed here\n",
+                loc.ingress,
+                loc.host,
             )
         if loc.redirect is not None:
             return loc.redirect
         if loc.app_root is not None and _path_only(target) == "/":
             scheme = "https" if https else "http"
-            return Redirect(302, f"{scheme}://{host}".encode() + loc.app_root, loc.ingress)
+            return Redirect(
+                302, f"{scheme}://{host}".encode() + loc.app_root, loc.ingress, loc.host
+            )
         if loc.ssl_redirect and not https:
             port = "" if self.https_port == 443 else f":{self.https_port}"
             hostname = split_host(host) or "localhost"
@@ -840,9 +855,11 @@ class RouteTable:
                 scheme = target.find("://")
                 slash = target.find("/", scheme + 3) if scheme >= 0 else -1
                 target = target[slash:] if slash >= 0 else "/"
-            return Redirect(308, f"https://{hostname}{port}{target}".encode(), loc.ingress)
+            return Redirect(
+                308, f"https://{hostname}{port}{target}".encode(), loc.ingress, loc.host
+            )
         if loc.unsupported is not None:
-            return Respond(503, loc.unsupported, loc.ingress)
+            return Respond(503, loc.unsupported, loc.ingress, loc.host)
         pool = loc.pool
         assert pool is not None
         ingress = loc.ingress
@@ -870,9 +887,16 @@ class RouteTable:
         else:
             i = pool.next()
         if i < 0:
-            return Respond(503, pool.unavailable, ingress)
+            return Respond(503, pool.unavailable, ingress, loc.host)
         return _forward(
-            ingress, pool.service, pool.rotations[i], path, upstream_tls, loc.options, set_cookie
+            ingress,
+            pool.service,
+            pool.rotations[i],
+            path,
+            upstream_tls,
+            loc.options,
+            set_cookie,
+            loc.host,
         )
 
     def _rewritten(self, loc: _Location, target: str) -> str:

@@ -28,27 +28,36 @@ class RequestStats:
         self._series: dict[tuple[Any, Any, int, bool], list[Any]] = {}
         # The last series used, by the identity of its key's parts: a run of
         # requests to one route skips hashing the object keys.
-        self._last: tuple[Any, Any, int, bool, list[Any]] = (None, None, -1, False, [])
+        self._last: tuple[Any, Any, int, bool, str, list[Any]] = (None, None, -1, False, "", [])
         self.tls_handshakes = 0
         self.tls_handshake_failures = 0
 
-    def record(self, ingress: Any, service: Any, status: int, https: bool, seconds: float) -> None:
-        """One finished exchange (ingress/service None when no rule or upstream was involved)."""
+    def record(
+        self, ingress: Any, service: Any, status: int, https: bool, seconds: float, host: str = ""
+    ) -> None:
+        """One finished exchange (ingress/service None when no rule or upstream was involved;
+        ``host`` the matched rule's host, never the request's Host header)."""
         cls = status // 100
-        l_ingress, l_service, l_cls, l_https, series = self._last
-        if ingress is not l_ingress or service is not l_service or cls != l_cls or https != l_https:
-            key = (ingress, service, cls, https)
+        l_ingress, l_service, l_cls, l_https, l_host, series = self._last
+        if (
+            ingress is not l_ingress
+            or service is not l_service
+            or cls != l_cls
+            or https != l_https
+            or host is not l_host
+        ):
+            key = (ingress, host, service, cls, https)
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = [[0] * (len(BUCKETS) + 1), 0.0]
-            self._last = (ingress, service, cls, https, series)
+            self._last = (ingress, service, cls, https, host, series)
         series[0][bisect_left(BUCKETS, seconds)] += 1
         series[1] += seconds
 
     def families(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-        labels = ["ingress", "service", "code", "scheme"]
+        labels = ["ingress", "host", "service", "code", "scheme"]
         requests = CounterMetricFamily(
             "netplane_http_requests", "Requests answered by the ingress", labels=labels
         )
@@ -57,11 +66,12 @@ class RequestStats:
             "From the first byte of a request to the last byte of its response",
             labels=labels,
         )
-        for (ingress, service, cls, https), (counts, total) in sorted(
+        for (ingress, host, service, cls, https), (counts, total) in sorted(
             self._series.items(), key=lambda kv: str(kv[0])
         ):
             values = [
                 _name(ingress),
+                host,
                 _name(service),
                 _CLASSES[cls] if 0 < cls < len(_CLASSES) else "other",
                 "https" if https else "http",

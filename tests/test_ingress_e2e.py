@@ -304,7 +304,7 @@ async def test_debug_state_shows_the_ingress_plane(world):
     assert "shop.test" in json.dumps(plane["routes"])
 
 
-async def test_metrics_count_requests_by_ingress_service_and_status_class(world):
+async def test_metrics_count_requests_by_ingress_host_service_and_status_class(world):
     from prometheus_client.parser import text_string_to_metric_families
 
     d = world["daemon"]
@@ -327,18 +327,20 @@ async def test_metrics_count_requests_by_ingress_service_and_status_class(world)
     after = await scrape()
     ns = "default"
 
-    def labels(ingress: str, service: str, code: str) -> tuple:
-        return tuple(sorted(
-            {"ingress": ingress, "service": service, "code": code, "scheme": "http"}.items()
-        ))  # fmt: skip
+    def labels(ingress: str, host: str, service: str, code: str) -> tuple:
+        return tuple(sorted({
+            "ingress": ingress, "host": host, "service": service, "code": code, "scheme": "http",
+        }.items()))  # fmt: skip
 
     def moved(name: str, key: tuple) -> float:
         return after.get((name, key), 0.0) - before.get((name, key), 0.0)
 
-    ok = labels(f"{ns}/limits", f"{ns}/web", "2xx")
+    ok = labels(f"{ns}/limits", "limits.test", f"{ns}/web", "2xx")
     assert moved("netplane_http_requests_total", ok) == 3
     assert moved("netplane_http_request_duration_seconds_count", ok) == 3
-    assert moved("netplane_http_requests_total", labels(f"{ns}/limits", "", "5xx")) == 1
-    assert moved("netplane_http_requests_total", labels("", "", "4xx")) == 1
+    # the rule's host labels the answers a rule gave itself too
+    gone = labels(f"{ns}/limits", "limits.test", "", "5xx")
+    assert moved("netplane_http_requests_total", gone) == 1
+    assert moved("netplane_http_requests_total", labels("", "", "", "4xx")) == 1
     # no label carries a value the client chose
     assert not any("nobody.test" in str(key) for key in after)

@@ -127,6 +127,18 @@ def test_host_matching(host: str, want: str) -> None:
     assert w.service_for(host, "/x") == want
 
 
+@pytest.mark.parametrize(
+    ("host", "rule_host"),
+    [("FOO.bar.com:8080", "foo.bar.com"), ("baz.bar.com", "*.bar.com"), ("other.example", "")],
+)
+def test_decisions_name_the_rule_host_that_matched(host: str, rule_host: str) -> None:
+    """/metrics labels requests with the rule's host, never the client's Host header."""
+    rules = [(h, [path("/", svc)]) for h, svc in HOST_RULES]
+    w = World(*SVCS, ingress("ing", rules))
+    d = w.route(host, "/x")
+    assert isinstance(d, Forward) and d.host == rule_host
+
+
 def test_without_a_catch_all_rule_an_unknown_host_gets_404() -> None:
     w = World(*SVCS, ingress("ing", [("*.bar.com", [path("/", "s1")])]))
     assert w.service_for("bar.com") == 404
