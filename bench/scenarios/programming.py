@@ -89,7 +89,7 @@ class Programming(Scenario):
     )
     sides = (NETPLANE, MULTI)
     warmup_runs = 0  # every run starts a fresh netplane and makes warm-up changes first
-    budget_s = 300.0
+    budget_s = 600.0  # two sides: one process, and --workers 2
 
     def __init__(self) -> None:
         self.fakes: dict[int, tuple[Proc, Path, Path]] = {}  # size -> (proc, kubeconfig, ready)
