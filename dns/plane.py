@@ -25,12 +25,12 @@ from netplane.dns.upstream import Forwarder, Upstream
 from netplane.dns.wire import DEFAULT_UDP_CAP
 from netplane.dns.zone import Zone
 
+from netplane.addresses import IPNetwork
 from netplane.model import ObjectKey, Pod
 from netplane.service_table import ServiceKey
 
 log = logging.getLogger("netplane.dns")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 

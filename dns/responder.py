@@ -43,8 +43,9 @@ from netplane.dns.wire import (
 )
 from netplane.dns.zone import AXFR, IXFR, Zone
 
+from netplane.addresses import IPNetwork
+
 IN = 1
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from netplane.addresses import IPNetwork
 from netplane.model import ObjectKey, Pod
 from netplane.service_table import ServiceEntry, ServiceKey
 
@@ -42,7 +43,6 @@ POD_MODES = ("disabled", "insecure", "verified")
 Records = dict[int, tuple[Any, ...]]
 # How many services' derived names the zone keeps between lookups.
 _DERIVED_KEPT = 64
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)

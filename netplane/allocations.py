@@ -18,10 +18,10 @@ import hashlib
 import ipaddress
 from collections.abc import Sequence
 
+from netplane.addresses import IPNetwork
 from netplane.errors import ModelError
 from netplane.model import ObjectKey, Service
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DEFAULT_NODE_PORT_RANGE = (30000, 32767)
 # Probing a large CIDR address by address is pointless; this bounds the work
 # for a nearly full range (the API server's allocator is a bitmap instead).

@@ -20,10 +20,9 @@ from typing import Any
 
 import yaml
 
+from netplane.addresses import IPNetwork
 from netplane.errors import ConfigError
 from netplane.model.meta import is_dns1123_subdomain
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 LOCAL_SERVICE_CIDR = "127.77.0.0/16"
 # kubeadm's default; a node-mode user with another range sets --service-cidr.
