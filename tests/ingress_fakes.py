@@ -149,6 +149,17 @@ async def echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -
     await w.drain()
 
 
+async def ws_echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
+    """A WebSocket-ish backend: 101, then every byte echoed back with an ``echo:`` prefix."""
+    w.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    while data := await r.read(4096):
+        w.write(b"echo:" + data)
+        await w.drain()
+    return False
+
+
 async def http_exchange(
     port: int, data: bytes, *, until: bytes | None = None, count: int = 1, timeout: float = 5.0
 ) -> bytes:

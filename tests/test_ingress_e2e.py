@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingress_fakes import Backends, Daemon, Request, curl, free_port, http_exchange
+from ingress_fakes import Backends, Daemon, Request, curl, free_port, http_exchange, ws_echo
 from ingress_world import endpoints, ingress, ingress_class, path, service
 
 pytestmark = [
@@ -39,16 +39,6 @@ def named(name: str):
 
 async def slow(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     await asyncio.sleep(4)
-
-
-async def ws_echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-    w.write(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-    )
-    while data := await r.read(4096):
-        w.write(b"echo:" + data)
-        await w.drain()
-    return False
 
 
 async def chunk_counter(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ingress_fakes import curl
 
 from netplane.l4 import splice
 
@@ -197,15 +198,6 @@ async def backends() -> AsyncIterator[Backends]:
     b = Backends()
     yield b
     b.close()
-
-
-async def curl(url: str, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        "curl", "-sS", "--max-time", "5", *args, url,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    return proc.returncode, (out or err).decode()
 
 
 needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

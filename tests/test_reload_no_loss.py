@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 import trustme
-from ingress_fakes import Backends, Request, free_port
+from ingress_fakes import Backends, Request, free_port, ws_echo
 from ingress_world import endpoints, ingress, ingress_class, path, secret, service
 
 from netplane.testing.fakekube import FakeKube
@@ -138,16 +138,6 @@ def named(name: str):
         await w.drain()
 
     return handler
-
-
-async def ws_echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-    w.write(
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-    )
-    while data := await r.read(4096):
-        w.write(b"echo:" + data)
-        await w.drain()
-    return False
 
 
 async def ws_says(r: asyncio.StreamReader, w: asyncio.StreamWriter, msg: bytes) -> None:
