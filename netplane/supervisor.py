@@ -86,10 +86,7 @@ class WorkerPool:
     @property
     def ready(self) -> bool:
         """Every worker started and is serving; later, at least one is (others restarting)."""
-        live = sum(s.ready for s in self.slots)
-        if not self._all_started:
-            self._all_started = live == self.count
-        return live > 0 and self._all_started
+        return self._all_started and any(s.ready for s in self.slots)
 
     async def stop(self, grace: float) -> None:
         """Tell every worker to stop accepting and drain up to ``grace`` seconds; then reap."""
@@ -215,6 +212,8 @@ class WorkerPool:
                 return
             if message[0] == "ready":
                 slot.ready = True
+                # latched here, not when /readyz asks: a worker may die in between
+                self._all_started = self._all_started or all(s.ready for s in self.slots)
                 log.info("worker %d ready (pid %d)", slot.index, message[1])
             elif message[0] == "answer":
                 fut = slot.answers.pop(message[1], None)

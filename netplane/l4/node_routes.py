@@ -31,6 +31,7 @@ class NodeRoutes:
         self._extra_ips: dict[ServiceKey, frozenset[str]] = {}
         self._routed: set[Any] | None = None
         self._task: asyncio.Task | None = None
+        self._stream: Any = None
 
     def note(self, table: ServiceTable, services: Iterable[ServiceKey]) -> None:
         """Take the externalIPs and LB IPs of ``services`` from the table."""
@@ -74,7 +75,7 @@ class NodeRoutes:
 
     async def start(self, dataplane: Any) -> None:
         """Route the CIDRs now, then follow the dataplane's table until :meth:`close`."""
-        stream = dataplane.subscribe()
+        self._stream = stream = dataplane.subscribe()
         await self.sync()
         if dataplane.ready:
             self.note(dataplane.table, (e.key for e in dataplane.table))
@@ -86,10 +87,10 @@ class NodeRoutes:
                 await self.sync()
 
         self._task = asyncio.create_task(follow(), name="node-routes")
-        self._stream = stream
 
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        if self._stream is not None:
             self._stream.close()
         await self.clear()
