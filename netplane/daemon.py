@@ -243,26 +243,19 @@ def _worker_pool(dp: Dataplane, workers: int) -> WorkerPool:
 
 def pick_free_ports(cfg: Config) -> Config:
     """Port 0 (any free port) made one concrete port, so that every worker binds the same."""
-    import socket
+    from netplane.testing.ports import free_port
 
     changes: dict[str, Any] = {}
     for name in ("ingress_http", "ingress_https", "dns"):
         listen = getattr(cfg, name)
         if listen is None or listen.port != 0:
             continue
-        family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-        kinds = (socket.SOCK_STREAM, socket.SOCK_DGRAM) if name == "dns" else (socket.SOCK_STREAM,)
-        for _ in range(20):  # a port free for TCP may be taken for UDP; try another
-            with socket.socket(family, kinds[0]) as s:
-                s.bind((listen.host, 0))
-                port = s.getsockname()[1]
-                try:
-                    for kind in kinds[1:]:
-                        with socket.socket(family, kind) as t:
-                            t.bind((listen.host, port))
-                except OSError:
-                    continue
-            break
+        try:
+            port = free_port(listen.host, udp_too=name == "dns")
+        except OSError as e:
+            raise ConfigError(
+                f"{name.replace('_', '-')}: no free port on {listen.host}: {e}"
+            ) from None
         changes[name] = dataclasses.replace(listen, port=port)
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
