@@ -114,14 +114,27 @@ async def owner(tmp_path: Path) -> AsyncIterator[Any]:
     await terminate(started, timeout=15)
 
 
-def udp_port_holders(port: int) -> set[int]:
-    """PIDs holding a UDP socket bound to ``port`` on 127.0.0.1 (from /proc)."""
+def udp_sockets(port: int) -> set[str]:
+    """The UDP sockets the kernel has bound to ``port`` on 127.0.0.1 (from /proc/net/udp)."""
     inodes = set()
     with open("/proc/net/udp") as fh:
         for line in fh.readlines()[1:]:
             fields = line.split()
             if fields[1] == f"0100007F:{port:04X}":
                 inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def sockets_of(pid: int, port: int) -> set[str]:
+    """The UDP sockets on ``port`` that process ``pid`` holds."""
+    inodes = udp_sockets(port)
+    fd_dir = f"/proc/{pid}/fd"
+    return {os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir)} & inodes
+
+
+def udp_port_holders(port: int) -> set[int]:
+    """PIDs holding a UDP socket bound to ``port`` on 127.0.0.1 (from /proc)."""
+    inodes = udp_sockets(port)
     holders = set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -185,10 +198,12 @@ async def test_workers_share_every_listener_and_answer_as_one(owner, web):
 async def test_a_killed_worker_is_restarted_while_the_others_answer(owner, web):
     o = await owner(2)
     victim = (await asyncio.to_thread(o.workers))[0]["pid"]
+    held = sockets_of(victim, o.dns_port)
+    assert held
     os.kill(victim, signal.SIGKILL)
+    # its socket gone from the kernel's table, not just from its fd list
     await o.until(
-        "the killed worker's sockets to close",
-        lambda: victim not in udp_port_holders(o.dns_port),
+        "the killed worker's sockets to close", lambda: not held & udp_sockets(o.dns_port)
     )
     # the other worker answers everyone meanwhile: queries and connections
     for _ in range(30):
@@ -319,3 +334,16 @@ def test_metrics_merge_sums_series_and_keeps_per_worker_figures_once():
         ("netplane_d_seconds_count", ()): 4.0,
         ("netplane_d_seconds_sum", ()): 1.0,
     }
+
+
+def test_port_zero_becomes_one_port_every_worker_binds():
+    from netplane.config import build
+    from netplane.daemon import pick_free_ports
+
+    cfg = build({}, {"mode": "local", "ingress_http": "127.0.0.1:0", "dns": "127.0.0.1:0"})
+    picked = pick_free_ports(cfg)
+    assert picked.ingress_http.port != 0 and picked.dns.port != 0
+    assert picked.ingress_https == cfg.ingress_https  # a concrete port stays as it was
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):  # DNS's port is free for both
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", picked.dns.port))
