@@ -41,7 +41,7 @@ PROGRAMMING_BUCKETS = (
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class _Planes:
+class FamilySources:
     """A collector that asks each source of families for its figures at scrape time."""
 
     def __init__(self, sources: list[Callable[[], Iterable[Metric]]]) -> None:
@@ -58,7 +58,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self._sources: list[Callable[[], Iterable[Metric]]] = []
-        self.registry.register(_Planes(self._sources))
+        self.registry.register(FamilySources(self._sources))
         self.sync_duration = Histogram(
             "netplane_sync_proxy_rules_duration_seconds",
             "Time to apply one batch of state changes to the derived tables",

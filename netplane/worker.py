@@ -136,15 +136,15 @@ class Worker:
         """The planes' families in the text format (the owner adds the workers up)."""
         from prometheus_client import CollectorRegistry, generate_latest
 
-        class Planes:
-            def collect(inner) -> Any:
-                for _name, plane in sorted(self.dp.planes.items()):
-                    collect = getattr(plane, "metrics", None)
-                    if callable(collect):
-                        yield from collect()
+        from netplane.metrics import FamilySources
 
+        sources = [
+            plane.metrics
+            for _name, plane in sorted(self.dp.planes.items())
+            if callable(getattr(plane, "metrics", None))
+        ]
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(Planes())
+        registry.register(FamilySources(sources))
         return generate_latest(registry).decode()
 
     async def _start_planes(self) -> None:
