@@ -63,6 +63,8 @@ class Scenario:
     packages: ClassVar[tuple[str, ...]] = ()  # Debian packages (see bench/setup.py)
     warmup_runs: ClassVar[int] = 1
     budget_s: ClassVar[float] = 300.0  # measured runs stop being scheduled after this
+    #: True: every side runs in each round, their load runs interleaved (see run_round)
+    interleaved: ClassVar[bool] = False
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -80,6 +82,15 @@ class Scenario:
 
     def run_side(self, ctx: Context, side: str, index: int) -> dict[str, float]:
         """Measure ``side`` once; return ``{metric name: value}`` (a subset is fine)."""
+        raise NotImplementedError
+
+    def run_round(self, ctx: Context, index: int) -> dict[str, dict[str, float]]:
+        """Measure every side once, for an ``interleaved`` scenario: ``{side: {metric: value}}``.
+
+        For figures that drift with the machine faster than one side's whole
+        run takes: the sides' servers run together and their load runs take
+        turns, so both sides see the same moment of the machine.
+        """
         raise NotImplementedError
 
     def teardown(self, ctx: Context) -> None:
@@ -321,6 +332,7 @@ def result_skeleton(sc: Scenario) -> dict[str, Any]:
         "metrics": [],
         "samples": {},
         "order": [],
+        "interleaved": sc.interleaved,
         "series": {},
         "errors": [],
     }
@@ -374,21 +386,31 @@ def run_scenario(ctx: Context, sc: Scenario) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         sc.setup(ctx)
-        for side, index, warm in schedule(sc.sides, ctx.runs, sc.warmup_runs):
+        if sc.interleaved:
+            rounds = [((*sc.sides,), i, True) for i in range(sc.warmup_runs)]
+            rounds += [((*sc.sides,), i, False) for i in range(ctx.runs)]
+        else:
+            rounds = [((side,), i, warm) for side, i, warm in schedule(sc.sides, ctx.runs, sc.warmup_runs)]  # fmt: skip
+        for sides, index, warm in rounds:
             if not warm and time.perf_counter() - t0 > sc.budget_s:
                 result["errors"].append(f"time budget {sc.budget_s:.0f} s reached; runs cut short")
                 break
             label = "warm-up" if warm else f"run {index + 1}/{ctx.runs}"
-            ctx.echo(f"  {sc.name}: {side} {label}")
-            values = sc.run_side(ctx, side, index)
-            unknown = set(values) - names
-            if unknown:
-                raise ValueError(f"{sc.name}: undeclared metrics {sorted(unknown)}")
-            if warm:
-                continue
-            result["order"].append(side)
-            for key, value in values.items():
-                samples[side].setdefault(key, []).append(float(value))
+            ctx.echo(f"  {sc.name}: {' + '.join(sides)} {label}")
+            if sc.interleaved:
+                by_side = sc.run_round(ctx, index)
+            else:
+                by_side = {sides[0]: sc.run_side(ctx, sides[0], index)}
+            for side in sides:
+                values = by_side.get(side, {})
+                unknown = set(values) - names
+                if unknown:
+                    raise ValueError(f"{sc.name}: undeclared metrics {sorted(unknown)}")
+                if warm or not values:
+                    continue
+                result["order"].append(side)
+                for key, value in values.items():
+                    samples[side].setdefault(key, []).append(float(value))
         result["series"] = sc.series(ctx, samples)
     except Exception as e:  # recorded and reported; the other scenarios still run
         result["errors"].append(f"{type(e).__name__}: {e}")

@@ -95,7 +95,14 @@ def scenario_md(sc: dict[str, Any], runs: int) -> list[str]:
             cells.append(ratio_cell(a, b, m["better"]) if a is not None and b else "—")
         out.append("| " + " | ".join(cells) + " |")
     order = sc.get("order") or []
-    if order:
+    if order and sc.get("interleaved"):
+        rounds = len(order) // max(len(sc.get("sides") or [1]), 1)
+        out += [
+            "",
+            f"Run order: {rounds} rounds with every side's server up and their load runs "
+            f"taking turns (warm-ups not shown); {sc.get('duration_s', 0)} s.",
+        ]
+    elif order:
         out += [
             "",
             f"Run order (warm-ups not shown): {', '.join(order)}; {sc.get('duration_s', 0)} s.",

@@ -187,6 +187,24 @@ def test_run_scenario_alternates_and_records_errors(tmp_path: Path) -> None:
     assert result["errors"] == ["RuntimeError: boom"] and broken.torn_down
 
 
+class ToyRounds(Toy):
+    interleaved = True
+
+    def run_round(self, ctx: Context, index: int) -> dict[str, dict[str, float]]:
+        self.calls.append(("round", index))
+        return {"netplane": {"x": float(index)}, "peer": {"x": 10.0 + index}}
+
+
+def test_run_scenario_interleaved_records_every_side_per_round(tmp_path: Path) -> None:
+    ctx = Context(quick=True, runs=2, workdir=tmp_path, echo=lambda _msg: None)
+    toy = ToyRounds()
+    result = run_scenario(ctx, toy)
+    assert toy.calls == [("round", 0), ("round", 0), ("round", 1)]  # one warm-up round first
+    assert result["order"] == ["netplane", "peer", "netplane", "peer"]
+    assert result["samples"] == {"netplane": {"x": [0.0, 1.0]}, "peer": {"x": [10.0, 11.0]}}
+    assert result["interleaved"] is True and result["errors"] == []
+
+
 def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 

@@ -9,9 +9,13 @@ X-Real-IP and X-Request-ID headers an ingress controller sets, and an access
 log on both (to a file, buffered). The backend is nginx answering a small
 200 (1 worker, no log), or a Python server when nginx is missing.
 
-Per measured run of a side and size N (1, and 1,000 in full runs), its proxy
-is started on the server core, measured by wrk on the load core against the
-last host, and stopped:
+Per round and size N (1, and 1,000 in full runs), both proxies are started
+on the server core and measured by wrk on the load core against the last
+host, taking turns: each measure runs twice per side, in the order
+netplane, nginx, nginx, netplane, and a side's figure is the mean of its
+two. This machine's speed drifts by a factor of up to two within minutes;
+taking turns every few seconds lets both sides see the same machine, which
+a whole run of one side after the other did not. Measures:
 
 - keep-alive req/s over HTTP and over TLS (``wrk -t1 -c50 --latency``), with
   p50/p99 latency of the HTTP run;
@@ -32,6 +36,7 @@ import http.client
 import json
 import re
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -45,6 +50,8 @@ NAMESPACE = "bench"
 SERVICE = "web"
 LISTEN = "127.0.0.1"
 FULL_SIZES = (1, 1000)
+#: wrk runs per measure, side and round, taking turns with the other side (full runs)
+REPS = 2
 QUICK_SIZES = (1,)
 
 _PY_BACKEND = """
@@ -259,7 +266,8 @@ class IngressBench(Scenario):
     )
     packages = ("nginx", "wrk")
     warmup_runs = 0
-    budget_s = 400.0
+    budget_s = 600.0
+    interleaved = True
 
     def __init__(self) -> None:
         self.work: Path | None = None
@@ -272,7 +280,7 @@ class IngressBench(Scenario):
         return QUICK_SIZES if ctx.quick else FULL_SIZES
 
     def seconds(self, ctx: Context) -> float:
-        return 1.0 if ctx.quick else 10.0
+        return 1.0 if ctx.quick else 5.0
 
     def metrics(self, ctx: Context) -> list[Metric]:
         out = []
@@ -297,7 +305,9 @@ class IngressBench(Scenario):
         return {
             "wrk": f"-t1 -c50 -d{self.seconds(ctx):g}s --latency",
             "rules": list(self.sizes(ctx)),
-            "runs": "1 per side (quick)" if ctx.quick else f"{ctx.runs} per side",
+            "runs": "1 round (quick)"
+            if ctx.quick
+            else f"{ctx.runs} rounds, each wrk run {REPS}x per side, interleaved ABBA",
         }
 
     # -- shared -----------------------------------------------------------------
@@ -419,52 +429,71 @@ class IngressBench(Scenario):
             )
         return text
 
-    def run_side(self, ctx: Context, side: str, index: int) -> dict[str, float]:
+    def _measure(
+        self, ctx: Context, side: str, kind: str, proc: Proc, ports: tuple[int, int], host: str
+    ) -> dict[str, float]:
+        """One wrk run of ``kind`` (http, tls, handshakes) against one side's proxy."""
+        secs = self.seconds(ctx)
+        if kind == "http":
+            cpu0 = cpu_seconds(proc.pid)
+            t0 = time.perf_counter()
+            text = self._wrk(ctx, f"http://{LISTEN}:{ports[0]}/", host, secs)
+            wall = time.perf_counter() - t0
+            rps, total, errors = parse_wrk(text)
+            if errors > 0.01 * max(total, 1):
+                raise RuntimeError(f"wrk through {side}: {errors} errors in {total} requests")
+            out = {
+                "rps": rps,
+                "cpu_us": 1e6 * (cpu_seconds(proc.pid) - cpu0) / max(total, 1),
+                "load_cpu_pct": 100 * self.load_cpu / wall,
+            }
+            lat = wrk_latency(text)
+            for p in ("p50", "p99"):
+                if p in lat:
+                    out[f"{p}_ms"] = lat[p]
+            return out
+        extra = ("-H", "Connection: close") if kind == "handshakes" else ()
+        text = self._wrk(ctx, f"https://{LISTEN}:{ports[1]}/", host, secs, *extra)
+        rps, total, errors = parse_wrk(text)
+        if errors > (0.05 if extra else 0.01) * max(total, 1):
+            raise RuntimeError(f"wrk ({kind}) through {side}: {errors} errors in {total}")
+        return {"handshakes" if extra else "tls_rps": rps}
+
+    def run_round(self, ctx: Context, index: int) -> dict[str, dict[str, float]]:
         if ctx.quick and index > 0:
             return {}
-        if side == NGINX and not (
-            shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin")
-        ):
-            if ctx.quick:
-                return {}  # quick mode never fails for a missing peer
+        has_nginx = bool(shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/sbin"))
+        if not has_nginx and not ctx.quick:
             raise RuntimeError("nginx is not installed (python -m bench.setup nginx)")
-        secs = self.seconds(ctx)
-        out: dict[str, float] = {}
+        sides = [NETPLANE, NGINX] if has_nginx else [NETPLANE]  # quick mode never fails for it
+        reps = 1 if ctx.quick else REPS
+        out: dict[str, dict[str, float]] = {side: {} for side in sides}
         for n in self.sizes(ctx):
-            proc, http_port, https_port = self._start(ctx, side, n, index)
             host = f"h{n - 1}.bench.test"
+            running: dict[str, tuple[Proc, int, int]] = {}
             try:
+                for side in sides:
+                    running[side] = self._start(ctx, side, n, index)
                 if not ctx.quick:
-                    self._wrk(ctx, f"http://{LISTEN}:{http_port}/", host, 1)  # warm-up
-                cpu0 = cpu_seconds(proc.pid)
-                t0 = time.perf_counter()
-                text = self._wrk(ctx, f"http://{LISTEN}:{http_port}/", host, secs)
-                wall = time.perf_counter() - t0
-                rps, total, errors = parse_wrk(text)
-                if errors > 0.01 * max(total, 1):
-                    raise RuntimeError(f"wrk through {side}: {errors} errors in {total} requests")
-                out[f"rps@{n}"] = rps
-                out[f"cpu_us@{n}"] = 1e6 * (cpu_seconds(proc.pid) - cpu0) / max(total, 1)
-                out[f"load_cpu_pct@{n}"] = 100 * self.load_cpu / wall
-                lat = wrk_latency(text)
-                if "p50" in lat:
-                    out[f"p50_ms@{n}"] = lat["p50"]
-                if "p99" in lat:
-                    out[f"p99_ms@{n}"] = lat["p99"]
-                text = self._wrk(ctx, f"https://{LISTEN}:{https_port}/", host, secs)
-                rps, total, errors = parse_wrk(text)
-                if errors > 0.01 * max(total, 1):
-                    raise RuntimeError(f"wrk over TLS through {side}: {errors} errors in {total}")
-                out[f"tls_rps@{n}"] = rps
-                text = self._wrk(
-                    ctx, f"https://{LISTEN}:{https_port}/", host, secs, "-H", "Connection: close"
-                )
-                rps, total, errors = parse_wrk(text)
-                if errors > 0.05 * max(total, 1):
-                    raise RuntimeError(f"wrk handshakes through {side}: {errors} errors in {total}")
-                out[f"handshakes@{n}"] = rps
+                    for side in sides:  # warm-up: pools, caches, the first log file blocks
+                        self._wrk(ctx, f"http://{LISTEN}:{running[side][1]}/", host, 1)
+                got: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
+                for kind in ("http", "tls", "handshakes"):
+                    for rep in range(reps):
+                        # ABBA: neither side always goes first
+                        for side in sides if rep % 2 == 0 else sides[::-1]:
+                            proc, http_port, https_port = running[side]
+                            values = self._measure(
+                                ctx, side, kind, proc, (http_port, https_port), host
+                            )
+                            for key, value in values.items():
+                                got[side].setdefault(key, []).append(value)
+                for side in sides:
+                    for key, values in got[side].items():
+                        out[side][f"{key}@{n}"] = statistics.fmean(values)
             finally:
-                ctx.procs.stop(proc)
+                for proc, _, _ in running.values():
+                    ctx.procs.stop(proc)
         return out
 
     def teardown(self, ctx: Context) -> None:
