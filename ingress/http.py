@@ -576,7 +576,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.upstream_failed(up, b"The upstream switched protocols unasked.")
                 return False
             self.transport.write(
-                b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", ex.head.upgrade, b"\r\nConnection: upgrade\r\n", *h.lines, extra, b"\r\n"))
+                b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", ex.head.upgrade, b"\r\nConnection: upgrade\r\n", h.fields, extra, b"\r\n"))
             )  # fmt: skip
             return False
         head_request = ex.method == b"HEAD"
@@ -586,7 +586,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         if framing == UNTIL_CLOSE:  # the body's end is the connection's end
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
-        self.wbuf.append(h.client_head(status, up.reason, framing, keep, ex.http10, extra))
+        self.wbuf.append(h.client_head(framing, keep, ex.http10, extra))
         return head_request
 
     def upstream_body(self, body: bytes) -> None:
