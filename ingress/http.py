@@ -255,11 +255,18 @@ class ClientConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.listener.rbuf
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.listener.rbuf[:nbytes])
+    def data_received(self, data: bytes) -> None:
+        """Bytes from a transport that does not read into :meth:`get_buffer`."""
+        rbuf = self.listener.rbuf
+        size = len(rbuf)
+        for i in range(0, len(data), size):
+            chunk = data[i : i + size]
+            rbuf[: len(chunk)] = chunk
+            self.buffer_updated(len(chunk))
 
-    def data_received(self, data: bytes | memoryview) -> None:
-        """Bytes from the client (a view of the shared buffer: copied before they are kept)."""
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` from the client in the shared buffer (copied before they are kept)."""
+        data = self.listener.rbuf[:nbytes]
         self.last_read = monotonic()  # also the start time of requests begun in this read
         if self.tunnel is not None:
             self.tunnel.transport.write(bytes(data))
@@ -506,7 +513,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         ip, port = d.targets[0]
         up = self.pool.take((ip, port, d.upstream_tls))
         if up is not None:
-            self._send(ex, up)
+            self._send(ex, up, self.last_read)
         else:
             asyncio.get_running_loop().create_task(self._connect(ex, 0))
 
@@ -526,7 +533,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 up.transport.close()
                 return
             ex.target_index = i
-            self._send(ex, up)
+            self._send(ex, up, monotonic())
             return
         if ex is self.active and not self.lost:
             if isinstance(last, TimeoutError):
@@ -534,7 +541,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 self._reply(ex, 502, b"The upstream refused the connection.")
 
-    def _send(self, ex: Exchange, up: UpstreamConnection) -> None:
+    def _send(self, ex: Exchange, up: UpstreamConnection, now: float) -> None:
         d = ex.decision
         ex.upstream = up
         ex.upstream_addr = d.targets[ex.target_index]
@@ -545,14 +552,13 @@ class ClientConnection(asyncio.BufferedProtocol):
                 listener.port, ex.upgrade,
             )  # fmt: skip
         if ex.pending:
-            up.send(self, ex.upstream_head + b"".join(ex.pending))
-            ex.t_up = up.last_active
+            up.send(self, ex.upstream_head + b"".join(ex.pending), now)
             ex.pending = []
             ex.pending_size = 0
             self.flow.resume(PENDING_FULL)
         else:
-            up.send(self, ex.upstream_head)
-        ex.t_up = up.last_active
+            up.send(self, ex.upstream_head, now)
+        ex.t_up = now
         if self.write_paused:
             up.flow.pause_writing()
 
@@ -580,7 +586,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             )  # fmt: skip
             return False
         head_request = ex.method == b"HEAD"
-        framing = h.framing(status, head_request, ex.http10)
+        framing = NO_BODY if head_request else h.body_framing
+        if framing == CHUNKED and ex.http10:
+            framing = UNTIL_CLOSE  # no chunked encoding for HTTP/1.0
         ex.framing = framing
         ex.until_eof = framing != NO_BODY and not h.has_length and not h.chunked
         if framing == UNTIL_CLOSE:  # the body's end is the connection's end
@@ -588,14 +596,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         keep = ex.keep_alive and not self.closing
         self.wbuf.append(h.client_head(framing, keep, ex.http10, extra))
         return head_request
-
-    def upstream_body(self, body: bytes) -> None:
-        ex = self.active
-        ex.bytes_out += len(body)
-        if ex.framing == CHUNKED:
-            self.wbuf.append(b"%x\r\n%b\r\n" % (len(body), body))
-        else:
-            self.wbuf.append(body)
 
     def upstream_done(self, up: UpstreamConnection) -> None:
         ex = self.active
@@ -611,7 +611,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         up.release()
         ex.resp_done = True
         if ex.req_done or not ex.keep_alive:
-            self._finish(ex)
+            self._finish(ex, up.last_active)
 
     def flush(self) -> None:
         """Write what the last upstream read produced, in one ``write``."""
@@ -711,13 +711,16 @@ class ClientConnection(asyncio.BufferedProtocol):
         if ex.req_done or not ex.keep_alive:
             self._finish(ex)
 
-    def _finish(self, ex: Exchange) -> None:
+    def _finish(self, ex: Exchange, now: float | None = None) -> None:
+        """The exchange is over (``now``: monotonic, when the caller has it)."""
         wbuf = self.wbuf
         if wbuf:
             self.flush()
         self.active = None
         self.served += 1
-        self.idle_since = now = monotonic()
+        if now is None:
+            now = monotonic()
+        self.idle_since = now
         # _log, inline: this runs once per request
         listener = self.listener
         d = ex.decision

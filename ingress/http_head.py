@@ -188,8 +188,8 @@ class RequestHead:
     ) -> bytes:
         """The request head to send upstream (HTTP/1.1, keep-alive unless upgrading)."""
         host = self.host or b""
-        if self.request_id is None:
-            self.request_id = new_request_id()
+        if self.request_id is None:  # new_request_id(), inline
+            self.request_id = b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
         xff = client_ip if self.xff is None else self.xff + b", " + client_ip
         if self.chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
@@ -224,8 +224,8 @@ class ResponseHead:
     """
 
     __slots__ = (
-        "chunked", "fields", "has_hsts", "has_length", "has_request_id", "prefix", "reason",
-        "status",
+        "body_framing", "chunked", "fields", "has_hsts", "has_length", "has_request_id", "prefix",
+        "reason", "status",
     )  # fmt: skip
 
     def __init__(self, raw: bytes) -> None:
@@ -257,14 +257,14 @@ class ResponseHead:
         self.fields = b"".join(kept) + raw[pos:] if kept else raw[pos:]
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
         self.prefix = line + self.fields
-
-    def framing(self, status: int, head_request: bool, client_http10: bool) -> int:
-        """How the body reaches the client (RFC 9112 §6.3)."""
-        if head_request or status < 200 or status in (204, 304):
-            return NO_BODY
-        if self.has_length and not self.chunked:
-            return LENGTH
-        return UNTIL_CLOSE if client_http10 else CHUNKED
+        # How the body reaches the client (RFC 9112 §6.3), unless the request was
+        # HEAD (no body) or the client speaks HTTP/1.0 (UNTIL_CLOSE for CHUNKED).
+        if status < 200 or status in (204, 304):
+            self.body_framing = NO_BODY
+        elif self.has_length and not self.chunked:
+            self.body_framing = LENGTH
+        else:
+            self.body_framing = CHUNKED
 
     def client_head(
         self, framing: int, keep_alive: bool, client_http10: bool, extra: bytes

@@ -16,7 +16,7 @@ wanted keep-alive.
 
 Request heads are not written the moment they are ready: the pool holds
 them until the loop has run every callback of the current turn
-(:meth:`Pool.defer`) and then writes them all. On a loaded proxy whose
+(:meth:`UpstreamConnection.send`) and then writes them all. On a loaded proxy whose
 endpoints share its CPU this cut the proxy's CPU per request by about a
 seventh (each write would otherwise wake an endpoint that preempts the
 proxy, once per request instead of once per batch). Later writes to the
@@ -31,7 +31,7 @@ from time import monotonic
 from typing import Any
 
 import httptools
-from netplane.ingress.http_head import HEADS, response_head
+from netplane.ingress.http_head import CHUNKED, HEADS, response_head
 
 from netplane.l4.flow_control import FlowControl
 
@@ -166,8 +166,11 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- one exchange ----------------------------------------------------------
 
-    def send(self, client: Any, data: bytes) -> None:
-        """Bind to ``client`` and write its request head (and any body already read)."""
+    def send(self, client: Any, data: bytes, now: float) -> None:
+        """Bind to ``client`` and write its request head (and any body already read).
+
+        ``now`` is the monotonic time (the client's last read, when that is now).
+        """
         if self.stale_parser:
             self.parser = httptools.HttpResponseParser(self)
             self.stale_parser = False
@@ -176,9 +179,16 @@ class UpstreamConnection(asyncio.Protocol):
         self.status = 0
         self.responding = False
         self.requests += 1
-        self.last_active = monotonic()
+        self.last_active = now
         self.out = [data]
-        self.pool.defer(self)
+        # Held until the loop has run every callback now ready: the requests
+        # read in one turn of the loop then reach their endpoints together,
+        # and an endpoint on the same CPU is woken once for the batch instead
+        # of taking the CPU from the proxy for each.
+        held = self.pool._held
+        held.append(self)
+        if len(held) == 1:
+            asyncio.get_running_loop().call_soon(self.pool._write_held)
 
     def write(self, data: bytes) -> None:
         """Write to the endpoint, after whatever :meth:`send` still holds back."""
@@ -234,8 +244,14 @@ class UpstreamConnection(asyncio.Protocol):
             client.upstream_done(self)
 
     def on_body(self, body: bytes) -> None:
-        if self.client is not None:
-            self.client.upstream_body(body)
+        client = self.client
+        if client is not None:  # framed for the client, written with the rest of this read
+            ex = client.active
+            ex.bytes_out += len(body)
+            if ex.framing == CHUNKED:
+                client.wbuf.append(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                client.wbuf.append(body)
 
     def on_message_complete(self) -> None:
         if self.informational:
@@ -286,18 +302,6 @@ class Pool:
             idle.remove(up)
             if not idle:
                 del self._idle[up.key]
-
-    def defer(self, up: UpstreamConnection) -> None:
-        """Write ``up.out`` once the loop has run every callback now ready.
-
-        The requests read in one turn of the loop then reach their
-        endpoints together: an endpoint on the same CPU is woken once for
-        the batch instead of taking the CPU from the proxy for each.
-        """
-        held = self._held
-        held.append(up)
-        if len(held) == 1:
-            asyncio.get_running_loop().call_soon(self._write_held)
 
     def _write_held(self) -> None:
         held, self._held = self._held, []

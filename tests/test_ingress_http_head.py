@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from netplane.ingress.http_head import CHUNKED, LENGTH, NO_BODY, UNTIL_CLOSE, response_head
+from netplane.ingress.http_head import CHUNKED, LENGTH, NO_BODY, response_head
 
 
 @pytest.mark.parametrize(
@@ -50,14 +50,14 @@ def test_status_line_and_client_head():
     )
 
 
-def test_framing():
-    length = response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n")
-    bare = response_head(b"HTTP/1.1 200 OK\r\n")
-    assert length.framing(200, False, False) == LENGTH
-    assert length.framing(200, True, False) == NO_BODY
-    assert length.framing(304, False, False) == NO_BODY
-    assert bare.framing(200, False, False) == CHUNKED
-    assert bare.framing(200, False, True) == UNTIL_CLOSE
+def test_body_framing():
+    assert response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n").body_framing == LENGTH
+    assert response_head(b"HTTP/1.1 200 OK\r\n").body_framing == CHUNKED
+    for status in (b"101", b"204", b"304"):
+        h = response_head(b"HTTP/1.1 " + status + b" X\r\nContent-Length: 3\r\n")
+        assert h.body_framing == NO_BODY
+    chunked = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n"
+    assert response_head(chunked).body_framing == CHUNKED
 
 
 def test_the_same_head_is_made_once():
