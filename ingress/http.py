@@ -335,14 +335,17 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # -- httptools callbacks -----------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.cur = Exchange(self.last_read)
-        self._head_bytes = 0
-
     def on_url(self, url: bytes) -> None:
+        # A request's first callback (the parser has no on_message_begin to
+        # call: that would cost a call per request). A long URL comes in parts.
         ex = self.cur
-        ex.target += url
-        self._head_bytes += len(url)
+        if ex is None:
+            self.cur = ex = Exchange(self.last_read)
+            ex.target = url
+            self._head_bytes = len(url)
+        else:
+            ex.target += url
+            self._head_bytes += len(url)
         if self._head_bytes > self.max_header_bytes:
             self._error = (431, b"The request line is longer than this proxy allows.")
             raise _Reject
