@@ -150,9 +150,9 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.upstream_addr: tuple[str, int] | None = None
         self.upstream_head = b""
-        self.pending: list[bytes] = []  # framed body bytes read before the upstream is up
+        self.pending: list[bytes] | None = None  # framed body bytes read before the upstream is up
         self.pending_size = 0
-        self.early: list[bytes] = []  # tunnel bytes a client sent before the upgrade completed
+        self.early: list[bytes] | None = None  # tunnel bytes sent before the upgrade completed
         self.body_in = 0
         self.bytes_out = 0
         self.req_done = False
@@ -354,7 +354,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         # RequestHead.add, inline: this runs for every header of every request.
         head = self.cur.head
         lname = name.lower()
-        if lname in SPECIAL_REQUEST_FIELDS:
+        if lname == b"host" and head.host is None:  # RequestHead.special's first case, inline
+            head.host = head.headers[b"host"] = value
+            self._head_bytes += len(value) + 8
+        elif lname in SPECIAL_REQUEST_FIELDS:
             self._head_bytes += len(name) + len(value) + 4
             try:
                 head.special(lname, value)
@@ -421,7 +424,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         if up is not None:
             up.write(body)
         else:
-            ex.pending.append(body)
+            if ex.pending is None:
+                ex.pending = [body]
+            else:
+                ex.pending.append(body)
             ex.pending_size += len(body)
             if ex.pending_size > HIGH_WATER:
                 self.flow.pause(PENDING_FULL)
@@ -433,6 +439,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if ex.response is None and ex.head.transfer_encoding is not None:
             if ex.upstream is not None:
                 ex.upstream.write(b"0\r\n\r\n")
+            elif ex.pending is None:
+                ex.pending = [b"0\r\n\r\n"]
             else:
                 ex.pending.append(b"0\r\n\r\n")
         if ex.upstream is not None:
@@ -556,7 +564,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             )  # fmt: skip
         if ex.pending:
             up.send(self, ex.upstream_head + b"".join(ex.pending), now)
-            ex.pending = []
+            ex.pending = None
             ex.pending_size = 0
             self.flow.resume(PENDING_FULL)
         else:
@@ -675,7 +683,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.transport.write(rest)
         if ex.early:
             up.write(b"".join(ex.early))
-            ex.early = []
+            ex.early = None
             self.flow.resume(PENDING_FULL)
         ex.resp_done = True
         self.active = None
@@ -685,7 +693,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         ex = self.active or (self.queue[-1] if self.queue else None)
         if ex is None:
             return
-        ex.early.append(data)
+        if ex.early is None:
+            ex.early = [data]
+        else:
+            ex.early.append(data)
         if sum(map(len, ex.early)) > HIGH_WATER:
             self.flow.pause(PENDING_FULL)
 
@@ -727,10 +738,15 @@ class ClientConnection(asyncio.BufferedProtocol):
         # _log, inline: this runs once per request
         listener = self.listener
         d = ex.decision
-        listener.stats.record(
-            getattr(d, "ingress", None), getattr(d, "service", None), ex.status,
-            listener.https, now - ex.t0, getattr(d, "host", ""),
-        )  # fmt: skip
+        if type(d) is Forward:
+            listener.stats.record(
+                d.ingress, d.service, ex.status, listener.https, now - ex.t0, d.host
+            )
+        else:
+            listener.stats.record(
+                getattr(d, "ingress", None), None, ex.status, listener.https, now - ex.t0,
+                getattr(d, "host", ""),
+            )  # fmt: skip
         alog = listener.access_log
         if alog is not None:
             alog.record(self, ex, now)
