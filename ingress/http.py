@@ -38,6 +38,7 @@ from netplane.ingress.http_head import (
     UNTIL_CLOSE,
     HeadError,
     RequestHead,
+    forwarded_fields,
 )
 from netplane.ingress.routes import Forward, Redirect
 from netplane.ingress.stats import RequestStats
@@ -213,6 +214,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.parser: Any = None
         self.client_ip = ""
         self.client_ip_b = b""
+        self.forwarded = b""
         self.write_paused = False
         self.closing = False
         self.lost = False
@@ -242,6 +244,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             ip = ip[7:]
         self.client_ip = ip
         self.client_ip_b = ip.encode()
+        self.forwarded = forwarded_fields(self.client_ip_b, self.listener.proto, self.listener.port)
         self.listener.conns.add(self)
         if self.listener.https:  # the loop calls this once the TLS handshake is done
             self.listener.stats.tls_handshakes += 1
@@ -557,11 +560,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         ex.upstream = up
         ex.upstream_addr = d.targets[ex.target_index]
         if not ex.upstream_head:
-            listener = self.listener
             ex.upstream_head = ex.head.upstream_head(
-                ex.method, d.path.encode("latin-1"), self.client_ip_b, listener.proto,
-                listener.port, ex.upgrade,
-            )  # fmt: skip
+                ex.method, d.path.encode("latin-1"), self.client_ip_b, self.forwarded, ex.upgrade
+            )
         if ex.pending:
             up.send(self, ex.upstream_head + b"".join(ex.pending), now)
             ex.pending = None

@@ -178,20 +178,17 @@ class RequestHead:
         return self.transfer_encoding is not None
 
     def upstream_head(
-        self,
-        method: bytes,
-        target: bytes,
-        client_ip: bytes,
-        proto: bytes,
-        port: bytes,
-        upgrade: bool,
+        self, method: bytes, target: bytes, client_ip: bytes, forwarded: bytes, upgrade: bool
     ) -> bytes:
-        """The request head to send upstream (HTTP/1.1, keep-alive unless upgrading)."""
+        """The request head to send upstream (HTTP/1.1, keep-alive unless upgrading).
+
+        ``forwarded`` is the client connection's :func:`forwarded_fields`.
+        """
         host = self.host or b""
         if self.request_id is None:  # new_request_id(), inline
             self.request_id = b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
         xff = client_ip if self.xff is None else self.xff + b", " + client_ip
-        if self.chunked:
+        if self.transfer_encoding is not None:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self.content_length is not None:
             framing = b"Content-Length: " + self.content_length + b"\r\n"
@@ -203,14 +200,20 @@ class RequestHead:
             (
                 method, b" ", target, b" HTTP/1.1\r\nHost: ", host,
                 b"\r\nX-Request-ID: ", self.request_id,
-                b"\r\nX-Real-IP: ", client_ip,
-                b"\r\nX-Forwarded-For: ", xff,
                 b"\r\nX-Forwarded-Host: ", host,
-                b"\r\nX-Forwarded-Port: ", port,
-                b"\r\nX-Forwarded-Proto: ", proto,
-                b"\r\n", framing, *self.lines, b"\r\n",
+                b"\r\nX-Forwarded-For: ", xff,
+                b"\r\n", forwarded, framing, *self.lines, b"\r\n",
             )
         )  # fmt: skip
+
+
+def forwarded_fields(client_ip: bytes, proto: bytes, port: bytes) -> bytes:
+    """The fields every request of one client connection gets upstream, whatever it sent."""
+    return b"X-Real-IP: %s\r\nX-Forwarded-Port: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+        client_ip,
+        port,
+        proto,
+    )
 
 
 class ResponseHead:
