@@ -26,6 +26,9 @@ FORMATS = ("text", "json")
 _BATCH_LINES = 320
 _NONE = object()
 _MILLIS = [b".%03dZ" % ms for ms in range(1000)]
+_LINE = b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%.6f id=%s'
+# the same arguments, with b"" for the upstream time: "urt=-"
+_LINE_NO_UPSTREAM = _LINE.replace(b"urt=%.6f", b"urt=-%s")
 
 
 class AccessLog:
@@ -123,7 +126,8 @@ class AccessLog:
             host = head.host
             up = ex.upstream_addr
             t_up = ex.t_up
-            line = b'%s %s "%s %s %s" %d %d host=%s ingress=%s upstream=%s rt=%.6f urt=%s id=%s' % (
+            # One format per line: the upstream time has its own template.
+            line = (_LINE if t_up else _LINE_NO_UPSTREAM) % (
                 self._stamp_b,
                 conn.client_ip_b,
                 ex.method,
@@ -135,7 +139,7 @@ class AccessLog:
                 self._ingress_b,
                 self._ups.get(up) or self._upstream(up),
                 now - ex.t0,
-                b"%.6f" % (now - t_up) if t_up else b"-",
+                now - t_up if t_up else b"",
                 head.request_id or b"-",
             )
         lines = self._lines

@@ -38,6 +38,7 @@ from netplane.ingress.http_head import (
     UNTIL_CLOSE,
     HeadError,
     RequestHead,
+    forwarded_fields,
 )
 from netplane.ingress.routes import Forward, Redirect
 from netplane.ingress.stats import RequestStats
@@ -150,9 +151,9 @@ class Exchange:
         self.upstream: UpstreamConnection | None = None
         self.upstream_addr: tuple[str, int] | None = None
         self.upstream_head = b""
-        self.pending: list[bytes] = []  # framed body bytes read before the upstream is up
+        self.pending: list[bytes] | None = None  # framed body bytes read before the upstream is up
         self.pending_size = 0
-        self.early: list[bytes] = []  # tunnel bytes a client sent before the upgrade completed
+        self.early: list[bytes] | None = None  # tunnel bytes sent before the upgrade completed
         self.body_in = 0
         self.bytes_out = 0
         self.req_done = False
@@ -213,6 +214,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.parser: Any = None
         self.client_ip = ""
         self.client_ip_b = b""
+        self.forwarded = b""
         self.write_paused = False
         self.closing = False
         self.lost = False
@@ -242,6 +244,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             ip = ip[7:]
         self.client_ip = ip
         self.client_ip_b = ip.encode()
+        self.forwarded = forwarded_fields(self.client_ip_b, self.listener.proto, self.listener.port)
         self.listener.conns.add(self)
         if self.listener.https:  # the loop calls this once the TLS handshake is done
             self.listener.stats.tls_handshakes += 1
@@ -255,11 +258,18 @@ class ClientConnection(asyncio.BufferedProtocol):
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.listener.rbuf
 
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.listener.rbuf[:nbytes])
+    def data_received(self, data: bytes) -> None:
+        """Bytes from a transport that does not read into :meth:`get_buffer`."""
+        rbuf = self.listener.rbuf
+        size = len(rbuf)
+        for i in range(0, len(data), size):
+            chunk = data[i : i + size]
+            rbuf[: len(chunk)] = chunk
+            self.buffer_updated(len(chunk))
 
-    def data_received(self, data: bytes | memoryview) -> None:
-        """Bytes from the client (a view of the shared buffer: copied before they are kept)."""
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` from the client in the shared buffer (copied before they are kept)."""
+        data = self.listener.rbuf[:nbytes]
         self.last_read = monotonic()  # also the start time of requests begun in this read
         if self.tunnel is not None:
             self.tunnel.transport.write(bytes(data))
@@ -328,14 +338,17 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     # -- httptools callbacks -----------------------------------------------------
 
-    def on_message_begin(self) -> None:
-        self.cur = Exchange(self.last_read)
-        self._head_bytes = 0
-
     def on_url(self, url: bytes) -> None:
+        # A request's first callback (the parser has no on_message_begin to
+        # call: that would cost a call per request). A long URL comes in parts.
         ex = self.cur
-        ex.target += url
-        self._head_bytes += len(url)
+        if ex is None:
+            self.cur = ex = Exchange(self.last_read)
+            ex.target = url
+            self._head_bytes = len(url)
+        else:
+            ex.target += url
+            self._head_bytes += len(url)
         if self._head_bytes > self.max_header_bytes:
             self._error = (431, b"The request line is longer than this proxy allows.")
             raise _Reject
@@ -344,7 +357,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         # RequestHead.add, inline: this runs for every header of every request.
         head = self.cur.head
         lname = name.lower()
-        if lname in SPECIAL_REQUEST_FIELDS:
+        if lname == b"host" and head.host is None:  # RequestHead.special's first case, inline
+            head.host = head.headers[b"host"] = value
+            self._head_bytes += len(value) + 8
+        elif lname in SPECIAL_REQUEST_FIELDS:
             self._head_bytes += len(name) + len(value) + 4
             try:
                 head.special(lname, value)
@@ -411,7 +427,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         if up is not None:
             up.write(body)
         else:
-            ex.pending.append(body)
+            if ex.pending is None:
+                ex.pending = [body]
+            else:
+                ex.pending.append(body)
             ex.pending_size += len(body)
             if ex.pending_size > HIGH_WATER:
                 self.flow.pause(PENDING_FULL)
@@ -423,6 +442,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         if ex.response is None and ex.head.transfer_encoding is not None:
             if ex.upstream is not None:
                 ex.upstream.write(b"0\r\n\r\n")
+            elif ex.pending is None:
+                ex.pending = [b"0\r\n\r\n"]
             else:
                 ex.pending.append(b"0\r\n\r\n")
         if ex.upstream is not None:
@@ -506,7 +527,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         ip, port = d.targets[0]
         up = self.pool.take((ip, port, d.upstream_tls))
         if up is not None:
-            self._send(ex, up)
+            self._send(ex, up, self.last_read)
         else:
             asyncio.get_running_loop().create_task(self._connect(ex, 0))
 
@@ -526,7 +547,7 @@ class ClientConnection(asyncio.BufferedProtocol):
                 up.transport.close()
                 return
             ex.target_index = i
-            self._send(ex, up)
+            self._send(ex, up, monotonic())
             return
         if ex is self.active and not self.lost:
             if isinstance(last, TimeoutError):
@@ -534,25 +555,22 @@ class ClientConnection(asyncio.BufferedProtocol):
             else:
                 self._reply(ex, 502, b"The upstream refused the connection.")
 
-    def _send(self, ex: Exchange, up: UpstreamConnection) -> None:
+    def _send(self, ex: Exchange, up: UpstreamConnection, now: float) -> None:
         d = ex.decision
         ex.upstream = up
         ex.upstream_addr = d.targets[ex.target_index]
         if not ex.upstream_head:
-            listener = self.listener
             ex.upstream_head = ex.head.upstream_head(
-                ex.method, d.path.encode("latin-1"), self.client_ip_b, listener.proto,
-                listener.port, ex.upgrade,
-            )  # fmt: skip
+                ex.method, d.path.encode("latin-1"), self.client_ip_b, self.forwarded, ex.upgrade
+            )
         if ex.pending:
-            up.send(self, ex.upstream_head + b"".join(ex.pending))
-            ex.t_up = up.last_active
-            ex.pending = []
+            up.send(self, ex.upstream_head + b"".join(ex.pending), now)
+            ex.pending = None
             ex.pending_size = 0
             self.flow.resume(PENDING_FULL)
         else:
-            up.send(self, ex.upstream_head)
-        ex.t_up = up.last_active
+            up.send(self, ex.upstream_head, now)
+        ex.t_up = now
         if self.write_paused:
             up.flow.pause_writing()
 
@@ -576,26 +594,20 @@ class ClientConnection(asyncio.BufferedProtocol):
                 self.upstream_failed(up, b"The upstream switched protocols unasked.")
                 return False
             self.transport.write(
-                b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", ex.head.upgrade, b"\r\nConnection: upgrade\r\n", *h.lines, extra, b"\r\n"))
+                b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", ex.head.upgrade, b"\r\nConnection: upgrade\r\n", h.fields, extra, b"\r\n"))
             )  # fmt: skip
             return False
         head_request = ex.method == b"HEAD"
-        framing = h.framing(status, head_request, ex.http10)
+        framing = NO_BODY if head_request else h.body_framing
+        if framing == CHUNKED and ex.http10:
+            framing = UNTIL_CLOSE  # no chunked encoding for HTTP/1.0
         ex.framing = framing
         ex.until_eof = framing != NO_BODY and not h.has_length and not h.chunked
         if framing == UNTIL_CLOSE:  # the body's end is the connection's end
             ex.keep_alive = False
         keep = ex.keep_alive and not self.closing
-        self.wbuf.append(h.client_head(status, up.reason, framing, keep, ex.http10, extra))
+        self.wbuf.append(h.client_head(framing, keep, ex.http10, extra))
         return head_request
-
-    def upstream_body(self, body: bytes) -> None:
-        ex = self.active
-        ex.bytes_out += len(body)
-        if ex.framing == CHUNKED:
-            self.wbuf.append(b"%x\r\n%b\r\n" % (len(body), body))
-        else:
-            self.wbuf.append(body)
 
     def upstream_done(self, up: UpstreamConnection) -> None:
         ex = self.active
@@ -611,7 +623,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         up.release()
         ex.resp_done = True
         if ex.req_done or not ex.keep_alive:
-            self._finish(ex)
+            self._finish(ex, up.last_active)
 
     def flush(self) -> None:
         """Write what the last upstream read produced, in one ``write``."""
@@ -672,7 +684,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.transport.write(rest)
         if ex.early:
             up.write(b"".join(ex.early))
-            ex.early = []
+            ex.early = None
             self.flow.resume(PENDING_FULL)
         ex.resp_done = True
         self.active = None
@@ -682,7 +694,10 @@ class ClientConnection(asyncio.BufferedProtocol):
         ex = self.active or (self.queue[-1] if self.queue else None)
         if ex is None:
             return
-        ex.early.append(data)
+        if ex.early is None:
+            ex.early = [data]
+        else:
+            ex.early.append(data)
         if sum(map(len, ex.early)) > HIGH_WATER:
             self.flow.pause(PENDING_FULL)
 
@@ -711,20 +726,28 @@ class ClientConnection(asyncio.BufferedProtocol):
         if ex.req_done or not ex.keep_alive:
             self._finish(ex)
 
-    def _finish(self, ex: Exchange) -> None:
+    def _finish(self, ex: Exchange, now: float | None = None) -> None:
+        """The exchange is over (``now``: monotonic, when the caller has it)."""
         wbuf = self.wbuf
         if wbuf:
             self.flush()
         self.active = None
         self.served += 1
-        self.idle_since = now = monotonic()
+        if now is None:
+            now = monotonic()
+        self.idle_since = now
         # _log, inline: this runs once per request
         listener = self.listener
         d = ex.decision
-        listener.stats.record(
-            getattr(d, "ingress", None), getattr(d, "service", None), ex.status,
-            listener.https, now - ex.t0, getattr(d, "host", ""),
-        )  # fmt: skip
+        if type(d) is Forward:
+            listener.stats.record(
+                d.ingress, d.service, ex.status, listener.https, now - ex.t0, d.host
+            )
+        else:
+            listener.stats.record(
+                getattr(d, "ingress", None), None, ex.status, listener.https, now - ex.t0,
+                getattr(d, "host", ""),
+            )  # fmt: skip
         alog = listener.access_log
         if alog is not None:
             alog.record(self, ex, now)

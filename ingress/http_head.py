@@ -1,10 +1,11 @@
 """Header handling for the proxy, sans-IO: what goes upstream and what goes back.
 
 :class:`RequestHead` collects a client request's header fields as the
-parser reports them and writes the upstream request head;
-:class:`ResponseHead` does the same for the upstream's response. Both
-build the forwarded lines while the fields arrive, so a request costs
-one pass over its headers and one ``join``.
+parser reports them and writes the upstream request head, building the
+forwarded lines while the fields arrive. :class:`ResponseHead` is made
+from an upstream response head's bytes once the parser has accepted
+them: one scan finds the fields the proxy handles, every other line goes
+on as it came (no parser callback per field).
 
 Rules (RFC 9110 §7.6.1, RFC 9112 §6, and ingress-nginx's defaults):
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 
 from netplane.ingress.errors import reason as _reason
 
@@ -51,20 +53,6 @@ SPECIAL_REQUEST_FIELDS = HOP_BY_HOP | {
     b"x-real-ip",
     b"x-request-id",
 }
-SPECIAL_RESPONSE_FIELDS = HOP_BY_HOP | {
-    b"content-length",
-    b"x-request-id",
-    b"strict-transport-security",
-}
-#: Common response fields in their usual spelling, none of them special: the
-#: proxy passes these on without lower-casing their names first.
-PLAIN_RESPONSE_FIELDS = frozenset(
-    (
-        b"Server", b"Date", b"Content-Type", b"Last-Modified", b"ETag", b"Cache-Control",
-        b"Expires", b"Vary", b"Set-Cookie", b"Location", b"Accept-Ranges", b"Content-Encoding",
-        b"Access-Control-Allow-Origin",
-    )
-)  # fmt: skip
 _CONNECTION_OPTIONS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
 #: Response framings towards the client.
@@ -190,20 +178,17 @@ class RequestHead:
         return self.transfer_encoding is not None
 
     def upstream_head(
-        self,
-        method: bytes,
-        target: bytes,
-        client_ip: bytes,
-        proto: bytes,
-        port: bytes,
-        upgrade: bool,
+        self, method: bytes, target: bytes, client_ip: bytes, forwarded: bytes, upgrade: bool
     ) -> bytes:
-        """The request head to send upstream (HTTP/1.1, keep-alive unless upgrading)."""
+        """The request head to send upstream (HTTP/1.1, keep-alive unless upgrading).
+
+        ``forwarded`` is the client connection's :func:`forwarded_fields`.
+        """
         host = self.host or b""
-        if self.request_id is None:
-            self.request_id = new_request_id()
+        if self.request_id is None:  # new_request_id(), inline
+            self.request_id = b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
         xff = client_ip if self.xff is None else self.xff + b", " + client_ip
-        if self.chunked:
+        if self.transfer_encoding is not None:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self.content_length is not None:
             framing = b"Content-Length: " + self.content_length + b"\r\n"
@@ -215,82 +200,108 @@ class RequestHead:
             (
                 method, b" ", target, b" HTTP/1.1\r\nHost: ", host,
                 b"\r\nX-Request-ID: ", self.request_id,
-                b"\r\nX-Real-IP: ", client_ip,
-                b"\r\nX-Forwarded-For: ", xff,
                 b"\r\nX-Forwarded-Host: ", host,
-                b"\r\nX-Forwarded-Port: ", port,
-                b"\r\nX-Forwarded-Proto: ", proto,
-                b"\r\n", framing, *self.lines, b"\r\n",
+                b"\r\nX-Forwarded-For: ", xff,
+                b"\r\n", forwarded, framing, *self.lines, b"\r\n",
             )
         )  # fmt: skip
 
 
+def forwarded_fields(client_ip: bytes, proto: bytes, port: bytes) -> bytes:
+    """The fields every request of one client connection gets upstream, whatever it sent."""
+    return b"X-Real-IP: %s\r\nX-Forwarded-Port: %s\r\nX-Forwarded-Proto: %s\r\n" % (
+        client_ip,
+        port,
+        proto,
+    )
+
+
 class ResponseHead:
-    """One upstream response's header fields, gathered for the client."""
+    """One upstream response head as the client gets it: its framing facts and the lines passed on.
 
-    __slots__ = ("chunked", "has_hsts", "has_length", "has_request_id", "lines")
+    Made from the head's bytes (status line through the last field's CRLF)
+    once httptools has accepted them, so their syntax is known good: CRLF
+    line ends, no folded lines, no space before a colon. Heads repeat (one
+    endpoint, one page, one second of ``Date``), so :func:`response_head`
+    keeps the ones it has seen; a head is never changed once made.
+    """
 
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
+    __slots__ = (
+        "body_framing", "chunked", "fields", "has_hsts", "has_length", "has_request_id", "prefix",
+        "reason", "status",
+    )  # fmt: skip
+
+    def __init__(self, raw: bytes) -> None:
+        eol = raw.find(b"\r\n")
+        version_status_reason = raw[:eol].split(b" ", 2)
+        self.status = status = int(version_status_reason[1])
+        self.reason = reason = version_status_reason[2] if len(version_status_reason) > 2 else b""
         self.has_length = False
         self.chunked = False
         self.has_request_id = False
         self.has_hsts = False
-
-    def add(self, name: bytes, value: bytes) -> None:
-        """One header field (the upstream protocol does the common case inline)."""
-        lname = name.lower()
-        if lname in SPECIAL_RESPONSE_FIELDS:
-            self.special(lname, name, value)
+        # Hop-by-hop lines are cut out; every other line goes on byte for byte.
+        kept: list[bytes] = []
+        pos = eol + 2
+        for m in _RESPONSE_SPECIAL.finditer(raw.lower(), eol):
+            name = m.group(1)
+            if name == b"content-length":
+                self.has_length = True
+            elif name == b"x-request-id":
+                self.has_request_id = True
+            elif name == b"strict-transport-security":
+                self.has_hsts = True
+            else:
+                if name == b"transfer-encoding":
+                    self.chunked = True
+                start = m.start() + 2
+                kept.append(raw[pos:start])
+                pos = raw.index(b"\r\n", start) + 2
+        self.fields = b"".join(kept) + raw[pos:] if kept else raw[pos:]
+        line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
+        self.prefix = line + self.fields
+        # How the body reaches the client (RFC 9112 §6.3), unless the request was
+        # HEAD (no body) or the client speaks HTTP/1.0 (UNTIL_CLOSE for CHUNKED).
+        if status < 200 or status in (204, 304):
+            self.body_framing = NO_BODY
+        elif self.has_length and not self.chunked:
+            self.body_framing = LENGTH
         else:
-            self.lines.append(name + b": " + value + b"\r\n")
-
-    def special(self, lname: bytes, name: bytes, value: bytes) -> None:
-        if lname == b"content-length":
-            self.has_length = True
-            self.lines.append(b"Content-Length: " + value + b"\r\n")
-        elif lname == b"transfer-encoding":
-            self.chunked = True
-        elif lname == b"x-request-id":
-            self.has_request_id = True
-            self.lines.append(name + b": " + value + b"\r\n")
-        elif lname == b"strict-transport-security":
-            self.has_hsts = True
-            self.lines.append(name + b": " + value + b"\r\n")
-
-    def framing(self, status: int, head_request: bool, client_http10: bool) -> int:
-        """How the body reaches the client (RFC 9112 §6.3)."""
-        if head_request or status < 200 or status in (204, 304):
-            return NO_BODY
-        if self.has_length and not self.chunked:
-            return LENGTH
-        return UNTIL_CLOSE if client_http10 else CHUNKED
+            self.body_framing = CHUNKED
 
     def client_head(
-        self,
-        status: int,
-        reason: bytes,
-        framing: int,
-        keep_alive: bool,
-        client_http10: bool,
-        extra: bytes,
+        self, framing: int, keep_alive: bool, client_http10: bool, extra: bytes
     ) -> bytes:
         """The response head for the client; ``extra`` is pre-framed lines the proxy adds.
 
-        An empty ``reason`` gets the status code's standard one.
+        An empty reason phrase gets the status code's standard one.
         """
-        line = _STATUS_LINES.get((status, reason))
-        if line is None:
-            line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
-            if len(_STATUS_LINES) < 1024:
-                _STATUS_LINES[(status, reason)] = line
-        conn = b"Transfer-Encoding: chunked\r\n" if framing == CHUNKED else b""
+        if framing == CHUNKED:
+            extra += b"Transfer-Encoding: chunked\r\n"
         if not keep_alive:
-            conn += b"Connection: close\r\n"
+            extra += b"Connection: close\r\n"
         elif client_http10:
-            conn += b"Connection: keep-alive\r\n"
-        return b"".join((line, *self.lines, extra, conn, b"\r\n"))
+            extra += b"Connection: keep-alive\r\n"
+        return self.prefix + extra + b"\r\n"
 
 
-# (status, upstream reason) -> status line; bounded (an upstream chooses its reasons)
-_STATUS_LINES: dict[tuple[int, bytes], bytes] = {}
+_RESPONSE_SPECIAL = re.compile(
+    rb"\r\n(connection|keep-alive|proxy-connection|te|trailer|transfer-encoding|upgrade"
+    rb"|content-length|x-request-id|strict-transport-security):"
+)
+#: Heads seen lately, by their bytes; bounded in count and in the size of a head kept.
+HEADS: dict[bytes, ResponseHead] = {}
+_HEADS_MAX_ENTRIES = 512
+_HEADS_MAX_BYTES = 2048
+
+
+def response_head(raw: bytes) -> ResponseHead:
+    """The :class:`ResponseHead` of ``raw`` (a head httptools accepted), made once per distinct head."""
+    h = HEADS.get(raw)
+    if h is None:
+        h = ResponseHead(raw)
+        if len(raw) <= _HEADS_MAX_BYTES:
+            if len(HEADS) >= _HEADS_MAX_ENTRIES:
+                HEADS.clear()
+            HEADS[raw] = h
+    return h

@@ -130,23 +130,21 @@ def _frozen_maker(cls: type) -> Any:
     """A positional constructor for a frozen, slotted dataclass, about three times as fast.
 
     The object is built as an unfrozen twin with the same slots (plain
-    attribute stores) and then given ``cls`` as its class, which Python
-    allows between classes of identical layout. The result is an ordinary
-    ``cls`` instance: same type, equality, hash and immutability.
+    attribute stores) that makes itself a ``cls`` at the end of its
+    ``__init__``, which Python allows between classes of identical layout.
+    The result is an ordinary ``cls`` instance: same type, equality, hash
+    and immutability.
     """
     names = cls.__slots__
     args = ", ".join(names)
     body = "\n".join(f"        self.{n} = {n}" for n in names)
-    ns: dict[str, Any] = {}
-    exec(f"class Twin:\n    __slots__ = {names!r}\n    def __init__(self, {args}):\n{body}\n", ns)
-    twin = ns["Twin"]
+    ns: dict[str, Any] = {"_cls": cls}
     exec(
-        f"def make({args}, _twin=_twin, _cls=_cls):\n"
-        f"    o = _twin({args})\n    o.__class__ = _cls\n    return o\n",
-        {"_twin": twin, "_cls": cls},
+        f"class Twin:\n    __slots__ = {names!r}\n    def __init__(self, {args}):\n{body}\n"
+        "        self.__class__ = _cls\n",
         ns,
     )
-    return ns["make"]
+    return ns["Twin"]
 
 
 _forward = _frozen_maker(Forward)

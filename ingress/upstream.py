@@ -16,7 +16,7 @@ wanted keep-alive.
 
 Request heads are not written the moment they are ready: the pool holds
 them until the loop has run every callback of the current turn
-(:meth:`Pool.defer`) and then writes them all. On a loaded proxy whose
+(:meth:`UpstreamConnection.send`) and then writes them all. On a loaded proxy whose
 endpoints share its CPU this cut the proxy's CPU per request by about a
 seventh (each write would otherwise wake an endpoint that preempts the
 proxy, once per request instead of once per batch). Later writes to the
@@ -31,15 +31,14 @@ from time import monotonic
 from typing import Any
 
 import httptools
-from netplane.ingress.http_head import (
-    PLAIN_RESPONSE_FIELDS,
-    SPECIAL_RESPONSE_FIELDS,
-    ResponseHead,
-)
+from netplane.ingress.http_head import CHUNKED, HEADS, response_head
 
 from netplane.l4.flow_control import FlowControl
 
 PoolKey = tuple[str, int, bool]  # (ip, port, upstream TLS)
+#: A response head larger than this is refused (502), as nginx refuses one
+#: that overflows its proxy_buffer_size.
+MAX_RESPONSE_HEAD = 64 * 1024
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -50,6 +49,7 @@ class UpstreamConnection(asyncio.Protocol):
         "backlogged_since",
         "client",
         "flow",
+        "hbuf",
         "head",
         "in_pool",
         "informational",
@@ -60,7 +60,6 @@ class UpstreamConnection(asyncio.Protocol):
         "out",
         "parser",
         "pool",
-        "reason",
         "requests",
         "responding",
         "stale_parser",
@@ -76,9 +75,11 @@ class UpstreamConnection(asyncio.Protocol):
         self.flow: Any = None
         self.parser = httptools.HttpResponseParser(self)
         self.client: Any = None
-        self.head = ResponseHead()
+        #: the current response's head (None until it is all in)
+        self.head: Any = None
+        #: the bytes of the current response from its start, while its head is incomplete
+        self.hbuf: bytes | None = None
         self.status = 0
-        self.reason = b""
         self.keep_alive = False
         #: requests sent on this connection so far (more than one: it was reused)
         self.requests = 0
@@ -113,10 +114,15 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.responding = True
         self.last_active = monotonic()
+        hbuf = self.hbuf
+        if hbuf is not None:  # the head is taken from these bytes once the parser accepts it
+            self.hbuf = hbuf + data if hbuf else data
         try:
             self.parser.feed_data(data)
             if client.wbuf:
                 client.flush()
+            if self.hbuf is not None and len(self.hbuf) > MAX_RESPONSE_HEAD:
+                self._broken(b"The upstream's response head is too large.")
         except httptools.HttpParserUpgrade as e:
             if self.status == 101 and self.client is not None:
                 self.tunnel = True
@@ -126,11 +132,12 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserError:
             self._broken()
 
-    def _broken(self) -> None:
+    def _broken(self, message: bytes = b"The upstream sent a malformed response.") -> None:
         client, self.client = self.client, None
+        self.hbuf = None
         self.transport.abort()
         if client is not None:
-            client.upstream_failed(self, b"The upstream sent a malformed response.")
+            client.upstream_failed(self, message)
 
     def eof_received(self) -> bool:
         return False
@@ -159,20 +166,29 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- one exchange ----------------------------------------------------------
 
-    def send(self, client: Any, data: bytes) -> None:
-        """Bind to ``client`` and write its request head (and any body already read)."""
+    def send(self, client: Any, data: bytes, now: float) -> None:
+        """Bind to ``client`` and write its request head (and any body already read).
+
+        ``now`` is the monotonic time (the client's last read, when that is now).
+        """
         if self.stale_parser:
             self.parser = httptools.HttpResponseParser(self)
             self.stale_parser = False
         self.client = client
-        self.head = ResponseHead()
+        self.hbuf = b""
         self.status = 0
-        self.reason = b""
         self.responding = False
         self.requests += 1
-        self.last_active = monotonic()
+        self.last_active = now
         self.out = [data]
-        self.pool.defer(self)
+        # Held until the loop has run every callback now ready: the requests
+        # read in one turn of the loop then reach their endpoints together,
+        # and an endpoint on the same CPU is woken once for the batch instead
+        # of taking the CPU from the proxy for each.
+        held = self.pool._held
+        held.append(self)
+        if len(held) == 1:
+            asyncio.get_running_loop().call_soon(self.pool._write_held)
 
     def write(self, data: bytes) -> None:
         """Write to the endpoint, after whatever :meth:`send` still holds back."""
@@ -204,27 +220,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self.reason = self.reason + reason if self.reason else reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        # ResponseHead.add, inline: this runs for every header of every response.
-        if name in PLAIN_RESPONSE_FIELDS:  # the usual spellings of fields passed on as they are
-            self.head.lines.append(b"%s: %s\r\n" % (name, value))
-            return
-        lname = name.lower()
-        if lname in SPECIAL_RESPONSE_FIELDS:
-            self.head.special(lname, name, value)
-        else:
-            self.head.lines.append(b"%s: %s\r\n" % (name, value))
-
     def on_headers_complete(self) -> None:
-        status = self.parser.get_status_code()
+        buf = self.hbuf
+        end = buf.find(b"\r\n\r\n")  # the parser has just read it: the head ends there
+        raw = buf[: end + 2]
+        head = HEADS.get(raw) or response_head(raw)
+        status = head.status
         if 100 <= status < 200 and status != 101:
             # 1xx interim answers (RFC 9110 §15.2) are not passed on: the proxy
-            # answers Expect itself. Their end is the parser's message end.
+            # answers Expect itself. Their end is the parser's message end;
+            # the next head starts after theirs.
             self.informational = True
+            self.hbuf = buf[end + 4 :]
             return
+        self.hbuf = None
+        self.head = head
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
         client = self.client
@@ -234,14 +244,18 @@ class UpstreamConnection(asyncio.Protocol):
             client.upstream_done(self)
 
     def on_body(self, body: bytes) -> None:
-        if self.client is not None:
-            self.client.upstream_body(body)
+        client = self.client
+        if client is not None:  # framed for the client, written with the rest of this read
+            ex = client.active
+            ex.bytes_out += len(body)
+            if ex.framing == CHUNKED:
+                client.wbuf.append(b"%x\r\n%b\r\n" % (len(body), body))
+            else:
+                client.wbuf.append(body)
 
     def on_message_complete(self) -> None:
         if self.informational:
             self.informational = False
-            self.head = ResponseHead()
-            self.reason = b""
             return
         if self.status == 101 or self.stale_parser:
             return
@@ -288,18 +302,6 @@ class Pool:
             idle.remove(up)
             if not idle:
                 del self._idle[up.key]
-
-    def defer(self, up: UpstreamConnection) -> None:
-        """Write ``up.out`` once the loop has run every callback now ready.
-
-        The requests read in one turn of the loop then reach their
-        endpoints together: an endpoint on the same CPU is woken once for
-        the batch instead of taking the CPU from the proxy for each.
-        """
-        held = self._held
-        held.append(up)
-        if len(held) == 1:
-            asyncio.get_running_loop().call_soon(self._write_held)
 
     def _write_held(self) -> None:
         held, self._held = self._held, []

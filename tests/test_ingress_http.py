@@ -575,3 +575,90 @@ async def test_absolute_form_target_routes_by_its_authority(backends, proxy_fact
     assert responses(raw)[0][2] == b"GET /x?q=1\n"
     assert routes.seen[-1]["host"] == "shop.example"
     assert backends.requests[0].headers[b"host"] == b"shop.example"
+
+
+async def test_a_response_head_split_across_reads_reaches_the_client_whole(backends, proxy_factory):
+    # An interim 103 and the final head arrive in pieces, cut inside a field name, inside
+    # a line end and inside the blank line that ends the head.
+    pieces = [
+        b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=pre",
+        b"load\r\n\r\nHTTP/1.1 200 OK\r\nX-Fi",
+        b"rst: 1\r",
+        b"\nConnection: keep-alive\r\nContent-Length: 5\r\nX-Last: 2\r\n\r",
+        b"\nhello",
+    ]
+
+    async def dribble(req, r, w):
+        for piece in pieces:
+            w.write(piece)
+            await w.drain()
+            await asyncio.sleep(0.05)
+
+    addr = await backends.start(dribble)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", until=b"hello")
+    rid = backends.requests[0].headers[b"x-request-id"]
+    assert raw == (
+        b"HTTP/1.1 200 OK\r\nX-First: 1\r\nContent-Length: 5\r\nX-Last: 2\r\n"
+        b"X-Request-ID: " + rid + b"\r\n\r\nhello"
+    )
+
+
+async def test_many_response_fields_pass_on_in_order_without_hop_by_hop(backends, proxy_factory):
+    fields = b"".join(b"X-Field-%d: value %d\r\n" % (i, i) for i in range(200))
+
+    async def many(req, r, w):
+        w.write(
+            b"HTTP/1.1 299 Fine Indeed\r\nCONNECTION: keep-alive, X-Field-7\r\n"
+            + fields
+            + b"keep-alive: timeout=5\r\nX-Request-Id: from-upstream\r\nTE: trailers\r\n"
+            b"Upgrade: h2c\r\nTrailer: X-T\r\ncontent-length: 2\r\nX-Odd:\tspaced  \r\n\r\nok"
+        )
+        await w.drain()
+
+    addr = await backends.start(many)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", until=b"\r\n\r\nok")
+    # Hop-by-hop fields are dropped whatever their case; the rest go on byte for byte, in
+    # order; the upstream's own X-Request-ID is the one the client gets.
+    assert raw == (
+        b"HTTP/1.1 299 Fine Indeed\r\n"
+        + fields
+        + b"X-Request-Id: from-upstream\r\ncontent-length: 2\r\nX-Odd:\tspaced  \r\n\r\nok"
+    )
+
+
+async def test_a_chunked_response_without_reason_phrase_gets_the_standard_one(
+    backends, proxy_factory
+):
+    async def chunked(req, r, w):
+        w.write(
+            b"HTTP/1.1 404\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        )
+        await w.drain()
+
+    addr = await backends.start(chunked)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", until=b"0\r\n\r\n")
+    rid = backends.requests[0].headers[b"x-request-id"]
+    assert raw == (
+        b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nX-Request-ID: " + rid + b"\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+
+
+async def test_an_oversized_response_head_is_502(backends, proxy_factory):
+    async def huge(req, r, w):
+        w.write(b"HTTP/1.1 200 OK\r\n")
+        for i in range(2000):  # about 80 KiB of fields, past the 64 KiB limit
+            w.write(b"X-Filler-%04d: %s\r\n" % (i, b"x" * 24))
+        w.write(b"Content-Length: 0\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            await w.drain()
+
+    addr = await backends.start(huge)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 502 ")
+    assert b"response head is too large" in raw
+    assert b"X-Filler" not in raw
