@@ -33,6 +33,7 @@ import re
 import resource
 import shutil
 import socket
+import statistics
 import sys
 import time
 import urllib.error
@@ -50,6 +51,10 @@ HERE = Path(__file__).resolve().parent
 BACKENDS = HERE / "l4_backends.py"
 
 CLUSTER_IP = "127.77.208.10"
+#: haproxy's frontends: its own addresses, so that every side can be up at once
+FRONTEND_IPS = {"haproxy": "127.77.208.11", "haproxy splice-auto": "127.77.208.12"}
+#: load runs per measure, side and round, in ABBA order (full runs)
+REPS = 2
 BACKEND_IP = "127.0.0.1"
 NAMESPACE = "bench"
 SERVICE = "l4"
@@ -116,7 +121,7 @@ class ServiceSpec:
         """The listeners netplane reports in /debug/state for this Service."""
         return [f"{self.cluster_ip}:{p.port}/{p.protocol}" for p in self.ports]
 
-    def haproxy_cfg(self, splice: bool) -> str:
+    def haproxy_cfg(self, splice: bool, bind_ip: str) -> str:
         """haproxy in TCP mode, 1 thread, one listen section per TCP port (UDP: none)."""
         glob = ["global", "    nbthread 1", "    maxconn 4000"]
         if splice:
@@ -138,7 +143,7 @@ class ServiceSpec:
             out += [
                 "",
                 f"listen {self.namespace}_{self.name}_{p.name}",
-                f"    bind {self.cluster_ip}:{p.port}",
+                f"    bind {bind_ip}:{p.port}",
                 f"    server ep0 {self.endpoint}:{p.target}",
             ]
         return "\n".join(out) + "\n"
@@ -185,11 +190,13 @@ class L4Proxy(Scenario):
     description = (
         "One Service (ClusterIP in 127.77.0.0/16, ports http, iperf and udp; one endpoint on "
         "127.0.0.1) gives netplane's manifests (`netplane run -f DIR --mode local`, DNS and "
-        "ingress off) and haproxy's tcp-mode config (1 thread), so all sides use the same "
-        "frontend and backends. Backends on the server core: nginx (1 worker, small 200, "
+        "ingress off) and haproxy's tcp-mode config (1 thread, its own frontend addresses), so "
+        "all sides use the same frontend ports and backends. Backends on the server core: nginx (1 worker, small 200, "
         "access log off), a Python UDP echo loop; `iperf3 -s` on the load core beside its "
-        "client, so the relay has the server core to itself in every side. Each run starts the side's "
-        "proxy on the server core and stops it after. New connections: `wrk -t1 -c50 "
+        "client, so the relay has the server core to itself in every side. Each round starts every "
+        "side's proxy on the server core and runs each load twice per side, the sides taking "
+        "turns (ABBA order) so that all see the same moment of a machine whose speed drifts "
+        "within minutes; a side's figure is the mean of its two. New connections: `wrk -t1 -c50 "
         '-H "Connection: close"` after a 1 s warm-up (one request per connection); bulk: '
         "`iperf3 -c FRONTEND --json`, one stream, client to server, with the proxy's CPU "
         "(utime+stime from /proc/PID/stat) per GB relayed; UDP: a Python client keeping 32 "
@@ -207,8 +214,9 @@ class L4Proxy(Scenario):
         ">= 1.0x default haproxy and >= 0.75x direct."
     )
     packages = ("haproxy", "wrk", "iperf3", "nginx")
-    warmup_runs = 0  # each run warms its own side up (a fresh proxy per run)
-    budget_s = 330.0
+    warmup_runs = 0  # each round warms every side up (fresh proxies per round)
+    budget_s = 500.0
+    interleaved = True
 
     def __init__(self) -> None:
         self.spec: ServiceSpec | None = None
@@ -221,7 +229,7 @@ class L4Proxy(Scenario):
     def durations(self, ctx: Context) -> dict[str, float]:
         if ctx.quick:
             return {"wrk_s": 2, "warmup_s": 1, "iperf_s": 2, "udp_s": 1}
-        return {"wrk_s": 10, "warmup_s": 1, "iperf_s": 10, "udp_s": 4}
+        return {"wrk_s": 5, "warmup_s": 1, "iperf_s": 5, "udp_s": 3}
 
     def metrics(self, ctx: Context) -> list[Metric]:
         return [
@@ -241,7 +249,9 @@ class L4Proxy(Scenario):
             "wrk": f"-t1 -c50 -d{d['wrk_s']:g}s Connection: close (warm-up {d['warmup_s']:g} s)",
             "iperf3": f"-t {d['iperf_s']:g}, 1 stream",
             "udp": f"{UDP_WINDOW} outstanding x {UDP_SIZE} B for {d['udp_s']:g} s",
-            "runs": "1 per side (quick)" if ctx.quick else f"{ctx.runs} per side",
+            "runs": "1 round (quick)"
+            if ctx.quick
+            else f"{ctx.runs} rounds, each load run {REPS}x per side, interleaved ABBA",
             "cluster_ip": CLUSTER_IP,
         }
 
@@ -268,7 +278,7 @@ class L4Proxy(Scenario):
         (self.manifests / "l4.json").write_text(json.dumps(spec.manifests(), indent=1))
         for splice in (False, True):
             cfg = work / f"haproxy{'-splice' if splice else ''}.cfg"
-            cfg.write_text(spec.haproxy_cfg(splice))
+            cfg.write_text(spec.haproxy_cfg(splice, FRONTEND_IPS[SPLICE if splice else HAPROXY]))
             check = ctx.procs.start(
                 [program("haproxy"), "-c", "-q", "-f", str(cfg)],
                 name="haproxy -c",
@@ -343,7 +353,6 @@ http {{
     def _start_proxy(self, ctx: Context, side: str, index: int) -> Proc | None:
         assert self.spec is not None and self.manifests is not None
         work = ctx.workdir / "l4"
-        http = self.spec.port("http")
         log = work / f"{side.replace(' ', '-')}-{index}.log"
         if side == NETPLANE:
             admin = ctx.free_port()
@@ -363,7 +372,8 @@ http {{
         else:
             return None
         # Through the proxy to nginx: the relay works end to end.
-        ctx.wait_http(f"http://{self.spec.cluster_ip}:{http.port}/", 200, timeout=30, proc=proc)
+        host, port = self._target(side, "http")
+        ctx.wait_http(f"http://{host}:{port}/", 200, timeout=30, proc=proc)
         return proc
 
     def _wait_listeners(self, admin: str, proc: Proc, timeout: float) -> None:
@@ -389,7 +399,7 @@ http {{
         p = self.spec.port(name)
         if side == DIRECT:
             return self.spec.endpoint, p.target
-        return self.spec.cluster_ip, p.port
+        return FRONTEND_IPS.get(side, self.spec.cluster_ip), p.port
 
     def _run_load(self, ctx: Context, argv: list[str], name: str, timeout: float) -> str:
         """Run a load generator on the load core; returns its stdout. CPU: self.load_cpu."""
@@ -419,75 +429,87 @@ http {{
         rps, total, errors = parse_wrk(text)
         return rps, total, errors, time.perf_counter() - t0
 
-    def run_side(self, ctx: Context, side: str, index: int) -> dict[str, float]:
-        if ctx.quick and index > 0:
-            return {}  # quick: one run per side keeps it well under a minute
-        d = self.durations(ctx)
-        proc = self._start_proxy(ctx, side, index)
-        pid = proc.pid if proc is not None else None
-        out: dict[str, float] = {}
-        try:
-            # new connections/s
-            self._wrk(ctx, side, d["warmup_s"])
-            cpu0 = cpu_seconds(pid) if pid else 0.0
-            rps, total, errors, wall = self._wrk(ctx, side, d["wrk_s"])
-            if errors > 0.01 * max(total, 1):
-                raise RuntimeError(f"wrk through {side}: {errors} errors in {total} requests")
-            out["conn_per_s"] = rps
-            out["conn_load_cpu_pct"] = 100 * self.load_cpu / wall
-            if pid:
-                out["conn_proxy_cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0) / max(total, 1)
-
-            # bulk
-            host, port = self._target(side, "iperf")
-            cpu0 = cpu_seconds(pid) if pid else 0.0
-            text = self._run_load(
-                ctx,
-                [
-                    program("iperf3"),
-                    "-c",
-                    host,
-                    "-p",
-                    str(port),
-                    "-t",
-                    f"{d['iperf_s']:g}",
-                    "--json",
-                ],
-                "iperf3",
-                timeout=d["iperf_s"] + 30,
-            )
-            cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
-            doc = json.loads(text)
-            if "error" in doc:
-                raise RuntimeError(f"iperf3 through {side}: {doc['error']}")
-            recv = doc["end"]["sum_received"]
-            out["bulk_gbps"] = recv["bits_per_second"] / 1e9
-            if pid and recv["bytes"]:
-                out["bulk_cpu_s_per_gb"] = cpu / (recv["bytes"] / 1e9)
-
-            # UDP request/response: netplane and direct (haproxy has no UDP)
-            if side in (NETPLANE, DIRECT):
-                host, port = self._target(side, "udp")
-                cpu0 = cpu_seconds(pid) if pid else 0.0
-                t0 = time.perf_counter()
-                text = self._run_load(
-                    ctx,
-                    [sys.executable, str(BACKENDS), "udp-load", host, str(port), "--seconds",
-                     f"{d['udp_s']:g}", "--window", str(UDP_WINDOW), "--size", str(UDP_SIZE)],
-                    "udp-load",
-                    timeout=d["udp_s"] + 30,
-                )  # fmt: skip
-                wall = time.perf_counter() - t0
-                res = json.loads(text.strip().splitlines()[-1])
-                out["udp_rps"] = res["rps"]
-                out["udp_load_cpu_pct"] = res["cpu_pct"]
-                if pid:
-                    # the client's start-up and readiness probe are in `wall`; close enough
-                    out["udp_proxy_cpu_pct"] = 100 * (cpu_seconds(pid) - cpu0) / wall
-        finally:
-            if proc is not None:
-                ctx.procs.stop(proc)
+    def _connections(self, ctx: Context, side: str, pid: int | None) -> dict[str, float]:
+        """New connections/s through ``side`` (wrk, one request per connection)."""
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        rps, total, errors, wall = self._wrk(ctx, side, self.durations(ctx)["wrk_s"])
+        if errors > 0.01 * max(total, 1):
+            raise RuntimeError(f"wrk through {side}: {errors} errors in {total} requests")
+        out = {"conn_per_s": rps, "conn_load_cpu_pct": 100 * self.load_cpu / wall}
+        if pid:
+            out["conn_proxy_cpu_us"] = 1e6 * (cpu_seconds(pid) - cpu0) / max(total, 1)
         return out
+
+    def _bulk(self, ctx: Context, side: str, pid: int | None) -> dict[str, float]:
+        """One iperf3 stream through ``side``, and the proxy's CPU per GB."""
+        secs = self.durations(ctx)["iperf_s"]
+        host, port = self._target(side, "iperf")
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        text = self._run_load(
+            ctx,
+            [program("iperf3"), "-c", host, "-p", str(port), "-t", f"{secs:g}", "--json"],
+            "iperf3",
+            timeout=secs + 30,
+        )
+        cpu = cpu_seconds(pid) - cpu0 if pid else 0.0
+        doc = json.loads(text)
+        if "error" in doc:
+            raise RuntimeError(f"iperf3 through {side}: {doc['error']}")
+        recv = doc["end"]["sum_received"]
+        out = {"bulk_gbps": recv["bits_per_second"] / 1e9}
+        if pid and recv["bytes"]:
+            out["bulk_cpu_s_per_gb"] = cpu / (recv["bytes"] / 1e9)
+        return out
+
+    def _udp(self, ctx: Context, side: str, pid: int | None) -> dict[str, float]:
+        """UDP request/response through ``side`` (netplane and direct: haproxy has no UDP)."""
+        if side not in (NETPLANE, DIRECT):
+            return {}
+        secs = self.durations(ctx)["udp_s"]
+        host, port = self._target(side, "udp")
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        t0 = time.perf_counter()
+        text = self._run_load(
+            ctx,
+            [sys.executable, str(BACKENDS), "udp-load", host, str(port), "--seconds",
+             f"{secs:g}", "--window", str(UDP_WINDOW), "--size", str(UDP_SIZE)],
+            "udp-load",
+            timeout=secs + 30,
+        )  # fmt: skip
+        wall = time.perf_counter() - t0
+        res = json.loads(text.strip().splitlines()[-1])
+        out = {"udp_rps": res["rps"], "udp_load_cpu_pct": res["cpu_pct"]}
+        if pid:
+            # the client's start-up and readiness probe are in `wall`; close enough
+            out["udp_proxy_cpu_pct"] = 100 * (cpu_seconds(pid) - cpu0) / wall
+        return out
+
+    def run_round(self, ctx: Context, index: int) -> dict[str, dict[str, float]]:
+        if ctx.quick and index > 0:
+            return {}  # quick: one round keeps it well under a minute
+        sides = list(self.sides)
+        procs: dict[str, Proc | None] = {}
+        try:
+            for side in sides:
+                procs[side] = self._start_proxy(ctx, side, index)
+            for side in sides:  # warm-up: the first connections, the backends' caches
+                self._wrk(ctx, side, self.durations(ctx)["warmup_s"])
+            got: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
+            for measure in (self._connections, self._bulk, self._udp):
+                for rep in range(1 if ctx.quick else REPS):
+                    for side in sides if rep % 2 == 0 else sides[::-1]:
+                        proc = procs[side]
+                        values = measure(ctx, side, proc.pid if proc is not None else None)
+                        for key, value in values.items():
+                            got[side].setdefault(key, []).append(value)
+        finally:
+            for proc in procs.values():
+                if proc is not None:
+                    ctx.procs.stop(proc)
+        return {
+            side: {key: statistics.fmean(values) for key, values in got[side].items()}
+            for side in sides
+        }
 
     def teardown(self, ctx: Context) -> None:
         for proc in self.backends:
