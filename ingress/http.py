@@ -525,11 +525,16 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.transport.write(_CONTINUE)
         d = ex.decision
         ip, port = d.targets[0]
-        up = self.pool.take((ip, port, d.upstream_tls))
-        if up is not None:
-            self._send(ex, up, self.last_read)
-        else:
-            asyncio.get_running_loop().create_task(self._connect(ex, 0))
+        pool = self.pool
+        idle = pool.idle.get((ip, port, d.upstream_tls))
+        while idle:  # Pool.take, inline: the most recently used idle connection
+            up = idle.pop()
+            up.in_pool = False
+            if not up.lost and not up.transport.is_closing():
+                pool.reused += 1
+                self._send(ex, up, self.last_read)
+                return
+        asyncio.get_running_loop().create_task(self._connect(ex, 0))
 
     async def _connect(self, ex: Exchange, start: int) -> None:
         d = ex.decision

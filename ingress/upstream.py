@@ -208,7 +208,17 @@ class UpstreamConnection(asyncio.Protocol):
             if client.write_paused:  # nor does that client's backlog hold our reading
                 self.flow.resume_writing()
         if self.keep_alive and not self.lost and not self.transport.is_closing():
-            self.pool.put(self)
+            # Pool.put, inline: this runs once per request
+            pool = self.pool
+            idle = pool.idle.get(self.key)
+            if idle is None:
+                idle = pool.idle[self.key] = []
+            elif len(idle) >= pool.max_idle:
+                oldest = idle.pop(0)
+                oldest.in_pool = False
+                oldest.transport.close()
+            self.in_pool = True  # last_active: its last read, the end of the response
+            idle.append(self)
         else:
             self.transport.close()
 
@@ -223,6 +233,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         buf = self.hbuf
         end = buf.find(b"\r\n\r\n")  # the parser has just read it: the head ends there
+        if end > MAX_RESPONSE_HEAD:  # all in one read (a head in parts is checked per read)
+            self._broken(b"The upstream's response head is too large.")
+            return
         raw = buf[: end + 2]
         head = HEADS.get(raw) or response_head(raw)
         status = head.status
@@ -269,39 +282,20 @@ class Pool:
     def __init__(self, *, max_idle: int = 320, idle_timeout: float = 60.0) -> None:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
-        self._idle: dict[PoolKey, list[UpstreamConnection]] = {}
+        #: idle connections per endpoint, the most recently used last
+        self.idle: dict[PoolKey, list[UpstreamConnection]] = {}
         self._tls: ssl.SSLContext | None = None
         self.opened = 0
         self.reused = 0
         self._held: list[UpstreamConnection] = []
 
-    def take(self, key: PoolKey) -> UpstreamConnection | None:
-        """The most recently used idle connection to ``key``, or None."""
-        idle = self._idle.get(key)
-        while idle:
-            up = idle.pop()
-            up.in_pool = False
-            if not up.lost and not up.transport.is_closing():
-                self.reused += 1
-                return up
-        return None
-
-    def put(self, up: UpstreamConnection) -> None:
-        idle = self._idle.setdefault(up.key, [])
-        if len(idle) >= self.max_idle:
-            oldest = idle.pop(0)
-            oldest.in_pool = False
-            oldest.transport.close()
-        up.in_pool = True  # last_active: its last read, the end of the response
-        idle.append(up)
-
     def discard(self, up: UpstreamConnection) -> None:
         up.in_pool = False
-        idle = self._idle.get(up.key)
+        idle = self.idle.get(up.key)
         if idle and up in idle:
             idle.remove(up)
             if not idle:
-                del self._idle[up.key]
+                del self.idle[up.key]
 
     def _write_held(self) -> None:
         held, self._held = self._held, []
@@ -338,21 +332,21 @@ class Pool:
     def sweep(self, now: float) -> None:
         """Close connections idle for longer than ``idle_timeout`` (monotonic ``now``)."""
         limit = now - self.idle_timeout
-        for key in list(self._idle):
-            idle = self._idle[key]
+        for key in list(self.idle):
+            idle = self.idle[key]
             while idle and idle[0].last_active < limit:
                 up = idle.pop(0)
                 up.in_pool = False
                 up.transport.close()
             if not idle:
-                del self._idle[key]
+                del self.idle[key]
 
     def idle_count(self) -> int:
-        return sum(len(v) for v in self._idle.values())
+        return sum(len(v) for v in self.idle.values())
 
     def close(self) -> None:
-        for idle in self._idle.values():
+        for idle in self.idle.values():
             for up in idle:
                 up.in_pool = False
                 up.transport.close()
-        self._idle.clear()
+        self.idle.clear()
