@@ -25,6 +25,7 @@ from ingress_fakes import (
     free_port,
     http_exchange,
     responses,
+    ws_echo,
 )
 from netplane.ingress.accesslog import AccessLog
 from netplane.ingress.http import HttpSettings
@@ -398,13 +399,7 @@ async def test_a_reused_connection_the_upstream_dropped_is_retried_once(backends
 async def test_websocket_upgrade_is_tunnelled(backends, proxy_factory):
     async def ws(req, r, w):
         assert req.headers[b"upgrade"] == b"websocket"
-        w.write(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-        )
-        while data := await r.read(1024):
-            w.write(b"echo:" + data)
-            await w.drain()
-        return False
+        return await ws_echo(req, r, w)
 
     addr = await backends.start(ws)
     p = await proxy_factory(FakeRoutes({"/": [addr]}))
