@@ -71,17 +71,11 @@ class HeadError(ValueError):
         self.message = message
 
 
+# Generated X-Request-IDs: 32 hex digits, the shape ingress-nginx's ``$req_id``
+# has. A random per-process half and a counter: unique without a random draw
+# per request (IDs correlate logs; they are not secrets).
 _ID_PREFIX = os.urandom(8).hex().encode()
 _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
-
-
-def new_request_id() -> bytes:
-    """32 hex digits, the shape ingress-nginx's ``$req_id`` has.
-
-    A random per-process half and a counter: unique without a random draw
-    per request (IDs correlate logs; they are not secrets).
-    """
-    return b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 class RequestHead:
@@ -185,7 +179,7 @@ class RequestHead:
         ``forwarded`` is the client connection's :func:`forwarded_fields`.
         """
         host = self.host or b""
-        if self.request_id is None:  # new_request_id(), inline
+        if self.request_id is None:
             self.request_id = b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
         xff = client_ip if self.xff is None else self.xff + b", " + client_ip
         if self.transfer_encoding is not None:
