@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from dnslib import RCODE
 from netplane.dns.zone import (
     AAAA,
     ANY,
@@ -37,7 +38,11 @@ from netplane.dns.zone import (
     Zone,
 )
 
-NOERROR, FORMERR, SERVFAIL, NXDOMAIN, NOTIMP, REFUSED = 0, 1, 2, 3, 4, 5
+# Response codes from dnslib's table, bound once (a ``RCODE.X`` is a Bimap lookup).
+NOERROR, FORMERR, SERVFAIL = RCODE.NOERROR, RCODE.FORMERR, RCODE.SERVFAIL
+NXDOMAIN, NOTIMP, REFUSED = RCODE.NXDOMAIN, RCODE.NOTIMP, RCODE.REFUSED
+# An extended rcode (RFC 6891 section 9): its high bits go in the OPT record,
+# and dnslib's RCODE table, which covers the header's four bits only, lacks it.
 BADVERS = 16
 _MAX_CNAME_HOPS = 8
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 from dnslib import RR as DnsRR
 from dnslib import DNSRecord
-from netplane.dns.zone import SOA
+from netplane.dns.answer import NOERROR, NXDOMAIN
+from netplane.dns.zone import OPT, SOA
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00"
 _OPT_HEAD = b"\x00\x00\x29"  # root owner name, type OPT
@@ -212,10 +213,10 @@ class _Entry:
 def cache_ttl(reply: DNSRecord, max_ttl: int) -> int | None:
     """How long ``reply`` may be cached, or None when it must not be (RFC 2308)."""
     h = reply.header
-    if h.tc or h.rcode not in (0, 3):
+    if h.tc or h.rcode not in (NOERROR, NXDOMAIN):
         return None  # truncated, SERVFAIL, REFUSED ...: ask again next time
     answers = [rr for rr in reply.rr]
-    if h.rcode == 0 and answers:
+    if h.rcode == NOERROR and answers:
         return min(max_ttl, *(rr.ttl for rr in answers))
     soas = [rr for rr in reply.auth if rr.rtype == SOA]
     if not soas:
@@ -272,7 +273,7 @@ class ForwardCache:
             return [
                 DnsRR(rr.rname, rr.rtype, rr.rclass, max(0, rr.ttl - elapsed), rr.rdata)
                 for rr in rrs
-                if rr.rtype != 41  # OPT belongs to the upstream hop, not to the client
+                if rr.rtype != OPT  # OPT belongs to the upstream hop, not to the client
             ]
 
         return Cached(r.header.rcode, aged(r.rr), aged(r.auth), aged(r.ar), bool(r.header.aa))

@@ -26,8 +26,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dnslib import CLASS, OPCODE, DNSHeader, DNSRecord
 from dnslib import RR as DnsRR
-from dnslib import DNSHeader, DNSRecord
 from netplane.dns.answer import BADVERS, FORMERR, NOTIMP, REFUSED, SERVFAIL, Answer, answer
 from netplane.dns.cache import AnswerCache, Cached, ForwardCache, ForwardKey
 from netplane.dns.wire import (
@@ -41,11 +41,11 @@ from netplane.dns.wire import (
     parse_query,
     reply_limit,
 )
-from netplane.dns.zone import AXFR, IXFR, Zone
+from netplane.dns.zone import AXFR, IXFR, OPT, Zone
 
 from netplane.addresses import IPNetwork
 
-IN = 1
+IN, QUERY = CLASS.IN, OPCODE.QUERY
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +114,7 @@ class Responder:
         if h.qr:
             return None
         cap = self.udp_cap
-        if h.opcode != 0:
+        if h.opcode != QUERY:
             # Header only: other opcodes give the question section other meanings
             # (UPDATE's zone section), which the reply must not claim to answer.
             return header_error(data, NOTIMP)
@@ -151,13 +151,13 @@ class Responder:
             return header_reply(q, SERVFAIL, udp_cap=self.udp_cap)
         self.forwarded.put(job.key, upstream)
         h = upstream.header
-        strip = [rr for rr in upstream.ar if rr.rtype != 41]
+        strip = [rr for rr in upstream.ar if rr.rtype != OPT]
         cached = Cached(h.rcode, list(upstream.rr), list(upstream.auth), strip, False)
         return self._relay(q, cached, reply_limit(q, tcp=job.tcp, udp_cap=self.udp_cap))
 
     def _relay(self, q: Query, c: Cached, limit: int) -> bytes:
         qh = q.record.header
-        header = DNSHeader(id=qh.id, qr=1, opcode=0, rd=qh.rd, ra=1, rcode=c.rcode & 0x0F)
+        header = DNSHeader(id=qh.id, qr=1, opcode=QUERY, rd=qh.rd, ra=1, rcode=c.rcode & 0x0F)
         header.cd = qh.cd
         reply = DNSRecord(header, q=q.record.q)
         reply.rr = list(c.answer)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dnslib import QTYPE, RCODE
+from netplane.dns.answer import SERVFAIL
 
 from netplane.metrics import cumulative_buckets
 
@@ -45,7 +46,7 @@ class DnsStats:
         self.seconds = 0.0
 
     def record(self, qtype: int, reply: bytes, seconds: float) -> None:
-        key = (qtype, reply[3] & 0x0F if len(reply) > 3 else 2)
+        key = (qtype, reply[3] & 0x0F if len(reply) > 3 else SERVFAIL)
         self.replies[key] = self.replies.get(key, 0) + 1
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
         self.seconds += seconds

@@ -21,6 +21,7 @@ import struct
 from collections.abc import Sequence
 
 from dnslib import EDNS0, DNSError, DNSHeader, DNSQuestion, DNSRecord
+from netplane.dns.answer import REFUSED, SERVFAIL
 from netplane.dns.cache import ForwardKey
 from netplane.dns.wire import DEFAULT_UDP_CAP, Query, frame
 
@@ -112,7 +113,7 @@ class Forwarder:
                 self.failures += 1
                 log.debug("upstream %s:%d failed for %s: %s", *upstream, query.qname, e)
                 continue
-            if reply.header.rcode in (2, 5):  # SERVFAIL, REFUSED: try the next one
+            if reply.header.rcode in (SERVFAIL, REFUSED):  # try the next one
                 last = reply
                 continue
             return reply

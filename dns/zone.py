@@ -29,13 +29,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from dnslib import QTYPE
+
 from netplane.addresses import IPNetwork
 from netplane.model import ObjectKey, Pod
 from netplane.service_table import ServiceEntry, ServiceKey
 
-# Record types, by their IANA numbers (RFC 1035, 2782, 3596).
-A, NS, CNAME, SOA, PTR, HINFO, TXT, AAAA, SRV = 1, 2, 5, 6, 12, 13, 16, 28, 33
-OPT, IXFR, AXFR, ANY = 41, 251, 252, 255
+# Record types, from dnslib's table, bound once: each ``QTYPE.X`` is a Bimap
+# lookup, too dear for a per-query comparison.
+A, NS, CNAME, SOA, PTR = QTYPE.A, QTYPE.NS, QTYPE.CNAME, QTYPE.SOA, QTYPE.PTR
+HINFO, TXT, AAAA, SRV = QTYPE.HINFO, QTYPE.TXT, QTYPE.AAAA, QTYPE.SRV
+OPT, IXFR, AXFR, ANY = QTYPE.OPT, QTYPE.IXFR, QTYPE.AXFR, QTYPE.ANY
 
 SCHEMA_VERSION = "1.1.0"
 POD_MODES = ("disabled", "insecure", "verified")
