@@ -28,6 +28,8 @@ from netplane.dns.stats import DnsStats, qtype_of
 from netplane.dns.upstream import Forwarder
 from netplane.dns.wire import TcpFramer, frame, header_error
 
+from netplane.addresses import hostport
+
 log = logging.getLogger("netplane.dns")
 
 MAX_FORWARDS = 1024
@@ -140,14 +142,12 @@ class DnsServer:
 
     def debug_state(self) -> dict[str, Any]:
         return {
-            "listen": f"[{self.host}]:{self.port}"
-            if ":" in self.host
-            else f"{self.host}:{self.port}",
+            "listen": hostport(self.host, self.port),
             "tcp_connections": len(self._conns),
             "forwards_in_flight": len(self._tasks),
             "errors": self.errors,
             "dropped_forwards": self.dropped_forwards,
-            "upstreams": [f"{h}:{p}" for h, p in self.forwarder.upstreams],
+            "upstreams": [hostport(h, p) for h, p in self.forwarder.upstreams],
             "upstream_failures": self.forwarder.failures,
         }
 

@@ -25,6 +25,8 @@ from netplane.dns.answer import REFUSED, SERVFAIL
 from netplane.dns.cache import ForwardKey
 from netplane.dns.wire import DEFAULT_UDP_CAP, Query, frame
 
+from netplane.addresses import hostport
+
 log = logging.getLogger("netplane.dns")
 
 Upstream = tuple[str, int]
@@ -111,7 +113,7 @@ class Forwarder:
                     reply = await self._tcp(upstream, sent)
             except (OSError, TimeoutError, ValueError, EOFError, DNSError) as e:
                 self.failures += 1
-                log.debug("upstream %s:%d failed for %s: %s", *upstream, query.qname, e)
+                log.debug("upstream %s failed for %s: %s", hostport(*upstream), query.qname, e)
                 continue
             if reply.header.rcode in (SERVFAIL, REFUSED):  # try the next one
                 last = reply

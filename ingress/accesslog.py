@@ -21,6 +21,8 @@ import re
 import time
 from typing import Any
 
+from netplane.addresses import hostport
+
 FORMATS = ("text", "json")
 #: Lines formatted and written together (about 64 KiB of text lines).
 _BATCH_LINES = 320
@@ -99,9 +101,7 @@ class AccessLog:
         if u is None:
             if len(self._ups) > 4096:
                 self._ups.clear()
-            u = self._ups[up] = (
-                f"[{up[0]}]:{up[1]}" if ":" in up[0] else f"{up[0]}:{up[1]}"
-            ).encode()
+            u = self._ups[up] = hostport(*up).encode()
         return u
 
     def record(self, conn: Any, ex: Any, now: float) -> None:
@@ -162,7 +162,7 @@ class AccessLog:
                 "status": ex.status,
                 "bytes": ex.bytes_out,
                 "ingress": f"{ingress.namespace}/{ingress.name}" if ingress else None,
-                "upstream": f"{up[0]}:{up[1]}" if up else None,
+                "upstream": hostport(*up) if up else None,
                 "duration": round(now - ex.t0, 6),
                 "upstream_duration": round(now - ex.t_up, 6) if ex.t_up else None,
                 "request_id": rid.decode("latin-1") if rid else None,

@@ -22,6 +22,8 @@ from netplane.ingress.http import ClientConnection, HttpSettings, Listener
 from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool
 
+from netplane.addresses import hostport
+
 log = logging.getLogger("netplane.ingress")
 
 #: How often timeouts are checked; every timeout is late by at most this.
@@ -133,4 +135,4 @@ class IngressServer:
 
 def _fmt(addr: tuple) -> str:
     host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return hostport(host, port)

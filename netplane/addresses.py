@@ -1,5 +1,11 @@
-"""AnyIP for node mode: make the service CIDRs (and externalIPs, LB IPs) local.
+"""Addresses: the one ``host:port`` formatter, and AnyIP for node mode.
 
+:func:`hostport` and :func:`bracket_host` write an address the way URLs, Host
+headers, log lines and ``/debug/state`` show it: an IPv6 address in brackets
+(RFC 3986 section 3.2.2), so its colons cannot be read as the port's. Every
+plane formats addresses through them.
+
+AnyIP makes the service CIDRs (and externalIPs, LB IPs) local in node mode.
 A ``local`` route on ``lo`` in the kernel's ``local`` table makes every
 address of a prefix local to the host, so the proxy can bind any ClusterIP
 without adding one address per service (the "AnyIP" technique). netplane
@@ -33,17 +39,27 @@ LOCAL_TABLE = 255
 SCOPE_HOST = 254
 
 
+def bracket_host(host: str) -> str:
+    """``host`` as it goes before ``:port`` or into a URL: ``[v6]`` for an IPv6 address.
+
+    Any host with a colon is taken for IPv6 (a zone, ``fe80::1%eth0``, stays
+    as it is); one already in brackets, a host name or an IPv4 address is
+    returned unchanged.
+    """
+    return f"[{host}]" if ":" in host and host[:1] != "[" else host
+
+
+def hostport(host: str, port: int) -> str:
+    """``host:port``, or ``[v6]:port`` for an IPv6 address (see :func:`bracket_host`)."""
+    return f"{bracket_host(host)}:{port}"
+
+
 def plan(
     owned: set[IPNetwork], others: set[IPNetwork], desired: Iterable[IPNetwork]
 ) -> tuple[set[IPNetwork], set[IPNetwork]]:
     """(to add, to remove): ``owned`` are ours, ``others`` local routes we must not touch."""
     want = {n for n in desired if n not in others}
     return want - owned, owned - want
-
-
-def host_network(ip: str) -> IPNetwork:
-    """The /32 or /128 of one address."""
-    return ipaddress.ip_network(ip)
 
 
 class LocalRoutes:

@@ -44,6 +44,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import h11
 
+from netplane.addresses import hostport
+
 log = logging.getLogger("netplane.admin")
 
 # Request line plus headers. h11's default is 16 KiB too; nginx takes 1 KiB
@@ -200,7 +202,7 @@ class AdminServer:
         self._server = await loop.create_server(
             lambda: _AdminProtocol(self), self.host, self._requested_port, reuse_address=True
         )
-        log.debug("admin server listening on %s", ", ".join(map(_fmt_addr, self.addresses)))
+        log.debug("admin server listening on %s", ", ".join(hostport(*a) for a in self.addresses))
 
     @property
     def sockets(self) -> tuple[Any, ...]:
@@ -287,11 +289,6 @@ class AdminServer:
         if inspect.isawaitable(state):  # the owner of --workers N asks its workers
             state = await state
         return Response.json(state)
-
-
-def _fmt_addr(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _canned(status: int) -> bytes:
@@ -502,7 +499,7 @@ class _AdminProtocol(asyncio.Protocol):
 
     def _peer(self) -> str:
         peer = self._transport.get_extra_info("peername") if self._transport else None
-        return _fmt_addr(tuple(peer[:2])) if peer else "?"
+        return hostport(*peer[:2]) if peer else "?"
 
     def _arm_wait_timer(self) -> None:
         if self._partial():

@@ -18,6 +18,7 @@ from typing import Any
 
 from netplane import __version__
 from netplane import config as cfgmod
+from netplane.addresses import bracket_host, hostport
 from netplane.errors import ConfigError
 
 # Flag dest -> config key; repeatable flags collect into lists.
@@ -330,7 +331,7 @@ def demo_text(dp: Any, backends: list[str]) -> str:
                 f"{p.port}/{p.protocol} -> "
                 + (
                     ", ".join(
-                        f"{b.address}:{b.port}" + ("" if b.ready else " (not ready)")
+                        hostport(b.address, b.port) + ("" if b.ready else " (not ready)")
                         for b in p.backends
                     )
                     or "no endpoints"
@@ -371,7 +372,7 @@ def _proxy_tries(dp: Any) -> list[str]:
                 continue
             for f in p.frontends:
                 host = f.ip or node_ip
-                where = f"[{host}]" if ":" in host else host
+                where = bracket_host(host)
                 if p.protocol == "UDP":
                     lines.append(
                         '  python3 -c "import socket; s = socket.socket(2, 2); s.settimeout(2);'
@@ -407,7 +408,8 @@ def _ingress_tries(dp: Any) -> list[str]:
     if True in listeners:
         ip, port = listeners[True]
         lines.append(
-            f"  openssl s_client -connect {ip}:{port} -servername web.demo.localhost </dev/null"
+            f"  openssl s_client -connect {hostport(ip, port)}"
+            " -servername web.demo.localhost </dev/null"
             "    # the certificate SNI picks"
         )
     return lines

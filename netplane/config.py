@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from netplane.addresses import IPNetwork
+from netplane.addresses import IPNetwork, hostport
 from netplane.errors import ConfigError
 from netplane.model.meta import is_dns1123_subdomain
 
@@ -44,7 +44,7 @@ class Listen:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return hostport(self.host, self.port)
 
 
 def parse_listen(value: str, setting: str) -> Listen | None:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from netplane import __version__
+from netplane.addresses import hostport
 from netplane.allocations import Allocations
 from netplane.config import Config, build
 from netplane.errors import ConfigError, ModelError
@@ -506,4 +507,4 @@ def _counts(counts: dict[str, int]) -> str:
 
 
 def _addr(server: Any) -> str:
-    return f"{server.host}:{server.port}" if hasattr(server, "host") else str(server.port)
+    return hostport(server.host, server.port) if hasattr(server, "host") else str(server.port)

@@ -16,6 +16,8 @@ from typing import Any
 
 import h11
 
+from netplane.addresses import hostport
+
 log = logging.getLogger("netplane.demo")
 
 
@@ -55,13 +57,15 @@ class DemoBackends:
                     if key in seen:
                         continue
                     seen.add(key)
-                    label = f"{svc.namespace}/{svc.name} endpoint {b.address}:{b.port}"
+                    label = f"{svc.namespace}/{svc.name} endpoint {hostport(b.address, b.port)}"
                     try:
                         kind = await self._start_one(b.address, b.port, port, label)
                     except OSError as e:
                         log.warning("demo backend %s: %s", label, e.strerror or e)
                         continue
-                    started.append(f"{kind} {b.address}:{b.port}/{port.protocol} ({svc.name})")
+                    started.append(
+                        f"{kind} {hostport(b.address, b.port)}/{port.protocol} ({svc.name})"
+                    )
         return started
 
     async def _start_one(self, host: str, port: int, p: Any, label: str) -> str:
@@ -93,7 +97,7 @@ class DemoBackends:
                         conn.receive_data(data)
                         continue
                     if isinstance(event, h11.Request):
-                        body = f"hello from {label}; you are {peer[0]}:{peer[1]}\n".encode()
+                        body = f"hello from {label}; you are {hostport(*peer[:2])}\n".encode()
                         headers = [
                             ("content-type", "text/plain"),
                             ("content-length", str(len(body))),

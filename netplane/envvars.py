@@ -20,6 +20,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import Iterable
 
+from netplane.addresses import hostport
 from netplane.model import Service
 
 MASTER_NAMESPACE = "default"
@@ -28,10 +29,6 @@ MASTER_SERVICES = ("kubernetes",)
 
 def env_name(name: str) -> str:
     return name.upper().replace("-", "_")
-
-
-def _host_port(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def visible_services(services: Iterable[Service], namespace: str) -> list[Service]:
@@ -62,7 +59,7 @@ def service_env(svc: Service) -> list[tuple[str, str]]:
     out += [(f"{prefix}_SERVICE_PORT_{env_name(p.name)}", str(p.port)) for p in svc.ports if p.name]
     for i, p in enumerate(svc.ports):
         proto = p.protocol.lower()
-        url = f"{proto}://{_host_port(ip, p.port)}"
+        url = f"{proto}://{hostport(ip, p.port)}"
         if i == 0:
             out.append((f"{prefix}_PORT", url))
         base = f"{prefix}_PORT_{p.port}_{p.protocol.upper()}"

@@ -1,8 +1,31 @@
-"""The pure part of AnyIP route management: what to add and what to remove."""
+"""Address formatting (``host:port``, ``[v6]:port``) and the pure part of AnyIP route
+management: what to add and what to remove."""
 
 from ipaddress import ip_network as net
 
-from netplane.addresses import plan
+import pytest
+
+from netplane.addresses import bracket_host, hostport, plan
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "bracketed", "joined"),
+    [
+        ("127.0.0.1", 80, "127.0.0.1", "127.0.0.1:80"),
+        ("0.0.0.0", 0, "0.0.0.0", "0.0.0.0:0"),
+        ("::1", 53, "[::1]", "[::1]:53"),
+        ("::", 8443, "[::]", "[::]:8443"),
+        ("fd00:96::a", 443, "[fd00:96::a]", "[fd00:96::a]:443"),
+        ("::ffff:127.0.0.1", 80, "[::ffff:127.0.0.1]", "[::ffff:127.0.0.1]:80"),
+        ("fe80::1%eth0", 80, "[fe80::1%eth0]", "[fe80::1%eth0]:80"),  # the zone stays
+        ("[::1]", 53, "[::1]", "[::1]:53"),  # already bracketed: not twice
+        ("kubernetes.default.svc", 443, "kubernetes.default.svc", "kubernetes.default.svc:443"),
+        ("localhost", 6443, "localhost", "localhost:6443"),
+    ],
+)
+def test_an_ipv6_address_and_only_that_goes_in_brackets(host, port, bracketed, joined):
+    assert bracket_host(host) == bracketed
+    assert hostport(host, port) == joined
 
 
 def test_plan_adds_missing_and_removes_what_is_no_longer_wanted():

@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from email.utils import formatdate
 from typing import Any
 
+from netplane.addresses import hostport
 from netplane.service_table import ServiceEntry, ServiceKey
 
 log = logging.getLogger("netplane.l4.healthcheck")
@@ -328,5 +329,4 @@ class HealthChecks:
 
 
 def _fmt(ip: str, port: int) -> str:
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"{host}:{port}/TCP"
+    return f"{hostport(ip, port)}/TCP"

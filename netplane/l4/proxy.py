@@ -34,6 +34,7 @@ import socket
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from netplane.addresses import hostport
 from netplane.l4.healthcheck import HealthChecks
 from netplane.l4.node_routes import NodeRoutes
 from netplane.l4.picker import NodeInfo, Picker
@@ -413,5 +414,4 @@ class L4Proxy:
 
 def _fmt(key: FrontendKey) -> str:
     ip, port, proto = key
-    host = f"[{ip}]" if ":" in ip else ip
-    return f"{host}:{port}/{proto}"
+    return f"{hostport(ip, port)}/{proto}"

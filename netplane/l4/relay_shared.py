@@ -13,6 +13,7 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from netplane.addresses import hostport
 from netplane.l4 import Route, Target
 
 log = logging.getLogger("netplane.l4.tcp")
@@ -28,7 +29,7 @@ def fmt_addr(addr: tuple | Any) -> str:
     if not addr or not isinstance(addr, tuple):
         return repr(addr)
     host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return hostport(str(host), port)
 
 
 def first_target(

@@ -31,6 +31,7 @@ from urllib.parse import urlencode
 import h11
 
 import netplane
+from netplane.addresses import bracket_host
 from netplane.errors import SourceError
 from netplane.sources.kube.auth import Credentials
 from netplane.sources.kube.kubeconfig import ClusterConfig
@@ -301,7 +302,7 @@ class KubeClient:
 
     def _host_header(self) -> str:
         host, port = self.config.host_port
-        shown = f"[{host}]" if ":" in host else host
+        shown = bracket_host(host)
         default = 443 if self.config.scheme == "https" else 80
         return shown if port == default else f"{shown}:{port}"
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from netplane.addresses import bracket_host
 from netplane.errors import ConfigError
 from netplane.model import Redacted
 
@@ -150,7 +151,7 @@ def in_cluster_config(
     ca_pem = _read_bytes(ca_file, "in-cluster ca.crt") if ca_file.exists() else None
     ns_file = sa / "namespace"
     namespace = ns_file.read_text().strip() if ns_file.exists() else "default"
-    server_host = f"[{host}]" if ":" in host else host
+    server_host = bracket_host(host)
     return ClusterConfig(
         server=f"https://{server_host}:{port}",
         ca_pem=ca_pem,
