@@ -176,6 +176,8 @@ class Responder:
             **self.counts,
             "answer_cache_entries": len(self.answers),
             "answer_cache_invalidated": self.answers.invalidated,
+            "answer_cache_evicted": self.answers.evicted,
             "forward_cache_entries": len(self.forwarded),
             "forward_cache_hits": self.forwarded.hits,
+            "forward_cache_misses": self.forwarded.misses,
         }

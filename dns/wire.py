@@ -52,10 +52,6 @@ class Query:
     has_options: bool  # EDNS options (cookies, padding ...)
     version: int  # the EDNS version asked for; above 0 is answered BADVERS
 
-    @property
-    def id(self) -> int:
-        return self.record.header.id
-
 
 def parse_query(data: bytes) -> Query:
     """Parse and check a query; raises DnsFormatError for a bad one."""

@@ -77,13 +77,6 @@ class LocalRoutes:
                 (owned if r["proto"] == RTPROT_NETPLANE else others).add(net)
         return owned, others - owned
 
-    def owned(self) -> set[IPNetwork]:
-        """The routes netplane owns now."""
-        from pyroute2 import IPRoute
-
-        with IPRoute() as ipr:
-            return self._local_routes(ipr)[0]
-
     def sync(self, desired: Iterable[IPNetwork]) -> tuple[set[IPNetwork], set[IPNetwork]]:
         """Make the owned routes exactly ``desired`` (less what is already local)."""
         from pyroute2 import IPRoute

@@ -23,7 +23,6 @@ from netplane.events import EventType, WatchEvent
 from netplane.model import (
     Endpoints,
     EndpointSlice,
-    Ingress,
     K8sObject,
     ObjectKey,
     Pod,
@@ -105,7 +104,6 @@ class ClusterState:
         # (namespace, service name) -> keys of EndpointSlices and Endpoints, sorted
         # (a tuple: nearly every service has one slice, and there are 10k of them)
         self._slices_by_service: dict[tuple[str, str], tuple[ObjectKey, ...]] = {}
-        self._ingresses_by_class: dict[str, set[ObjectKey]] = {}
         self._pods_by_namespace: dict[str, set[ObjectKey]] = {}
         self._rejected: dict[ObjectKey, ModelError] = {}
         # Rejected Services, retried when a Service releases what they wanted.
@@ -143,9 +141,6 @@ class ClusterState:
             else:
                 out.append(obj)  # type: ignore[arg-type]
         return out
-
-    def ingresses_for_class(self, class_name: str) -> list[Ingress]:
-        return [self._objects[k] for k in sorted(self._ingresses_by_class.get(class_name, ()))]  # type: ignore[misc]
 
     def secret(self, namespace: str, name: str) -> Secret | None:
         return self._objects.get(ObjectKey("Secret", namespace, name))  # type: ignore[return-value]
@@ -244,8 +239,6 @@ class ClusterState:
             have = self._slices_by_service.get(bucket, ())
             if key not in have:
                 self._slices_by_service[bucket] = tuple(sorted((*have, key)))
-        elif isinstance(obj, Ingress):
-            self._ingresses_by_class.setdefault(obj.class_name, set()).add(key)
         elif isinstance(obj, Pod):
             self._pods_by_namespace.setdefault(key.namespace, set()).add(key)
 
@@ -260,8 +253,6 @@ class ClusterState:
                 self._slices_by_service[bucket] = left
             else:
                 self._slices_by_service.pop(bucket, None)
-        elif isinstance(obj, Ingress):
-            _discard(self._ingresses_by_class, obj.class_name, key)
         elif isinstance(obj, Pod):
             _discard(self._pods_by_namespace, key.namespace, key)
         elif isinstance(obj, Service) and release:

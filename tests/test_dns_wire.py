@@ -202,7 +202,7 @@ def test_answer_cache_keys_only_the_plain_shape_and_is_bounded() -> None:
     qs = [query(f"web{i}.demo.svc.cluster.local") for i in range(3)]
     for q in qs:
         r.handle(q, "127.0.0.1")
-    assert len(cache) == 2 and cache.evicted == 1
+    assert len(cache) == 2 and r.debug_state()["answer_cache_evicted"] == 1
     assert cache.reply(qs[0]) is None and cache.reply(qs[2]) is not None
 
 
@@ -264,6 +264,9 @@ def test_forwarded_reply_is_cached_and_served_with_the_remaining_ttl() -> None:
     m = parse(cached)
     assert m.id == 8 and [rrset.ttl for rrset in m.answer] == [35]
     assert parse(r.finish(job, None)).rcode() == dns.rcode.SERVFAIL
+    # /debug/state counts the first ask a miss and the second a hit
+    state = r.debug_state()
+    assert (state["forward_cache_misses"], state["forward_cache_hits"]) == (1, 1)
 
 
 def test_tcp_framer_splits_pipelined_and_partial_messages() -> None:

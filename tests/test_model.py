@@ -251,7 +251,6 @@ def test_service_full() -> None:
         internal_traffic_policy="Local",
         health_check_node_port=31000,
         publish_not_ready_addresses=True,
-        traffic_distribution="PreferClose",
     )
     assert svc.needs_cluster_ip
 

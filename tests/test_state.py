@@ -12,7 +12,7 @@ from hypothesis import strategies as hs
 
 from netplane.allocations import Allocations
 from netplane.events import EventType, WatchEvent
-from netplane.model import EndpointSlice, Ingress, ObjectKey, Pod, Service, parse_object
+from netplane.model import EndpointSlice, ObjectKey, Pod, Service, parse_object
 from netplane.state import ClusterState
 
 CIDR = ipaddress.ip_network("10.96.0.0/16")
@@ -256,35 +256,6 @@ def test_slices_for_service_includes_mirrored_endpoints() -> None:
     ]
     st.apply(delete("Endpoints", "web"))
     assert [s.key.name for s in st.slices_for_service("default", "web")] == ["web-a"]
-
-
-def ingress_raw(name: str, class_name: str | None, rv: str = "1") -> dict:
-    spec: dict[str, Any] = {"defaultBackend": {"service": {"name": "web", "port": {"number": 80}}}}
-    if class_name is not None:
-        spec["ingressClassName"] = class_name
-    return {
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "Ingress",
-        "metadata": {"name": name, "namespace": "default", "resourceVersion": rv},
-        "spec": spec,
-    }
-
-
-def test_ingresses_for_class() -> None:
-    st = new_state()
-    st.apply(upsert(ingress_raw("b", "netplane")))
-    st.apply(upsert(ingress_raw("a", "netplane")))
-    st.apply(upsert(ingress_raw("c", "nginx")))
-    st.apply(upsert(ingress_raw("d", None)))
-    got = st.ingresses_for_class("netplane")
-    assert [i.key.name for i in got] == ["a", "b"]
-    assert all(isinstance(i, Ingress) for i in got)
-    assert [i.key.name for i in st.ingresses_for_class("")] == ["d"]
-    st.apply(upsert(ingress_raw("a", "nginx", rv="2")))
-    assert [i.key.name for i in st.ingresses_for_class("netplane")] == ["b"]
-    assert [i.key.name for i in st.ingresses_for_class("nginx")] == ["a", "c"]
-    st.apply(delete("Ingress", "b"))
-    assert st.ingresses_for_class("netplane") == []
 
 
 def test_secret_lookup() -> None:

@@ -70,7 +70,6 @@ class Service:
     internal_traffic_policy: str = "Cluster"
     health_check_node_port: int | None = None
     publish_not_ready_addresses: bool = False
-    traffic_distribution: str = ""
 
     kind = KIND
 
@@ -254,5 +253,4 @@ def parse_service(f: Fields) -> Service:
         internal_traffic_policy=itp,
         health_check_node_port=hc,
         publish_not_ready_addresses=bool(spec.bool("publishNotReadyAddresses", False)),
-        traffic_distribution=spec.str("trafficDistribution"),
     )

@@ -146,8 +146,6 @@ class ManifestSource:
         self._force = True
         self._reload.set()
 
-    request_reload = reload
-
     def problems(self) -> list[Problem]:
         """The current problems: missing paths, then per file, then cross-file duplicates."""
         out = list(self._missing)

@@ -90,7 +90,7 @@ class ExecPlugin:
     config: ExecConfig
     cluster_info: dict[str, object] | None = None
     now: Callable[[], float] = time.time
-    runs: int = 0  # how many times the command ran (for tests and metrics)
+    runs: int = 0  # how many times the command ran (the tests read it to see the cache work)
     _cached: ExecCredential | None = field(default=None, repr=False)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 

@@ -47,7 +47,6 @@ class ExecConfig:
     env: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # may carry secrets
     api_version: str = "client.authentication.k8s.io/v1"
     provide_cluster_info: bool = False
-    interactive_mode: str = "IfAvailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,7 +298,6 @@ def _exec_config(ex: Any, where: str) -> ExecConfig:
         env=tuple(env),
         api_version=str(ex.get("apiVersion") or "client.authentication.k8s.io/v1"),
         provide_cluster_info=bool(ex.get("provideClusterInfo", False)),
-        interactive_mode=str(ex.get("interactiveMode") or "IfAvailable"),
     )
 
 
