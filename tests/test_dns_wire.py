@@ -211,7 +211,7 @@ def _upstream_reply(
 ) -> DNSRecord:
     r = DNSRecord.question(name).reply()
     r.header.rcode = rcode
-    if rcode == 0 and ttl:
+    if rcode == dns.rcode.NOERROR and ttl:
         r.add_answer(RR(name, QTYPE.A, ttl=ttl, rdata=A_RD("192.0.2.1")))
     if soa is not None:
         soa_ttl, minimum = soa
@@ -234,14 +234,14 @@ def test_forward_cache_counts_ttls_down_and_follows_rfc_2308() -> None:
     assert fc.get(key) is None
 
     # NXDOMAIN with a SOA: min(SOA TTL, MINIMUM); without a SOA: not cached
-    nx = ("nx.example.test", 1, 1, False)
-    assert cache_ttl(_upstream_reply("nx.example.test", rcode=3, soa=(300, 30)), 3600) == 30
-    assert cache_ttl(_upstream_reply("nx.example.test", rcode=3, soa=(10, 30)), 3600) == 10
-    assert not fc.put(nx, _upstream_reply("nx.example.test", rcode=3))
+    nx, NX = ("nx.example.test", 1, 1, False), dns.rcode.NXDOMAIN
+    assert cache_ttl(_upstream_reply("nx.example.test", rcode=NX, soa=(300, 30)), 3600) == 30
+    assert cache_ttl(_upstream_reply("nx.example.test", rcode=NX, soa=(10, 30)), 3600) == 10
+    assert not fc.put(nx, _upstream_reply("nx.example.test", rcode=NX))
     # NODATA (NOERROR, no answer) with a SOA is cached like NXDOMAIN
     assert cache_ttl(_upstream_reply("x.example.test", ttl=0, soa=(300, 30)), 3600) == 30
     # SERVFAIL and truncated replies are not cached
-    assert cache_ttl(_upstream_reply("x.example.test", rcode=2), 3600) is None
+    assert cache_ttl(_upstream_reply("x.example.test", rcode=dns.rcode.SERVFAIL), 3600) is None
     tc = _upstream_reply("x.example.test")
     tc.header.tc = 1
     assert cache_ttl(tc, 3600) is None
