@@ -3,7 +3,8 @@
     python -m bench.report bench/results/latest.json   # writes latest.md, latest-*.png
 
 Files land beside the JSON, named after it: ``STEM.md``, ``STEM-standing.png``
-(netplane's relative standing vs each peer, >1 means netplane is better),
+(ratios only, one panel per plane: netplane's standing against each peer,
+right of 1 means netplane is better),
 ``STEM-percentiles.png`` (latency percentiles per side) and
 ``STEM-programming.png`` (programming latency against cluster size). A plot
 no scenario feeds is skipped, and a stale file of that name is removed.
@@ -22,7 +23,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 
 NETPLANE = "netplane"
 TIMES, DASH = "\u00d7", "\u2013"  # the multiplication sign and the en dash
@@ -142,7 +143,7 @@ def markdown(doc: dict[str, Any], plots: dict[str, Path]) -> str:
     if plots:
         out += ["## Plots", ""]
         captions = {
-            "standing": "netplane's standing vs each peer (>1: netplane better)",
+            "standing": "netplane's standing against each peer, one panel per plane (>1: netplane better)",
             "percentiles": "latency percentiles per side",
             "programming": "programming latency against cluster size",
         }
@@ -157,33 +158,92 @@ def _plain(axis: Any) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def plot_standing(doc: dict[str, Any], path: Path) -> bool:
-    labels, values = [], []
+# The standing plot has one panel per plane, against other software only:
+# scenarios that compare netplane with itself (``--workers 2``, one socket
+# per frontend) stay in the markdown tables. Load-generator CPU is context
+# for a run, not a standing, so it is left out of the plot too.
+PANELS = (
+    ("L4 proxy", ("l4",)),
+    ("Ingress", ("ingress",)),
+    ("DNS", ("dns", "scale")),
+)
+CONTEXT_METRICS = frozenset(("conn_load_cpu_pct", "udp_load_cpu_pct", "load_cpu_pct"))
+PEER_MARKERS = "osD^v<>Ph*"
+STANDING_TICKS = (0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def panel_of_first(panel: str) -> str:
+    """The scenario a panel is named for; rows of its other scenarios carry their name."""
+    return next(names[0] for title, names in PANELS if title == panel)
+
+
+def standing_rows(doc: dict[str, Any]) -> dict[str, list[tuple[str, str, float]]]:
+    """Per panel title: (metric title, peer, standing) for every metric netplane and a peer share."""
+    panel_of = {name: title for title, names in PANELS for name in names}
+    rows: dict[str, list[tuple[str, str, float]]] = {title: [] for title, _ in PANELS}
     for sc in doc["scenarios"]:
+        panel = panel_of.get(sc["name"])
+        if panel is None:
+            continue
         for m in sc["metrics"]:
+            if m["name"].split("@")[0] in CONTEXT_METRICS:
+                continue
             a = _medians(sc, NETPLANE, m["name"])
             for peer in sc["sides"][1:]:
                 b = _medians(sc, peer, m["name"])
                 s = standing(a[0], b[0], m["better"]) if a and b else None
                 if s is not None:
-                    labels.append(f"{sc['name']}: {m.get('title') or m['name']}\nvs {peer}")
-                    values.append(s)
-    if not values:
+                    title = m.get("title") or m["name"]
+                    if sc["name"] != panel_of_first(panel):
+                        title = f"{sc['name']}: {title}"
+                    rows[panel].append((title, peer, s))
+    return {title: r for title, r in rows.items() if r}
+
+
+def plot_standing(doc: dict[str, Any], path: Path) -> bool:
+    """Ratios only, one panel per plane: a row per metric, a marker per peer, log x, 1 = even."""
+    panels = standing_rows(doc)
+    if not panels:
         return False
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.7 * len(values)))
-    colors = ["tab:green" if v >= 1 else "tab:red" for v in values]
-    ax.barh(range(len(values)), values, color=colors)
-    ax.set_yticks(range(len(values)), labels, fontsize=8)
-    ax.axvline(1.0, color="black", linewidth=1)
-    ax.set_xscale("log")
-    lo, hi = min(*values, 1.0), max(*values, 1.0)
-    ax.set_xlim(lo / 2, hi * 2)
-    _plain(ax.xaxis)
-    for i, v in enumerate(values):
-        ax.text(v, i, f" {v:.2f}{TIMES}", va="center", fontsize=8)
-    ax.set_xlabel("netplane's standing vs peer (>1 means netplane is better; log scale)")
-    ax.set_title("Relative standing per scenario and metric")
-    ax.invert_yaxis()
+    heights = [max(2, len(dict.fromkeys(t for t, _, _ in r))) for r in panels.values()]
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(10, 1.0 + 0.28 * sum(heights) + 0.9 * len(panels)),
+        gridspec_kw={"height_ratios": heights},
+        squeeze=False,
+    )
+    values = [s for r in panels.values() for _, _, s in r]
+    lo, hi = min(*values, 1.0) / 1.5, max(*values, 1.0) * 1.5
+    for ax, (title, rows) in zip(axes[:, 0], panels.items(), strict=True):
+        metrics = list(dict.fromkeys(t for t, _, _ in rows))
+        peers = list(dict.fromkeys(p for _, p, _ in rows))
+        ax.axvspan(lo, 1.0, color="tab:red", alpha=0.06)
+        ax.axvspan(1.0, hi, color="tab:green", alpha=0.06)
+        ax.axvline(1.0, color="black", linewidth=1)
+        for i, peer in enumerate(peers):
+            pts = [(metrics.index(t), s) for t, p, s in rows if p == peer]
+            ax.scatter(
+                [s for _, s in pts],
+                [y for y, _ in pts],
+                marker=PEER_MARKERS[i % len(PEER_MARKERS)],
+                s=36,
+                label=f"vs {peer}",
+                zorder=3,
+            )
+        ax.set_yticks(range(len(metrics)), metrics, fontsize=8)
+        ax.set_ylim(len(metrics) - 0.5, -0.5)
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_major_locator(FixedLocator([t for t in STANDING_TICKS if lo <= t <= hi]))
+        _plain(ax.xaxis)
+        ax.grid(axis="x", which="major", linewidth=0.3)
+        ax.set_title(title, fontsize=10, loc="left", fontweight="bold")
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(peers))
+    axes[-1, 0].set_xlabel(
+        f"netplane's standing against the peer ({TIMES}, log scale): right of 1 netplane is "
+        "better, left of it the peer"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

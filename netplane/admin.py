@@ -1,4 +1,4 @@
-"""The admin HTTP server: health, readiness, debug state, and room for /metrics.
+"""The admin HTTP server: health, readiness, debug state and /metrics.
 
 Strategy: h11 does all of HTTP/1.1 (parsing, framing, keep-alive rules) as a
 sans-IO state machine; :class:`_AdminProtocol` is the thin asyncio adapter in

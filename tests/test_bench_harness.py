@@ -41,7 +41,7 @@ def synthetic() -> dict[str, Any]:
         "machine": {"cpu_model": "Test CPU", "cores": 2, "versions": {"netplane": "0.1.0"}},
         "scenarios": [
             {
-                "name": "http",
+                "name": "ingress",
                 "title": "HTTP proxy",
                 "description": "synthetic",
                 "sides": ["netplane", "nginx"],
@@ -126,6 +126,39 @@ def test_report_skips_unfed_plots_and_removes_stale_ones(tmp_path: Path) -> None
     assert set(written) == {"md", "programming"}
     assert not stale.exists()
     assert not (tmp_path / "run-percentiles.png").exists()
+
+
+def test_standing_plot_has_one_panel_per_plane_and_ratios_against_other_software() -> None:
+    doc = synthetic()
+    doc["scenarios"].append(
+        {
+            "name": "l4",
+            "sides": ["netplane", "haproxy", "direct"],
+            "metrics": [
+                {"name": "conn_per_s", "unit": "conn/s", "better": "higher", "title": "conns"},
+                {"name": "conn_load_cpu_pct", "unit": "%", "better": "lower", "title": "wrk"},
+            ],
+            "samples": {
+                "netplane": {"conn_per_s": [10.0], "conn_load_cpu_pct": [50.0]},
+                "haproxy": {"conn_per_s": [20.0], "conn_load_cpu_pct": [60.0]},
+                "direct": {"conn_per_s": [40.0]},
+            },
+        }
+    )
+    doc["scenarios"].append(
+        {
+            "name": "workers",
+            "sides": ["netplane", "netplane 1 worker"],
+            "metrics": [{"name": "rps", "unit": "req/s", "better": "higher", "title": "w"}],
+            "samples": {"netplane": {"rps": [2.0]}, "netplane 1 worker": {"rps": [1.0]}},
+        }
+    )
+    rows = report.standing_rows(doc)
+    # Planes in a fixed order; netplane against itself (workers) and the load
+    # generator's CPU are not standings, and a scenario without a peer has none.
+    assert list(rows) == ["L4 proxy", "Ingress"]
+    assert rows["L4 proxy"] == [("conns", "haproxy", 0.5), ("conns", "direct", 0.25)]
+    assert rows["Ingress"] == [("requests", "nginx", 2.0), ("latency p99", "nginx", 0.5)]
 
 
 def test_standing_direction() -> None:
