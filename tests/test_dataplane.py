@@ -61,7 +61,9 @@ def tls_secret(name: str = "web-tls") -> dict:
 
 
 def config(**kw) -> Config:
-    return Config(**{"mode": "local", "admin": None, **kw})
+    """Local mode with nothing listening (the state and tables), unless ``kw`` says so."""
+    quiet = {"proxy": False, "ingress_http": None, "ingress_https": None, "dns": None}
+    return Config(**{"mode": "local", "admin": None, **quiet, **kw})
 
 
 def backends(dp: netplane.Dataplane, name: str = "web") -> list[tuple[str, int, bool]]:
