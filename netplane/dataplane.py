@@ -179,15 +179,19 @@ class Dataplane:
 
         The listeners come first: if one cannot be bound, what had started
         is closed again and no source has run, so a failed ``async with``
-        leaves nothing behind. The planes subscribe before the table is
-        built, so each sees all of it. A DNS port that cannot be bound is
-        logged, and the rest serves.
+        leaves nothing behind. A DNS port that cannot be bound is logged,
+        and the rest serves. With sources, the planes subscribe before the
+        table is built, so each sees all of it. Without, what was applied
+        before ``start()`` is the whole state: the table is built first, so
+        the planes serve all of it by the time ``start()`` returns.
         """
         self._started_at = time.monotonic()
         async with contextlib.AsyncExitStack() as stack:
             if self.config.admin is not None:
                 await self._start_admin()
                 stack.push_async_callback(self._close_admin)
+            if not self.sources and not self._table_built:
+                self._build_table()
             if self.serve:
                 await start_planes(
                     planes_for(self.config, self),
@@ -198,8 +202,6 @@ class Dataplane:
                 )
             self._stack = stack.pop_all()
         self.running = True
-        if not self.sources and not self._table_built:
-            self._build_table()
         for source in self.sources:
             self._tasks.append(asyncio.create_task(self._run_source(source), name=source.name))
 
