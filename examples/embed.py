@@ -19,6 +19,8 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 
 from dnslib import QTYPE, DNSRecord
+from netplane.dns.plane import DnsPlane
+from netplane.ingress.plane import IngressPlane
 
 import netplane
 from netplane.config import Listen
@@ -33,7 +35,7 @@ class Hello(http.server.BaseHTTPRequestHandler):
     """The backend: answers every GET with which backend it is."""
 
     def do_GET(self) -> None:
-        body = f"hello from backend :{self.server.server_address[1]}\n".encode()
+        body = f"hello from backend :{self.connection.getsockname()[1]}\n".encode()
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
@@ -143,17 +145,22 @@ def http_get(url: str, host: str | None = None) -> tuple[int, str]:
 async def main() -> None:
     with backend() as port, backend() as second_port:
         async with embedded(port) as dp:
-            cluster_ip = dp.table.get("shop", "web").service.cluster_ips[0]
+            entry = dp.table.get("shop", "web")
+            assert entry is not None
+            cluster_ip = entry.service.cluster_ips[0]
             status, body = await asyncio.to_thread(http_get, f"http://{cluster_ip}:{SERVICE_PORT}/")
             print(f"ClusterIP {cluster_ip}:{SERVICE_PORT}: {status} {body.strip()}")
 
-            ingress_host, ingress_port, _https = dp.planes["ingress"].addresses[0]
+            ingress = dp.planes["ingress"]  # dp.planes holds Planes; this one is the ingress
+            assert isinstance(ingress, IngressPlane)
+            ingress_host, ingress_port, _https = ingress.addresses[0]
             status, body = await asyncio.to_thread(
                 http_get, f"http://{ingress_host}:{ingress_port}/", HOST
             )
             print(f"Ingress http://{HOST}/: {status} {body.strip()}")
 
             dns = dp.planes["dns"]
+            assert isinstance(dns, DnsPlane)
             name = f"web.shop.svc.{dp.config.cluster_domain}"
             reply = await asyncio.to_thread(
                 DNSRecord.question(name).send, "127.0.0.1", dns.port, timeout=5
