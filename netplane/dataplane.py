@@ -7,9 +7,10 @@ Until every source has sent its "synced" marker only the state is filled
 kept current incrementally, per changed key.
 
 It also runs the planes its Config asks for (the L4 proxy, the ingress,
-DNS; see :mod:`netplane.plane`), in this process, exactly as ``netplane
+DNS; see :mod:`netplane.plane`) in this process, exactly as ``netplane
 run --workers 1`` does: they start after the admin server and before the
-sources, and stop in reverse order, first of all.
+sources; at stop the sources end first, then the planes close in reverse
+start order, then the admin server.
 
 Embedders call :meth:`Dataplane.apply` and :meth:`Dataplane.delete`
 themselves (the in-process source) and read changes with
