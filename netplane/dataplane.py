@@ -198,8 +198,8 @@ class Dataplane:
                     planes_for(self.config, self),
                     stack,
                     self.planes,
-                    lambda: self._grace,
-                    lambda name: str(getattr(self.config, name, "")),
+                    grace=lambda: self._grace,
+                    config=self.config,
                 )
             self._stack = stack.pop_all()
         self.running = True

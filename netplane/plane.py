@@ -225,8 +225,9 @@ async def start_planes(
     planes: Iterable[tuple[str, Plane]],
     stack: contextlib.AsyncExitStack,
     registry: dict[str, Plane],
+    *,
     grace: Callable[[], float],
-    describe: Callable[[str], str] = str,
+    config: Config,
 ) -> None:
     """Start ``planes`` in order; each one's close goes on ``stack``, so they close in reverse.
 
@@ -234,8 +235,7 @@ async def start_planes(
     A plane named in :data:`OPTIONAL` that raises OSError is logged and
     left out; any other failure propagates, and the caller's stack closes
     what had started. ``grace`` is read when the stack closes: the drain
-    time is known only then. ``describe(name)`` names the plane's listen
-    address in the log.
+    time is known only then.
     """
 
     async def close(name: str, plane: Plane) -> None:
@@ -254,7 +254,7 @@ async def start_planes(
             log.error(
                 "%s: cannot listen on %s: %s; serving without %s",
                 name.upper(),
-                describe(name),
+                getattr(config, name),  # the Config field of an optional plane is its address
                 e.strerror or e,
                 name.upper(),
             )
