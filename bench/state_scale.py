@@ -156,7 +156,7 @@ async def _run(services: int, per_slice: int, changes: int, seed: int) -> dict[s
     # GC pauses would be charged to whichever step trips them; the daemon
     # freezes the GC after its initial sync the same way.
     gc.disable()
-    async with Dataplane(config) as dp:
+    async with Dataplane(config, serve=False) as dp:
         changes_seen = dp.subscribe()
         t0 = time.perf_counter()
         objs = [parse_object(r) for r in raw_services]

@@ -22,10 +22,10 @@ from netplane.dns.cache import AnswerCache, ForwardCache
 from netplane.dns.responder import Allow, Responder
 from netplane.dns.server import DnsServer
 from netplane.dns.upstream import Forwarder, Upstream
-from netplane.dns.wire import DEFAULT_UDP_CAP
 from netplane.dns.zone import Zone
 
 from netplane.addresses import IPNetwork
+from netplane.config import DEFAULT_DNS, DEFAULTS
 from netplane.model import ObjectKey, Pod
 from netplane.service_table import ServiceKey
 
@@ -36,17 +36,20 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 
 @dataclass(frozen=True, slots=True)
 class DnsSettings:
-    """What the DNS plane is told; the daemon builds it from the Config."""
+    """What the DNS plane is told (``netplane.plane.dns_settings`` derives it from a Config).
 
-    host: str = "127.0.0.1"
-    port: int = 5353
-    domain: str = "cluster.local"
-    ttl: int = 5
+    Defaults that the Config has come from it (:data:`netplane.config.DEFAULTS`).
+    """
+
+    host: str = DEFAULT_DNS.host
+    port: int = DEFAULT_DNS.port
+    domain: str = DEFAULTS.cluster_domain
+    ttl: int = DEFAULTS.dns_ttl
     upstreams: tuple[Upstream, ...] = ()
     allow: tuple[IPNetwork, ...] = LOOPBACK
     reverse_cidrs: tuple[IPNetwork, ...] = ()
-    pods: str = "disabled"
-    udp_cap: int = DEFAULT_UDP_CAP
+    pods: str = DEFAULTS.dns_pods
+    udp_cap: int = DEFAULTS.dns_udp_size
     tcp_idle: float = 10.0
     forward_timeout: float = 2.0
     answer_cache: int = 100_000
@@ -162,7 +165,9 @@ class DnsPlane:
         self.last_sync_ms = (time.perf_counter() - started) * 1000
         return changed
 
-    async def close(self) -> None:
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop answering. A DNS exchange is one short message: nothing waits
+        for ``grace`` (taken for the Plane protocol); open TCP connections close."""
         if self._task is not None:
             self._task.cancel()
         if self._stream is not None:

@@ -44,6 +44,7 @@ from netplane.ingress.routes import Forward, Redirect
 from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool, UpstreamConnection
 
+from netplane.config import DEFAULTS
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
 
 log = logging.getLogger("netplane.ingress")
@@ -62,10 +63,10 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 class HttpSettings:
     """Client-side limits and timeouts (ingress-nginx's defaults where it has one)."""
 
-    max_header_bytes: int = 32 * 1024  # 431 above this (request line and fields)
-    header_timeout: float = 60.0  # client_header_timeout: the whole head must arrive in this
-    body_timeout: float = 60.0  # client_body_timeout: between two reads of a body
-    keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
+    max_header_bytes: int = DEFAULTS.ingress_max_header_bytes  # 431 above this
+    header_timeout: float = DEFAULTS.ingress_header_timeout  # for the whole head
+    body_timeout: float = DEFAULTS.ingress_body_timeout  # between two reads of a body
+    keepalive_timeout: float = DEFAULTS.ingress_keepalive_timeout  # idle keep-alive
 
 
 #: Size of the read buffer a listener's connections share (see ClientConnection.get_buffer).

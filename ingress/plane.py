@@ -21,10 +21,11 @@ from typing import Any
 from netplane.ingress.accesslog import AccessLog
 from netplane.ingress.certs import CertStore
 from netplane.ingress.http import HttpSettings
-from netplane.ingress.routes import DEFAULT_HSTS, RouteTable
+from netplane.ingress.routes import RouteTable
 from netplane.ingress.server import IngressServer
 from netplane.ingress.upstream import Pool
 
+from netplane.config import DEFAULT_INGRESS_HTTP, DEFAULT_INGRESS_HTTPS, DEFAULTS
 from netplane.errors import ConfigError
 
 log = logging.getLogger("netplane.ingress")
@@ -32,23 +33,26 @@ log = logging.getLogger("netplane.ingress")
 
 @dataclass(frozen=True, slots=True)
 class IngressSettings:
-    """What the ingress plane is told by the config (see ``ingress_for`` in the daemon)."""
+    """What the ingress plane is told by the config (``netplane.plane.ingress_settings``).
 
-    http: tuple[str, int] | None = ("127.0.0.1", 8080)
-    https: tuple[str, int] | None = ("127.0.0.1", 8443)
-    ingress_class: str = "netplane"
+    Defaults that the Config has come from it (:data:`netplane.config.DEFAULTS`).
+    """
+
+    http: tuple[str, int] | None = (DEFAULT_INGRESS_HTTP.host, DEFAULT_INGRESS_HTTP.port)
+    https: tuple[str, int] | None = (DEFAULT_INGRESS_HTTPS.host, DEFAULT_INGRESS_HTTPS.port)
+    ingress_class: str = DEFAULTS.ingress_class
     controller: str = "netplane.io/ingress"
     #: (namespace, name) of a kubernetes.io/tls Secret for the default certificate
     default_secret: tuple[str, str] | None = None
     #: (cert PEM, key PEM) served when no Secret matches (None: generated at start)
     default_pair: tuple[bytes, bytes] | None = None
-    hsts: bytes | None = DEFAULT_HSTS
+    hsts: bytes | None = DEFAULTS.ingress_hsts.encode() if DEFAULTS.ingress_hsts else None
     #: "stdout", "stderr", a file path, or None for no access log
-    access_log: str | None = "stdout"
-    access_log_format: str = "text"
+    access_log: str | None = DEFAULTS.ingress_access_log
+    access_log_format: str = DEFAULTS.log_format
     http_settings: HttpSettings = field(default_factory=HttpSettings)
     #: False: no TLS session tickets, so every new connection is a full handshake
-    tls_resumption: bool = True
+    tls_resumption: bool = DEFAULTS.ingress_tls_resumption
     upstream_max_idle: int = 320  # ingress-nginx's upstream-keepalive-connections
     upstream_idle_timeout: float = 60.0
     #: SO_REUSEPORT on the listeners, so that --workers N processes share them

@@ -481,7 +481,7 @@ def _env(args: argparse.Namespace) -> int:
         raise ConfigError("no source: give -f PATH, --kubeconfig PATH or --in-cluster")
 
     async def collect() -> list | None:
-        dp = Dataplane(cfg, sources=sources)
+        dp = Dataplane(cfg, sources=sources, serve=False)
         await dp.start()
         try:
             await asyncio.wait_for(dp.wait_ready(), args.timeout)

@@ -1,5 +1,11 @@
 """Settings: one frozen Config built from defaults, a YAML file, then flags.
 
+Every default lives here, once, as a field of :class:`Config`. The planes'
+settings objects (``TcpSettings``, ``HttpSettings``, ``DnsSettings`` ...)
+are derived from a Config by one function each in :mod:`netplane.plane`,
+and where those objects have defaults of their own they read them from
+:data:`DEFAULTS`.
+
 Every command-line setting has a config-file key of the same name (the
 flag without its dashes: ``cluster-domain``, ``service-cidr`` ...); flags
 override the file. An unknown key is an error naming the key and the file,
@@ -69,6 +75,11 @@ def parse_listen(value: str, setting: str) -> Listen | None:
     return Listen(host, p)
 
 
+DEFAULT_INGRESS_HTTP = Listen("127.0.0.1", 8080)
+DEFAULT_INGRESS_HTTPS = Listen("127.0.0.1", 8443)
+DEFAULT_DNS = Listen("127.0.0.1", 5353)
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Everything ``netplane run`` can be told; see the README for each setting."""
@@ -86,10 +97,10 @@ class Config:
     node_ips: tuple[str, ...] = ()
     node_port_range: tuple[int, int] = (30000, 32767)
     proxy: bool = True
-    ingress_http: Listen | None = Listen("127.0.0.1", 8080)
-    ingress_https: Listen | None = Listen("127.0.0.1", 8443)
-    dns: Listen | None = Listen("127.0.0.1", 5353)
-    admin: Listen | None = Listen("127.0.0.1", 10256)
+    ingress_http: Listen | None = DEFAULT_INGRESS_HTTP
+    ingress_https: Listen | None = DEFAULT_INGRESS_HTTPS
+    dns: Listen | None = DEFAULT_DNS
+    admin: Listen | None = Listen("127.0.0.1", 10256)  # kube-proxy's healthz port
     log_format: str = "text"
     log_level: str = "info"
     shutdown_grace: float = 30.0  # SIGTERM: how long open connections may drain
@@ -97,7 +108,7 @@ class Config:
     manifest_poll_seconds: float = 1.0
     nodeport_addresses: tuple[str, ...] = ()  # empty: the node IPs, else 127.0.0.1 (local) or all
     lb_policy: str = "round-robin"
-    connect_timeout: float = 2.0
+    connect_timeout: float = 2.0  # one connect attempt to an endpoint
     tcp_idle_seconds: float = 3600.0
     tcp_relay: str = "splice"
     udp_idle_seconds: float = 30.0
@@ -107,10 +118,12 @@ class Config:
     default_certificate: tuple[str, str] | None = None  # (namespace, name) of a tls Secret
     ingress_access_log: str | None = "stdout"  # "stdout", "stderr", a file path; None: off
     ingress_hsts: str | None = "max-age=31536000; includeSubDomains"
-    ingress_max_header_bytes: int = 32 * 1024
-    ingress_header_timeout: float = 60.0
+    # ingress-nginx's defaults: large_client_header_buffers (4 x 8k), client_header_timeout,
+    # client_body_timeout (between two reads of a body), keepalive_timeout
+    ingress_max_header_bytes: int = 32 * 1024  # 431 above this (request line and fields)
+    ingress_header_timeout: float = 60.0  # the whole head must arrive in this
     ingress_body_timeout: float = 60.0
-    ingress_keepalive_timeout: float = 75.0
+    ingress_keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
     ingress_tls_resumption: bool = True  # off: no session tickets (full handshakes, for bench)
     publish_addresses: tuple[str, ...] = ()  # Ingress status; empty: the node's address
     # DNS
@@ -119,7 +132,7 @@ class Config:
     dns_allow: tuple[IPNetwork, ...] = ()  # empty: loopback, service and pod CIDRs, node IPs
     pod_cidrs: tuple[IPNetwork, ...] = ()
     dns_pods: str = "disabled"
-    dns_udp_size: int = 1232
+    dns_udp_size: int = 1232  # DNS Flag Day 2020: no fragmented UDP replies
     config_file: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -201,6 +214,10 @@ class Config:
         if self.derive_endpoints_from_pods is not None:
             return self.derive_endpoints_from_pods
         return not self.uses_api
+
+
+#: Every setting at its default: what the planes' settings objects read theirs from.
+DEFAULTS = Config()
 
 
 def default_mode() -> str:

@@ -10,6 +10,7 @@ makes every source re-read its input.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
@@ -26,13 +27,9 @@ from netplane.config import Config
 from netplane.dataplane import Dataplane
 from netplane.errors import ConfigError, NetplaneError
 from netplane.l4.node_routes import NodeRoutes
-from netplane.l4.proxy import L4Proxy
-from netplane.l4.tcp import TcpSettings
-from netplane.l4.udp import UdpSettings
 from netplane.sources import Source
 
 if TYPE_CHECKING:
-    from netplane.dns.plane import DnsPlane
     from netplane.supervisor import WorkerPool
 
 log = logging.getLogger("netplane.daemon")
@@ -85,20 +82,11 @@ async def serve(
     workers = cfg.effective_workers
     if workers > 1:
         cfg = pick_free_ports(cfg)  # every worker must bind the same port
-    dp = Dataplane(cfg, sources=sources)
-    pool: WorkerPool | None = None
-    node_routes: NodeRoutes | None = None
-    if workers > 1:
-        # The planes run in worker processes; this one keeps the sources,
-        # the admin server and (node mode) the routes.
-        proxy = ingress = dns = None
-        pool = _worker_pool(dp, workers)
-        if cfg.proxy and cfg.mode == "node":
-            node_routes = NodeRoutes(LocalRoutes(), cfg.effective_service_cidrs)
-    else:
-        proxy = proxy_for(cfg, dp)
-        ingress = ingress_for(cfg, dp)  # Ingress
-        dns = dns_for(cfg, dp)  # DNS
+    # One process: the Dataplane runs the planes. --workers N: they run in the
+    # worker processes, and this one keeps the sources, the admin server and
+    # (node mode) the routes.
+    dp = Dataplane(cfg, sources=sources, serve=workers == 1)
+    pool = _worker_pool(dp, workers) if workers > 1 else None
     status = _ingress_status_for(cfg, dp, sources)  # Ingress status: only where the sources run
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
@@ -127,70 +115,57 @@ async def serve(
                 cfg = new
         dp.reload()
 
+    async def run_cleanups() -> None:
+        for cleanup in cleanups:
+            await cleanup()
+
+    def remove_signal_handlers() -> None:  # from then on a second Ctrl-C cuts the drain short
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
-    waiter: asyncio.Task | None = None
     try:
-        log.info(
-            "netplane %s starting: mode %s, service CIDR %s, sources %s, %s",
-            __version__,
-            cfg.mode,
-            ", ".join(str(n) for n in cfg.effective_service_cidrs),
-            ", ".join(s.name for s in sources),
-            f"{workers} worker processes" if workers > 1 else "one process",
-        )
-        if node_routes is not None:
-            await node_routes.start(dp)
-        if proxy is not None:
-            await proxy.start()  # subscribes before the table is built: sees all of it
-        if ingress is not None:
-            await ingress.start()  # Ingress: the same, and binds its listeners
-        if dns is not None:  # DNS: the same; a port that cannot be bound is logged, the rest serves
-            try:
-                await dns.start()
-            except OSError as e:
-                log.error(
-                    "DNS: cannot listen on %s: %s; serving without DNS", cfg.dns, e.strerror or e
-                )
-                dp.planes.pop("dns", None)
-                dns = None
-        # The initial sync allocates objects that all live on; collecting
-        # while they arrive only rescans them (a third of the sync's CPU at
-        # 10k services). Collection resumes once the table is built, or after
-        # a minute if a source cannot sync (retries make cyclic garbage).
-        gc.disable()
-        loop.call_later(_GC_PAUSE_LIMIT, gc.enable)
-        await dp.start()
-        if pool is not None:
-            await pool.start()  # each worker starts once the state is complete
-        if status is not None:  # Ingress status
-            await status.start()
-        waiter = asyncio.create_task(_when_ready(dp, on_ready, cleanups))
-        await stop.wait()
-        dp.draining = True  # /readyz answers 503 from here on
-        log.info("stopping: draining for up to %.0f s", cfg.shutdown_grace)
+        # Everything started here stops in reverse order, whatever fails on the way.
+        async with contextlib.AsyncExitStack() as stack:
+            log.info(
+                "netplane %s starting: mode %s, service CIDR %s, sources %s, %s",
+                __version__,
+                cfg.mode,
+                ", ".join(str(n) for n in cfg.effective_service_cidrs),
+                ", ".join(s.name for s in sources),
+                f"{workers} worker processes" if workers > 1 else "one process",
+            )
+            # on_ready's cleanups (the demo's backends) go last, once the planes have drained
+            stack.push_async_callback(run_cleanups)
+            if pool is not None and cfg.proxy and cfg.mode == "node":
+                node_routes = NodeRoutes(LocalRoutes(), cfg.effective_service_cidrs)
+                await node_routes.start(dp)
+                stack.push_async_callback(node_routes.close)
+            # The initial sync allocates objects that all live on; collecting
+            # while they arrive only rescans them (a third of the sync's CPU at
+            # 10k services). Collection resumes once the table is built, or after
+            # a minute if a source cannot sync (retries make cyclic garbage).
+            gc.disable()
+            loop.call_later(_GC_PAUSE_LIMIT, gc.enable)
+            await dp.start()  # admin server, then the planes (one process), then the sources
+            stack.push_async_callback(lambda: dp.stop(cfg.shutdown_grace))
+            if pool is not None:
+                await pool.start()  # each worker starts once the state is complete
+                stack.push_async_callback(lambda: pool.close(cfg.shutdown_grace))
+            if status is not None:  # Ingress status
+                await status.start()
+                stack.push_async_callback(status.close)
+            waiter = asyncio.create_task(_when_ready(dp, on_ready, cleanups))
+            stack.callback(waiter.cancel)
+            await stop.wait()
+            dp.draining = True  # /readyz answers 503 from here on
+            log.info("stopping: draining for up to %.0f s", cfg.shutdown_grace)
+            remove_signal_handlers()
     finally:
-        if waiter is not None:
-            waiter.cancel()
         gc.enable()
-        if status is not None:  # Ingress status
-            await status.close()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        if pool is not None:
-            await pool.stop(cfg.shutdown_grace)
-        if node_routes is not None:
-            await node_routes.close()
-        if proxy is not None:
-            await proxy.close(cfg.shutdown_grace)
-        if ingress is not None:
-            await ingress.close(cfg.shutdown_grace)
-        if dns is not None:  # DNS
-            await dns.close()
-        for cleanup in cleanups:
-            await cleanup()
-        await dp.stop()
+        remove_signal_handlers()
     log.info("stopped")
     return 0
 
@@ -258,106 +233,6 @@ def pick_free_ports(cfg: Config) -> Config:
             ) from None
         changes[name] = dataclasses.replace(listen, port=port)
     return dataclasses.replace(cfg, **changes) if changes else cfg
-
-
-def proxy_for(cfg: Config, dp: Dataplane, *, workers: int = 1) -> L4Proxy | None:
-    """The L4 service proxy the config asks for, registered with the dataplane.
-
-    In a worker of ``--workers N`` (``workers`` > 1) the owner keeps node
-    mode's routes, and listeners are shared with the other workers.
-    """
-    if not cfg.proxy:
-        return None
-    node = cfg.mode == "node"
-    proxy = L4Proxy(
-        dp,
-        node_name=cfg.node_name,
-        nodeport_addresses=cfg.effective_nodeport_addresses,
-        default_policy=cfg.lb_policy,
-        tcp=TcpSettings(
-            connect_timeout=cfg.connect_timeout,
-            idle_timeout=cfg.tcp_idle_seconds,
-            splice=cfg.tcp_relay == "splice",
-        ),
-        udp=UdpSettings(flow_idle_timeout=cfg.udp_idle_seconds),
-        local_routes=LocalRoutes() if node and workers == 1 else None,
-        service_cidrs=cfg.effective_service_cidrs,
-        shared_listeners=node,
-        workers=workers,
-    )
-    dp.planes["proxy"] = proxy
-    return proxy
-
-
-# Ingress
-def ingress_for(cfg: Config, dp: Dataplane, *, reuse_port: bool = False) -> Any:
-    """The ingress plane the config asks for (HTTP and/or HTTPS), registered with the dataplane."""
-    if cfg.ingress_http is None and cfg.ingress_https is None:
-        return None
-    from netplane.ingress.http import HttpSettings
-    from netplane.ingress.plane import IngressPlane, IngressSettings
-
-    def addr(listen: Any) -> tuple[str, int] | None:
-        return (listen.host, listen.port) if listen is not None else None
-
-    plane = IngressPlane(
-        dp,
-        IngressSettings(
-            http=addr(cfg.ingress_http),
-            https=addr(cfg.ingress_https),
-            ingress_class=cfg.ingress_class,
-            default_secret=cfg.default_certificate,
-            hsts=cfg.ingress_hsts.encode() if cfg.ingress_hsts else None,
-            access_log=cfg.ingress_access_log,
-            access_log_format=cfg.log_format,
-            tls_resumption=cfg.ingress_tls_resumption,
-            reuse_port=reuse_port,
-            http_settings=HttpSettings(
-                max_header_bytes=cfg.ingress_max_header_bytes,
-                header_timeout=cfg.ingress_header_timeout,
-                body_timeout=cfg.ingress_body_timeout,
-                keepalive_timeout=cfg.ingress_keepalive_timeout,
-            ),
-        ),
-    )
-    dp.planes["ingress"] = plane
-    return plane
-
-
-# DNS
-def dns_for(cfg: Config, dp: Dataplane, *, reuse_port: bool = False) -> DnsPlane | None:
-    """The cluster DNS plane the config asks for, registered with the dataplane."""
-    if cfg.dns is None:
-        return None
-    from netplane.dns.plane import DnsPlane, DnsSettings, own_addresses, resolv_conf_upstreams
-
-    upstreams = cfg.dns_upstreams
-    if not upstreams:
-        try:
-            with open("/etc/resolv.conf") as fh:
-                text = fh.read()
-        except OSError:
-            text = ""
-        upstreams = tuple(
-            resolv_conf_upstreams(text, exclude=own_addresses(cfg.dns.host, cfg.dns.port))
-        )
-    plane = DnsPlane(
-        dp,
-        DnsSettings(
-            host=cfg.dns.host,
-            port=cfg.dns.port,
-            domain=cfg.cluster_domain,
-            ttl=cfg.dns_ttl,
-            upstreams=upstreams,
-            allow=cfg.effective_dns_allow,
-            reverse_cidrs=(*cfg.effective_service_cidrs, *cfg.pod_cidrs),
-            pods=cfg.dns_pods,
-            udp_cap=cfg.dns_udp_size,
-            reuse_port=reuse_port,
-        ),
-    )
-    dp.planes["dns"] = plane
-    return plane
 
 
 async def _when_ready(

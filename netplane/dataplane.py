@@ -6,6 +6,12 @@ Until every source has sent its "synced" marker only the state is filled
 (kube-proxy's start gate); then the table is built once and from there on
 kept current incrementally, per changed key.
 
+It also runs the planes its Config asks for (the L4 proxy, the ingress,
+DNS; see :mod:`netplane.plane`) in this process, exactly as ``netplane
+run --workers 1`` does: they start after the admin server and before the
+sources; at stop the sources end first, then the planes close in reverse
+start order, then the admin server.
+
 Embedders call :meth:`Dataplane.apply` and :meth:`Dataplane.delete`
 themselves (the in-process source) and read changes with
 :meth:`Dataplane.subscribe`::
@@ -29,11 +35,12 @@ from typing import Any
 from netplane import __version__
 from netplane.addresses import hostport
 from netplane.allocations import Allocations
-from netplane.config import Config, build
+from netplane.config import Config
 from netplane.errors import ConfigError, ModelError
 from netplane.events import EventType, Synced, WatchEvent
 from netplane.metrics import CONTENT_TYPE, Metrics
 from netplane.model import KINDS, K8sObject, ObjectKey, parse_object, ref_of
+from netplane.plane import Plane, planes_for, start_planes
 from netplane.service_table import ServiceKey, ServiceTable
 from netplane.sources import Source
 from netplane.state import ApplyResult, ClusterState
@@ -104,11 +111,25 @@ class ChangeStream:
         return self.take()
 
 
-class Dataplane:
-    """Cluster state, derived tables and sources, started and stopped together."""
+# Without a config a Dataplane listens nowhere: the state and tables only.
+QUIET = Config(
+    mode="local", admin=None, proxy=False, ingress_http=None, ingress_https=None, dns=None
+)
 
-    def __init__(self, config: Config | None = None, *, sources: Sequence[Source] = ()) -> None:
-        self.config = config or build({}, {"mode": "local", "admin": None})
+
+class Dataplane:
+    """Cluster state, derived tables, sources and planes, started and stopped together.
+
+    ``serve`` False leaves out the planes whatever the config says, for a
+    caller that runs them elsewhere (the owner and the workers of
+    ``--workers N``) or needs only the state (``netplane env``).
+    """
+
+    def __init__(
+        self, config: Config | None = None, *, sources: Sequence[Source] = (), serve: bool = True
+    ) -> None:
+        self.config = config or QUIET
+        self.serve = serve
         cfg = self.config
         self.state = ClusterState(Allocations(cfg.effective_service_cidrs, cfg.node_port_range))
         self.table = ServiceTable(derive_from_pods=cfg.pods_make_endpoints)
@@ -125,10 +146,14 @@ class Dataplane:
         self._tasks: list[asyncio.Task] = []
         self._started_at = time.monotonic()
         self.admin: Any = None
-        # Data planes that run beside this dataplane, by name; each has
-        # debug_state() (shown under "planes" in /debug/state), and may have
-        # metrics() returning Prometheus metric families (read at each scrape).
-        self.planes: dict[str, Any] = {}
+        # Data planes that run beside this dataplane, by name: the ones this
+        # dataplane started (serve), and what an owner adds (the Ingress status
+        # writer, the worker pool). /debug/state shows their debug_state()
+        # under "planes"; /metrics adds their metrics() at each scrape.
+        self.planes: dict[str, Plane] = {}
+        # What start() opened (admin server, planes), closed in reverse by stop().
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._grace = cfg.shutdown_grace
         self.metrics = Metrics()
         self.metrics.add_source(self._collect_metrics)
         # Set at the start of a shutdown: /readyz fails from then on, so load
@@ -152,38 +177,40 @@ class Dataplane:
         await self.stop()
 
     async def start(self) -> None:
-        """Start the admin server (when configured), then the sources.
+        """Start the admin server (when configured), the planes (``serve``), then the sources.
 
-        The admin server comes first: if its address cannot be bound nothing
-        else has started, so a failed ``async with`` leaves no task behind.
+        The listeners come first: if one cannot be bound, what had started
+        is closed again and no source has run, so a failed ``async with``
+        leaves nothing behind. A DNS port that cannot be bound is logged,
+        and the rest serves. With sources, the planes subscribe before the
+        table is built, so each sees all of it. Without, what was applied
+        before ``start()`` is the whole state: the table is built first, so
+        the planes serve all of it by the time ``start()`` returns.
         """
         self._started_at = time.monotonic()
-        if self.config.admin is not None:
-            from netplane.admin import AdminServer
-
-            admin = AdminServer(
-                self.config.admin.host,
-                self.config.admin.port,
-                is_ready=self._serving,
-                debug_state=self._debug_state_with_remote,
-            )
-            admin.add_route("GET", "/metrics", self._metrics_response)
-            try:
-                await admin.start()
-            except OSError as e:
-                raise ConfigError(
-                    f"admin: cannot listen on {self.config.admin}: {e.strerror or e}"
-                ) from None
-            self.admin = admin
-            log.info("admin server listening on %s", _addr(self.admin))
+        async with contextlib.AsyncExitStack() as stack:
+            if self.config.admin is not None:
+                await self._start_admin()
+                stack.push_async_callback(self._close_admin)
+            if not self.sources and not self._table_built:
+                self._build_table()
+            if self.serve:
+                await start_planes(
+                    planes_for(self.config, self),
+                    stack,
+                    self.planes,
+                    grace=lambda: self._grace,
+                    config=self.config,
+                )
+            self._stack = stack.pop_all()
         self.running = True
-        if not self.sources and not self._table_built:
-            self._build_table()
         for source in self.sources:
             self._tasks.append(asyncio.create_task(self._run_source(source), name=source.name))
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop sources, then let the listeners drain up to ``grace`` seconds."""
+        """Stop the sources, then close the planes in reverse start order and the admin
+        server, each letting open work finish up to ``grace`` seconds (default: the
+        config's ``shutdown_grace``)."""
         self.running = False
         for task in self._tasks:
             task.cancel()
@@ -191,11 +218,37 @@ class Dataplane:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        if self.admin is not None:
-            await self.admin.close(self.config.shutdown_grace if grace is None else grace)
-            self.admin = None
+        self._grace = self.config.shutdown_grace if grace is None else grace
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
         for feed in list(self._feeds):
             feed.close()
+
+    async def _start_admin(self) -> None:
+        from netplane.admin import AdminServer
+
+        assert self.config.admin is not None
+        admin = AdminServer(
+            self.config.admin.host,
+            self.config.admin.port,
+            is_ready=self._serving,
+            debug_state=self._debug_state_with_remote,
+        )
+        admin.add_route("GET", "/metrics", self._metrics_response)
+        try:
+            await admin.start()
+        except OSError as e:
+            raise ConfigError(
+                f"admin: cannot listen on {self.config.admin}: {e.strerror or e}"
+            ) from None
+        self.admin = admin
+        log.info("admin server listening on %s", _addr(self.admin))
+
+    async def _close_admin(self) -> None:
+        admin, self.admin = self.admin, None
+        if admin is not None:
+            await admin.close(self._grace)
 
     @property
     def ready(self) -> bool:
@@ -436,9 +489,7 @@ class Dataplane:
         yield lists
         yield failures
         for _name, plane in sorted(self.planes.items()):
-            collect = getattr(plane, "metrics", None)
-            if callable(collect):
-                yield from collect()
+            yield from plane.metrics()
 
     def debug_state(self, *, summary: bool = False) -> dict[str, Any]:
         """A JSON-ready summary for /debug/state; Secret contents never appear.

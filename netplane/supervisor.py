@@ -88,7 +88,7 @@ class WorkerPool:
         """Every worker started and is serving; later, at least one is (others restarting)."""
         return self._all_started and any(s.ready for s in self.slots)
 
-    async def stop(self, grace: float) -> None:
+    async def close(self, grace: float) -> None:
         """Tell every worker to stop accepting and drain up to ``grace`` seconds; then reap."""
         self._stopping = True
         for slot in self.slots:

@@ -44,7 +44,7 @@ class Worker:
         self.index = index
         self.count = count
         # No admin server and no sources here: the owner has both.
-        self.dp = Dataplane(dataclasses.replace(config, admin=None))
+        self.dp = Dataplane(dataclasses.replace(config, admin=None), serve=False)
         self.proxy: Any = None
         self.ingress: Any = None
         self.dns: Any = None
@@ -148,7 +148,7 @@ class Worker:
         return generate_latest(registry).decode()
 
     async def _start_planes(self) -> None:
-        from netplane.daemon import dns_for, ingress_for, proxy_for
+        from netplane.plane import dns_for, ingress_for, proxy_for
 
         cfg = self.dp.config
         self.proxy = proxy_for(cfg, self.dp, workers=self.count)

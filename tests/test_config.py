@@ -1,14 +1,20 @@
-"""Config: listen addresses, every config-file key's converter, defaults, precedence, paths."""
+"""Config: listen addresses, every config-file key's converter, defaults, precedence, paths,
+and the planes' settings derived from it."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 from pathlib import Path
 
 import pytest
+from netplane.dns.plane import DnsSettings
+from netplane.ingress.http import HttpSettings
+from netplane.ingress.plane import IngressSettings
 
 from netplane.config import (
+    DEFAULTS,
     KEYS,
     Config,
     Listen,
@@ -19,6 +25,9 @@ from netplane.config import (
     parse_listen,
 )
 from netplane.errors import ConfigError
+from netplane.l4.tcp import TcpSettings
+from netplane.l4.udp import UdpSettings
+from netplane.plane import dns_settings, http_settings, ingress_settings, tcp_settings, udp_settings
 
 BASE = Path("/etc/netplane")
 
@@ -398,3 +407,75 @@ def test_relative_paths_resolve_against_the_named_directory_not_a_symlink_target
     mount.mkdir()
     (mount / "netplane.yaml").symlink_to(real / "netplane.yaml")
     assert load_file(str(mount / "netplane.yaml"))["files"] == (str(mount / "manifests"),)
+
+
+# -- the planes' settings, derived from a Config --------------------------------
+
+
+def test_each_settings_default_is_the_configs():
+    """The settings objects' own defaults are the Config's, not copies of them."""
+    assert tcp_settings(DEFAULTS) == TcpSettings()
+    assert udp_settings(DEFAULTS) == UdpSettings()
+    assert http_settings(DEFAULTS) == HttpSettings()
+    assert ingress_settings(DEFAULTS) == IngressSettings()
+    derived, default = dns_settings(DEFAULTS, resolv_conf="/nonexistent"), DnsSettings()
+    for name in ("host", "port", "domain", "ttl", "pods", "udp_cap", "upstreams"):
+        assert getattr(derived, name) == getattr(default, name), name
+
+
+def test_settings_carry_every_config_value(tmp_path: Path):
+    cfg = build(
+        {},
+        {
+            "mode": "local",
+            "connect_timeout": 0.5,
+            "tcp_idle_seconds": 60.0,
+            "tcp_relay": "protocol",
+            "udp_idle_seconds": 7.0,
+            "ingress_http": Listen("127.0.0.2", 81),
+            "ingress_https": None,
+            "ingress_class": "edge",
+            "default_certificate": ("infra", "wildcard"),
+            "ingress_hsts": None,
+            "ingress_access_log": "stderr",
+            "log_format": "json",
+            "ingress_tls_resumption": False,
+            "ingress_max_header_bytes": 4096,
+            "ingress_header_timeout": 1.0,
+            "ingress_body_timeout": 2.0,
+            "ingress_keepalive_timeout": 3.0,
+            "dns": Listen("127.0.0.3", 1053),
+            "cluster_domain": "example.internal",
+            "dns_ttl": 30,
+            "dns_pods": "insecure",
+            "dns_udp_size": 4096,
+            "pod_cidrs": (ipaddress.ip_network("10.244.0.0/16"),),
+        },
+    )
+    tcp = tcp_settings(cfg)
+    assert (tcp.connect_timeout, tcp.idle_timeout, tcp.splice) == (0.5, 60.0, False)
+    assert udp_settings(cfg).flow_idle_timeout == 7.0
+    http = http_settings(cfg)
+    assert (http.max_header_bytes, http.header_timeout) == (4096, 1.0)
+    assert (http.body_timeout, http.keepalive_timeout) == (2.0, 3.0)
+    ing = ingress_settings(cfg, reuse_port=True)
+    assert (ing.http, ing.https) == (("127.0.0.2", 81), None)
+    assert (ing.ingress_class, ing.default_secret, ing.hsts) == (
+        "edge",
+        ("infra", "wildcard"),
+        None,
+    )
+    assert (ing.access_log, ing.access_log_format) == ("stderr", "json")
+    assert (ing.tls_resumption, ing.reuse_port, ing.http_settings) == (False, True, http)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.3\nnameserver 192.0.2.53\n")
+    dns = dns_settings(cfg, resolv_conf=str(resolv))
+    assert (dns.host, dns.port, dns.domain, dns.ttl) == ("127.0.0.3", 1053, "example.internal", 30)
+    assert (dns.pods, dns.udp_cap, dns.reuse_port) == ("insecure", 4096, False)
+    assert dns.upstreams == (("127.0.0.3", 53), ("192.0.2.53", 53))
+    assert dns.allow == cfg.effective_dns_allow
+    assert dns.reverse_cidrs == (ipaddress.ip_network("127.77.0.0/16"), *cfg.pod_cidrs)
+    with_upstreams = dataclasses.replace(cfg, dns_upstreams=(("192.0.2.1", 5300),))
+    assert dns_settings(with_upstreams, resolv_conf=str(resolv)).upstreams == (("192.0.2.1", 5300),)
+    with pytest.raises(ValueError, match="dns is off"):
+        dns_settings(dataclasses.replace(cfg, dns=None))

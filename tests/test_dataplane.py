@@ -61,7 +61,9 @@ def tls_secret(name: str = "web-tls") -> dict:
 
 
 def config(**kw) -> Config:
-    return Config(**{"mode": "local", "admin": None, **kw})
+    """Local mode with nothing listening (the state and tables), unless ``kw`` says so."""
+    quiet = {"proxy": False, "ingress_http": None, "ingress_https": None, "dns": None}
+    return Config(**{"mode": "local", "admin": None, **quiet, **kw})
 
 
 def backends(dp: netplane.Dataplane, name: str = "web") -> list[tuple[str, int, bool]]:
@@ -97,12 +99,16 @@ async def test_apply_dicts_and_model_objects():
         assert not dp.apply(service()).changed
 
 
-async def test_default_config_is_local_without_admin():
+async def test_default_config_is_local_and_listens_nowhere():
     async with netplane.Dataplane() as dp:
         assert dp.config.mode == "local" and dp.admin is None
+        assert dp.planes == {}
         dp.apply(service())
         (ip,) = dp.table.get("shop", "web").service.cluster_ips
         assert ipaddress.ip_address(ip) in LOCAL
+        await asyncio.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(ip, 80)
 
 
 async def test_invalid_object_raises_and_changes_nothing():
@@ -416,3 +422,147 @@ async def test_batch_updates_the_table_once_at_the_end():
         assert change.services == {("shop", "web")}
         assert {str(k) for k in change.objects} == {"Service shop/web", "EndpointSlice shop/web-1"}
         assert not stream.take().objects
+
+
+# -- planes ----------------------------------------------------------------------
+
+
+def listen(port: int = 0) -> netplane.config.Listen:
+    return netplane.config.Listen("127.0.0.1", port)
+
+
+async def echo_backend() -> tuple[asyncio.Server, int]:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(await reader.read(100))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def serving(port: int, service_port: int = 9000) -> list[dict]:
+    svc = service("echo", port=service_port)
+    svc["spec"]["ports"][0]["targetPort"] = port
+    slice_ = endpoint_slice("echo", "127.0.0.1")
+    slice_["ports"][0]["port"] = port
+    return [svc, slice_]
+
+
+async def refused(host: str, port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection(host, port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    return False
+
+
+async def test_planes_start_in_order_and_close_in_reverse_with_the_grace(monkeypatch):
+    events: list[tuple[str, object]] = []
+
+    class Recorder:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        async def start(self) -> None:
+            events.append(("start", self.name))
+
+        async def close(self, grace: float) -> None:
+            events.append(("close", self.name, grace))
+
+        def debug_state(self) -> dict:
+            return {"name": self.name}
+
+        def metrics(self) -> list:
+            return []
+
+    made = [
+        ("proxy", Recorder("proxy")),
+        ("ingress", Recorder("ingress")),
+        ("dns", Recorder("dns")),
+    ]
+    monkeypatch.setattr(dpmod, "planes_for", lambda cfg, dp: made)
+    dp = netplane.Dataplane(config(proxy=True))
+    await dp.start()
+    assert events == [("start", "proxy"), ("start", "ingress"), ("start", "dns")]
+    assert dp.debug_state()["planes"] == {n: {"name": n} for n in ("dns", "ingress", "proxy")}
+    await dp.stop(2.5)
+    assert events[3:] == [("close", "dns", 2.5), ("close", "ingress", 2.5), ("close", "proxy", 2.5)]
+    assert dp.planes == {}
+
+
+async def test_config_planes_serve_tcp_and_show_in_debug_state_and_metrics():
+    server, port = await echo_backend()
+    async with server:
+        dp = netplane.Dataplane(
+            config(proxy=True, ingress_http=listen(), ingress_access_log=None, dns=listen())
+        )
+        for obj in serving(port):
+            dp.apply(obj)
+        async with dp:
+            assert sorted(dp.planes) == ["dns", "ingress", "proxy"]
+            (ip,) = dp.table.get("shop", "echo").service.cluster_ips
+            reader, writer = await asyncio.open_connection(ip, 9000)
+            writer.write(b"ping")
+            assert await asyncio.wait_for(reader.read(100), WAIT) == b"ping"
+            writer.close()
+            state = dp.debug_state(summary=True)["planes"]
+            assert state["proxy"]["listeners"] == [f"{ip}:9000/TCP"]
+            assert state["dns"]["ready"] is True
+            metrics = dp.metrics.render().decode()
+            assert "netplane_l4_listeners 1.0" in metrics
+        assert await refused(ip, 9000)
+
+
+async def test_serve_false_leaves_the_planes_out():
+    server, port = await echo_backend()
+    async with server:
+        dp = netplane.Dataplane(
+            config(proxy=True, ingress_http=listen(), dns=listen()), serve=False
+        )
+        for obj in serving(port):
+            dp.apply(obj)
+        async with dp:
+            assert dp.planes == {}
+            (ip,) = dp.table.get("shop", "echo").service.cluster_ips
+            assert await refused(ip, 9000)
+
+
+async def test_a_taken_dns_port_is_logged_and_the_rest_serves(caplog):
+    server, port = await echo_backend()
+    async with server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+            taken.bind(("127.0.0.1", 0))
+            dns_port = taken.getsockname()[1]
+            dp = netplane.Dataplane(config(proxy=True, dns=listen(dns_port)))
+            for obj in serving(port):
+                dp.apply(obj)
+            async with dp:
+                assert sorted(dp.planes) == ["proxy"]
+                (ip,) = dp.table.get("shop", "echo").service.cluster_ips
+                reader, writer = await asyncio.open_connection(ip, 9000)
+                writer.write(b"still here")
+                assert await asyncio.wait_for(reader.read(100), WAIT) == b"still here"
+                writer.close()
+    assert f"DNS: cannot listen on 127.0.0.1:{dns_port}" in caplog.text
+    assert "serving without DNS" in caplog.text
+
+
+async def test_a_taken_ingress_port_fails_start_and_closes_what_had_started():
+    server, port = await echo_backend()
+    async with server:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            busy = taken.getsockname()[1]
+            dp = netplane.Dataplane(config(admin=listen(), proxy=True, ingress_http=listen(busy)))
+            for obj in serving(port):
+                dp.apply(obj)  # no sources: the proxy binds the ClusterIP in its start()
+            stream = dp.subscribe()
+            with pytest.raises(ConfigError, match="ingress: cannot listen"):
+                await dp.start()
+            (ip,) = dp.table.get("shop", "echo").service.cluster_ips
+            assert stream.take().services == {("shop", "echo")}  # the table was built
+            assert await refused(ip, 9000)  # the proxy, started first, was closed again
+            assert dp.planes == {} and dp.admin is None and not dp.running

@@ -40,7 +40,7 @@ SEEDS = [
 
 @pytest.fixture(scope="module")
 def plane() -> DnsPlane:
-    dp = netplane.Dataplane(netplane.Config(mode="local", admin=None))
+    dp = netplane.Dataplane(netplane.Config(mode="local", admin=None), serve=False)
     dp.apply(
         {
             "apiVersion": "v1",

@@ -43,7 +43,7 @@ async def udp_ask(port: int, name: str) -> dns.message.Message:
 
 def test_idle_tcp_connections_are_closed_and_junk_drops_the_connection(run) -> None:
     async def main() -> None:
-        async with netplane.Dataplane(netplane.Config(mode="local", admin=None)) as dp:
+        async with netplane.Dataplane(netplane.Config(mode="local", admin=None), serve=False) as dp:
             dp.apply(service("web", "127.77.0.20"))
             plane = DnsPlane(dp, DnsSettings(port=0, tcp_idle=0.3))
             await plane.start()
@@ -66,7 +66,7 @@ def test_idle_tcp_connections_are_closed_and_junk_drops_the_connection(run) -> N
 
 def test_the_plane_follows_changes_and_drops_only_what_changed(run) -> None:
     async def main() -> None:
-        async with netplane.Dataplane(netplane.Config(mode="local", admin=None)) as dp:
+        async with netplane.Dataplane(netplane.Config(mode="local", admin=None), serve=False) as dp:
             dp.apply(service("web", "127.77.0.20"))
             dp.apply(service("api", "127.77.0.21"))
             plane = DnsPlane(

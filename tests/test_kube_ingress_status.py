@@ -332,7 +332,7 @@ async def test_writer_follows_classes_node_address_and_survives_errors():
             fake.cluster_config(), resources=("IngressClass", "Ingress", "Node"),
             node_name="node-a",
         )  # fmt: skip
-        dp = Dataplane(cfg, sources=[source])
+        dp = Dataplane(cfg, sources=[source], serve=False)
         writer = IngressStatusWriter(
             dp,
             KubeClient(fake.cluster_config()),
@@ -407,7 +407,7 @@ async def test_two_nodes_share_the_status_and_each_takes_itself_out_when_it_stop
                 fake.cluster_config(), resources=("IngressClass", "Ingress", "Node"),
                 node_name=name,
             )  # fmt: skip
-            dp = Dataplane(cfg, sources=[source])
+            dp = Dataplane(cfg, sources=[source], serve=False)
             writer = IngressStatusWriter(
                 dp, KubeClient(fake.cluster_config()), ingress_class="netplane",
                 controller=CONTROLLER, node_name=name,

@@ -100,7 +100,7 @@ async def test_metrics_count_connections_refusals_objects_and_rejections(
 async def test_programming_duration_is_observed_from_the_trigger_time():
     """An EndpointSlice's last-change-trigger-time starts kube-proxy's programming clock."""
     cfg = build({}, {"mode": "local", "admin": None})
-    async with netplane.Dataplane(cfg) as dp:
+    async with netplane.Dataplane(cfg, serve=False) as dp:
         dp.apply(service("web", "127.77.0.40", 8080))
         slice_ = endpoints("web", [("127.0.40.1", 9000)])
         slice_["metadata"]["annotations"] = {

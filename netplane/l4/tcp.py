@@ -51,6 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from netplane.config import DEFAULTS
 from netplane.l4 import splice
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
 from netplane.l4.proxy_protocol import header_for
@@ -76,17 +77,17 @@ class TcpSettings:
     """Timeouts and buffer bounds of the TCP relay."""
 
     #: seconds for one connect attempt to an endpoint
-    connect_timeout: float = 2.0
+    connect_timeout: float = DEFAULTS.connect_timeout
     #: endpoints tried per client connection before it is reset
     connect_attempts: int = 3
     #: seconds without a byte either way before both sides are reset
-    idle_timeout: float = 3600.0
+    idle_timeout: float = DEFAULTS.tcp_idle_seconds
     #: write-buffer high-water mark per socket (the low-water mark is a quarter)
     high_water: int = HIGH_WATER
     #: client bytes kept while the upstream connection is being set up
     max_buffered: int = 262144
     #: relay with os.splice where the platform can (Linux); False: always the Protocol relay
-    splice: bool = True
+    splice: bool = DEFAULTS.tcp_relay == "splice"
     #: bytes a splice pipe may grow to in a direction that fills it (where the pipe limits allow)
     pipe_size: int = 1 << 20
 

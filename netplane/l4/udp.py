@@ -52,6 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from netplane.config import DEFAULTS
 from netplane.l4.relay_shared import IDLE_TICKS, fmt_addr
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class UdpSettings:
     """Flow lifetime and the bound on the flow table."""
 
     #: seconds without a datagram either way before a flow is removed
-    flow_idle_timeout: float = 30.0
+    flow_idle_timeout: float = DEFAULTS.udp_idle_seconds
     #: flows over all listeners of one UdpProxy; a new client beyond it is dropped
     max_flows: int = 65536
 
