@@ -222,11 +222,6 @@ def prefix_key(path: str) -> str:
     return path.rstrip("/")
 
 
-def prefix_matches(key: str, path: str) -> bool:
-    """Whether a request path matches the Prefix rule whose :func:`prefix_key` is ``key``."""
-    return path == key or path.startswith(key + "/")
-
-
 def compile_regex(path: str) -> re.Pattern[str]:
     """An ImplementationSpecific path under use-regex (raises re.error when invalid)."""
     return re.compile(path if path.startswith("^") else "^" + path, re.IGNORECASE)

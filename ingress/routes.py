@@ -297,7 +297,6 @@ class _Location:
         "app_root",
         "canary",
         "cookie_tail",
-        "description",
         "host",
         "ingress",
         "kind",
@@ -319,7 +318,6 @@ class _Location:
         self.host = ""  # the rule's host, or "" (no host, a default backend)
         self.kind = ""  # "Exact" | "Prefix" | "Regex" | "Default"
         self.path = ""
-        self.description = ""
         self.pool: _Pool | None = None
         self.unsupported: bytes | None = None  # backend.resource: 503 with this body
         self.upstream_tls = False
