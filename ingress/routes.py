@@ -37,6 +37,10 @@ specification leaves room:
 - rewrite-target replaces the whole path, as nginx's ``rewrite`` does;
   ``$1``.. refer to the regex's groups under use-regex. The query string
   is kept.
+- A path that backends read in more than one way (``;`` parameters, ``\\``,
+  ``%2F``, double escapes; see ``paths.py``) is routed only when all its
+  readings reach the same location, else answered 400, as is a path with a
+  control byte or invalid UTF-8.
 - Policy order per request: allowlist (403), permanent/temporal redirect,
   app-root, ssl-redirect, then forward.
 """
@@ -49,10 +53,10 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from netplane.dataplane import Change
 from netplane.model import Ingress, IngressBackend, ObjectKey
+from netplane.model.meta import fast_constructor
 from netplane.service_table import ServiceKey, ServiceTable
 from netplane.state import ClusterState
 
@@ -62,7 +66,7 @@ from .paths import (
     compile_regex,
     normalize,
     prefix_key,
-    request_path,
+    request_paths,
     split_host,
     wildcard_parent,
 )
@@ -126,28 +130,7 @@ class Redirect:
 Decision = Forward | Respond | Redirect
 
 
-def _frozen_maker(cls: type) -> Any:
-    """A positional constructor for a frozen, slotted dataclass, about three times as fast.
-
-    The object is built as an unfrozen twin with the same slots (plain
-    attribute stores) that makes itself a ``cls`` at the end of its
-    ``__init__``, which Python allows between classes of identical layout.
-    The result is an ordinary ``cls`` instance: same type, equality, hash
-    and immutability.
-    """
-    names = cls.__slots__
-    args = ", ".join(names)
-    body = "\n".join(f"        self.{n} = {n}" for n in names)
-    ns: dict[str, Any] = {"_cls": cls}
-    exec(
-        f"class Twin:\n    __slots__ = {names!r}\n    def __init__(self, {args}):\n{body}\n"
-        "        self.__class__ = _cls\n",
-        ns,
-    )
-    return ns["Twin"]
-
-
-_forward = _frozen_maker(Forward)
+_forward = fast_constructor(Forward)
 
 # The lookup cache: Host header -> request target -> location (None: 404).
 # Repeated requests (the same pages, health checks, a benchmark) skip the
@@ -157,6 +140,11 @@ _CACHE_MAX_ENTRIES = 8192
 _CACHE_MAX_TARGET = 256
 
 NOT_FOUND = Respond(404, b"404 Not Found: no Ingress rule matches this host and path\n")
+BAD_PATH = Respond(
+    400,
+    b"400 Bad Request: servers read this request path in ways that match different"
+    b" rules, or it has a control byte or invalid UTF-8\n",
+)
 
 
 def _age(ing: Ingress) -> tuple[str, str, str]:
@@ -288,7 +276,6 @@ class _Location:
         "app_root",
         "canary",
         "cookie_tail",
-        "description",
         "host",
         "ingress",
         "kind",
@@ -310,7 +297,6 @@ class _Location:
         self.host = ""  # the rule's host, or "" (no host, a default backend)
         self.kind = ""  # "Exact" | "Prefix" | "Regex" | "Default"
         self.path = ""
-        self.description = ""
         self.pool: _Pool | None = None
         self.unsupported: bytes | None = None  # backend.resource: 503 with this body
         self.upstream_tls = False
@@ -355,6 +341,13 @@ class _Host:
         self.scan: tuple[tuple[str | None, object, _Location], ...] = ()
         self.default: _Location | None = None
         self.tls = False
+
+
+# The "location" of a path that is refused (see paths.readings): cached like
+# any other lookup; never plain, so route() takes it to _policy(), which
+# answers BAD_PATH first.
+_REFUSED = _Location()
+_REFUSED.plain_http = _REFUSED.plain_https = False
 
 
 # -- the table -------------------------------------------------------------------
@@ -783,7 +776,15 @@ class RouteTable:
         return self._policy(loc, host, path, https, client_ip, headers)
 
     def _find(self, host: str, target: str) -> _Location | None:
-        """The location for a Host header and request target (see the module docstring)."""
+        """The location for a Host header and request target (see the module docstring).
+
+        A path that servers read in more than one way (``paths.readings``) is
+        routed only when every reading reaches the same location; otherwise,
+        or when no reading is safe, the answer is :data:`_REFUSED`.
+        """
+        paths = request_paths(target)
+        if paths is None:
+            return _REFUSED
         name = split_host(host)
         h = self._exact.get(name)
         if h is None:
@@ -794,7 +795,14 @@ class RouteTable:
                 h = self._any
         if h is None:
             return self._default
-        p = request_path(target)
+        loc = self._match(h, paths[0])
+        for p in paths[1:]:
+            if self._match(h, p) is not loc:
+                return _REFUSED
+        return loc
+
+    def _match(self, h: _Host, p: str) -> _Location | None:
+        """The location of host ``h`` for the normalized path ``p``."""
         loc = h.exact.get(p)
         if loc is not None:
             return loc
@@ -832,6 +840,8 @@ class RouteTable:
         headers: Mapping[bytes, bytes],
     ) -> Decision:
         """The slow path: everything a location's annotations ask for, in order."""
+        if loc is _REFUSED:
+            return BAD_PATH
         if loc.allow is not None and not _allowed(client_ip, loc.allow):
             return Respond(
                 403,

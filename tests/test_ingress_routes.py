@@ -88,6 +88,117 @@ def test_paths_are_normalized_before_matching(target: str, want: str) -> None:
     assert w.service_for("foo.example", target) == want
 
 
+# Every form an ingress controller's path rule has been bypassed by, against an
+# allowlist on /admin (the client 192.0.2.1 is outside it: 403) beside a
+# catch-all / on another Ingress and an open /api: each either reaches the
+# /admin rule (403) or is refused (400); none is served by the catch-all.
+BYPASS_FORMS = [
+    # ; parameters: Tomcat and Spring drop them and read /admin/x
+    ("/admin;x=1/x", 400),
+    ("/admin;x=1", 400),
+    ("/admin;/x", 400),
+    ("/;x/admin/x", 400),
+    ("/x/..;/admin/x", 400),
+    ("/x/..;x=1/admin/x", 400),
+    ("/x/.;/..;/admin", 400),
+    ("/x/.%2E;/admin", 400),
+    ("/admin%3Bx/y", 400),  # an escaped ; that a decode-then-strip reader drops
+    ("/admin/x;y=1", 403),  # in the last segment: /admin either way
+    # backslash, raw and escaped: IIS-style servers read it as /
+    ("/x\\..\\admin/x", 400),
+    ("/admin\\x", 400),
+    ("/x%5C..%5Cadmin/x", 400),
+    ("/x%5c..%5cadmin", 400),
+    # escaped slashes: decoded by nginx and Go, data to RFC 3986 readers
+    ("/admin%2Fx", 400),
+    ("/admin%2fx", 400),
+    ("/x/..%2Fadmin/x", 400),
+    ("/x%2F..%2Fadmin/x", 400),
+    ("/public%2f..%2fadmin", 400),
+    # overlong UTF-8 ("/" and "." in two or three bytes), and any invalid UTF-8
+    ("/x%C0%AF..%C0%AFadmin/x", 400),
+    ("/x%E0%80%AF..%E0%80%AFadmin/x", 400),
+    ("/x/%C0%AE%C0%AE/admin/x", 400),
+    ("/admin%C0%AFx", 400),
+    ("/adm%E9n", 400),
+    # NUL and other control bytes, escaped
+    ("/admin%00/x", 400),
+    ("/x%00/../admin", 400),
+    ("/public/x%00.html", 400),
+    ("/admin%0a", 400),
+    ("/admin%0D%0Ax", 400),
+    ("/admin%09x", 400),
+    ("/admin%7f", 400),
+    ("/admin%1F", 400),
+    # double encoding: a server that decodes twice reads /admin/x
+    ("/admin%252Fx", 400),
+    ("/x%252F..%252Fadmin/x", 400),
+    ("/x/%252E%252E/admin/x", 400),
+    ("/x/%255C..%255Cadmin", 400),
+    ("/admin%2500", 400),
+    # mixtures
+    ("/x/..;/..%2F..%5Cadmin;a/x", 400),
+    ("/admin;%2F..%2Fx", 400),
+    ("//x/..;//admin", 400),
+    ("/x/%2e%2e;/admin", 400),
+    # and what every reader agrees on still routes
+    ("/admin/x", 403),
+    ("/x/../admin/x", 403),
+    ("/x/%2e%2e/admin", 403),
+    ("//admin", 403),
+    ("/admin/page;jsessionid=ABC", 403),
+]
+
+
+@pytest.mark.parametrize(("target", "want"), BYPASS_FORMS)
+def test_no_path_form_escapes_a_rule(target: str, want: int) -> None:
+    w = World(
+        *SVCS,
+        ingress(
+            "admin",
+            [("foo.example", [path("/admin", "s1")])],
+            annotations={"nginx.ingress.kubernetes.io/whitelist-source-range": "10.0.0.0/8"},
+        ),
+        ingress("site", [("foo.example", [path("/", "s0"), path("/api", "s2")])]),
+    )
+    d = w.route("foo.example", target)
+    assert isinstance(d, Respond), d
+    assert d.status == want
+    if want == 400:
+        assert b"path" in d.body
+    assert w.service_for("foo.example", target, client_ip="10.0.0.1") == (
+        want if want == 400 else "s1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("target", "want"),
+    [
+        ("/app;jsessionid=ABC", "s0"),  # the URL-rewriting session id of servlet apps
+        ("/app;jsessionid=ABC/page", "s0"),
+        ("/api/projects/group%2Fproject", "s2"),  # GitLab's escaped project path
+        ("/api/a%5Cb", "s2"),
+        ("/api/100%25", "s2"),
+        ("/api/a%2541", "s2"),
+        ("/caf%C3%A9", "s0"),  # escaped UTF-8
+        ("/api/x?q=%00;\\", "s2"),  # the query is not the path
+    ],
+)
+def test_unusual_paths_route_when_every_reading_agrees(target: str, want: str) -> None:
+    w = World(
+        *SVCS,
+        ingress(
+            "admin",
+            [("foo.example", [path("/admin", "s1")])],
+            annotations={"nginx.ingress.kubernetes.io/whitelist-source-range": "10.0.0.0/8"},
+        ),
+        ingress("site", [("foo.example", [path("/", "s0"), path("/api", "s2")])]),
+    )
+    d = w.route("foo.example", target)
+    assert isinstance(d, Forward) and d.service[1] == want
+    assert d.path == target  # forwarded as sent
+
+
 def test_request_target_is_forwarded_as_sent() -> None:
     w = World(*SVCS, ingress("ing", [("foo.example", [path("/", "s0")])]))
     d = w.route("foo.example", "/a%20b//c?q=1")
