@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from netplane.backoff import Backoff
 from netplane.control import CHUNK, Channel
 from netplane.metrics_merge import merge
 
@@ -127,7 +128,7 @@ class WorkerPool:
 
     async def _keep(self, slot: WorkerSlot) -> None:
         await self.dp.wait_ready()
-        delay = _RESTART_DELAY[0]
+        backoff = Backoff(*_RESTART_DELAY, jitter=0.0)
         while not self._stopping:
             slot.started_at = time.monotonic()
             try:
@@ -146,14 +147,14 @@ class WorkerPool:
             if self._stopping:
                 return
             if time.monotonic() - slot.started_at > _STABLE:
-                delay = _RESTART_DELAY[0]
+                backoff.reset()
+            delay = backoff.next()
             slot.restarts += 1
             log.error(
                 "worker %d (pid %s) exited with %s; starting it again in %.1f s",
                 slot.index, slot.pid, code, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESTART_DELAY[1])
 
     async def _run_once(self, slot: WorkerSlot) -> int | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
