@@ -93,10 +93,12 @@ class IngressPlane:
         if self._dp.ready:
             self._rebuild()
         s = self.settings
+        where = ("HTTP", s.http)  # the listener an error names
         try:
             if s.http is not None:
                 await self.server.listen(*s.http, reuse_port=s.reuse_port)
             if s.https is not None:
+                where = ("HTTPS", s.https)
                 ctx = self.certs.server_context()
                 if not s.tls_resumption:
                     ctx.num_tickets = 0  # TLS 1.3 resumes only by ticket
@@ -106,7 +108,11 @@ class IngressPlane:
                     self.routes.https_port = bound[1]
         except OSError as e:
             await self.server.close(0)
-            raise ConfigError(f"ingress: cannot listen: {e.strerror or e}") from None
+            name, (host, port) = where
+            host = f"[{host}]" if ":" in host else host
+            raise ConfigError(
+                f"ingress {name}: cannot listen on {host}:{port}/TCP: {e.strerror or e}"
+            ) from None
         self._task = asyncio.create_task(self._follow(), name="ingress")
 
     def _rebuild(self) -> None:

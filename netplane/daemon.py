@@ -33,6 +33,7 @@ from netplane.sources import Source
 
 if TYPE_CHECKING:
     from netplane.dns.plane import DnsPlane
+    from netplane.ports import Claims
     from netplane.supervisor import WorkerPool
 
 log = logging.getLogger("netplane.daemon")
@@ -85,6 +86,7 @@ async def serve(
     workers = cfg.effective_workers
     if workers > 1:
         cfg = pick_free_ports(cfg)  # every worker must bind the same port
+        cfg, claims = claim_ports(cfg)  # and no other process may hold it
     dp = Dataplane(cfg, sources=sources)
     pool: WorkerPool | None = None
     node_routes: NodeRoutes | None = None
@@ -92,7 +94,7 @@ async def serve(
         # The planes run in worker processes; this one keeps the sources,
         # the admin server and (node mode) the routes.
         proxy = ingress = dns = None
-        pool = _worker_pool(dp, workers)
+        pool = _worker_pool(dp, workers, claims)
         if cfg.proxy and cfg.mode == "node":
             node_routes = NodeRoutes(LocalRoutes(), cfg.effective_service_cidrs)
     else:
@@ -127,6 +129,8 @@ async def serve(
                 cfg = new
         dp.reload()
 
+    if pool is not None:
+        pool.on_failure = stop.set  # a worker that cannot start stops the daemon
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
@@ -192,6 +196,11 @@ async def serve(
             await cleanup()
         await dp.stop()
     log.info("stopped")
+    if pool is not None and pool.failure is not None:
+        line, status = pool.failure
+        if status == 2:
+            raise ConfigError(line)  # the CLI prints it as its one line and exits 2
+        return status
     return 0
 
 
@@ -229,11 +238,11 @@ def raise_file_limit() -> None:
             log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
 
 
-def _worker_pool(dp: Dataplane, workers: int) -> WorkerPool:
+def _worker_pool(dp: Dataplane, workers: int, claims: Claims) -> WorkerPool:
     """The workers of ``--workers N``, wired into the owner's admin server."""
     from netplane.supervisor import WorkerPool
 
-    pool = WorkerPool(dp, workers)
+    pool = WorkerPool(dp, workers, claims=claims)
     dp.planes["workers"] = pool
     dp.before_scrape.append(pool.refresh_metrics)
     dp.remote_planes = pool.planes_state
@@ -243,7 +252,7 @@ def _worker_pool(dp: Dataplane, workers: int) -> WorkerPool:
 
 def pick_free_ports(cfg: Config) -> Config:
     """Port 0 (any free port) made one concrete port, so that every worker binds the same."""
-    from netplane.testing.ports import free_port
+    from netplane.ports import free_port
 
     changes: dict[str, Any] = {}
     for name in ("ingress_http", "ingress_https", "dns"):
@@ -258,6 +267,39 @@ def pick_free_ports(cfg: Config) -> Config:
             ) from None
         changes[name] = dataclasses.replace(listen, port=port)
     return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def claim_ports(cfg: Config) -> tuple[Config, Claims]:
+    """Claim the ingress and DNS ports for ``--workers N`` before any worker binds them.
+
+    The workers bind with SO_REUSEPORT, which would let them share a port
+    with another netplane, or fail one by one on a port another program
+    holds. A taken ingress port stops the start (:class:`PortTaken`, one line,
+    exit status 2); a taken DNS port is logged and the rest serves, as with
+    one process. See :mod:`netplane.ports`.
+    """
+    from netplane.ports import Claims, Listener, PortTaken
+
+    claims = Claims()
+    try:
+        for name, listen in (
+            ("ingress HTTP", cfg.ingress_http),
+            ("ingress HTTPS", cfg.ingress_https),
+        ):
+            if listen is not None:
+                claims.claim(Listener(name, listen.host, listen.port, "TCP"))
+        if cfg.dns is not None:
+            try:
+                claims.claim_all(
+                    [Listener("DNS", cfg.dns.host, cfg.dns.port, p) for p in ("UDP", "TCP")]
+                )
+            except PortTaken as e:
+                log.error("%s; serving without DNS", e)
+                cfg = dataclasses.replace(cfg, dns=None)
+    except BaseException:
+        claims.release()
+        raise
+    return cfg, claims
 
 
 def proxy_for(cfg: Config, dp: Dataplane, *, workers: int = 1) -> L4Proxy | None:

@@ -8,6 +8,13 @@ again after a short, growing delay; its peers keep serving meanwhile,
 because the kernel stops handing a dead process's SO_REUSEPORT socket new
 connections.
 
+A worker that cannot start is not restarted for ever. If it says why (a
+port it cannot bind: :meth:`netplane.worker.Worker.run` sends that line)
+before any worker has served, nothing will change by trying again: the
+owner stops at once with that line and exit status 2. Otherwise it tries
+``_START_ATTEMPTS`` times in a row, then stops with one line naming the
+worker and its last failure.
+
 /metrics and /debug/state are the owner's: it asks every live worker over
 the channel and adds their figures up (:mod:`netplane.metrics_merge`).
 """
@@ -22,12 +29,16 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netplane.backoff import Backoff
 from netplane.control import CHUNK, Channel
 from netplane.metrics_merge import merge
+
+if TYPE_CHECKING:
+    from netplane.ports import Claims
 
 log = logging.getLogger("netplane.workers")
 
@@ -35,6 +46,8 @@ log = logging.getLogger("netplane.workers")
 # delay resets once a worker has served for _STABLE seconds.
 _RESTART_DELAY = (0.2, 10.0)
 _STABLE = 30.0
+# Starts in a row that end before the worker is ready, after which the owner gives up.
+_START_ATTEMPTS = 5
 _ASK_TIMEOUT = 5.0
 # Figures every worker holds alike (each binds every listener): shown once, not summed.
 _SAME_IN_EVERY_WORKER = frozenset({"netplane_l4_listeners"})
@@ -48,6 +61,8 @@ class WorkerSlot:
     pid: int | None = None
     ready: bool = False
     restarts: int = 0
+    failed_starts: int = 0  # in a row: runs that ended before the worker was ready
+    failure: str | None = None  # why the last run could not start, as the worker said
     started_at: float = 0.0
     process: Any = None
     channel: Channel | None = None
@@ -66,9 +81,14 @@ class WorkerSlot:
 class WorkerPool:
     """N worker processes serving the planes of one owner's Dataplane."""
 
-    def __init__(self, dataplane: Any, count: int) -> None:
+    def __init__(self, dataplane: Any, count: int, *, claims: Claims | None = None) -> None:
         self.dp = dataplane
         self.count = count
+        self.claims = claims  # the owner's locks on the listeners (netplane.ports); freed at stop
+        #: set when the pool gave up on a worker that cannot start: the line, and the exit status
+        self.failure: tuple[str, int] | None = None
+        #: called once when the pool gives up (the daemon stops on it)
+        self.on_failure: Callable[[], None] | None = None
         self.slots = [WorkerSlot(i) for i in range(count)]
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
@@ -98,6 +118,7 @@ class WorkerPool:
                     await slot.channel.send(("stop", grace))
         tasks = list(self._tasks)
         if not tasks:  # never started (the dataplane failed to start)
+            self._release_claims()
             return
         # Only a running worker is worth waiting for; a slot still waiting for
         # the state, or between restarts, just stops.
@@ -123,14 +144,30 @@ class WorkerPool:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._release_claims()
+
+    def _release_claims(self) -> None:
+        if self.claims is not None:
+            self.claims.release()
+
+    def _give_up(self, line: str, status: int) -> None:
+        """Stop restarting workers; the daemon exits with ``line`` and ``status``."""
+        if self.failure is not None:
+            return
+        self.failure = (line, status)
+        if status != 2:  # status 2 is a ConfigError, which the CLI prints as its one line
+            log.error("%s", line)
+        if self.on_failure is not None:
+            self.on_failure()
 
     # -- one worker, for ever --------------------------------------------------
 
     async def _keep(self, slot: WorkerSlot) -> None:
         await self.dp.wait_ready()
         backoff = Backoff(*_RESTART_DELAY, jitter=0.0)
-        while not self._stopping:
+        while not self._stopping and self.failure is None:
             slot.started_at = time.monotonic()
+            slot.failure = None
             try:
                 code = await self._run_once(slot)
             except asyncio.CancelledError:
@@ -138,13 +175,25 @@ class WorkerPool:
             except Exception:
                 log.exception("worker %d failed", slot.index)
                 code = None
-            slot.ready = False
+            served, slot.ready = slot.ready, False
             slot.channel = None
             for fut in slot.answers.values():
                 if not fut.done():
                     fut.cancel()
             slot.answers.clear()
-            if self._stopping:
+            if self._stopping or self.failure is not None:
+                return
+            slot.failed_starts = 0 if served else slot.failed_starts + 1
+            if slot.failure is not None and not self._all_started:
+                self._give_up(slot.failure, 2)  # e.g. a port taken since the owner probed it
+                return
+            if slot.failed_starts >= _START_ATTEMPTS:
+                why = slot.failure or f"it exited with status {code}"
+                self._give_up(
+                    f"worker {slot.index} could not start {slot.failed_starts} times in a row,"
+                    f" the last time because {why}; stopping",
+                    2 if slot.failure else 1,
+                )
                 return
             if time.monotonic() - slot.started_at > _STABLE:
                 backoff.reset()
@@ -211,7 +260,9 @@ class WorkerPool:
             message = await channel.recv()
             if message is None:
                 return
-            if message[0] == "ready":
+            if message[0] == "failed":  # it cannot start, and says why in one line
+                slot.failure = message[1]
+            elif message[0] == "ready":
                 slot.ready = True
                 # latched here, not when /readyz asks: a worker may die in between
                 self._all_started = self._all_started or all(s.ready for s in self.slots)
