@@ -233,7 +233,8 @@ def _lock_holder(listener: Listener) -> int | None:
 def _cmdline(pid: int, width: int = 80) -> str:
     with contextlib.suppress(OSError):
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            text = fh.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            # one line, whatever the arguments hold (python -c with newlines)
+            text = " ".join(fh.read().replace(b"\0", b" ").decode(errors="replace").split())
         if text:
             return text if len(text) <= width else text[: width - 3] + "..."
     return "?"
