@@ -242,7 +242,7 @@ def _worker_pool(dp: Dataplane, workers: int, claims: Claims) -> WorkerPool:
     """The workers of ``--workers N``, wired into the owner's admin server."""
     from netplane.supervisor import WorkerPool
 
-    pool = WorkerPool(dp, workers, claims=claims)
+    pool = WorkerPool(dp, workers, claims=claims, preflight=lambda: check_l4_ports(dp.config, dp))
     dp.planes["workers"] = pool
     dp.before_scrape.append(pool.refresh_metrics)
     dp.remote_planes = pool.planes_state
@@ -300,6 +300,35 @@ def claim_ports(cfg: Config) -> tuple[Config, Claims]:
         claims.release()
         raise
     return cfg, claims
+
+
+def check_l4_ports(cfg: Config, dp: Dataplane) -> None:
+    """In local mode, raise :class:`PortTaken` if another process holds an L4 listener
+    of the table, before ``--workers N`` bind them with SO_REUSEPORT.
+
+    Run once, when the first sync is complete. Local mode's listeners are
+    this netplane's own loopback addresses, so any holder there is another
+    instance or a leftover. Node mode binds wildcard sockets that may fall
+    back to per-address ones on a port the host uses (see
+    :class:`L4Proxy`), so it is not probed. A listener taken later is the
+    proxy's per-listener error at run time, logged once by each worker.
+    """
+    if not cfg.proxy or cfg.mode != "local":
+        return
+    from netplane.l4.picker import NodeInfo
+    from netplane.l4.routes import frontends_of
+    from netplane.ports import Listener, check
+
+    node = NodeInfo(cfg.node_name, "")
+    for entry in dp.table:
+        frontends, _ = frontends_of(
+            entry, {}, node, cfg.effective_nodeport_addresses, default_policy=cfg.lb_policy
+        )
+        key = entry.service.key
+        for ip, port, proto in frontends:
+            taken = check(Listener(f"Service {key.namespace}/{key.name}", ip, port, proto))
+            if taken is not None and taken.in_use:
+                raise taken
 
 
 def proxy_for(cfg: Config, dp: Dataplane, *, workers: int = 1) -> L4Proxy | None:

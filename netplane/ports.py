@@ -73,9 +73,10 @@ class Listener:
 class PortTaken(ConfigError):
     """A listener's port is held by another process; the message is one line."""
 
-    def __init__(self, listener: Listener, why: str) -> None:
+    def __init__(self, listener: Listener, why: str, *, in_use: bool = True) -> None:
         super().__init__(f"{listener.name}: cannot listen on {listener}: {why}")
         self.listener = listener
+        self.in_use = in_use  # another socket holds the port (else e.g. no such address)
 
 
 class Claims:
@@ -100,16 +101,11 @@ class Claims:
             pid = _lock_holder(listener)
             who = f"pid {pid}: {_cmdline(pid)}" if pid else "its pid unknown"
             raise PortTaken(listener, f"another netplane holds it ({who})") from None
-        problem = probe(listener)
-        if problem is None:
-            self._locks.append(lock)
-        else:
+        taken = check(listener)
+        if taken is not None:
             lock.close()
-            found = holders(listener)
-            why = problem.strerror or str(problem)
-            if found:
-                why += " (held by " + "; ".join(f"pid {p}: {c}" for p, c in found) + ")"
-            raise PortTaken(listener, why)
+            raise taken
+        self._locks.append(lock)
 
     def claim_all(self, listeners: list[Listener]) -> None:
         """Claim every one of ``listeners``, or none: a failure frees the ones just taken."""
@@ -127,6 +123,19 @@ class Claims:
         for lock in self._locks:
             lock.close()
         self._locks.clear()
+
+
+def check(listener: Listener) -> PortTaken | None:
+    """:func:`probe` ``listener``: if its port is in use, the error, naming the holder."""
+    problem = probe(listener)
+    if problem is None:
+        return None
+    why = problem.strerror or str(problem)
+    if problem.errno == errno.EADDRINUSE:
+        found = holders(listener)
+        if found:
+            why += " (held by " + "; ".join(f"pid {p}: {c}" for p, c in found) + ")"
+    return PortTaken(listener, why, in_use=problem.errno == errno.EADDRINUSE)
 
 
 def probe(listener: Listener) -> OSError | None:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from netplane.backoff import Backoff
 from netplane.control import CHUNK, Channel
+from netplane.errors import NetplaneError
 from netplane.metrics_merge import merge
 
 if TYPE_CHECKING:
@@ -81,10 +82,21 @@ class WorkerSlot:
 class WorkerPool:
     """N worker processes serving the planes of one owner's Dataplane."""
 
-    def __init__(self, dataplane: Any, count: int, *, claims: Claims | None = None) -> None:
+    def __init__(
+        self,
+        dataplane: Any,
+        count: int,
+        *,
+        claims: Claims | None = None,
+        preflight: Callable[[], None] | None = None,
+    ) -> None:
         self.dp = dataplane
         self.count = count
         self.claims = claims  # the owner's locks on the listeners (netplane.ports); freed at stop
+        # run once the state is complete, before any worker starts; a NetplaneError
+        # it raises (a port in use) stops the daemon with its line
+        self.preflight = preflight
+        self._launcher: asyncio.Task | None = None
         #: set when the pool gave up on a worker that cannot start: the line, and the exit status
         self.failure: tuple[str, int] | None = None
         #: called once when the pool gives up (the daemon stops on it)
@@ -101,6 +113,16 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start every worker once the owner's state is complete."""
+        self._launcher = asyncio.create_task(self._launch(), name="workers")
+
+    async def _launch(self) -> None:
+        await self.dp.wait_ready()
+        if self.preflight is not None:
+            try:
+                self.preflight()
+            except NetplaneError as e:
+                self._give_up(str(e), 2)
+                return
         for slot in self.slots:
             self._tasks.append(asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}"))
 
@@ -112,6 +134,8 @@ class WorkerPool:
     async def stop(self, grace: float) -> None:
         """Tell every worker to stop accepting and drain up to ``grace`` seconds; then reap."""
         self._stopping = True
+        if self._launcher is not None:
+            self._launcher.cancel()
         for slot in self.slots:
             if slot.channel is not None:
                 with contextlib.suppress(ConnectionError, RuntimeError):

@@ -27,6 +27,8 @@ import trustme
 import yaml
 from ingress_fakes import Backends, Request, curl
 from ingress_world import endpoints, ingress, ingress_class, path, secret, service
+from test_l4_e2e import endpoints as l4_endpoints
+from test_l4_e2e import service as l4_service
 from test_workers import udp_port_holders
 
 from netplane.ports import free_port
@@ -60,10 +62,11 @@ class Netplane:
     def write(self, objs: list[dict]) -> None:
         (self.dir / "all.yaml").write_text(yaml.safe_dump_all(objs))
 
-    async def start(self, workers: int, *extra: str) -> Netplane:
+    async def start(self, workers: int, *extra: str, proxy: bool = False) -> Netplane:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "netplane", "run", "-f", str(self.dir / "all.yaml"),
-            "--mode", "local", "--proxy", "off", "--admin", f"127.0.0.1:{self.admin}",
+            "--mode", "local", "--proxy", "on" if proxy else "off",
+            "--admin", f"127.0.0.1:{self.admin}", "--manifest-poll-seconds", "0.05",
             "--ingress-http", f"127.0.0.1:{self.http}",
             "--ingress-https", f"127.0.0.1:{self.https}",
             "--dns", f"127.0.0.1:{self.dns}",
@@ -307,3 +310,82 @@ async def test_a_worker_that_cannot_start_is_given_up_after_a_few_tries(
     assert err.count("could not start 5 times in a row") == 1, err
     assert "the last time because it exited with status 3; stopping" in err
     assert err.count("starting it again") <= 2 * 4  # 4 restarts per worker, at most
+
+
+async def test_a_second_instance_on_the_same_service_addresses_exits_2(
+    tmp_path: Path, instances: list[Netplane]
+) -> None:
+    """L4 alone (the ingress and DNS ports differ): in local mode the owner probes
+    every ClusterIP listener of the table before its workers bind them."""
+    b = Backends()
+    backend, svc_port = free_port(), free_port()
+    await b.start(named("one"), "127.0.53.1", backend)
+    await b.start(named("two"), "127.0.53.2", backend)
+    url = f"http://127.77.53.1:{svc_port}/"
+    try:
+        one, two = (
+            Netplane(tmp_path, name, free_port(), free_port(), free_port(udp_too=True))
+            for name in ("one", "two")
+        )
+        for n, addr in ((one, "127.0.53.1"), (two, "127.0.53.2")):
+            n.write([
+                l4_service("web", "127.77.53.1", svc_port),
+                l4_endpoints("web", [(addr, backend)]),
+            ])  # fmt: skip
+        instances.append(await one.start(2, proxy=True))
+        async with asyncio.timeout(30):
+            while (await curl(url))[1] != "one":
+                await asyncio.sleep(0.1)
+        instances.append(await two.start(2, proxy=True))
+        status, err = await two.exited()
+        assert status == 2, err
+        line = one_error_line(err)
+        assert line.startswith(
+            f"netplane: Service t/web: cannot listen on 127.77.53.1:{svc_port}/TCP:"
+            " Address already in use (held by pid "
+        )
+        assert "-m netplane.worker" in line  # one of the first instance's workers
+        for _ in range(20):
+            assert await curl(url) == (0, "one")
+    finally:
+        await b.close()
+
+
+async def test_an_l4_port_taken_at_run_time_is_logged_by_each_worker_once(
+    tmp_path: Path, instances: list[Netplane]
+) -> None:
+    """A Service added later whose address another program holds: the
+    listener's error, once per worker; the rest of the table serves, no
+    worker restarts."""
+    b = Backends()
+    backend, svc_port = free_port(), free_port()
+    await b.start(named("ok"), "127.0.53.3", backend)
+    n = Netplane(tmp_path, "n", free_port(), free_port(), free_port(udp_too=True))
+    n.write([ingress_class("netplane")])
+    taken = socket.socket()
+    try:
+        instances.append(await n.start(2, proxy=True))
+        async with asyncio.timeout(30):
+            while (await curl(f"http://127.0.0.1:{n.admin}/readyz"))[1] != "ok\n":
+                await asyncio.sleep(0.1)
+        taken.bind(("127.77.53.2", svc_port))
+        taken.listen()
+        n.write([
+            l4_service("late", "127.77.53.2", svc_port),
+            l4_endpoints("late", [("127.0.53.3", backend)]),
+            l4_service("fine", "127.77.53.3", svc_port),
+            l4_endpoints("fine", [("127.0.53.3", backend)]),
+        ])  # fmt: skip
+        async with asyncio.timeout(30):
+            while (await curl(f"http://127.77.53.3:{svc_port}/"))[1] != "ok":
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)  # time for a restart loop to show, if there were one
+        assert (await curl(f"http://127.0.0.1:{n.admin}/readyz"))[1] == "ok\n"
+        err = await n.stop()
+    finally:
+        taken.close()
+        await b.close()
+    assert "Traceback" not in err
+    line = f"Service t/late: cannot listen on 127.77.53.2:{svc_port}/TCP"
+    assert 1 <= err.count(line) <= 2, err  # once by each worker that had the change
+    assert "starting it again" not in err
