@@ -8,6 +8,11 @@ again after a short, growing delay; its peers keep serving meanwhile,
 because the kernel stops handing a dead process's SO_REUSEPORT socket new
 connections.
 
+Before the first worker starts, the daemon has claimed the ports the
+workers will share (:mod:`netplane.ports`: the ingress and DNS ports at
+once, the L4 listeners through ``preflight`` once the state is complete),
+so that SO_REUSEPORT never lets them join another process's sockets.
+
 A worker that cannot start is not restarted for ever. If it says why (a
 port it cannot bind: :meth:`netplane.worker.Worker.run` sends that line)
 before any worker has served, nothing will change by trying again: the
