@@ -211,7 +211,9 @@ async def test_an_ingress_port_another_program_holds_stops_the_start_with_one_li
         status, err = await n.exited()
     assert status == 2, err
     line = one_error_line(err)
-    assert line.startswith(f"netplane: ingress HTTPS: cannot listen on 127.0.0.1:{https}/TCP: ")
+    assert line.startswith(
+        f"netplane: ingress HTTPS: cannot listen on 127.0.0.1:{https}/TCP: Address already in use"
+    )
     if workers > 1:  # the owner's probe names the holder
         assert f"Address already in use (held by pid {holder}: {sys.executable} -c " in line
 
