@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -97,10 +98,13 @@ class IngressPlane:
         if self._dp.ready:
             self._rebuild()
         s = self.settings
+        where = "ingress"  # the listener an error names
         try:
             if s.http is not None:
+                where = _listener("HTTP", s.http)
                 await self.server.listen(*s.http, reuse_port=s.reuse_port)
             if s.https is not None:
+                where = _listener("HTTPS", s.https)
                 ctx = self.certs.server_context()
                 if not s.tls_resumption:
                     ctx.num_tickets = 0  # TLS 1.3 resumes only by ticket
@@ -110,7 +114,10 @@ class IngressPlane:
                     self.routes.https_port = bound[1]
         except OSError as e:
             await self.server.close(0)
-            raise ConfigError(f"ingress: cannot listen: {e.strerror or e}") from None
+            # uvloop's strerror repeats the address: the errno's own text is enough
+            plain = e.errno and not isinstance(e, ssl.SSLError)
+            why = os.strerror(e.errno) if plain else e.strerror or str(e)
+            raise ConfigError(f"{where}: {why}") from None
         self._task = asyncio.create_task(self._follow(), name="ingress")
 
     def _rebuild(self) -> None:
@@ -160,3 +167,9 @@ class IngressPlane:
             "routes": self.routes.debug_state(),
             "certificates": self.certs.debug_state(),
         }
+
+
+def _listener(kind: str, address: tuple[str, int]) -> str:
+    """``ingress HTTP: cannot listen on 127.0.0.1:8080/TCP``: the start of a bind error."""
+    host, port = address
+    return f"ingress {kind}: cannot listen on {f'[{host}]' if ':' in host else host}:{port}/TCP"

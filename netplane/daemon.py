@@ -30,6 +30,7 @@ from netplane.l4.node_routes import NodeRoutes
 from netplane.sources import Source
 
 if TYPE_CHECKING:
+    from netplane.ports import Claims
     from netplane.supervisor import WorkerPool
 
 log = logging.getLogger("netplane.daemon")
@@ -82,11 +83,12 @@ async def serve(
     workers = cfg.effective_workers
     if workers > 1:
         cfg = pick_free_ports(cfg)  # every worker must bind the same port
+        cfg, claims = claim_ports(cfg)  # and no other process may hold it
     # One process: the Dataplane runs the planes. --workers N: they run in the
     # worker processes, and this one keeps the sources, the admin server and
     # (node mode) the routes.
     dp = Dataplane(cfg, sources=sources, serve=workers == 1)
-    pool = _worker_pool(dp, workers) if workers > 1 else None
+    pool = _worker_pool(dp, workers, claims) if workers > 1 else None
     status = _ingress_status_for(cfg, dp, sources)  # Ingress status: only where the sources run
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
@@ -123,6 +125,8 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
 
+    if pool is not None:
+        pool.on_failure = stop.set  # a worker that cannot start stops the daemon
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
@@ -167,6 +171,11 @@ async def serve(
         gc.enable()
         remove_signal_handlers()
     log.info("stopped")
+    if pool is not None and pool.failure is not None:
+        line, status = pool.failure
+        if status == 2:
+            raise ConfigError(line)  # the CLI prints it as its one line and exits 2
+        return status
     return 0
 
 
@@ -204,11 +213,11 @@ def raise_file_limit() -> None:
             log.warning("cannot raise the open-files limit from %d to %d: %s", soft, hard, e)
 
 
-def _worker_pool(dp: Dataplane, workers: int) -> WorkerPool:
+def _worker_pool(dp: Dataplane, workers: int, claims: Claims) -> WorkerPool:
     """The workers of ``--workers N``, wired into the owner's admin server."""
     from netplane.supervisor import WorkerPool
 
-    pool = WorkerPool(dp, workers)
+    pool = WorkerPool(dp, workers, claims=claims, preflight=lambda: check_l4_ports(dp.config, dp))
     dp.planes["workers"] = pool
     dp.before_scrape.append(pool.refresh_metrics)
     dp.remote_planes = pool.planes_state
@@ -218,7 +227,7 @@ def _worker_pool(dp: Dataplane, workers: int) -> WorkerPool:
 
 def pick_free_ports(cfg: Config) -> Config:
     """Port 0 (any free port) made one concrete port, so that every worker binds the same."""
-    from netplane.testing.ports import free_port
+    from netplane.ports import free_port
 
     changes: dict[str, Any] = {}
     for name in ("ingress_http", "ingress_https", "dns"):
@@ -233,6 +242,68 @@ def pick_free_ports(cfg: Config) -> Config:
             ) from None
         changes[name] = dataclasses.replace(listen, port=port)
     return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
+def claim_ports(cfg: Config) -> tuple[Config, Claims]:
+    """Claim the ingress and DNS ports for ``--workers N`` before any worker binds them.
+
+    The workers bind with SO_REUSEPORT, which would let them share a port
+    with another netplane, or fail one by one on a port another program
+    holds. A taken ingress port stops the start (:class:`PortTaken`, one line,
+    exit status 2); a taken DNS port is logged and the rest serves, as with
+    one process. See :mod:`netplane.ports`.
+    """
+    from netplane.ports import Claims, Listener, PortTaken
+
+    claims = Claims()
+    try:
+        for name, listen in (
+            ("ingress HTTP", cfg.ingress_http),
+            ("ingress HTTPS", cfg.ingress_https),
+        ):
+            if listen is not None:
+                claims.claim(Listener(name, listen.host, listen.port, "TCP"))
+        if cfg.dns is not None:
+            try:
+                claims.claim_all(
+                    [Listener("DNS", cfg.dns.host, cfg.dns.port, p) for p in ("UDP", "TCP")]
+                )
+            except PortTaken as e:
+                log.error("%s; serving without DNS", e)
+                cfg = dataclasses.replace(cfg, dns=None)
+    except BaseException:
+        claims.release()
+        raise
+    return cfg, claims
+
+
+def check_l4_ports(cfg: Config, dp: Dataplane) -> None:
+    """In local mode, raise :class:`PortTaken` if another process holds an L4 listener
+    of the table, before ``--workers N`` bind them with SO_REUSEPORT.
+
+    Run once, when the first sync is complete. Local mode's listeners are
+    this netplane's own loopback addresses, so any holder there is another
+    instance or a leftover. Node mode binds wildcard sockets that may fall
+    back to per-address ones on a port the host uses (see
+    :class:`L4Proxy`), so it is not probed. A listener taken later is the
+    proxy's per-listener error at run time, logged once by each worker.
+    """
+    if not cfg.proxy or cfg.mode != "local":
+        return
+    from netplane.l4.picker import NodeInfo
+    from netplane.l4.routes import frontends_of
+    from netplane.ports import Listener, check
+
+    node = NodeInfo(cfg.node_name, "")
+    for entry in dp.table:
+        frontends, _ = frontends_of(
+            entry, {}, node, cfg.effective_nodeport_addresses, default_policy=cfg.lb_policy
+        )
+        key = entry.service.key
+        for ip, port, proto in frontends:
+            taken = check(Listener(f"Service {key.namespace}/{key.name}", ip, port, proto))
+            if taken is not None and taken.in_use:
+                raise taken
 
 
 async def _when_ready(

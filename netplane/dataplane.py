@@ -35,6 +35,7 @@ from typing import Any
 from netplane import __version__
 from netplane.addresses import hostport
 from netplane.allocations import Allocations
+from netplane.backoff import Backoff
 from netplane.config import Config
 from netplane.errors import ConfigError, ModelError
 from netplane.events import EventType, Synced, WatchEvent
@@ -382,7 +383,7 @@ class Dataplane:
             feed.push(frozenset(o.key for o in self.state), services)
 
     async def _run_source(self, source: Source) -> None:
-        delay = _RESTART_DELAY[0]
+        backoff = Backoff(*_RESTART_DELAY, jitter=0.0)
         owned = self._owned.setdefault(source.name, set())
         while True:
             # Keys this run has sent; at its Synced, the rest of `owned` is gone.
@@ -402,14 +403,15 @@ class Dataplane:
                             if seen is not None:
                                 seen.add(event.key)
                         self._ingest(event)
-                    delay = _RESTART_DELAY[0]
+                    backoff.reset()
+                delay = backoff.next()
                 log.warning("source %s ended; restarting in %.0f s", source.name, delay)
             except asyncio.CancelledError:
                 raise
             except Exception:
+                delay = backoff.next()
                 log.exception("source %s failed; restarting in %.0f s", source.name, delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESTART_DELAY[1])
 
     def _drop_unseen(self, source: str, gone: set[ObjectKey]) -> None:
         """Delete what a restarted source held before but left out of its new list."""

@@ -8,6 +8,18 @@ again after a short, growing delay; its peers keep serving meanwhile,
 because the kernel stops handing a dead process's SO_REUSEPORT socket new
 connections.
 
+Before the first worker starts, the daemon has claimed the ports the
+workers will share (:mod:`netplane.ports`: the ingress and DNS ports at
+once, the L4 listeners through ``preflight`` once the state is complete),
+so that SO_REUSEPORT never lets them join another process's sockets.
+
+A worker that cannot start is not restarted for ever. If it says why (a
+port it cannot bind: :meth:`netplane.worker.Worker.run` sends that line)
+before any worker has served, nothing will change by trying again: the
+owner stops at once with that line and exit status 2. Otherwise it tries
+``_START_ATTEMPTS`` times in a row, then stops with one line naming the
+worker and its last failure.
+
 /metrics and /debug/state are the owner's: it asks every live worker over
 the channel and adds their figures up (:mod:`netplane.metrics_merge`).
 """
@@ -22,11 +34,17 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from netplane.backoff import Backoff
 from netplane.control import CHUNK, Channel
+from netplane.errors import NetplaneError
 from netplane.metrics_merge import merge
+
+if TYPE_CHECKING:
+    from netplane.ports import Claims
 
 log = logging.getLogger("netplane.workers")
 
@@ -34,6 +52,8 @@ log = logging.getLogger("netplane.workers")
 # delay resets once a worker has served for _STABLE seconds.
 _RESTART_DELAY = (0.2, 10.0)
 _STABLE = 30.0
+# Starts in a row that end before the worker is ready, after which the owner gives up.
+_START_ATTEMPTS = 5
 _ASK_TIMEOUT = 5.0
 # Figures every worker holds alike (each binds every listener): shown once, not summed.
 _SAME_IN_EVERY_WORKER = frozenset({"netplane_l4_listeners"})
@@ -47,6 +67,8 @@ class WorkerSlot:
     pid: int | None = None
     ready: bool = False
     restarts: int = 0
+    failed_starts: int = 0  # in a row: runs that ended before the worker was ready
+    failure: str | None = None  # why the last run could not start, as the worker said
     started_at: float = 0.0
     process: Any = None
     channel: Channel | None = None
@@ -65,9 +87,25 @@ class WorkerSlot:
 class WorkerPool:
     """N worker processes serving the planes of one owner's Dataplane."""
 
-    def __init__(self, dataplane: Any, count: int) -> None:
+    def __init__(
+        self,
+        dataplane: Any,
+        count: int,
+        *,
+        claims: Claims | None = None,
+        preflight: Callable[[], None] | None = None,
+    ) -> None:
         self.dp = dataplane
         self.count = count
+        self.claims = claims  # the owner's locks on the listeners (netplane.ports); freed at stop
+        # run once the state is complete, before any worker starts; a NetplaneError
+        # it raises (a port in use) stops the daemon with its line
+        self.preflight = preflight
+        self._launcher: asyncio.Task | None = None
+        #: set when the pool gave up on a worker that cannot start: the line, and the exit status
+        self.failure: tuple[str, int] | None = None
+        #: called once when the pool gives up (the daemon stops on it)
+        self.on_failure: Callable[[], None] | None = None
         self.slots = [WorkerSlot(i) for i in range(count)]
         self._tasks: list[asyncio.Task] = []
         self._stopping = False
@@ -80,6 +118,16 @@ class WorkerPool:
 
     async def start(self) -> None:
         """Start every worker once the owner's state is complete."""
+        self._launcher = asyncio.create_task(self._launch(), name="workers")
+
+    async def _launch(self) -> None:
+        await self.dp.wait_ready()
+        if self.preflight is not None:
+            try:
+                self.preflight()
+            except NetplaneError as e:
+                self._give_up(str(e), 2)
+                return
         for slot in self.slots:
             self._tasks.append(asyncio.create_task(self._keep(slot), name=f"worker-{slot.index}"))
 
@@ -91,12 +139,15 @@ class WorkerPool:
     async def close(self, grace: float) -> None:
         """Tell every worker to stop accepting and drain up to ``grace`` seconds; then reap."""
         self._stopping = True
+        if self._launcher is not None:
+            self._launcher.cancel()
         for slot in self.slots:
             if slot.channel is not None:
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await slot.channel.send(("stop", grace))
         tasks = list(self._tasks)
         if not tasks:  # never started (the dataplane failed to start)
+            self._release_claims()
             return
         # Only a running worker is worth waiting for; a slot still waiting for
         # the state, or between restarts, just stops.
@@ -122,14 +173,30 @@ class WorkerPool:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        self._release_claims()
+
+    def _release_claims(self) -> None:
+        if self.claims is not None:
+            self.claims.release()
+
+    def _give_up(self, line: str, status: int) -> None:
+        """Stop restarting workers; the daemon exits with ``line`` and ``status``."""
+        if self.failure is not None:
+            return
+        self.failure = (line, status)
+        if status != 2:  # status 2 is a ConfigError, which the CLI prints as its one line
+            log.error("%s", line)
+        if self.on_failure is not None:
+            self.on_failure()
 
     # -- one worker, for ever --------------------------------------------------
 
     async def _keep(self, slot: WorkerSlot) -> None:
         await self.dp.wait_ready()
-        delay = _RESTART_DELAY[0]
-        while not self._stopping:
+        backoff = Backoff(*_RESTART_DELAY, jitter=0.0)
+        while not self._stopping and self.failure is None:
             slot.started_at = time.monotonic()
+            slot.failure = None
             try:
                 code = await self._run_once(slot)
             except asyncio.CancelledError:
@@ -137,23 +204,35 @@ class WorkerPool:
             except Exception:
                 log.exception("worker %d failed", slot.index)
                 code = None
-            slot.ready = False
+            served, slot.ready = slot.ready, False
             slot.channel = None
             for fut in slot.answers.values():
                 if not fut.done():
                     fut.cancel()
             slot.answers.clear()
-            if self._stopping:
+            if self._stopping or self.failure is not None:
+                return
+            slot.failed_starts = 0 if served else slot.failed_starts + 1
+            if slot.failure is not None and not self._all_started:
+                self._give_up(slot.failure, 2)  # e.g. a port taken since the owner probed it
+                return
+            if slot.failed_starts >= _START_ATTEMPTS:
+                why = slot.failure or f"it exited with status {code}"
+                self._give_up(
+                    f"worker {slot.index} could not start {slot.failed_starts} times in a row,"
+                    f" the last time because {why}; stopping",
+                    2 if slot.failure else 1,
+                )
                 return
             if time.monotonic() - slot.started_at > _STABLE:
-                delay = _RESTART_DELAY[0]
+                backoff.reset()
+            delay = backoff.next()
             slot.restarts += 1
             log.error(
                 "worker %d (pid %s) exited with %s; starting it again in %.1f s",
                 slot.index, slot.pid, code, delay,
             )  # fmt: skip
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESTART_DELAY[1])
 
     async def _run_once(self, slot: WorkerSlot) -> int | None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -210,7 +289,9 @@ class WorkerPool:
             message = await channel.recv()
             if message is None:
                 return
-            if message[0] == "ready":
+            if message[0] == "failed":  # it cannot start, and says why in one line
+                slot.failure = message[1]
+            elif message[0] == "ready":
                 slot.ready = True
                 # latched here, not when /readyz asks: a worker may die in between
                 self._all_started = self._all_started or all(s.ready for s in self.slots)

@@ -8,6 +8,10 @@ and runs the L4 proxy, the ingress and the DNS planes on SO_REUSEPORT
 sockets beside its peers. It has no admin server: the owner asks it for its
 metrics and debug state over the channel.
 
+A worker that cannot start its planes (an ingress port taken since the
+owner claimed it) sends the owner the one-line reason and exits with status
+2, without a traceback; the owner decides whether to try again.
+
 SIGINT and SIGHUP are the owner's to act on (a terminal's Ctrl-C reaches the
 whole process group); SIGTERM, a "stop" message or the owner going away
 makes the worker stop accepting, drain and exit.
@@ -16,6 +20,7 @@ makes the worker stop accepting, drain and exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -50,21 +55,30 @@ class Worker:
         self.dns: Any = None
         self.grace = config.shutdown_grace
 
-    async def run(self) -> None:
-        """Load the state, start the planes, then follow the owner until told to stop."""
+    async def run(self) -> int:
+        """Load the state, start the planes, then follow the owner until told to stop.
+
+        Returns the exit status: 0, or 2 when the planes could not start.
+        """
         with self.dp.batch():
             while True:
                 message = await self.channel.recv()
                 if message is None:
-                    return  # the owner went away before we served anything
+                    return 0  # the owner went away before we served anything
                 if message[0] == "synced":
                     break
                 if message[0] == "stop":
                     self.channel.close()
-                    return  # stopped before serving anything
+                    return 0  # stopped before serving anything
                 self._handle(message)
-        await self.dp.start()  # no sources: builds the table from what arrived
-        await self._start_planes()
+        try:
+            await self.dp.start()  # no sources: builds the table from what arrived
+            await self._start_planes()
+        except NetplaneError as e:  # one line says it all: no traceback
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.channel.send(("failed", str(e)))
+            await self.close(0)
+            return 2
         gc.collect()
         gc.freeze()
         from netplane.daemon import release_free_memory
@@ -81,6 +95,7 @@ class Worker:
         finally:
             reader.cancel()
         await self.close(grace)
+        return 0
 
     async def _follow(self, stop: asyncio.Future) -> None:
         while True:
@@ -192,8 +207,7 @@ async def _main(fd: int) -> int:
     setup_logging(config.log_level, config.log_format)
     _tag_logs(index)
     worker = Worker(channel, index, count, config)
-    await worker.run()
-    return 0
+    return await worker.run()
 
 
 def _tag_logs(index: int) -> None:

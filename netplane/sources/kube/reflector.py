@@ -31,9 +31,10 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from netplane.backoff import Backoff
 from netplane.errors import ModelError, SourceError
 from netplane.events import EventType, WatchEvent
 from netplane.model import K8sObject, ObjectKey, parse_object
@@ -56,26 +57,6 @@ class ListDone:
 
 
 Emit = Callable[[WatchEvent | ListDone], Awaitable[None]]
-
-
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter: initial * factor**n, capped, times 1..1+jitter."""
-
-    initial: float = 0.5
-    maximum: float = 30.0
-    factor: float = 2.0
-    jitter: float = 0.5
-    rng: random.Random = field(default_factory=random.Random)
-    _n: int = 0
-
-    def next(self) -> float:
-        base = min(self.maximum, self.initial * self.factor**self._n)
-        self._n += 1
-        return base * (1.0 + self.jitter * self.rng.random())
-
-    def reset(self) -> None:
-        self._n = 0
 
 
 class _Relist(Exception):
