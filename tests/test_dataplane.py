@@ -560,7 +560,9 @@ async def test_a_taken_ingress_port_fails_start_and_closes_what_had_started():
             for obj in serving(port):
                 dp.apply(obj)  # no sources: the proxy binds the ClusterIP in its start()
             stream = dp.subscribe()
-            with pytest.raises(ConfigError, match="ingress: cannot listen"):
+            with pytest.raises(
+                ConfigError, match=f"ingress HTTP: cannot listen on 127.0.0.1:{busy}"
+            ):
                 await dp.start()
             (ip,) = dp.table.get("shop", "echo").service.cluster_ips
             assert stream.take().services == {("shop", "echo")}  # the table was built
