@@ -169,7 +169,7 @@ class AdminServer:
         port: int,
         *,
         is_ready: Callable[[], bool],
-        debug_state: Callable[..., dict],
+        debug_state: Callable[..., dict[str, Any] | Awaitable[dict[str, Any]]],
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     ) -> None:
