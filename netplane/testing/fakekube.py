@@ -410,7 +410,7 @@ class FakeKube:
         except asyncio.CancelledError:
             pass  # server shutdown; asyncio's stream callback would log a cancelled task
         finally:
-            self._tasks.discard(asyncio.current_task())
+            self._tasks.discard(task)
             self._writers.discard(writer)
             writer.transport.abort()
 
