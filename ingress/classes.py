@@ -47,7 +47,7 @@ class ClassSelector:
         cls, state: ClusterState, *, ingress_class: str, controller: str
     ) -> ClassSelector:
         return cls.build(
-            state.objects("IngressClass"),  # type: ignore[arg-type]
+            state.objects("IngressClass"),
             ingress_class=ingress_class,
             controller=controller,
         )
@@ -68,6 +68,6 @@ class ClassSelector:
 
 def selected_ingresses(state: ClusterState, selector: ClassSelector) -> list[Ingress]:
     """Every Ingress of ours, in key order."""
-    out = [i for i in state.objects("Ingress") if selector.selects(i)]  # type: ignore[arg-type]
+    out = [i for i in state.objects("Ingress") if selector.selects(i)]
     out.sort(key=lambda i: i.key)
     return out

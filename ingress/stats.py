@@ -11,9 +11,18 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netplane.metrics import cumulative_buckets
+
+if TYPE_CHECKING:
+    from netplane.model import ObjectKey
+    from netplane.service_table import ServiceKey
+
+    # (Ingress, matched rule's host, Service, status class, https)
+    _SeriesKey = tuple[ObjectKey | None, str, ServiceKey | None, int, bool]
+    # (Ingress, Service, status class, https, host, the series)
+    _Last = tuple[ObjectKey | None, ServiceKey | None, int, bool, str, list[Any]]
 
 # seconds; the shape of ingress-nginx's request-duration buckets
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -25,19 +34,26 @@ class RequestStats:
 
     def __init__(self) -> None:
         # key -> [per-bucket counts (the last one: above every bucket), sum of seconds]
-        self._series: dict[tuple[Any, Any, int, bool], list[Any]] = {}
+        self._series: dict[_SeriesKey, list[Any]] = {}
         # The last series used, by the identity of its key's parts: a run of
         # requests to one route skips hashing the object keys.
-        self._last: tuple[Any, Any, int, bool, str, list[Any]] = (None, None, -1, False, "", [])
+        self._last: _Last = (None, None, -1, False, "", [])
         self.tls_handshakes = 0
         self.tls_handshake_failures = 0
 
     def record(
-        self, ingress: Any, service: Any, status: int, https: bool, seconds: float, host: str = ""
+        self,
+        ingress: ObjectKey | None,
+        service: ServiceKey | None,
+        status: int,
+        https: bool,
+        seconds: float,
+        host: str = "",
     ) -> None:
         """One finished exchange (ingress/service None when no rule or upstream was involved;
         ``host`` the matched rule's host, never the request's Host header)."""
         cls = status // 100
+        series: list[Any] | None
         l_ingress, l_service, l_cls, l_https, l_host, series = self._last
         if (
             ingress is not l_ingress

@@ -29,6 +29,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    # The methods import pyroute2 when they run, so a process that changes no routes never loads it.
+    from pyroute2 import IPRoute
 
 log = logging.getLogger("netplane.addresses")
 
@@ -65,7 +70,7 @@ def plan(
 class LocalRoutes:
     """The AnyIP routes netplane owns on this host (or network namespace)."""
 
-    def _local_routes(self, ipr) -> tuple[set[IPNetwork], set[IPNetwork]]:
+    def _local_routes(self, ipr: IPRoute) -> tuple[set[IPNetwork], set[IPNetwork]]:
         owned: set[IPNetwork] = set()
         others: set[IPNetwork] = set()
         for family in (2, 10):  # AF_INET, AF_INET6

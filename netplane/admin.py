@@ -171,7 +171,7 @@ class AdminServer:
         port: int,
         *,
         is_ready: Callable[[], bool],
-        debug_state: Callable[..., dict],
+        debug_state: Callable[..., dict[str, Any] | Awaitable[dict[str, Any]]],
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         keepalive_timeout: float = DEFAULT_KEEPALIVE_TIMEOUT,
     ) -> None:
@@ -395,7 +395,9 @@ class _AdminProtocol(asyncio.Protocol):
                 return
             if event is h11.NEED_DATA:
                 if self._conn.they_are_waiting_for_100_continue:
-                    self._write(self._conn.send(h11.InformationalResponse(status_code=100)))
+                    self._write(
+                        self._conn.send(h11.InformationalResponse(status_code=100, headers=[]))
+                    )
                 self._arm_wait_timer()
                 return
             if event is h11.PAUSED:  # only while busy; start_next_cycle unpauses

@@ -72,8 +72,9 @@ def check_paths(
     problems.extend(duplicates)
 
     cidrs = _networks(service_cidrs)
+    lo, hi = node_port_range  # a list (from a config file) does as well as a tuple
     state = ClusterState(
-        Allocations(cidrs, tuple(node_port_range), allocate_missing=bool(cidrs)),  # type: ignore[arg-type]
+        Allocations(cidrs, (lo, hi), allocate_missing=bool(cidrs)),
         log_rejections=False,
     )
     results = [

@@ -51,8 +51,8 @@ def _field_names(cls: type) -> tuple[str, ...]:
     return tuple(f.name for f in dataclasses.fields(cls))
 
 
-def _rebuild(cls: type, values: tuple[Any, ...]) -> Any:
-    obj = object.__new__(cls)
+def _rebuild(cls: type, values: tuple[Any, ...]) -> object:
+    obj: object = object.__new__(cls)
     setattr_ = object.__setattr__
     for name, value in zip(_field_names(cls), values, strict=True):
         setattr_(obj, name, value)

@@ -204,7 +204,7 @@ def pod_endpoint_slice(svc: Service, pods: Iterable[Pod]) -> list[tuple[Pod, End
     and true regardless with publishNotReadyAddresses; ``serving`` is the
     Ready condition; a pod's IPs are kept only for the service's families.
     """
-    out = []
+    out: list[tuple[Pod, EndpointAddress]] = []
     if not svc.selector:  # an empty selector selects nothing for a Service
         return out
     families = _families(svc)
@@ -290,7 +290,7 @@ def _build(
                 if port is not None:
                     by_key[i].setdefault((ea.address, port), Backend(ea, port))
         per_port = [list(d.values()) for d in by_key]
-    ports = tuple(
+    port_entries = tuple(
         PortEntry(
             name=p.name,
             protocol=p.protocol,
@@ -303,7 +303,7 @@ def _build(
         )
         for i, p in enumerate(svc.ports)
     )
-    return ServiceEntry(svc, ports, tuple(addresses.values()))
+    return ServiceEntry(svc, port_entries, tuple(addresses.values()))
 
 
 class ServiceTable:

@@ -16,6 +16,7 @@ import asyncio
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Literal, overload
 
 from netplane.allocations import Allocations
 from netplane.errors import ModelError
@@ -23,7 +24,10 @@ from netplane.events import EventType, WatchEvent
 from netplane.model import (
     Endpoints,
     EndpointSlice,
+    Ingress,
+    IngressClass,
     K8sObject,
+    Node,
     ObjectKey,
     Pod,
     Secret,
@@ -116,7 +120,27 @@ class ClusterState:
     def get(self, key: ObjectKey) -> K8sObject | None:
         return self._objects.get(key)
 
+    # Typed by the kind's name, so that callers passing a literal kind get its class.
+    @overload
+    def objects(self, kind: Literal["Service"]) -> Iterable[Service]: ...
+    @overload
+    def objects(self, kind: Literal["EndpointSlice"]) -> Iterable[EndpointSlice]: ...
+    @overload
+    def objects(self, kind: Literal["Endpoints"]) -> Iterable[Endpoints]: ...
+    @overload
+    def objects(self, kind: Literal["Ingress"]) -> Iterable[Ingress]: ...
+    @overload
+    def objects(self, kind: Literal["IngressClass"]) -> Iterable[IngressClass]: ...
+    @overload
+    def objects(self, kind: Literal["Secret"]) -> Iterable[Secret]: ...
+    @overload
+    def objects(self, kind: Literal["Node"]) -> Iterable[Node]: ...
+    @overload
+    def objects(self, kind: Literal["Pod"]) -> Iterable[Pod]: ...
+    @overload
+    def objects(self, kind: str) -> Iterable[K8sObject]: ...
     def objects(self, kind: str) -> Iterable[K8sObject]:
+        """The objects of one kind, in no particular order."""
         return self._by_kind.get(kind, {}).values()
 
     def __len__(self) -> int:
@@ -129,7 +153,7 @@ class ClusterState:
         return {kind: len(objs) for kind, objs in sorted(self._by_kind.items()) if objs}
 
     def service(self, namespace: str, name: str) -> Service | None:
-        return self._objects.get(ObjectKey("Service", namespace, name))  # type: ignore[return-value]
+        return self._objects.get(ObjectKey("Service", namespace, name))  # type: ignore[return-value]  # a Service key holds a Service
 
     def slices_for_service(self, namespace: str, name: str) -> list[EndpointSlice]:
         """EndpointSlices labelled for the service, plus those mirrored from v1 Endpoints."""
@@ -139,14 +163,14 @@ class ClusterState:
             if isinstance(obj, Endpoints):
                 out.extend(obj.slices)
             else:
-                out.append(obj)  # type: ignore[arg-type]
+                out.append(obj)  # type: ignore[arg-type]  # the index holds only slices and Endpoints
         return out
 
     def secret(self, namespace: str, name: str) -> Secret | None:
-        return self._objects.get(ObjectKey("Secret", namespace, name))  # type: ignore[return-value]
+        return self._objects.get(ObjectKey("Secret", namespace, name))  # type: ignore[return-value]  # a Secret key holds a Secret
 
     def pods_in(self, namespace: str) -> list[Pod]:
-        return [self._objects[k] for k in self._pods_by_namespace.get(namespace, ())]  # type: ignore[misc]
+        return [self._objects[k] for k in self._pods_by_namespace.get(namespace, ())]  # type: ignore[misc]  # Pod keys only
 
     def rejected(self) -> dict[ObjectKey, ModelError]:
         """Objects whose latest version was refused (the previous one, if any, is kept)."""

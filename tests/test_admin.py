@@ -199,6 +199,26 @@ async def test_added_async_route_sees_method_path_query_headers(server: AdminSer
     assert (await fetch(server, "GET", "/things")).headers["allow"] == "POST"
 
 
+async def test_expect_100_continue_gets_100_then_the_response(server: AdminServer) -> None:
+    """A client that waits for 100 Continue before its body (curl does, for large POSTs)."""
+    bodies: list[bytes] = []
+
+    async def handler(request: Request) -> Response:
+        bodies.append(request.body)
+        return Response.text("got it\n")
+
+    server.add_route("POST", "/things", handler)
+    reader, writer = await connect(server)
+    writer.write(
+        b"POST /things HTTP/1.1\r\nHost: admin\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )
+    interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), T)
+    assert interim.startswith(b"HTTP/1.1 100 ")
+    writer.write(b"hello")
+    reply = await read_reply(reader)
+    assert (reply.status, reply.body, bodies) == (200, b"got it\n", [b"hello"])
+
+
 def test_router_is_pure_and_refuses_duplicates() -> None:
     router = Router()
     router.add("GET", "/metrics", lambda r: Response.text("x\n"))

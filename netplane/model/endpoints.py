@@ -125,7 +125,7 @@ def _is_target_ref(raw: object) -> bool:
     """The common case: a mapping whose kind, namespace and name are strings when present."""
     if raw.__class__ is not dict:
         return False
-    get = raw.get  # type: ignore[attr-defined]
+    get = raw.get
     return (
         get("kind", "").__class__ is str
         and get("namespace", "").__class__ is str
@@ -243,9 +243,13 @@ def _endpoints(raw_eps: list, f: Fields, family: int | None) -> tuple[Endpoint, 
     other endpoint goes through :func:`_endpoint`, which reads every case and
     names the field in its errors.
     """
-    out = []
+    out: list[Endpoint] = []
     append = out.append
     make, is_ref, ipv4 = _make_endpoint, _is_target_ref, _IPV4
+    # Whatever the document holds, until the check below finds three booleans.
+    ready: object
+    serving: object
+    terminating: object
     for i, raw in enumerate(raw_eps):
         if raw.__class__ is dict and family == 4:
             get = raw.get
@@ -360,10 +364,10 @@ def parse_endpoints(f: Fields) -> Endpoints:
                         node_name=a.str("nodeName"),
                     )
                 )
-        for fam, eps in by_family.items():
+        for family, eps in by_family.items():
             if not eps:
                 continue
-            name = f"{meta.name}-mirror-{si}-ipv{fam}"
+            name = f"{meta.name}-mirror-{si}-ipv{family}"
             slices.append(
                 EndpointSlice(
                     key=ObjectKey(KIND, meta.namespace, name),
@@ -373,7 +377,7 @@ def parse_endpoints(f: Fields) -> Endpoints:
                         resource_version=meta.resource_version,
                         labels={SERVICE_NAME_LABEL: meta.name},
                     ),
-                    address_type=f"IPv{fam}",
+                    address_type=f"IPv{family}",
                     endpoints=tuple(eps),
                     ports=ports,
                     service_name=meta.name,

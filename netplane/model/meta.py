@@ -7,6 +7,7 @@ exact field (``spec.ports[1].port``) without each parser building strings.
 
 from __future__ import annotations
 
+import builtins
 import re
 import sys
 from dataclasses import dataclass, field, fields
@@ -168,6 +169,10 @@ class Fields:
 
     Every accessor checks the type of what it finds; a wrong type or a
     missing required field raises :class:`ModelError` naming the path.
+
+    The accessors ``str``, ``int``, ``bool`` and ``list`` shadow the builtins
+    in this class's body, so the signatures below them spell the types
+    ``builtins.str`` and so on (type checkers resolve annotations there).
     """
 
     __slots__ = ("_path", "raw", "ref")
@@ -201,15 +206,26 @@ class Fields:
         return own(v)
 
     def choice(
-        self, name: str, choices: tuple[str, ...], default: str = "", *, required: bool = False
-    ) -> str:
+        self,
+        name: builtins.str,
+        choices: tuple[builtins.str, ...],
+        default: builtins.str = "",
+        *,
+        required: builtins.bool = False,
+    ) -> builtins.str:
         """A string that must be one of ``choices`` (compared exactly, as the API does)."""
         v = self.str(name, default, required=required)
         if v not in choices:
             self.fail(name, f"unsupported value {v!r} (one of {', '.join(choices)})")
         return choices[choices.index(v)]
 
-    def int(self, name: str, default: int | None = None, *, required: bool = False) -> int | None:
+    def int(
+        self,
+        name: builtins.str,
+        default: builtins.int | None = None,
+        *,
+        required: builtins.bool = False,
+    ) -> builtins.int | None:
         v = self.raw.get(name)
         if v is None:
             if required:
@@ -219,7 +235,9 @@ class Fields:
             self.fail(name, f"expected an integer, got {_type(v)}")
         return own_int(v)
 
-    def bool(self, name: str, default: bool | None = None) -> bool | None:
+    def bool(
+        self, name: builtins.str, default: builtins.bool | None = None
+    ) -> builtins.bool | None:
         v = self.raw.get(name)
         if v is None:
             return default
@@ -227,7 +245,7 @@ class Fields:
             self.fail(name, f"expected true or false, got {_type(v)}")
         return v
 
-    def obj(self, name: str, *, required: bool = False) -> Fields:
+    def obj(self, name: builtins.str, *, required: builtins.bool = False) -> Fields:
         v = self.raw.get(name)
         if v is None:
             if required:
@@ -235,13 +253,13 @@ class Fields:
             v = {}
         return Fields(v, self.ref, (*self._path, name))
 
-    def opt_obj(self, name: str) -> Fields | None:
+    def opt_obj(self, name: builtins.str) -> Fields | None:
         v = self.raw.get(name)
         if v is None:
             return None
         return Fields(v, self.ref, (*self._path, name))
 
-    def list(self, name: str) -> list[Any]:
+    def list(self, name: builtins.str) -> builtins.list[Any]:
         v = self.raw.get(name)
         if v is None:
             return []
@@ -249,12 +267,12 @@ class Fields:
             self.fail(name, f"expected a list, got {_type(v)}")
         return v
 
-    def objs(self, name: str) -> list[Fields]:
+    def objs(self, name: builtins.str) -> builtins.list[Fields]:
         return [
             Fields(item, self.ref, (*self._path, name, i)) for i, item in enumerate(self.list(name))
         ]
 
-    def strs(self, name: str) -> tuple[str, ...]:
+    def strs(self, name: builtins.str) -> tuple[builtins.str, ...]:
         out = self.list(name)
         for i, item in enumerate(out):
             if not isinstance(item, str):
@@ -265,7 +283,7 @@ class Fields:
                 )
         return tuple([own(item) for item in out])
 
-    def str_map(self, name: str) -> dict[str, str]:
+    def str_map(self, name: builtins.str) -> dict[builtins.str, builtins.str]:
         """A map of strings, copied (keys interned: they repeat across objects)."""
         v = self.raw.get(name)
         if v is None:
@@ -296,10 +314,18 @@ def ref_of(raw: Any) -> str:
     """``"Kind namespace/name"`` of a raw object, as far as it can be read."""
     if not isinstance(raw, dict):
         return "object"
-    kind = raw.get("kind") if isinstance(raw.get("kind"), str) else "object"
-    md = raw.get("metadata") if isinstance(raw.get("metadata"), dict) else {}
-    name = md.get("name") if isinstance(md.get("name"), str) else ""
-    ns = md.get("namespace") if isinstance(md.get("namespace"), str) else ""
+    kind = raw.get("kind")
+    if not isinstance(kind, str):
+        kind = "object"
+    md = raw.get("metadata")
+    if not isinstance(md, dict):
+        md = {}
+    name = md.get("name")
+    if not isinstance(name, str):
+        name = ""
+    ns = md.get("namespace")
+    if not isinstance(ns, str):
+        ns = ""
     if kind not in CLUSTER_SCOPED and name:
         ns = ns or "default"
     if not name:

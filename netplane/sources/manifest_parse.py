@@ -33,20 +33,25 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from netplane.errors import ModelError
 from netplane.model import CLUSTER_SCOPED, KINDS, K8sObject, ObjectKey, parse_object, ref_of
 
-_BaseLoader: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:
+    # Checked against the pure-Python loader: the libyaml one has the same
+    # constructor and resolver, which is all that _Loader overrides.
+    _BaseLoader = yaml.SafeLoader
+else:
+    _BaseLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
+class _Loader(_BaseLoader):
     """SafeLoader (libyaml when built in): timestamps stay strings, duplicate keys fail.
 
     PyYAML lets a repeated key silently replace the first; kubectl refuses
@@ -145,7 +150,7 @@ def _is_json(text: str, path: str) -> bool:
     return path.lower().endswith(".json") or text.lstrip()[:1] == "{"
 
 
-def _compose(text: str) -> Iterator[tuple[yaml.Node, Any]]:
+def _compose(text: str) -> Iterator[tuple[yaml.Node | None, Any]]:
     """Each document's node and value; raises yaml.YAMLError where the text breaks."""
     loader = _Loader(text)
     try:
@@ -337,7 +342,9 @@ class _FileParser:
         self.result = ManifestResult(path)
         self._seen: dict[ObjectKey, int] = {}
 
-    def problem(self, line: int, reason: str, ref: str = "", field: str = "", key=None) -> None:
+    def problem(
+        self, line: int, reason: str, ref: str = "", field: str = "", key: ObjectKey | None = None
+    ) -> None:
         self.result.problems.append(Problem(self.path, line, reason, ref, field, key=key))
 
     def document(self, index: int, node: yaml.Node | None, value: Any) -> None:

@@ -24,7 +24,7 @@ import asyncio
 import json
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 from urllib.parse import urlencode
 
@@ -95,8 +95,12 @@ class _Conn:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
                 raise SourceError(f"API server broke HTTP/1.1: {e}") from None
-            if event is not h11.NEED_DATA:
+            if isinstance(event, h11.Event):
                 return event
+            if event is h11.PAUSED:
+                # h11 pauses only between a complete response and the next
+                # request; every caller stops reading at EndOfMessage.
+                raise SourceError("read past the end of a response (h11 PAUSED)")
             try:
                 # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
                 # cancellation that races with completion, and run() must stay cancellable.
@@ -183,7 +187,7 @@ class KubeClient:
         params: Mapping[str, str] | None = None,
         *,
         idle_timeout: float | None = None,
-    ) -> AsyncIterator[WatchItem]:
+    ) -> AsyncGenerator[WatchItem, None]:
         """Stream a watch: decoded events and bad-line markers until the body ends.
 
         Returns normally when the server ends the stream (timeoutSeconds);

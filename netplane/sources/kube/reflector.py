@@ -150,7 +150,9 @@ class Reflector:
         rv = ""
         while True:
             doc = await self.client.get_json(self.path, params)
-            meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+            meta = doc.get("metadata")
+            if not isinstance(meta, dict):
+                meta = {}
             page = doc.get("items") or []
             if not isinstance(page, list):
                 raise SourceError(f"GET {self.path}: items is not a list")

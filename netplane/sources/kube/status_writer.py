@@ -122,7 +122,7 @@ class IngressStatusWriter:
         selector, address = self._selector(), self._address()
         self._pending = {}
         ingresses = self.dp.state.objects("Ingress")
-        for u in self.planner.plan_all(ingresses, selector, address):  # type: ignore[arg-type]
+        for u in self.planner.plan_all(ingresses, selector, address):
             self._pending[u.key] = u
 
     def _plan_keys(self, keys: frozenset[ObjectKey]) -> None:
@@ -138,7 +138,7 @@ class IngressStatusWriter:
                 self.planner.gone(key)
                 self._pending.pop(key, None)
                 continue
-            if selector is None:
+            if selector is None or address is None:  # both or neither
                 selector, address = self._selector(), self._address()
             update = self.planner.plan(ing, selector, address)
             if update is None:
