@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +31,7 @@ from cryptography import x509
 from dnslib import QTYPE, RCODE, DNSRecord
 
 from netplane.config import Listen
+from netplane.demo_backends import answered_by
 
 ATTEMPT_TIMEOUT = 2.0  # seconds for one request and its reply
 DEADLINE = 8.0  # seconds for one check, retries included
@@ -303,16 +303,6 @@ def _reverse_name(ip: str) -> str:
 
 # -- requests and judging (no I/O) ------------------------------------------------------
 
-# The demo backends' answers start "hello from NS/NAME endpoint ADDR:PORT; ..."
-# (HTTP) or "NS/NAME endpoint ADDR:PORT: ..." (UDP echo): see demo_backends.
-_ANSWERED_BY = re.compile(r"(?P<service>\S+/\S+) endpoint (?P<endpoint>\S+?)(?:;|: )")
-
-
-def answered_by(text: str) -> tuple[str, str] | None:
-    """(service, endpoint) named by a demo backend's answer, or None."""
-    m = _ANSWERED_BY.search(text)
-    return (m["service"], m["endpoint"]) if m else None
-
 
 def judge_answer(text: str, service: str, endpoints: frozenset[str]) -> tuple[str | None, str]:
     """(the endpoint that answered, or None) and why not."""
@@ -340,6 +330,8 @@ def http_request(path: str, host_header: str) -> tuple[h11.Request, bytes]:
 
 def http_response(request: h11.Request, data: bytes) -> tuple[int, bytes]:
     """Status and body of the response in ``data`` (all bytes until EOF); ValueError if cut short."""
+    if not data:
+        raise ValueError("the connection closed without a response")
     conn = h11.Connection(h11.CLIENT)
     conn.send(request)
     conn.send(h11.EndOfMessage())
