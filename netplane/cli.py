@@ -311,8 +311,12 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
         flags.setdefault("ingress_http", cfgmod.Listen("127.0.0.1", 0))
         flags.setdefault("ingress_https", cfgmod.Listen("127.0.0.1", 0))
         flags.setdefault("dns", demo_dns_listen())  # DNS
+        # The admin server too: a second demo, or a running netplane, keeps its port.
+        flags.setdefault("admin", _demo_listen(DEMO_ADMIN_PORT, udp=False))
         # One process: the greeting lists the listeners the planes bound.
         flags.setdefault("workers", 1)
+        if args.probe:  # stdout is the probe's report, one line per command
+            flags.setdefault("ingress_access_log", None)
     cfg = cfgmod.load(args.config, flags)
     _setup_logging(cfg)
 
@@ -412,14 +416,22 @@ def demo_text(dp: Any, backends: list[str], tries: Sequence[Try]) -> str:
 
 # DNS
 DEMO_DNS_PORT = 10053
+DEMO_ADMIN_PORT = 10256  # the admin default, which the README's examples show
 
 
 def demo_dns_listen(port: int = DEMO_DNS_PORT) -> cfgmod.Listen:
     """127.0.0.1:10053 for the demo's DNS when both its UDP and TCP ports are free, else a free one."""
+    return _demo_listen(port, udp=True)
+
+
+def _demo_listen(port: int, *, udp: bool) -> cfgmod.Listen:
+    """127.0.0.1:port when it is free (TCP, and UDP too if asked), else port 0: a free one."""
     import socket
 
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM) if udp else (socket.SOCK_STREAM,):
         with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:  # as the servers bind: TIME_WAIT does not count
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:

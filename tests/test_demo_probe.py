@@ -218,3 +218,20 @@ def test_demo_probe_exits_1_and_says_which_command_failed() -> None:
     assert web[0].endswith("  FAILED: not a demo backend's answer: 'not the demo!\\n'"), web
     assert all(" ok (" in line for line in probes if line not in web), probes
     assert f"{len(probes) - 1} of {len(probes)} probes passed." in r.stdout
+
+
+@pytest.mark.e2e
+def test_demo_takes_a_free_admin_port_when_10256_is_taken() -> None:
+    try:
+        holder = socket.create_server(("127.0.0.1", 10256))
+    except OSError as e:
+        pytest.skip(f"127.0.0.1:10256 is taken already: {e}")
+    with holder:
+        r = subprocess.run(
+            [sys.executable, "-m", "netplane", "demo", "--probe",
+             "--ingress-http", "off", "--ingress-https", "off", "--dns", "off"],
+            capture_output=True, text=True, timeout=120, cwd=ROOT,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(r"^  admin /readyz  http://127\.0\.0\.1:(\d+)/readyz  ok", r.stdout, re.M)
+    assert m and int(m.group(1)) not in (0, 10256), r.stdout
