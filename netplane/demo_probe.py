@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import ssl
 import time
@@ -296,8 +297,6 @@ def _dashed(address: str) -> str:
 
 
 def _reverse_name(ip: str) -> str:
-    import ipaddress
-
     return ipaddress.ip_address(ip).reverse_pointer
 
 
