@@ -235,12 +235,32 @@ def netplane_cmd() -> list[str]:
     side-by-side scenarios pin one netplane process and one single-worker
     peer to the same core, and the workers scenario passes its own.
     """
-    boot = (
-        f"import sys; sys.path.insert(0, {str(ROOT)!r}); from netplane.cli import main; "
-        "a = sys.argv[1:]; "
-        "sys.exit(main(a + ['--workers', '1'] if a[:1] == ['run'] and '--workers' not in a else a))"
+    return [sys.executable, "-c", f"{checkout_boot(ROOT)}; " + _RUN_ONE_WORKER]
+
+
+_RUN_ONE_WORKER = (
+    "a = sys.argv[1:]; "
+    "sys.exit(main(a + ['--workers', '1'] if a[:1] == ['run'] and '--workers' not in a else a))"
+)
+
+
+def checkout_boot(root: Path) -> str:
+    """Python source that imports ``netplane.cli.main``, refusing any netplane but root's.
+
+    netplane comes from the interpreter's install (``pip install -e .`` of
+    this checkout), never from root put on ``sys.path``: from there the
+    top-level ``dns/`` would hide dnspython's ``dns``. The check makes an
+    install of another checkout fail loudly instead of being measured; it
+    finds the modules without running them, so start-up costs stay as they are.
+    """
+    return (
+        "import sys, importlib.util as u; "
+        "bad = [f'{n} from {o}' for n in ('netplane', 'netplane.ingress', 'netplane.dns') "
+        "for s in [u.find_spec(n)] for o in [s and s.origin or 'nowhere'] "
+        f"if not o.startswith({str(root) + '/'!r})]; "
+        f"bad and sys.exit(f'not the checkout {root}: ' + ', '.join(bad) + '; pip install -e it'); "
+        "from netplane.cli import main"
     )
-    return [sys.executable, "-c", boot]
 
 
 @dataclass

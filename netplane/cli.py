@@ -9,17 +9,24 @@ about what a value means. Errors in settings print one line and exit 2;
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import os
 import platform
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netplane import __version__
 from netplane import config as cfgmod
-from netplane.addresses import bracket_host, hostport
+from netplane.addresses import hostport
 from netplane.errors import ConfigError
+
+if TYPE_CHECKING:
+    from netplane.demo_probe import Try
 
 # Flag dest -> config key; repeatable flags collect into lists.
 _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
@@ -253,6 +260,11 @@ def _parser() -> argparse.ArgumentParser:
     _add_run_flags(run)
     demo = sub.add_parser("demo", help="run the built-in example (no cluster, no root)")
     _add_run_flags(demo)
+    demo.add_argument(
+        "--probe",
+        action="store_true",
+        help="try every command the demo prints, one line each, then stop; exit 1 if one fails",
+    )
     check = sub.add_parser("check", help="validate manifests; one line per problem")
     check.add_argument("-f", "--file", dest="files", action="append", metavar="PATH", required=True)
     check.add_argument("--service-cidr", action="append", metavar="CIDR")
@@ -290,37 +302,86 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
 
     flags = _flag_values(args)
     if demo:
+        # Local mode even as root: the demo changes no route on the host, and
+        # its ClusterIPs are the loopback ones that `netplane env --mode local` prints.
+        if flags.get("mode", "local") != "local":
+            raise ConfigError("netplane demo runs in local mode only; use run for --mode node")
+        flags["mode"] = "local"
         flags.setdefault("files", (demo_manifests(),))
-        flags.setdefault("mode", "local")
         # Ingress: free loopback ports, so the demo never collides with anything
         flags.setdefault("ingress_http", cfgmod.Listen("127.0.0.1", 0))
         flags.setdefault("ingress_https", cfgmod.Listen("127.0.0.1", 0))
         flags.setdefault("dns", demo_dns_listen())  # DNS
+        # The admin server too: a second demo, or a running netplane, keeps its port.
+        flags.setdefault("admin", _demo_listen(DEMO_ADMIN_PORT, udp=False))
         # One process: the greeting lists the listeners the planes bound.
         flags.setdefault("workers", 1)
+        if args.probe:  # stdout is the probe's report, one line per command
+            flags.setdefault("ingress_access_log", None)
     cfg = cfgmod.load(args.config, flags)
     _setup_logging(cfg)
 
     def reload_config() -> cfgmod.Config:
         return cfgmod.load(args.config, flags)
 
-    on_ready = _start_demo if demo else None
-    return uvloop.run(
+    on_ready = _Demo(probe=args.probe) if demo else None
+    code = uvloop.run(
         serve(cfg, reload_config=reload_config, on_ready=on_ready, apply_logging=_setup_logging)
     )
+    return code or (on_ready.exit_code if on_ready is not None else 0)
 
 
-async def _start_demo(dp: Any) -> Any:
-    """Start the demo's backends, then tell a newcomer what runs and what to try."""
-    from netplane.demo_backends import DemoBackends
+class _Demo:
+    """``on_ready`` of the demo: start its backends, greet, and with ``--probe`` try every command.
 
-    backends = DemoBackends()
-    started = await backends.start(dp.table) if dp.config.proxy else []
-    print(demo_text(dp, started), flush=True)
-    return backends.close
+    The probe runs as a task beside the demo. When it is done, the process
+    sends itself SIGTERM, the stop signal that Ctrl-C's SIGINT also is, so the
+    demo shuts down the way it always does; ``exit_code`` then says whether
+    every command held.
+    """
+
+    def __init__(self, probe: bool) -> None:
+        self.probe = probe
+        self.exit_code = 0
+        self._task: asyncio.Task | None = None
+
+    async def __call__(self, dp: Any) -> Callable[[], Awaitable[None]]:
+        from netplane.demo_backends import DemoBackends
+        from netplane.demo_probe import tries
+
+        backends = DemoBackends()
+        started = await backends.start(dp.table) if dp.config.proxy else []
+        commands = tries(dp)
+        print(demo_text(dp, started, commands), flush=True)
+        if self.probe:
+            self.exit_code = 1  # until every probe has passed
+            self._task = asyncio.create_task(self._probe(commands), name="demo probe")
+
+        async def close() -> None:
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            await backends.close()
+
+        return close
+
+    async def _probe(self, commands: Sequence[Try]) -> None:
+        from netplane.demo_probe import probe
+
+        print("", "Probing every command above from inside the demo:", sep="\n", flush=True)
+        try:
+            results = await probe(commands)
+            for r in results:
+                print(r.line(), flush=True)
+            failed = sum(not r.ok for r in results)
+            print(f"{len(results) - failed} of {len(results)} probes passed.", flush=True)
+            self.exit_code = 1 if failed or not results else 0
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # stop the demo as Ctrl-C does
 
 
-def demo_text(dp: Any, backends: list[str]) -> str:
+def demo_text(dp: Any, backends: list[str], tries: Sequence[Try]) -> str:
     """The demo's greeting: the service table, its backends and commands to try."""
     out = ["", "netplane demo is running. Services in the table:"]
     for entry in sorted(dp.table, key=lambda e: e.key):
@@ -345,15 +406,7 @@ def demo_text(dp: Any, backends: list[str]) -> str:
         out += ["", "Demo backends (started by the demo on loopback):"]
         out += [f"  {line}" for line in backends]
     out += ["", "Try:"]
-    if dp.config.proxy:
-        out += _proxy_tries(dp)
-    if "ingress" in dp.planes:
-        out += _ingress_tries(dp)
-    if "dns" in dp.planes:  # DNS
-        out += _dns_tries(dp)
-    if dp.admin is not None:
-        base = f"http://{cfgmod.Listen(dp.config.admin.host, dp.admin.port)}"
-        out += [f"  curl {base}/readyz", f"  curl {base}/debug/state"]
+    out += [f"  {t.command}" for t in tries]
     out += [
         "",
         f"Edit the manifests under {', '.join(dp.config.files)} and watch the state follow;"
@@ -362,99 +415,29 @@ def demo_text(dp: Any, backends: list[str]) -> str:
     return "\n".join(out)
 
 
-def _proxy_tries(dp: Any) -> list[str]:
-    lines = []
-    node_ip = dp.config.effective_nodeport_addresses[0]
-    for entry in sorted(dp.table, key=lambda e: e.key):
-        name = f"{entry.service.key.namespace}/{entry.service.key.name}"
-        for p in entry.ports:
-            if not p.backends:
-                continue
-            for f in p.frontends:
-                host = f.ip or node_ip
-                where = bracket_host(host)
-                if p.protocol == "UDP":
-                    lines.append(
-                        '  python3 -c "import socket; s = socket.socket(2, 2); s.settimeout(2);'
-                        f" s.sendto(b'hello', ('{host}', {f.port})); print(s.recv(512))\""
-                        f"    # {name} over UDP ({f.kind})"
-                    )
-                elif p.name.startswith("http"):
-                    lines.append(f"  curl http://{where}:{f.port}/    # {name} ({f.kind})")
-    return lines
-
-
-# Ingress
-def _ingress_tries(dp: Any) -> list[str]:
-    """curl commands for each Ingress host and path, over HTTP and HTTPS."""
-    plane = dp.planes["ingress"]
-    listeners = {https: (h, p) for h, p, https in plane.addresses}
-    lines = []
-    for ing in plane.routes.ingresses():
-        for rule in ing.rules:
-            if not rule.host or rule.host.startswith("*"):
-                continue
-            for path in rule.paths:
-                for https, scheme in ((False, "http"), (True, "https")):
-                    if https not in listeners:
-                        continue
-                    ip, port = listeners[https]
-                    insecure = "-k " if https else ""
-                    lines.append(
-                        f"  curl {insecure}--resolve {rule.host}:{port}:{ip}"
-                        f" {scheme}://{rule.host}:{port}{path.path}"
-                        f"    # Ingress {ing.key.namespace}/{ing.key.name} over {scheme.upper()}"
-                    )
-    if True in listeners:
-        ip, port = listeners[True]
-        lines.append(
-            f"  openssl s_client -connect {hostport(ip, port)}"
-            " -servername web.demo.localhost </dev/null"
-            "    # the certificate SNI picks"
-        )
-    return lines
-
-
 # DNS
 DEMO_DNS_PORT = 10053
+DEMO_ADMIN_PORT = 10256  # the admin default, which the README's examples show
 
 
 def demo_dns_listen(port: int = DEMO_DNS_PORT) -> cfgmod.Listen:
     """127.0.0.1:10053 for the demo's DNS when both its UDP and TCP ports are free, else a free one."""
+    return _demo_listen(port, udp=True)
+
+
+def _demo_listen(port: int, *, udp: bool) -> cfgmod.Listen:
+    """127.0.0.1:port when it is free (TCP, and UDP too if asked), else port 0: a free one."""
     import socket
 
-    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM) if udp else (socket.SOCK_STREAM,):
         with socket.socket(socket.AF_INET, kind) as s:
+            if kind == socket.SOCK_STREAM:  # as the servers bind: TIME_WAIT does not count
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 return cfgmod.Listen("127.0.0.1", 0)
     return cfgmod.Listen("127.0.0.1", port)
-
-
-def _dns_tries(dp: Any) -> list[str]:
-    plane = dp.planes["dns"]
-    host = plane.settings.host
-    at = f"dig @{host} -p {plane.port}"
-    zone = dp.config.cluster_domain
-    lines = []
-    for entry in sorted(dp.table, key=lambda e: e.key):
-        svc = entry.service
-        name = f"{svc.key.name}.{svc.key.namespace}.svc.{zone}"
-        what = "the ClusterIP"
-        if svc.headless:
-            what = "every ready endpoint (headless)"
-        elif svc.type == "ExternalName":
-            what = f"a CNAME to {svc.external_name}"
-        lines.append(f"  {at} {name}    # {what}")
-        named = [p for p in entry.ports if p.name]
-        if named and svc.headless:
-            p = named[0]
-            lines.append(f"  {at} _{p.name}._{p.protocol.lower()}.{name} SRV    # one per endpoint")
-        if svc.cluster_ips and svc.key.name == "web":
-            lines.append(f"  {at} -x {svc.cluster_ips[0]}    # the PTR back to {name}")
-    lines.append(f"  {at} nothere.demo.svc.{zone}    # NXDOMAIN, with the SOA")
-    return lines
 
 
 def _env(args: argparse.Namespace) -> int:

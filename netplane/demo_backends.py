@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,22 @@ import h11
 from netplane.addresses import hostport
 
 log = logging.getLogger("netplane.demo")
+
+
+# Every answer names its endpoint: "hello from NS/NAME endpoint ADDR:PORT; you
+# are ..." over HTTP, "NS/NAME endpoint ADDR:PORT: <datagram>" from the UDP echo.
+_ANSWERED_BY = re.compile(r"(?P<service>\S+/\S+) endpoint (?P<endpoint>\S+?)(?:;|: )")
+
+
+def label(service: str, address: str, port: int) -> str:
+    """How a backend names itself in its answers: ``NS/NAME endpoint ADDR:PORT``."""
+    return f"{service} endpoint {hostport(address, port)}"
+
+
+def answered_by(text: str) -> tuple[str, str] | None:
+    """(``NS/NAME``, ``ADDR:PORT``) that a demo backend's answer names, or None."""
+    m = _ANSWERED_BY.search(text)
+    return (m["service"], m["endpoint"]) if m else None
 
 
 def _is_http(name: str, app_protocol: str) -> bool:
@@ -58,11 +75,11 @@ class DemoBackends:
                     if key in seen:
                         continue
                     seen.add(key)
-                    label = f"{svc.namespace}/{svc.name} endpoint {hostport(b.address, b.port)}"
+                    name = label(f"{svc.namespace}/{svc.name}", b.address, b.port)
                     try:
-                        kind = await self._start_one(b.address, b.port, port, label)
+                        kind = await self._start_one(b.address, b.port, port, name)
                     except OSError as e:
-                        log.warning("demo backend %s: %s", label, e.strerror or e)
+                        log.warning("demo backend %s: %s", name, e.strerror or e)
                         continue
                     started.append(
                         f"{kind} {hostport(b.address, b.port)}/{port.protocol} ({svc.name})"

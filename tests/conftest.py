@@ -1,13 +1,53 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the import path every test sees.
+
+``python -m pytest`` puts the working directory, the repository root, first
+on sys.path (``python -m`` always does; ``pytest`` does not). From there the
+top-level ``dns/`` folder, the source of ``netplane.dns``, would be found as
+the top-level ``dns`` and hide dnspython's. This file is imported before any
+test module, so it takes the root back off sys.path: netplane,
+netplane.ingress and netplane.dns then come from the install (the test
+command's editable one), with either command. ``bench/`` is not installed; it
+is registered by its location instead of by putting the root on the path.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
-import dns.message  # noqa: F401  # DNS: dnspython claims `dns` before any test puts the repository root (and its dns/ folder) on sys.path
-import pytest
-import uvloop
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
+
+
+def _register_bench() -> None:
+    """Make ``import bench`` (and its submodules) load ROOT/bench without ROOT on sys.path."""
+    spec = importlib.util.spec_from_file_location(
+        "bench", ROOT / "bench" / "__init__.py", submodule_search_locations=[str(ROOT / "bench")]
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module
+    spec.loader.exec_module(module)
+
+
+_register_bench()
+
+import dns.message  # noqa: E402  # after the cut above: dnspython's, never ./dns
+import pytest  # noqa: E402
+import uvloop  # noqa: E402
+
+import netplane  # noqa: E402
+
+assert Path(dns.message.__file__).resolve().parent.parent != ROOT
+if Path(netplane.__file__).resolve().parent.parent != ROOT:
+    # Another checkout's editable install would be tested in this one's place.
+    raise pytest.UsageError(
+        f"netplane is imported from {netplane.__file__}, not from this checkout ({ROOT}):"
+        " install it first (pip install -e '.[test,bench]')"
+    )
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])

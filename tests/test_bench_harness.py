@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
-pytest.importorskip("matplotlib")  # until pyproject declares it (a "bench" extra)
+# bench/ is not installed: tests/conftest.py registers it by location
+pytest.importorskip("matplotlib")  # the bench extra brings it; without it, skip
 
 from bench import report
 from bench.harness import (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import re
 import shutil
 import signal
@@ -518,3 +519,35 @@ def test_demo_prints_the_table_and_serves_readyz(start, tmp_path):
     assert f"  curl http://127.0.0.1:{port}/debug/state" in out
     assert get(port, "/readyz") == (200, "ok\n")
     assert d.stop() == 0
+
+
+def _proto77_routes() -> set[str]:
+    """netplane's routes on this host (node mode tags them with protocol 77)."""
+    r = subprocess.run(
+        ["ip", "route", "show", "table", "all", "proto", "77"],
+        capture_output=True, text=True, timeout=10, check=True,
+    )  # fmt: skip
+    return set(r.stdout.splitlines())
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("ip") is None,
+    reason="needs root (where run would default to node mode) and iproute2",
+)
+def test_the_demo_runs_in_local_mode_even_as_root(start):
+    before = _proto77_routes()
+    d = start("demo", *QUIET_PLANES)
+    state = d.state()
+    assert state["config"]["mode"] == "local"
+    assert state["config"]["serviceCIDRs"] == ["127.77.0.0/16"]
+    web = d.services()["demo/web"]
+    assert all(ipaddress.ip_address(ip) in LOCAL for ip in web["clusterIPs"])
+    assert _proto77_routes() - before == set()  # no local route added for the service CIDR
+    assert d.stop() == 0
+    assert "starting: mode local" in d.stderr
+
+
+def test_the_demo_refuses_node_mode():
+    r = cli("demo", "--mode", "node")
+    assert r.returncode == 2
+    assert r.stderr == "netplane: netplane demo runs in local mode only; use run for --mode node\n"

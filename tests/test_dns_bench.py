@@ -4,14 +4,12 @@ dnsperf's output read right, and the programming probe's answer parsing."""
 from __future__ import annotations
 
 import socket
-import sys
 import threading
-from pathlib import Path
 
-import dns.message  # dnspython first: the repository root below holds a dns/ folder too
+import dns.message
 import dns.rrset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
+# bench/ is not installed: tests/conftest.py registers it by location
 from bench.progfake import dns_probe
 from bench.scenarios.dns import (
     dnsmasq_hosts,

@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.harness import NETPLANE, Context, Metric, Proc, Scenario
+from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, netplane_cmd
 from bench.scenarios.l4 import children_cpu, cpu_seconds, parse_wrk, program
 
 NGINX = "nginx"
@@ -384,8 +384,7 @@ class IngressBench(Scenario):
                 json.dumps({"apiVersion": "v1", "kind": "List", "items": objs})
             )
             argv = [
-                *ctx.pin("server"), sys.executable, "-c",
-                f"import sys; sys.path.insert(0, {str(ctx.root)!r}); from netplane.cli import main; sys.exit(main())",
+                *ctx.pin("server"), *netplane_cmd(),
                 "run", "-f", str(mdir), "--mode", "local", "--proxy", "off", "--dns", "off",
                 "--admin", "off", "--ingress-http", f"{LISTEN}:{http_port}",
                 "--ingress-https", f"{LISTEN}:{https_port}", "--ingress-access-log", str(access),

@@ -14,10 +14,10 @@ and the window is primed again. It prints one JSON line: replies, seconds,
 replies per second, lost, and its own CPU seconds (it is written in Python
 and may well be the bottleneck; its CPU share says so).
 
-``netplane`` runs ``netplane.cli.main`` from the checkout at ROOT, with
-``netplane.ingress`` and ``netplane.dns`` from ROOT's ``ingress/`` and
-``dns/`` as ``pyproject.toml`` maps them, so that an editable install of
-another checkout cannot stand in for the code under test.
+``netplane`` runs ``netplane.cli.main`` from the interpreter's install and
+first checks that netplane, ``netplane.ingress`` and ``netplane.dns`` all
+come from the checkout at ROOT (its editable install), so that an install
+of another checkout cannot stand in for the code under test.
 """
 
 from __future__ import annotations
@@ -113,12 +113,14 @@ def udp_load(
 
 
 def run_netplane(root: str, argv: list[str]) -> int:
-    sys.path.insert(0, root)
-    import netplane
+    # harness.checkout_boot's check (this file runs by path, without the bench package).
+    import importlib.util
 
-    if not netplane.__file__ or not netplane.__file__.startswith(root):
-        raise SystemExit(f"netplane imported from {netplane.__file__}, not from {root}")
-    netplane.__path__.append(root)  # netplane.ingress -> ROOT/ingress, netplane.dns -> ROOT/dns
+    for name in ("netplane", "netplane.ingress", "netplane.dns"):
+        spec = importlib.util.find_spec(name)
+        origin = (spec.origin if spec else None) or ""
+        if not origin.startswith(root.rstrip("/") + "/"):
+            raise SystemExit(f"{name} imported from {origin}, not from {root}; pip install -e it")
     from netplane.cli import main
 
     return main(argv)
