@@ -12,6 +12,7 @@ from l4_fakes import Route
 from test_l4_tcp import PATH, WAIT, closed_port, connect_expect_reset, relay, server, wait_for
 
 from netplane.l4 import splice
+from netplane.l4.pipes import POOL_SIZE, PipePool
 from netplane.l4.tcp import TcpProxy, TcpSettings
 
 pytestmark = pytest.mark.skipif(not splice.available(), reason="os.splice is not available here")
@@ -147,7 +148,7 @@ def test_no_descriptor_leaks_over_many_connections(run) -> None:
                 assert open_fds() <= before
                 assert loop.is_running()
                 # Pipes come back to the pool; the pool is bounded.
-                assert len(proxy._pipes._free) <= splice.POOL_SIZE
+                assert proxy.pipes.free <= POOL_SIZE
 
     run(main())
 
@@ -172,7 +173,7 @@ def test_splice_off_or_unavailable_uses_the_protocol_relay(run, monkeypatch) -> 
 
 
 def test_pipe_pool_keeps_only_empty_pipes() -> None:
-    pool = splice.PipePool(MiB, keep=1)
+    pool = PipePool(MiB, keep=1)
     a, b = pool.get(), pool.get()
     assert a[2] >= 4096 and a[0] != b[0]
     os.write(a[1], b"left over")
