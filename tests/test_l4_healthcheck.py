@@ -227,7 +227,8 @@ def test_agrees_with_the_picker_on_one_port() -> None:
         [(["http"], [ep("10.0.0.1", "node-a"), ep("10.0.0.2", "node-a"), ep("10.0.0.4", "x")])],
     )
     picker = Picker(e, e.ports[0], NodeInfo("node-a"))
-    assert local_ready_endpoints(e, "node-a") == picker.local_endpoint_count() == 2
+    local = picker.candidates(external=True)  # externalTrafficPolicy Local: this node's
+    assert local_ready_endpoints(e, "node-a") == len(local) == 2
 
 
 # -- the server in process ---------------------------------------------------------------
