@@ -203,3 +203,51 @@ def test_listen_errors_are_clear_and_leave_nothing_behind(run) -> None:
             assert open_fds() == before and proxy.listeners == 0
 
     run(main())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accept_by_hand_gives_what_socket_accept_gives(run, host: str) -> None:
+    """Acceptor's hand-inlined accept (the C socket type) against socket.accept(): same socket."""
+
+    async def main() -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        lsock.bind((host, 0))
+        got: list[tuple] = []
+        acceptor = splice.Acceptor(
+            asyncio.get_running_loop(), [lsock], lambda *a: got.append(a), 16
+        )
+        clients = []
+        try:
+            clients.append(socket.create_connection(lsock.getsockname()[:2]))
+            await wait_for(lambda: len(got) == 1)
+            by_hand, peer, _ = got[0]
+            acceptor.close()  # the listening socket is closed with it
+            lsock = socket.socket(family, socket.SOCK_STREAM)
+            lsock.bind((host, 0))
+            lsock.listen(16)
+            clients.append(socket.create_connection(lsock.getsockname()[:2]))
+            stdlib, std_peer = lsock.accept()
+
+            def shape(sock: socket.socket, peer: tuple, client: socket.socket) -> tuple:
+                return (
+                    sock.family,
+                    sock.type,
+                    sock.proto,
+                    sock.gettimeout(),
+                    os.get_inheritable(sock.fileno()),
+                    peer == client.getsockname(),
+                    sock.getpeername() == client.getsockname(),
+                )
+
+            assert shape(by_hand, peer, clients[0]) == shape(stdlib, std_peer, clients[1])
+            by_hand.sendall(b"by hand")
+            assert clients[0].recv(16) == b"by hand"
+            by_hand.close()
+            stdlib.close()
+        finally:
+            lsock.close()
+            for c in clients:
+                c.close()
+
+    run(main())

@@ -202,8 +202,12 @@ class Acceptor:
         on_accept, accept = self._on_accept, lsock._accept  # type: ignore[attr-defined]
         for _ in range(ACCEPT_BATCH):
             try:
+                # socket.accept() by hand, with the C socket type: no Python
+                # __init__, no enum conversions. Bench l4 row "proxy CPU per
+                # connection": 2.2 us per accept instead of 3.8 us here, of about
+                # 63 us per spliced connection. test_l4_splice's
+                # test_accept_by_hand_gives_what_socket_accept_gives covers both.
                 fd, peer = accept()
-                # the C socket type: no Python __init__, no enum conversions per connection
                 sock = _RawSocket(family, socket.SOCK_STREAM, 0, fd)
             except BlockingIOError:
                 return
@@ -502,8 +506,8 @@ class _Pump:
                     else:
                         self.counts.to_client += n
                     moved = True
-                    if n == room and self.dst >= 0 and self.pipe[2] < conn._pipes.max_size:
-                        conn._pipes.grow(self.pipe)
+                    if n == room and self.dst >= 0:
+                        conn._pipes.grow(self.pipe)  # a no-op once the pipe is at its size
                         self.limit = self.pipe[2]
             if not moved:
                 return
@@ -663,6 +667,7 @@ class SplicedConnection:
         family = socket.AF_INET6 if ":" in target.address else socket.AF_INET
         sock = None
         try:
+            # the C socket type, as for accepted sockets (see Acceptor._ready)
             sock = _RawSocket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
             err = sock.connect_ex((target.address, target.port))
         except OSError as e:
