@@ -51,8 +51,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from netplane.l4 import splice
 from netplane.l4.flow_control import PENDING_FULL, FlowControl
@@ -87,6 +87,15 @@ def reset(transport: asyncio.BaseTransport) -> None:
     transport.abort()  # type: ignore[attr-defined]
 
 
+class _Server(Protocol):
+    """What a listener needs of its server: ``asyncio.Server``, or the splice relay's Acceptor."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+
+    def close(self) -> None: ...
+
+
 class Listener:
     """One listening socket of a :class:`TcpProxy`; ``resolve`` may be swapped at any time."""
 
@@ -94,11 +103,11 @@ class Listener:
 
     def __init__(self, resolve: Resolver, on_close: Callable[[Listener], None]) -> None:
         self._on_close = on_close
-        self._server: asyncio.AbstractServer | splice.Acceptor | None = None
+        self._server: _Server | None = None
         #: ``resolve(sockname, peername) -> Route | None``, called once per accepted connection
         self.resolve = resolve
 
-    def serve(self, server: asyncio.AbstractServer | splice.Acceptor) -> None:
+    def serve(self, server: _Server) -> None:
         """Take the server (or splice acceptor) that accepts for this listener."""
         self._server = server
 
