@@ -149,7 +149,7 @@ class TcpProxy:
         self._conns: set[RelayConnection] = set()
         self._empty = asyncio.Event()
         self._empty.set()
-        # counters, for metrics
+        # counters, for /debug/state (per service port, the pickers count for /metrics)
         #: connections accepted
         self.accepted = 0
         #: connections reset because there was no route or no endpoint
