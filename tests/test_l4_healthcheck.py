@@ -8,10 +8,14 @@ runs `netplane run` and probes it with curl, as a load balancer would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import shutil
 import socket
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +23,11 @@ import pytest
 from test_l4_e2e import Backends, backends, curl, daemon, write  # noqa: F401 (fixtures)
 
 import netplane.l4.healthcheck as hc_mod
+from netplane.config import build
+from netplane.dataplane import Dataplane
 from netplane.l4.healthcheck import (
     HealthChecks,
+    ProxyHealth,
     ServiceHealthCheck,
     health_response,
     local_ready_endpoints,
@@ -29,6 +36,7 @@ from netplane.l4.healthcheck import (
     wanted_port,
 )
 from netplane.l4.picker import NodeInfo, Picker
+from netplane.l4.proxy import L4Proxy
 from netplane.model import Service, parse_object
 from netplane.service_table import ServiceEntry, build_entry
 
@@ -219,7 +227,8 @@ def test_agrees_with_the_picker_on_one_port() -> None:
         [(["http"], [ep("10.0.0.1", "node-a"), ep("10.0.0.2", "node-a"), ep("10.0.0.4", "x")])],
     )
     picker = Picker(e, e.ports[0], NodeInfo("node-a"))
-    assert local_ready_endpoints(e, "node-a") == picker.local_endpoint_count() == 2
+    local = picker.candidates(external=True)  # externalTrafficPolicy Local: this node's
+    assert local_ready_endpoints(e, "node-a") == len(local) == 2
 
 
 # -- the server in process ---------------------------------------------------------------
@@ -475,3 +484,151 @@ async def test_health_check_node_port_follows_local_endpoints(
             await asyncio.sleep(0.05)
     rc, status, _, _ = await curl_i(hc_url)
     assert rc == 7 and status == 0  # curl: could not connect
+
+
+# -- the proxy's own health (serviceProxyHealthy) ------------------------------------------
+
+
+class Clock:
+    """A settable wall clock for ProxyHealth."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_proxy_health_follows_pending_changes_and_draining() -> None:
+    clock, draining = Clock(), [False]
+    health = ProxyHealth(60.0, is_draining=lambda: draining[0], clock=clock)
+    assert health.healthy()  # starting up, nothing pending
+    health.queued()
+    clock.now += 59.9
+    assert health.healthy()  # pending, but not late yet
+    health.queued()  # a later change keeps the oldest one's time
+    clock.now += 0.1
+    assert not health.healthy()  # the oldest change waited the full timeout
+    health.updated()
+    assert health.healthy()
+    state = health.debug_state()
+    assert state["lastUpdated"] == state["currentTime"] == "2023-11-14T22:14:20Z"
+    assert state["oldestPending"] is None and state["serviceProxyHealthy"] is True
+    draining[0] = True
+    assert not health.healthy() and health.debug_state()["draining"] is True
+
+
+async def probe(url: str) -> tuple[int, dict[str, Any]]:
+    """GET ``url`` with urllib, as a load balancer's HTTP check would: (status, JSON body)."""
+
+    def get() -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            with e:
+                return e.code, e.read()
+
+    status, body = await asyncio.to_thread(get)
+    return status, json.loads(body)
+
+
+@contextlib.asynccontextmanager
+async def proxy_with_a_health_check() -> AsyncIterator[tuple[Dataplane, L4Proxy, str, Clock]]:
+    """A Dataplane and its L4Proxy (node-a) serving one Local service's health check."""
+    node_port = free_node_port()
+    hc_port = free_node_port({node_port})
+    dp = Dataplane(build({}, {"mode": "local", "admin": None}))
+    svc_obj = local_service(node_port, hc_port)
+    svc_obj["spec"]["clusterIP"] = "127.77.0.41"
+    dp.apply(svc_obj)
+    dp.apply(node_endpoints([("127.0.41.1", "node-a")], 8080))
+    await dp.start()
+    proxy = L4Proxy(dp, node_name="node-a", nodeport_addresses=["127.0.0.1"], health_timeout=60)
+    clock = Clock()
+    proxy.health.clock = clock
+    await proxy.start()
+    try:
+        yield dp, proxy, f"http://127.0.0.1:{hc_port}/healthz", clock
+    finally:
+        await proxy.close(0)
+        await dp.stop(0)
+
+
+async def test_health_check_is_200_and_true_while_the_proxy_is_healthy() -> None:
+    async with proxy_with_a_health_check() as (_dp, proxy, url, _clock):
+        assert await probe(url) == (
+            200,
+            {
+                "service": {"namespace": "t", "name": "lb"},
+                "localEndpoints": 1,
+                "serviceProxyHealthy": True,
+            },
+        )
+        assert proxy.debug_state()["health"]["serviceProxyHealthy"] is True
+
+
+async def test_health_check_is_503_and_false_when_a_change_has_not_reached_the_listeners(
+    monkeypatch,
+) -> None:
+    async with proxy_with_a_health_check() as (dp, proxy, url, clock):
+        real_sync = proxy.sync
+
+        async def failing_sync(services: Any) -> None:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(proxy, "sync", failing_sync)
+        dp.apply(node_endpoints([("127.0.41.1", "node-a"), ("127.0.41.2", "node-a")], 8080))
+        await proxy.settled()
+        clock.now += 59
+        assert (await probe(url))[0] == 200  # late, but not past the timeout yet
+        clock.now += 1
+        status, body = await probe(url)
+        assert status == 503 and body["serviceProxyHealthy"] is False
+        assert body["localEndpoints"] == 1  # the count the failed change did not update
+        state = proxy.debug_state()["health"]
+        assert state["serviceProxyHealthy"] is False and state["oldestPending"] is not None
+        # the next change applies, with the one that failed: healthy again
+        monkeypatch.setattr(proxy, "sync", real_sync)
+        dp.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "other", "namespace": "t"},
+                "spec": {"clusterIP": "127.77.0.42", "ports": [{"port": 80}]},
+            }
+        )
+        await proxy.settled()
+        status, body = await probe(url)
+        assert (status, body["serviceProxyHealthy"], body["localEndpoints"]) == (200, True, 2)
+
+
+async def test_health_check_is_503_and_false_while_draining() -> None:
+    async with proxy_with_a_health_check() as (dp, proxy, url, _clock):
+        dp.draining = True  # the daemon's first step of a shutdown
+        status, body = await probe(url)
+        assert status == 503 and body["serviceProxyHealthy"] is False
+        assert body["localEndpoints"] == 1
+        dp.draining = False
+        assert (await probe(url))[0] == 200
+
+        # close() drains open TCP connections; the check answers 503 meanwhile
+        async def until_eof(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+            writer.close()
+
+        backend = await asyncio.start_server(until_eof, "127.0.41.1", 8080)
+        try:
+            _, writer = await asyncio.open_connection("127.77.0.41", 8080)
+            async with asyncio.timeout(5):
+                while proxy.tcp.connections != 1:
+                    await asyncio.sleep(0.01)
+            closing = asyncio.create_task(proxy.close(5))
+            try:
+                status, body = await probe(url)
+                assert status == 503 and body["serviceProxyHealthy"] is False
+            finally:
+                writer.close()
+                await closing
+        finally:
+            backend.close()

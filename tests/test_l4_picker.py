@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import netplane.l4.picker as picker_mod
+from netplane.l4.healthcheck import local_ready_endpoints
 from netplane.l4.picker import (
     LB_POLICY_ANNOTATION,
     POLICIES,
@@ -644,9 +645,9 @@ def test_invalid_default_policy() -> None:
     ],
 )
 def test_local_endpoint_count(spec: dict, endpoints: list[dict], count: int) -> None:
-    assert (
-        make(svc(externalTrafficPolicy="Local", **spec), endpoints).local_endpoint_count() == count
-    )
+    """The health check's count (distinct ready addresses on this node) for one port."""
+    entry, _ = table(svc(externalTrafficPolicy="Local", **spec), endpoints)
+    assert local_ready_endpoints(entry, "n1") == count
 
 
 # -- properties ------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from l4_fakes import Route
 from test_l4_tcp import PATH, WAIT, closed_port, connect_expect_reset, relay, server, wait_for
 
 from netplane.l4 import splice
+from netplane.l4.pipes import POOL_SIZE, PipePool
 from netplane.l4.tcp import TcpProxy, TcpSettings
 
 pytestmark = pytest.mark.skipif(not splice.available(), reason="os.splice is not available here")
@@ -147,7 +148,7 @@ def test_no_descriptor_leaks_over_many_connections(run) -> None:
                 assert open_fds() <= before
                 assert loop.is_running()
                 # Pipes come back to the pool; the pool is bounded.
-                assert len(proxy._pipes._free) <= splice.POOL_SIZE
+                assert proxy.pipes.free <= POOL_SIZE
 
     run(main())
 
@@ -172,7 +173,7 @@ def test_splice_off_or_unavailable_uses_the_protocol_relay(run, monkeypatch) -> 
 
 
 def test_pipe_pool_keeps_only_empty_pipes() -> None:
-    pool = splice.PipePool(MiB, keep=1)
+    pool = PipePool(MiB, keep=1)
     a, b = pool.get(), pool.get()
     assert a[2] >= 4096 and a[0] != b[0]
     os.write(a[1], b"left over")
@@ -200,5 +201,53 @@ def test_listen_errors_are_clear_and_leave_nothing_behind(run) -> None:
             with pytest.raises(OSError, match=r"127\.0\.0\.1"):
                 await proxy.listen("127.0.0.1", port, lambda s, p: None)
             assert open_fds() == before and proxy.listeners == 0
+
+    run(main())
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accept_by_hand_gives_what_socket_accept_gives(run, host: str) -> None:
+    """Acceptor's hand-inlined accept (the C socket type) against socket.accept(): same socket."""
+
+    async def main() -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        lsock = socket.socket(family, socket.SOCK_STREAM)
+        lsock.bind((host, 0))
+        got: list[tuple] = []
+        acceptor = splice.Acceptor(
+            asyncio.get_running_loop(), [lsock], lambda *a: got.append(a), 16
+        )
+        clients = []
+        try:
+            clients.append(socket.create_connection(lsock.getsockname()[:2]))
+            await wait_for(lambda: len(got) == 1)
+            by_hand, peer, _ = got[0]
+            acceptor.close()  # the listening socket is closed with it
+            lsock = socket.socket(family, socket.SOCK_STREAM)
+            lsock.bind((host, 0))
+            lsock.listen(16)
+            clients.append(socket.create_connection(lsock.getsockname()[:2]))
+            stdlib, std_peer = lsock.accept()
+
+            def shape(sock: socket.socket, peer: tuple, client: socket.socket) -> tuple:
+                return (
+                    sock.family,
+                    sock.type,
+                    sock.proto,
+                    sock.gettimeout(),
+                    os.get_inheritable(sock.fileno()),
+                    peer == client.getsockname(),
+                    sock.getpeername() == client.getsockname(),
+                )
+
+            assert shape(by_hand, peer, clients[0]) == shape(stdlib, std_peer, clients[1])
+            by_hand.sendall(b"by hand")
+            assert clients[0].recv(16) == b"by hand"
+            by_hand.close()
+            stdlib.close()
+        finally:
+            lsock.close()
+            for c in clients:
+                c.close()
 
     run(main())

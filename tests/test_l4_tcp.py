@@ -362,6 +362,23 @@ def test_all_refused_resets_the_client_quickly(run) -> None:
     run(main())
 
 
+def test_retries_stop_after_connect_attempts(run) -> None:
+    """Three tries in all (FAST.connect_attempts) even though a fourth endpoint is left."""
+
+    async def main() -> None:
+        dead = [closed_port() for _ in range(4)]
+        async with relay(route := Route(*dead)) as (proxy, addr):
+            reader, writer = await asyncio.open_connection(*addr)
+            await expect_reset(reader)
+            writer.close()
+            await wait_for(lambda: proxy.connections == 0)
+            assert len(route.n_failed) == 3 and len(set(route.n_failed)) == 3
+            assert [len(exclude) for _, exclude in route.picks] == [0, 1, 2]
+            assert proxy.connect_failures == 3 and proxy.unreachable == 1
+
+    run(main())
+
+
 async def connect_expect_reset(addr: tuple, within: float) -> None:
     """Connect, then see a reset (which may come so fast that the connect reports it)."""
     try:

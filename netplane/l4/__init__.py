@@ -9,9 +9,16 @@ Layers, each its own module:
 - :mod:`.proxy_protocol` (sans-IO): the PROXY protocol v2 header.
 - :mod:`.flow_control`: pause one side's reading while the other's write
   buffer is above the high-water mark.
-- :mod:`.tcp` and :mod:`.udp`: the relays, thin asyncio Protocols.
+- :mod:`.tcp` and :mod:`.udp`: the relays, thin asyncio Protocols;
+  :mod:`.splice`: the zero-copy TCP relay on Linux, with its pipes in
+  :mod:`.pipes`. Both TCP relays see their proxy only through
+  :class:`.relay_host.RelayHost`, and take its routing steps (first
+  endpoint, connect retry); :mod:`.relay_shared` holds what all three
+  relays share.
 - :mod:`.routes` and :mod:`.proxy`: which frontend address goes to which
   service port, listeners that follow the ServiceTable, and draining.
+- :mod:`.healthcheck`: kube-proxy's healthCheckNodePort servers, and the
+  proxy's own health that they report.
 
 The contract between the relays and the rest is :class:`Route` below: the
 relays ask it for a target per new connection or flow, and report opens,

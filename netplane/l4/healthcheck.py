@@ -18,13 +18,24 @@ one tab per level (here shown with spaces), byte for byte kube-proxy's::
         "serviceProxyHealthy": true
     }
 
+``serviceProxyHealthy`` is the proxy's own health (:class:`ProxyHealth`),
+decided as kube-proxy's proxier health server decides it
+(pkg/proxy/healthcheck/proxier_health.go): healthy while no change waits to
+reach the listeners, or while the oldest waiting change is younger than
+the health timeout (kube-proxy's ``healthTimeout``, twice its 30 s
+``syncPeriod``: 60 s). netplane adds one rule: a proxy that is draining
+(shutting down while open connections finish) is unhealthy, so a load
+balancer moves away from the node before its listeners go. An unhealthy
+proxy fails every service's check with 503, whatever its endpoints.
+
 Layers:
 
 - Sans-IO: :func:`wanted_port` (does a service get a health check, on which
   port), :func:`local_ready_endpoints` (kube-proxy's count: distinct
   addresses of ready endpoints on this node, over all ports),
-  :func:`health_response` (service and count to status, headers, body),
-  :func:`parse_request_line` and :func:`render`.
+  :func:`health_response` (service, count and proxy health to status,
+  headers, body), :class:`ProxyHealth` (pending changes and draining, with
+  an injected clock), :func:`parse_request_line` and :func:`render`.
 - :class:`_Probe`, an ``asyncio.Protocol`` per connection: it reads the
   request head (at most :data:`MAX_HEAD` bytes, within :data:`HEAD_TIMEOUT`
   seconds), answers once with ``Connection: close`` and closes.
@@ -39,9 +50,11 @@ Layers:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from email.utils import formatdate
 from typing import Any
 
@@ -54,6 +67,10 @@ log = logging.getLogger("netplane.l4.healthcheck")
 MAX_HEAD = 8192
 #: Seconds a client has to send its request head before it is closed.
 HEAD_TIMEOUT = 10.0
+
+#: Seconds a change may wait to reach the listeners before the proxy is unhealthy
+#: (kube-proxy's healthTimeout: twice its default iptables syncPeriod of 30 s).
+HEALTH_TIMEOUT = 60.0
 
 HEALTH_TYPES = ("LoadBalancer", "NodePort")
 
@@ -116,17 +133,77 @@ def health_response(
         ("X-Content-Type-Options", "nosniff"),
         ("X-Load-Balancing-Endpoint-Weight", str(local_endpoints)),
     )
-    body = (
-        "{\n"
-        '\t"service": {\n'
-        f'\t\t"namespace": {json.dumps(ns)},\n'
-        f'\t\t"name": {json.dumps(name)}\n'
-        "\t},\n"
-        f'\t"localEndpoints": {local_endpoints},\n'
-        f'\t"serviceProxyHealthy": {"true" if proxy_healthy else "false"}\n'
-        "}"
-    )
-    return status, headers, body.encode()
+    body = {
+        "service": {"namespace": ns, "name": name},
+        "localEndpoints": local_endpoints,
+        "serviceProxyHealthy": proxy_healthy,
+    }
+    # indent="\t": kube-proxy's layout, one tab per level, byte for byte
+    return status, headers, json.dumps(body, indent="\t").encode()
+
+
+class ProxyHealth:
+    """The proxy's own health, as kube-proxy's proxier health server keeps it.
+
+    :meth:`queued` when a change arrives for the listeners (kube-proxy's
+    ``QueuedUpdate``), :meth:`updated` once every change received so far
+    has reached them (``Updated``). Healthy while nothing is pending, or
+    while the oldest pending change is younger than ``timeout``; never while
+    ``is_draining()`` says the proxy is shutting down. Before the first
+    change it is healthy, as kube-proxy is while it starts. ``clock``
+    returns seconds since the epoch (injected by tests).
+    """
+
+    def __init__(
+        self,
+        timeout: float = HEALTH_TIMEOUT,
+        *,
+        is_draining: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if timeout <= 0:
+            raise ValueError("ProxyHealth: timeout must be positive")
+        self.timeout = timeout
+        self.is_draining = is_draining
+        self.clock = clock
+        #: when the oldest change not yet applied arrived; None when none waits
+        self.oldest_pending: float | None = None
+        #: when every change received had last reached the listeners; None before that
+        self.last_updated: float | None = None
+
+    def queued(self) -> None:
+        """A change arrived that the listeners do not show yet."""
+        if self.oldest_pending is None:
+            self.oldest_pending = self.clock()
+
+    def updated(self) -> None:
+        """Every change received so far has reached the listeners."""
+        self.oldest_pending = None
+        self.last_updated = self.clock()
+
+    def healthy(self) -> bool:
+        if self.is_draining():
+            return False
+        pending = self.oldest_pending
+        return pending is None or self.clock() - pending < self.timeout
+
+    def debug_state(self) -> dict[str, Any]:
+        """kube-proxy's /healthz fields (RFC 3339 times) beside the verdict, for /debug/state."""
+        now = self.clock()
+        return {
+            "serviceProxyHealthy": self.healthy(),
+            "draining": self.is_draining(),
+            "lastUpdated": _rfc3339(self.last_updated),
+            "oldestPending": _rfc3339(self.oldest_pending),
+            "currentTime": _rfc3339(now),
+            "healthTimeout": self.timeout,
+        }
+
+
+def _rfc3339(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat().replace("+00:00", "Z")
 
 
 def parse_request_line(head: bytes) -> str | None:
@@ -201,7 +278,10 @@ class _Probe(asyncio.Protocol):
         if method is None:
             self._answer(_error(400))
             return
-        status, headers, body = health_response(self._check.key, self._check.local_endpoints)
+        check = self._check
+        status, headers, body = health_response(
+            check.key, check.local_endpoints, proxy_healthy=check.proxy.healthy()
+        )
         self._answer(
             render(
                 status,
@@ -233,10 +313,19 @@ class _Probe(asyncio.Protocol):
 class ServiceHealthCheck:
     """The health check of one service: a listener per node address, and its count."""
 
-    def __init__(self, key: ServiceKey, port: int, *, reuse_port: bool = False) -> None:
+    def __init__(
+        self,
+        key: ServiceKey,
+        port: int,
+        *,
+        reuse_port: bool = False,
+        proxy: ProxyHealth | None = None,
+    ) -> None:
         self.key = key
         self.port = port
         self.reuse_port = reuse_port
+        #: the proxy's own health, read by every probe
+        self.proxy = proxy or ProxyHealth()
         #: ready endpoints of the service on this node; read by every probe
         self.local_endpoints = 0
         self._servers: dict[str, asyncio.AbstractServer] = {}
@@ -285,12 +374,19 @@ class HealthChecks:
     """The health-check servers of all services, kept in line with the ServiceTable."""
 
     def __init__(
-        self, node_name: str, addresses: Sequence[str], *, reuse_port: bool = False
+        self,
+        node_name: str,
+        addresses: Sequence[str],
+        *,
+        reuse_port: bool = False,
+        proxy: ProxyHealth | None = None,
     ) -> None:
         self.node_name = node_name
         self.addresses = tuple(addresses)
         # with --workers N, every worker serves the same answer on a shared port
         self.reuse_port = reuse_port
+        #: the proxy's own health, shared by every service's check
+        self.proxy = proxy or ProxyHealth()
         self._checks: dict[ServiceKey, ServiceHealthCheck] = {}
 
     async def sync(self, key: ServiceKey, entry: ServiceEntry | None) -> None:
@@ -304,7 +400,9 @@ class HealthChecks:
         if port is None or entry is None:
             return
         if check is None:
-            check = self._checks[key] = ServiceHealthCheck(key, port, reuse_port=self.reuse_port)
+            check = self._checks[key] = ServiceHealthCheck(
+                key, port, reuse_port=self.reuse_port, proxy=self.proxy
+            )
         check.local_endpoints = local_ready_endpoints(entry, self.node_name)
         await check.listen(self.addresses)
 
@@ -312,9 +410,6 @@ class HealthChecks:
         for check in self._checks.values():
             check.close()
         self._checks.clear()
-
-    def get(self, key: ServiceKey) -> ServiceHealthCheck | None:
-        return self._checks.get(key)
 
     def debug_state(self) -> list[dict[str, Any]]:
         return [

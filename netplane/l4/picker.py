@@ -158,7 +158,6 @@ class Picker:
         self.policy = default_policy
         self.policy_problem: str | None = None
         self._least = False
-        self._local_count = 0
         # Every target of the port in the current table, ready or not.
         self._all: frozenset[Target] = frozenset()
         # Session affinity: client IP -> entry, least recently used first.
@@ -198,7 +197,6 @@ class Picker:
         pna = svc.publish_not_ready_addresses
         ready = backends if pna else [b for b in backends if b.ready]
         local_ready = [b for b in ready if node_name and b.node_name == node_name]
-        self._local_count = len(local_ready)
 
         def cluster() -> list[Backend]:
             if ready:
@@ -386,10 +384,6 @@ class Picker:
     def candidates(self, *, external: bool) -> tuple[Target, ...]:
         """The current candidate list, in round-robin order."""
         return (self._external if external else self._internal).targets
-
-    def local_endpoint_count(self) -> int:
-        """Ready endpoints on this node (the body of kube-proxy's healthCheckNodePort)."""
-        return self._local_count
 
     def affinity_entries(self) -> int:
         """Session affinity entries held, expired ones not yet pruned included."""

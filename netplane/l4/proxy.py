@@ -21,6 +21,13 @@ wildcard and serves every node address.
 
 Two services claiming the same frontend (an externalIP, say): the first
 keeps it and the second is logged.
+
+Health. Each change the proxy receives is queued in its :class:`ProxyHealth`
+and marked updated once it (and every change after it) reached the
+listeners; a change that fails to apply is retried with the next one, and
+the proxy reports itself unhealthy (``serviceProxyHealthy: false`` in every
+health check) once a change has waited longer than ``health_timeout``, and
+while it drains.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from netplane.addresses import hostport
-from netplane.l4.healthcheck import HealthChecks
+from netplane.l4.healthcheck import HEALTH_TIMEOUT, HealthChecks, ProxyHealth
 from netplane.l4.node_routes import NodeRoutes
 from netplane.l4.picker import NodeInfo, Picker
 from netplane.l4.routes import FrontendKey, PortRoute, frontends_of
@@ -77,6 +84,7 @@ class L4Proxy:
         service_cidrs: Sequence[Any] = (),
         shared_listeners: bool | None = None,
         workers: int = 1,
+        health_timeout: float = HEALTH_TIMEOUT,
     ) -> None:
         self._dp = dataplane
         # Node mode: AnyIP routes (netplane.addresses.LocalRoutes) that make the
@@ -103,9 +111,12 @@ class L4Proxy:
         self._socket_of: dict[FrontendKey, SocketKey] = {}
         # wildcards the host already holds an address of; never retried
         self._host_ports: set[SocketKey] = set()
-        # healthCheckNodePort servers of externalTrafficPolicy Local services
+        # The proxy's own health (pending changes, draining), and the
+        # healthCheckNodePort servers of externalTrafficPolicy Local services.
+        self._closing = False
+        self.health = ProxyHealth(health_timeout, is_draining=self._draining)
         self.health_checks = HealthChecks(
-            node_name, self.nodeport_addresses, reuse_port=workers > 1
+            node_name, self.nodeport_addresses, reuse_port=workers > 1, proxy=self.health
         )
         # With --workers N every worker binds each listener with SO_REUSEPORT,
         # and a filter keeps each client address on one worker (see steer.py).
@@ -113,6 +124,8 @@ class L4Proxy:
         self._stream: Any = None
         self._task: Any = None
         self._syncing = False
+        # services of a change that failed to apply, tried again with the next one
+        self._retry: set[ServiceKey] = set()
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -122,17 +135,29 @@ class L4Proxy:
             await self.node_routes.sync()
         if self._dp.ready:
             await self.sync(e.key for e in self._dp.table)
+            self.health.updated()
         self._task = asyncio.create_task(self._follow(), name="l4-proxy")
 
     async def _follow(self) -> None:
         async for change in self._stream:
+            self.health.queued()
             self._syncing = True
+            services = self._retry | change.services
             try:
-                await self.sync(change.services)
+                await self.sync(services)
             except Exception:
                 log.exception("L4 proxy update failed; keeping the previous listeners")
+                self._retry = services
+            else:
+                self._retry = set()
+                if not self._stream.pending:
+                    self.health.updated()
             finally:
                 self._syncing = False
+
+    def _draining(self) -> bool:
+        """Shutting down: close() has begun, or the dataplane's owner set ``draining``."""
+        return self._closing or bool(getattr(self._dp, "draining", False))
 
     async def settled(self, timeout: float = 2.0) -> None:
         """Return once every change seen so far has reached the listeners (or after ``timeout``)."""
@@ -143,15 +168,20 @@ class L4Proxy:
             await asyncio.sleep(0.001)
 
     async def close(self, grace: float) -> None:
-        """Stop accepting, let open TCP connections finish up to ``grace`` seconds."""
+        """Stop accepting, let open TCP connections finish up to ``grace`` seconds.
+
+        The health checks stay up meanwhile and answer 503: a load balancer
+        hears that this node is going rather than finding its port closed.
+        """
+        self._closing = True
         if self._task is not None:
             self._task.cancel()
         if self._stream is not None:
             self._stream.close()
         for key in list(self._socket_of):
             self._close_listener(key)
-        self.health_checks.close()
         await self.tcp.drain(grace)
+        self.health_checks.close()
         await self.tcp.close(0)
         await self.udp.close()
         if self.node_routes is not None:
@@ -406,8 +436,13 @@ class L4Proxy:
             "frontends": len(self._socket_of),
             "tcp_relay": "splice" if self.tcp.spliced else "protocol",
             "tcp_connections": self.tcp.connections,
+            "tcp_accepted": self.tcp.accepted,
+            "tcp_refused": self.tcp.refused,
+            "tcp_connect_failures": self.tcp.connect_failures,
+            "tcp_unreachable": self.tcp.unreachable,
             "udp_flows": self.udp.flows,
             "udp_dropped_overflow": self.udp.dropped_overflow,
+            "health": self.health.debug_state(),
             "health_checks": self.health_checks.debug_state(),
         }
 

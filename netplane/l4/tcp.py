@@ -5,6 +5,9 @@ zero-copy one of :mod:`.splice` (raw sockets, ``os.splice`` through a pipe
 per direction), everywhere else, or with ``TcpSettings(splice=False)``, the
 Protocol relay below. Both keep the same contract: backpressure, half-close,
 resets, the idle timeout, connect retries, PROXY v2 and route accounting.
+Both see the proxy only as a :class:`.relay_host.RelayHost` and take the
+routing steps of :mod:`.relay_host` (first endpoint, connect retry, close
+report); :mod:`.splice` does not import this module.
 
 Strategy of the Protocol relay:
 
@@ -21,7 +24,8 @@ Strategy of the Protocol relay:
 - Connecting runs in one task per connection: ``create_connection`` under
   ``connect_timeout``; a refused or timed-out attempt is reported with
   ``route.failed()`` and the next one goes to ``route.pick(exclude=tried)``,
-  up to ``connect_attempts``, then the client is reset. Bytes the client
+  up to ``connect_attempts``, then the client is reset
+  (:func:`.relay_host.retry_target`). Bytes the client
   sends meanwhile (uvloop delivers them before the upstream is up) are
   kept, bounded by ``max_buffered``, above which the client is paused.
 - The upstream is wired in its ``connection_made`` (route.opened, PROXY v2
@@ -47,57 +51,31 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
-from netplane.config import DEFAULTS
 from netplane.l4 import splice
-from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
+from netplane.l4.flow_control import PENDING_FULL, FlowControl
+from netplane.l4.pipes import PipePool
 from netplane.l4.proxy_protocol import header_for
-from netplane.l4.relay_shared import (
-    IDLE_TICKS,
-    LINGER_RST,
+from netplane.l4.relay_host import (
+    RelayConnection,
+    RelayHost,
+    Resolver,
+    TcpSettings,
     first_target,
-    fmt_addr,
-    next_target,
+    refuse,
     report_closed,
+    retry_target,
 )
+from netplane.l4.relay_shared import IDLE_TICKS, LINGER_RST, fmt_addr
 
 if TYPE_CHECKING:
     from netplane.l4 import Route, Target
 
+__all__ = ["Listener", "TcpProxy", "TcpSettings", "reset"]
+
 log = logging.getLogger("netplane.l4.tcp")
-
-Resolver = Callable[[tuple, tuple], "Route | None"]
-
-
-@dataclass(frozen=True, slots=True)
-class TcpSettings:
-    """Timeouts and buffer bounds of the TCP relay."""
-
-    #: seconds for one connect attempt to an endpoint
-    connect_timeout: float = DEFAULTS.connect_timeout
-    #: endpoints tried per client connection before it is reset
-    connect_attempts: int = 3
-    #: seconds without a byte either way before both sides are reset
-    idle_timeout: float = DEFAULTS.tcp_idle_seconds
-    #: write-buffer high-water mark per socket (the low-water mark is a quarter)
-    high_water: int = HIGH_WATER
-    #: client bytes kept while the upstream connection is being set up
-    max_buffered: int = 262144
-    #: relay with os.splice where the platform can (Linux); False: always the Protocol relay
-    splice: bool = DEFAULTS.tcp_relay == "splice"
-    #: bytes a splice pipe may grow to in a direction that fills it (where the pipe limits allow)
-    pipe_size: int = 1 << 20
-
-    def __post_init__(self) -> None:
-        if self.connect_timeout <= 0 or self.idle_timeout <= 0:
-            raise ValueError("TcpSettings: timeouts must be positive")
-        if self.connect_attempts < 1:
-            raise ValueError("TcpSettings: connect_attempts must be at least 1")
-        if self.high_water < 1 or self.max_buffered < 1 or self.pipe_size < 1:
-            raise ValueError("TcpSettings: high_water, max_buffered and pipe_size must be positive")
 
 
 def reset(transport: asyncio.BaseTransport) -> None:
@@ -109,16 +87,29 @@ def reset(transport: asyncio.BaseTransport) -> None:
     transport.abort()  # type: ignore[attr-defined]
 
 
+class _Server(Protocol):
+    """What a listener needs of its server: ``asyncio.Server``, or the splice relay's Acceptor."""
+
+    @property
+    def sockets(self) -> Sequence[socket.socket]: ...
+
+    def close(self) -> None: ...
+
+
 class Listener:
     """One listening socket of a :class:`TcpProxy`; ``resolve`` may be swapped at any time."""
 
-    __slots__ = ("_proxy", "_server", "resolve")
+    __slots__ = ("_on_close", "_server", "resolve")
 
-    def __init__(self, proxy: TcpProxy, resolve: Resolver) -> None:
-        self._proxy = proxy
-        self._server: asyncio.AbstractServer | None = None
+    def __init__(self, resolve: Resolver, on_close: Callable[[Listener], None]) -> None:
+        self._on_close = on_close
+        self._server: _Server | None = None
         #: ``resolve(sockname, peername) -> Route | None``, called once per accepted connection
         self.resolve = resolve
+
+    def serve(self, server: _Server) -> None:
+        """Take the server (or splice acceptor) that accepts for this listener."""
+        self._server = server
 
     @property
     def sockets(self) -> tuple[Any, ...]:
@@ -138,23 +129,27 @@ class Listener:
         if self._server is not None:
             self._server.close()
             self._server = None
-            self._proxy._listeners.discard(self)
+            self._on_close(self)
 
 
 class TcpProxy:
-    """Owns the TCP listeners and every relayed connection they accepted."""
+    """Owns the TCP listeners and every relayed connection they accepted.
+
+    The relays see it only as a :class:`.relay_host.RelayHost`.
+    """
 
     def __init__(self, settings: TcpSettings | None = None) -> None:
         self.settings = settings or TcpSettings()
         #: whether new listeners relay with os.splice (else through Protocols)
         self.spliced = self.settings.splice and splice.available()
-        self._pipes = splice.PipePool(self.settings.pipe_size)
+        #: empty pipes for the next spliced connection
+        self.pipes = PipePool(self.settings.pipe_size)
         self._reactor: splice.Reactor | None = None
         self._listeners: set[Listener] = set()
-        self._conns: set[_Connection | splice.SplicedConnection] = set()
+        self._conns: set[RelayConnection] = set()
         self._empty = asyncio.Event()
         self._empty.set()
-        # counters, for metrics
+        # counters, for /debug/state (per service port, the pickers count for /metrics)
         #: connections accepted
         self.accepted = 0
         #: connections reset because there was no route or no endpoint
@@ -189,7 +184,7 @@ class TcpProxy:
     ) -> Listener:
         """Listen on ``host:port`` (or the given bound ``sock``); raises OSError if it cannot."""
         loop = asyncio.get_running_loop()
-        listener = Listener(self, resolve)
+        listener = Listener(resolve, self._listeners.discard)
         if self.spliced:
             socks = (
                 [sock] if sock is not None else await splice.bind(host, port, reuse_port=reuse_port)
@@ -200,7 +195,9 @@ class TcpProxy:
             reactor, SplicedConnection = self._reactor, splice.SplicedConnection
 
             def accepted(client: Any, peer: Any, sockname: Any) -> None:
-                conn = SplicedConnection(self, listener, loop, reactor, client, peer, sockname)
+                conn = SplicedConnection(
+                    self, listener.resolve, loop, reactor, client, peer, sockname
+                )
                 try:
                     conn.start()
                 except Exception:
@@ -208,7 +205,7 @@ class TcpProxy:
                     conn.abort()
 
             try:
-                listener._server = splice.Acceptor(loop, socks, accepted, backlog)  # type: ignore[assignment]
+                listener.serve(splice.Acceptor(loop, socks, accepted, backlog))
             except BaseException:
                 for s in socks:
                     s.close()
@@ -217,7 +214,7 @@ class TcpProxy:
             return listener
 
         def factory() -> _Connection:
-            return _Connection(self, listener, loop)
+            return _Connection(self, listener.resolve, loop)
 
         if sock is not None:
             server = await loop.create_server(factory, sock=sock, backlog=backlog)
@@ -225,7 +222,7 @@ class TcpProxy:
             server = await loop.create_server(
                 factory, host, port, reuse_port=reuse_port or None, backlog=backlog
             )
-        listener._server = server
+        listener.serve(server)
         self._listeners.add(listener)
         return listener
 
@@ -253,17 +250,21 @@ class TcpProxy:
         for listener in list(self._listeners):
             listener.close()
         await self.drain(grace)
-        self._pipes.close()
+        self.pipes.close()
         if self._reactor is not None:
             self._reactor.close()
             self._reactor = None
 
-    def _add(self, conn: _Connection | splice.SplicedConnection) -> None:
+    # -- RelayHost: what the relays call -------------------------------------------
+
+    def add(self, conn: RelayConnection) -> None:
+        """``conn`` is open (counted as accepted); draining waits for it."""
         self._conns.add(conn)
         self._empty.clear()
         self.accepted += 1
 
-    def _remove(self, conn: _Connection | splice.SplicedConnection) -> None:
+    def remove(self, conn: RelayConnection) -> None:
+        """``conn`` is gone: both of its sockets are closed."""
         self._conns.discard(conn)
         if not self._conns:
             self._empty.set()
@@ -319,15 +320,15 @@ class _Connection(asyncio.Protocol):
         "_client_read",
         "_connecting",
         "_done",
+        "_host",
         "_idle_handle",
-        "_listener",
         "_loop",
         "_opened",
         "_peer",
         "_pending",
         "_pending_size",
-        "_proxy",
         "_quiet",
+        "_resolve",
         "_route",
         "_settings",
         "_sockname",
@@ -338,12 +339,12 @@ class _Connection(asyncio.Protocol):
         "_upstream_read",
     )
 
-    def __init__(self, proxy: TcpProxy, listener: Listener, loop: asyncio.AbstractEventLoop):
+    def __init__(self, host: RelayHost, resolve: Resolver, loop: asyncio.AbstractEventLoop):
         # global
-        self._proxy = proxy
-        self._listener = listener
+        self._host = host
+        self._resolve = resolve
         self._loop = loop
-        self._settings = proxy.settings
+        self._settings = host.settings
         # the two sockets
         self._client: asyncio.Transport | None = None
         self._upstream: asyncio.Transport | None = None
@@ -390,20 +391,14 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._client = transport
-        self._proxy._add(self)
+        self._host.add(self)
         transport.set_write_buffer_limits(high=self._settings.high_water)
         self._client_read = FlowControl(transport)
         self._peer = transport.get_extra_info("peername") or ()
         self._sockname = transport.get_extra_info("sockname") or ()
-        route, target = first_target(self._listener.resolve, self._sockname, self._peer)
+        route, target = first_target(self._resolve, self._sockname, self._peer)
         if route is None or target is None:
-            self._proxy.refused += 1
-            log.debug(
-                "TCP %s from %s: no %s, resetting",
-                fmt_addr(self._sockname),
-                fmt_addr(self._peer),
-                "route" if route is None else "endpoint",
-            )
+            refuse(self._host, route is None, self._sockname, self._peer)
             reset(transport)
             return
         self._route = route
@@ -465,7 +460,7 @@ class _Connection(asyncio.Protocol):
         assert route is not None
         s = self._settings
         tried: list[Target] = []
-        for attempt in range(1, s.connect_attempts + 1):
+        for _ in range(s.connect_attempts):
             self._target = target
             try:
                 async with asyncio.timeout(s.connect_timeout):
@@ -476,35 +471,21 @@ class _Connection(asyncio.Protocol):
             except Exception as e:
                 if self._upstream is not None:
                     return  # wired, then cancelled on the way out: the transport is closing
-                self._proxy.connect_failures += 1
-                if isinstance(e, OSError | TimeoutError):
-                    log.debug(
-                        "TCP %s: connect to %s failed: %s",
-                        fmt_addr(self._sockname),
-                        fmt_addr((target.address, target.port)),
-                        e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__,
-                    )
+                if isinstance(e, OSError) and e.strerror:
+                    reason = e.strerror
                 else:
-                    log.exception(
-                        "TCP %s: connect to %s failed",
-                        fmt_addr(self._sockname),
-                        fmt_addr((target.address, target.port)),
-                    )
-            route.failed(target)
-            tried.append(target)
-            if attempt == s.connect_attempts:
+                    reason = type(e).__name__
+                    if not isinstance(e, OSError | TimeoutError):
+                        log.exception(
+                            "TCP %s: connect to %s failed",
+                            fmt_addr(self._sockname),
+                            fmt_addr((target.address, target.port)),
+                        )
+            nxt = retry_target(self._host, route, target, tried, self._peer, self._sockname, reason)
+            if nxt is None:
                 break
-            target = next_target(route, self._peer, tried, self._sockname)
-            if target is None:
-                break
+            target = nxt
         self._connecting = None
-        self._proxy.unreachable += 1
-        log.debug(
-            "TCP %s from %s: no endpoint answered after %d attempts, resetting",
-            fmt_addr(self._sockname),
-            fmt_addr(self._peer),
-            len(tried),
-        )
         self._pending = None
         if self._client is not None and not self._client_lost:
             reset(self._client)
@@ -584,7 +565,7 @@ class _Connection(asyncio.Protocol):
         if self._opened:
             self._opened = False
             report_closed(self._route, self._target, self._sockname)  # type: ignore[arg-type]
-        self._proxy._remove(self)
+        self._host.remove(self)
 
     def abort(self) -> None:
         """Reset both sides now (idle timeout, end of a drain)."""
