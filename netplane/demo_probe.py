@@ -18,6 +18,7 @@ because the L4 listeners bind just after the table is built.
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 import ipaddress
 import json
@@ -438,7 +439,7 @@ async def probe(all_tries: Iterable[Try], *, deadline: float = DEADLINE) -> list
     """Run every check in turn (each retried until ``deadline`` seconds), one Result each."""
     results = []
     for t in all_tries:
-        ok, detail = await _until(lambda t=t: _run_check(t.check), deadline)
+        ok, detail = await _until(functools.partial(_run_check, t.check), deadline)
         results.append(Result(t.what, t.where, ok, detail))
     return results
 

@@ -538,7 +538,7 @@ async def proxy_with_a_health_check() -> AsyncIterator[tuple[Dataplane, L4Proxy,
     """A Dataplane and its L4Proxy (node-a) serving one Local service's health check."""
     node_port = free_node_port()
     hc_port = free_node_port({node_port})
-    dp = Dataplane(build({}, {"mode": "local", "admin": None}))
+    dp = Dataplane(build({}, {"mode": "local", "admin": None}), serve=False)
     svc_obj = local_service(node_port, hc_port)
     svc_obj["spec"]["clusterIP"] = "127.77.0.41"
     dp.apply(svc_obj)

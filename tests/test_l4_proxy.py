@@ -37,7 +37,7 @@ async def reset_or_eof(host: str, port: int) -> None:
 async def test_tcp_counters_show_refused_and_unreachable_connections(relay: str) -> None:
     if relay == "splice" and not splice.available():
         pytest.skip("os.splice is not available here")
-    dp = Dataplane(build({}, {"mode": "local", "admin": None}))
+    dp = Dataplane(build({}, {"mode": "local", "admin": None}), serve=False)
     dp.apply(
         {
             "apiVersion": "v1",
