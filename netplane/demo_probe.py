@@ -18,8 +18,8 @@ because the L4 listeners bind just after the table is built.
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 import ipaddress
 import json
 import ssl
