@@ -136,9 +136,10 @@ class AnswerCache:
             if have is None:
                 by_name[name] = key
             elif have.__class__ is set:
-                have.add(key)  # type: ignore[union-attr]
+                have.add(key)
             elif have != key:
-                by_name[name] = {have, key}  # type: ignore[arg-type]
+                # bytes here: mypy narrows on `__class__ is set` only where it holds
+                by_name[name] = {have, key}  # type: ignore[arg-type]  # not a set (above)
         return True
 
     def invalidate(self, names: Iterable[str]) -> int:
@@ -148,7 +149,7 @@ class AnswerCache:
             keys = self._by_name.pop(name, None)
             if keys is None:
                 continue
-            for key in (keys,) if keys.__class__ is bytes else keys:  # type: ignore[union-attr]
+            for key in (keys,) if isinstance(keys, bytes) else keys:
                 if self._drop(key):
                     dropped += 1
         self.invalidated += dropped
@@ -181,9 +182,9 @@ class AnswerCache:
             if keys is None:
                 continue
             if keys.__class__ is set:
-                keys.discard(key)  # type: ignore[union-attr]
+                keys.discard(key)
                 if len(keys) == 1:
-                    by_name[name] = next(iter(keys))  # type: ignore[arg-type]
+                    by_name[name] = next(iter(keys))
             elif keys == key:
                 del by_name[name]
         return True

@@ -129,7 +129,7 @@ class DnsServer:
     async def _forward(self, job: Forward, send: Any, started: float) -> None:
         try:
             upstream = await self.forwarder.resolve(job.query, job.key)
-            reply = self.responder.finish(job, upstream)
+            reply: bytes | None = self.responder.finish(job, upstream)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -174,8 +174,8 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         if not isinstance(result, Forward):
             self.sendto(result, addr)
             return
-        transport = self.transport
-        self.server.forward(result, lambda reply: transport.sendto(reply, addr))
+        sendto = self.sendto  # the transport's, set with it in connection_made
+        self.server.forward(result, lambda reply: sendto(reply, addr))
 
     def error_received(self, exc: Exception) -> None:
         pass  # an ICMP error for an earlier reply: nothing to do

@@ -102,7 +102,9 @@ def reverse_zones(cidrs: Iterable[IPNetwork]) -> list[str]:
     for net in cidrs:
         step, bits = (8, 32) if net.version == 4 else (4, 128)
         boundary = -(-net.prefixlen // step) * step
-        subnets = [net] if boundary == net.prefixlen else list(net.subnets(new_prefix=boundary))
+        subnets: list[IPNetwork] = (
+            [net] if boundary == net.prefixlen else list(net.subnets(new_prefix=boundary))
+        )
         for sub in subnets:
             labels = sub.network_address.reverse_pointer.split(".")
             drop = (bits - boundary) // step
@@ -273,7 +275,9 @@ class Zone:
         if owners is not None:
             if owners.__class__ is list:
                 return _merge(self._derive(o, self._by_service[o])[name] for o in owners)
-            return self._derive(owners, self._by_service[owners])[name]  # type: ignore[index]
+            # A single ServiceKey here. mypy narrows on `__class__ is list` only
+            # where it holds; isinstance() would narrow both ways, at a cost per query.
+            return self._derive(owners, self._by_service[owners])[name]  # type: ignore[arg-type, index]  # not a list (above)
         if name in self.apex_names:
             return {SOA: (self.soa(name),), NS: (f"ns.dns.{self.domain}",)}
         domain = self.domain
@@ -361,11 +365,11 @@ class Zone:
             if name not in new:
                 if owners is None:
                     continue
-                if owners.__class__ is list:
+                if isinstance(owners, list):
                     if sk in owners:
-                        owners.remove(sk)  # type: ignore[union-attr]
+                        owners.remove(sk)
                     if len(owners) == 1:
-                        names[name] = owners[0]  # type: ignore[index]
+                        names[name] = owners[0]
                     continue
                 if owners != sk:
                     continue
@@ -376,11 +380,11 @@ class Zone:
                 self._count_ancestors(name, +1, changed)
             # Owners in key order, so that a shared name answers the same
             # whatever order its services came in.
-            elif owners.__class__ is list:
+            elif isinstance(owners, list):
                 if sk not in owners:
-                    bisect.insort(owners, sk)  # type: ignore[type-var]
+                    bisect.insort(owners, sk)
             elif owners != sk:
-                names[name] = sorted([owners, sk])  # type: ignore[list-item, type-var]
+                names[name] = sorted([owners, sk])
         if changed:
             self.serial += 1
             changed.update(self.dependency_names())

@@ -135,7 +135,7 @@ _forward = fast_constructor(Forward)
 # The lookup cache: Host header -> request target -> location (None: 404).
 # Repeated requests (the same pages, health checks, a benchmark) skip the
 # host and path matching; its size is bounded, and long targets are not kept.
-_MISS = object()
+# Its "not cached" sentinel, _MISS, is defined with _Location below.
 _CACHE_MAX_ENTRIES = 8192
 _CACHE_MAX_TARGET = 256
 
@@ -328,6 +328,10 @@ class _Location:
         self.plain_http = common and not self.ssl_redirect
 
 
+# A Prefix location as (key, key + "/", location), a regex one as (None, pattern, location).
+_ScanEntry = tuple[str, str, _Location] | tuple[None, re.Pattern[str], _Location]
+
+
 class _Host:
     """The locations of one rule host."""
 
@@ -338,7 +342,7 @@ class _Host:
         self.exact: dict[str, _Location] = {}
         # Prefix locations as (key, key + "/", location) and regex ones as
         # (None, pattern, location), longest first.
-        self.scan: tuple[tuple[str | None, object, _Location], ...] = ()
+        self.scan: tuple[_ScanEntry, ...] = ()
         self.default: _Location | None = None
         self.tls = False
 
@@ -348,6 +352,10 @@ class _Host:
 # answers BAD_PATH first.
 _REFUSED = _Location()
 _REFUSED.plain_http = _REFUSED.plain_https = False
+
+# The lookup cache's "not cached": a _Location of its own, never stored nor
+# returned, so that route()'s `loc` has one type without a check per request.
+_MISS = _Location()
 
 
 # -- the table -------------------------------------------------------------------
@@ -402,8 +410,8 @@ class RouteTable:
         self._ingress_problems = {}
         self._host_ingresses = {}
         for obj in state.objects("Ingress"):
-            if self._selector.selects(obj):  # type: ignore[arg-type]
-                self._add_ingress(obj)  # type: ignore[arg-type]
+            if self._selector.selects(obj):
+                self._add_ingress(obj)
         self._tls_patterns = self._compute_tls()
         self._hosts = {}
         self._forget()
@@ -437,9 +445,8 @@ class RouteTable:
             if key.kind != "Ingress":
                 continue
             old = self._ingresses.get(key)
-            new = state.get(key)
-            if new is not None and not self._selector.selects(new):  # type: ignore[arg-type]
-                new = None
+            obj = state.get(key)
+            new = obj if isinstance(obj, Ingress) and self._selector.selects(obj) else None
             if old is None and new is None:
                 continue
             ingresses_changed = True
@@ -451,7 +458,7 @@ class RouteTable:
             if old is not None:
                 self._remove_ingress(old)
             if new is not None:
-                self._add_ingress(new)  # type: ignore[arg-type]
+                self._add_ingress(new)
         if ingresses_changed:
             self._forget()
             tls = self._compute_tls()
@@ -674,7 +681,7 @@ class RouteTable:
             loc.canary = _Canary(
                 ing.key, self._pool(ing.key.namespace, backend, old), ann.backend_https, ann.canary
             )
-        scan: list[tuple[int, int, tuple[str | None, object, _Location]]] = []
+        scan: list[tuple[int, int, _ScanEntry]] = []
         for (kind, key), (loc, _) in owners.items():
             loc.finish()
             if kind == "Exact":
@@ -682,6 +689,7 @@ class RouteTable:
             elif kind == "Prefix":
                 scan.append((len(key), 1, (key, key + "/", loc)))
             else:
+                assert loc.regex is not None  # a Regex location: compiled, or skipped above
                 scan.append((len(key), 0, (None, loc.regex, loc)))
         # Longest first; on equal length a Prefix before a regex, then by path.
         scan.sort(key=lambda s: (-s[0], -s[1], s[2][2].path))
@@ -757,7 +765,7 @@ class RouteTable:
         if loc is None:
             return NOT_FOUND
         if loc.plain_https if https else loc.plain_http:
-            pool: _Pool = loc.pool  # type: ignore[assignment]
+            pool: _Pool = loc.pool  # type: ignore[assignment]  # plain: it has a pool
             rotations = pool.rotations
             if rotations:  # _Pool.next(), inlined
                 i = pool.cursor
@@ -806,11 +814,13 @@ class RouteTable:
         loc = h.exact.get(p)
         if loc is not None:
             return loc
+        # A _ScanEntry's key and pattern go together; unpacked, mypy no longer
+        # ties the pattern's type to the key's test (indexing would cost more).
         for key, pattern, candidate in h.scan:
             if key is not None:
-                if p == key or p.startswith(pattern):  # type: ignore[arg-type]
+                if p == key or p.startswith(pattern):  # type: ignore[arg-type]  # str when key is
                     return candidate
-            elif pattern.match(p):  # type: ignore[union-attr]
+            elif pattern.match(p):  # type: ignore[union-attr]  # Pattern when key is None
                 return candidate
         return h.default or self._default
 
@@ -860,8 +870,8 @@ class RouteTable:
             port = "" if self.https_port == 443 else f":{self.https_port}"
             hostname = split_host(host) or "localhost"
             if not target.startswith("/"):  # absolute-form: keep its path and query
-                scheme = target.find("://")
-                slash = target.find("/", scheme + 3) if scheme >= 0 else -1
+                colon = target.find("://")
+                slash = target.find("/", colon + 3) if colon >= 0 else -1
                 target = target[slash:] if slash >= 0 else "/"
             return Redirect(
                 308, f"https://{hostname}{port}{target}".encode(), loc.ingress, loc.host

@@ -19,10 +19,10 @@ import dataclasses
 import ipaddress
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -226,6 +226,10 @@ def default_mode() -> str:
 
 
 # Config-file key -> (Config field, converter). Converters take (value, setting, base dir).
+_T = TypeVar("_T")
+Converter = Callable[[Any, str, Path], _T]
+
+
 def _bool(v: Any, setting: str, _base: Path) -> bool:
     if isinstance(v, bool):
         return v
@@ -247,15 +251,15 @@ def _path(v: Any, setting: str, base: Path) -> str:
     return str(p if p.is_absolute() else base / p)
 
 
-def _list(conv):
-    def inner(v: Any, setting: str, base: Path) -> tuple:
+def _list(conv: Converter[_T]) -> Converter[tuple[_T, ...]]:
+    def inner(v: Any, setting: str, base: Path) -> tuple[_T, ...]:
         items = v if isinstance(v, list) else [v]
         return tuple(conv(i, setting, base) for i in items)
 
     return inner
 
 
-def _choice(choices: tuple[str, ...]):
+def _choice(choices: tuple[str, ...]) -> Converter[str]:
     def inner(v: Any, setting: str, _base: Path) -> str:
         s = str(v).lower()
         if s not in choices:
@@ -285,7 +289,7 @@ def _listen(v: Any, setting: str, _base: Path) -> Listen | None:
     return parse_listen(str(v), setting)
 
 
-def _int_in(lo: int, hi: int):
+def _int_in(lo: int, hi: int) -> Converter[int]:
     def inner(v: Any, setting: str, _base: Path) -> int:
         if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, str) and v.isdigit())):
             raise ConfigError(f"{setting}: {v!r} is not a whole number")
@@ -412,7 +416,7 @@ def _header_bytes(v: Any, setting: str, _base: Path) -> int:
     return n
 
 
-KEYS: dict[str, tuple[str, Any]] = {
+KEYS: dict[str, tuple[str, Converter[Any]]] = {
     "files": ("files", _list(_path)),
     "kubeconfig": ("kubeconfig", _path),
     "context": ("context", _str),

@@ -48,19 +48,26 @@ def sources_for(cfg: Config) -> list[Source]:
 
         sources.append(ManifestSource(cfg.files, poll_interval=cfg.manifest_poll_seconds))
     if cfg.uses_api:
-        from netplane.sources.kube import DEFAULT_KINDS, KubeSource
+        from netplane.sources.kube import (
+            DEFAULT_KINDS,
+            KubeSource,
+            in_cluster_config,
+            load_kubeconfig,
+        )
 
-        kw = {
-            # Nodes only when we know which one is ours (its zone picks topology hints).
-            "resources": (*DEFAULT_KINDS, "Node") if cfg.node_name else DEFAULT_KINDS,
-            "namespace": cfg.namespace,
-            "label_selector": cfg.label_selector,
-            "node_name": cfg.node_name or None,
-        }
-        if cfg.in_cluster:
-            sources.append(KubeSource.in_cluster(**kw))
-        else:
-            sources.append(KubeSource.from_kubeconfig(cfg.kubeconfig, context=cfg.context, **kw))
+        cluster = (
+            in_cluster_config() if cfg.in_cluster else load_kubeconfig(cfg.kubeconfig, cfg.context)
+        )
+        sources.append(
+            KubeSource(
+                cluster,
+                # Nodes only when we know which one is ours (its zone picks topology hints).
+                resources=(*DEFAULT_KINDS, "Node") if cfg.node_name else DEFAULT_KINDS,
+                namespace=cfg.namespace,
+                label_selector=cfg.label_selector,
+                node_name=cfg.node_name or None,
+            )
+        )
     return sources
 
 

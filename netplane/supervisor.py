@@ -75,6 +75,12 @@ class WorkerSlot:
     stream: Any = None  # the changes still to send this worker
     answers: dict[int, asyncio.Future] = field(default_factory=dict)
 
+    def begin_run(self) -> None:
+        """A new run starts: its clock, and no failure yet (a method, so a
+        type checker does not take the reset for the value after the run)."""
+        self.started_at = time.monotonic()
+        self.failure = None
+
     def describe(self) -> dict[str, Any]:
         return {
             "index": self.index,
@@ -191,12 +197,19 @@ class WorkerPool:
 
     # -- one worker, for ever --------------------------------------------------
 
+    def _winding_down(self) -> bool:
+        """True once stop() began or the pool gave up: no worker (re)starts.
+
+        A method, not the expression inline: both flags change while
+        ``_keep`` awaits, which a type checker's narrowing does not see.
+        """
+        return self._stopping or self.failure is not None
+
     async def _keep(self, slot: WorkerSlot) -> None:
         await self.dp.wait_ready()
         backoff = Backoff(*_RESTART_DELAY, jitter=0.0)
-        while not self._stopping and self.failure is None:
-            slot.started_at = time.monotonic()
-            slot.failure = None
+        while not self._winding_down():
+            slot.begin_run()
             try:
                 code = await self._run_once(slot)
             except asyncio.CancelledError:
@@ -210,7 +223,7 @@ class WorkerPool:
                 if not fut.done():
                     fut.cancel()
             slot.answers.clear()
-            if self._stopping or self.failure is not None:
+            if self._winding_down():
                 return
             slot.failed_starts = 0 if served else slot.failed_starts + 1
             if slot.failure is not None and not self._all_started:

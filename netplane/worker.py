@@ -86,9 +86,12 @@ class Worker:
         release_free_memory()
         await self.channel.send(("ready", os.getpid()))
         stop = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().add_signal_handler(
-            signal.SIGTERM, lambda: stop.done() or stop.set_result(self.grace)
-        )
+
+        def on_sigterm() -> None:
+            if not stop.done():
+                stop.set_result(self.grace)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
         reader = asyncio.create_task(self._follow(stop))
         try:
             grace = await stop
