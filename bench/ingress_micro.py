@@ -144,7 +144,7 @@ async def measure(n: int, warmup: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("-n", type=int, default=20000, help="requests measured per repeat")
-    ap.add_argument("-r", type=int, default=3, help="repeats (the best is reported)")
+    ap.add_argument("-r", type=int, default=5, help="repeats (the best is reported)")
     ap.add_argument("--warmup", type=int, default=2000)
     args = ap.parse_args()
     best = min(uvloop.run(measure(args.n, args.warmup)) for _ in range(args.r))

@@ -168,20 +168,29 @@ class Exchange(ExchangeState):
     )
 
     def __init__(
-        self, client: ClientSide, t0: float, target: bytes = b"", head: RequestHead | None = None
+        self,
+        client: ClientSide,
+        t0: float,
+        target: bytes = b"",
+        head: RequestHead | None = None,
+        method: bytes = b"",
+        http10: bool = False,
+        keep_alive: bool = True,
+        upgrade: bool = False,
     ) -> None:
+        """A request whose head is complete (``t0``: monotonic, when its first byte arrived)."""
         self.request_state = BODY
         self.response_state = IDLE
         self.client = client
-        #: monotonic time of the request's first byte
         self.t0 = t0
         self.target = target
         self.head = head if head is not None else RequestHead()
-        self.method = b""
-        self.http10 = False
+        self.method = method
+        self.http10 = http10
         #: the client connection may carry on after this exchange
-        self.keep_alive = True
-        self.upgrade = False
+        self.keep_alive = keep_alive
+        #: the client asked to switch protocols (Upgrade)
+        self.upgrade = upgrade
         self.decision: Any = None
         #: (status, message, location) of an answer made without an upstream
         self.answer: tuple[int, bytes | None, bytes | None] | None = None
@@ -211,12 +220,8 @@ class Exchange(ExchangeState):
 
     # -- driven by the client protocol ----------------------------------------------------
 
-    def route(self, method: bytes, http10: bool, keep_alive: bool, upgrade: bool) -> None:
-        """The request head is complete: ask the route table what to do with it."""
-        self.method = method
-        self.http10 = http10
-        self.keep_alive = keep_alive
-        self.upgrade = upgrade
+    def route(self) -> None:
+        """Ask the route table what to do with the request (once, before :meth:`start`)."""
         head = self.head
         target = self.target
         if target[:1] != b"/":
@@ -332,8 +337,7 @@ class Exchange(ExchangeState):
             else:
                 self.pending.append(b"0\r\n\r\n")
         if self.response_state is DONE:
-            self._log(now)
-            self.client.exchange_over(self, now)
+            self._log(now, True)
 
     def client_lost(self) -> None:
         """The client connection is gone: drop the upstream, log what was not answered."""
@@ -346,7 +350,7 @@ class Exchange(ExchangeState):
         if state is not ABORTED:
             self.to(ABORT)
         self.status = self.status or 499  # nginx's "client closed the request"
-        self._log(monotonic())
+        self._log(monotonic(), False)
 
     def sweep(self, now: float) -> bool:
         """Enforce the upstream timeouts (proxy-send and proxy-read); True when one fired."""
@@ -468,11 +472,9 @@ class Exchange(ExchangeState):
         self.bytes_out = up.body_bytes
         # A request still being written leaves the upstream stream unsure.
         received = self.request_state is RECEIVED
-        up.release(reusable=received)
+        up.release(received)
         if received or not self.keep_alive:
-            now = up.last_active
-            self._log(now)
-            client.exchange_over(self, now)
+            self._log(up.last_active, True)
 
     def upstream_lost(self, up: UpstreamConnection) -> None:
         """The upstream connection closed."""
@@ -517,7 +519,7 @@ class Exchange(ExchangeState):
         self.to(SWITCH)
         self.upstream = None
         self.client.start_tunnel(self, up, rest)
-        self._log(monotonic())
+        self._log(monotonic(), False)
 
     def _unbind(self) -> UpstreamConnection | None:
         """Let go of the upstream connection (returned), keeping the count of body bytes it passed."""
@@ -562,11 +564,13 @@ class Exchange(ExchangeState):
     def _response_done(self) -> None:
         if self.request_state is RECEIVED or not self.keep_alive:
             now = monotonic()
-            self._log(now)
-            self.client.exchange_over(self, now)
+            self._log(now, True)
 
-    def _log(self, now: float) -> None:
-        """Count the exchange for /metrics and write its access-log line."""
+    def _log(self, now: float, over: bool) -> None:
+        """Count the exchange for /metrics and write its access-log line (``now``: monotonic).
+
+        ``over``: the exchange is over, and its client protocol is told so.
+        """
         listener = self.client.listener
         d = self.decision
         if type(d) is Forward:
@@ -581,3 +585,5 @@ class Exchange(ExchangeState):
         alog = listener.access_log
         if alog is not None:
             alog.record(self.client, self, now)
+        if over:
+            self.client.exchange_over(self, now)

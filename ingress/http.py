@@ -320,10 +320,12 @@ class ClientConnection(asyncio.BufferedProtocol):
             self._error = (400, b"CONNECT is not served by this proxy.")
             raise _Reject
         upgrade = head.upgrade is not None and parser.should_upgrade()
-        self.cur = ex = Exchange(self, self._t0, self._target, head)
+        # (after an upgrade that did not happen, the stream is unsure)
+        self.cur = ex = Exchange(
+            self, self._t0, self._target, head, method, http10, keep_alive and not upgrade, upgrade
+        )
         self._head = None
-        # after an upgrade that did not happen, the stream is unsure
-        ex.route(method, http10, keep_alive and not upgrade, upgrade)
+        ex.route()
         if self.active is None and not self.queue:
             self.active = ex
             ex.start(self.last_read)

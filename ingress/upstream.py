@@ -223,7 +223,7 @@ class UpstreamConnection(asyncio.Protocol):
         """After a 101: every byte read from now on goes to ``peer`` as it is."""
         self.peer = peer
 
-    def release(self, *, reusable: bool = True) -> None:
+    def release(self, reusable: bool = True) -> None:
         """The exchange is over: back to the pool when reusable, else closed."""
         ex, self.exchange = self.exchange, None
         if ex is not None:
