@@ -124,6 +124,9 @@ class ClientSide(Protocol):
     def flush(self) -> None:
         """Write what waits (the end of one upstream read)."""
 
+    def write(self, data: bytes) -> None:
+        """Bytes from the far end of a tunnel (after :meth:`start_tunnel`), as they are."""
+
     def pause_reading(self, reason: int) -> None: ...
 
     def resume_reading(self, reason: int) -> None: ...
