@@ -170,12 +170,16 @@ class UpstreamConnection(asyncio.Protocol):
             self.backlogged = True
             self.backlogged_since = monotonic()  # proxy-send-timeout runs from here
             ex.pause_client()
+        elif self.peer is not None:  # a tunnel: hold the client's side of it
+            self.peer.pause_reading(PEER_BACKLOG)
 
     def resume_writing(self) -> None:
         ex = self.exchange
         if ex is not None and self.backlogged:
             self.backlogged = False
             ex.resume_client()
+        elif self.peer is not None:
+            self.peer.resume_reading(PEER_BACKLOG)
 
     # -- one exchange ----------------------------------------------------------
 
