@@ -339,7 +339,8 @@ class Exchange(ExchangeState):
                 self.pending = [b"0\r\n\r\n"]
             else:
                 self.pending.append(b"0\r\n\r\n")
-        if self.response_state is DONE:
+        # Answered already: over now, unless it was over at its answer (no keep-alive).
+        if self.response_state is DONE and self.keep_alive:
             self._log(now, True)
 
     def client_lost(self) -> None:

@@ -690,3 +690,14 @@ async def test_a_101_nobody_asked_for_is_502(backends, proxy_factory):
     raw = await http_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 502 ")
     assert b"switched protocols unasked" in raw
+
+
+async def test_an_answer_that_closes_is_logged_once(backends, proxy_factory, tmp_path):
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), "json")
+    p = await proxy_factory(FakeRoutes({"/gone": Respond(403, b"no\n")}), access_log=log)
+    raw = await http_exchange(p.port, b"GET /gone HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 403 ")
+    log.flush()
+    assert [json.loads(x)["status"] for x in path.read_text().splitlines()] == [403]
+    log.close()
