@@ -180,9 +180,14 @@ class Exchange(ExchangeState):
         http10: bool = False,
         keep_alive: bool = True,
         upgrade: bool = False,
+        received: float = 0.0,
     ) -> None:
-        """A request whose head is complete (``t0``: monotonic, when its first byte arrived)."""
-        self.request_state = BODY
+        """A request whose head is complete (``t0``: monotonic, when its first byte arrived).
+
+        ``received``: for a request without a body, the monotonic time its head
+        ended; it starts ``RECEIVED`` then, and :meth:`request_end` is not called.
+        """
+        self.request_state = RECEIVED if received else BODY
         self.response_state = IDLE
         self.client = client
         self.t0 = t0
@@ -210,7 +215,7 @@ class Exchange(ExchangeState):
         self.target_index = 0
         self.t_up = 0.0
         #: monotonic time the request was read to its end (proxy-read-timeout runs from here)
-        self.t_received = 0.0
+        self.t_received = received
 
     @property
     def has_body(self) -> bool:

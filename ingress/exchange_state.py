@@ -12,10 +12,10 @@ Two sides move independently, as h11's client and server roles do:
 
 - the **request** side, what the proxy has read of the client's request
   (an exchange is made once its request head is complete; reading a head
-  is the client protocol's business): ``BODY`` (body bytes, if any, are
-  arriving) → ``RECEIVED`` (read to its end), or ``REFUSED`` (malformed,
-  too large or too slow: the rest is never read, the connection ends
-  after it);
+  is the client protocol's business): ``BODY`` (body bytes are arriving)
+  → ``RECEIVED`` (read to its end; a request without a body starts
+  there), or ``REFUSED`` (malformed, too large or too slow: the rest is
+  never read, the connection ends after it);
 - the **response** side, what the client has been sent: ``IDLE`` (not its
   turn yet) → ``CONNECTING`` (no upstream connection yet) → ``WAITING``
   (the request went upstream) → ``STREAMING`` (the upstream's head went to

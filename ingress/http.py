@@ -322,9 +322,17 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise _Reject
         upgrade = head.upgrade is not None and parser.should_upgrade()
         # (after an upgrade that did not happen, the stream is unsure)
-        self.cur = ex = Exchange(
-            self, self._t0, self._target, head, method, http10, keep_alive and not upgrade, upgrade
-        )
+        if head.content_length is None and head.transfer_encoding is None:
+            # No body (RFC 9112 §6.3): the request is whole, and no body timeout applies.
+            ex = Exchange(
+                self, self._t0, self._target, head, method, http10, keep_alive and not upgrade,
+                upgrade, self.last_read,
+            )  # fmt: skip
+        else:
+            self.cur = ex = Exchange(
+                self, self._t0, self._target, head, method, http10, keep_alive and not upgrade,
+                upgrade,
+            )  # fmt: skip
         self._head = None
         ex.route()
         if self.active is None and not self.queue:
@@ -341,8 +349,9 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def on_message_complete(self) -> None:
         ex = self.cur
-        self.cur = None
-        ex.request_end(self.last_read)
+        if ex is not None:  # (None: a request without a body, whole at its head)
+            self.cur = None
+            ex.request_end(self.last_read)
 
     # -- the ClientSide of exchanges: HTTP/1.1 framing and keep-alive ------------------
 
