@@ -1,18 +1,22 @@
-"""The client side of the proxy: one asyncio Protocol per accepted connection.
+"""The HTTP/1.1 client protocol: one asyncio Protocol per accepted connection.
 
 Strategy (uvicorn's httptools protocol is the model): the Protocol is the
 parser's callback target; the callbacks only gather a request head
-(:class:`netplane.ingress.http_head.RequestHead`), ask the route table
-once per request, and pass body bytes on as they come. Nothing buffers a
-whole body: bytes read before the upstream connection is up wait in a list
-bounded by pausing the client's reading.
+(:class:`netplane.ingress.http_head.RequestHead`) and pass the request
+to an :class:`netplane.ingress.exchange.Exchange`, which routes it, picks
+the upstream and relays the response back through this protocol's
+:class:`~netplane.ingress.exchange.ClientSide` methods. What is HTTP/1.1's
+alone stays here: parsing, answering pipelined requests in order, framing
+responses (chunked, close-delimited), keep-alive, ``100 Continue``,
+upgrades, and the client's header and body timeouts. Nothing buffers a
+whole body: bytes read before the upstream connection is up wait in the
+exchange, bounded by pausing the client's reading.
 
-Each request is an :class:`Exchange`. Pipelined requests queue behind the
-one being answered (responses go out in request order) and reading pauses
-while any wait. An exchange ends when its response is out and its request
-has been read to the end; then the next one starts, or the connection
-closes (``Connection: close``, HTTP/1.0 without keep-alive, an error that
-leaves the stream unsure, an upgrade).
+Pipelined requests queue behind the one being answered (responses go out
+in request order) and reading pauses while any wait. An exchange ends when
+its response is out and its request has been read to the end; then the
+next one starts, or the connection closes (``Connection: close``, HTTP/1.0
+without keep-alive, an error that leaves the stream unsure, an upgrade).
 
 Flow control both ways: an upstream whose write buffer is high pauses
 reading from the client and the client's high buffer pauses reading from
@@ -24,13 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
 
 import httptools
 from netplane.ingress.errors import error_response, redirect_response
+from netplane.ingress.exchange import Exchange
+from netplane.ingress.exchange_state import IDLE, RECEIVED
 from netplane.ingress.http_head import (
     CHUNKED,
     NO_BODY,
@@ -38,16 +43,14 @@ from netplane.ingress.http_head import (
     UNTIL_CLOSE,
     HeadError,
     RequestHead,
+    ResponseHead,
     forwarded_fields,
 )
-from netplane.ingress.routes import Forward, Redirect
 from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool, UpstreamConnection
 
 from netplane.config import DEFAULTS
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
-
-log = logging.getLogger("netplane.ingress")
 
 #: Reading is held while pipelined requests wait behind the one being answered.
 QUEUED = 4
@@ -55,7 +58,8 @@ QUEUED = 4
 #: response made without it (404, 403 ...), keeping the connection; a larger
 #: or chunked one closes the connection instead.
 DISCARD_LIMIT = 64 * 1024
-IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+#: Answers after which the connection closes whatever the request asked.
+_CLOSES = frozenset((400, 408, 413, 431, 501))
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -105,113 +109,32 @@ class Listener:
         self.rbuf = memoryview(bytearray(READ_BUFFER))
 
 
-class Exchange:
-    """One request and its response, from the first byte read to the last written."""
-
-    __slots__ = (
-        "body_in",
-        "bytes_out",
-        "decision",
-        "early",
-        "framing",
-        "head",
-        "headers_done",
-        "http10",
-        "keep_alive",
-        "method",
-        "pending",
-        "pending_size",
-        "req_done",
-        "resp_done",
-        "resp_started",
-        "response",
-        "retried",
-        "status",
-        "t0",
-        "t_up",
-        "target",
-        "target_index",
-        "until_eof",
-        "upgrade",
-        "upstream",
-        "upstream_addr",
-        "upstream_head",
-    )
-
-    def __init__(self, t0: float) -> None:
-        self.t0 = t0
-        self.target = b""
-        self.method = b""
-        self.head = RequestHead()
-        self.http10 = False
-        self.keep_alive = True
-        self.upgrade = False
-        self.headers_done = False
-        self.decision: Any = None
-        self.response: bytes | None = None  # an answer made without an upstream
-        self.upstream: UpstreamConnection | None = None
-        self.upstream_addr: tuple[str, int] | None = None
-        self.upstream_head = b""
-        self.pending: list[bytes] | None = None  # framed body bytes read before the upstream is up
-        self.pending_size = 0
-        self.early: list[bytes] | None = None  # tunnel bytes sent before the upgrade completed
-        self.body_in = 0
-        self.bytes_out = 0
-        self.req_done = False
-        self.resp_done = False
-        self.resp_started = False
-        self.status = 0
-        self.framing = NO_BODY
-        self.until_eof = False
-        self.retried = False
-        self.target_index = 0
-        self.t_up = 0.0
-
-    @property
-    def has_body(self) -> bool:
-        cl = self.head.content_length
-        return self.head.chunked or (cl is not None and cl.strip() != b"0")
-
-
-def _origin_form(ex: Exchange) -> bytes:
-    """An absolute-form target (RFC 9112 §3.2.2): its authority replaces Host, its path routes."""
-    scheme, sep, rest = ex.target.partition(b"://")
-    if not sep or scheme.lower() not in (b"http", b"https"):
-        return ex.target  # "*" (OPTIONS) or something the route table will not match
-    authority, slash, path = rest.partition(b"/")
-    authority = authority.rpartition(b"@")[2]  # userinfo is never forwarded
-    if authority:
-        ex.head.host = authority
-    return b"/" + path if slash else b"/"
-
-
 class _Reject(Exception):
     """Raised inside a parser callback to stop parsing; the reason is on the connection."""
 
 
 class ClientConnection(asyncio.BufferedProtocol):
-    """One client connection: parse, route, forward, answer in order.
+    """One HTTP/1.1 client connection: parse, hand each request to an Exchange, answer in order.
 
     A buffered protocol: the loop reads (and the TLS layer decrypts) into
     the listener's one buffer, which is parsed before the next read. Given a
     plain protocol, uvloop's TLS layer allocates 256 KiB per decrypted read,
     which glibc serves by mmap and munmap; that was a sixth of the proxy's
     CPU on keep-alive TLS.
+
+    It is the :class:`netplane.ingress.exchange.ClientSide` of its exchanges:
+    it frames their responses for HTTP/1.1 and decides its own keep-alive.
     """
 
     def __init__(self, listener: Listener) -> None:
         # shared
         self.listener = listener
-        self.routes = listener.routes
-        self.pool = listener.pool
         self.settings = listener.settings
         self.max_header_bytes = listener.settings.max_header_bytes
         # per connection
         self.transport: Any = None
         self.flow: Any = None
-        # Made in connection_made: until then nothing here refers back to this
-        # object, so a TLS connection whose handshake fails is freed (and
-        # counted, see __del__) as soon as the loop drops it.
+        # Made in connection_made, once a TLS handshake is done.
         self.parser: Any = None
         self.client_ip = ""
         self.client_ip_b = b""
@@ -221,15 +144,23 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.lost = False
         self.upgrading = False
         self.tunnel: UpstreamConnection | None = None
+        #: bytes read after an upgrade request, before the upstream switched
+        self.early: list[bytes] | None = None
         self.served = 0
         self.last_read = self.idle_since = monotonic()
-        self._error: tuple[int, bytes] | None = None
+        self._error: tuple[int, bytes | None] | None = None
         self._advancing = False
-        # per request: ``cur`` is being read, ``active`` being answered
+        # per request: a head being read (its target, fields and start time), then
+        # ``cur``, the exchange whose body is being read, and ``active``, being answered
+        self._target = b""
+        self._head: RequestHead | None = None
+        self._t0 = 0.0
         self.cur: Exchange | None = None
         self.active: Exchange | None = None
         self.queue: collections.deque[Exchange] = collections.deque()
         self._head_bytes = 0
+        # the active response is re-chunked for this client
+        self._chunked = False
         # response bytes of one upstream read, written together (head and body in one write)
         self.wbuf: list[bytes] = []
 
@@ -247,14 +178,6 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.client_ip_b = ip.encode()
         self.forwarded = forwarded_fields(self.client_ip_b, self.listener.proto, self.listener.port)
         self.listener.conns.add(self)
-        if self.listener.https:  # the loop calls this once the TLS handshake is done
-            self.listener.stats.tls_handshakes += 1
-
-    def __del__(self) -> None:
-        # The loop makes the protocol when it accepts and calls connection_made
-        # only after a TLS handshake succeeded; it says nothing when one fails.
-        if self.transport is None and self.listener.https:
-            self.listener.stats.tls_handshake_failures += 1
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.listener.rbuf
@@ -273,7 +196,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         data = self.listener.rbuf[:nbytes]
         self.last_read = monotonic()  # also the start time of requests begun in this read
         if self.tunnel is not None:
-            self.tunnel.transport.write(bytes(data))
+            self.tunnel.write(bytes(data))
             return
         if self.upgrading:
             self._early(bytes(data))
@@ -306,22 +229,16 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self.transport is None:  # a TLS connection lost before its handshake was done
+        if self.transport is None:
             return
         self.flow.finish()
         self.listener.conns.discard(self)
         if self.tunnel is not None:
-            self.tunnel.transport.close()
+            self.tunnel.close()
             self.tunnel = None
         for ex in (self.active, *self.queue):
-            if ex is None:
-                continue
-            up, ex.upstream = ex.upstream, None
-            if up is not None:
-                up.abort()
-            if not ex.resp_done:
-                ex.status = ex.status or 499  # nginx's "client closed the request"
-                self._log(ex)
+            if ex is not None:
+                ex.client_lost()
         self.active = None
         self.queue.clear()
 
@@ -329,34 +246,37 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.write_paused = True
         up = self.tunnel or (self.active.upstream if self.active is not None else None)
         if up is not None:
-            up.flow.pause_writing()
+            up.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
         up = self.tunnel or (self.active.upstream if self.active is not None else None)
         if up is not None:
-            up.flow.resume_writing()
+            up.resume_reading()
 
     # -- httptools callbacks -----------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
         # A request's first callback (the parser has no on_message_begin to
         # call: that would cost a call per request). A long URL comes in parts.
-        ex = self.cur
-        if ex is None:
-            self.cur = ex = Exchange(self.last_read)
-            ex.target = url
+        if self._head is None:
+            self._head = RequestHead()
+            self._t0 = self.last_read
+            self._target = url
             self._head_bytes = len(url)
         else:
-            ex.target += url
+            self._target += url
             self._head_bytes += len(url)
         if self._head_bytes > self.max_header_bytes:
             self._error = (431, b"The request line is longer than this proxy allows.")
             raise _Reject
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # RequestHead.add, inline: this runs for every header of every request.
-        head = self.cur.head
+        # RequestHead.add, inline, for the bench's "keep-alive req/s over HTTP" rows: the
+        # call costs 1.3% of the instructions per request in bench/ingress_micro.py
+        # (callgrind: 104.4k against 103.1k). tests/test_ingress_client_head.py checks
+        # that both copies build the same upstream head and refuse the same fields.
+        head = self._head
         lname = name.lower()
         if lname == b"host" and head.host is None:  # RequestHead.special's first case, inline
             head.host = head.headers[b"host"] = value
@@ -381,19 +301,17 @@ class ClientConnection(asyncio.BufferedProtocol):
             raise _Reject
 
     def on_headers_complete(self) -> None:
-        ex = self.cur
         parser = self.parser
-        ex.headers_done = True
-        ex.method = method = parser.get_method()
-        ex.keep_alive = keep_alive = parser.should_keep_alive()
-        head = ex.head
+        method = parser.get_method()
+        keep_alive = parser.should_keep_alive()
+        head = self._head
         # Keep-alive with no Connection field (nor the Proxy-Connection the
         # parser reads as one) is HTTP/1.1: the version string, which the
         # parser formats anew on each call, is asked for only otherwise.
         if keep_alive and not head.connection and b"proxy-connection" not in head.headers:
-            ex.http10 = False
+            http10 = False
         else:
-            ex.http10 = parser.get_http_version() == "1.0"
+            http10 = parser.get_http_version() == "1.0"
         if head.transfer_encoding is not None or head.connection:
             try:
                 head.check()
@@ -403,92 +321,68 @@ class ClientConnection(asyncio.BufferedProtocol):
         if method == b"CONNECT":
             self._error = (400, b"CONNECT is not served by this proxy.")
             raise _Reject
-        if head.upgrade is not None and parser.should_upgrade():
-            ex.upgrade = True
-            ex.keep_alive = False  # after an upgrade that did not happen, the stream is unsure
-        self._route(ex)
+        upgrade = head.upgrade is not None and parser.should_upgrade()
+        # (after an upgrade that did not happen, the stream is unsure)
+        if head.content_length is None and head.transfer_encoding is None:
+            # No body (RFC 9112 §6.3): the request is whole, and no body timeout applies.
+            ex = Exchange(
+                self, self._t0, self._target, head, method, http10, keep_alive and not upgrade,
+                upgrade, self.last_read,
+            )  # fmt: skip
+        else:
+            self.cur = ex = Exchange(
+                self, self._t0, self._target, head, method, http10, keep_alive and not upgrade,
+                upgrade,
+            )  # fmt: skip
+        self._head = None
+        ex.route()
         if self.active is None and not self.queue:
-            self._start(ex)
+            self.active = ex
+            ex.start(self.last_read)
         else:
             self.queue.append(ex)
             self.flow.pause(QUEUED)
 
     def on_body(self, body: bytes) -> None:
-        ex = self.cur
-        ex.body_in += len(body)
-        if ex.response is not None:  # answered without an upstream: read and drop
-            return
-        limit = ex.decision.options.body_limit
-        if limit is not None and ex.body_in > limit:
+        if not self.cur.request_body(body):
             self._error = (413, None)
             raise _Reject
-        if ex.head.transfer_encoding is not None:
-            body = b"%x\r\n%b\r\n" % (len(body), body)
-        up = ex.upstream
-        if up is not None:
-            up.write(body)
-        else:
-            if ex.pending is None:
-                ex.pending = [body]
-            else:
-                ex.pending.append(body)
-            ex.pending_size += len(body)
-            if ex.pending_size > HIGH_WATER:
-                self.flow.pause(PENDING_FULL)
 
     def on_message_complete(self) -> None:
         ex = self.cur
-        self.cur = None
-        ex.req_done = True
-        if ex.response is None and ex.head.transfer_encoding is not None:
-            if ex.upstream is not None:
-                ex.upstream.write(b"0\r\n\r\n")
-            elif ex.pending is None:
-                ex.pending = [b"0\r\n\r\n"]
-            else:
-                ex.pending.append(b"0\r\n\r\n")
-        if ex.upstream is not None:
-            ex.upstream.last_active = self.last_read  # proxy-read-timeout runs from here
-        if ex is self.active and ex.resp_done:
-            self._finish(ex)
+        if ex is not None:  # (None: a request without a body, whole at its head)
+            self.cur = None
+            ex.request_end(self.last_read)
 
-    # -- routing and starting --------------------------------------------------------
+    # -- the ClientSide of exchanges: HTTP/1.1 framing and keep-alive ------------------
 
-    def _route(self, ex: Exchange) -> None:
-        head = ex.head
-        target = ex.target
-        if target[:1] != b"/":
-            target = _origin_form(ex)
-        host = head.host.decode("latin-1") if head.host is not None else ""
-        try:
-            d = self.routes.route(
-                host,
-                target.decode("latin-1"),
-                https=self.listener.https,
-                client_ip=self.client_ip,
-                headers=head.headers,
-            )
-        except Exception:
-            log.exception("route lookup failed for %r %r", host, ex.target)
-            ex.response = self._answer(ex, 500, b"The proxy failed to route this request.")
-            return
-        ex.decision = d
-        kind = type(d)
-        if kind is Forward:
-            limit = d.options.body_limit
-            cl = head.content_length
-            if limit is not None and cl is not None and int(cl) > limit:
-                ex.response = self._answer(ex, 413, None)
-            elif not d.targets:
-                ex.response = self._answer(ex, 503, None)
-        elif kind is Redirect:
-            ex.status = d.status
-            ex.response = redirect_response(
-                d.status, d.location, close=not self._keep_after_answer(ex),
-                head_only=ex.method == b"HEAD", extra=self._id_line(ex),
-            )  # fmt: skip
+    def write_continue(self, ex: Exchange) -> None:
+        self.transport.write(_CONTINUE)
+
+    def write_answer(
+        self, ex: Exchange, status: int, message: bytes | None, location: bytes | None
+    ) -> None:
+        if ex.response_state is IDLE:
+            # Answered before anything went upstream: the request body is read and dropped
+            # when it is small, else the connection closes after the answer.
+            keep = self._keep_after_answer(ex) and (location is not None or status not in _CLOSES)
         else:
-            ex.response = self._answer(ex, d.status, d.body.rstrip(b"\n"))
+            # Instead of the upstream's response: the stream is unsure unless the request
+            # was read to its end.
+            keep = ex.request_state is RECEIVED and status not in (408, 413) and ex.keep_alive
+        if not keep:
+            ex.close_connection()
+        close = not keep or self.closing
+        rid = ex.head.request_id
+        extra = b"X-Request-ID: " + rid + b"\r\n" if rid is not None else b""
+        head_only = ex.method == b"HEAD"
+        if location is not None:
+            data = redirect_response(
+                status, location, close=close, head_only=head_only, extra=extra
+            )
+        else:
+            data = error_response(status, message, close=close, head_only=head_only, extra=extra)
+        self.transport.write(data)
 
     def _keep_after_answer(self, ex: Exchange) -> bool:
         """May the connection go on after an answer that ignores the request body?"""
@@ -498,138 +392,35 @@ class ClientConnection(asyncio.BufferedProtocol):
             return False
         cl = ex.head.content_length
         ok = cl is None or int(cl) <= DISCARD_LIMIT
-        if not ok or (ex.head.expect_continue and cl not in (None, b"0")):
-            ex.keep_alive = False
-        return ex.keep_alive
+        return ok and not (ex.head.expect_continue and cl not in (None, b"0"))
 
-    def _id_line(self, ex: Exchange) -> bytes:
-        rid = ex.head.request_id
-        return b"X-Request-ID: " + rid + b"\r\n" if rid is not None else b""
-
-    def _answer(self, ex: Exchange, status: int, message: bytes | None) -> bytes:
-        ex.status = status
-        close = status in (400, 408, 413, 431, 501) or not self._keep_after_answer(ex)
-        if close:
-            ex.keep_alive = False
-        return error_response(
-            status, message, close=close, head_only=ex.method == b"HEAD", extra=self._id_line(ex)
-        )
-
-    def _start(self, ex: Exchange) -> None:
-        self.active = ex
-        if ex.response is not None:
-            self.transport.write(ex.response)
-            ex.resp_started = True
-            self._response_done(ex)
-            return
-        if ex.head.expect_continue and not ex.req_done and not ex.http10:
-            self.transport.write(_CONTINUE)
-        d = ex.decision
-        ip, port = d.targets[0]
-        pool = self.pool
-        idle = pool.idle.get((ip, port, d.upstream_tls))
-        while idle:  # Pool.take, inline: the most recently used idle connection
-            up = idle.pop()
-            up.in_pool = False
-            if not up.lost and not up.transport.is_closing():
-                pool.reused += 1
-                self._send(ex, up, self.last_read)
-                return
-        asyncio.get_running_loop().create_task(self._connect(ex, 0))
-
-    async def _connect(self, ex: Exchange, start: int) -> None:
-        d = ex.decision
-        targets = d.targets
-        last: BaseException | None = None
-        for i in range(start, len(targets)):
-            ip, port = targets[i]
-            try:
-                up = await self.pool.connect((ip, port, d.upstream_tls), d.options.connect_timeout)
-            except (OSError, TimeoutError) as e:
-                last = e
-                log.debug("cannot connect to %s:%s: %s", ip, port, e)
-                continue
-            if ex is not self.active or self.lost:
-                up.transport.close()
-                return
-            ex.target_index = i
-            self._send(ex, up, monotonic())
-            return
-        if ex is self.active and not self.lost:
-            if isinstance(last, TimeoutError):
-                self._reply(ex, 504, b"The upstream did not accept the connection in time.")
-            else:
-                self._reply(ex, 502, b"The upstream refused the connection.")
-
-    def _send(self, ex: Exchange, up: UpstreamConnection, now: float) -> None:
-        d = ex.decision
-        ex.upstream = up
-        ex.upstream_addr = d.targets[ex.target_index]
-        if not ex.upstream_head:
-            ex.upstream_head = ex.head.upstream_head(
-                ex.method, d.path.encode("latin-1"), self.client_ip_b, self.forwarded, ex.upgrade
-            )
-        if ex.pending:
-            up.send(self, ex.upstream_head + b"".join(ex.pending), now)
-            ex.pending = None
-            ex.pending_size = 0
-            self.flow.resume(PENDING_FULL)
-        else:
-            up.send(self, ex.upstream_head, now)
-        ex.t_up = now
-        if self.write_paused:
-            up.flow.pause_writing()
-
-    # -- upstream events (called by UpstreamConnection) --------------------------------
-
-    def upstream_head(self, up: UpstreamConnection, status: int) -> bool:
-        """Write the response head; True when no body follows that the parser would wait for."""
-        ex = self.active
-        h = up.head
-        d = ex.decision
-        extra = b"" if h.has_request_id else b"X-Request-ID: " + ex.head.request_id + b"\r\n"
-        if d.set_cookie is not None:
-            extra += b"Set-Cookie: " + d.set_cookie + b"\r\n"
-        if self.listener.https and d.options.hsts is not None and not h.has_hsts:
-            extra += b"Strict-Transport-Security: " + d.options.hsts + b"\r\n"
-        ex.status = status
-        ex.resp_started = True
-        if status == 101:
-            if not ex.upgrade or ex.head.upgrade is None:
-                up.keep_alive = False
-                self.upstream_failed(up, b"The upstream switched protocols unasked.")
-                return False
-            self.transport.write(
-                b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", ex.head.upgrade, b"\r\nConnection: upgrade\r\n", h.fields, extra, b"\r\n"))
-            )  # fmt: skip
-            return False
-        head_request = ex.method == b"HEAD"
-        framing = NO_BODY if head_request else h.body_framing
+    def write_head(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
+        framing = NO_BODY if ex.method == b"HEAD" else head.body_framing
         if framing == CHUNKED and ex.http10:
             framing = UNTIL_CLOSE  # no chunked encoding for HTTP/1.0
-        ex.framing = framing
-        ex.until_eof = framing != NO_BODY and not h.has_length and not h.chunked
-        if framing == UNTIL_CLOSE:  # the body's end is the connection's end
-            ex.keep_alive = False
+            ex.close_connection()  # the body's end is the connection's end
+        self._chunked = framing == CHUNKED
         keep = ex.keep_alive and not self.closing
-        self.wbuf.append(h.client_head(framing, keep, ex.http10, extra))
-        return head_request
+        self.wbuf.append(head.client_head(framing, keep, ex.http10, extra))
 
-    def upstream_done(self, up: UpstreamConnection) -> None:
-        ex = self.active
+    def write_switch(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
+        self.transport.write(
+            b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", ex.head.upgrade, b"\r\nConnection: upgrade\r\n", head.fields, extra, b"\r\n"))
+        )  # fmt: skip
+
+    def write_body(self, data: bytes) -> None:
+        if self._chunked:
+            self.wbuf.append(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.wbuf.append(data)
+
+    def write_end(self, ex: Exchange) -> None:
         wbuf = self.wbuf
-        if ex.framing == CHUNKED:
+        if self._chunked:
             wbuf.append(b"0\r\n\r\n")
-        if wbuf:  # flush(), inline
+        if wbuf:
             self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
             wbuf.clear()
-        if not ex.req_done:
-            up.keep_alive = False  # the request is still being written: the stream is unsure
-        ex.upstream = None
-        up.release()
-        ex.resp_done = True
-        if ex.req_done or not ex.keep_alive:
-            self._finish(ex, up.last_active)
 
     def flush(self) -> None:
         """Write what the last upstream read produced, in one ``write``."""
@@ -638,125 +429,50 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
             wbuf.clear()
 
-    def upstream_lost(self, up: UpstreamConnection) -> None:
-        self.flush()
-        ex = self.active
-        if ex is None or ex.upstream is not up:
-            return
-        ex.upstream = None
-        if ex.resp_started:
-            if ex.until_eof:  # a close-delimited body ends here
-                if ex.framing == CHUNKED:
-                    self.transport.write(b"0\r\n\r\n")
-                self._response_done(ex)
-            else:
-                ex.keep_alive = False
-                self.transport.close()  # a cut response must look cut to the client
-            return
-        if (
-            up.requests > 1
-            and not up.responding
-            and not ex.retried
-            and ex.method in IDEMPOTENT
-            and not ex.has_body
-        ):
-            # The endpoint closed an idle connection as we reused it: once more, fresh.
-            ex.retried = True
-            asyncio.get_running_loop().create_task(self._connect(ex, ex.target_index))
-            return
-        self._reply(ex, 502, b"The upstream closed the connection before answering.")
+    def write(self, data: bytes) -> None:
+        """Bytes from the far end of a tunnel."""
+        self.transport.write(data)
 
-    def upstream_failed(self, up: UpstreamConnection, message: bytes) -> None:
-        self.flush()
-        ex = self.active
-        if ex is None:
-            return
-        ex.upstream = None
-        up.abort()
-        if ex.resp_started:
-            ex.keep_alive = False
-            self.transport.close()
-        else:
-            self._reply(ex, 502, message)
+    def pause_reading(self, reason: int) -> None:
+        self.flow.pause(reason)
 
-    def start_tunnel(self, up: UpstreamConnection, rest: bytes) -> None:
-        """The upstream answered 101: from now on bytes pass through both ways."""
-        ex = self.active
-        ex.upstream = None
+    def resume_reading(self, reason: int) -> None:
+        self.flow.resume(reason)
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def start_tunnel(self, ex: Exchange, up: UpstreamConnection, rest: bytes) -> None:
         self.tunnel = up
+        up.tunnel_to(self)
         self.upgrading = True
         self.parser = None
         if rest:
             self.transport.write(rest)
-        if ex.early:
-            up.write(b"".join(ex.early))
-            ex.early = None
+        if self.early:
+            up.write(b"".join(self.early))
+            self.early = None
             self.flow.resume(PENDING_FULL)
-        ex.resp_done = True
         self.active = None
-        self._log(ex)
 
     def _early(self, data: bytes) -> None:
-        ex = self.active or (self.queue[-1] if self.queue else None)
-        if ex is None:
+        if self.active is None and not self.queue:
             return
-        if ex.early is None:
-            ex.early = [data]
+        if self.early is None:
+            self.early = [data]
         else:
-            ex.early.append(data)
-        if sum(map(len, ex.early)) > HIGH_WATER:
+            self.early.append(data)
+        if sum(map(len, self.early)) > HIGH_WATER:
             self.flow.pause(PENDING_FULL)
 
     # -- ending exchanges --------------------------------------------------------
 
-    def _reply(self, ex: Exchange, status: int, message: bytes | None) -> None:
-        """Answer the active exchange without its upstream (502, 504, 408 ...)."""
-        self.flush()
-        up, ex.upstream = ex.upstream, None
-        if up is not None:
-            up.abort()
-        if not ex.req_done or status in (408, 413):
-            ex.keep_alive = False
-        ex.status = status
-        ex.resp_started = True
-        self.transport.write(
-            error_response(
-                status, message, close=not ex.keep_alive or self.closing,
-                head_only=ex.method == b"HEAD", extra=self._id_line(ex),
-            )
-        )  # fmt: skip
-        self._response_done(ex)
-
-    def _response_done(self, ex: Exchange) -> None:
-        ex.resp_done = True
-        if ex.req_done or not ex.keep_alive:
-            self._finish(ex)
-
-    def _finish(self, ex: Exchange, now: float | None = None) -> None:
-        """The exchange is over (``now``: monotonic, when the caller has it)."""
-        wbuf = self.wbuf
-        if wbuf:
+    def exchange_over(self, ex: Exchange, now: float) -> None:
+        if self.wbuf:
             self.flush()
         self.active = None
         self.served += 1
-        if now is None:
-            now = monotonic()
         self.idle_since = now
-        # _log, inline: this runs once per request
-        listener = self.listener
-        d = ex.decision
-        if type(d) is Forward:
-            listener.stats.record(
-                d.ingress, d.service, ex.status, listener.https, now - ex.t0, d.host
-            )
-        else:
-            listener.stats.record(
-                getattr(d, "ingress", None), None, ex.status, listener.https, now - ex.t0,
-                getattr(d, "host", ""),
-            )  # fmt: skip
-        alog = listener.access_log
-        if alog is not None:
-            alog.record(self, ex, now)
         if not ex.keep_alive or self.closing or self.lost:
             self.parser = None
             self.transport.close()
@@ -769,7 +485,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         self._advancing = True
         try:
             while self.active is None and self.queue and not self.lost:
-                self._start(self.queue.popleft())
+                ex = self.active = self.queue.popleft()
+                ex.start(self.last_read)
         finally:
             self._advancing = False
         if not self.queue:
@@ -779,41 +496,28 @@ class ClientConnection(asyncio.BufferedProtocol):
         """A request the parser or a limit refused: answer it in turn, then close."""
         self.parser = None
         self.flow.pause(QUEUED)
-        ex = self.cur
-        self.cur = None
-        if ex is None:
-            ex = Exchange(monotonic())
-        if ex is self.active:
-            ex.keep_alive = False
-            if ex.resp_started:
-                self.transport.close()
-            else:
-                self._reply(ex, status, message)
-            return
-        ex.keep_alive = False
-        ex.req_done = True
-        ex.upgrade = False
-        ex.response = self._answer(ex, status, message)
-        if ex in self.queue:
+        ex = self._current()
+        ex.refuse(status, message)
+        if ex is self.active or ex in self.queue:
             return
         if self.active is None and not self.queue:
-            self._start(ex)
+            self.active = ex
+            ex.start(self.last_read)
         else:
             self.queue.append(ex)
 
-    def _log(self, ex: Exchange, now: float | None = None) -> None:
-        """Count the finished exchange for /metrics and write its access-log line."""
-        if now is None:
-            now = monotonic()
-        listener = self.listener
-        d = ex.decision
-        listener.stats.record(
-            getattr(d, "ingress", None), getattr(d, "service", None), ex.status,
-            listener.https, now - ex.t0, getattr(d, "host", ""),
-        )  # fmt: skip
-        alog = listener.access_log
-        if alog is not None:
-            alog.record(self, ex, now)
+    def _current(self) -> Exchange:
+        """The request being read, as an exchange (one is made for a head not yet complete)."""
+        ex = self.cur
+        self.cur = None
+        if ex is None:
+            head = self._head
+            if head is None:
+                ex = Exchange(self, monotonic())
+            else:
+                ex = Exchange(self, self._t0, self._target, head)
+            self._head = None
+        return ex
 
     # -- timers and shutdown ------------------------------------------------------------
 
@@ -823,80 +527,48 @@ class ClientConnection(asyncio.BufferedProtocol):
             return
         s = self.settings
         cur = self.cur
-        if cur is not None and not self.flow.paused:
-            if not cur.headers_done:
-                if now - cur.t0 > s.header_timeout:
-                    self._timeout(cur, b"The request head did not arrive in time.")
+        if not self.flow.paused:
+            if self._head is not None:
+                if now - self._t0 > s.header_timeout:
+                    self._timeout(b"The request head did not arrive in time.")
                     return
-            elif now - self.last_read > s.body_timeout and not cur.req_done:
-                self._timeout(cur, b"The request body stopped arriving.")
+            elif cur is not None and now - self.last_read > s.body_timeout:
+                self._timeout(b"The request body stopped arriving.")
                 return
         ex = self.active
         if ex is not None:
-            up = ex.upstream
-            if (
-                up is not None
-                and up.backlogged
-                and now - up.backlogged_since > ex.decision.options.send_timeout
-            ):
-                log.info("upstream %s:%s stopped reading the request", *ex.upstream_addr)
-                if ex.resp_started:
-                    ex.upstream = None
-                    up.abort()
-                    ex.keep_alive = False
-                    self.transport.close()
-                else:
-                    self._reply(ex, 504, b"The upstream stopped reading the request.")
-                return
-            if (
-                up is not None
-                and ex.req_done
-                and now - up.last_active > ex.decision.options.read_timeout
-            ):
-                log.info(
-                    "upstream %s:%s timed out for %s",
-                    *ex.upstream_addr,
-                    ex.target.decode("latin-1"),
-                )
-                if ex.resp_started:
-                    ex.upstream = None
-                    up.abort()
-                    ex.keep_alive = False
-                    self.transport.close()
-                else:
-                    self._reply(ex, 504, None)
+            ex.sweep(now)
             return
-        if cur is None and not self.queue:
+        if cur is None and self._head is None and not self.queue:
             limit = s.keepalive_timeout if self.served else s.header_timeout
             if now - max(self.last_read, self.idle_since) > limit:
                 self.transport.close()  # idle: closed quietly, as nginx does
 
-    def _timeout(self, ex: Exchange, message: bytes) -> None:
+    def _timeout(self, message: bytes) -> None:
         self.parser = None
+        ex = self._current()
         if ex is self.active:
-            if ex.resp_started:
-                self.transport.close()
-            else:
-                self._reply(ex, 408, message)
+            ex.refuse(408, message)
         elif self.active is None and not self.queue:
-            ex.keep_alive = False
-            ex.req_done = True
-            ex.response = self._answer(ex, 408, message)
-            self._start(ex)
+            ex.refuse(408, message)
+            self.active = ex
+            ex.start(self.last_read)
         else:
             self.transport.close()
 
     def shutdown(self) -> None:
         """Stop after the current response; an idle connection closes now."""
         self.closing = True
-        if self.active is None and self.cur is None and not self.queue and self.tunnel is None:
+        if (
+            self.active is None
+            and self.cur is None
+            and self._head is None
+            and not self.queue
+            and self.tunnel is None
+        ):
             self.transport.close()
 
     def abort(self) -> None:
         if self.tunnel is not None:
-            self.tunnel.transport.abort()
+            self.tunnel.abort()
         self.transport.abort()
-
-    @staticmethod
-    def now() -> float:
-        return monotonic()

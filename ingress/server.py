@@ -6,6 +6,10 @@ upstream pool, the settings and the access log. It runs one timer for
 everything that can time out (client heads and bodies, idle keep-alive,
 upstream reads, idle pooled connections), so no request arms a timer of
 its own, and flushes the access log on the same tick.
+
+TLS handshakes are counted where they end, in the ``do_handshake`` of the
+listener context's SSL objects (:func:`counting_ssl_objects`): the loop
+tells a protocol only about a handshake that succeeded.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class IngressServer:
             self.routes, self.pool, self.settings, https=tls is not None, port=port,
             access_log=self.access_log, conns=self.conns, stats=self.stats,
         )  # fmt: skip
+        if tls is not None:
+            tls.sslobject_class = counting_ssl_objects(self.stats)
         server = await loop.create_server(
             lambda: ClientConnection(listener), host, port, ssl=tls, backlog=backlog,
             ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
@@ -136,3 +142,27 @@ class IngressServer:
 def _fmt(addr: tuple) -> str:
     host, port = addr[0], addr[1]
     return hostport(host, port)
+
+
+def counting_ssl_objects(stats: RequestStats) -> type[ssl.SSLObject]:
+    """An ``SSLContext.sslobject_class`` whose handshakes count themselves in ``stats``.
+
+    The loop wraps every accepted connection in one of these and calls
+    ``do_handshake`` as handshake bytes arrive; the call that ends the
+    handshake says how (an SSLError: refused protocol or cipher, not TLS at
+    all). A peer that goes away, or is timed out, mid-handshake never gets
+    that far and is not counted.
+    """
+
+    class CountingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise
+            except ssl.SSLError:
+                stats.tls_handshake_failures += 1
+                raise
+            stats.tls_handshakes += 1
+
+    return CountingSSLObject

@@ -99,7 +99,7 @@ class RequestStats:
         handshakes = CounterMetricFamily(
             "netplane_ingress_tls_handshakes",
             "TLS handshakes on the ingress HTTPS listeners, by result "
-            "(failed: refused protocol or cipher, not TLS at all, cut or timed out)",
+            "(failed: refused protocol or cipher, or not TLS at all)",
             labels=["result"],
         )
         handshakes.add_metric(["ok"], self.tls_handshakes)

@@ -3,8 +3,8 @@
 An :class:`UpstreamConnection` carries one request at a time for the client
 connection that holds it (no upstream pipelining: a failure then always
 belongs to one request). It parses the response with httptools and hands
-each event to its client (:class:`netplane.ingress.http.ClientConnection`),
-which frames it for its own side.
+each event to the exchange it is bound to
+(:class:`netplane.ingress.exchange.Exchange`), which passes it to its client.
 
 :class:`Pool` keeps idle keep-alive connections per endpoint ``(ip, port,
 tls)``: at most ``max_idle`` each (320, ingress-nginx's
@@ -28,12 +28,15 @@ from __future__ import annotations
 import asyncio
 import ssl
 from time import monotonic
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httptools
-from netplane.ingress.http_head import CHUNKED, HEADS, response_head
+from netplane.ingress.http_head import HEADS, response_head
 
-from netplane.l4.flow_control import FlowControl
+from netplane.l4.flow_control import PEER_BACKLOG, FlowControl
+
+if TYPE_CHECKING:
+    from netplane.ingress.exchange import ClientSide, Exchange
 
 PoolKey = tuple[str, int, bool]  # (ip, port, upstream TLS)
 #: A response head larger than this is refused (502), as nginx refuses one
@@ -42,15 +45,15 @@ MAX_RESPONSE_HEAD = 64 * 1024
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to an endpoint, bound to at most one client at a time."""
+    """One connection to an endpoint, bound to at most one exchange at a time."""
 
     __slots__ = (
         "backlogged",
         "backlogged_since",
-        "client",
+        "body_bytes",
+        "exchange",
         "flow",
         "hbuf",
-        "head",
         "in_pool",
         "informational",
         "keep_alive",
@@ -59,13 +62,13 @@ class UpstreamConnection(asyncio.Protocol):
         "lost",
         "out",
         "parser",
+        "peer",
         "pool",
         "requests",
         "responding",
         "stale_parser",
         "status",
         "transport",
-        "tunnel",
     )
 
     def __init__(self, pool: Pool, key: PoolKey) -> None:
@@ -74,12 +77,15 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport: Any = None
         self.flow: Any = None
         self.parser = httptools.HttpResponseParser(self)
-        self.client: Any = None
-        #: the current response's head (None until it is all in)
-        self.head: Any = None
+        #: the exchange whose request this connection carries (None: idle)
+        self.exchange: Exchange | None = None
+        #: the client connection this one is tunnelled to, after a 101
+        self.peer: ClientSide | None = None
         #: the bytes of the current response from its start, while its head is incomplete
         self.hbuf: bytes | None = None
         self.status = 0
+        #: body bytes of the current response passed to its exchange's client
+        self.body_bytes = 0
         self.keep_alive = False
         #: requests sent on this connection so far (more than one: it was reused)
         self.requests = 0
@@ -88,7 +94,6 @@ class UpstreamConnection(asyncio.Protocol):
         self.informational = False
         self.stale_parser = False
         self.in_pool = False
-        self.tunnel = False
         self.lost = False
         #: our write buffer is above its high-water mark (the client's reading is held)
         self.backlogged = False
@@ -105,11 +110,11 @@ class UpstreamConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=65536)
 
     def data_received(self, data: bytes) -> None:
-        client = self.client
-        if self.tunnel:
-            client.transport.write(data)
+        peer = self.peer
+        if peer is not None:
+            peer.write(data)
             return
-        if client is None:  # an idle connection spoke out of turn: it cannot be reused
+        if self.exchange is None:  # an idle connection spoke out of turn: it cannot be reused
             self.transport.close()
             return
         self.responding = True
@@ -119,25 +124,27 @@ class UpstreamConnection(asyncio.Protocol):
             self.hbuf = hbuf + data if hbuf else data
         try:
             self.parser.feed_data(data)
-            if client.wbuf:
-                client.flush()
+            ex = self.exchange
+            if ex is not None:  # the response goes on: what this read gave goes out now
+                ex.flush()
             if self.hbuf is not None and len(self.hbuf) > MAX_RESPONSE_HEAD:
                 self._broken(b"The upstream's response head is too large.")
         except httptools.HttpParserUpgrade as e:
-            if self.status == 101 and self.client is not None:
-                self.tunnel = True
-                self.client.start_tunnel(self, data[e.args[0] :])
+            ex = self.exchange
+            if self.status == 101 and ex is not None:
+                self.exchange = None
+                ex.switched(self, data[e.args[0] :])
             else:
                 self._broken()
         except httptools.HttpParserError:
             self._broken()
 
     def _broken(self, message: bytes = b"The upstream sent a malformed response.") -> None:
-        client, self.client = self.client, None
+        ex, self.exchange = self.exchange, None
         self.hbuf = None
         self.transport.abort()
-        if client is not None:
-            client.upstream_failed(self, message)
+        if ex is not None:
+            ex.upstream_failed(self, message)
 
     def eof_received(self) -> bool:
         return False
@@ -149,34 +156,45 @@ class UpstreamConnection(asyncio.Protocol):
         if self.in_pool:
             self.pool.discard(self)
             return
-        client, self.client = self.client, None
-        if client is not None:
-            client.upstream_lost(self)
+        peer, self.peer = self.peer, None
+        if peer is not None:  # the tunnel's far end closed: so does its near end
+            peer.close()
+            return
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            ex.upstream_lost(self)
 
     def pause_writing(self) -> None:
-        if self.client is not None:
+        ex = self.exchange
+        if ex is not None:
             self.backlogged = True
             self.backlogged_since = monotonic()  # proxy-send-timeout runs from here
-            self.client.flow.pause_writing()
+            ex.pause_client()
+        elif self.peer is not None:  # a tunnel: hold the client's side of it
+            self.peer.pause_reading(PEER_BACKLOG)
 
     def resume_writing(self) -> None:
-        if self.client is not None and self.backlogged:
+        ex = self.exchange
+        if ex is not None and self.backlogged:
             self.backlogged = False
-            self.client.flow.resume_writing()
+            ex.resume_client()
+        elif self.peer is not None:
+            self.peer.resume_reading(PEER_BACKLOG)
 
     # -- one exchange ----------------------------------------------------------
 
-    def send(self, client: Any, data: bytes, now: float) -> None:
-        """Bind to ``client`` and write its request head (and any body already read).
+    def send(self, ex: Exchange, data: bytes, now: float) -> None:
+        """Bind to ``ex`` and write its request head (and any body already read).
 
         ``now`` is the monotonic time (the client's last read, when that is now).
         """
         if self.stale_parser:
             self.parser = httptools.HttpResponseParser(self)
             self.stale_parser = False
-        self.client = client
+        self.exchange = ex
         self.hbuf = b""
         self.status = 0
+        self.body_bytes = 0
         self.responding = False
         self.requests += 1
         self.last_active = now
@@ -198,17 +216,30 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.transport.write(data)
 
-    def release(self) -> None:
+    def pause_reading(self) -> None:
+        """The client's write buffer is full: stop reading the response."""
+        self.flow.pause_writing()
+
+    def resume_reading(self) -> None:
+        self.flow.resume_writing()
+
+    def tunnel_to(self, peer: ClientSide) -> None:
+        """After a 101: every byte read from now on goes to ``peer`` as it is."""
+        self.peer = peer
+
+    def release(self, reusable: bool = True) -> None:
         """The exchange is over: back to the pool when reusable, else closed."""
-        client, self.client = self.client, None
-        if client is not None:
+        ex, self.exchange = self.exchange, None
+        if ex is not None:
+            client = ex.client
             if self.backlogged:  # our write backlog no longer holds that client's reading
                 self.backlogged = False
-                client.flow.resume_writing()
+                client.resume_reading(PEER_BACKLOG)
             if client.write_paused:  # nor does that client's backlog hold our reading
                 self.flow.resume_writing()
-        if self.keep_alive and not self.lost and not self.transport.is_closing():
-            # Pool.put, inline: this runs once per request
+        if reusable and self.keep_alive and not self.lost and not self.transport.is_closing():
+            # Into the pool's idle list here, the one place a connection comes back
+            # (no call to a Pool method: this runs once per request).
             pool = self.pool
             idle = pool.idle.get(self.key)
             if idle is None:
@@ -222,9 +253,13 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self.transport.close()
 
+    def close(self) -> None:
+        """Close the connection (unused, or a tunnel whose client went away)."""
+        self.transport.close()
+
     def abort(self) -> None:
         """Drop the connection mid-exchange (the client went away or timed out)."""
-        self.client = None
+        self.exchange = None
         if self.transport is not None:
             self.transport.abort()
 
@@ -247,24 +282,19 @@ class UpstreamConnection(asyncio.Protocol):
             self.hbuf = buf[end + 4 :]
             return
         self.hbuf = None
-        self.head = head
         self.status = status
         self.keep_alive = self.parser.should_keep_alive()
-        client = self.client
-        if client is not None and client.upstream_head(self, status):
+        ex = self.exchange
+        if ex is not None and ex.response_head(self, head):
             # HEAD: the parser would wait for the body the length announces.
             self.stale_parser = True
-            client.upstream_done(self)
+            ex.response_end(self)
 
     def on_body(self, body: bytes) -> None:
-        client = self.client
-        if client is not None:  # framed for the client, written with the rest of this read
-            ex = client.active
-            ex.bytes_out += len(body)
-            if ex.framing == CHUNKED:
-                client.wbuf.append(b"%x\r\n%b\r\n" % (len(body), body))
-            else:
-                client.wbuf.append(body)
+        ex = self.exchange
+        if ex is not None:  # framed by the client, written with the rest of this read
+            self.body_bytes += len(body)
+            ex.client.write_body(body)
 
     def on_message_complete(self) -> None:
         if self.informational:
@@ -272,8 +302,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         if self.status == 101 or self.stale_parser:
             return
-        if self.client is not None:
-            self.client.upstream_done(self)
+        ex = self.exchange
+        if ex is not None:
+            ex.response_end(self)
 
 
 class Pool:
@@ -288,6 +319,17 @@ class Pool:
         self.opened = 0
         self.reused = 0
         self._held: list[UpstreamConnection] = []
+
+    def take(self, key: PoolKey) -> UpstreamConnection | None:
+        """The most recently used idle connection to ``key`` that is still open, if any."""
+        idle = self.idle.get(key)
+        while idle:
+            up = idle.pop()
+            up.in_pool = False
+            if not up.lost and not up.transport.is_closing():
+                self.reused += 1
+                return up
+        return None
 
     def discard(self, up: UpstreamConnection) -> None:
         up.in_pool = False

@@ -657,3 +657,47 @@ async def test_an_oversized_response_head_is_502(backends, proxy_factory):
     assert raw.startswith(b"HTTP/1.1 502 ")
     assert b"response head is too large" in raw
     assert b"X-Filler" not in raw
+
+
+async def test_a_tunnel_the_upstream_closes_is_closed_to_the_client(backends, proxy_factory):
+    async def one_message(req, r, w):
+        w.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbye"
+        )
+        await w.drain()
+        return False  # and the backend closes
+
+    addr = await backends.start(one_message)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(  # reads to EOF: the proxy must close its side too
+        p.port, b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    )
+    assert raw.startswith(b"HTTP/1.1 101 ")
+    assert raw.endswith(b"\r\n\r\nbye")
+    assert not p.server.conns
+
+
+async def test_a_101_nobody_asked_for_is_502(backends, proxy_factory):
+    async def switches(req, r, w):
+        w.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        await w.drain()
+        return False
+
+    addr = await backends.start(switches)
+    p = await proxy_factory(FakeRoutes({"/": [addr]}))
+    raw = await http_exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 502 ")
+    assert b"switched protocols unasked" in raw
+
+
+async def test_an_answer_that_closes_is_logged_once(backends, proxy_factory, tmp_path):
+    path = tmp_path / "access.log"
+    log = AccessLog(str(path), "json")
+    p = await proxy_factory(FakeRoutes({"/gone": Respond(403, b"no\n")}), access_log=log)
+    raw = await http_exchange(p.port, b"GET /gone HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 403 ")
+    log.flush()
+    assert [json.loads(x)["status"] for x in path.read_text().splitlines()] == [403]
+    log.close()

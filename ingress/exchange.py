@@ -1,0 +1,598 @@
+"""One request and its response, whatever protocol the client speaks.
+
+An :class:`Exchange` is made by a client protocol (today
+:class:`netplane.ingress.http.ClientConnection`, HTTP/1.1) as a request
+starts. The client protocol fills in the request head, then drives it with
+a few calls: :meth:`Exchange.route` once the head is complete,
+:meth:`~Exchange.start` when the response may begin (HTTP/1.1 answers in
+request order), :meth:`~Exchange.request_body` and
+:meth:`~Exchange.request_end` as the body arrives, :meth:`~Exchange.refuse`
+and :meth:`~Exchange.client_lost` when things go wrong. From there the
+exchange does the rest: it asks the route table once, answers by itself
+(redirects, 404, 413, 503) or takes an idle upstream connection from the
+pool (else opens one, trying the next target on a refused connect), sends
+the request upstream (the upstream side is HTTP/1.1 whatever the client
+speaks), relays the response as the :class:`UpstreamConnection` reports
+it, enforces the upstream timeouts, retries once on a reused connection
+that the endpoint had closed, and counts and logs the exchange when it
+is over.
+
+What it needs of its client is the small :class:`ClientSide` protocol:
+write a response head, body and end (the client frames them for its own
+wire), write a whole answer of the proxy's own, pause and resume reading,
+close, and be told when the exchange is over. The life cycle is
+:mod:`netplane.ingress.exchange_state`'s table; every state change goes
+through :meth:`ExchangeState.to`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic
+from typing import TYPE_CHECKING, Any, Protocol
+
+from netplane.ingress.exchange_state import (
+    ABORT,
+    ABORTED,
+    ANSWER,
+    BODY,
+    CONNECT,
+    CONNECTING,
+    DONE,
+    IDLE,
+    RECEIVED,
+    REFUSE,
+    REQUEST_END,
+    RESPONSE_END,
+    RESPONSE_HEAD,
+    RETRY,
+    SEND,
+    STREAMING,
+    SWITCH,
+    TUNNEL,
+    WAITING,
+    ExchangeState,
+)
+from netplane.ingress.http_head import NO_BODY, RequestHead, ResponseHead
+from netplane.ingress.routes import Forward, Redirect
+
+from netplane.l4.flow_control import HIGH_WATER, PEER_BACKLOG, PENDING_FULL
+
+if TYPE_CHECKING:
+    from netplane.ingress.upstream import Pool, UpstreamConnection
+
+log = logging.getLogger("netplane.ingress")
+
+IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"))
+
+
+class Shared(Protocol):
+    """What the exchanges of one listener share (:class:`netplane.ingress.http.Listener`)."""
+
+    routes: Any
+    pool: Pool
+    stats: Any
+    access_log: Any
+    https: bool
+
+
+class ClientSide(Protocol):
+    """What an exchange needs of the client connection it belongs to.
+
+    The client protocol frames what it is given for its own wire (HTTP/1.1:
+    chunked or not, ``Connection: close`` or not) and owns its connection's
+    keep-alive; the exchange never touches its transport.
+    """
+
+    listener: Shared
+    client_ip: str
+    client_ip_b: bytes
+    #: the forwarded fields every request of this connection gets upstream
+    forwarded: bytes
+    #: the client's write buffer is above its high-water mark
+    write_paused: bool
+
+    def write_continue(self, ex: Exchange) -> None:
+        """Tell the client to send the body it announced with ``Expect: 100-continue``."""
+
+    def write_answer(
+        self, ex: Exchange, status: int, message: bytes | None, location: bytes | None
+    ) -> None:
+        """Write a whole response of the proxy's own (an error page, or a redirect to ``location``)."""
+
+    def write_head(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
+        """Write the upstream's response head, with ``extra`` (pre-framed lines) added."""
+
+    def write_switch(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
+        """Write the upstream's 101 (Switching Protocols) head."""
+
+    def write_body(self, data: bytes) -> None:
+        """Write response body bytes (they may wait for :meth:`flush`)."""
+
+    def write_end(self, ex: Exchange) -> None:
+        """The response body is complete; write what waits."""
+
+    def _unbind(self) -> UpstreamConnection | None:
+        """Let go of the upstream connection (returned), keeping the count of body bytes it passed."""
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            self.bytes_out = up.body_bytes
+        return up
+
+    def flush(self) -> None:
+        """Write what waits (the end of one upstream read)."""
+
+    def write(self, data: bytes) -> None:
+        """Bytes from the far end of a tunnel (after :meth:`start_tunnel`), as they are."""
+
+    def pause_reading(self, reason: int) -> None: ...
+
+    def resume_reading(self, reason: int) -> None: ...
+
+    def close(self) -> None:
+        """Close the connection after what was written (a response that cannot be completed)."""
+
+    def exchange_over(self, ex: Exchange, now: float) -> None:
+        """``ex`` is over, counted and logged (``now``: monotonic)."""
+
+    def start_tunnel(self, ex: Exchange, up: UpstreamConnection, rest: bytes) -> None:
+        """The upstream switched protocols: pass bytes both ways from now on."""
+
+
+class Exchange(ExchangeState):
+    """One request and its response, from the first byte read to the last written."""
+
+    __slots__ = (
+        "answer",
+        "body_in",
+        "bytes_out",
+        "client",
+        "decision",
+        "head",
+        "http10",
+        "keep_alive",
+        "method",
+        "pending",
+        "pending_size",
+        "retried",
+        "status",
+        "t0",
+        "t_received",
+        "t_up",
+        "target",
+        "target_index",
+        "until_eof",
+        "upgrade",
+        "upstream",
+        "upstream_addr",
+        "upstream_head",
+    )
+
+    def __init__(
+        self,
+        client: ClientSide,
+        t0: float,
+        target: bytes = b"",
+        head: RequestHead | None = None,
+        method: bytes = b"",
+        http10: bool = False,
+        keep_alive: bool = True,
+        upgrade: bool = False,
+        received: float = 0.0,
+    ) -> None:
+        """A request whose head is complete (``t0``: monotonic, when its first byte arrived).
+
+        ``received``: for a request without a body, the monotonic time its head
+        ended; it starts ``RECEIVED`` then, and :meth:`request_end` is not called.
+        """
+        self.request_state = RECEIVED if received else BODY
+        self.response_state = IDLE
+        self.client = client
+        self.t0 = t0
+        self.target = target
+        self.head = head if head is not None else RequestHead()
+        self.method = method
+        self.http10 = http10
+        #: the client connection may carry on after this exchange
+        self.keep_alive = keep_alive
+        #: the client asked to switch protocols (Upgrade)
+        self.upgrade = upgrade
+        self.decision: Any = None
+        #: (status, message, location) of an answer made without an upstream
+        self.answer: tuple[int, bytes | None, bytes | None] | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.upstream_addr: tuple[str, int] | None = None
+        self.upstream_head = b""
+        self.pending: list[bytes] | None = None  # framed body bytes read before the upstream is up
+        self.pending_size = 0
+        self.body_in = 0
+        self.bytes_out = 0
+        self.status = 0
+        self.until_eof = False
+        self.retried = False
+        self.target_index = 0
+        self.t_up = 0.0
+        #: monotonic time the request was read to its end (proxy-read-timeout runs from here)
+        self.t_received = received
+
+    @property
+    def has_body(self) -> bool:
+        cl = self.head.content_length
+        return self.head.chunked or (cl is not None and cl.strip() != b"0")
+
+    def close_connection(self) -> None:
+        """The client connection ends after this exchange."""
+        self.keep_alive = False
+
+    # -- driven by the client protocol ----------------------------------------------------
+
+    def route(self) -> None:
+        """Ask the route table what to do with the request (once, before :meth:`start`)."""
+        head = self.head
+        target = self.target
+        if target[:1] != b"/":
+            target = self._origin_form()
+        host = head.host.decode("latin-1") if head.host is not None else ""
+        client = self.client
+        try:
+            d = client.listener.routes.route(
+                host,
+                target.decode("latin-1"),
+                https=client.listener.https,
+                client_ip=client.client_ip,
+                headers=head.headers,
+            )
+        except Exception:
+            log.exception("route lookup failed for %r %r", host, self.target)
+            self.answer = (500, b"The proxy failed to route this request.", None)
+            return
+        self.decision = d
+        kind = type(d)
+        if kind is Forward:
+            limit = d.options.body_limit
+            cl = head.content_length
+            if limit is not None and cl is not None and int(cl) > limit:
+                self.answer = (413, None, None)
+            elif not d.targets:
+                self.answer = (503, None, None)
+        elif kind is Redirect:
+            self.answer = (d.status, None, d.location)
+        else:
+            self.answer = (d.status, d.body.rstrip(b"\n"), None)
+
+    def _origin_form(self) -> bytes:
+        """An absolute-form target (RFC 9112 §3.2.2): its authority replaces Host, its path routes."""
+        scheme, sep, rest = self.target.partition(b"://")
+        if not sep or scheme.lower() not in (b"http", b"https"):
+            return self.target  # "*" (OPTIONS) or something the route table will not match
+        authority, slash, path = rest.partition(b"/")
+        authority = authority.rpartition(b"@")[2]  # userinfo is never forwarded
+        if authority:
+            self.head.host = authority
+        return b"/" + path if slash else b"/"
+
+    def refuse(self, status: int, message: bytes | None) -> None:
+        """The request is refused (malformed, over a limit, too slow); the rest of it is never read.
+
+        Not yet answering: the answer waits for the exchange's turn. Answering
+        already: the answer replaces the response, or the connection closes
+        when the response has begun.
+        """
+        self.to(REFUSE)
+        self.keep_alive = False
+        state = self.response_state
+        if state is IDLE:
+            self.upgrade = False
+            self.answer = (status, message, None)
+        elif state is CONNECTING or state is WAITING:
+            self.reply(status, message)
+        else:
+            self.client.close()
+
+    def start(self, now: float) -> None:
+        """The response may begin (``now``: monotonic, the time of the client's last read)."""
+        answer = self.answer
+        if answer is not None:
+            self.reply(*answer)
+            return
+        client = self.client
+        if self.head.expect_continue and self.request_state is BODY and not self.http10:
+            client.write_continue(self)
+        d = self.decision
+        ip, port = d.targets[0]
+        up = client.listener.pool.take((ip, port, d.upstream_tls))
+        if up is not None:
+            self._send(up, now)
+        else:
+            self.to(CONNECT)
+            asyncio.get_running_loop().create_task(self._connect(0))
+
+    def request_body(self, body: bytes) -> bool:
+        """Body bytes from the client; False when they pass the route's body limit."""
+        self.body_in += len(body)
+        if self.answer is not None:  # answered without an upstream: read and dropped
+            return True
+        limit = self.decision.options.body_limit
+        if limit is not None and self.body_in > limit:
+            return False
+        if self.head.transfer_encoding is not None:
+            body = b"%x\r\n%b\r\n" % (len(body), body)
+        up = self.upstream
+        if up is not None:
+            up.write(body)
+        else:
+            if self.pending is None:
+                self.pending = [body]
+            else:
+                self.pending.append(body)
+            self.pending_size += len(body)
+            if self.pending_size > HIGH_WATER:
+                self.client.pause_reading(PENDING_FULL)
+        return True
+
+    def request_end(self, now: float) -> None:
+        """The request was read to its end (``now``: monotonic)."""
+        self.to(REQUEST_END)
+        self.t_received = now
+        up = self.upstream
+        if self.answer is None and self.head.transfer_encoding is not None:
+            if up is not None:
+                up.write(b"0\r\n\r\n")
+            elif self.pending is None:
+                self.pending = [b"0\r\n\r\n"]
+            else:
+                self.pending.append(b"0\r\n\r\n")
+        # Answered already: over now, unless it was over at its answer (no keep-alive).
+        if self.response_state is DONE and self.keep_alive:
+            self._log(now, True)
+
+    def client_lost(self) -> None:
+        """The client connection is gone: drop the upstream, log what was not answered."""
+        up = self._unbind()
+        if up is not None:
+            up.abort()
+        state = self.response_state
+        if state is DONE or state is TUNNEL:
+            return
+        if state is not ABORTED:
+            self.to(ABORT)
+        self.status = self.status or 499  # nginx's "client closed the request"
+        self._log(monotonic(), False)
+
+    def sweep(self, now: float) -> bool:
+        """Enforce the upstream timeouts (proxy-send and proxy-read); True when one fired."""
+        up = self.upstream
+        if up is None:
+            return False
+        options = self.decision.options
+        if up.backlogged and now - up.backlogged_since > options.send_timeout:
+            log.info("upstream %s:%s stopped reading the request", *self.upstream_addr)
+            if self.response_started:
+                self._unbind()
+                up.abort()
+                self._cut()
+            else:
+                self.reply(504, b"The upstream stopped reading the request.")
+            return True
+        if (
+            self.request_state is RECEIVED
+            and now - max(up.last_active, self.t_received) > options.read_timeout
+        ):
+            log.info(
+                "upstream %s:%s timed out for %s",
+                *self.upstream_addr,
+                self.target.decode("latin-1"),
+            )
+            if self.response_started:
+                self._unbind()
+                up.abort()
+                self._cut()
+            else:
+                self.reply(504, None)
+            return True
+        return False
+
+    # -- the upstream ------------------------------------------------------------------
+
+    async def _connect(self, start: int) -> None:
+        d = self.decision
+        targets = d.targets
+        pool = self.client.listener.pool
+        last: BaseException | None = None
+        for i in range(start, len(targets)):
+            ip, port = targets[i]
+            try:
+                up = await pool.connect((ip, port, d.upstream_tls), d.options.connect_timeout)
+            except (OSError, TimeoutError) as e:
+                last = e
+                log.debug("cannot connect to %s:%s: %s", ip, port, e)
+                continue
+            if self.response_state is not CONNECTING:  # answered or aborted meanwhile
+                up.close()
+                return
+            self.target_index = i
+            self._send(up, monotonic())
+            return
+        if self.response_state is CONNECTING:
+            if isinstance(last, TimeoutError):
+                self.reply(504, b"The upstream did not accept the connection in time.")
+            else:
+                self.reply(502, b"The upstream refused the connection.")
+
+    def _send(self, up: UpstreamConnection, now: float) -> None:
+        self.to(SEND)
+        d = self.decision
+        client = self.client
+        self.upstream = up
+        self.upstream_addr = d.targets[self.target_index]
+        if not self.upstream_head:
+            self.upstream_head = self.head.upstream_head(
+                self.method, d.path.encode("latin-1"), client.client_ip_b, client.forwarded,
+                self.upgrade,
+            )  # fmt: skip
+        if self.pending:
+            up.send(self, self.upstream_head + b"".join(self.pending), now)
+            self.pending = None
+            self.pending_size = 0
+            client.resume_reading(PENDING_FULL)
+        else:
+            up.send(self, self.upstream_head, now)
+        self.t_up = now
+        if client.write_paused:
+            up.pause_reading()
+
+    # -- upstream events (called by the UpstreamConnection bound to this exchange) --------
+
+    def response_head(self, up: UpstreamConnection, head: ResponseHead) -> bool:
+        """Pass the response head on; True when no body follows that the parser would wait for."""
+        d = self.decision
+        client = self.client
+        extra = b"" if head.has_request_id else b"X-Request-ID: " + self.head.request_id + b"\r\n"
+        if d.set_cookie is not None:
+            extra += b"Set-Cookie: " + d.set_cookie + b"\r\n"
+        if client.listener.https and d.options.hsts is not None and not head.has_hsts:
+            extra += b"Strict-Transport-Security: " + d.options.hsts + b"\r\n"
+        status = self.status = head.status
+        if status == 101:
+            if not self.upgrade or self.head.upgrade is None:
+                self.upstream_failed(up, b"The upstream switched protocols unasked.")
+            else:
+                client.write_switch(self, head, extra)
+            return False
+        self.to(RESPONSE_HEAD)
+        head_request = self.method == b"HEAD"
+        self.until_eof = (
+            not head_request
+            and head.body_framing != NO_BODY
+            and not head.has_length
+            and not head.chunked
+        )
+        client.write_head(self, head, extra)
+        return head_request
+
+    def response_end(self, up: UpstreamConnection) -> None:
+        """The upstream's response is complete: give the connection back, end the client's."""
+        self.to(RESPONSE_END)
+        client = self.client
+        client.write_end(self)
+        self.upstream = None
+        self.bytes_out = up.body_bytes
+        # A request still being written leaves the upstream stream unsure.
+        received = self.request_state is RECEIVED
+        up.release(received)
+        if received or not self.keep_alive:
+            self._log(up.last_active, True)
+
+    def upstream_lost(self, up: UpstreamConnection) -> None:
+        """The upstream connection closed."""
+        self.client.flush()
+        if self.upstream is not up:
+            return
+        self._unbind()
+        if self.response_state is STREAMING:
+            if self.until_eof:  # a close-delimited body ends here
+                self.to(RESPONSE_END)
+                self.client.write_end(self)
+                self._response_done()
+            else:
+                self._cut()  # a cut response must look cut to the client
+            return
+        if (
+            up.requests > 1
+            and not up.responding
+            and not self.retried
+            and self.method in IDEMPOTENT
+            and not self.has_body
+        ):
+            # The endpoint closed an idle connection as we reused it: once more, fresh.
+            self.retried = True
+            self.to(RETRY)
+            asyncio.get_running_loop().create_task(self._connect(self.target_index))
+            return
+        self.reply(502, b"The upstream closed the connection before answering.")
+
+    def upstream_failed(self, up: UpstreamConnection, message: bytes) -> None:
+        """The upstream sent what cannot be passed on (a malformed or oversized response)."""
+        self.client.flush()
+        self._unbind()
+        up.abort()
+        if self.response_started:
+            self._cut()
+        else:
+            self.reply(502, message)
+
+    def switched(self, up: UpstreamConnection, rest: bytes) -> None:
+        """The upstream answered 101: the connection becomes a tunnel; the exchange is over."""
+        self.to(SWITCH)
+        self.upstream = None
+        self.client.start_tunnel(self, up, rest)
+        self._log(monotonic(), False)
+
+    def _unbind(self) -> UpstreamConnection | None:
+        """Let go of the upstream connection (returned), keeping the count of body bytes it passed."""
+        up = self.upstream
+        if up is not None:
+            self.upstream = None
+            self.bytes_out = up.body_bytes
+        return up
+
+    def flush(self) -> None:
+        """The end of one upstream read: what it produced goes out in one write."""
+        self.client.flush()
+
+    def pause_client(self) -> None:
+        """The upstream's write buffer is full: stop reading the client."""
+        self.client.pause_reading(PEER_BACKLOG)
+
+    def resume_client(self) -> None:
+        self.client.resume_reading(PEER_BACKLOG)
+
+    # -- ending ----------------------------------------------------------------------
+
+    def reply(self, status: int, message: bytes | None, location: bytes | None = None) -> None:
+        """Answer without the upstream (a route's answer, 502, 504, 408 ...)."""
+        client = self.client
+        client.flush()
+        up = self._unbind()
+        if up is not None:
+            up.abort()
+        self.status = status
+        client.write_answer(self, status, message, location)
+        self.to(ANSWER)
+        self._response_done()
+
+    def _cut(self) -> None:
+        """The response has begun and cannot be completed: the client must see it cut."""
+        self.keep_alive = False
+        if self.response_state is not ABORTED:
+            self.to(ABORT)
+        self.client.close()
+
+    def _response_done(self) -> None:
+        if self.request_state is RECEIVED or not self.keep_alive:
+            now = monotonic()
+            self._log(now, True)
+
+    def _log(self, now: float, over: bool) -> None:
+        """Count the exchange for /metrics and write its access-log line (``now``: monotonic).
+
+        ``over``: the exchange is over, and its client protocol is told so.
+        """
+        listener = self.client.listener
+        d = self.decision
+        if type(d) is Forward:
+            listener.stats.record(
+                d.ingress, d.service, self.status, listener.https, now - self.t0, d.host
+            )
+        else:
+            listener.stats.record(
+                getattr(d, "ingress", None), None, self.status, listener.https, now - self.t0,
+                getattr(d, "host", ""),
+            )  # fmt: skip
+        alog = listener.access_log
+        if alog is not None:
+            alog.record(self.client, self, now)
+        if over:
+            self.client.exchange_over(self, now)
