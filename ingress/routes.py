@@ -54,6 +54,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from netplane.config import DEFAULTS
 from netplane.dataplane import Change
 from netplane.model import Ingress, IngressBackend, ObjectKey
 from netplane.model.meta import fast_constructor
@@ -73,7 +74,8 @@ from .paths import (
 
 log = logging.getLogger("netplane.ingress.routes")
 
-DEFAULT_HSTS = b"max-age=31536000; includeSubDomains"
+# Config holds the default (--ingress-hsts); a RouteTable built without one gets the same.
+DEFAULT_HSTS = (DEFAULTS.ingress_hsts or "").encode() or None
 # Endpoints in Forward.targets: the choice plus connect-failure retries
 # (ingress-nginx's proxy-next-upstream-tries default is 3).
 MAX_TARGETS = 3
