@@ -62,7 +62,6 @@ class AccessLog:
         self._names: dict[Any, bytes] = {}
         self._quotes: dict[bytes, bytes] = {}
         self._ups: dict[tuple[str, int], bytes] = {}
-        self.lines_written = 0
 
     def _stamp_for(self, now: float) -> bytes:
         """The wall-clock time of monotonic ``now``, as the daemon's log writes it."""
@@ -185,7 +184,6 @@ class AccessLog:
             pass  # a non-blocking stdout that is full: lose the rest of this batch, not the loop
         except OSError:
             return
-        self.lines_written += len(lines)
 
     def close(self) -> None:
         self.flush()

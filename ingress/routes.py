@@ -160,7 +160,6 @@ class _Pool:
     """The candidate endpoints of one Ingress backend (service and port), round-robin."""
 
     __slots__ = (
-        "by_target",
         "by_token",
         "cursor",
         "key",
@@ -176,7 +175,6 @@ class _Pool:
         self.rotations: tuple[tuple[tuple[str, int], ...], ...] = ()
         self.tokens: tuple[bytes, ...] = ()
         self.by_token: dict[bytes, int] = {}
-        self.by_target: dict[tuple[str, int], int] = {}
         self.cursor = 0
         self.unavailable = b""
 
@@ -217,7 +215,6 @@ class _Pool:
             hashlib.sha256(f"{a}|{p}".encode()).hexdigest()[:16].encode() for a, p in candidates
         )
         self.by_token = {t: i for i, t in enumerate(self.tokens)}
-        self.by_target = {t: i for i, t in enumerate(candidates)}
         if self.cursor >= n:
             self.cursor = 0
 

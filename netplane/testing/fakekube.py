@@ -314,11 +314,6 @@ class FakeKube:
             w.queue.put_nowait(_line({"type": "ERROR", "object": err}))
             w.queue.put_nowait(None)
 
-    def bookmark(self) -> None:
-        for w in self._watchers:
-            if w.bookmarks and not w.frozen:
-                w.queue.put_nowait(self._bookmark_line(w.kind))
-
     def watchers(self, kind: str | None = None) -> int:
         return sum(1 for w in self._watchers if kind is None or w.kind == kind)
 
