@@ -653,7 +653,7 @@ class FakeTransport:
 
 def test_flow_control_reasons_are_idempotent() -> None:
     t = FakeTransport()
-    fc = FlowControl(t)  # type: ignore[arg-type]
+    fc = FlowControl(t)
     fc.pause_writing()
     fc.pause_writing()
     fc.pause(PENDING_FULL)

@@ -25,7 +25,7 @@ now and the ingress proxy will share it.
 
 from __future__ import annotations
 
-import asyncio
+from typing import Protocol
 
 #: Default write-buffer high-water mark, in bytes (the low-water mark is a quarter).
 HIGH_WATER = 64 * 1024
@@ -36,12 +36,22 @@ PEER_BACKLOG = 1
 PENDING_FULL = 2
 
 
+class Readable(Protocol):
+    """The reading switch of a transport (``asyncio.ReadTransport``'s), all FlowControl uses."""
+
+    def is_closing(self) -> bool: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+
 class FlowControl:
     """Pause and resume reading one transport for any number of reasons (bit flags)."""
 
     __slots__ = ("_done", "_reasons", "transport")
 
-    def __init__(self, transport: asyncio.BaseTransport) -> None:
+    def __init__(self, transport: Readable) -> None:
         #: the transport whose reading this helper controls
         self.transport = transport
         self._reasons = 0
@@ -59,7 +69,7 @@ class FlowControl:
         was = self._reasons
         self._reasons = was | reason
         if not was and not self._done and not self.transport.is_closing():
-            self.transport.pause_reading()  # type: ignore[attr-defined]
+            self.transport.pause_reading()
 
     def resume(self, reason: int = PEER_BACKLOG) -> None:
         """Release ``reason``; reading resumes when no reason is left."""
@@ -67,7 +77,7 @@ class FlowControl:
             return
         self._reasons &= ~reason
         if not self._reasons and not self._done and not self.transport.is_closing():
-            self.transport.resume_reading()  # type: ignore[attr-defined]
+            self.transport.resume_reading()
 
     def finish(self) -> None:
         """The transport will deliver nothing more (EOF or closing): never touch it again."""

@@ -281,17 +281,17 @@ class Picker:
 
         s = sticky.get(client_ip)
         if s is not None:
-            t = s.target
+            kept = s.target
             if (
                 now - s.last < self._timeout
-                and t in pool.members
-                and t not in exclude
-                and self._failed.get(t, 0) <= s.seq
+                and kept in pool.members
+                and kept not in exclude
+                and self._failed.get(kept, 0) <= s.seq
             ):
                 s.last = now
                 s.seq = self._seq
                 sticky.move_to_end(client_ip)
-                return t
+                return kept
         t = self._choose(pool, exclude)
         if t is None:
             if s is not None:

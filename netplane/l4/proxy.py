@@ -47,8 +47,8 @@ from netplane.l4.node_routes import NodeRoutes
 from netplane.l4.picker import NodeInfo, Picker
 from netplane.l4.routes import FrontendKey, PortRoute, frontends_of
 from netplane.l4.steer import steer_by_source
-from netplane.l4.tcp import TcpProxy, TcpSettings
-from netplane.l4.udp import UdpProxy, UdpSettings
+from netplane.l4.tcp import Listener, TcpProxy, TcpSettings
+from netplane.l4.udp import UdpListener, UdpProxy, UdpSettings
 from netplane.model import ObjectKey
 from netplane.service_table import ServiceKey
 
@@ -106,7 +106,7 @@ class L4Proxy:
         self.shared_listeners = (
             local_routes is not None if shared_listeners is None else shared_listeners
         )
-        self._sockets: dict[SocketKey, Any] = {}
+        self._sockets: dict[SocketKey, Listener | UdpListener] = {}
         self._users: dict[SocketKey, set[FrontendKey]] = {}
         self._socket_of: dict[FrontendKey, SocketKey] = {}
         # wildcards the host already holds an address of; never retried
@@ -248,7 +248,9 @@ class L4Proxy:
         skey = self._socket_of.get(key)
         if skey is not None:
             if skey == key and key[2] == "UDP":
-                self._sockets[skey].route = route  # a per-address UDP socket holds its route
+                listener = self._sockets[skey]
+                assert isinstance(listener, UdpListener)
+                listener.route = route  # a per-address UDP socket holds its route
             return
         ip, port, proto = key
         wildcard = ("::" if ":" in ip else "0.0.0.0", port, proto)
@@ -289,6 +291,7 @@ class L4Proxy:
     async def _bind(self, skey: SocketKey, route: PortRoute) -> None:
         ip, port, proto = skey
         sock = self._reuse_socket(ip, port, proto) if self.workers > 1 else None
+        listener: Listener | UdpListener
         try:
             if proto == "TCP":
                 listener = await self.tcp.listen(ip, port, self._resolve_tcp, sock=sock)

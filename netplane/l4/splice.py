@@ -199,7 +199,7 @@ class Acceptor:
             )
 
     def _ready(self, lsock: socket.socket, family: int, sockname: Any) -> None:
-        on_accept, accept = self._on_accept, lsock._accept  # type: ignore[attr-defined]
+        on_accept, accept = self._on_accept, lsock._accept  # type: ignore[attr-defined]  # CPython's C accept, not in typeshed
         for _ in range(ACCEPT_BATCH):
             try:
                 # socket.accept() by hand, with the C socket type: no Python
@@ -323,7 +323,7 @@ class Reactor:
             except Exception:
                 log.exception("TCP: relaying failed; resetting the connection")
                 with contextlib.suppress(Exception):
-                    handler.__self__.abort()  # type: ignore[attr-defined]
+                    handler.__self__.abort()  # type: ignore[attr-defined]  # each handler is a SplicedConnection's method
 
     # -- timeouts -------------------------------------------------------------------
 
@@ -528,7 +528,7 @@ class _Pump:
             conn._finish(reset=False)  # both directions ended: close() sends this FIN
             return
         with contextlib.suppress(OSError):
-            self.dst_sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+            self.dst_sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]  # set with dst (>= 0 here)
 
     def release(self, pool: PipePool) -> None:
         """Hand the pipe back (kept only if empty); the pump moves nothing after this."""
@@ -749,7 +749,7 @@ class SplicedConnection:
         assert up is not None
         if down is None:  # the connect's outcome
             if events & _FAILED:
-                err = self._upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
+                err = self._upstream.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]  # its own fd's event
                 if err:
                     self._connect_failed(os.strerror(err))
                     return
@@ -812,7 +812,7 @@ class SplicedConnection:
             self._client.close()
         if self._opened:
             self._opened = False
-            report_closed(self._route, self._target, self._sockname)  # type: ignore[arg-type]
+            report_closed(self._route, self._target, self._sockname)  # type: ignore[arg-type]  # _opened implies both set
         self._host.remove(self)
 
     def _idle(self) -> None:

@@ -78,13 +78,13 @@ __all__ = ["Listener", "TcpProxy", "TcpSettings", "reset"]
 log = logging.getLogger("netplane.l4.tcp")
 
 
-def reset(transport: asyncio.BaseTransport) -> None:
+def reset(transport: asyncio.WriteTransport) -> None:
     """Close ``transport`` with a TCP RST (``SO_LINGER`` 0) instead of a FIN."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-    transport.abort()  # type: ignore[attr-defined]
+    transport.abort()
 
 
 class _Server(Protocol):
@@ -278,17 +278,17 @@ class _Upstream(asyncio.Protocol):
     def __init__(self, conn: _Connection) -> None:
         self._conn: _Connection | None = conn
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # create_connection() gives a stream Transport
         assert self._conn is not None
-        if not self._conn._upstream_made(transport, self):  # type: ignore[arg-type]
+        if not self._conn._upstream_made(transport, self):
             self._conn = None
 
     def data_received(self, data: bytes) -> None:
         conn = self._conn
         if conn is not None:
-            conn._client.write(data)  # type: ignore[union-attr]
+            conn._client.write(data)  # type: ignore[union-attr]  # set before the upstream exists
             conn._busy = True
-            conn._route.counts.to_client += len(data)  # type: ignore[union-attr]
+            conn._route.counts.to_client += len(data)  # type: ignore[union-attr]  # set before connecting
 
     def eof_received(self) -> bool:
         if self._conn is not None:
@@ -302,11 +302,11 @@ class _Upstream(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._conn is not None:
-            self._conn._client_read.pause_writing()  # type: ignore[union-attr]
+            self._conn._client_read.pause_writing()  # type: ignore[union-attr]  # set with the client
 
     def resume_writing(self) -> None:
         if self._conn is not None:
-            self._conn._client_read.resume_writing()  # type: ignore[union-attr]
+            self._conn._client_read.resume_writing()  # type: ignore[union-attr]  # set with the client
 
 
 class _Connection(asyncio.Protocol):
@@ -389,7 +389,7 @@ class _Connection(asyncio.Protocol):
 
     # -- client side (asyncio.Protocol) -----------------------------------------
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # a server's protocol gets a stream Transport
         self._client = transport
         self._host.add(self)
         transport.set_write_buffer_limits(high=self._settings.high_water)
@@ -409,7 +409,7 @@ class _Connection(asyncio.Protocol):
         if upstream is not None:
             upstream.write(data)
             self._busy = True
-            self._route.counts.to_endpoint += len(data)  # type: ignore[union-attr]
+            self._route.counts.to_endpoint += len(data)  # type: ignore[union-attr]  # set before connecting
             return
         pending = self._pending
         if pending is None:  # reset or refused: drop
@@ -417,11 +417,11 @@ class _Connection(asyncio.Protocol):
         pending.append(data)
         self._pending_size += len(data)
         if self._pending_size > self._settings.max_buffered:
-            self._client_read.pause(PENDING_FULL)  # type: ignore[union-attr]
+            self._client_read.pause(PENDING_FULL)  # type: ignore[union-attr]  # set in connection_made
 
     def eof_received(self) -> bool:
         self._client_eof = True
-        self._client_read.finish()  # type: ignore[union-attr]
+        self._client_read.finish()  # type: ignore[union-attr]  # set in connection_made
         upstream = self._upstream
         if upstream is not None:
             if not upstream.is_closing():
@@ -496,7 +496,9 @@ class _Connection(asyncio.Protocol):
             transport.abort()
             return False
         client = self._client
-        assert client is not None and self._route is not None and self._target is not None
+        client_read = self._client_read
+        assert client is not None and client_read is not None
+        assert self._route is not None and self._target is not None
         self._upstream = transport
         transport.set_write_buffer_limits(high=self._settings.high_water)
         self._upstream_read = FlowControl(transport)
@@ -511,7 +513,7 @@ class _Connection(asyncio.Protocol):
                 transport.write(chunk)
             self._route.counts.to_endpoint += self._pending_size
             self._pending_size = 0
-        self._client_read.resume(PENDING_FULL)  # type: ignore[union-attr]
+        client_read.resume(PENDING_FULL)
         if self._client_eof:
             transport.write_eof()
         # An upstream that is already full keeps the client paused: its
@@ -524,7 +526,7 @@ class _Connection(asyncio.Protocol):
 
     def _upstream_eof_received(self) -> None:
         self._upstream_eof = True
-        self._upstream_read.finish()  # type: ignore[union-attr]
+        self._upstream_read.finish()  # type: ignore[union-attr]  # set with the upstream, before its EOF
         client = self._client
         if client is not None and not client.is_closing():
             client.write_eof()
@@ -547,8 +549,8 @@ class _Connection(asyncio.Protocol):
     def _close_if_both_eof(self) -> None:
         if self._client_eof and self._upstream_eof:
             # close() flushes what is buffered, then closes.
-            self._client.close()  # type: ignore[union-attr]
-            self._upstream.close()  # type: ignore[union-attr]
+            self._client.close()  # type: ignore[union-attr]  # both sent EOF: both exist
+            self._upstream.close()  # type: ignore[union-attr]  # both sent EOF: both exist
 
     def _maybe_finish(self) -> None:
         if self._done or not self._client_lost:
@@ -564,7 +566,7 @@ class _Connection(asyncio.Protocol):
             self._connecting = None
         if self._opened:
             self._opened = False
-            report_closed(self._route, self._target, self._sockname)  # type: ignore[arg-type]
+            report_closed(self._route, self._target, self._sockname)  # type: ignore[arg-type]  # _opened implies both set
         self._host.remove(self)
 
     def abort(self) -> None:

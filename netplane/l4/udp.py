@@ -48,7 +48,7 @@ import errno
 import logging
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,9 @@ _MAX_DATAGRAM = 65535
 #: the listening transport's queued replies beyond which replies are dropped
 _MAX_QUEUED = 1 << 20
 _LOG_EVERY = 1.0
+
+#: ancillary data for ``sendmsg``: (level, type, data) items
+Cmsg = Sequence[tuple[int, int, bytes]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ class _Flow:
         route: Route,
         target: Target,
         sock: socket.socket,
-        cmsg: list | None = None,
+        cmsg: Cmsg = (),
     ) -> None:
         self.listener = listener
         self.key = key
@@ -211,13 +214,13 @@ class UdpListener(asyncio.DatagramProtocol):
 
     # -- asyncio.DatagramProtocol -----------------------------------------------
 
-    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:  # type: ignore[override]  # a datagram endpoint gets a DatagramTransport
         self._transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self._relay(data, addr, addr, self._current_route(), None)
+        self._relay(data, addr, addr, self._current_route(), ())
 
-    def _relay(self, data: bytes, key: Any, client: Any, route: Route | None, cmsg: Any) -> None:
+    def _relay(self, data: bytes, key: Any, client: Any, route: Route | None, cmsg: Cmsg) -> None:
         flow = self._flows.get(key)
         if flow is not None:
             if route is not None:
@@ -237,7 +240,7 @@ class UdpListener(asyncio.DatagramProtocol):
 
     def _reply(self, data: bytes, flow: _Flow) -> None:
         transport = self._transport
-        if transport is None or transport.get_write_buffer_size() > _MAX_QUEUED:
+        if transport is None or transport.get_write_buffer_size() > _MAX_QUEUED:  # type: ignore[attr-defined]  # asyncio's and uvloop's have it, typeshed lacks it
             self._proxy.dropped_errors += 1
             return
         transport.sendto(data, flow.client)
@@ -256,9 +259,7 @@ class UdpListener(asyncio.DatagramProtocol):
 
     # -- flows ------------------------------------------------------------------
 
-    def _open_flow(
-        self, key: Any, client: Any, route: Route | None, cmsg: list | None
-    ) -> _Flow | None:
+    def _open_flow(self, key: Any, client: Any, route: Route | None, cmsg: Cmsg) -> _Flow | None:
         proxy = self._proxy
         if proxy._nflows >= proxy.settings.max_flows:
             proxy._overflow()
@@ -348,6 +349,11 @@ class UdpListener(asyncio.DatagramProtocol):
             transport.close()
 
 
+def _no_route() -> Route | None:
+    """The route of a :class:`SharedUdpListener` as a whole: none (it resolves per address)."""
+    return None
+
+
 class SharedUdpListener(UdpListener):
     """One wildcard datagram socket serving every frontend on its port (node mode).
 
@@ -364,13 +370,14 @@ class SharedUdpListener(UdpListener):
         sock: socket.socket,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        super().__init__(proxy, resolve, loop)
+        # No route of its own: each datagram's destination picks one through resolve.
+        super().__init__(proxy, _no_route, loop)
         self._resolve = resolve
         self._sock: socket.socket | None = sock
         self._v6 = sock.family == socket.AF_INET6
         self._port = sock.getsockname()[1]
         # one reply's ancillary data per service address, built once
-        self._cmsgs: dict[str, list] = {}
+        self._cmsgs: dict[str, Cmsg] = {}
         loop.add_reader(sock.fileno(), self._readable)
 
     @property
@@ -436,7 +443,7 @@ _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 _ANC_SIZE = socket.CMSG_SPACE(32)
 
 
-def _destination(ancdata: list) -> str | None:
+def _destination(ancdata: list[tuple[int, int, bytes]]) -> str | None:
     """The address a datagram was sent to, from its PKTINFO ancillary data."""
     for level, kind, data in ancdata:
         if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(data) >= 12:
@@ -448,7 +455,7 @@ def _destination(ancdata: list) -> str | None:
     return None
 
 
-def _source_cmsg(address: str, v6: bool) -> list:
+def _source_cmsg(address: str, v6: bool) -> Cmsg:
     """Ancillary data that sends a reply from ``address``."""
     if v6:
         info = socket.inet_pton(socket.AF_INET6, address) + struct.pack("=I", 0)
