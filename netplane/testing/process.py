@@ -250,13 +250,14 @@ class Netplane:
 
 
 def _flag(args: list[str], name: str) -> str | None:
-    """The value of ``name VALUE`` or ``name=VALUE`` in ``args``, or None."""
+    """The value of the last ``name VALUE`` or ``name=VALUE`` in ``args`` (the one argparse keeps)."""
+    value = None
     for i, a in enumerate(args):
         if a == name and i + 1 < len(args):
-            return args[i + 1]
-        if a.startswith(name + "="):
-            return a.partition("=")[2]
-    return None
+            value = args[i + 1]
+        elif a.startswith(name + "="):
+            value = a.partition("=")[2]
+    return value
 
 
 def _read(path: Path) -> str:
