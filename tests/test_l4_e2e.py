@@ -20,10 +20,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 from ingress_fakes import curl
 
 from netplane.l4 import splice
+from netplane.testing.http import Stream, read_request
 from netplane.testing.ports import free_port
 from netplane.testing.process import Netplane
 
@@ -128,16 +130,16 @@ class Backends:
 
     async def http(self, host: str, port: int) -> None:
         async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            stream = Stream(r)
             try:
-                while True:
-                    head = await r.readuntil(b"\r\n\r\n")
+                while (req := await read_request(stream)) is not None:
                     self.hits[host] += 1
                     body = host.encode()
                     w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                     await w.drain()
-                    if b"close" in head.lower():
+                    if not req.keep_alive:
                         break
-            except (asyncio.IncompleteReadError, ConnectionError):
+            except (h11.RemoteProtocolError, ConnectionError):
                 pass
             w.close()
 
