@@ -15,8 +15,9 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
@@ -40,6 +41,7 @@ import pytest  # noqa: E402
 import uvloop  # noqa: E402
 
 import netplane  # noqa: E402
+from netplane.testing.process import Netplane  # noqa: E402
 
 assert Path(dns.message.__file__).resolve().parent.parent != ROOT
 if Path(netplane.__file__).resolve().parent.parent != ROOT:
@@ -60,3 +62,27 @@ def run(request: pytest.FixtureRequest) -> Callable:
             return r.run(coro)
 
     return runner
+
+
+@pytest.fixture
+def start_netplane(tmp_path: Path) -> Iterator[Callable[..., Netplane]]:
+    """``start_netplane(*args, **kw)``: a launched :class:`Netplane`, stopped (by PID) after the test.
+
+    It returns at once; a test then waits with ``await np.await_ready()`` (async)
+    or ``np.wait_ready()`` (sync), or for a start failure with ``np.wait_exit()``.
+    Keyword arguments go to :class:`Netplane` (``admin``, ``prefix``, ``env``,
+    ``name``); ``workdir`` defaults to the test's tmp_path. Each process gets a
+    name of its own (netplane, netplane-2, ...), hence its own log files.
+    """
+    started: list[Netplane] = []
+
+    def start(*args: str, **kw: Any) -> Netplane:
+        kw.setdefault("workdir", tmp_path)
+        kw.setdefault("name", "netplane" if not started else f"netplane-{len(started) + 1}")
+        np = Netplane(*args, **kw)
+        started.append(np)
+        return np.launch()
+
+    yield start
+    for np in reversed(started):
+        np.stop()

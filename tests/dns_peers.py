@@ -4,7 +4,6 @@ process serving DNS from manifests, waited for with real queries."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,13 +16,9 @@ from dnslib import QTYPE, RCODE, RR, SOA, TXT, A, DNSRecord
 from dnslib.server import BaseResolver, DNSHandler, DNSLogger, DNSServer
 
 from netplane.testing.ports import free_udp_tcp_port
+from netplane.testing.process import Netplane
 
 WAIT = 10.0
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    return free_udp_tcp_port()
 
 
 class _Resolver(BaseResolver):
@@ -69,7 +64,7 @@ class Upstream:
     """A dnslib server on UDP and TCP (threads), what netplane forwards to."""
 
     def __init__(self) -> None:
-        self.port = free_port()
+        self.port = free_udp_tcp_port()
         self.resolver = _Resolver()
         logger = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data")
         self.servers = [
@@ -100,32 +95,34 @@ def ask(
 
 
 class NetplaneDns:
-    """``netplane run`` serving DNS (proxy and ingress off) from ``manifests``."""
+    """``netplane run`` serving DNS (proxy and ingress off) from ``manifests``, ready to answer.
+
+    A :class:`Netplane` with an admin port of its own (or the ``--admin``
+    among ``extra``), started until /readyz, then until DNS answers a query.
+    """
 
     def __init__(self, tmp: Path, manifests: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.log = tmp / f"netplane-{self.port}.log"
-        argv = [
-            sys.executable, "-m", "netplane", "run", "-f", str(manifests), "--mode", "local",
+        self.port = free_udp_tcp_port()
+        self.np = Netplane(
+            "run", "-f", str(manifests), "--mode", "local",
             "--proxy", "off", "--ingress-http", "off", "--ingress-https", "off",
-            "--admin", "off", "--dns", f"127.0.0.1:{self.port}", "--manifest-poll-seconds", "0.05",
+            "--dns", f"127.0.0.1:{self.port}", "--manifest-poll-seconds", "0.05",
             # One process: these tests follow one answer cache's hits and TTLs;
             # each worker of --workers N has its own (tests/test_workers.py).
             "--shutdown-grace", "0", "--workers", "1", *extra,
-        ]  # fmt: skip
-        self._out = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(argv, stdout=self._out, stderr=subprocess.STDOUT, cwd=tmp)
+            workdir=tmp, name=f"netplane-{self.port}",
+        )  # fmt: skip
+        self.log = self.np.log_path
         try:
-            self.wait_ready()
+            self.np.start(WAIT)
+            self.wait_answering()
         except BaseException:
             self.stop()
             raise
 
-    def wait_ready(self) -> None:
+    def wait_answering(self) -> None:
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"netplane exited: {self.log.read_text()}")
             try:
                 m = ask(self.port, "dns-version.cluster.local", "TXT")
                 if m.rcode() == dns.rcode.NOERROR:
@@ -133,18 +130,10 @@ class NetplaneDns:
             except (dns.exception.DNSException, OSError):
                 pass
             time.sleep(0.05)
-        raise AssertionError(f"netplane DNS not ready in {WAIT} s: {self.log.read_text()}")
+        raise AssertionError(f"netplane DNS not answering in {WAIT} s\n{self.np.tail()}")
 
-    def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._out.close()
-        return self.proc.returncode
+    def stop(self) -> int:
+        return self.np.stop()
 
 
 def dig(port: int, *args: str, timeout: float = 15) -> str:

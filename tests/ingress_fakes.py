@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import h11
 from netplane.ingress.routes import Forward, ProxyOptions, Redirect, Respond
 
 from netplane.model import ObjectKey
+from netplane.testing.http import Request, Stream, read_request
+from netplane.testing.ports import free_port
+from netplane.testing.process import Netplane
 
 ING = ObjectKey("Ingress", "t", "web")
 
@@ -54,47 +58,7 @@ def forward(
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Request:
-    head: bytes
-    method: bytes
-    target: bytes
-    headers: dict[bytes, bytes]
-    body: bytes
-
-
-async def read_request(r: asyncio.StreamReader, read_body: bool = True) -> Request:
-    """One request from a stream (Content-Length or chunked body); IncompleteReadError at EOF."""
-    head = await r.readuntil(b"\r\n\r\n")
-    lines = head[:-4].split(b"\r\n")
-    method, target, _ = lines[0].split(b" ", 2)
-    headers: dict[bytes, bytes] = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    body = b""
-    if not read_body:
-        pass
-    elif headers.get(b"transfer-encoding", b"").lower() == b"chunked":
-        while True:
-            size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await r.readuntil(b"\r\n")
-                break
-            body += await r.readexactly(size)
-            await r.readexactly(2)
-    elif b"content-length" in headers:
-        body = await r.readexactly(int(headers[b"content-length"]))
-    return Request(head, method, target, headers, body)
-
-
-Handler = Callable[[Request, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[bool | None]]
+Handler = Callable[[Request, Stream, asyncio.StreamWriter], Awaitable[bool | None]]
 
 
 class Backends:
@@ -114,17 +78,22 @@ class Backends:
         *,
         read_body: bool = True,
     ) -> tuple[str, int]:
-        """Serve ``handler``; with ``read_body=False`` it gets the head only and reads the body."""
+        """Serve ``handler``, each request parsed by h11.
+
+        With ``read_body=False`` the handler gets the head only and reads the
+        body (netplane.testing.http.body_data), or leaves it unread. After a
+        ``101`` it reads and writes raw bytes on the stream.
+        """
 
         async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
             self.connections += 1
+            stream = Stream(r)
             try:
-                while True:
-                    req = await read_request(r, read_body)
+                while (req := await read_request(stream, body=read_body)) is not None:
                     self.requests.append(req)
-                    if await handler(req, r, w) is False:
+                    if await handler(req, stream, w) is False:
                         break
-            except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            except (h11.RemoteProtocolError, asyncio.IncompleteReadError, ConnectionError):
                 pass
             finally:
                 w.close()
@@ -142,15 +111,19 @@ class Backends:
                     await s.wait_closed()
 
 
-async def echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+async def echo(req: Request, r: Stream, w: asyncio.StreamWriter) -> None:
     """200 with ``METHOD target`` and the body it got."""
     body = req.method + b" " + req.target + b"\n" + req.body
     w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     await w.drain()
 
 
-async def ws_echo(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> bool:
-    """A WebSocket-ish backend: 101, then every byte echoed back with an ``echo:`` prefix."""
+async def ws_echo(req: Request, r: Stream, w: asyncio.StreamWriter) -> bool:
+    """A WebSocket-ish backend: 101, then every byte echoed back with an ``echo:`` prefix.
+
+    Bytes the client sent right behind its Upgrade request are h11's
+    ``trailing_data``, which the stream gives back first.
+    """
     w.write(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     )
@@ -204,34 +177,35 @@ def responses(raw: bytes) -> list[tuple[int, dict[bytes, bytes], bytes]]:
 
 # -- the daemon as a process, for the e2e tests ------------------------------------------------
 
-REPO = __import__("pathlib").Path(__file__).resolve().parent.parent
-
 
 class Daemon:
-    """``netplane run`` with the ingress on free loopback ports, reading a manifest directory."""
+    """``netplane run`` (a :class:`Netplane`) with the ingress on free loopback ports,
+    reading a manifest directory; its log goes to the directory's parent."""
 
-    def __init__(self, manifests: Any) -> None:
+    def __init__(self, manifests: Path) -> None:
         self.manifests = manifests
         self.http = free_port()
         self.https = free_port()
         self.admin = free_port()
-        self.proc: asyncio.subprocess.Process | None = None
-        self.output = b""
+        self.np: Netplane | None = None
 
     async def start(self, *extra: str) -> Daemon:
-        import os
-        import sys
-
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netplane", "run", "-f", str(self.manifests),
+        """Start it, and wait until /readyz answers 200."""
+        self.np = Netplane(
+            "run", "-f", str(self.manifests),
             "--mode", "local", "--proxy", "off", "--dns", "off",
             "--admin", f"127.0.0.1:{self.admin}",
             "--ingress-http", f"127.0.0.1:{self.http}", "--ingress-https", f"127.0.0.1:{self.https}",
             "--manifest-poll-seconds", "0.05", "--shutdown-grace", "1", *extra,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            workdir=self.manifests.parent, name=f"netplane-{self.http}",
         )  # fmt: skip
+        await self.np.astart()
         return self
+
+    @property
+    def output(self) -> bytes:
+        """What it wrote, stdout then its log."""
+        return b"" if self.np is None else (self.np.stdout + self.np.log).encode()
 
     def write(self, name: str, objs: list[dict]) -> None:
         import yaml
@@ -257,19 +231,9 @@ class Daemon:
             ) from None
 
     async def stop(self) -> None:
-        import signal
-
-        proc = self.proc
-        if proc is None or proc.returncode is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(10):
-                out, _ = await proc.communicate()
-                self.output = out or b""
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
+        """SIGTERM, SIGKILL after a bound: by its PID."""
+        if self.np is not None:
+            await self.np.astop()
 
 
 async def curl(url: str, *args: str) -> tuple[int, str]:

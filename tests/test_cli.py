@@ -21,12 +21,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from netplane import __version__
+from netplane.testing.ports import free_port
+from netplane.testing.process import Netplane
 
 pytestmark = pytest.mark.e2e
 
@@ -65,12 +67,6 @@ def cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get(port: int, path: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
@@ -96,21 +92,20 @@ def wait_for(what: str, cond: Callable[[], object], timeout: float = WAIT) -> ob
 
 
 class Daemon:
-    """One ``netplane`` process, its output files and its admin port."""
+    """A started :class:`Netplane`, with its admin endpoints and its log at hand."""
 
-    def __init__(self, tmp: Path, args: list[str], port: int | None) -> None:
-        self.out_path, self.err_path = tmp / "stdout.txt", tmp / "stderr.txt"
-        self.port = port
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(netplane_cmd(*args), stdout=out, stderr=err, cwd=tmp)
+    def __init__(self, np: Netplane) -> None:
+        self.np = np
+        self.proc = np.proc
+        self.port = np.admin_port if np.admin is not None else None
 
     @property
     def stdout(self) -> str:
-        return self.out_path.read_text(errors="replace")
+        return self.np.stdout
 
     @property
     def stderr(self) -> str:
-        return self.err_path.read_text(errors="replace")
+        return self.np.log
 
     def get(self, path: str) -> tuple[int, str]:
         assert self.port is not None
@@ -124,51 +119,29 @@ class Daemon:
     def services(self) -> dict[str, dict]:
         return {f"{s['namespace']}/{s['name']}": s for s in self.state()["services"]}
 
-    def wait_ready(self) -> None:
-        wait_for(
-            f"/readyz 200 (stderr so far:\n{self.stderr})", lambda: self.get("/readyz")[0] == 200
-        )
-
     def wait_log(self, pattern: str, timeout: float = WAIT) -> re.Match:
         return wait_for(  # type: ignore[return-value]
             f"log {pattern!r}", lambda: re.search(pattern, self.stderr, re.M), timeout
         )
 
     def signal(self, sig: int) -> None:
-        self.proc.send_signal(sig)
+        self.np.signal(sig)
 
     def stop(self, timeout: float = 5.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise
+        return self.np.stop(timeout)
 
 
 @pytest.fixture
-def start(tmp_path) -> Iterator[Callable[..., Daemon]]:
-    """``start(*args, admin=True)`` runs netplane with an admin port of its own."""
-    daemons: list[Daemon] = []
+def start(start_netplane: Callable[..., Netplane]) -> Callable[..., Daemon]:
+    """``start(*args, admin=True)`` runs netplane with an admin port of its own, until ready."""
 
-    def _start(*args: str, admin: bool = True, port: int | None = None, ready: bool = True):
-        extra: list[str] = []
-        if admin:
-            port = port or free_port()
-            extra = ["--admin", f"127.0.0.1:{port}"]
-        d = Daemon(tmp_path, [*args, *extra], port)
-        daemons.append(d)
-        if admin and ready:
-            d.wait_ready()
-        return d
+    def _start(*args: str, admin: bool = True) -> Daemon:
+        np = start_netplane(*args, admin=admin)
+        if np.admin is not None:
+            np.wait_ready(WAIT)
+        return Daemon(np)
 
-    yield _start
-    for d in daemons:
-        if d.proc.poll() is None:
-            d.proc.kill()  # by PID: only processes this fixture started
-            d.proc.wait(5)
+    return _start
 
 
 @pytest.fixture
@@ -463,7 +436,7 @@ def test_flags_override_the_config_file(start, tmp_path, manifests):
     )
     d = start(
         "run", "--config", str(conf), "--mode", "local", *QUIET_PLANES,
-        "--cluster-domain", "from.flag", port=flag_port,
+        "--cluster-domain", "from.flag", "--admin", f"127.0.0.1:{flag_port}",
     )  # fmt: skip
     state = d.state()
     assert state["config"]["clusterDomain"] == "from.flag"

@@ -10,10 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import signal
-import socket
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,12 +21,6 @@ import trustme
 from netplane.testing.fakekube import FakeKube
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, bytes]:
@@ -73,7 +63,7 @@ def endpoint_slice(name: str, svc: str, ips: list[str]) -> dict[str, Any]:
     }
 
 
-async def test_run_against_api_server(tmp_path: Path) -> None:
+async def test_run_against_api_server(tmp_path: Path, start_netplane) -> None:
     key_ca = trustme.CA()
     leaf = key_ca.issue_cert("web.shop.test")
     key_pem = leaf.private_key_pem.bytes()
@@ -92,25 +82,12 @@ async def test_run_against_api_server(tmp_path: Path) -> None:
             }
         )
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", {"token": "s3cret-token-value"})
-        port = free_port()
-        admin = f"http://127.0.0.1:{port}"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netplane", "run",
-            "--kubeconfig", str(kubeconfig), "--mode", "local",
-            "--admin", f"127.0.0.1:{port}", "--log-level", "debug",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-        )  # fmt: skip
+        np = start_netplane(
+            "run", "--kubeconfig", str(kubeconfig), "--mode", "local", "--log-level", "debug"
+        )
+        admin = np.admin_url
         try:
-
-            async def ready() -> bool:
-                try:
-                    status, _ = await asyncio.to_thread(get, f"{admin}/readyz")
-                except OSError:
-                    return False
-                return status == 200
-
-            await until(ready, what="/readyz 200")
+            await np.await_ready()
 
             async def state() -> dict[str, Any]:
                 _, body = await asyncio.to_thread(get, f"{admin}/debug/state")
@@ -147,11 +124,9 @@ async def test_run_against_api_server(tmp_path: Path) -> None:
             raw = json.dumps(await state()).encode()
             assert key_pem not in raw and base64.b64encode(key_pem) not in raw
         finally:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(15):
-                out, _ = await proc.communicate()
-        assert proc.returncode == 0, out.decode()
-        text = out.decode()
+            code = await np.astop(15)
+        text = np.stdout + np.log
+        assert code == 0, text
         assert "source kube synced" in text
         # Secrets never reach the log: not the token, not the key.
         assert "s3cret-token-value" not in text

@@ -8,8 +8,6 @@ import re
 import shutil
 import socket
 import struct
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +18,9 @@ import dns.message
 import dns.rcode
 import dns.rdatatype
 import pytest
-from dns_peers import NetplaneDns, Upstream, ask, dig, free_port
+from dns_peers import NetplaneDns, Upstream, ask, dig
+
+from netplane.testing.ports import free_udp_tcp_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -266,7 +266,7 @@ def test_servfail_when_every_upstream_fails(tmp_path: Path) -> None:
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "web.json").write_text(json.dumps(service("web", clusterIP="127.77.0.20")))
-    dead = free_port()  # nothing listens there
+    dead = free_udp_tcp_port()  # nothing listens there
     d = NetplaneDns(tmp_path, manifests, "--dns-upstreams", f"127.0.0.1:{dead}")
     try:
         assert ask(d.port, "www.example.test").rcode() == dns.rcode.SERVFAIL
@@ -275,66 +275,41 @@ def test_servfail_when_every_upstream_fails(tmp_path: Path) -> None:
         assert d.stop() == 0
 
 
-def test_the_demo_serves_dns_and_prints_dig_commands(tmp_path: Path) -> None:
-    port = free_port()
-    out_path = tmp_path / "demo.out"
-    argv = [
-        sys.executable, "-m", "netplane", "demo", "--proxy", "off", "--admin", "off",
-        "--ingress-http", "off", "--ingress-https", "off", "--dns", f"127.0.0.1:{port}",
-    ]  # fmt: skip
-    with open(out_path, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 15
-        line = f"dig @127.0.0.1 -p {port} web.demo.svc.{ZONE}"
-        while line not in out_path.read_text() and time.monotonic() < deadline:
-            assert proc.poll() is None, out_path.read_text()
-            time.sleep(0.05)
-        text = out_path.read_text()
-        assert line in text and f"dig @127.0.0.1 -p {port} -x " in text
-        web_ip = re.search(r"^  demo/web  ClusterIP  (\S+)", text, re.M).group(1)
-        assert dig(port, f"web.demo.svc.{ZONE}", "+short").strip() == web_ip
-        srv = dig(port, f"_pg._tcp.db.demo.svc.{ZONE}", "SRV", "+short").split("\n")
-        assert sorted(s for s in srv if s) == [
-            f"0 50 15432 db-0.db.demo.svc.{ZONE}.",
-            f"0 50 15432 db-1.db.demo.svc.{ZONE}.",
-        ]
-    finally:
-        proc.terminate()
-        proc.wait(10)
+def test_the_demo_serves_dns_and_prints_dig_commands(start_netplane) -> None:
+    port = free_udp_tcp_port()
+    np = start_netplane(
+        "demo", "--proxy", "off", "--ingress-http", "off", "--ingress-https", "off",
+        "--dns", f"127.0.0.1:{port}",
+    )  # fmt: skip
+    np.wait_ready()
+    line = f"dig @127.0.0.1 -p {port} web.demo.svc.{ZONE}"
+    text = np.stdout
+    assert line in text and f"dig @127.0.0.1 -p {port} -x " in text
+    web_ip = re.search(r"^  demo/web  ClusterIP  (\S+)", text, re.M).group(1)
+    assert dig(port, f"web.demo.svc.{ZONE}", "+short").strip() == web_ip
+    srv = dig(port, f"_pg._tcp.db.demo.svc.{ZONE}", "SRV", "+short").split("\n")
+    assert sorted(s for s in srv if s) == [
+        f"0 50 15432 db-0.db.demo.svc.{ZONE}.",
+        f"0 50 15432 db-1.db.demo.svc.{ZONE}.",
+    ]
+    assert np.stop() == 0
 
 
-def test_a_taken_dns_port_is_logged_and_the_rest_serves(tmp_path: Path) -> None:
+def test_a_taken_dns_port_is_logged_and_the_rest_serves(tmp_path: Path, start_netplane) -> None:
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "web.json").write_text(json.dumps(service("web", clusterIP="127.77.0.20")))
-    admin = free_port()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
-        log = tmp_path / "netplane.log"
-        argv = [
-            sys.executable, "-m", "netplane", "run", "-f", str(manifests), "--mode", "local",
+        np = start_netplane(
+            "run", "-f", str(manifests), "--mode", "local",
             "--proxy", "off", "--ingress-http", "off", "--ingress-https", "off",
-            "--admin", f"127.0.0.1:{admin}", "--dns", f"127.0.0.1:{port}",
-        ]  # fmt: skip
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
-        try:
-            deadline = time.monotonic() + 15
-            status = 0
-            while time.monotonic() < deadline and status != 200:
-                assert proc.poll() is None, log.read_text()
-                try:
-                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2) as r:
-                        status = r.status
-                except OSError:
-                    time.sleep(0.05)
-            assert status == 200
-            assert f"DNS: cannot listen on 127.0.0.1:{port}" in log.read_text()
-        finally:
-            proc.terminate()
-            assert proc.wait(10) == 0
+            "--dns", f"127.0.0.1:{port}",
+        )  # fmt: skip
+        np.wait_ready()
+        assert f"DNS: cannot listen on 127.0.0.1:{port}" in np.log
+        assert np.stop() == 0
 
 
 def test_metrics_count_replies_by_type_and_rcode_and_cache_hits(tmp_path: Path) -> None:
@@ -343,7 +318,7 @@ def test_metrics_count_replies_by_type_and_rcode_and_cache_hits(tmp_path: Path) 
     manifests = tmp_path / "m"
     manifests.mkdir()
     (manifests / "shop.json").write_text(json.dumps({"kind": "List", "items": MANIFESTS}))
-    admin = free_port()
+    admin = free_udp_tcp_port()
     d = NetplaneDns(tmp_path, manifests, "--admin", f"127.0.0.1:{admin}")
 
     def scrape() -> dict[tuple, float]:

@@ -120,9 +120,7 @@ def test_netplane_env_prints_what_a_shell_evals(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "no source" in bad.stderr
 
 
-async def test_netplane_env_reads_the_api_server(tmp_path: Path) -> None:
-    import asyncio
-
+async def test_netplane_env_reads_the_api_server(tmp_path: Path, start_netplane) -> None:
     from netplane.testing.fakekube import FakeKube
 
     def api_service(name: str, ns: str, ip: str, port: int) -> dict:
@@ -136,14 +134,13 @@ async def test_netplane_env_reads_the_api_server(tmp_path: Path) -> None:
         fake.apply(api_service("kubernetes", "default", "127.77.0.1", 443))
         fake.apply(api_service("api", "shop", "127.77.0.5", 8443))
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", {"token": "t0ken"})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netplane", "env", "--namespace", "shop",
-            "--kubeconfig", str(kubeconfig), "--mode", "local", "--timeout", "20",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=tmp_path,
+        np = start_netplane(
+            "env", "--namespace", "shop", "--kubeconfig", str(kubeconfig), "--mode", "local",
+            "--timeout", "20", admin=False,
         )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
+        code = await np.await_exit(30)
+    assert code == 0, np.log
+    lines = np.stdout.splitlines()
     assert "export API_SERVICE_HOST=127.77.0.5" in lines
     assert "export API_SERVICE_PORT_HTTPS=8443" in lines
     assert "export KUBERNETES_SERVICE_HOST=127.77.0.1" in lines

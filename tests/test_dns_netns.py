@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,44 +60,35 @@ def service(name: str, namespace: str, ip: str) -> dict:
     }
 
 
-def test_getent_resolves_short_names_like_a_pod(netns: str, tmp_path: Path) -> None:
+def test_getent_resolves_short_names_like_a_pod(netns: str, tmp_path: Path, start_netplane) -> None:
     manifests = tmp_path / "m"
     manifests.mkdir()
     items = [service("web", "shop", "127.77.0.20"), service("web", "other", "127.77.0.21")]
     (manifests / "svc.json").write_text(json.dumps({"kind": "List", "items": items}))
-    log = tmp_path / "netplane.log"
-    argv = [
-        "ip", "netns", "exec", netns, sys.executable, "-m", "netplane", "run",
-        "-f", str(manifests), "--mode", "local", "--proxy", "off", "--ingress-http", "off",
-        "--ingress-https", "off", "--admin", "off", "--dns", "127.0.0.1:53",
+    np = start_netplane(
+        "run", "-f", str(manifests), "--mode", "local", "--proxy", "off",
+        "--ingress-http", "off", "--ingress-https", "off", "--dns", "127.0.0.1:53",
         "--shutdown-grace", "0",
-    ]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 15
-        answer = ""
-        while time.monotonic() < deadline and proc.poll() is None:
-            r = run(
-                "ip", "netns", "exec", netns, "dig", "@127.0.0.1", "+short", "+time=1",
-                "+tries=1", "web.shop.svc.cluster.local", check=False,
-            )  # fmt: skip
-            answer = r.stdout.strip()
-            if answer == "127.77.0.20":
-                break
-            time.sleep(0.1)
-        assert answer == "127.77.0.20", log.read_text()
+        prefix=["ip", "netns", "exec", netns],
+    )  # fmt: skip
+    np.wait_ready(15)
+    deadline = time.monotonic() + 15
+    answer = ""
+    while time.monotonic() < deadline:
+        r = run(
+            "ip", "netns", "exec", netns, "dig", "@127.0.0.1", "+short", "+time=1",
+            "+tries=1", "web.shop.svc.cluster.local", check=False,
+        )  # fmt: skip
+        answer = r.stdout.strip()
+        if answer == "127.77.0.20":
+            break
+        time.sleep(0.1)
+    assert answer == "127.77.0.20", np.tail()
 
-        r = run("ip", "netns", "exec", netns, "getent", "hosts", "web", timeout=30)
-        assert r.stdout.split() == ["127.77.0.20", "web.shop.svc.cluster.local"]
-        r = run("ip", "netns", "exec", netns, "getent", "hosts", "web.other", timeout=30)
-        assert r.stdout.split() == ["127.77.0.21", "web.other.svc.cluster.local"]
-        r = run("ip", "netns", "exec", netns, "getent", "hosts", "nothere", timeout=30, check=False)
-        assert r.returncode == 2 and r.stdout == ""  # 2: not found
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    r = run("ip", "netns", "exec", netns, "getent", "hosts", "web", timeout=30)
+    assert r.stdout.split() == ["127.77.0.20", "web.shop.svc.cluster.local"]
+    r = run("ip", "netns", "exec", netns, "getent", "hosts", "web.other", timeout=30)
+    assert r.stdout.split() == ["127.77.0.21", "web.other.svc.cluster.local"]
+    r = run("ip", "netns", "exec", netns, "getent", "hosts", "nothere", timeout=30, check=False)
+    assert r.returncode == 2 and r.stdout == ""  # 2: not found
+    assert np.stop() == 0

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ingress_fakes import Backends, Daemon, Request, curl, free_port, http_exchange, ws_echo
+from ingress_fakes import Backends, Daemon, Request, curl, http_exchange, ws_echo
 from ingress_world import endpoints, ingress, ingress_class, path, service
+
+from netplane.testing.http import Stream, body_data
+from netplane.testing.ports import free_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -27,7 +30,7 @@ NGINX = "nginx.ingress.kubernetes.io/"
 
 
 def named(name: str):
-    async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def handler(req: Request, r: Stream, w: asyncio.StreamWriter) -> None:
         body = b"%s %s %s" % (name.encode(), req.method, req.target)
         if req.body:
             body += b" body=%d" % len(req.body)
@@ -37,21 +40,16 @@ def named(name: str):
     return handler
 
 
-async def slow(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+async def slow(req: Request, r: Stream, w: asyncio.StreamWriter) -> None:
     await asyncio.sleep(4)
 
 
-async def chunk_counter(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-    """Reads a chunked body itself and answers how many chunks and bytes came."""
+async def chunk_counter(req: Request, r: Stream, w: asyncio.StreamWriter) -> None:
+    """Reads a chunked body itself (h11 frames it) and answers how many chunks and bytes came."""
     chunks = total = 0
-    while True:
-        size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await r.readuntil(b"\r\n")
-            break
-        total += len(await r.readexactly(size))
-        chunks += 1
-        await r.readexactly(2)
+    async for piece in body_data(req, r):
+        total += len(piece.data)
+        chunks += piece.chunk_end
     body = b"chunks=%d bytes=%d te=%s" % (
         chunks,
         total,
@@ -243,40 +241,25 @@ async def test_keep_alive_reuses_one_connection_for_many_requests(world):
     assert out.splitlines() == ["web GET /k 1", "web GET /k 0"]
 
 
-async def test_the_demo_serves_its_ingress_over_http_and_https():
-    import os
+async def test_the_demo_serves_its_ingress_over_http_and_https(start_netplane):
     import re
-    import signal
-    import sys
 
-    from ingress_fakes import REPO
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "netplane", "demo", "--admin", "127.0.0.1:0", "--dns", "off",
-        "--ingress-access-log", "off",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    try:
-        out = b""
-        async with asyncio.timeout(20):
-            while b"Ctrl-C stops" not in out:
-                line = await proc.stdout.readline()
-                assert line, out.decode(errors="replace")
-                out += line
-        text = out.decode()
-        tries = re.findall(r"^  (curl (?:-k )?--resolve \S+ (https?)://\S+/api)\s", text, re.M)
-        assert {scheme for _, scheme in tries} == {"http", "https"}, text
-        for command, _ in tries:
-            args = command.split()[1:]  # curl [-k] --resolve H:P:IP URL
-            code, body = await curl(args[-1], *args[:-1])
-            assert code == 0, body
-            assert "demo/api" in body  # the demo's own backend for the /api path answered
-        assert re.search(r"openssl s_client -connect 127\.0\.0\.1:\d+ -servername", text)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(10):
-            await proc.communicate()
+    np = start_netplane("demo", "--dns", "off", "--ingress-access-log", "off")
+    await np.await_ready()
+    async with asyncio.timeout(20):
+        while "Ctrl-C stops" not in np.stdout:
+            assert np.returncode is None, np.tail()
+            await asyncio.sleep(0.05)
+    text = np.stdout
+    tries = re.findall(r"^  (curl (?:-k )?--resolve \S+ (https?)://\S+/api)\s", text, re.M)
+    assert {scheme for _, scheme in tries} == {"http", "https"}, text
+    for command, _ in tries:
+        args = command.split()[1:]  # curl [-k] --resolve H:P:IP URL
+        code, body = await curl(args[-1], *args[:-1])
+        assert code == 0, body
+        assert "demo/api" in body  # the demo's own backend for the /api path answered
+    assert re.search(r"openssl s_client -connect 127\.0\.0\.1:\d+ -servername", text)
+    assert await np.astop() == 0
 
 
 async def test_debug_state_shows_the_ingress_plane(world):

@@ -22,7 +22,6 @@ from ingress_fakes import (
     FakeRoutes,
     echo,
     forward,
-    free_port,
     http_exchange,
     responses,
     ws_echo,
@@ -31,6 +30,9 @@ from netplane.ingress.accesslog import AccessLog
 from netplane.ingress.http import HttpSettings
 from netplane.ingress.routes import ProxyOptions, Redirect, Respond
 from netplane.ingress.server import IngressServer
+
+from netplane.testing.http import body_data
+from netplane.testing.ports import free_port
 
 
 @dataclass
@@ -122,14 +124,9 @@ async def test_chunked_upload_is_streamed_before_it_ends(backends, proxy_factory
 
     async def streaming(req, r, w):  # reads the chunked body itself, piece by piece
         got = b""
-        while True:
-            size = int((await r.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await r.readuntil(b"\r\n")
-                break
-            got += await r.readexactly(size)
-            await r.readexactly(2)
-            if not first_chunk.done():
+        async for piece in body_data(req, r):
+            got += piece.data
+            if piece.chunk_end and not first_chunk.done():
                 first_chunk.set_result(got)
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(got), got))
         await w.drain()

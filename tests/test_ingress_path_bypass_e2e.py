@@ -17,8 +17,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from ingress_fakes import Backends, Daemon, Request, curl, free_port, http_exchange, responses
+from ingress_fakes import Backends, Daemon, Request, curl, http_exchange, responses
 from ingress_world import endpoints, ingress, ingress_class, path, service
+
+from netplane.testing.http import Stream
+from netplane.testing.ports import free_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -61,7 +64,7 @@ FORMS = [
 SERVED = ["/public/x", "/app;jsessionid=ABC/page", "/api/group%2Fproject", "/caf%C3%A9"]
 
 
-async def app(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+async def app(req: Request, r: Stream, w: asyncio.StreamWriter) -> None:
     """200 with the request target as the backend got it."""
     body = b"app " + req.target
     w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))

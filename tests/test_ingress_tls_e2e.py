@@ -18,8 +18,11 @@ from typing import Any
 import pytest
 import trustme
 from cryptography import x509
-from ingress_fakes import Backends, Daemon, Request, curl, free_port
+from ingress_fakes import Backends, Daemon, Request, curl
 from ingress_world import endpoints, ingress, ingress_class, path, secret, service
+
+from netplane.testing.http import Stream
+from netplane.testing.ports import free_port
 
 pytestmark = [
     pytest.mark.e2e,
@@ -30,7 +33,7 @@ pytestmark = [
 ]
 
 
-async def web(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+async def web(req: Request, r: Stream, w: asyncio.StreamWriter) -> None:
     body = b"web %s %s proto=%s" % (
         req.method,
         req.target,

@@ -8,15 +8,14 @@ and checks the merge patches as the status subresource does.
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from netplane.testing.fakekube import FakeKube
+from netplane.testing.process import Netplane
 
 pytestmark = pytest.mark.e2e
 
@@ -59,29 +58,28 @@ async def until(pred, what: str, timeout: float = 30.0) -> None:
         raise AssertionError(f"timed out waiting for {what}") from None
 
 
-async def start(kubeconfig: Path, *extra: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "netplane", "run",
-        "--kubeconfig", str(kubeconfig), "--mode", "local", "--admin", "off",
-        "--proxy", "off", "--dns", "off", "--ingress-https", "off",
-        "--ingress-http", "127.0.0.1:0", "--node-name", "node-a", *extra,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        cwd=kubeconfig.parent,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
-    )  # fmt: skip
+def starter(start_netplane: Callable[..., Netplane], kubeconfig: Path) -> Callable[..., Netplane]:
+    """``start(*extra)``: ``netplane run`` on the fake API server, with the ingress only."""
+
+    def start(*extra: str) -> Netplane:
+        return start_netplane(
+            "run", "--kubeconfig", str(kubeconfig), "--mode", "local", "--admin", "off",
+            "--proxy", "off", "--dns", "off", "--ingress-https", "off",
+            "--ingress-http", "127.0.0.1:0", "--node-name", "node-a", *extra,
+        )  # fmt: skip
+
+    return start
 
 
-async def stop(proc: asyncio.subprocess.Process) -> str:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(15):
-        out, _ = await proc.communicate()
-    assert proc.returncode == 0, out.decode()
-    return out.decode()
+async def stop(np: Netplane) -> str:
+    """Stop it; what it logged. A clean stop exits 0."""
+    code = await np.astop(15)
+    assert code == 0, np.tail()
+    return np.stdout + np.log
 
 
 async def test_ingress_status_appears_follows_publish_address_and_is_cleared(
-    tmp_path: Path,
+    tmp_path: Path, start_netplane: Callable[..., Netplane]
 ) -> None:
     async with FakeKube() as fake:
         fake.apply(ingress_class("netplane", "netplane.io/ingress"))
@@ -95,9 +93,10 @@ async def test_ingress_status_appears_follows_publish_address_and_is_cleared(
             }
         )
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", {"token": "test-token"})
+        start = starter(start_netplane, kubeconfig)
 
         # No --publish-address: the node's address, beside any other node's.
-        proc = await start(kubeconfig)
+        proc = start()
         try:
             await until(lambda: status(fake) == [{"ip": "198.18.0.7"}], "the node's address")
         finally:
@@ -107,7 +106,7 @@ async def test_ingress_status_appears_follows_publish_address_and_is_cleared(
         assert status(fake) == []
 
         # Restarted with --publish-address: an IP and a name replace it.
-        proc = await start(kubeconfig, "--publish-address", "lb.example.com,198.18.0.9")
+        proc = start("--publish-address", "lb.example.com,198.18.0.9")
         try:
             want = [{"ip": "198.18.0.9"}, {"hostname": "lb.example.com"}]
             await until(lambda: status(fake) == want, "the published addresses")

@@ -14,27 +14,22 @@ import os
 import shutil
 import signal
 import socket
-import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import h11
 import pytest
 from ingress_fakes import curl
 
 from netplane.l4 import splice
+from netplane.testing.http import Stream, read_request
+from netplane.testing.ports import free_port
+from netplane.testing.process import Netplane
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def service(name: str, ip: str, port: int, *, protocol: str = "TCP", **spec: Any) -> dict:
@@ -74,9 +69,11 @@ def write(dirpath: Path, name: str, objs: list[dict]) -> None:
 
 
 class Daemon:
-    def __init__(self, proc: asyncio.subprocess.Process, admin: str) -> None:
-        self.proc = proc
-        self.admin = admin
+    """A started :class:`Netplane`, with the proxy's view of it."""
+
+    def __init__(self, np: Netplane) -> None:
+        self.np = np
+        self.admin = np.admin_url
 
     def state(self) -> dict:
         with urllib.request.urlopen(f"{self.admin}/debug/state", timeout=2) as r:
@@ -108,38 +105,20 @@ class Daemon:
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[Any]:
-    started: list[asyncio.subprocess.Process] = []
+def daemon(tmp_path: Path, start_netplane: Callable[..., Netplane]) -> Callable:
+    """``await daemon(*extra)``: ``netplane run`` on tmp_path/m, ready; stopped after the test."""
 
     async def start(*extra: str) -> Daemon:
-        port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netplane", "run", "-f", str(tmp_path / "m"),
-            "--mode", "local", "--admin", f"127.0.0.1:{port}", "--dns", "off",
+        np = start_netplane(
+            "run", "-f", str(tmp_path / "m"), "--mode", "local", "--dns", "off",
             "--ingress-http", "off", "--ingress-https", "off",
             "--manifest-poll-seconds", "0.05", "--shutdown-grace", "1", *extra,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
-        started.append(proc)
-        return Daemon(proc, f"http://127.0.0.1:{port}")
+        await np.await_ready()
+        return Daemon(np)
 
     (tmp_path / "m").mkdir()
-    yield start
-    await terminate(started)
-
-
-async def terminate(procs: list[asyncio.subprocess.Process], timeout: float = 10) -> None:
-    """SIGTERM each process still running; SIGKILL one that has not exited in ``timeout`` s."""
-    for proc in procs:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                async with asyncio.timeout(timeout):
-                    await proc.communicate()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+    return start
 
 
 class Backends:
@@ -151,16 +130,16 @@ class Backends:
 
     async def http(self, host: str, port: int) -> None:
         async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            stream = Stream(r)
             try:
-                while True:
-                    head = await r.readuntil(b"\r\n\r\n")
+                while (req := await read_request(stream)) is not None:
                     self.hits[host] += 1
                     body = host.encode()
                     w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                     await w.drain()
-                    if b"close" in head.lower():
+                    if not req.keep_alive:
                         break
-            except (asyncio.IncompleteReadError, ConnectionError):
+            except (h11.RemoteProtocolError, ConnectionError):
                 pass
             w.close()
 
@@ -382,10 +361,8 @@ async def test_sctp_service_is_refused_with_a_log_line_and_the_rest_serves(
         writer.write_eof()
         assert await reader.read() == b"echo:hi"
         writer.close()
-    d.proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(10):
-        out, _ = await d.proc.communicate()
-    assert "Service t/sctp: port 7027/SCTP: protocol not supported by the proxy" in out.decode()
+    assert await d.np.astop() == 0
+    assert "Service t/sctp: port 7027/SCTP: protocol not supported by the proxy" in d.np.log
 
 
 async def test_sigterm_fails_readyz_and_lets_open_connections_finish(tmp_path, daemon, backends):
@@ -410,7 +387,7 @@ async def test_sigterm_fails_readyz_and_lets_open_connections_finish(tmp_path, d
             return e.code
 
     assert await asyncio.to_thread(readyz) == 200
-    d.proc.send_signal(signal.SIGTERM)
+    d.np.signal(signal.SIGTERM)
     async with asyncio.timeout(5):
         while await asyncio.to_thread(readyz) != 503:  # load balancers stop sending
             await asyncio.sleep(0.05)
@@ -422,9 +399,7 @@ async def test_sigterm_fails_readyz_and_lets_open_connections_finish(tmp_path, d
         writer.write_eof()
         assert await reader.read() == b"echo:before after"
         writer.close()
-    async with asyncio.timeout(10):
-        await d.proc.communicate()
-    assert d.proc.returncode == 0
+    assert await d.np.await_exit(10) == 0
 
 
 @needs_curl

@@ -21,9 +21,10 @@ from pathlib import Path
 import pytest
 import test_l4_e2e as e2e
 
+from netplane.testing.process import Netplane
+
 pytestmark = pytest.mark.e2e
 
-REPO = Path(__file__).resolve().parent.parent
 NODE_IP, CLIENT_IP = "198.18.0.1", "198.18.0.2"
 SERVICE_CIDR = "198.19.0.0/16"
 CLUSTER_IP, EXTERNAL_IP = "198.19.0.10", "198.18.99.1"
@@ -58,6 +59,7 @@ class Hosts:
         tag = f"{os.getpid() % 100000}"
         self.node, self.client = f"npnode{tag}", f"npclient{tag}"
         self.procs: list[subprocess.Popen] = []
+        self.netplanes: list[Netplane] = []
 
     def up(self) -> None:
         for ns in (self.node, self.client):
@@ -72,6 +74,8 @@ class Hosts:
         sh("ip", "-n", self.client, "link", "set", veth_c, "up")
 
     def down(self) -> None:
+        for np in self.netplanes:
+            np.stop()
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
@@ -82,13 +86,11 @@ class Hosts:
     def run(self, ns: str, *args: str, **kw) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", ns, *args, **kw)
 
-    def spawn(self, ns: str, *args: str, log: Path | None = None) -> subprocess.Popen:
-        out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+    def spawn(self, ns: str, *args: str) -> subprocess.Popen:
+        """A backend (not netplane) in namespace ``ns``, killed by ``down``."""
         p = subprocess.Popen(
-            ["ip", "netns", "exec", ns, *args],
-            stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
-        )  # fmt: skip
+            ["ip", "netns", "exec", ns, *args], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        )
         self.procs.append(p)
         return p
 
@@ -149,16 +151,17 @@ def manifests(path: Path, *, cluster_ip: str = CLUSTER_IP) -> None:
     (path / "web.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
 
 
-def start_netplane(h: Hosts, mdir: Path, log: Path, cidr: str = SERVICE_CIDR) -> subprocess.Popen:
-    p = h.spawn(
-        h.node, sys.executable, "-m", "netplane", "run", "-f", str(mdir), "--mode", "node",
+def run_netplane(h: Hosts, tmp: Path, mdir: Path, name: str, cidr: str = SERVICE_CIDR) -> Netplane:
+    """``netplane run`` in node mode inside the node's namespace, ready; stopped by ``h.down``."""
+    np = Netplane(
+        "run", "-f", str(mdir), "--mode", "node",
         "--service-cidr", cidr, "--node-ip", NODE_IP, "--node-name", "node-a",
         "--admin", "127.0.0.1:10256", "--dns", "off", "--ingress-http", "off",
         "--ingress-https", "off", "--shutdown-grace", "1",
-        log=log,
+        workdir=tmp, name=name, prefix=["ip", "netns", "exec", h.node],
     )  # fmt: skip
-    h.until(lambda: h.curl(h.node, "http://127.0.0.1:10256/readyz") == "ok\n", "/readyz")
-    return p
+    h.netplanes.append(np)
+    return np.start()
 
 
 def test_node_mode_serves_cluster_ip_nodeport_and_external_ip(hosts: Hosts, tmp_path: Path):
@@ -168,8 +171,7 @@ def test_node_mode_serves_cluster_ip_nodeport_and_external_ip(hosts: Hosts, tmp_
     hosts.spawn(hosts.node, sys.executable, "-m", "http.server", "18080",
                 "--bind", "127.0.5.1", "--directory", str(www))  # fmt: skip
     manifests(tmp_path / "m")
-    log = tmp_path / "netplane.log"
-    np = start_netplane(hosts, tmp_path / "m", log)
+    np = run_netplane(hosts, tmp_path, tmp_path / "m", "netplane")
 
     # the AnyIP routes: the service CIDR, and the externalIP outside it
     routes = hosts.until(lambda: EXTERNAL_IP in hosts.routes() and hosts.routes(), "routes")
@@ -188,25 +190,23 @@ def test_node_mode_serves_cluster_ip_nodeport_and_external_ip(hosts: Hosts, tmp_
     hosts.until(lambda: served(hosts.node, f"http://{EXTERNAL_IP}:8080/"), "externalIP on the node")
 
     # a clean stop takes the routes away
-    np.send_signal(signal.SIGTERM)
-    assert np.wait(timeout=15) == 0, log.read_text()
+    assert np.stop(15) == 0, np.tail()
     assert hosts.routes().strip() == ""
 
 
 def test_a_crashed_run_is_repaired_on_start(hosts: Hosts, tmp_path: Path):
     manifests(tmp_path / "m")
-    np = start_netplane(hosts, tmp_path / "m", tmp_path / "first.log")
+    np = run_netplane(hosts, tmp_path, tmp_path / "m", "first")
     hosts.until(lambda: SERVICE_CIDR in hosts.routes(), "routes")
-    np.kill()  # no chance to clean up
-    np.wait(timeout=10)
+    np.signal(signal.SIGKILL)  # no chance to clean up
+    np.wait_exit(10)
     assert SERVICE_CIDR in hosts.routes()
     # the next run, with another service CIDR, removes what the crashed one left
     manifests(tmp_path / "m", cluster_ip="198.19.200.10")
-    np = start_netplane(hosts, tmp_path / "m", tmp_path / "second.log", cidr="198.19.128.0/17")
+    np = run_netplane(hosts, tmp_path, tmp_path / "m", "second", cidr="198.19.128.0/17")
     routes = hosts.until(lambda: "198.19.128.0/17" in hosts.routes() and hosts.routes(), "repair")
     assert SERVICE_CIDR not in routes
-    np.send_signal(signal.SIGTERM)
-    assert np.wait(timeout=15) == 0
+    assert np.stop(15) == 0, np.tail()
     assert hosts.routes().strip() == ""
 
 
@@ -259,8 +259,7 @@ def test_node_mode_shares_one_socket_per_port(hosts: Hosts, tmp_path: Path):
     mdir = tmp_path / "m"
     mdir.mkdir()
     (mdir / "all.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
-    log = tmp_path / "netplane.log"
-    np = start_netplane(hosts, mdir, log)
+    np = run_netplane(hosts, tmp_path, mdir, "netplane")
 
     def state() -> dict:
         r = hosts.run(hosts.node, "curl", "-sS", "--max-time", "3",
@@ -270,7 +269,7 @@ def test_node_mode_shares_one_socket_per_port(hosts: Hosts, tmp_path: Path):
     proxy = hosts.until(lambda: (s := state()).get("frontends") == 43 and s, "frontends")
     assert sorted(proxy["listeners"]) == [
         "0.0.0.0:53/UDP", "0.0.0.0:80/TCP", "198.19.3.1:8081/TCP",
-    ], log.read_text()  # fmt: skip
+    ], np.tail()  # fmt: skip
 
     for i in (0, 1, 38, 39):
         want = "backend-a\n" if i % 2 == 0 else "backend-b\n"
@@ -286,7 +285,6 @@ def test_node_mode_shares_one_socket_per_port(hosts: Hosts, tmp_path: Path):
     # ClusterIP (the client's connected socket drops anything else)
     for ip, want in (("198.19.2.1", "udp-a:ping"), ("198.19.2.2", "udp-b:ping")):
         r = hosts.run(hosts.node, sys.executable, "-c", UDP_ASK, ip, "53", check=False)
-        assert r.stdout.strip() == want, (r, log.read_text())
+        assert r.stdout.strip() == want, (r, np.tail())
 
-    np.send_signal(signal.SIGTERM)
-    assert np.wait(timeout=15) == 0, log.read_text()
+    assert np.stop(15) == 0, np.tail()

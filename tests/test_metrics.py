@@ -20,7 +20,6 @@ from test_l4_e2e import (  # noqa: F401 (backends and daemon are fixtures)
     curl,
     daemon,
     endpoints,
-    free_port,
     needs_curl,
     service,
     write,
@@ -28,6 +27,7 @@ from test_l4_e2e import (  # noqa: F401 (backends and daemon are fixtures)
 
 import netplane
 from netplane.config import build
+from netplane.testing.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

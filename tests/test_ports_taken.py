@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,14 +30,13 @@ from test_l4_e2e import endpoints as l4_endpoints
 from test_l4_e2e import service as l4_service
 from test_workers import udp_port_holders
 
-from netplane.ports import free_port
+from netplane.testing.ports import free_port
+from netplane.testing.process import Netplane
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed"),
 ]
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def named(name: str):
@@ -49,56 +47,58 @@ def named(name: str):
     return handler
 
 
-class Netplane:
-    """One ``netplane run`` process with its ingress and DNS on given ports."""
+class Instance:
+    """One ``netplane run`` (a :class:`Netplane`) with its ingress and DNS on given ports."""
 
     def __init__(self, tmp: Path, name: str, http: int, https: int, dns: int) -> None:
         self.dir = tmp / name
         self.dir.mkdir()
         self.http, self.https, self.dns = http, https, dns
-        self.admin = free_port()
-        self.proc: asyncio.subprocess.Process | None = None
+        self.np: Netplane | None = None
 
     def write(self, objs: list[dict]) -> None:
         (self.dir / "all.yaml").write_text(yaml.safe_dump_all(objs))
 
-    async def start(self, workers: int, *extra: str, proxy: bool = False) -> Netplane:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netplane", "run", "-f", str(self.dir / "all.yaml"),
+    def launch(self, *args: str, env: dict[str, str] | None = None) -> Instance:
+        """``netplane ARGS`` in this instance's directory, not waited for."""
+        self.np = Netplane(*args, workdir=self.dir, env=env).launch()
+        return self
+
+    def start(self, workers: int, *extra: str, proxy: bool = False) -> Instance:
+        return self.launch(
+            "run", "-f", str(self.dir / "all.yaml"),
             "--mode", "local", "--proxy", "on" if proxy else "off",
-            "--admin", f"127.0.0.1:{self.admin}", "--manifest-poll-seconds", "0.05",
+            "--manifest-poll-seconds", "0.05",
             "--ingress-http", f"127.0.0.1:{self.http}",
             "--ingress-https", f"127.0.0.1:{self.https}",
             "--dns", f"127.0.0.1:{self.dns}",
             "--shutdown-grace", "1", "--workers", str(workers), *extra,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
-        return self
+
+    @property
+    def proc(self) -> Netplane:
+        assert self.np is not None, "not started"
+        return self.np
+
+    @property
+    def admin(self) -> int:
+        return self.proc.admin_port
 
     async def exited(self, timeout: float = 30) -> tuple[int, str]:
         """Wait for the process to exit by itself: (status, stderr)."""
-        assert self.proc is not None
-        async with asyncio.timeout(timeout):
-            _, err = await self.proc.communicate()
-        return self.proc.returncode, err.decode(errors="replace")
+        return await self.proc.await_exit(timeout), self.proc.log
 
     async def stop(self) -> str:
         """SIGTERM (SIGKILL after 15 s) if still running: its stderr."""
-        if self.proc is None or self.proc.returncode is not None:
+        if self.np is None:
             return ""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return (await self.exited(15))[1]
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            return ""
+        await self.np.astop(15)
+        return self.np.log
 
 
 @pytest.fixture
-async def instances(tmp_path: Path) -> AsyncIterator[list[Netplane]]:
-    started: list[Netplane] = []
+async def instances() -> AsyncIterator[list[Instance]]:
+    started: list[Instance] = []
     yield started
     for n in started:
         await n.stop()
@@ -130,7 +130,7 @@ def one_error_line(stderr: str) -> str:
 
 
 async def test_a_second_instance_on_the_same_ports_exits_2_and_the_first_serves_everything(
-    tmp_path: Path, instances: list[Netplane]
+    tmp_path: Path, instances: list[Instance]
 ) -> None:
     http, https, dns = free_port(), free_port(), free_port(udp_too=True)
     b = Backends()
@@ -140,18 +140,18 @@ async def test_a_second_instance_on_the_same_ports_exits_2_and_the_first_serves_
     ca1, ca2 = trustme.CA(), trustme.CA()
     ca1.cert_pem.write_to_path(str(tmp_path / "ca1.pem"))
     try:
-        first = Netplane(tmp_path, "one", http, https, dns)
+        first = Instance(tmp_path, "one", http, https, dns)
         first.write(site("one", port, ca1))
-        instances.append(await first.start(2))
+        instances.append(first.start(2))
         url = f"https://one.test:{https}/"
         tls = ("--resolve", f"one.test:{https}:127.0.0.1", "--cacert", str(tmp_path / "ca1.pem"))
         async with asyncio.timeout(30):
             while (await curl(url, *tls))[1] != "one":
                 await asyncio.sleep(0.1)
 
-        second = Netplane(tmp_path, "two", http, https, dns)
+        second = Instance(tmp_path, "two", http, https, dns)
         second.write(site("two", port, ca2))
-        instances.append(await second.start(2))
+        instances.append(second.start(2))
         status, err = await second.exited()
         assert status == 2, err
         line = one_error_line(err)
@@ -201,13 +201,13 @@ def held(port: int, *, reuse_port: bool, kind: int = socket.SOCK_STREAM) -> Iter
 @pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "reuseport"])
 @pytest.mark.parametrize("workers", [2, 1])
 async def test_an_ingress_port_another_program_holds_stops_the_start_with_one_line(
-    tmp_path: Path, instances: list[Netplane], workers: int, reuse_port: bool
+    tmp_path: Path, instances: list[Instance], workers: int, reuse_port: bool
 ) -> None:
     https = free_port()
-    n = Netplane(tmp_path, "n", free_port(), https, free_port(udp_too=True))
+    n = Instance(tmp_path, "n", free_port(), https, free_port(udp_too=True))
     n.write([ingress_class("netplane")])
     with held(https, reuse_port=reuse_port) as holder:
-        instances.append(await n.start(workers))
+        instances.append(n.start(workers))
         status, err = await n.exited()
     assert status == 2, err
     line = one_error_line(err)
@@ -219,15 +219,15 @@ async def test_an_ingress_port_another_program_holds_stops_the_start_with_one_li
 
 
 async def test_a_dns_port_another_program_holds_is_logged_and_the_rest_serves(
-    tmp_path: Path, instances: list[Netplane]
+    tmp_path: Path, instances: list[Instance]
 ) -> None:
     """As with one process: DNS is left out with one error line; the workers
     never join the holder's SO_REUSEPORT group."""
     dns = free_port(udp_too=True)
-    n = Netplane(tmp_path, "n", free_port(), free_port(), dns)
+    n = Instance(tmp_path, "n", free_port(), free_port(), dns)
     n.write([ingress_class("netplane")])
     with held(dns, reuse_port=True, kind=socket.SOCK_DGRAM) as holder:
-        instances.append(await n.start(2))
+        instances.append(n.start(2))
         async with asyncio.timeout(30):
             while (await curl(f"http://127.0.0.1:{n.admin}/readyz"))[1] != "ok\n":
                 assert n.proc.returncode is None
@@ -242,7 +242,7 @@ async def test_a_dns_port_another_program_holds_is_logged_and_the_rest_serves(
 
 
 async def test_a_port_taken_after_the_owner_claimed_it_stops_the_workers_with_its_line(
-    tmp_path: Path, instances: list[Netplane]
+    tmp_path: Path, instances: list[Instance]
 ) -> None:
     """The gap between the owner's probe and the workers' binds: the owner
     waits for its API server (down), another program takes the port, then the
@@ -251,25 +251,22 @@ async def test_a_port_taken_after_the_owner_claimed_it_stops_the_workers_with_it
     from netplane.testing.fakekube import FakeKube
 
     http = free_port()
-    n = Netplane(tmp_path, "n", http, free_port(), free_port(udp_too=True))
+    n = Instance(tmp_path, "n", http, free_port(), free_port(udp_too=True))
     async with FakeKube() as fake:
         fake.apply(ingress_class("netplane"))
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", {"token": "test-token"})
         async with fake.outage():
-            n.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "netplane", "run", "--kubeconfig", str(kubeconfig),
+            n.launch(
+                "run", "--kubeconfig", str(kubeconfig),
                 "--mode", "local", "--proxy", "off", "--dns", "off", "--admin", "off",
                 "--ingress-http", f"127.0.0.1:{http}", "--ingress-https", "off",
                 "--shutdown-grace", "1", "--workers", "2",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": str(REPO)},
             )  # fmt: skip
             instances.append(n)
-            assert n.proc.stderr is not None
             async with asyncio.timeout(20):  # the claim comes before this line
-                seen = b""
-                while b"worker processes" not in seen:
-                    seen += await n.proc.stderr.readline()
+                while "worker processes" not in n.proc.log:
+                    assert n.proc.returncode is None, n.proc.tail()
+                    await asyncio.sleep(0.05)
             taken = socket.socket()
             taken.bind(("127.0.0.1", http))
             taken.listen()
@@ -284,7 +281,7 @@ async def test_a_port_taken_after_the_owner_claimed_it_stops_the_workers_with_it
 
 
 async def test_a_worker_that_cannot_start_is_given_up_after_a_few_tries(
-    tmp_path: Path, instances: list[Netplane]
+    tmp_path: Path, instances: list[Instance]
 ) -> None:
     """A worker that dies before it is ready, without a word, each time: the
     owner tries a bounded number of times, then stops with one line."""
@@ -296,14 +293,13 @@ async def test_a_worker_that_cannot_start_is_given_up_after_a_few_tries(
         "if b'netplane\\0run' in open('/proc/%d/cmdline' % os.getppid(), 'rb').read():\n"
         "    os._exit(3)\n"
     )
-    n = Netplane(tmp_path, "n", free_port(), free_port(), free_port(udp_too=True))
+    n = Instance(tmp_path, "n", free_port(), free_port(), free_port(udp_too=True))
     n.write([ingress_class("netplane")])
-    n.proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "netplane", "run", "-f", str(n.dir / "all.yaml"),
+    n.launch(
+        "run", "-f", str(n.dir / "all.yaml"),
         "--mode", "local", "--admin", "off", "--ingress-http", f"127.0.0.1:{n.http}",
         "--ingress-https", "off", "--dns", "off", "--workers", "2", "--shutdown-grace", "1",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": f"{site_dir}{os.pathsep}{REPO}"},
+        env={**os.environ, "PYTHONPATH": str(site_dir)},
     )  # fmt: skip
     instances.append(n)
     status, err = await n.exited(timeout=60)
@@ -315,7 +311,7 @@ async def test_a_worker_that_cannot_start_is_given_up_after_a_few_tries(
 
 
 async def test_a_second_instance_on_the_same_service_addresses_exits_2(
-    tmp_path: Path, instances: list[Netplane]
+    tmp_path: Path, instances: list[Instance]
 ) -> None:
     """L4 alone (the ingress and DNS ports differ): in local mode the owner probes
     every ClusterIP listener of the table before its workers bind them."""
@@ -326,7 +322,7 @@ async def test_a_second_instance_on_the_same_service_addresses_exits_2(
     url = f"http://127.77.53.1:{svc_port}/"
     try:
         one, two = (
-            Netplane(tmp_path, name, free_port(), free_port(), free_port(udp_too=True))
+            Instance(tmp_path, name, free_port(), free_port(), free_port(udp_too=True))
             for name in ("one", "two")
         )
         for n, addr in ((one, "127.0.53.1"), (two, "127.0.53.2")):
@@ -334,11 +330,11 @@ async def test_a_second_instance_on_the_same_service_addresses_exits_2(
                 l4_service("web", "127.77.53.1", svc_port),
                 l4_endpoints("web", [(addr, backend)]),
             ])  # fmt: skip
-        instances.append(await one.start(2, proxy=True))
+        instances.append(one.start(2, proxy=True))
         async with asyncio.timeout(30):
             while (await curl(url))[1] != "one":
                 await asyncio.sleep(0.1)
-        instances.append(await two.start(2, proxy=True))
+        instances.append(two.start(2, proxy=True))
         status, err = await two.exited()
         assert status == 2, err
         line = one_error_line(err)
@@ -354,7 +350,7 @@ async def test_a_second_instance_on_the_same_service_addresses_exits_2(
 
 
 async def test_an_l4_port_taken_at_run_time_is_logged_by_each_worker_once(
-    tmp_path: Path, instances: list[Netplane]
+    tmp_path: Path, instances: list[Instance]
 ) -> None:
     """A Service added later whose address another program holds: the
     listener's error, once per worker; the rest of the table serves, no
@@ -362,11 +358,11 @@ async def test_an_l4_port_taken_at_run_time_is_logged_by_each_worker_once(
     b = Backends()
     backend, svc_port = free_port(), free_port()
     await b.start(named("ok"), "127.0.53.3", backend)
-    n = Netplane(tmp_path, "n", free_port(), free_port(), free_port(udp_too=True))
+    n = Instance(tmp_path, "n", free_port(), free_port(), free_port(udp_too=True))
     n.write([ingress_class("netplane")])
     taken = socket.socket()
     try:
-        instances.append(await n.start(2, proxy=True))
+        instances.append(n.start(2, proxy=True))
         async with asyncio.timeout(30):
             while (await curl(f"http://127.0.0.1:{n.admin}/readyz"))[1] != "ok\n":
                 await asyncio.sleep(0.1)

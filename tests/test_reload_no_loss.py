@@ -18,11 +18,8 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
-import signal
 import socket
 import ssl
-import sys
 import threading
 import time
 import urllib.request
@@ -31,10 +28,12 @@ from typing import Any
 
 import pytest
 import trustme
-from ingress_fakes import Backends, Request, free_port, ws_echo
+from ingress_fakes import Backends, Request, ws_echo
 from ingress_world import endpoints, ingress, ingress_class, path, secret, service
 
 from netplane.testing.fakekube import FakeKube
+from netplane.testing.http import Stream
+from netplane.testing.ports import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -132,7 +131,7 @@ def summary(port: int) -> dict[str, Any]:
 
 
 def named(name: str):
-    async def handler(req: Request, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    async def handler(req: Request, r: Stream, w: asyncio.StreamWriter) -> None:
         body = b"%s %s %s" % (name.encode(), req.method, req.target)
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
         await w.drain()
@@ -186,7 +185,7 @@ async def until_status(port: int, host: str, status: int, timeout: float = 30.0)
 
 
 async def test_a_thousand_route_changes_lose_no_request_and_keep_the_websocket(
-    tmp_path: Path,
+    tmp_path: Path, start_netplane
 ) -> None:
     ca = trustme.CA()
     leaves = [ca.issue_cert("shop.test"), ca.issue_cert("shop.test")]
@@ -197,7 +196,7 @@ async def test_a_thousand_route_changes_lose_no_request_and_keep_the_websocket(
     for host in WEB:
         await backends.start(named(host), host, web_port)
     _, ws_port = await backends.start(ws_echo, WS, free_port())
-    http_port, https_port, admin_port = free_port(), free_port(), free_port()
+    http_port, https_port = free_port(), free_port()
     async with FakeKube() as fake:
         for obj in (
             ingress_class("netplane"),
@@ -210,17 +209,17 @@ async def test_a_thousand_route_changes_lose_no_request_and_keep_the_websocket(
         ):
             fake.apply(obj)
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", {"token": "test-token"})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netplane", "run", "--kubeconfig", str(kubeconfig),
+        np = start_netplane(
+            "run", "--kubeconfig", str(kubeconfig),
             "--mode", "local", "--proxy", "off", "--dns", "off",
             "--ingress-http", f"127.0.0.1:{http_port}",
-            "--ingress-https", f"127.0.0.1:{https_port}", "--admin", f"127.0.0.1:{admin_port}",
+            "--ingress-https", f"127.0.0.1:{https_port}",
             "--ingress-access-log", "off", "--shutdown-grace", "1",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
         )  # fmt: skip
+        admin_port = np.admin_port
         loops: list[RequestLoop] = []
         try:
+            await np.await_ready()
             await until_status(http_port, "shop.test", 200)
             await until_tls_cert(https_port, client_tls, leaves[0])
 
@@ -287,9 +286,8 @@ async def test_a_thousand_route_changes_lose_no_request_and_keep_the_websocket(
         finally:
             for loop_thread in loops:
                 loop_thread.stop.set()
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(15):
-                out, _ = await proc.communicate()
+            code = await np.astop(15)
             await backends.close()
-        assert proc.returncode == 0, out.decode()[-2000:]
-        assert b"Traceback" not in out, out.decode()[-2000:]
+        out = np.stdout + np.log
+        assert code == 0, out[-2000:]
+        assert "Traceback" not in out, out[-2000:]

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import socket
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -26,36 +23,17 @@ from test_l4_e2e import (  # noqa: F401 (backends and daemon are fixtures)
     backends,
     daemon,
     endpoints,
-    free_port,
     service,
     write,
 )
 
 from netplane.testing.fakekube import FakeKube
+from netplane.testing.ports import free_udp_port
 
 pytestmark = pytest.mark.e2e
 
 A, B = "127.0.36.1", "127.0.36.2"
 VIP, VPORT = "127.77.0.36", 7036
-
-
-def udp_port() -> int:
-    """A port free for UDP on both endpoint addresses."""
-    for _ in range(20):
-        port = free_port()
-        socks = []
-        try:
-            for host in (A, B):
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                socks.append(s)
-                s.bind((host, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise AssertionError("no free UDP port")
 
 
 def state(admin: str) -> dict[str, Any]:
@@ -173,7 +151,7 @@ async def test_a_flow_moves_when_its_endpoint_leaves_the_manifest(
     backends,  # noqa: F811
     how: str,
 ):
-    port = udp_port()
+    port = free_udp_port(A, B)
     await backends.udp(A, port)
     await backends.udp(B, port)
     svc = service("dns", VIP, VPORT, protocol="UDP")
@@ -203,8 +181,9 @@ async def test_a_flow_moves_when_its_endpoint_leaves_the_manifest(
 async def test_a_flow_moves_when_its_endpoint_leaves_through_the_api_watch(
     tmp_path: Path,
     backends,  # noqa: F811
+    start_netplane,
 ) -> None:
-    port = udp_port()
+    port = free_udp_port(A, B)
     await backends.udp(A, port)
     await backends.udp(B, port)
 
@@ -219,15 +198,12 @@ async def test_a_flow_moves_when_its_endpoint_leaves_through_the_api_watch(
         fake.apply(svc)
         fake.apply(slice_of([A, B]))
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig", {"token": "test-token"})
-        admin_port = free_port()
-        admin = f"http://127.0.0.1:{admin_port}"
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netplane", "run", "--kubeconfig", str(kubeconfig),
-            "--mode", "local", "--admin", f"127.0.0.1:{admin_port}", "--dns", "off",
+        np = start_netplane(
+            "run", "--kubeconfig", str(kubeconfig), "--mode", "local", "--dns", "off",
             "--ingress-http", "off", "--ingress-https", "off", "--shutdown-grace", "1",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
         )  # fmt: skip
+        await np.await_ready()
+        admin = np.admin_url
         try:
             await until_listening(admin)
             await until_endpoints(admin, "shop", "dns", {A, B})
@@ -241,7 +217,5 @@ async def test_a_flow_moves_when_its_endpoint_leaves_through_the_api_watch(
                 sock.settimeout(3)
                 await pinned_then_moved(sock, remove, admin, "shop")
         finally:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(15):
-                out, _ = await proc.communicate()
-        assert proc.returncode == 0, out.decode()
+            code = await np.astop(15)
+        assert code == 0, np.tail()

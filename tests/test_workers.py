@@ -12,10 +12,9 @@ import collections
 import os
 import signal
 import socket
-import sys
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,19 @@ import dns.rdatatype
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_l4_e2e import (  # noqa: F401 (backends is a fixture)
-    REPO,
     Backends,
     backends,
     curl,
     endpoints,
-    free_port,
     needs_curl,
     service,
-    terminate,
     write,
 )
 
 from netplane.l4.steer import steer_by_source
 from netplane.metrics_merge import merge
+from netplane.testing.ports import free_port, free_udp_tcp_port
+from netplane.testing.process import Netplane
 
 pytestmark = pytest.mark.e2e
 
@@ -46,9 +44,9 @@ pytestmark = pytest.mark.e2e
 class Owner:
     """The owner process of ``--workers N`` and what its admin server says."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, admin: str, dns_port: int) -> None:
-        self.proc = proc
-        self.admin = admin
+    def __init__(self, np: Netplane, dns_port: int) -> None:
+        self.np = np
+        self.admin = np.admin_url
         self.dns_port = dns_port
 
     def get(self, path: str) -> tuple[int, str]:
@@ -90,28 +88,22 @@ class Owner:
 
 
 @pytest.fixture
-async def owner(tmp_path: Path) -> AsyncIterator[Any]:
-    started: list[asyncio.subprocess.Process] = []
+def owner(tmp_path: Path, start_netplane: Callable[..., Netplane]) -> Callable:
+    """``await owner(workers, *extra)``: ``netplane run --workers N``, ready; stopped after."""
 
     async def start(workers: int = 2, *extra: str) -> Owner:
-        admin, dns_port = free_port(), free_port()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "netplane", "run", "-f", str(tmp_path / "m"),
-            "--mode", "local", "--admin", f"127.0.0.1:{admin}",
+        dns_port = free_udp_tcp_port()
+        np = start_netplane(
+            "run", "-f", str(tmp_path / "m"), "--mode", "local",
             "--dns", f"127.0.0.1:{dns_port}", "--ingress-http", "off", "--ingress-https", "off",
             "--manifest-poll-seconds", "0.05", "--shutdown-grace", "5",
             "--workers", str(workers), *extra,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
-        started.append(proc)
-        o = Owner(proc, f"http://127.0.0.1:{admin}", dns_port)
-        await o.until("/readyz", lambda: o.get("/readyz")[0] == 200)
-        return o
+        await np.await_ready()
+        return Owner(np, dns_port)
 
     (tmp_path / "m").mkdir()
-    yield start
-    await terminate(started, timeout=15)
+    return start
 
 
 def udp_sockets(port: int) -> set[str]:
@@ -171,7 +163,7 @@ async def test_workers_share_every_listener_and_answer_as_one(owner, web):
     workers = await asyncio.to_thread(o.workers)
     pids = {w["pid"] for w in workers}
     assert len(pids) == 2 and all(w["ready"] for w in workers)
-    assert {parent_of(pid) for pid in pids} == {o.proc.pid}
+    assert {parent_of(pid) for pid in pids} == {o.np.pid}
     # both workers hold the DNS port; the owner holds no listener of its own
     assert udp_port_holders(o.dns_port) == pids
 
@@ -217,7 +209,7 @@ async def test_a_killed_worker_is_restarted_while_the_others_answer(owner, web):
 
     await o.until("worker 0 to be started again", restarted)
     new = (await asyncio.to_thread(o.workers))[0]["pid"]
-    assert parent_of(new) == o.proc.pid
+    assert parent_of(new) == o.np.pid
     assert new in udp_port_holders(o.dns_port)
     assert o.get("/readyz")[0] == 200
     metrics = await asyncio.to_thread(o.metrics)
@@ -272,9 +264,7 @@ async def test_sigterm_stops_every_worker(tmp_path, owner):
     write(tmp_path / "m", "db", [service("db", "None", 5432)])
     o = await owner(2)
     pids = [w["pid"] for w in await asyncio.to_thread(o.workers)]
-    o.proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(15):
-        assert await o.proc.wait() == 0
+    assert await o.np.astop(15) == 0
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}")
 
