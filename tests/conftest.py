@@ -43,6 +43,9 @@ import uvloop  # noqa: E402
 import netplane  # noqa: E402
 from netplane.testing.process import Netplane  # noqa: E402
 
+# Fixtures shared by test files in several folders, by module (tests/ is on sys.path).
+pytest_plugins = ["l4_world"]
+
 assert Path(dns.message.__file__).resolve().parent.parent != ROOT
 if Path(netplane.__file__).resolve().parent.parent != ROOT:
     # Another checkout's editable install would be tested in this one's place.

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_l4_e2e import Backends, backends, curl, daemon, write  # noqa: F401 (fixtures)
+from ingress_fakes import curl
+from l4_world import Backends, write
 
 import netplane.l4.healthcheck as hc_mod
 from netplane.config import build
@@ -426,8 +427,8 @@ async def refused_or_reset(host: str, port: int) -> None:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 async def test_health_check_node_port_follows_local_endpoints(
     tmp_path: Path,
-    daemon: Any,  # noqa: F811
-    backends: Backends,  # noqa: F811
+    daemon: Any,
+    backends: Backends,
 ) -> None:
     port = free_node_port()  # the backends' port; any free one does
     node_port = free_node_port({port})

@@ -18,8 +18,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import l4_world as e2e
 import pytest
-import test_l4_e2e as e2e
 
 from netplane.testing.process import Netplane
 

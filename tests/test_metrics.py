@@ -14,16 +14,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from ingress_fakes import curl
+from l4_world import endpoints, needs_curl, service, write
 from prometheus_client.parser import text_string_to_metric_families
-from test_l4_e2e import (  # noqa: F401 (backends and daemon are fixtures)
-    backends,
-    curl,
-    daemon,
-    endpoints,
-    needs_curl,
-    service,
-    write,
-)
 
 import netplane
 from netplane.config import build
@@ -52,8 +45,8 @@ def port_labels(name: str) -> tuple:
 @needs_curl
 async def test_metrics_count_connections_refusals_objects_and_rejections(
     tmp_path: Path,
-    daemon,  # noqa: F811
-    backends,  # noqa: F811
+    daemon,
+    backends,
 ):
     port = free_port()
     await backends.http("127.0.30.1", port)
@@ -137,8 +130,8 @@ async def tcp_echo(host: str, port: int, payload: bytes) -> bytes:
 @pytest.mark.parametrize("relay", ["splice", "protocol"])
 async def test_bytes_relayed_per_service_port_and_direction_equal_what_was_sent(
     tmp_path: Path,
-    daemon,  # noqa: F811
-    backends,  # noqa: F811
+    daemon,
+    backends,
     relay: str,
 ):
     tport, uport = free_port(), free_port()

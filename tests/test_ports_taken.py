@@ -26,9 +26,9 @@ import trustme
 import yaml
 from ingress_fakes import Backends, Request, curl
 from ingress_world import endpoints, ingress, ingress_class, path, secret, service
-from test_l4_e2e import endpoints as l4_endpoints
-from test_l4_e2e import service as l4_service
-from test_workers import udp_port_holders
+from l4_world import endpoints as l4_endpoints
+from l4_world import service as l4_service
+from l4_world import udp_port_holders
 
 from netplane.testing.ports import free_port
 from netplane.testing.process import Netplane

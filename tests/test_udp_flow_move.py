@@ -18,14 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from l4_world import endpoints, service, write
 from prometheus_client.parser import text_string_to_metric_families
-from test_l4_e2e import (  # noqa: F401 (backends and daemon are fixtures)
-    backends,
-    daemon,
-    endpoints,
-    service,
-    write,
-)
 
 from netplane.testing.fakekube import FakeKube
 from netplane.testing.ports import free_udp_port
@@ -147,8 +141,8 @@ async def pinned_then_moved(sock: socket.socket, remove, admin: str, ns: str) ->
 @pytest.mark.parametrize("how", ["removed", "terminating"])
 async def test_a_flow_moves_when_its_endpoint_leaves_the_manifest(
     tmp_path,
-    daemon,  # noqa: F811
-    backends,  # noqa: F811
+    daemon,
+    backends,
     how: str,
 ):
     port = free_udp_port(A, B)
@@ -180,7 +174,7 @@ async def test_a_flow_moves_when_its_endpoint_leaves_the_manifest(
 
 async def test_a_flow_moves_when_its_endpoint_leaves_through_the_api_watch(
     tmp_path: Path,
-    backends,  # noqa: F811
+    backends,
     start_netplane,
 ) -> None:
     port = free_udp_port(A, B)

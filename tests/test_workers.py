@@ -22,16 +22,18 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from test_l4_e2e import (  # noqa: F401 (backends is a fixture)
+from ingress_fakes import curl
+from l4_world import (
     Backends,
-    backends,
-    curl,
     endpoints,
     needs_curl,
     service,
+    sockets_of,
+    udp_port_holders,
+    udp_sockets,
     write,
 )
+from prometheus_client.parser import text_string_to_metric_families
 
 from netplane.l4.steer import steer_by_source
 from netplane.metrics_merge import merge
@@ -106,47 +108,13 @@ def owner(tmp_path: Path, start_netplane: Callable[..., Netplane]) -> Callable:
     return start
 
 
-def udp_sockets(port: int) -> set[str]:
-    """The UDP sockets the kernel has bound to ``port`` on 127.0.0.1 (from /proc/net/udp)."""
-    inodes = set()
-    with open("/proc/net/udp") as fh:
-        for line in fh.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == f"0100007F:{port:04X}":
-                inodes.add(f"socket:[{fields[9]}]")
-    return inodes
-
-
-def sockets_of(pid: int, port: int) -> set[str]:
-    """The UDP sockets on ``port`` that process ``pid`` holds."""
-    inodes = udp_sockets(port)
-    fd_dir = f"/proc/{pid}/fd"
-    return {os.readlink(f"{fd_dir}/{fd}") for fd in os.listdir(fd_dir)} & inodes
-
-
-def udp_port_holders(port: int) -> set[int]:
-    """PIDs holding a UDP socket bound to ``port`` on 127.0.0.1 (from /proc)."""
-    inodes = udp_sockets(port)
-    holders = set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") in inodes for fd in fds):
-                holders.add(int(pid))
-        except OSError:
-            continue
-    return holders
-
-
 def parent_of(pid: int) -> int:
     with open(f"/proc/{pid}/stat") as fh:
         return int(fh.read().rsplit(")", 1)[1].split()[1])
 
 
 @pytest.fixture
-async def web(tmp_path: Path, backends: Backends) -> None:  # noqa: F811
+async def web(tmp_path: Path, backends: Backends) -> None:
     """Service t/web at 127.77.0.40:8080 with two HTTP endpoints that answer their names."""
     port = free_port()
     await backends.http("127.0.40.1", port)
