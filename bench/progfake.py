@@ -10,7 +10,7 @@ Both run pinned to the load core by the harness.
 
 - a :class:`netplane.testing.fakekube.FakeKube` holding N ClusterIP Services
   (one TCP port, 18080, ClusterIPs 127.77.128.1 upwards so that local mode
-  can bind them; clear of the addresses and ports tests/test_l4_e2e.py uses)
+  can bind them; clear of the addresses and ports tests/l4/test_l4_e2e.py uses)
   and N EndpointSlices of 10 endpoints, made from
   bench/state_scale.py's generators. The endpoints of every Service but the
   measured one are dummies from 127.1.0.1 upwards that no connection reaches;

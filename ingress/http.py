@@ -274,7 +274,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         # RequestHead.add, inline, for the bench's "keep-alive req/s over HTTP" rows: the
         # call costs 1.3% of the instructions per request in bench/ingress_micro.py
-        # (callgrind: 104.4k against 103.1k). tests/test_ingress_client_head.py checks
+        # (callgrind: 104.4k against 103.1k). tests/ingress/test_ingress_client_head.py checks
         # that both copies build the same upstream head and refuse the same fields.
         head = self._head
         lname = name.lower()

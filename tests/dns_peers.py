@@ -108,7 +108,7 @@ class NetplaneDns:
             "--proxy", "off", "--ingress-http", "off", "--ingress-https", "off",
             "--dns", f"127.0.0.1:{self.port}", "--manifest-poll-seconds", "0.05",
             # One process: these tests follow one answer cache's hits and TTLs;
-            # each worker of --workers N has its own (tests/test_workers.py).
+            # each worker of --workers N has its own (tests/e2e/test_workers.py).
             "--shutdown-grace", "0", "--workers", "1", *extra,
             workdir=tmp, name=f"netplane-{self.port}",
         )  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import dns.message
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_dns_is_dnspython_and_the_root_is_off_the_path() -> None:
@@ -40,7 +40,7 @@ def test_python_dash_m_pytest_runs_from_the_root() -> None:
     # prove that conftest and the imports come through.
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-         "tests/test_import_path.py::test_dns_is_dnspython_and_the_root_is_off_the_path"],
+         "tests/ops/test_import_path.py::test_dns_is_dnspython_and_the_root_is_off_the_path"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr

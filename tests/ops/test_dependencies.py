@@ -17,7 +17,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("netplane", "ingress", "dns")  # netplane, netplane.ingress, netplane.dns
 TEST_ONLY = ROOT / "netplane" / "testing"
 

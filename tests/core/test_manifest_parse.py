@@ -17,7 +17,7 @@ from netplane.sources.manifest_parse import (
     resolve_duplicates,
 )
 
-DATA = Path(__file__).parent / "data" / "manifests" / "clean"
+DATA = Path(__file__).resolve().parents[1] / "data" / "manifests" / "clean"
 
 
 def lines(result) -> list[str]:

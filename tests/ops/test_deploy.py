@@ -18,7 +18,7 @@ from netplane import cli
 from netplane import config as cfgmod
 from netplane.sources.kube import RESOURCES
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 # What the downward API would put in the env vars the DaemonSet refers to.
 ENV = {"NODE_NAME": "node-a", "NODE_IP": "198.18.0.1"}
 

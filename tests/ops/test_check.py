@@ -11,7 +11,7 @@ import pytest
 from netplane.check import check_paths
 from netplane.errors import ConfigError
 
-DATA = Path(__file__).parent / "data" / "manifests" / "clean"
+DATA = Path(__file__).resolve().parents[1] / "data" / "manifests" / "clean"
 
 
 def svc(name: str, extra: str = "", ports: str = "    - port: 80\n") -> str:

@@ -3,8 +3,8 @@
 ``readings(path)`` gives the normalized path as each kind of server reads
 it (canonical, nginx's reading, first) or None when the path is refused
 whatever the rules. The route table routes only when all readings reach the
-same location; tests/test_ingress_routes.py checks that half, and
-tests/test_ingress_path_bypass_e2e.py the whole through a running ingress.
+same location; tests/ingress/test_ingress_routes.py checks that half, and
+tests/ingress/test_ingress_path_bypass_e2e.py the whole through a running ingress.
 """
 
 from __future__ import annotations

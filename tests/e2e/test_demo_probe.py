@@ -28,7 +28,7 @@ from netplane.demo_probe import (
     judge_dns,
 )
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WEB = frozenset({"127.0.1.1:18080", "127.0.1.2:18080"})
 
 # -- judging, no I/O ------------------------------------------------------------------

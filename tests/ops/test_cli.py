@@ -32,7 +32,7 @@ from netplane.testing.process import Netplane
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo"
 WAIT = 8.0
 LOCAL = ipaddress.ip_network("127.77.0.0/16")

@@ -9,7 +9,7 @@ from pathlib import Path
 import netplane
 from netplane import config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 CI = (ROOT / ".ci" / "run").read_text()
 
@@ -72,8 +72,13 @@ def test_the_config_file_example_loads(tmp_path: Path) -> None:
 def test_every_documented_flag_exists() -> None:
     from netplane.cli import _parser
 
-    run = _parser()._subparsers._group_actions[0].choices["run"]  # argparse has no public way
-    known = {opt for action in run._actions for opt in action.option_strings}
+    commands = _parser()._subparsers._group_actions[0].choices  # argparse has no public way
+    known = {
+        opt
+        for name in ("run", "demo")
+        for action in commands[name]._actions
+        for opt in action.option_strings
+    }
     synopsis = README.split("## Command line", 1)[1].split("```", 2)[1]
     documented = set(re.findall(r"(--[a-z-]+|-f)\b", synopsis))
     assert documented <= known, documented - known

@@ -15,7 +15,7 @@ from netplane.events import EventType, Synced, WatchEvent
 from netplane.model import ObjectKey, Pod, Service
 from netplane.sources.manifests import ManifestSource, find_manifest_files
 
-DATA = Path(__file__).parent / "data" / "manifests" / "clean"
+DATA = Path(__file__).resolve().parents[1] / "data" / "manifests" / "clean"
 POLL = 0.05
 WAIT = 5.0
 LOGGER = "netplane.sources.manifests"
