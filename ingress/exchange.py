@@ -57,9 +57,12 @@ from netplane.ingress.exchange_state import (
 from netplane.ingress.http_head import NO_BODY, RequestHead, ResponseHead
 from netplane.ingress.routes import Forward, Redirect
 
+from netplane.addresses import hostport
 from netplane.l4.flow_control import HIGH_WATER, PEER_BACKLOG, PENDING_FULL
 
 if TYPE_CHECKING:
+    from netplane.ingress.accesslog import AccessLog
+    from netplane.ingress.stats import RequestStats
     from netplane.ingress.upstream import Pool, UpstreamConnection
 
 log = logging.getLogger("netplane.ingress")
@@ -72,8 +75,8 @@ class Shared(Protocol):
 
     routes: Any
     pool: Pool
-    stats: Any
-    access_log: Any
+    stats: RequestStats
+    access_log: AccessLog | None
     https: bool
 
 
@@ -85,7 +88,11 @@ class ClientSide(Protocol):
     keep-alive; the exchange never touches its transport.
     """
 
-    listener: Shared
+    # Read-only (a property here), so that a client may hold a subtype of Shared
+    # (a mutable protocol attribute would have to be exactly Shared).
+    @property
+    def listener(self) -> Shared: ...
+
     client_ip: str
     client_ip_b: bytes
     #: the forwarded fields every request of this connection gets upstream
@@ -112,14 +119,6 @@ class ClientSide(Protocol):
 
     def write_end(self, ex: Exchange) -> None:
         """The response body is complete; write what waits."""
-
-    def _unbind(self) -> UpstreamConnection | None:
-        """Let go of the upstream connection (returned), keeping the count of body bytes it passed."""
-        up = self.upstream
-        if up is not None:
-            self.upstream = None
-            self.bytes_out = up.body_bytes
-        return up
 
     def flush(self) -> None:
         """Write what waits (the end of one upstream read)."""
@@ -368,7 +367,7 @@ class Exchange(ExchangeState):
             return False
         options = self.decision.options
         if up.backlogged and now - up.backlogged_since > options.send_timeout:
-            log.info("upstream %s:%s stopped reading the request", *self.upstream_addr)
+            log.info("upstream %s stopped reading the request", hostport(*up.key[:2]))
             if self.response_started:
                 self._unbind()
                 up.abort()
@@ -381,8 +380,8 @@ class Exchange(ExchangeState):
             and now - max(up.last_active, self.t_received) > options.read_timeout
         ):
             log.info(
-                "upstream %s:%s timed out for %s",
-                *self.upstream_addr,
+                "upstream %s timed out for %s",
+                hostport(*up.key[:2]),
                 self.target.decode("latin-1"),
             )
             if self.response_started:
@@ -407,7 +406,7 @@ class Exchange(ExchangeState):
                 up = await pool.connect((ip, port, d.upstream_tls), d.options.connect_timeout)
             except (OSError, TimeoutError) as e:
                 last = e
-                log.debug("cannot connect to %s:%s: %s", ip, port, e)
+                log.debug("cannot connect to %s: %s", hostport(ip, port), e)
                 continue
             if self.response_state is not CONNECTING:  # answered or aborted meanwhile
                 up.close()
@@ -449,7 +448,9 @@ class Exchange(ExchangeState):
         """Pass the response head on; True when no body follows that the parser would wait for."""
         d = self.decision
         client = self.client
-        extra = b"" if head.has_request_id else b"X-Request-ID: " + self.head.request_id + b"\r\n"
+        # The request's id is not None here: RequestHead.upstream_head (in _send) made one
+        # for a request that came without.
+        extra = b"" if head.has_request_id else b"X-Request-ID: " + self.head.request_id + b"\r\n"  # type: ignore[operator]  # made in _send
         if d.set_cookie is not None:
             extra += b"Set-Cookie: " + d.set_cookie + b"\r\n"
         if client.listener.https and d.options.hsts is not None and not head.has_hsts:
