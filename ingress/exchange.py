@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import monotonic
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from netplane.ingress.exchange_state import (
     ABORT,
@@ -55,11 +55,14 @@ from netplane.ingress.exchange_state import (
     ExchangeState,
 )
 from netplane.ingress.http_head import NO_BODY, RequestHead, ResponseHead
-from netplane.ingress.routes import Forward, Redirect
+from netplane.ingress.routes import Decision, Forward, Redirect, RouteTable
 
+from netplane.addresses import hostport
 from netplane.l4.flow_control import HIGH_WATER, PEER_BACKLOG, PENDING_FULL
 
 if TYPE_CHECKING:
+    from netplane.ingress.accesslog import AccessLog
+    from netplane.ingress.stats import RequestStats
     from netplane.ingress.upstream import Pool, UpstreamConnection
 
 log = logging.getLogger("netplane.ingress")
@@ -70,10 +73,10 @@ IDEMPOTENT = frozenset((b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 class Shared(Protocol):
     """What the exchanges of one listener share (:class:`netplane.ingress.http.Listener`)."""
 
-    routes: Any
+    routes: RouteTable
     pool: Pool
-    stats: Any
-    access_log: Any
+    stats: RequestStats
+    access_log: AccessLog | None
     https: bool
 
 
@@ -85,7 +88,11 @@ class ClientSide(Protocol):
     keep-alive; the exchange never touches its transport.
     """
 
-    listener: Shared
+    # Read-only (a property here), so that a client may hold a subtype of Shared
+    # (a mutable protocol attribute would have to be exactly Shared).
+    @property
+    def listener(self) -> Shared: ...
+
     client_ip: str
     client_ip_b: bytes
     #: the forwarded fields every request of this connection gets upstream
@@ -112,14 +119,6 @@ class ClientSide(Protocol):
 
     def write_end(self, ex: Exchange) -> None:
         """The response body is complete; write what waits."""
-
-    def _unbind(self) -> UpstreamConnection | None:
-        """Let go of the upstream connection (returned), keeping the count of body bytes it passed."""
-        up = self.upstream
-        if up is not None:
-            self.upstream = None
-            self.bytes_out = up.body_bytes
-        return up
 
     def flush(self) -> None:
         """Write what waits (the end of one upstream read)."""
@@ -199,7 +198,9 @@ class Exchange(ExchangeState):
         self.keep_alive = keep_alive
         #: the client asked to switch protocols (Upgrade)
         self.upgrade = upgrade
-        self.decision: Any = None
+        #: the route table's answer (None: refused before it was asked); a Forward
+        #: whenever ``answer`` is None, which is what the ``type: ignore``s below rely on
+        self.decision: Decision | None = None
         #: (status, message, location) of an answer made without an upstream
         self.answer: tuple[int, bytes | None, bytes | None] | None = None
         self.upstream: UpstreamConnection | None = None
@@ -249,15 +250,14 @@ class Exchange(ExchangeState):
             self.answer = (500, b"The proxy failed to route this request.", None)
             return
         self.decision = d
-        kind = type(d)
-        if kind is Forward:
+        if isinstance(d, Forward):
             limit = d.options.body_limit
             cl = head.content_length
             if limit is not None and cl is not None and int(cl) > limit:
                 self.answer = (413, None, None)
             elif not d.targets:
                 self.answer = (503, None, None)
-        elif kind is Redirect:
+        elif isinstance(d, Redirect):
             self.answer = (d.status, None, d.location)
         else:
             self.answer = (d.status, d.body.rstrip(b"\n"), None)
@@ -300,7 +300,7 @@ class Exchange(ExchangeState):
         client = self.client
         if self.head.expect_continue and self.request_state is BODY and not self.http10:
             client.write_continue(self)
-        d = self.decision
+        d: Forward = self.decision  # type: ignore[assignment]  # no answer: a Forward
         ip, port = d.targets[0]
         up = client.listener.pool.take((ip, port, d.upstream_tls))
         if up is not None:
@@ -314,7 +314,7 @@ class Exchange(ExchangeState):
         self.body_in += len(body)
         if self.answer is not None:  # answered without an upstream: read and dropped
             return True
-        limit = self.decision.options.body_limit
+        limit = self.decision.options.body_limit  # type: ignore[union-attr]  # no answer: a Forward
         if limit is not None and self.body_in > limit:
             return False
         if self.head.transfer_encoding is not None:
@@ -366,9 +366,9 @@ class Exchange(ExchangeState):
         up = self.upstream
         if up is None:
             return False
-        options = self.decision.options
+        options = self.decision.options  # type: ignore[union-attr]  # sent upstream: a Forward
         if up.backlogged and now - up.backlogged_since > options.send_timeout:
-            log.info("upstream %s:%s stopped reading the request", *self.upstream_addr)
+            log.info("upstream %s stopped reading the request", hostport(*up.key[:2]))
             if self.response_started:
                 self._unbind()
                 up.abort()
@@ -381,8 +381,8 @@ class Exchange(ExchangeState):
             and now - max(up.last_active, self.t_received) > options.read_timeout
         ):
             log.info(
-                "upstream %s:%s timed out for %s",
-                *self.upstream_addr,
+                "upstream %s timed out for %s",
+                hostport(*up.key[:2]),
                 self.target.decode("latin-1"),
             )
             if self.response_started:
@@ -397,7 +397,7 @@ class Exchange(ExchangeState):
     # -- the upstream ------------------------------------------------------------------
 
     async def _connect(self, start: int) -> None:
-        d = self.decision
+        d: Forward = self.decision  # type: ignore[assignment]  # started without an answer
         targets = d.targets
         pool = self.client.listener.pool
         last: BaseException | None = None
@@ -407,7 +407,7 @@ class Exchange(ExchangeState):
                 up = await pool.connect((ip, port, d.upstream_tls), d.options.connect_timeout)
             except (OSError, TimeoutError) as e:
                 last = e
-                log.debug("cannot connect to %s:%s: %s", ip, port, e)
+                log.debug("cannot connect to %s: %s", hostport(ip, port), e)
                 continue
             if self.response_state is not CONNECTING:  # answered or aborted meanwhile
                 up.close()
@@ -423,7 +423,7 @@ class Exchange(ExchangeState):
 
     def _send(self, up: UpstreamConnection, now: float) -> None:
         self.to(SEND)
-        d = self.decision
+        d: Forward = self.decision  # type: ignore[assignment]  # started without an answer
         client = self.client
         self.upstream = up
         self.upstream_addr = d.targets[self.target_index]
@@ -447,9 +447,11 @@ class Exchange(ExchangeState):
 
     def response_head(self, up: UpstreamConnection, head: ResponseHead) -> bool:
         """Pass the response head on; True when no body follows that the parser would wait for."""
-        d = self.decision
+        d: Forward = self.decision  # type: ignore[assignment]  # sent upstream: a Forward
         client = self.client
-        extra = b"" if head.has_request_id else b"X-Request-ID: " + self.head.request_id + b"\r\n"
+        # The request's id is not None here: RequestHead.upstream_head (in _send) made one
+        # for a request that came without.
+        extra = b"" if head.has_request_id else b"X-Request-ID: " + self.head.request_id + b"\r\n"  # type: ignore[operator]  # made in _send
         if d.set_cookie is not None:
             extra += b"Set-Cookie: " + d.set_cookie + b"\r\n"
         if client.listener.https and d.options.hsts is not None and not head.has_hsts:

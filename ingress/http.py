@@ -276,7 +276,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         # call costs 1.3% of the instructions per request in bench/ingress_micro.py
         # (callgrind: 104.4k against 103.1k). tests/ingress/test_ingress_client_head.py checks
         # that both copies build the same upstream head and refuse the same fields.
-        head = self._head
+        head: RequestHead = self._head  # type: ignore[assignment]  # on_url made it: a field comes after the URL
         lname = name.lower()
         if lname == b"host" and head.host is None:  # RequestHead.special's first case, inline
             head.host = head.headers[b"host"] = value
@@ -304,7 +304,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         parser = self.parser
         method = parser.get_method()
         keep_alive = parser.should_keep_alive()
-        head = self._head
+        head: RequestHead = self._head  # type: ignore[assignment]  # on_url made it: the URL comes first
         # Keep-alive with no Connection field (nor the Proxy-Connection the
         # parser reads as one) is HTTP/1.1: the version string, which the
         # parser formats anew on each call, is asked for only otherwise.
@@ -344,7 +344,7 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.flow.pause(QUEUED)
 
     def on_body(self, body: bytes) -> None:
-        if not self.cur.request_body(body):
+        if not self.cur.request_body(body):  # type: ignore[union-attr]  # on_headers_complete set it (a body follows)
             self._error = (413, None)
             raise _Reject
 
@@ -404,8 +404,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.wbuf.append(head.client_head(framing, keep, ex.http10, extra))
 
     def write_switch(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
+        upgrade: bytes = ex.head.upgrade  # type: ignore[assignment]  # Exchange.response_head checked it
         self.transport.write(
-            b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", ex.head.upgrade, b"\r\nConnection: upgrade\r\n", head.fields, extra, b"\r\n"))
+            b"".join((b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ", upgrade, b"\r\nConnection: upgrade\r\n", head.fields, extra, b"\r\n"))
         )  # fmt: skip
 
     def write_body(self, data: bytes) -> None:

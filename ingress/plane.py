@@ -26,6 +26,7 @@ from netplane.ingress.routes import RouteTable
 from netplane.ingress.server import IngressServer
 from netplane.ingress.upstream import Pool
 
+from netplane.addresses import hostport
 from netplane.config import DEFAULT_INGRESS_HTTP, DEFAULT_INGRESS_HTTPS, DEFAULTS
 from netplane.errors import ConfigError
 
@@ -115,8 +116,11 @@ class IngressPlane:
         except OSError as e:
             await self.server.close(0)
             # uvloop's strerror repeats the address: the errno's own text is enough
-            plain = e.errno and not isinstance(e, ssl.SSLError)
-            why = os.strerror(e.errno) if plain else e.strerror or str(e)
+            errno = e.errno
+            if errno and not isinstance(e, ssl.SSLError):
+                why = os.strerror(errno)
+            else:
+                why = e.strerror or str(e)
             raise ConfigError(f"{where}: {why}") from None
         self._task = asyncio.create_task(self._follow(), name="ingress")
 
@@ -171,5 +175,4 @@ class IngressPlane:
 
 def _listener(kind: str, address: tuple[str, int]) -> str:
     """``ingress HTTP: cannot listen on 127.0.0.1:8080/TCP``: the start of a bind error."""
-    host, port = address
-    return f"ingress {kind}: cannot listen on {f'[{host}]' if ':' in host else host}:{port}/TCP"
+    return f"ingress {kind}: cannot listen on {hostport(*address)}/TCP"

@@ -51,7 +51,7 @@ class IngressServer:
         self.access_log = access_log
         self.stats = RequestStats()
         self.conns: set[ClientConnection] = set()
-        self._servers: list[tuple[asyncio.AbstractServer, Listener]] = []
+        self._servers: list[tuple[asyncio.Server, Listener]] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(

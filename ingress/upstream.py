@@ -266,7 +266,7 @@ class UpstreamConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------
 
     def on_headers_complete(self) -> None:
-        buf = self.hbuf
+        buf: bytes = self.hbuf  # type: ignore[assignment]  # send() set it (b""), data_received grew it
         end = buf.find(b"\r\n\r\n")  # the parser has just read it: the head ends there
         if end > MAX_RESPONSE_HEAD:  # all in one read (a head in parts is checked per read)
             self._broken(b"The upstream's response head is too large.")
