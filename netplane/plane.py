@@ -11,8 +11,8 @@ settings object is derived from a Config by one function here
 (:func:`tcp_settings`, :func:`ingress_settings`, ...), and
 :func:`planes_for` builds the planes a Config asks for, in start order.
 The Dataplane of a single process (the daemon with ``--workers 1``, or an
-embedder) starts them with :func:`start_planes`; a worker of
-``--workers N`` builds the same planes with shared sockets.
+embedder) starts them with :func:`start_planes`, and so does a worker of
+``--workers N``, whose planes share their sockets with the other workers.
 """
 
 from __future__ import annotations
@@ -204,16 +204,19 @@ def dns_for(cfg: Config, dp: Dataplane, *, reuse_port: bool = False) -> DnsPlane
     return plane
 
 
-def planes_for(cfg: Config, dp: Dataplane) -> list[tuple[str, Plane]]:
-    """The planes of one process the config asks for, by name, in start order.
+def planes_for(cfg: Config, dp: Dataplane, *, workers: int = 1) -> list[tuple[str, Plane]]:
+    """The planes the config asks for, by name, in start order.
 
     The proxy comes first so that, in node mode, its routes make the
-    service addresses local before anything else binds.
+    service addresses local before anything else binds. In a worker of
+    ``--workers N`` (``workers`` > 1) every listener is shared with the
+    other workers (SO_REUSEPORT).
     """
+    shared = workers > 1
     built: list[tuple[str, Plane | None]] = [
-        ("proxy", proxy_for(cfg, dp)),
-        ("ingress", ingress_for(cfg, dp)),
-        ("dns", dns_for(cfg, dp)),
+        ("proxy", proxy_for(cfg, dp, workers=workers)),
+        ("ingress", ingress_for(cfg, dp, reuse_port=shared)),
+        ("dns", dns_for(cfg, dp, reuse_port=shared)),
     ]
     return [(name, plane) for name, plane in built if plane is not None]
 

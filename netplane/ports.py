@@ -35,6 +35,7 @@ import struct
 import sys
 from dataclasses import dataclass
 
+from netplane.addresses import hostport
 from netplane.errors import ConfigError
 
 
@@ -66,8 +67,7 @@ class Listener:
     proto: str  # "TCP" or "UDP"
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}/{self.proto}"
+        return f"{hostport(self.host, self.port)}/{self.proto}"
 
 
 class PortTaken(ConfigError):

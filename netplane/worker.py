@@ -33,6 +33,7 @@ from typing import Any
 from netplane.control import Channel
 from netplane.dataplane import Dataplane
 from netplane.errors import NetplaneError
+from netplane.l4.proxy import L4Proxy
 from netplane.model import ObjectKey
 
 log = logging.getLogger("netplane.worker")
@@ -50,10 +51,10 @@ class Worker:
         self.count = count
         # No admin server and no sources here: the owner has both.
         self.dp = Dataplane(dataclasses.replace(config, admin=None), serve=False)
-        self.proxy: Any = None
-        self.ingress: Any = None
-        self.dns: Any = None
         self.grace = config.shutdown_grace
+        # The planes, closed in reverse start order by close() (plane.start_planes).
+        self._planes = contextlib.AsyncExitStack()
+        self._close_grace = 0.0
 
     async def run(self) -> int:
         """Load the state, start the planes, then follow the owner until told to stop.
@@ -120,8 +121,9 @@ class Worker:
                 continue
             if message[0] == "ask":
                 _, ident, what, arg = message
-                if what == "debug" and self.proxy is not None:
-                    await self.proxy.settled()  # the answer shows the changes sent before it
+                proxy = self.dp.planes.get("proxy")
+                if what == "debug" and isinstance(proxy, L4Proxy):
+                    await proxy.settled()  # the answer shows the changes sent before it
                 await self.channel.send(("answer", ident, self._answer(what, arg)))
                 continue
             with self.dp.batch():
@@ -166,33 +168,21 @@ class Worker:
         return generate_latest(registry).decode()
 
     async def _start_planes(self) -> None:
-        from netplane.plane import dns_for, ingress_for, proxy_for
+        from netplane.plane import planes_for, start_planes
 
         cfg = self.dp.config
-        self.proxy = proxy_for(cfg, self.dp, workers=self.count)
-        self.ingress = ingress_for(cfg, self.dp, reuse_port=True)
-        self.dns = dns_for(cfg, self.dp, reuse_port=True)
-        for plane in (self.proxy, self.ingress):
-            if plane is not None:
-                await plane.start()
-        if self.dns is not None:  # a port that cannot be bound is logged, the rest serves
-            try:
-                await self.dns.start()
-            except OSError as e:
-                log.error(
-                    "DNS: cannot listen on %s: %s; serving without DNS", cfg.dns, e.strerror or e
-                )
-                self.dp.planes.pop("dns", None)
-                self.dns = None
+        await start_planes(
+            planes_for(cfg, self.dp, workers=self.count),
+            self._planes,
+            self.dp.planes,
+            grace=lambda: self._close_grace,
+            config=cfg,
+        )
 
     async def close(self, grace: float) -> None:
         """Stop accepting, let open connections finish up to ``grace`` seconds, stop."""
-        if self.proxy is not None:
-            await self.proxy.close(grace)
-        if self.ingress is not None:
-            await self.ingress.close(grace)
-        if self.dns is not None:
-            await self.dns.close()
+        self._close_grace = grace
+        await self._planes.aclose()
         await self.dp.stop(0)
         self.channel.close()
 
