@@ -153,6 +153,15 @@ class Netplane:
                 return
             time.sleep(POLL)
 
+    def wait_output(self, text: str, timeout: float = READY_TIMEOUT) -> str:
+        """Until ``text`` appears in its stdout (the demo prints its greeting after
+        /readyz turns 200); all of stdout so far."""
+        for _ in self._polls(timeout, f"{text!r} on stdout"):
+            if text in (out := self.stdout):
+                return out
+            time.sleep(POLL)
+        raise AssertionError("unreachable")  # _polls raises on timeout
+
     def wait_exit(self, timeout: float = STOP_TIMEOUT) -> int:
         """Until the process exits by itself; its status."""
         for _ in self._polls(timeout, "the process to exit", exits_ok=True):
@@ -184,6 +193,13 @@ class Netplane:
             if await asyncio.to_thread(self._ready_once):
                 return
             await asyncio.sleep(POLL)
+
+    async def await_output(self, text: str, timeout: float = READY_TIMEOUT) -> str:
+        for _ in self._polls(timeout, f"{text!r} on stdout"):
+            if text in (out := self.stdout):
+                return out
+            await asyncio.sleep(POLL)
+        raise AssertionError("unreachable")
 
     async def await_exit(self, timeout: float = STOP_TIMEOUT) -> int:
         for _ in self._polls(timeout, "the process to exit", exits_ok=True):

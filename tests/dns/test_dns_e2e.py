@@ -282,8 +282,8 @@ def test_the_demo_serves_dns_and_prints_dig_commands(start_netplane) -> None:
         "--dns", f"127.0.0.1:{port}",
     )  # fmt: skip
     np.wait_ready()
+    text = np.wait_output("Ctrl-C stops")  # the greeting comes once the demo is ready
     line = f"dig @127.0.0.1 -p {port} web.demo.svc.{ZONE}"
-    text = np.stdout
     assert line in text and f"dig @127.0.0.1 -p {port} -x " in text
     web_ip = re.search(r"^  demo/web  ClusterIP  (\S+)", text, re.M).group(1)
     assert dig(port, f"web.demo.svc.{ZONE}", "+short").strip() == web_ip
