@@ -89,6 +89,7 @@ def test_the_fixture_starts_until_ready_and_stops_by_sigterm(start_netplane) -> 
     np = start_netplane("demo", "--proxy", "off", "--dns", "off", "--ingress-http", "off",
                         "--ingress-https", "off")  # fmt: skip
     np.wait_ready()
+    assert "netplane demo is running" in np.wait_output("Ctrl-C stops")
     assert np.returncode is None and np.admin is not None
     assert np.argv[:3] == [sys.executable, "-m", "netplane"]
     assert np.stop() == 0
@@ -99,5 +100,6 @@ async def test_the_async_form_waits_and_stops_the_same_way(start_netplane) -> No
     np = start_netplane("demo", "--proxy", "off", "--dns", "off", "--ingress-http", "off",
                         "--ingress-https", "off")  # fmt: skip
     await np.await_ready()
+    assert "netplane demo is running" in await np.await_output("Ctrl-C stops")
     np.signal(signal.SIGTERM)
     assert await np.await_exit(15) == 0
