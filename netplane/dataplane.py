@@ -122,15 +122,22 @@ class Dataplane:
     """Cluster state, derived tables, sources and planes, started and stopped together.
 
     ``serve`` False leaves out the planes whatever the config says, for a
-    caller that runs them elsewhere (the owner and the workers of
-    ``--workers N``) or needs only the state (``netplane env``).
+    caller that runs them elsewhere (the owner of ``--workers N``) or needs
+    only the state (``netplane env``). ``workers`` > 1: this is one of that
+    many worker processes, whose planes share their listeners (SO_REUSEPORT).
     """
 
     def __init__(
-        self, config: Config | None = None, *, sources: Sequence[Source] = (), serve: bool = True
+        self,
+        config: Config | None = None,
+        *,
+        sources: Sequence[Source] = (),
+        serve: bool = True,
+        workers: int = 1,
     ) -> None:
         self.config = config or QUIET
         self.serve = serve
+        self.workers = workers
         cfg = self.config
         self.state = ClusterState(Allocations(cfg.effective_service_cidrs, cfg.node_port_range))
         self.table = ServiceTable(derive_from_pods=cfg.pods_make_endpoints)
@@ -197,7 +204,7 @@ class Dataplane:
                 self._build_table()
             if self.serve:
                 await start_planes(
-                    planes_for(self.config, self),
+                    planes_for(self.config, self, workers=self.workers),
                     stack,
                     self.planes,
                     grace=lambda: self._grace,

@@ -49,12 +49,10 @@ class Worker:
         self.channel = channel
         self.index = index
         self.count = count
-        # No admin server and no sources here: the owner has both.
-        self.dp = Dataplane(dataclasses.replace(config, admin=None), serve=False)
+        # No admin server and no sources here: the owner has both. The planes
+        # are the Dataplane's, sharing their listeners with the other workers.
+        self.dp = Dataplane(dataclasses.replace(config, admin=None), workers=count)
         self.grace = config.shutdown_grace
-        # The planes, closed in reverse start order by close() (plane.start_planes).
-        self._planes = contextlib.AsyncExitStack()
-        self._close_grace = 0.0
 
     async def run(self) -> int:
         """Load the state, start the planes, then follow the owner until told to stop.
@@ -73,8 +71,7 @@ class Worker:
                     return 0  # stopped before serving anything
                 self._handle(message)
         try:
-            await self.dp.start()  # no sources: builds the table from what arrived
-            await self._start_planes()
+            await self.dp.start()  # no sources: builds the table from what arrived, then the planes
         except NetplaneError as e:  # one line says it all: no traceback
             with contextlib.suppress(ConnectionError, RuntimeError):
                 await self.channel.send(("failed", str(e)))
@@ -158,32 +155,14 @@ class Worker:
 
         from netplane.metrics import FamilySources
 
-        sources = [
-            plane.metrics
-            for _name, plane in sorted(self.dp.planes.items())
-            if callable(getattr(plane, "metrics", None))
-        ]
+        sources = [plane.metrics for _name, plane in sorted(self.dp.planes.items())]
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FamilySources(sources))
         return generate_latest(registry).decode()
 
-    async def _start_planes(self) -> None:
-        from netplane.plane import planes_for, start_planes
-
-        cfg = self.dp.config
-        await start_planes(
-            planes_for(cfg, self.dp, workers=self.count),
-            self._planes,
-            self.dp.planes,
-            grace=lambda: self._close_grace,
-            config=cfg,
-        )
-
     async def close(self, grace: float) -> None:
         """Stop accepting, let open connections finish up to ``grace`` seconds, stop."""
-        self._close_grace = grace
-        await self._planes.aclose()
-        await self.dp.stop(0)
+        await self.dp.stop(grace)  # the planes close in reverse start order
         self.channel.close()
 
 

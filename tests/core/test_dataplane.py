@@ -482,7 +482,7 @@ async def test_planes_start_in_order_and_close_in_reverse_with_the_grace(monkeyp
         ("ingress", Recorder("ingress")),
         ("dns", Recorder("dns")),
     ]
-    monkeypatch.setattr(dpmod, "planes_for", lambda cfg, dp: made)
+    monkeypatch.setattr(dpmod, "planes_for", lambda cfg, dp, workers: made)
     dp = netplane.Dataplane(config(proxy=True))
     await dp.start()
     assert events == [("start", "proxy"), ("start", "ingress"), ("start", "dns")]
