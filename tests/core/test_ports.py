@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from netplane.ports import Claims, Listener, PortTaken, check, free_port
+from netplane.testing.ports import held_elsewhere
 
 
 def test_a_second_claim_on_a_listener_names_the_first_owner_until_it_lets_go():
@@ -80,27 +78,11 @@ def ipv6_loopback() -> bool:
 )
 def test_the_holder_in_another_process_is_named(host, where, shown):
     port = free_port(host)
-    family = "AF_INET6" if ":" in where else "AF_INET"
-    code = textwrap.dedent(f"""
-        import socket, sys
-        s = socket.socket(socket.{family})
-        s.bind(({where!r}, {port}))
-        s.listen()
-        print("held", flush=True)
-        sys.stdin.read()
-    """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
+    with held_elsewhere(where, port) as pid:
         taken = check(Listener("ingress HTTP", host, port, "TCP"))
         assert taken is not None
         assert str(taken).startswith(
             f"ingress HTTP: cannot listen on {shown}:{port}/TCP: Address already in use"
-            f" (held by pid {proc.pid}: "
+            f" (held by pid {pid}: "
         )
         assert "\n" not in str(taken)  # the holder's multi-line command, on one line
-    finally:
-        proc.kill()
-        proc.wait()

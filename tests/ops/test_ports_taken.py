@@ -14,11 +14,9 @@ import asyncio
 import os
 import shutil
 import socket
-import subprocess
 import sys
-import textwrap
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -30,7 +28,7 @@ from l4_world import endpoints as l4_endpoints
 from l4_world import service as l4_service
 from l4_world import udp_port_holders
 
-from netplane.testing.ports import free_port
+from netplane.testing.ports import free_port, held_elsewhere
 from netplane.testing.process import Netplane
 
 pytestmark = [
@@ -173,29 +171,11 @@ async def test_a_second_instance_on_the_same_ports_exits_2_and_the_first_serves_
         await b.close()
 
 
-@contextmanager
-def held(port: int, *, reuse_port: bool, kind: int = socket.SOCK_STREAM) -> Iterator[int]:
+def held(
+    port: int, *, reuse_port: bool, kind: int = socket.SOCK_STREAM
+) -> AbstractContextManager[int]:
     """``port`` on 127.0.0.1 held by a plain Python socket in another process: its pid."""
-    code = textwrap.dedent(f"""
-        import socket, sys
-        s = socket.socket(socket.AF_INET, {int(kind)})
-        if {reuse_port}:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        s.bind(("127.0.0.1", {port}))
-        if {int(kind)} == socket.SOCK_STREAM:
-            s.listen()
-        print("held", flush=True)
-        sys.stdin.read()
-    """)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "held\n"
-        yield proc.pid
-    finally:
-        proc.kill()
-        proc.wait()
+    return held_elsewhere("127.0.0.1", port, reuse_port=reuse_port, kind=kind)
 
 
 @pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "reuseport"])
