@@ -22,7 +22,7 @@ from typing import Any
 from netplane.ingress.accesslog import AccessLog
 from netplane.ingress.certs import CertStore
 from netplane.ingress.http import HttpSettings
-from netplane.ingress.routes import RouteTable
+from netplane.ingress.routes import DEFAULT_HSTS, RouteTable
 from netplane.ingress.server import IngressServer
 from netplane.ingress.upstream import Pool
 
@@ -48,7 +48,7 @@ class IngressSettings:
     default_secret: tuple[str, str] | None = None
     #: (cert PEM, key PEM) served when no Secret matches (None: generated at start)
     default_pair: tuple[bytes, bytes] | None = None
-    hsts: bytes | None = DEFAULTS.ingress_hsts.encode() if DEFAULTS.ingress_hsts else None
+    hsts: bytes | None = DEFAULT_HSTS
     #: "stdout", "stderr", a file path, or None for no access log
     access_log: str | None = DEFAULTS.ingress_access_log
     access_log_format: str = DEFAULTS.log_format
