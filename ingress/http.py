@@ -418,6 +418,7 @@ class ClientConnection(asyncio.BufferedProtocol):
     def write_end(self, ex: Exchange) -> None:
         wbuf = self.wbuf
         if self._chunked:
+            self._chunked = False
             wbuf.append(b"0\r\n\r\n")
         if wbuf:
             self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
@@ -469,8 +470,13 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- ending exchanges --------------------------------------------------------
 
     def exchange_over(self, ex: Exchange, now: float) -> None:
-        if self.wbuf:
-            self.flush()
+        wbuf = self.wbuf
+        if self._chunked:  # its response ended with it: write_end's work, here
+            self._chunked = False
+            wbuf.append(b"0\r\n\r\n")
+        if wbuf:
+            self.transport.write(wbuf[0] if len(wbuf) == 1 else b"".join(wbuf))
+            wbuf.clear()
         self.active = None
         self.served += 1
         self.idle_since = now
