@@ -131,7 +131,7 @@ class AccessLog:
                 conn.client_ip_b,
                 ex.method,
                 self._quotes.get(target) or self._quoted(target),
-                b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
+                b"HTTP/2.0" if conn.http2 else b"HTTP/1.0" if ex.http10 else b"HTTP/1.1",
                 ex.status,
                 ex.bytes_out,
                 (self._quotes.get(host) or self._quoted(host)) if host else b"-",

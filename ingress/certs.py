@@ -41,7 +41,7 @@ from .paths import wildcard_parent
 
 log = logging.getLogger("netplane.ingress.certs")
 
-ALPN = ["http/1.1"]
+ALPN = ["h2", "http/1.1"]
 GENERATED_NAME = "netplane default certificate"
 _ROUTING_KINDS = frozenset({"Ingress", "IngressClass"})
 
@@ -61,7 +61,7 @@ class Certificate:
 
 
 def new_context() -> ssl.SSLContext:
-    """A server context with netplane's TLS settings (TLS 1.2-1.3, ALPN http/1.1)."""
+    """A server context with netplane's TLS settings (TLS 1.2-1.3, ALPN h2 and http/1.1)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3

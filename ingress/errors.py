@@ -53,6 +53,15 @@ def reason(status: int) -> bytes:
     return REASONS.get(status, b"")
 
 
+#: The Content-Type of the proxy's own answers.
+CONTENT_TYPE = b"text/plain; charset=utf-8"
+
+
+def error_body(status: int, message: bytes | None = None) -> bytes:
+    """The text/plain body of an answer of the proxy's own: ``message``, else the status's own."""
+    return (message if message is not None else MESSAGES.get(status, reason(status))) + b"\n"
+
+
 def error_response(
     status: int,
     message: bytes | None = None,
@@ -66,13 +75,14 @@ def error_response(
     ``extra`` is pre-framed header lines (``b"Name: value\\r\\n"``), written
     before the framing headers; ``head_only`` leaves the body out (HEAD).
     """
-    body = (message if message is not None else MESSAGES.get(status, reason(status))) + b"\n"
+    body = error_body(status, message)
     head = (
-        b"HTTP/1.1 %d %s\r\nServer: netplane\r\n%sContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\n%s\r\n"
+        b"HTTP/1.1 %d %s\r\nServer: netplane\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
         % (
             status,
             reason(status),
             extra,
+            CONTENT_TYPE,
             len(body),
             b"Connection: close\r\n" if close else b"",
         )

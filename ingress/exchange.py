@@ -95,6 +95,8 @@ class ClientSide(Protocol):
 
     client_ip: str
     client_ip_b: bytes
+    #: the client speaks HTTP/2 (the access log's protocol column)
+    http2: bool
     #: the forwarded fields every request of this connection gets upstream
     forwarded: bytes
     #: the client's write buffer is above its high-water mark
@@ -337,18 +339,23 @@ class Exchange(ExchangeState):
                 self.client.pause_reading(PENDING_FULL)
         return True
 
-    def request_end(self, now: float) -> None:
-        """The request was read to its end (``now``: monotonic)."""
+    def request_end(self, now: float, trailers: bytes = b"") -> None:
+        """The request was read to its end (``now``: monotonic).
+
+        ``trailers``: the request's trailer fields as ``Name: value\\r\\n``
+        lines (HTTP/2), passed on in a chunked body's last chunk.
+        """
         self.to(REQUEST_END)
         self.t_received = now
         up = self.upstream
         if self.answer is None and self.head.transfer_encoding is not None:
+            last = b"0\r\n" + trailers + b"\r\n" if trailers else b"0\r\n\r\n"
             if up is not None:
-                up.write(b"0\r\n\r\n")
+                up.write(last)
             elif self.pending is None:
-                self.pending = [b"0\r\n\r\n"]
+                self.pending = [last]
             else:
-                self.pending.append(b"0\r\n\r\n")
+                self.pending.append(last)
         # Answered already: over now, unless it was over at its answer (no keep-alive).
         if self.response_state is DONE and self.keep_alive:
             self._log(now, True)

@@ -36,6 +36,7 @@ import httptools
 from netplane.ingress.errors import error_response, redirect_response
 from netplane.ingress.exchange import Exchange
 from netplane.ingress.exchange_state import IDLE, RECEIVED
+from netplane.ingress.http2 import PREFACE, Http2Connection
 from netplane.ingress.http_head import (
     CHUNKED,
     NO_BODY,
@@ -49,6 +50,7 @@ from netplane.ingress.http_head import (
 from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool, UpstreamConnection
 
+from netplane.addresses import peer_ip
 from netplane.config import DEFAULTS
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
 
@@ -71,6 +73,7 @@ class HttpSettings:
     header_timeout: float = DEFAULTS.ingress_header_timeout  # for the whole head
     body_timeout: float = DEFAULTS.ingress_body_timeout  # between two reads of a body
     keepalive_timeout: float = DEFAULTS.ingress_keepalive_timeout  # idle keep-alive
+    h2c: bool = DEFAULTS.ingress_h2c  # HTTP/2 with prior knowledge on plain listeners
 
 
 #: Size of the read buffer a listener's connections share (see ClientConnection.get_buffer).
@@ -124,7 +127,12 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     It is the :class:`netplane.ingress.exchange.ClientSide` of its exchanges:
     it frames their responses for HTTP/1.1 and decides its own keep-alive.
+    A connection that speaks HTTP/2 (ALPN ``h2``, or the h2c preface) is
+    handed to :class:`netplane.ingress.http2.Http2Connection` at once.
     """
+
+    #: The access log's protocol column is the request's own (HTTP/1.0 or HTTP/1.1).
+    http2 = False
 
     def __init__(self, listener: Listener) -> None:
         # shared
@@ -147,6 +155,9 @@ class ClientConnection(asyncio.BufferedProtocol):
         #: bytes read after an upgrade request, before the upstream switched
         self.early: list[bytes] | None = None
         self.served = 0
+        #: a plain connection's first read may be HTTP/2's preface (--ingress-h2c)
+        self.sniff = False
+        self._first = b""
         self.last_read = self.idle_since = monotonic()
         self._error: tuple[int, bytes | None] | None = None
         self._advancing = False
@@ -167,13 +178,17 @@ class ClientConnection(asyncio.BufferedProtocol):
     # -- asyncio ---------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
+        listener = self.listener
+        if listener.https:
+            ssl_object = transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
+                self._to_http2(transport, b"")
+                return
+        self.sniff = listener.settings.h2c and not listener.https
         self.transport = transport
         self.parser = httptools.HttpRequestParser(self)
         self.flow = FlowControl(transport)
-        peer = transport.get_extra_info("peername")
-        ip = peer[0] if peer else ""
-        if ip.startswith("::ffff:") and "." in ip:
-            ip = ip[7:]
+        ip = peer_ip(transport.get_extra_info("peername"))
         self.client_ip = ip
         self.client_ip_b = ip.encode()
         self.forwarded = forwarded_fields(self.client_ip_b, self.listener.proto, self.listener.port)
@@ -194,6 +209,8 @@ class ClientConnection(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` from the client in the shared buffer (copied before they are kept)."""
         data = self.listener.rbuf[:nbytes]
+        if self.sniff and self._sniff(data):
+            return
         self.last_read = monotonic()  # also the start time of requests begun in this read
         if self.tunnel is not None:
             self.tunnel.write(bytes(data))
@@ -219,6 +236,37 @@ class ClientConnection(asyncio.BufferedProtocol):
             )
             self._error = None
             self._fail(status, message)
+
+    def _sniff(self, data: memoryview) -> bool:
+        """A plain connection's first bytes: True when they are HTTP/2's preface (prior knowledge).
+
+        Three bytes tell (``PRI`` is no method a client sends); fewer wait for more.
+        """
+        first = self._first + bytes(data) if self._first else bytes(data)
+        if len(first) < 3 and PREFACE.startswith(first):
+            self._first = first
+            return True
+        self.sniff = False
+        self._first = b""
+        if first[:3] == PREFACE[:3]:
+            self._to_http2(self.transport, first)
+            return True
+        if len(first) > len(data):  # the bytes held back go first
+            rbuf = self.listener.rbuf
+            rbuf[: len(first)] = first
+            self.buffer_updated(len(first))
+            return True
+        return False
+
+    def _to_http2(self, transport: Any, first: bytes) -> None:
+        """Hand the connection to the HTTP/2 protocol (ALPN h2, or the h2c preface in ``first``)."""
+        self.listener.conns.discard(self)
+        self.parser = None
+        h2 = Http2Connection(self.listener)
+        transport.set_protocol(h2)
+        h2.connection_made(transport)
+        if first:
+            h2.receive(first)
 
     def eof_received(self) -> bool:
         # A half-closed client still gets the answers to what it sent.

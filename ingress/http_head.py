@@ -217,12 +217,13 @@ class ResponseHead:
     once httptools has accepted them, so their syntax is known good: CRLF
     line ends, no folded lines, no space before a colon. Heads repeat (one
     endpoint, one page, one second of ``Date``), so :func:`response_head`
-    keeps the ones it has seen; a head is never changed once made.
+    keeps the ones it has seen; a head is never changed once made
+    (its HTTP/2 form is derived once, on first use).
     """
 
     __slots__ = (
-        "body_framing", "chunked", "fields", "has_hsts", "has_length", "has_request_id", "prefix",
-        "reason", "status",
+        "body_framing", "chunked", "fields", "h2_fields", "has_hsts", "has_length",
+        "has_request_id", "prefix", "reason", "status",
     )  # fmt: skip
 
     def __init__(self, raw: bytes) -> None:
@@ -254,6 +255,9 @@ class ResponseHead:
         self.fields = b"".join(kept) + raw[pos:] if kept else raw[pos:]
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
         self.prefix = line + self.fields
+        #: the same head as an HTTP/2 header list, made at its first HTTP/2 client
+        #: (netplane.ingress.http2_head.response_fields)
+        self.h2_fields: list[tuple[bytes, bytes]] | None = None
         # How the body reaches the client (RFC 9112 §6.3), unless the request was
         # HEAD (no body) or the client speaks HTTP/1.0 (UNTIL_CLOSE for CHUNKED).
         if status < 200 or status in (204, 304):

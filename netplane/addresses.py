@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     # The methods import pyroute2 when they run, so a process that changes no routes never loads it.
@@ -57,6 +57,14 @@ def bracket_host(host: str) -> str:
 def hostport(host: str, port: int) -> str:
     """``host:port``, or ``[v6]:port`` for an IPv6 address (see :func:`bracket_host`)."""
     return f"{bracket_host(host)}:{port}"
+
+
+def peer_ip(peername: Any) -> str:
+    """The client address of a socket's ``peername``, an IPv4-mapped IPv6 one as plain IPv4."""
+    ip: str = peername[0] if peername else ""
+    if ip.startswith("::ffff:") and "." in ip:
+        ip = ip[7:]
+    return ip
 
 
 def plan(

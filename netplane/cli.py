@@ -186,6 +186,14 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         {"choices": ("on", "off"), "help": "TLS session tickets (default on)"},
     ),
     (
+        ("--ingress-h2c",),
+        "ingress-h2c",
+        {
+            "choices": ("on", "off"),
+            "help": "HTTP/2 with prior knowledge on plain HTTP (default on)",
+        },
+    ),
+    (
         ("--publish-address",),
         "publish-address",
         {

@@ -125,6 +125,7 @@ class Config:
     ingress_body_timeout: float = 60.0
     ingress_keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
     ingress_tls_resumption: bool = True  # off: no session tickets (full handshakes, for bench)
+    ingress_h2c: bool = True  # HTTP/2 with prior knowledge on the plain listener
     publish_addresses: tuple[str, ...] = ()  # Ingress status; empty: the node's address
     # DNS
     dns_ttl: int = 5
@@ -457,6 +458,7 @@ KEYS: dict[str, tuple[str, Converter[Any]]] = {
     "ingress-body-timeout": ("ingress_body_timeout", _positive_seconds),
     "ingress-keepalive-timeout": ("ingress_keepalive_timeout", _positive_seconds),
     "ingress-tls-resumption": ("ingress_tls_resumption", _bool),
+    "ingress-h2c": ("ingress_h2c", _bool),
     "publish-address": ("publish_addresses", _publish_addresses),
     # DNS
     "dns-ttl": ("dns_ttl", _int_in(0, 3600)),

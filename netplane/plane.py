@@ -89,6 +89,7 @@ def http_settings(cfg: Config) -> HttpSettings:
         header_timeout=cfg.ingress_header_timeout,
         body_timeout=cfg.ingress_body_timeout,
         keepalive_timeout=cfg.ingress_keepalive_timeout,
+        h2c=cfg.ingress_h2c,
     )
 
 

@@ -244,3 +244,21 @@ async def curl(url: str, *args: str) -> tuple[int, str]:
     )  # fmt: skip
     out, err = await proc.communicate()
     return proc.returncode, (out or err).decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class CurlProtocol:
+    """How curl speaks one HTTP version to the ingress: its flags, and the status line it prints."""
+
+    name: str
+    plain: tuple[str, ...]  # flags for http:// (HTTP/2: prior knowledge, h2c)
+    tls: tuple[str, ...]  # flags for https:// (HTTP/2: ALPN h2)
+    status_line: str  # what ``curl -D -`` prints first, before the code
+
+    def __str__(self) -> str:
+        return self.name
+
+
+HTTP1 = CurlProtocol("HTTP/1.1", ("--http1.1",), ("--http1.1",), "HTTP/1.1 ")
+HTTP2 = CurlProtocol("HTTP/2", ("--http2-prior-knowledge",), ("--http2",), "HTTP/2 ")
+PROTOCOLS = [HTTP1, HTTP2]

@@ -137,6 +137,7 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "ingress-body-timeout": [(30, 30.0)],
     "ingress-keepalive-timeout": [("1.5", 1.5)],
     "ingress-tls-resumption": [("off", False)],
+    "ingress-h2c": [("off", False)],
     "publish-address": [
         ("198.18.0.1", ("198.18.0.1",)),
         ("198.18.0.1, LB.example.com,fd00::1", ("198.18.0.1", "lb.example.com", "fd00::1")),
@@ -212,6 +213,7 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "ingress-body-timeout": [("x", "not a number of seconds")],
     "ingress-keepalive-timeout": [(-1, "not a finite, non-negative number")],
     "ingress-tls-resumption": [("maybe", "'maybe' is not on/off")],
+    "ingress-h2c": [("maybe", "'maybe' is not on/off")],
     "publish-address": [
         ("198.18.0.1,,x.example", "'' is not an IP address or host name"),
         ("under_score.example", "'under_score.example' is not an IP address or host name"),

@@ -144,53 +144,63 @@ async def status(d: Daemon, host: str, target: str, *args: str) -> str:
     return (await get(d, host, target, "-o", "/dev/null", "-w", "%{http_code}", *args))[1]
 
 
-async def test_host_and_path_routing(world):
+async def test_host_and_path_routing(world, proto):
     d = world["daemon"]
     await ready(d, "shop.test")
-    assert (await get(d, "shop.test", "/"))[1] == "web GET /"
-    assert (await get(d, "SHOP.test", "/a/b?x=1"))[1] == "web GET /a/b?x=1"
-    assert (await get(d, "shop.test", "/api"))[1] == "api GET /api"
-    assert (await get(d, "shop.test", "/api/v1"))[1] == "api GET /api/v1"
-    assert (await get(d, "shop.test", "/apix"))[1] == "web GET /apix"  # Prefix is per segment
-    assert (await get(d, "shop.test", "/exact"))[1] == "api GET /exact"
-    assert (await get(d, "shop.test", "/exact/more"))[1] == "web GET /exact/more"
-    assert (await get(d, "a.wild.test", "/w"))[1] == "api GET /w"
-    assert await status(d, "a.b.wild.test", "/w") == "404"  # a wildcard is one label
-    assert await status(d, "nobody.test", "/") == "404"
+    p = proto.plain
+    assert (await get(d, "shop.test", "/", *p))[1] == "web GET /"
+    assert (await get(d, "SHOP.test", "/a/b?x=1", *p))[1] == "web GET /a/b?x=1"
+    assert (await get(d, "shop.test", "/api", *p))[1] == "api GET /api"
+    assert (await get(d, "shop.test", "/api/v1", *p))[1] == "api GET /api/v1"
+    assert (await get(d, "shop.test", "/apix", *p))[1] == "web GET /apix"  # Prefix is per segment
+    assert (await get(d, "shop.test", "/exact", *p))[1] == "api GET /exact"
+    assert (await get(d, "shop.test", "/exact/more", *p))[1] == "web GET /exact/more"
+    assert (await get(d, "a.wild.test", "/w", *p))[1] == "api GET /w"
+    assert await status(d, "a.b.wild.test", "/w", *p) == "404"  # a wildcard is one label
+    assert await status(d, "nobody.test", "/", *p) == "404"
+    _, head = await get(d, "shop.test", "/", "-D", "-", "-o", "/dev/null", *p)
+    assert head.startswith(proto.status_line + "200")
 
 
-async def test_redirects_and_error_statuses(world):
+async def test_redirects_and_error_statuses(world, proto):
     d = world["daemon"]
     await ready(d, "limits.test")
+    p = proto.plain
     _code, out = await get(
-        d, "old.test", "/x", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"
+        d, "old.test", "/x", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", *p
     )
     assert out == "301 https://new.test/"
-    assert await status(d, "limits.test", "/", "--data-binary", "0123456789A") == "413"
-    assert await status(d, "limits.test", "/", "--data-binary", "0123456789") == "200"
-    assert await status(d, "limits.test", "/", "-H", "X-Big: " + "a" * 40000) == "431"
-    assert await status(d, "limits.test", "/dead") == "502"
-    assert await status(d, "limits.test", "/none") == "503"
-    assert await status(d, "limits.test", "/slow") == "504"
-    raw = await http_exchange(d.http, b"GET / HTTP/1.1\r\nHost: limits.test\r\nBad Header\r\n\r\n")
-    assert raw.startswith(b"HTTP/1.1 400 ")
+    assert await status(d, "limits.test", "/", "--data-binary", "0123456789A", *p) == "413"
+    assert await status(d, "limits.test", "/", "--data-binary", "0123456789", *p) == "200"
+    assert await status(d, "limits.test", "/", "-H", "X-Big: " + "a" * 40000, *p) == "431"
+    assert await status(d, "limits.test", "/dead", *p) == "502"
+    assert await status(d, "limits.test", "/none", *p) == "503"
+    assert await status(d, "limits.test", "/slow", *p) == "504"
     # every error page is small and says what happened
-    _, body = await get(d, "limits.test", "/dead")
+    _, body = await get(d, "limits.test", "/dead", *p)
     assert 0 < len(body) < 200 and "upstream" in body
     # and the listener goes on serving
-    assert (await get(d, "limits.test", "/"))[1] == "web GET /"
+    assert (await get(d, "limits.test", "/", *p))[1] == "web GET /"
 
 
-async def test_access_log_has_a_line_per_request(world):
+async def test_a_malformed_http1_head_is_refused(world):
+    d = world["daemon"]
+    await ready(d, "limits.test")
+    raw = await http_exchange(d.http, b"GET / HTTP/1.1\r\nHost: limits.test\r\nBad Header\r\n\r\n")
+    assert raw.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_access_log_has_a_line_per_request(world, proto):
     d = world["daemon"]
     await ready(d, "shop.test")
-    await get(d, "shop.test", "/logged-here")
+    await get(d, "shop.test", "/logged-here", *proto.plain)
     log = world["tmp"] / "access.log"
     async with asyncio.timeout(5):
         while "/logged-here" not in (log.read_text() if log.exists() else ""):
             await asyncio.sleep(0.1)
     line = next(ln for ln in log.read_text().splitlines() if "/logged-here" in ln)
-    assert '"GET /logged-here HTTP/1.1" 200' in line
+    version = "HTTP/2.0" if proto.name == "HTTP/2" else "HTTP/1.1"  # nginx's $server_protocol
+    assert f'"GET /logged-here {version}" 200' in line
     assert "host=shop.test" in line and "ingress=default/site" in line
 
 

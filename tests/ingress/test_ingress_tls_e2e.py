@@ -121,27 +121,28 @@ async def test_sni_picks_the_certificate_and_unknown_names_get_the_default(world
     assert names(await presented(d, "x.a.wild.test")) == ["ingress.local"]
 
 
-async def test_curl_over_tls_with_the_ca_gets_hsts_and_http_is_redirected(world):
+async def test_curl_over_tls_with_the_ca_gets_hsts_and_http_is_redirected(world, proto):
     d = world["daemon"]
     await https_ready(world)
     code, out = await curl(
         f"https://secure.test:{d.https}/shop", "--cacert", str(world["ca_file"]),
-        "--resolve", f"secure.test:{d.https}:127.0.0.1", "-D", "-",
+        "--resolve", f"secure.test:{d.https}:127.0.0.1", "-D", "-", *proto.tls,
     )  # fmt: skip
     assert code == 0, out
-    assert out.startswith("HTTP/1.1 200")
+    assert out.startswith(proto.status_line + "200")
     assert "strict-transport-security: max-age=" in out.lower()
     assert out.endswith("web GET /shop proto=https")
     # plain HTTP to a TLS host: 308 to the HTTPS listener
     code, out = await curl(
         f"http://secure.test:{d.http}/shop?q=1", "--resolve", f"secure.test:{d.http}:127.0.0.1",
-        "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}",
+        "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", *proto.plain,
     )  # fmt: skip
     assert out == f"308 https://secure.test:{d.https}/shop?q=1"
     # a host without TLS is served over HTTP, without HSTS
     code, out = await curl(
-        f"http://plain.test:{d.http}/p", "--resolve", f"plain.test:{d.http}:127.0.0.1", "-D", "-"
-    )
+        f"http://plain.test:{d.http}/p", "--resolve", f"plain.test:{d.http}:127.0.0.1", "-D", "-",
+        *proto.plain,
+    )  # fmt: skip
     assert out.endswith("web GET /p proto=http") and "strict-transport-security" not in out.lower()
 
 

@@ -80,7 +80,7 @@ def test_every_documented_flag_exists() -> None:
         for opt in action.option_strings
     }
     synopsis = README.split("## Command line", 1)[1].split("```", 2)[1]
-    documented = set(re.findall(r"(--[a-z-]+|-f)\b", synopsis))
+    documented = set(re.findall(r"(--[a-z0-9-]+|-f)\b", synopsis))
     assert documented <= known, documented - known
 
 

@@ -1,0 +1,170 @@
+"""HTTP/2 header lists to and from the proxy's heads (RFC 9113 §8.3), as data.
+
+An HTTP/2 request arrives as a header list that h2 has already checked for
+the protocol's own rules (pseudo-fields first and once each, lower-case
+names, no connection-specific fields, ``te`` only ``trailers``) and whose
+``cookie`` fields it has joined. What is left is the proxy's part:
+
+- :func:`request_head` turns the list into the method, the target and a
+  :class:`~netplane.ingress.http_head.RequestHead`, the same object the
+  HTTP/1.1 parser fills, so the route table, the annotations and the
+  upstream head do not know which protocol the client spoke.
+  ``:authority`` is the Host (a ``host`` field that names another one is
+  refused, RFC 9113 §8.3.1); a request body without ``content-length`` goes
+  upstream chunked.
+- :func:`response_fields` turns an upstream's HTTP/1.1
+  :class:`~netplane.ingress.http_head.ResponseHead` (hop-by-hop lines
+  already cut) into the header list the client gets, made once per distinct
+  head, as the head itself is.
+"""
+
+from __future__ import annotations
+
+from netplane.ingress.http_head import (
+    SPECIAL_REQUEST_FIELDS,
+    HeadError,
+    RequestHead,
+    ResponseHead,
+)
+
+#: RFC 9113 §8.3.1's pseudo-fields of a request.
+_METHOD = b":method"
+_PATH = b":path"
+_AUTHORITY = b":authority"
+_SCHEME = b":scheme"
+#: Per RFC 7541 §4.1, each field costs its name and value plus 32 bytes.
+FIELD_OVERHEAD = 32
+
+Header = tuple[bytes, bytes]
+
+
+class Http2Request:
+    """A request head read from one HTTP/2 header list."""
+
+    __slots__ = ("head", "method", "scheme", "size", "target")
+
+    def __init__(self, method: bytes, target: bytes, scheme: bytes, head: RequestHead, size: int):
+        self.method = method
+        self.target = target
+        self.scheme = scheme
+        self.head = head
+        #: the list's size as RFC 7541 counts it (for --ingress-max-header-bytes)
+        self.size = size
+
+
+def request_head(headers: list[Header], *, end_stream: bool) -> Http2Request:
+    """The request of an HTTP/2 header list; HeadError (400, 417 ...) for one the proxy refuses.
+
+    ``end_stream``: the HEADERS frame ended the stream (no body follows).
+    """
+    head = RequestHead()
+    method = path = authority = scheme = None
+    size = 0
+    lines = head.lines
+    fields = head.headers
+    for name, value in headers:
+        size += len(name) + len(value) + FIELD_OVERHEAD
+        if name[:1] == b":":
+            if name == _METHOD:
+                method = value
+            elif name == _PATH:
+                path = value
+            elif name == _AUTHORITY:
+                authority = value
+            elif name == _SCHEME:
+                scheme = value
+            else:
+                raise HeadError(400, b"The request has an unknown pseudo-header field.")
+        elif name == b"host":
+            if authority is None:
+                authority = value
+            elif value != authority:
+                raise HeadError(400, b"The request's Host differs from its :authority.")
+        elif name in SPECIAL_REQUEST_FIELDS:
+            # te: trailers (the one value h2 lets through) means nothing upstream.
+            if name != b"te":
+                head.special(name, value)
+        else:
+            lines.append(name + b": " + value + b"\r\n")
+            if name in fields:
+                value = fields[name] + b", " + value
+            fields[name] = value
+    if method is None:
+        raise HeadError(400, b"The request has no :method.")
+    if method == b"CONNECT":
+        raise HeadError(400, b"CONNECT is not served by this proxy.")
+    if path is None or scheme is None:
+        raise HeadError(400, b"The request lacks :path or :scheme.")
+    if authority is not None:
+        head.host = fields[b"host"] = authority
+    if head.transfer_encoding is not None or head.connection or head.upgrade is not None:
+        raise HeadError(400, b"Connection-specific fields are not allowed in HTTP/2.")
+    if not end_stream and head.content_length is None:
+        head.transfer_encoding = b"chunked"  # a body of unknown length: chunked upstream
+    return Http2Request(method, path, scheme, head, size)
+
+
+def response_fields(head: ResponseHead) -> list[Header]:
+    """The fields of an upstream head for an HTTP/2 client, status first; made once per head."""
+    fields = head.h2_fields
+    if fields is None:
+        fields = [(b":status", b"%d" % head.status)]
+        fields += parse_lines(head.fields)
+        head.h2_fields = fields
+    return fields
+
+
+def parse_lines(lines: bytes) -> list[Header]:
+    """``Name: value\\r\\n`` lines (a checked head's, or the proxy's own) as (name, value) pairs."""
+    out = []
+    for line in lines.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            out.append((name.strip().lower(), value.strip()))
+    return out
+
+
+# -- gRPC ---------------------------------------------------------------------------
+
+#: gRPC status codes of the answers the proxy makes itself (grpc/doc/statuscodes.md).
+GRPC_UNKNOWN = 2
+GRPC_DEADLINE_EXCEEDED = 4
+GRPC_PERMISSION_DENIED = 7
+GRPC_RESOURCE_EXHAUSTED = 8
+GRPC_UNIMPLEMENTED = 12
+GRPC_INTERNAL = 13
+GRPC_UNAVAILABLE = 14
+GRPC_UNAUTHENTICATED = 16
+
+#: HTTP status of a proxy-made answer -> the gRPC status a gRPC client gets instead. The
+#: issue's four first (no route, no endpoint or upstream failure, timeout, body limit),
+#: then gRPC's own HTTP-to-gRPC table (doc/http-grpc-status-mapping.md).
+_GRPC_FOR_HTTP = {
+    404: GRPC_UNIMPLEMENTED,
+    502: GRPC_UNAVAILABLE,
+    503: GRPC_UNAVAILABLE,
+    504: GRPC_DEADLINE_EXCEEDED,
+    408: GRPC_DEADLINE_EXCEEDED,
+    413: GRPC_RESOURCE_EXHAUSTED,
+    431: GRPC_RESOURCE_EXHAUSTED,
+    400: GRPC_INTERNAL,
+    401: GRPC_UNAUTHENTICATED,
+    403: GRPC_PERMISSION_DENIED,
+    429: GRPC_UNAVAILABLE,
+}
+
+
+def is_grpc(head: RequestHead) -> bool:
+    """The request is a gRPC call (its answers must be gRPC answers)."""
+    ctype = head.headers.get(b"content-type")
+    return ctype is not None and ctype[:16].lower() == b"application/grpc"
+
+
+def grpc_status(http_status: int) -> int:
+    """The gRPC status for a proxy-made answer of ``http_status``."""
+    return _GRPC_FOR_HTTP.get(http_status, GRPC_UNKNOWN)
+
+
+def grpc_message(text: bytes) -> bytes:
+    """``grpc-message``'s percent-encoding (gRPC's PROTOCOL-HTTP2.md): printable ASCII but %."""
+    return b"".join(bytes((c,)) if 0x20 <= c <= 0x7E and c != 0x25 else b"%%%02X" % c for c in text)
