@@ -6,11 +6,11 @@ listener with ``--ingress-h2c on``, when it opens with the HTTP/2 preface
 <netplane.ingress.http.ClientConnection>` sees either first and hands the
 transport over to an :class:`Http2Connection`.
 
-h2 (python-hyper's sans-IO HTTP/2) keeps the protocol's state: frames,
-HPACK, stream states, flow-control windows, SETTINGS and PING answers, and
-the checks RFC 9113 asks of a request's fields. This module maps its events
-to the same :class:`~netplane.ingress.exchange.Exchange` an HTTP/1.1 request
-gets: each stream's :class:`Stream` is that exchange's
+:mod:`netplane.ingress.h2_codec` keeps the protocol's state (frames, HPACK,
+streams, windows, SETTINGS and PING answers, the field rules) and reports to
+this module, which maps it to the same
+:class:`~netplane.ingress.exchange.Exchange` an HTTP/1.1 request gets: each
+stream's :class:`Stream` is that exchange's
 :class:`~netplane.ingress.exchange.ClientSide`, so routing, annotations,
 upstream pooling, timeouts, access log and metrics are the ones HTTP/1.1
 uses. The upstream side stays HTTP/1.1.
@@ -24,66 +24,57 @@ not read while any wait or while the client's socket buffer is full.
 
 Limits, and the attacks HTTP/2 servers have fallen to:
 
-- SETTINGS_MAX_CONCURRENT_STREAMS (128); a header list over
-  ``--ingress-max-header-bytes`` gets 431 on its stream alone.
+- SETTINGS_MAX_CONCURRENT_STREAMS (128; a stream beyond it is refused); a
+  header list over ``--ingress-max-header-bytes`` gets 431 on its stream
+  alone, one over twice that ends the connection while it is decoded.
 - Rapid reset (CVE-2023-44487): streams the client cancels before their
   response ends draw from a budget (:data:`RESET_BUDGET`, refilled at
   :data:`RESET_REFILL` a second); past it, GOAWAY ENHANCE_YOUR_CALM, and the
   work those streams started is dropped.
-- CONTINUATION flood (CVE-2024-27316): h2 bounds a header block in frames
-  (64) while it arrives, each frame at most SETTINGS_MAX_FRAME_SIZE.
+- CONTINUATION flood (CVE-2024-27316): a header block is bounded while it
+  arrives (the codec's ``max_block``), not once it is whole.
 - Control-frame and empty-frame floods: while the client's socket buffer is
   over its high-water mark the client is not read, so the PING and SETTINGS
   answers owed to it stay bounded; a connection whose output does not drain
   for ``--ingress-body-timeout`` is closed, as is a stream whose window stays
   shut that long. Empty DATA frames draw from the reset budget.
-- HPACK: the decoder's table is bounded by SETTINGS_HEADER_TABLE_SIZE and a
-  bad table update is a COMPRESSION_ERROR (hpack and h2 enforce both).
-- A protocol error ends that connection with GOAWAY and h2's error code;
-  no other connection notices.
+- HPACK: the decoder's table is bounded by SETTINGS_HEADER_TABLE_SIZE (4096)
+  and a bad block or table update is a COMPRESSION_ERROR.
+- A protocol error ends that connection with GOAWAY and its code; no other
+  connection notices.
 
-What h2 cannot do, and so neither does this: answer streams after a GOAWAY
-from either side (its connection state machine refuses every frame then).
-On shutdown the proxy therefore writes its own GOAWAY frame (naming the last
-stream it will serve) without telling h2, and finishes the streams it has.
+A GOAWAY from either side stops new streams; the open ones are finished.
 WebSocket over HTTP/2 (RFC 8441, extended CONNECT) is not offered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import struct
 from time import monotonic
 from typing import Any
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    TrailersReceived,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error, ProtocolError
-from h2.settings import SettingCodes, Settings
-from hpack.exceptions import HPACKError
 from netplane.ingress.errors import CONTENT_TYPE, error_body
 from netplane.ingress.exchange import Exchange
-from netplane.ingress.exchange_state import BODY, DONE
+from netplane.ingress.exchange_state import BODY, DONE, RECEIVED
+from netplane.ingress.h2_codec import (
+    CANCEL,
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PREFACE,
+    H2Error,
+    Header,
+    Http2Codec,
+    encode_block,
+)
 from netplane.ingress.http2_head import (
     grpc_message,
     grpc_status,
     is_grpc,
     parse_lines,
     request_head,
-    response_fields,
+    response_block,
 )
 from netplane.ingress.http_head import HeadError, RequestHead, ResponseHead, forwarded_fields
 from netplane.ingress.upstream import UpstreamConnection
@@ -91,10 +82,10 @@ from netplane.ingress.upstream import UpstreamConnection
 from netplane.addresses import peer_ip
 from netplane.l4.flow_control import HIGH_WATER, FlowControl
 
+__all__ = ["PREFACE", "Http2Connection", "Stream"]
+
 log = logging.getLogger("netplane.ingress")
 
-#: The client connection preface (RFC 9113 §3.4).
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: Streams the client may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
 MAX_CONCURRENT_STREAMS = 128
 #: Each stream's receive window (the SETTINGS default), and the connection's.
@@ -106,23 +97,27 @@ RESET_REFILL = 100.0
 #: Reading the client is held: its socket buffer is over the high-water mark.
 CLIENT_BACKLOG = 8
 
-_CONFIG = H2Configuration(
-    client_side=False,
-    header_encoding=None,
-    # Inbound: h2 checks RFC 9113 §8.2-8.3 (and joins cookies). Outbound: the
-    # proxy makes its headers from checked heads, lower-cased once per head.
-    validate_outbound_headers=False,
-    normalize_outbound_headers=False,
-)
+_CONTINUE = encode_block([(b":status", b"100")])
 
 
 class Http2Connection(asyncio.BufferedProtocol):
-    """One HTTP/2 client connection: h2's state, a :class:`Stream` per exchange."""
+    """One HTTP/2 client connection: the codec's state, a :class:`Stream` per exchange."""
+
+    #: The access log's protocol column.
+    http2 = True
 
     def __init__(self, listener: Any) -> None:
         self.listener = listener
         self.settings = listener.settings
-        self.h2 = H2Connection(config=_CONFIG)
+        # The bound the codec enforces while decoding (beyond it: a connection error);
+        # the proxy's own limit, below it, answers 431 on the stream alone.
+        self.h2 = Http2Codec(
+            self,
+            max_streams=MAX_CONCURRENT_STREAMS,
+            stream_window=STREAM_WINDOW,
+            connection_window=CONNECTION_WINDOW,
+            max_header_list=2 * self.settings.max_header_bytes + 4096,
+        )
         self.transport: Any = None
         self.flow: Any = None
         self.streams: dict[int, Stream] = {}
@@ -135,8 +130,6 @@ class Http2Connection(asyncio.BufferedProtocol):
         self.lost = False
         self.served = 0
         self.last_read = self.idle_since = monotonic()
-        self.last_stream = 0  # the highest stream a GOAWAY of ours promised to serve
-        self.goaway_sent = False
         self.budget = float(RESET_BUDGET)
         self.budget_at = self.last_read
 
@@ -152,23 +145,7 @@ class Http2Connection(asyncio.BufferedProtocol):
         listener = self.listener
         self.forwarded = forwarded_fields(self.client_ip_b, listener.proto, listener.port)
         listener.conns.add(self)
-        h2c = self.h2
-        # The hard bound h2 enforces while decoding (beyond it: a connection error);
-        # the proxy's own limit, below it, answers 431 on the stream alone.
-        hard = 2 * self.settings.max_header_bytes + 4096
-        h2c.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-                SettingCodes.INITIAL_WINDOW_SIZE: STREAM_WINDOW,
-                SettingCodes.MAX_HEADER_LIST_SIZE: hard,
-                SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        h2c.decoder.max_header_list_size = hard
-        h2c.initiate_connection()
-        h2c.increment_flow_control_window(CONNECTION_WINDOW - 65535)
-        self.flush()
+        self.flush()  # our SETTINGS and the connection's window
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.listener.rbuf
@@ -180,34 +157,23 @@ class Http2Connection(asyncio.BufferedProtocol):
         self.receive(data)
 
     def receive(self, data: bytes) -> None:
-        """Bytes from the client: feed h2, act on its events, write what they produced."""
-        now = self.last_read = monotonic()
+        """Bytes from the client: the codec calls back per frame; then what it owes goes out."""
+        self.last_read = monotonic()
         try:
-            events = self.h2.receive_data(data)
-        except ProtocolError as e:
-            # h2 has queued a GOAWAY with the error's code, last.
-            log.info("ingress: HTTP/2 protocol error from %s: %s", self.client_ip, e)
-            if isinstance(e.__cause__, HPACKError):
-                # RFC 9113 §4.3: a header block that does not decode is a
-                # COMPRESSION_ERROR; h2 says PROTOCOL_ERROR, so its code is replaced.
-                data = self.h2.data_to_send()
-                if len(data) >= GOAWAY_SIZE and data[-GOAWAY_SIZE + 3] == GOAWAY:
-                    data = data[:-4] + struct.pack(">I", ErrorCodes.COMPRESSION_ERROR)
-                self.transport.write(data)
-            self._end(flush=True)
+            self.h2.receive(data)
+        except H2Error as e:
+            log.info("ingress: HTTP/2 connection error from %s: %s", self.client_ip, e)
+            self._end()
             return
-        for ev in events:
-            handler = _HANDLERS.get(type(ev))
-            if handler is not None:
-                handler(self, ev, now)
-            if self.lost:
-                return
-        self.flush()
+        if not self.lost:
+            self.flush()
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.lost:
+            return
         self.lost = True
         self.flow.finish()
         self.listener.conns.discard(self)
@@ -231,18 +197,18 @@ class Http2Connection(asyncio.BufferedProtocol):
         for stream in self.streams.values():
             stream.update_paused()
 
-    # -- h2 events -------------------------------------------------------------
+    # -- the codec's reports ---------------------------------------------------------
 
-    def on_request(self, ev: RequestReceived, now: float) -> None:
-        sid = ev.stream_id
-        stream = Stream(self, sid, now)
-        if self.goaway_sent and sid > self.last_stream:
-            self._reset(sid, ErrorCodes.REFUSED_STREAM)
+    def on_request(
+        self, sid: int, headers: list[Header], end_stream: bool, malformed: str | None
+    ) -> None:
+        now = self.last_read
+        stream = self.streams[sid] = Stream(self, sid, now)
+        if malformed is not None:
+            self._refused(stream, now, 400, b"The request is malformed: %s." % malformed.encode())
             return
-        self.streams[sid] = stream
-        ended = ev.stream_ended is not None
         try:
-            req = request_head(ev.headers, end_stream=ended)
+            req = request_head(headers, end_stream=end_stream)
         except HeadError as e:
             self._refused(stream, now, e.status, e.message)
             return
@@ -252,8 +218,9 @@ class Http2Connection(asyncio.BufferedProtocol):
         head = req.head
         stream.grpc = is_grpc(head)
         ex = stream.ex = Exchange(
-            stream, now, req.target, head, req.method, False, True, False, now if ended else 0.0
-        )
+            stream, now, req.target, head, req.method, False, True, False,
+            now if end_stream else 0.0,
+        )  # fmt: skip
         ex.route()
         ex.start(now)
 
@@ -262,53 +229,45 @@ class Http2Connection(asyncio.BufferedProtocol):
         ex.refuse(status, message)
         ex.start(now)
 
-    def on_data(self, ev: DataReceived, now: float) -> None:
-        sid = ev.stream_id
-        size = ev.flow_controlled_length or 0
+    def on_data(self, sid: int, data: bytes, size: int, end_stream: bool) -> None:
         stream = self.streams.get(sid)
-        data = ev.data or b""
-        if not data and ev.stream_ended is None and not self._spend(now):
+        if not data and not end_stream and not self._spend():
             return
         ex = stream.ex if stream is not None else None
         if stream is None or ex is None or ex.request_state is not BODY:
-            # (a stream answered and reset already, or refused): read and dropped
-            if size:  # (the connection's window, and the stream's while it is open)
-                self.h2.acknowledge_received_data(size, sid)
+            self.h2.ack(sid, size)  # (answered and reset already, or refused): dropped
             return
-        stream.last_read = now
+        stream.last_read = self.last_read
         if data and not ex.request_body(data):
             ex.refuse(413, None)
-        if size:
-            if stream.hold:
-                stream.unacked += size
-            else:
-                self.h2.acknowledge_received_data(size, sid)
+        elif end_stream:
+            ex.request_end(self.last_read)
+        if stream.hold:
+            stream.unacked += size
+        else:
+            self.h2.ack(sid, size)
 
-    def on_trailers(self, ev: TrailersReceived, now: float) -> None:
-        stream = self.streams.get(ev.stream_id)
-        if stream is not None:
-            stream.trailers = b"".join(
-                b"%s: %s\r\n" % (n, v)
-                for n, v in ev.headers
-            )
+    def on_trailers(self, sid: int, headers: list[Header], malformed: str | None) -> None:
+        stream = self.streams.get(sid)
+        ex = stream.ex if stream is not None else None
+        if ex is None or ex.request_state is not BODY:
+            return
+        if malformed is not None:
+            ex.refuse(400, b"The request's trailers are malformed: %s." % malformed.encode())
+            return
+        ex.request_end(self.last_read, b"".join(b"%s: %s\r\n" % (n, v) for n, v in headers))
 
-    def on_end(self, ev: StreamEnded, now: float) -> None:
-        stream = self.streams.get(ev.stream_id)
-        if stream is not None and stream.ex is not None and stream.ex.request_state is BODY:
-            stream.ex.request_end(now, stream.trailers)
-
-    def on_reset(self, ev: StreamReset, now: float) -> None:
-        stream = self.streams.pop(ev.stream_id, None)
+    def on_reset(self, sid: int, code: int) -> None:
+        stream = self.streams.pop(sid, None)
         if stream is None:
             return
         stream.reset = True
         ex = stream.ex
         if ex is not None and ex.response_state is not DONE:
             stream.lost()
-            self._spend(now)
+            self._spend()
 
-    def on_window(self, ev: WindowUpdated, now: float) -> None:
-        sid = ev.stream_id
+    def on_window(self, sid: int) -> None:
         if sid:
             stream = self.streams.get(sid)
             if stream is not None and stream.out:
@@ -318,22 +277,20 @@ class Http2Connection(asyncio.BufferedProtocol):
                 if stream.out:
                     stream.push()
 
-    def on_settings(self, ev: RemoteSettingsChanged, now: float) -> None:
-        if SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
-            for stream in list(self.streams.values()):
-                if stream.out:
-                    stream.push()
+    def on_goaway(self, last_stream: int, code: int) -> None:
+        if code:
+            log.info("ingress: HTTP/2 client %s sent GOAWAY with error %d", self.client_ip, code)
+        # It opens no more streams; the open ones are finished, then the connection closes.
+        self.closing = True
+        if not self.streams:
+            self.flush()
+            self.transport.close()
 
-    def on_terminated(self, ev: ConnectionTerminated, now: float) -> None:
-        # The client's GOAWAY: h2 will send nothing more, so what is in flight is lost.
-        if ev.error_code:
-            log.info("ingress: HTTP/2 client %s sent GOAWAY %s", self.client_ip, ev.error_code)
-        self._end(flush=True)
+    # -- budget and the end ----------------------------------------------------------
 
-    # -- budget, resets, the end ---------------------------------------------------------
-
-    def _spend(self, now: float) -> bool:
+    def _spend(self) -> bool:
         """Take one from the budget of frames that cost work and give none; False past it."""
+        now = self.last_read
         budget = min(RESET_BUDGET, self.budget + (now - self.budget_at) * RESET_REFILL)
         self.budget_at = now
         if budget < 1:
@@ -343,31 +300,26 @@ class Http2Connection(asyncio.BufferedProtocol):
                 self.client_ip,
                 RESET_REFILL,
             )
-            self.h2.close_connection(ErrorCodes.ENHANCE_YOUR_CALM)
-            self._end(flush=True)
+            self.h2.goaway(ENHANCE_YOUR_CALM)
+            self._end()
             return False
         self.budget = budget - 1
         return True
 
-    def _reset(self, sid: int, code: int) -> None:
-        with contextlib.suppress(H2Error):  # closed already
-            self.h2.reset_stream(sid, code)
-
-    def _end(self, *, flush: bool) -> None:
-        """Close the connection; its streams' exchanges end as lost."""
-        if flush:
-            self.flush()
+    def _end(self) -> None:
+        """Write what is owed (a GOAWAY last), close; the streams' exchanges end as lost."""
+        self.flush()
         self.transport.close()
         self.connection_lost(None)
 
     def flush(self) -> None:
-        """Write what h2 has queued (frames of every stream, in one ``write``)."""
+        """Write what the codec has queued (frames of every stream, in one ``write``)."""
         data = self.h2.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
 
     def stream_done(self, stream: Stream) -> None:
-        """``stream``'s response was sent whole and its exchange is over (once counted)."""
+        """``stream``'s response was sent whole and its exchange is over (counted once)."""
         if self.streams.pop(stream.id, None) is None:
             return
         self.served += 1
@@ -400,38 +352,14 @@ class Http2Connection(asyncio.BufferedProtocol):
     def shutdown(self) -> None:
         """Serve the streams already open, refuse new ones (GOAWAY NO_ERROR), then close."""
         self.closing = True
-        if not self.goaway_sent:
-            self.goaway_sent = True
-            self.last_stream = self.h2.highest_inbound_stream_id
+        if not self.h2.goaway_sent:
+            self.h2.goaway(NO_ERROR)
             self.flush()
-            self.transport.write(goaway_frame(self.last_stream, ErrorCodes.NO_ERROR))
         if not self.streams:
             self.transport.close()
 
     def abort(self) -> None:
         self.transport.abort()
-
-
-#: GOAWAY's frame type, and the size of one without debug data (RFC 9113 §6.8).
-GOAWAY = 7
-GOAWAY_SIZE = 9 + 8
-
-
-def goaway_frame(last_stream: int, code: int) -> bytes:
-    """A GOAWAY frame, written beside h2 (which sends nothing after its own)."""
-    return b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(">II", last_stream, code)
-
-
-_HANDLERS: dict[type, Any] = {
-    RequestReceived: Http2Connection.on_request,
-    DataReceived: Http2Connection.on_data,
-    TrailersReceived: Http2Connection.on_trailers,
-    StreamEnded: Http2Connection.on_end,
-    StreamReset: Http2Connection.on_reset,
-    WindowUpdated: Http2Connection.on_window,
-    RemoteSettingsChanged: Http2Connection.on_settings,
-    ConnectionTerminated: Http2Connection.on_terminated,
-}
 
 
 class Stream:
@@ -440,7 +368,7 @@ class Stream:
     __slots__ = (
         "blocked_since", "client_ip", "client_ip_b", "conn", "end", "ended", "ex", "forwarded",
         "grpc", "hold", "id", "last_read", "listener", "out", "out_size", "over", "reset",
-        "trailers", "unacked", "write_paused",
+        "unacked", "write_paused",
     )  # fmt: skip
 
     #: The access log's protocol column.
@@ -464,14 +392,14 @@ class Stream:
         self.reset = False  # RST_STREAM went either way
         self.hold = 0  # reasons the exchange holds the client's reading (its ACKs here)
         self.unacked = 0
-        self.trailers = b""
         self.last_read = now
         self.blocked_since = 0.0
 
     # -- the ClientSide of the exchange ----------------------------------------------------
 
     def write_continue(self, ex: Exchange) -> None:
-        self._headers([(b":status", b"100")], end=False)
+        if not self.reset:
+            self.conn.h2.send_headers(self.id, _CONTINUE, False)
 
     def write_answer(
         self, ex: Exchange, status: int, message: bytes | None, location: bytes | None
@@ -487,7 +415,7 @@ class Stream:
             ]
             if rid is not None:
                 fields.append((b"x-request-id", rid))
-            self._headers(fields, end=True)
+            self._headers(encode_block(fields), end=True)
         else:
             if location is not None:
                 message = b"Redirecting to " + location
@@ -503,23 +431,23 @@ class Stream:
             if rid is not None:
                 fields.append((b"x-request-id", rid))
             if ex.method == b"HEAD":
-                self._headers(fields, end=True)
+                self._headers(encode_block(fields), end=True)
             else:
-                self._headers(fields, end=False)
+                self._headers(encode_block(fields), end=False)
                 self.write_body(body)
                 self.end = True
                 self.push()
-        if ex.request_state is BODY:
+        if ex.request_state is not RECEIVED:
             # The rest of the request is not wanted (RFC 9113 §8.1): the stream is
             # reset with NO_ERROR once the answer is out, and the exchange is over.
             ex.close_connection()
         self.conn.flush()
 
     def write_head(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
-        fields = response_fields(head)
+        block = response_block(head)
         if extra:
-            fields = fields + parse_lines(extra)
-        self._headers(fields, end=False)
+            block += encode_block(parse_lines(extra))
+        self._headers(block, end=False)
 
     def write_switch(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
         self.close()  # (no upgrade is asked for over HTTP/2: the fields are refused)
@@ -550,15 +478,14 @@ class Stream:
             self.hold &= ~reason
             if not self.hold and self.unacked:
                 size, self.unacked = self.unacked, 0
-                if not self.reset:
-                    self.conn.h2.acknowledge_received_data(size, self.id)
-                    self.conn.flush()
+                self.conn.h2.ack(self.id, size)
+                self.conn.flush()
 
     def close(self) -> None:
         """The response cannot be completed: the client sees the stream reset."""
         if not self.reset:
             self.reset = True
-            self.conn._reset(self.id, ErrorCodes.INTERNAL_ERROR)
+            self.conn.h2.reset(self.id, INTERNAL_ERROR)
             self.conn.flush()
         self.conn.streams.pop(self.id, None)
         if self.ex is not None:
@@ -579,67 +506,56 @@ class Stream:
 
     # -- sending -------------------------------------------------------------------------
 
-    def _headers(self, fields: list[tuple[bytes, bytes]], *, end: bool) -> None:
+    def _headers(self, block: bytes, *, end: bool) -> None:
         if self.reset:
             return
-        try:
-            self.conn.h2.send_headers(self.id, fields, end_stream=end)
-        except H2Error:
-            self._gone()
-            return
+        self.conn.h2.send_headers(self.id, block, end)
         if end:
             self.end = self.ended = True
             self._after_end()
 
     def push(self) -> None:
-        """Send what the stream's window allows; END_STREAM after the last byte."""
+        """Send what the stream's window allows; END_STREAM with the last byte."""
         if self.reset:
             return
         h2c = self.conn.h2
         out = self.out
         sid = self.id
-        try:
-            while out:
-                room = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
-                if room <= 0:
-                    break
-                chunk = out[0]
-                if len(chunk) <= room:
-                    out.pop(0)
-                    self.out_size -= len(chunk)
-                    if not out and self.end:  # the last bytes carry END_STREAM
-                        self.ended = True
-                        h2c.send_data(sid, chunk, end_stream=True)
-                        break
-                    h2c.send_data(sid, chunk)
-                else:
-                    h2c.send_data(sid, chunk[:room])
-                    out[0] = chunk[room:]
-                    self.out_size -= room
-            if not out and self.end and not self.ended:
-                self.ended = True
-                h2c.end_stream(sid)
-        except H2Error:
-            self._gone()
-            return
+        while out:
+            room = h2c.window(sid)
+            if room <= 0:
+                break
+            chunk = out[0]
+            if len(chunk) <= room:
+                out.pop(0)
+                self.out_size -= len(chunk)
+                last = not out and self.end
+                h2c.send_data(sid, chunk, last)
+                if last:
+                    self.ended = True
+            else:
+                h2c.send_data(sid, chunk[:room], False)
+                out[0] = chunk[room:]
+                self.out_size -= room
+        if not out and self.end and not self.ended:
+            self.ended = True
+            h2c.send_data(sid, b"", True)
         if out:
             if not self.blocked_since:
                 self.blocked_since = monotonic()
         else:
             self.blocked_since = 0.0
-        self.update_paused()
+        if self.write_paused or out:
+            self.update_paused()
         if self.ended:
             self._after_end()
 
     def _after_end(self) -> None:
         ex = self.ex
-        if ex is not None and ex.request_state is not BODY:
-            if self.over:
-                self._finished()
-            return
-        # Answered before the request ended: the rest of it is not wanted.
-        self.reset = True
-        self.conn._reset(self.id, ErrorCodes.NO_ERROR)
+        if ex is not None and ex.request_state is not RECEIVED and not self.reset:
+            # Answered before the request ended: the rest of it is not wanted.
+            self.reset = True
+            self.conn.h2.reset(self.id, NO_ERROR)
         if self.over:
             self._finished()
 
@@ -658,13 +574,6 @@ class Stream:
                 else:
                     up.resume_reading()
 
-    def _gone(self) -> None:
-        """h2 refused to send on the stream (the client reset or closed it meanwhile)."""
-        self.reset = True
-        self.conn.streams.pop(self.id, None)
-        if self.ex is not None:
-            self.ex.client_lost()
-
     def lost(self) -> None:
         """The client reset the stream, or the connection is gone."""
         self.reset = True
@@ -679,6 +588,8 @@ class Stream:
             log.info(
                 "ingress: HTTP/2 stream %d of %s: window shut too long", self.id, self.client_ip
             )
+            self.conn.h2.reset(self.id, CANCEL)
+            self.reset = True
             self.close()
             return
         if ex.request_state is BODY and not self.hold and now - self.last_read > body_timeout:

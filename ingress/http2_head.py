@@ -1,25 +1,27 @@
 """HTTP/2 header lists to and from the proxy's heads (RFC 9113 §8.3), as data.
 
-An HTTP/2 request arrives as a header list that h2 has already checked for
-the protocol's own rules (pseudo-fields first and once each, lower-case
-names, no connection-specific fields, ``te`` only ``trailers``) and whose
-``cookie`` fields it has joined. What is left is the proxy's part:
+An HTTP/2 request arrives as a header list that the codec has already
+checked for the protocol's own rules (pseudo-fields first and once each,
+lower-case names, no connection-specific fields, ``te`` only ``trailers``).
+What is left is the proxy's part:
 
 - :func:`request_head` turns the list into the method, the target and a
   :class:`~netplane.ingress.http_head.RequestHead`, the same object the
   HTTP/1.1 parser fills, so the route table, the annotations and the
   upstream head do not know which protocol the client spoke.
   ``:authority`` is the Host (a ``host`` field that names another one is
-  refused, RFC 9113 §8.3.1); a request body without ``content-length`` goes
-  upstream chunked.
-- :func:`response_fields` turns an upstream's HTTP/1.1
+  refused, RFC 9113 §8.3.1); ``cookie`` fields, which HTTP/2 may split, go
+  upstream as one line joined by ``; `` (§8.2.3); a request body without
+  ``content-length`` goes upstream chunked.
+- :func:`response_block` turns an upstream's HTTP/1.1
   :class:`~netplane.ingress.http_head.ResponseHead` (hop-by-hop lines
-  already cut) into the header list the client gets, made once per distinct
+  already cut) into the header block the client gets, made once per distinct
   head, as the head itself is.
 """
 
 from __future__ import annotations
 
+from netplane.ingress.h2_codec import encode_block
 from netplane.ingress.http_head import (
     SPECIAL_REQUEST_FIELDS,
     HeadError,
@@ -62,6 +64,7 @@ def request_head(headers: list[Header], *, end_stream: bool) -> Http2Request:
     size = 0
     lines = head.lines
     fields = head.headers
+    cookies: list[bytes] | None = None
     for name, value in headers:
         size += len(name) + len(value) + FIELD_OVERHEAD
         if name[:1] == b":":
@@ -81,9 +84,14 @@ def request_head(headers: list[Header], *, end_stream: bool) -> Http2Request:
             elif value != authority:
                 raise HeadError(400, b"The request's Host differs from its :authority.")
         elif name in SPECIAL_REQUEST_FIELDS:
-            # te: trailers (the one value h2 lets through) means nothing upstream.
+            # te: trailers (the one value the codec lets through) means nothing upstream.
             if name != b"te":
                 head.special(name, value)
+        elif name == b"cookie":
+            if cookies is None:
+                cookies = [value]
+            else:
+                cookies.append(value)
         else:
             lines.append(name + b": " + value + b"\r\n")
             if name in fields:
@@ -97,21 +105,22 @@ def request_head(headers: list[Header], *, end_stream: bool) -> Http2Request:
         raise HeadError(400, b"The request lacks :path or :scheme.")
     if authority is not None:
         head.host = fields[b"host"] = authority
-    if head.transfer_encoding is not None or head.connection or head.upgrade is not None:
-        raise HeadError(400, b"Connection-specific fields are not allowed in HTTP/2.")
+    if cookies is not None:
+        cookie = fields[b"cookie"] = b"; ".join(cookies)
+        lines.append(b"cookie: " + cookie + b"\r\n")
     if not end_stream and head.content_length is None:
         head.transfer_encoding = b"chunked"  # a body of unknown length: chunked upstream
     return Http2Request(method, path, scheme, head, size)
 
 
-def response_fields(head: ResponseHead) -> list[Header]:
-    """The fields of an upstream head for an HTTP/2 client, status first; made once per head."""
-    fields = head.h2_fields
-    if fields is None:
-        fields = [(b":status", b"%d" % head.status)]
-        fields += parse_lines(head.fields)
-        head.h2_fields = fields
-    return fields
+def response_block(head: ResponseHead) -> bytes:
+    """The header block of an upstream head for an HTTP/2 client; made once per head."""
+    block = head.h2_block
+    if block is None:
+        block = head.h2_block = encode_block(
+            [(b":status", b"%d" % head.status), *parse_lines(head.fields)]
+        )
+    return block
 
 
 def parse_lines(lines: bytes) -> list[Header]:

@@ -222,7 +222,7 @@ class ResponseHead:
     """
 
     __slots__ = (
-        "body_framing", "chunked", "fields", "h2_fields", "has_hsts", "has_length",
+        "body_framing", "chunked", "fields", "h2_block", "has_hsts", "has_length",
         "has_request_id", "prefix", "reason", "status",
     )  # fmt: skip
 
@@ -255,9 +255,9 @@ class ResponseHead:
         self.fields = b"".join(kept) + raw[pos:] if kept else raw[pos:]
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
         self.prefix = line + self.fields
-        #: the same head as an HTTP/2 header list, made at its first HTTP/2 client
-        #: (netplane.ingress.http2_head.response_fields)
-        self.h2_fields: list[tuple[bytes, bytes]] | None = None
+        #: the same head as an HTTP/2 header block, made at its first HTTP/2 client
+        #: (netplane.ingress.http2_head.response_block)
+        self.h2_block: bytes | None = None
         # How the body reaches the client (RFC 9112 §6.3), unless the request was
         # HEAD (no body) or the client speaks HTTP/1.0 (UNTIL_CLOSE for CHUNKED).
         if status < 200 or status in (204, 304):

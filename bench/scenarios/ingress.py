@@ -23,7 +23,10 @@ a whole run of one side after the other did not. Measures:
   session resumption off on both sides (netplane
   ``--ingress-tls-resumption off``, nginx ``ssl_session_tickets off;
   ssl_session_cache off``), ECDSA P-256 certificate on both;
-- the proxy's CPU per keep-alive request (utime+stime from /proc).
+- the proxy's CPU per keep-alive request (utime+stime from /proc);
+- HTTP/2 over TLS (ALPN h2): ``h2load -c10 -m10`` (10 connections, 10
+  streams each), req/s, p99 latency (from h2load's per-request log) and the
+  proxy's CPU per request; nginx with ``http2`` on its TLS listener.
 
 wrk sends no SNI name it could resolve (it connects to 127.0.0.1), so both
 sides serve their default certificate; routing is by the Host header.
@@ -78,6 +81,29 @@ def wrk_latency(text: str) -> dict[str, float]:
     for pct, value, unit in _LATENCY.findall(text):
         out[f"p{pct}"] = float(value) * _SCALE[unit]
     return out
+
+
+_H2_DONE = re.compile(r"finished in [\d.]+m?s, ([\d.]+) req/s")
+_H2_COUNTS = re.compile(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded")
+
+
+def parse_h2load(text: str, log: str) -> dict[str, float]:
+    """req/s, p99 (ms) and the request count of one h2load run; its log has a line per request.
+
+    The log's lines are ``start-µs<TAB>status<TAB>duration-µs``; a run where
+    more than 1% of requests failed is an error, not a figure.
+    """
+    m, counts = _H2_DONE.search(text), _H2_COUNTS.search(text)
+    if m is None or counts is None:
+        raise RuntimeError(f"h2load printed no summary: {text[-300:]}")
+    _, done, ok = (int(g) for g in counts.groups())
+    if done - ok > 0.01 * max(done, 1):
+        raise RuntimeError(f"h2load: {done - ok} of {done} requests failed")
+    times = sorted(int(line.split("\t")[2]) for line in log.splitlines() if line.count("\t") == 2)
+    if not times:
+        raise RuntimeError("h2load logged no request")
+    p99 = times[min(len(times) - 1, int(0.99 * len(times)))] / 1000
+    return {"h2_rps": float(m.group(1)), "h2_p99_ms": p99, "total": float(done)}
 
 
 def objects(n: int, backend: tuple[str, int], cert: bytes, key: bytes) -> list[dict[str, Any]]:
@@ -242,7 +268,7 @@ http {{
 {ups}
     server {{
         listen {LISTEN}:{http_port} default_server;
-        listen {LISTEN}:{https_port} ssl default_server;
+        listen {LISTEN}:{https_port} ssl http2 default_server;
         ssl_certificate {work}/{NAMESPACE}-bench-tls.crt;
         ssl_certificate_key {work}/{NAMESPACE}-bench-tls.key;
         return 404;
@@ -264,7 +290,7 @@ class IngressBench(Scenario):
         "keepalive 320, the same forwarded headers, buffered access log on both; resumption off "
         "on both. Bar (issue 6): >= 0.6x nginx on each figure; aim 1.0x."
     )
-    packages = ("nginx", "wrk")
+    packages = ("nginx", "wrk", "nghttp2-client")
     warmup_runs = 0
     budget_s = 600.0
     interleaved = True
@@ -292,6 +318,9 @@ class IngressBench(Scenario):
                 Metric(f"cpu_us@{n}", "µs", "lower", f"proxy CPU per HTTP request, {n} rules"),
                 Metric(f"tls_rps@{n}", "req/s", "higher", f"keep-alive req/s over TLS, {n} rules"),
                 Metric(f"handshakes@{n}", "conn/s", "higher", f"new TLS handshakes/s, {n} rules"),
+                Metric(f"h2_rps@{n}", "req/s", "higher", f"HTTP/2 req/s over TLS, {n} rules"),
+                Metric(f"h2_p99_ms@{n}", "ms", "lower", f"HTTP/2 p99 latency, {n} rules"),
+                Metric(f"h2_cpu_us@{n}", "µs", "lower", f"proxy CPU per HTTP/2 request, {n} rules"),
                 Metric(
                     f"load_cpu_pct@{n}",
                     "%",
@@ -304,6 +333,7 @@ class IngressBench(Scenario):
     def params(self, ctx: Context) -> dict[str, Any]:
         return {
             "wrk": f"-t1 -c50 -d{self.seconds(ctx):g}s --latency",
+            "h2load": f"-t1 -c10 -m10 -D {self.seconds(ctx):g}",
             "rules": list(self.sizes(ctx)),
             "runs": "1 round (quick)"
             if ctx.quick
@@ -428,6 +458,21 @@ class IngressBench(Scenario):
             )
         return text
 
+    def _h2load(self, ctx: Context, port: int, host: str, seconds: float) -> dict[str, float]:
+        """One h2load run over TLS: req/s and p99 latency (ms) from its per-request log."""
+        assert self.work is not None
+        out, log = self.work / "h2load.out", self.work / "h2load-requests.log"
+        proc = ctx.procs.start(
+            [*ctx.pin("load"), program("h2load"), "-t1", "-c10", "-m10", "-D", f"{seconds:g}",
+             "-H", f":authority: {host}", f"--log-file={log}", f"https://{LISTEN}:{port}/"],
+            name="h2load", log=self.work / "h2load.log", stdout=out,
+        )  # fmt: skip
+        rc = ctx.procs.wait(proc, timeout=seconds + 30)
+        text = out.read_text()
+        if rc != 0:
+            raise RuntimeError(f"h2load exited with {rc}: {text[-300:]}")
+        return parse_h2load(text, log.read_text())
+
     def _measure(
         self, ctx: Context, side: str, kind: str, proc: Proc, ports: tuple[int, int], host: str
     ) -> dict[str, float]:
@@ -451,6 +496,11 @@ class IngressBench(Scenario):
                 if p in lat:
                     out[f"{p}_ms"] = lat[p]
             return out
+        if kind == "h2":
+            cpu0 = cpu_seconds(proc.pid)
+            got = self._h2load(ctx, ports[1], host, secs)
+            got["h2_cpu_us"] = 1e6 * (cpu_seconds(proc.pid) - cpu0) / max(got.pop("total"), 1)
+            return got
         extra = ("-H", "Connection: close") if kind == "handshakes" else ()
         text = self._wrk(ctx, f"https://{LISTEN}:{ports[1]}/", host, secs, *extra)
         rps, total, errors = parse_wrk(text)
@@ -477,7 +527,7 @@ class IngressBench(Scenario):
                     for side in sides:  # warm-up: pools, caches, the first log file blocks
                         self._wrk(ctx, f"http://{LISTEN}:{running[side][1]}/", host, 1)
                 got: dict[str, dict[str, list[float]]] = {side: {} for side in sides}
-                for kind in ("http", "tls", "handshakes"):
+                for kind in ("http", "tls", "handshakes", "h2"):
                     for rep in range(reps):
                         # ABBA: neither side always goes first
                         for side in sides if rep % 2 == 0 else sides[::-1]:
