@@ -594,16 +594,18 @@ class Exchange(ExchangeState):
 
         ``over``: the exchange is over, and its client protocol is told so.
         """
-        listener = self.client.listener
+        client = self.client
+        listener = client.listener
         d = self.decision
         if type(d) is Forward:
             listener.stats.record(
-                d.ingress, d.service, self.status, listener.https, now - self.t0, d.host
-            )
+                d.ingress, d.service, self.status, listener.https, now - self.t0, d.host,
+                client.http2,
+            )  # fmt: skip
         else:
             listener.stats.record(
                 getattr(d, "ingress", None), None, self.status, listener.https, now - self.t0,
-                getattr(d, "host", ""),
+                getattr(d, "host", ""), client.http2,
             )  # fmt: skip
         alog = listener.access_log
         if alog is not None:

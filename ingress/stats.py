@@ -1,7 +1,7 @@
 """Request counts and durations of the ingress, for /metrics.
 
 The hot path only bumps integers in a dict keyed by (Ingress, Service,
-status class, scheme): every label value comes from objects in the cluster
+status class, scheme, protocol): every label value comes from objects in the cluster
 state, never from a request (no raw Host or path), so the number of series
 stays bounded by the objects. :meth:`RequestStats.families` turns them into
 Prometheus metric families when /metrics is scraped.
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from netplane.model import ObjectKey
     from netplane.service_table import ServiceKey
 
-    # (Ingress, matched rule's host, Service, status class, https)
-    _SeriesKey = tuple[ObjectKey | None, str, ServiceKey | None, int, bool]
-    # (Ingress, Service, status class, https, host, the series)
-    _Last = tuple[ObjectKey | None, ServiceKey | None, int, bool, str, list[Any]]
+    # (Ingress, matched rule's host, Service, status class, https, HTTP/2)
+    _SeriesKey = tuple[ObjectKey | None, str, ServiceKey | None, int, bool, bool]
+    # (Ingress, Service, status class, https, host, HTTP/2, the series)
+    _Last = tuple[ObjectKey | None, ServiceKey | None, int, bool, str, bool, list[Any]]
 
 # seconds; the shape of ingress-nginx's request-duration buckets
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -37,7 +37,7 @@ class RequestStats:
         self._series: dict[_SeriesKey, list[Any]] = {}
         # The last series used, by the identity of its key's parts: a run of
         # requests to one route skips hashing the object keys.
-        self._last: _Last = (None, None, -1, False, "", [])
+        self._last: _Last = (None, None, -1, False, "", False, [])
         self.tls_handshakes = 0
         self.tls_handshake_failures = 0
 
@@ -49,31 +49,34 @@ class RequestStats:
         https: bool,
         seconds: float,
         host: str = "",
+        http2: bool = False,
     ) -> None:
         """One finished exchange (ingress/service None when no rule or upstream was involved;
-        ``host`` the matched rule's host, never the request's Host header)."""
+        ``host`` the matched rule's host, never the request's Host header; ``http2``: the
+        client spoke HTTP/2)."""
         cls = status // 100
         series: list[Any] | None
-        l_ingress, l_service, l_cls, l_https, l_host, series = self._last
+        l_ingress, l_service, l_cls, l_https, l_host, l_http2, series = self._last
         if (
             ingress is not l_ingress
             or service is not l_service
             or cls != l_cls
             or https != l_https
             or host is not l_host
+            or http2 is not l_http2
         ):
-            key = (ingress, host, service, cls, https)
+            key = (ingress, host, service, cls, https, http2)
             series = self._series.get(key)
             if series is None:
                 series = self._series[key] = [[0] * (len(BUCKETS) + 1), 0.0]
-            self._last = (ingress, service, cls, https, host, series)
+            self._last = (ingress, service, cls, https, host, http2, series)
         series[0][bisect_left(BUCKETS, seconds)] += 1
         series[1] += seconds
 
     def families(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
-        labels = ["ingress", "host", "service", "code", "scheme"]
+        labels = ["ingress", "host", "service", "code", "scheme", "protocol"]
         requests = CounterMetricFamily(
             "netplane_http_requests", "Requests answered by the ingress", labels=labels
         )
@@ -82,7 +85,7 @@ class RequestStats:
             "From the first byte of a request to the last byte of its response",
             labels=labels,
         )
-        for (ingress, host, service, cls, https), (counts, total) in sorted(
+        for (ingress, host, service, cls, https, http2), (counts, total) in sorted(
             self._series.items(), key=lambda kv: str(kv[0])
         ):
             values = [
@@ -91,6 +94,7 @@ class RequestStats:
                 _name(service),
                 _CLASSES[cls] if 0 < cls < len(_CLASSES) else "other",
                 "https" if https else "http",
+                "HTTP/2" if http2 else "HTTP/1.1",
             ]
             requests.add_metric(values, sum(counts))
             durations.add_metric(values, cumulative_buckets(BUCKETS, counts), total)

@@ -283,7 +283,7 @@ async def test_debug_state_shows_the_ingress_plane(world):
     assert "shop.test" in json.dumps(plane["routes"])
 
 
-async def test_metrics_count_requests_by_ingress_host_service_and_status_class(world):
+async def test_metrics_count_requests_by_ingress_host_service_and_status_class(world, proto):
     from prometheus_client.parser import text_string_to_metric_families
 
     d = world["daemon"]
@@ -300,15 +300,16 @@ async def test_metrics_count_requests_by_ingress_host_service_and_status_class(w
 
     before = await scrape()
     for _ in range(3):
-        assert await status(d, "limits.test", "/") == "200"
-    assert await status(d, "limits.test", "/none") == "503"
-    assert await status(d, "nobody.test", "/") == "404"
+        assert await status(d, "limits.test", "/", *proto.plain) == "200"
+    assert await status(d, "limits.test", "/none", *proto.plain) == "503"
+    assert await status(d, "nobody.test", "/", *proto.plain) == "404"
     after = await scrape()
     ns = "default"
 
     def labels(ingress: str, host: str, service: str, code: str) -> tuple:
         return tuple(sorted({
             "ingress": ingress, "host": host, "service": service, "code": code, "scheme": "http",
+            "protocol": proto.name,
         }.items()))  # fmt: skip
 
     def moved(name: str, key: tuple) -> float:

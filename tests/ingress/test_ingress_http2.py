@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -447,3 +448,26 @@ async def test_expect_100_continue_gets_an_interim_answer(backends, proxy_factor
     peer.send(sid, b"hello", end=True)
     resp = await peer.response(sid)
     assert (resp.status, bytes(resp.body)) == (200, b"got 5")
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) is needed")
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2-over-tls"])
+async def test_h2load_with_many_concurrent_streams_gets_every_answer(
+    backends, proxy_factory, tls
+):
+    web = await backends.start(echo)
+    ctx = None
+    if tls:
+        ctx = new_context()
+        trustme.CA().issue_cert("secure.test").configure_cert(ctx)
+    p = await proxy_factory(FakeRoutes({"/": [web]}), tls=ctx)
+    scheme = "https" if tls else "http"
+    proc = await asyncio.create_subprocess_exec(
+        "h2load", "-n", "3000", "-c", "4", "-m", "64", f"{scheme}://127.0.0.1:{p.port}/h2load",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, _ = await proc.communicate()
+    text = out.decode()
+    assert "3000 succeeded, 0 failed, 0 errored" in text, text[-800:]
+    assert "status codes: 3000 2xx" in text
