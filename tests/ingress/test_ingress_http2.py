@@ -452,9 +452,7 @@ async def test_expect_100_continue_gets_an_interim_answer(backends, proxy_factor
 
 @pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) is needed")
 @pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2-over-tls"])
-async def test_h2load_with_many_concurrent_streams_gets_every_answer(
-    backends, proxy_factory, tls
-):
+async def test_h2load_with_many_concurrent_streams_gets_every_answer(backends, proxy_factory, tls):
     web = await backends.start(echo)
     ctx = None
     if tls:
