@@ -89,6 +89,7 @@ class Annotations:
     read_timeout: float = 60.0
     send_timeout: float = 60.0
     backend_https: bool = False
+    backend_h2: bool = False  # GRPC (h2c) or GRPCS (h2 over TLS)
     affinity: Affinity | None = None
     canary: Canary | None = None  # set only when ``canary: "true"``
     allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None = None
@@ -241,15 +242,24 @@ def _canary(r: _Reader) -> Canary | None:
     return Canary(weight, header, value)
 
 
-def _backend_https(r: _Reader) -> bool:
+_BACKEND_PROTOCOLS = {
+    "HTTP": (False, False),
+    "HTTPS": (True, False),
+    "GRPC": (False, True),
+    "GRPCS": (True, True),
+}
+
+
+def _backend_protocol(r: _Reader) -> tuple[bool, bool]:
+    """(TLS, HTTP/2) to the endpoints, from ``backend-protocol``."""
     got = r.get("backend-protocol")
     if got is None:
-        return False
+        return False, False
     full, value = got
-    if value.upper() in ("HTTP", "HTTPS"):
-        return value.upper() == "HTTPS"
-    r.bad(full, value, "is not supported (HTTP or HTTPS)")
-    return False
+    if value.upper() in _BACKEND_PROTOCOLS:
+        return _BACKEND_PROTOCOLS[value.upper()]
+    r.bad(full, value, "is not supported (HTTP, HTTPS, GRPC or GRPCS)")
+    return False, False
 
 
 def parse_annotations(annotations: Mapping[str, str]) -> Annotations:
@@ -258,6 +268,7 @@ def parse_annotations(annotations: Mapping[str, str]) -> Annotations:
         return _DEFAULT
     r = _Reader(annotations)
     rewrite = r.text("rewrite-target")
+    backend_https, backend_h2 = _backend_protocol(r)
     out = Annotations(
         rewrite_target=rewrite,
         use_regex=r.bool("use-regex", False),
@@ -267,7 +278,8 @@ def parse_annotations(annotations: Mapping[str, str]) -> Annotations:
         connect_timeout=r.seconds("proxy-connect-timeout", 5.0),
         read_timeout=r.seconds("proxy-read-timeout", 60.0),
         send_timeout=r.seconds("proxy-send-timeout", 60.0),
-        backend_https=_backend_https(r),
+        backend_https=backend_https,
+        backend_h2=backend_h2,
         affinity=_affinity(r),
         canary=_canary(r),
         allow=_allow(r),

@@ -54,6 +54,8 @@ from netplane.ingress.exchange_state import (
     WAITING,
     ExchangeState,
 )
+from netplane.ingress.h2_codec import encode_block
+from netplane.ingress.http2_head import parse_lines, upstream_fields
 from netplane.ingress.http_head import NO_BODY, RequestHead, ResponseHead
 from netplane.ingress.routes import Decision, Forward, Redirect, RouteTable
 
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
     from netplane.ingress.accesslog import AccessLog
     from netplane.ingress.stats import RequestStats
     from netplane.ingress.upstream import Pool, UpstreamConnection
+    from netplane.ingress.upstream_h2 import H2Pool, H2Stream
 
 log = logging.getLogger("netplane.ingress")
 
@@ -75,6 +78,7 @@ class Shared(Protocol):
 
     routes: RouteTable
     pool: Pool
+    h2pool: H2Pool
     stats: RequestStats
     access_log: AccessLog | None
     https: bool
@@ -119,6 +123,9 @@ class ClientSide(Protocol):
     def write_body(self, data: bytes) -> None:
         """Write response body bytes (they may wait for :meth:`flush`)."""
 
+    def write_trailers(self, ex: Exchange, fields: list[tuple[bytes, bytes]]) -> None:
+        """The response's trailer fields (from an HTTP/2 endpoint), before its end."""
+
     def write_end(self, ex: Exchange) -> None:
         """The response body is complete, the exchange not yet over; write what waits."""
 
@@ -155,6 +162,7 @@ class Exchange(ExchangeState):
         "body_in",
         "bytes_out",
         "client",
+        "deadline",
         "decision",
         "head",
         "http10",
@@ -162,6 +170,7 @@ class Exchange(ExchangeState):
         "method",
         "pending",
         "pending_size",
+        "req_trailers",
         "retried",
         "status",
         "t0",
@@ -210,11 +219,16 @@ class Exchange(ExchangeState):
         self.decision: Decision | None = None
         #: (status, message, location) of an answer made without an upstream
         self.answer: tuple[int, bytes | None, bytes | None] | None = None
-        self.upstream: UpstreamConnection | None = None
+        #: an HTTP/1.1 connection, or a stream of an HTTP/2 one (``decision.upstream_h2``)
+        self.upstream: UpstreamConnection | H2Stream | None = None
         self.upstream_addr: tuple[str, int] | None = None
         self.upstream_head = b""
-        self.pending: list[bytes] | None = None  # framed body bytes read before the upstream is up
+        # body bytes read before the upstream is up (framed for HTTP/1.1, as they are for HTTP/2)
+        self.pending: list[bytes] | None = None
         self.pending_size = 0
+        self.req_trailers = b""  # the request's trailer lines (HTTP/2 clients)
+        #: monotonic time the client's own deadline passes (gRPC's grpc-timeout; 0: none)
+        self.deadline = 0.0
         self.body_in = 0
         self.bytes_out = 0
         self.status = 0
@@ -309,7 +323,9 @@ class Exchange(ExchangeState):
             client.write_continue(self)
         d: Forward = self.decision  # type: ignore[assignment]  # no answer: a Forward
         ip, port = d.targets[0]
-        up = client.listener.pool.take((ip, port, d.upstream_tls))
+        listener = client.listener
+        pool = listener.h2pool if d.upstream_h2 else listener.pool
+        up = pool.take((ip, port, d.upstream_tls))
         if up is not None:
             self._send(up, now)
         else:
@@ -324,7 +340,7 @@ class Exchange(ExchangeState):
         limit = self.decision.options.body_limit  # type: ignore[union-attr]  # no answer: a Forward
         if limit is not None and self.body_in > limit:
             return False
-        if self.head.transfer_encoding is not None:
+        if self.head.transfer_encoding is not None and not self.decision.upstream_h2:  # type: ignore[union-attr]  # no answer: a Forward
             body = b"%x\r\n%b\r\n" % (len(body), body)
         up = self.upstream
         if up is not None:
@@ -348,7 +364,11 @@ class Exchange(ExchangeState):
         self.to(REQUEST_END)
         self.t_received = now
         up = self.upstream
-        if self.answer is None and self.head.transfer_encoding is not None:
+        if self.answer is None and self.decision.upstream_h2:  # type: ignore[union-attr]  # no answer: a Forward
+            self.req_trailers = trailers
+            if up is not None:
+                up.end(_trailer_block(trailers))  # type: ignore[union-attr]  # upstream_h2: an H2Stream
+        elif self.answer is None and self.head.transfer_encoding is not None:
             last = b"0\r\n" + trailers + b"\r\n" if trailers else b"0\r\n\r\n"
             if up is not None:
                 up.write(last)
@@ -374,7 +394,18 @@ class Exchange(ExchangeState):
         self._log(monotonic(), False)
 
     def sweep(self, now: float) -> bool:
-        """Enforce the upstream timeouts (proxy-send and proxy-read); True when one fired."""
+        """Enforce the upstream timeouts (proxy-send and proxy-read, and the client's own
+        deadline); True when one fired."""
+        if self.deadline and now > self.deadline and not self._over():
+            log.info("the deadline of %s passed", self.target.decode("latin-1"))
+            up = self._unbind()
+            if up is not None:
+                up.abort()
+            if self.response_started:
+                self._cut()
+            else:
+                self.reply(504, b"The call's deadline passed.")
+            return True
         up = self.upstream
         if up is None:
             return False
@@ -411,7 +442,8 @@ class Exchange(ExchangeState):
     async def _connect(self, start: int) -> None:
         d: Forward = self.decision  # type: ignore[assignment]  # started without an answer
         targets = d.targets
-        pool = self.client.listener.pool
+        listener = self.client.listener
+        pool = listener.h2pool if d.upstream_h2 else listener.pool
         last: BaseException | None = None
         for i in range(start, len(targets)):
             ip, port = targets[i]
@@ -433,31 +465,53 @@ class Exchange(ExchangeState):
             else:
                 self.reply(502, b"The upstream refused the connection.")
 
-    def _send(self, up: UpstreamConnection, now: float) -> None:
+    def _send(self, up: UpstreamConnection | H2Stream, now: float) -> None:
         self.to(SEND)
         d: Forward = self.decision  # type: ignore[assignment]  # started without an answer
         client = self.client
         self.upstream = up
         self.upstream_addr = d.targets[self.target_index]
+        if d.upstream_h2:
+            self._send_h2(up, d, now)  # type: ignore[arg-type]  # upstream_h2: an H2Stream
+            return
         if not self.upstream_head:
             self.upstream_head = self.head.upstream_head(
                 self.method, d.path.encode("latin-1"), client.client_ip_b, client.forwarded,
                 self.upgrade,
             )  # fmt: skip
         if self.pending:
-            up.send(self, self.upstream_head + b"".join(self.pending), now)
+            up.send(self, self.upstream_head + b"".join(self.pending), now)  # type: ignore[call-arg, arg-type]  # not upstream_h2: an UpstreamConnection
             self.pending = None
             self.pending_size = 0
             client.resume_reading(PENDING_FULL)
         else:
-            up.send(self, self.upstream_head, now)
+            up.send(self, self.upstream_head, now)  # type: ignore[call-arg, arg-type]  # (the same)
+        self.t_up = now
+        if client.write_paused:
+            up.pause_reading()
+
+    def _send_h2(self, up: H2Stream, d: Forward, now: float) -> None:
+        """The request to an HTTP/2 endpoint: its fields, the body read so far, its end if read."""
+        client = self.client
+        block = encode_block(
+            upstream_fields(
+                self.head, self.method, d.path.encode("latin-1"), d.upstream_tls,
+                client.client_ip_b, client.forwarded,
+            )
+        )  # fmt: skip
+        end = None if self.request_state is BODY else _trailer_block(self.req_trailers)
+        up.send(self, block, self.pending, end, now)
+        if self.pending:
+            self.pending = None
+            self.pending_size = 0
+            client.resume_reading(PENDING_FULL)
         self.t_up = now
         if client.write_paused:
             up.pause_reading()
 
     # -- upstream events (called by the UpstreamConnection bound to this exchange) --------
 
-    def response_head(self, up: UpstreamConnection, head: ResponseHead) -> bool:
+    def response_head(self, up: UpstreamConnection | H2Stream, head: ResponseHead) -> bool:
         """Pass the response head on; True when no body follows that the parser would wait for."""
         d: Forward = self.decision  # type: ignore[assignment]  # sent upstream: a Forward
         client = self.client
@@ -486,7 +540,7 @@ class Exchange(ExchangeState):
         client.write_head(self, head, extra)
         return head_request
 
-    def response_end(self, up: UpstreamConnection) -> None:
+    def response_end(self, up: UpstreamConnection | H2Stream) -> None:
         """The upstream's response is complete: give the connection back, end the client's."""
         self.to(RESPONSE_END)
         self.upstream = None
@@ -499,7 +553,7 @@ class Exchange(ExchangeState):
         else:
             self.client.write_end(self)
 
-    def upstream_lost(self, up: UpstreamConnection) -> None:
+    def upstream_lost(self, up: UpstreamConnection | H2Stream) -> None:
         """The upstream connection closed."""
         self.client.flush()
         if self.upstream is not up:
@@ -527,7 +581,7 @@ class Exchange(ExchangeState):
             return
         self.reply(502, b"The upstream closed the connection before answering.")
 
-    def upstream_failed(self, up: UpstreamConnection, message: bytes) -> None:
+    def upstream_failed(self, up: UpstreamConnection | H2Stream, message: bytes) -> None:
         """The upstream sent what cannot be passed on (a malformed or oversized response)."""
         self.client.flush()
         self._unbind()
@@ -544,7 +598,12 @@ class Exchange(ExchangeState):
         self.client.start_tunnel(self, up, rest)
         self._log(monotonic(), False)
 
-    def _unbind(self) -> UpstreamConnection | None:
+    def _over(self) -> bool:
+        """The response is done, cut or became a tunnel."""
+        state = self.response_state
+        return state is DONE or state is ABORTED or state is TUNNEL
+
+    def _unbind(self) -> UpstreamConnection | H2Stream | None:
         """Let go of the upstream connection (returned), keeping the count of body bytes it passed."""
         up = self.upstream
         if up is not None:
@@ -612,3 +671,8 @@ class Exchange(ExchangeState):
             alog.record(self.client, self, now)
         if over:
             self.client.exchange_over(self, now)
+
+
+def _trailer_block(lines: bytes) -> bytes:
+    """Trailer lines (``Name: value\\r\\n``) as an HTTP/2 header block (b"": none)."""
+    return encode_block(parse_lines(lines)) if lines else b""

@@ -132,17 +132,25 @@ class Handler(Protocol):
 
 
 class _Stream:
-    __slots__ = ("recv_window", "remote_open", "send_window", "unacked")
+    __slots__ = ("got_head", "local_open", "recv_window", "remote_open", "send_window", "unacked")
 
     def __init__(self, send_window: int, recv_window: int) -> None:
         self.send_window = send_window
         self.recv_window = recv_window
         self.unacked = 0
         self.remote_open = True
+        self.local_open = True
+        self.got_head = False  # (client side) the final response head came
 
 
 class Http2Codec:
-    """One server-side HTTP/2 connection's state: feed it bytes, take bytes to write."""
+    """One HTTP/2 connection's state: feed it bytes, take bytes to write.
+
+    The server side by default (the ingress's clients); with ``client=True``
+    the side that opens streams (the ingress's HTTP/2 endpoints): it writes
+    the preface, opens streams with :meth:`open_stream`, and reports
+    responses to ``handler.on_response`` instead of requests.
+    """
 
     def __init__(
         self,
@@ -152,8 +160,13 @@ class Http2Codec:
         stream_window: int = DEFAULT_WINDOW,
         connection_window: int = 1024 * 1024,
         max_header_list: int = 65536,
+        client: bool = False,
     ) -> None:
         self.handler = handler
+        self.client = client
+        self.next_stream = 1  # (client side) the id of the next stream to open
+        #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS (streams we may open at once)
+        self.peer_max_streams = 2**31 - 1
         self.max_streams = max_streams
         self.stream_window = stream_window
         #: a header block larger than this while it arrives is a connection error
@@ -181,11 +194,14 @@ class Http2Codec:
         self._generation = 0
         self.goaway_received = False
         settings = _settings(
-            (MAX_CONCURRENT_STREAMS, max_streams),
+            (MAX_CONCURRENT_STREAMS, 0 if client else max_streams),
             (INITIAL_WINDOW_SIZE, stream_window),
             (MAX_HEADER_LIST_SIZE, max_header_list),
             (ENABLE_PUSH, 0),
         )
+        if client:
+            self._preface = True  # a server sends none; ours goes first
+            self.out.append(PREFACE)
         self.out.append(_frame(SETTINGS, 0, 0, settings))
         if connection_window > DEFAULT_WINDOW:
             self.out.append(
@@ -286,13 +302,16 @@ class Http2Codec:
         headers, malformed = self._decode(block)
         end_stream = bool(flags & END_STREAM)
         stream = self.streams.get(sid)
+        if self.client:
+            self._response_block(sid, stream, headers, end_stream)
+            return
         if stream is not None:
             if not stream.remote_open:
                 self._stream_error(sid, STREAM_CLOSED)
             elif not end_stream:
                 raise self._fail(PROTOCOL_ERROR, "trailers without END_STREAM")
             else:
-                stream.remote_open = False
+                self._remote_end(sid, stream)
                 if malformed is None and any(n[:1] == b":" for n, _ in headers):
                     malformed = "a pseudo-header field in trailers"
                 self.handler.on_trailers(sid, headers, malformed)
@@ -311,6 +330,41 @@ class Http2Codec:
         stream = self.streams[sid] = _Stream(self.peer_window, self.stream_window)
         stream.remote_open = not end_stream
         self.handler.on_request(sid, headers, end_stream, malformed)
+
+    def _response_block(
+        self, sid: int, stream: _Stream | None, headers: list[Header], end_stream: bool
+    ) -> None:
+        """(client side) A response head, an interim (1xx) one, or trailers."""
+        if stream is None:
+            if sid & 1 and sid < self.next_stream:
+                return  # a stream already closed (reset): dropped
+            raise self._fail(PROTOCOL_ERROR, "HEADERS on a stream we did not open")
+        if not stream.remote_open:
+            self._stream_error(sid, STREAM_CLOSED)
+            return
+        malformed = check_fields(headers, _RESPONSE_PSEUDO)
+        if stream.got_head:
+            if not end_stream:
+                raise self._fail(PROTOCOL_ERROR, "trailers without END_STREAM")
+            self._remote_end(sid, stream)
+            if malformed is None and any(n[:1] == b":" for n, _ in headers):
+                malformed = "a pseudo-header field in trailers"
+            self.handler.on_trailers(sid, headers, malformed)
+            return
+        status = next((v for n, v in headers if n == b":status"), b"")
+        if status[:1] == b"1" and len(status) == 3:
+            if end_stream:
+                self._stream_error(sid, PROTOCOL_ERROR)
+            return  # interim answers are not passed on (the proxy answers Expect itself)
+        stream.got_head = True
+        if end_stream:
+            self._remote_end(sid, stream)
+        self.handler.on_response(sid, headers, end_stream, malformed)  # type: ignore[attr-defined]  # the client side's handler has it
+
+    def _remote_end(self, sid: int, stream: _Stream) -> None:
+        stream.remote_open = False
+        if not stream.local_open:
+            del self.streams[sid]
 
     def _decode(self, block: bytes) -> tuple[list[Header], str | None]:
         """The fields of ``block``, and what is malformed in them (checked once per kept block)."""
@@ -350,7 +404,7 @@ class Http2Codec:
             payload = _unpad(self, payload)
         stream = self.streams.get(sid)
         if stream is None:
-            if sid > self.last_stream:
+            if sid > (self.next_stream if self.client else self.last_stream):
                 raise self._fail(PROTOCOL_ERROR, "DATA on an idle stream")
             self.ack(0, size)  # a closed stream: dropped, the connection's window given back
             return
@@ -365,7 +419,7 @@ class Http2Codec:
             return
         end_stream = bool(flags & END_STREAM)
         if end_stream:
-            stream.remote_open = False
+            self._remote_end(sid, stream)
         self.handler.on_data(sid, payload, size, end_stream)
 
     def _window_update(self, sid: int, payload: bytes) -> None:
@@ -382,7 +436,7 @@ class Http2Codec:
             return
         stream = self.streams.get(sid)
         if stream is None:
-            if sid > self.last_stream:
+            if sid > (self.next_stream if self.client else self.last_stream):
                 raise self._fail(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
             return
         if increment == 0:
@@ -399,7 +453,7 @@ class Http2Codec:
             raise self._fail(PROTOCOL_ERROR, "RST_STREAM on stream 0")
         if len(payload) != 4:
             raise self._fail(FRAME_SIZE_ERROR, "RST_STREAM of the wrong size")
-        if sid > self.last_stream:
+        if sid > (self.next_stream if self.client else self.last_stream):
             raise self._fail(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
         if self.streams.pop(sid, None) is not None:
             self.handler.on_reset(sid, _HEAD.unpack(payload)[0])
@@ -433,6 +487,8 @@ class Http2Codec:
                 self.peer_frame = value
             elif ident == ENABLE_PUSH and value > 1:
                 raise self._fail(PROTOCOL_ERROR, "SETTINGS_ENABLE_PUSH not 0 or 1")
+            elif ident == MAX_CONCURRENT_STREAMS:
+                self.peer_max_streams = value
             # HEADER_TABLE_SIZE: our encoder never uses the dynamic table, whatever its size;
             # MAX_CONCURRENT_STREAMS and MAX_HEADER_LIST_SIZE bound what we send: no push,
             # and response heads the upstream sent.
@@ -533,8 +589,27 @@ class Http2Codec:
 
     def _local_end(self, sid: int) -> None:
         stream = self.streams.get(sid)
-        if stream is not None and not stream.remote_open:
-            del self.streams[sid]
+        if stream is not None:
+            stream.local_open = False
+            if not stream.remote_open:
+                del self.streams[sid]
+
+    def open_stream(self, block: bytes, end_stream: bool) -> int:
+        """(client side) A new stream with request head ``block``; its id."""
+        sid = self.next_stream
+        self.next_stream += 2
+        self.streams[sid] = _Stream(self.peer_window, self.stream_window)
+        self.send_headers(sid, block, end_stream)
+        return sid
+
+    def can_open(self) -> bool:
+        """(client side) Another stream fits under the peer's limit, and no GOAWAY came."""
+        return (
+            not self.goaway_received
+            and not self.goaway_sent
+            and len(self.streams) < self.peer_max_streams
+            and self.next_stream < 2**31 - 1
+        )
 
     def reset(self, sid: int, code: int) -> None:
         """RST_STREAM: the stream ends at once, both ways."""
@@ -583,6 +658,7 @@ def _unpad(codec: Http2Codec, payload: bytes) -> bytes:
 # -- field rules (RFC 9113 §8.2 and §8.3.1) -------------------------------------------
 
 _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path"))
+_RESPONSE_PSEUDO = frozenset((b":status",))
 #: Connection-specific fields, which HTTP/2 has no use for (RFC 9113 §8.2.2).
 _CONNECTION_SPECIFIC = frozenset(
     (b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade")
@@ -593,15 +669,20 @@ _BAD_NAME = re.compile(rb"[^a-z0-9!#$%&'*+\-.^_`|~]")
 _BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
 
 
-def check_fields(headers: list[Header]) -> str | None:
-    """What makes a request's field list malformed, or None (pseudo-fields' presence aside)."""
+def check_fields(
+    headers: list[Header], pseudo_names: frozenset[bytes] = _REQUEST_PSEUDO
+) -> str | None:
+    """What makes a field list malformed, or None (pseudo-fields' presence aside).
+
+    ``pseudo_names``: the pseudo-fields allowed (a request's, by default).
+    """
     regular = False
     pseudo: set[bytes] = set()
     for name, value in headers:
         if name[:1] == b":":
             if regular:
                 return "a pseudo-header field after a regular one"
-            if name in pseudo or name not in _REQUEST_PSEUDO:
+            if name in pseudo or name not in pseudo_names:
                 return f"a repeated or unknown pseudo-header field {name.decode('latin-1')}"
             pseudo.add(name)
             if name == b":path" and not value:

@@ -49,6 +49,7 @@ from netplane.ingress.http_head import (
 )
 from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool, UpstreamConnection
+from netplane.ingress.upstream_h2 import H2Pool
 
 from netplane.addresses import peer_ip
 from netplane.config import DEFAULTS
@@ -84,8 +85,8 @@ class Listener:
     """What every connection accepted on one listener shares."""
 
     __slots__ = (
-        "access_log", "conns", "https", "pool", "port", "proto", "rbuf", "routes", "settings",
-        "stats",
+        "access_log", "conns", "h2pool", "https", "pool", "port", "proto", "rbuf", "routes",
+        "settings", "stats",
     )  # fmt: skip
 
     def __init__(
@@ -99,10 +100,12 @@ class Listener:
         access_log: Any = None,
         conns: set | None = None,
         stats: RequestStats | None = None,
+        h2pool: H2Pool | None = None,
     ) -> None:
         self.routes = routes
         self.stats = stats if stats is not None else RequestStats()
         self.pool = pool
+        self.h2pool = h2pool if h2pool is not None else H2Pool()
         self.settings = settings
         self.https = https
         self.proto = b"https" if https else b"http"
@@ -462,6 +465,14 @@ class ClientConnection(asyncio.BufferedProtocol):
             self.wbuf.append(b"%x\r\n%b\r\n" % (len(data), data))
         else:
             self.wbuf.append(data)
+
+    def write_trailers(self, ex: Exchange, fields: list[tuple[bytes, bytes]]) -> None:
+        # Trailers reach an HTTP/1.1 client in a chunked body's last chunk; otherwise
+        # there is nowhere to put them (they are dropped, as nginx drops them).
+        if self._chunked:
+            self._chunked = False
+            lines = b"".join(b"%s: %s\r\n" % (n, v) for n, v in fields)
+            self.wbuf.append(b"0\r\n" + lines + b"\r\n")
 
     def write_end(self, ex: Exchange) -> None:
         wbuf = self.wbuf

@@ -71,6 +71,7 @@ from netplane.ingress.h2_codec import (
 from netplane.ingress.http2_head import (
     grpc_message,
     grpc_status,
+    grpc_timeout,
     is_grpc,
     parse_lines,
     request_head,
@@ -221,6 +222,10 @@ class Http2Connection(asyncio.BufferedProtocol):
             stream, now, req.target, head, req.method, False, True, False,
             now if end_stream else 0.0,
         )  # fmt: skip
+        if stream.grpc:
+            timeout = grpc_timeout(head.headers.get(b"grpc-timeout"))
+            if timeout is not None:
+                ex.deadline = now + timeout
         ex.route()
         ex.start(now)
 
@@ -367,8 +372,8 @@ class Stream:
 
     __slots__ = (
         "blocked_since", "client_ip", "client_ip_b", "conn", "end", "ended", "ex", "forwarded",
-        "grpc", "hold", "id", "last_read", "listener", "out", "out_size", "over", "reset",
-        "unacked", "write_paused",
+        "grpc", "head_block", "hold", "id", "last_read", "listener", "out", "out_size", "over",
+        "reset", "trailer_block", "unacked", "write_paused",
     )  # fmt: skip
 
     #: The access log's protocol column.
@@ -394,6 +399,10 @@ class Stream:
         self.unacked = 0
         self.last_read = now
         self.blocked_since = 0.0
+        #: the response head, sent with the first body bytes or the end (a response
+        #: without a body, such as gRPC's trailers-only answer, is one HEADERS frame)
+        self.head_block: bytes | None = None
+        self.trailer_block = b""
 
     # -- the ClientSide of the exchange ----------------------------------------------------
 
@@ -447,7 +456,10 @@ class Stream:
         block = response_block(head)
         if extra:
             block += encode_block(parse_lines(extra))
-        self._headers(block, end=False)
+        self.head_block = block
+
+    def write_trailers(self, ex: Exchange, fields: list[tuple[bytes, bytes]]) -> None:
+        self.trailer_block = encode_block(fields)
 
     def write_switch(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
         self.close()  # (no upgrade is asked for over HTTP/2: the fields are refused)
@@ -463,7 +475,7 @@ class Stream:
         self.conn.flush()
 
     def flush(self) -> None:
-        if self.out:
+        if self.out or self.head_block is not None:
             self.push()
         self.conn.flush()
 
@@ -521,6 +533,13 @@ class Stream:
         h2c = self.conn.h2
         out = self.out
         sid = self.id
+        head = self.head_block
+        if head is not None:
+            self.head_block = None
+            alone = self.end and not out and not self.trailer_block
+            h2c.send_headers(sid, head, alone)
+            if alone:
+                self.ended = True
         while out:
             room = h2c.window(sid)
             if room <= 0:
@@ -529,7 +548,7 @@ class Stream:
             if len(chunk) <= room:
                 out.pop(0)
                 self.out_size -= len(chunk)
-                last = not out and self.end
+                last = not out and self.end and not self.trailer_block
                 h2c.send_data(sid, chunk, last)
                 if last:
                     self.ended = True
@@ -539,7 +558,10 @@ class Stream:
                 self.out_size -= room
         if not out and self.end and not self.ended:
             self.ended = True
-            h2c.send_data(sid, b"", True)
+            if self.trailer_block:
+                h2c.send_headers(sid, self.trailer_block, True)
+            else:
+                h2c.send_data(sid, b"", True)
         if out:
             if not self.blocked_since:
                 self.blocked_since = monotonic()

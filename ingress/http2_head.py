@@ -27,6 +27,7 @@ from netplane.ingress.http_head import (
     HeadError,
     RequestHead,
     ResponseHead,
+    new_request_id,
 )
 
 #: RFC 9113 §8.3.1's pseudo-fields of a request.
@@ -123,6 +124,38 @@ def response_block(head: ResponseHead) -> bytes:
     return block
 
 
+def upstream_fields(
+    head: RequestHead, method: bytes, path: bytes, tls: bool, client_ip: bytes, forwarded: bytes
+) -> list[Header]:
+    """The request's fields for an HTTP/2 endpoint: what an HTTP/1.1 one gets, as HTTP/2 fields.
+
+    The same forwarding fields as :meth:`RequestHead.upstream_head` (the
+    client's own lines after them), ``:authority`` for Host, and ``te:
+    trailers``, which gRPC servers ask for and which says that the proxy
+    passes trailers on.
+    """
+    host = head.host or b""
+    if head.request_id is None:
+        head.request_id = new_request_id()
+    xff = client_ip if head.xff is None else head.xff + b", " + client_ip
+    fields = [
+        (b":method", method),
+        (b":scheme", b"https" if tls else b"http"),
+        (b":authority", host),
+        (b":path", path),
+        (b"x-request-id", head.request_id),
+        (b"x-forwarded-host", host),
+        (b"x-forwarded-for", xff),
+        *parse_lines(forwarded),
+        (b"te", b"trailers"),
+    ]
+    if head.content_length is not None:
+        fields.append((b"content-length", head.content_length))
+    if head.lines:
+        fields += parse_lines(b"".join(head.lines))
+    return fields
+
+
 def parse_lines(lines: bytes) -> list[Header]:
     """``Name: value\\r\\n`` lines (a checked head's, or the proxy's own) as (name, value) pairs."""
     out = []
@@ -172,6 +205,18 @@ def is_grpc(head: RequestHead) -> bool:
 def grpc_status(http_status: int) -> int:
     """The gRPC status for a proxy-made answer of ``http_status``."""
     return _GRPC_FOR_HTTP.get(http_status, GRPC_UNKNOWN)
+
+
+#: grpc-timeout's units (PROTOCOL-HTTP2.md), in seconds.
+_GRPC_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+
+
+def grpc_timeout(value: bytes | None) -> float | None:
+    """Seconds of a ``grpc-timeout`` value (``100m``: 0.1), or None when absent or not one."""
+    if not value or len(value) > 9 or not value[:-1].isdigit():
+        return None
+    unit = _GRPC_UNITS.get(value[-1:])
+    return None if unit is None else int(value[:-1]) * unit
 
 
 def grpc_message(text: bytes) -> bytes:

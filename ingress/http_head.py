@@ -78,6 +78,11 @@ _ID_PREFIX = os.urandom(8).hex().encode()
 _ID_COUNTER = itertools.count(int.from_bytes(os.urandom(4), "big"))
 
 
+def new_request_id() -> bytes:
+    """An X-Request-ID for a request that came without one."""
+    return b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
+
+
 class RequestHead:
     """One client request's header fields, gathered for routing and for upstream."""
 
@@ -180,7 +185,7 @@ class RequestHead:
         """
         host = self.host or b""
         if self.request_id is None:
-            self.request_id = b"%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
+            self.request_id = new_request_id()
         xff = client_ip if self.xff is None else self.xff + b", " + client_ip
         if self.transfer_encoding is not None:
             framing = b"Transfer-Encoding: chunked\r\n"

@@ -103,10 +103,13 @@ class Forward:
     service: ServiceKey
     targets: tuple[tuple[str, int], ...]
     path: str  # the request target to send upstream (after rewrite-target)
-    upstream_tls: bool  # backend-protocol HTTPS
+    upstream_tls: bool  # backend-protocol HTTPS (or GRPCS)
     options: ProxyOptions
     set_cookie: bytes | None = None  # a Set-Cookie value to add to the response (affinity)
     host: str = ""  # the matched rule's host ("" for a rule without one), for /metrics
+    #: HTTP/2 to the endpoint: backend-protocol GRPC/GRPCS, or the Service port's
+    #: appProtocol kubernetes.io/h2c or grpc
+    upstream_h2: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +159,17 @@ def _age(ing: Ingress) -> tuple[str, str, str]:
 # -- endpoints -------------------------------------------------------------------
 
 
+#: Service port appProtocols whose endpoints are spoken to in HTTP/2 (without TLS).
+H2_APP_PROTOCOLS = frozenset(("kubernetes.io/h2c", "grpc"))
+
+
 class _Pool:
     """The candidate endpoints of one Ingress backend (service and port), round-robin."""
 
     __slots__ = (
         "by_token",
         "cursor",
+        "h2",
         "key",
         "rotations",
         "service",
@@ -177,6 +185,8 @@ class _Pool:
         self.by_token: dict[bytes, int] = {}
         self.cursor = 0
         self.unavailable = b""
+        #: the Service port's appProtocol asks for HTTP/2 (kubernetes.io/h2c, grpc)
+        self.h2 = False
 
     def update(self, table: ServiceTable) -> None:
         """Take the current endpoints: ready ones, else serving and terminating ones."""
@@ -199,6 +209,7 @@ class _Pool:
                     f"503 Service Unavailable: service {ns}/{name} has no TCP port {port_text}\n"
                 ).encode()
             else:
+                self.h2 = port.app_protocol.lower() in H2_APP_PROTOCOLS
                 pna = entry.service.publish_not_ready_addresses
                 chosen = [b for b in port.backends if pna or b.ready]
                 if not chosen:
@@ -234,12 +245,17 @@ class _Pool:
 class _Canary:
     """A canary Ingress attached to a main location."""
 
-    __slots__ = ("acc", "header", "header_value", "ingress", "pool", "upstream_tls", "weight")
+    __slots__ = (
+        "acc", "header", "header_value", "ingress", "pool", "upstream_h2", "upstream_tls", "weight",
+    )  # fmt: skip
 
-    def __init__(self, ingress: ObjectKey, pool: _Pool, upstream_tls: bool, c: Canary) -> None:
+    def __init__(
+        self, ingress: ObjectKey, pool: _Pool, upstream_tls: bool, upstream_h2: bool, c: Canary
+    ) -> None:
         self.ingress = ingress
         self.pool = pool
         self.upstream_tls = upstream_tls
+        self.upstream_h2 = upstream_h2
         self.weight = c.weight
         self.header = c.header
         self.header_value = c.header_value
@@ -288,6 +304,7 @@ class _Location:
         "rewrite",
         "ssl_redirect",
         "unsupported",
+        "upstream_h2",
         "upstream_tls",
     )
 
@@ -299,6 +316,7 @@ class _Location:
         self.pool: _Pool | None = None
         self.unsupported: bytes | None = None  # backend.resource: 503 with this body
         self.upstream_tls = False
+        self.upstream_h2 = False
         self.options = ProxyOptions()
         self.regex: re.Pattern[str] | None = None
         self.rewrite: str | None = None
@@ -580,6 +598,7 @@ class RouteTable:
         else:
             loc.pool = self._pool(ing.key.namespace, backend, old)
         loc.upstream_tls = ann.backend_https
+        loc.upstream_h2 = ann.backend_h2
         loc.options = self._proxy_options(ann)
         loc.rewrite = _rewrite_template(ann.rewrite_target) if ann.rewrite_target else None
         loc.allow = ann.allow
@@ -678,7 +697,11 @@ class RouteTable:
                 continue
             assert ann.canary is not None
             loc.canary = _Canary(
-                ing.key, self._pool(ing.key.namespace, backend, old), ann.backend_https, ann.canary
+                ing.key,
+                self._pool(ing.key.namespace, backend, old),
+                ann.backend_https,
+                ann.backend_h2,
+                ann.canary,
             )
         scan: list[tuple[int, int, _ScanEntry]] = []
         for (kind, key), (loc, _) in owners.items():
@@ -778,6 +801,7 @@ class RouteTable:
                     loc.options,
                     None,
                     loc.host,
+                    loc.upstream_h2 or pool.h2,
                 )
             return Respond(503, pool.unavailable, loc.ingress, loc.host)
         return self._policy(loc, host, path, https, client_ip, headers)
@@ -881,9 +905,11 @@ class RouteTable:
         assert pool is not None
         ingress = loc.ingress
         upstream_tls = loc.upstream_tls
+        upstream_h2 = loc.upstream_h2
         canary = loc.canary
         if canary is not None and canary.pool.rotations and canary.wanted(headers):
-            pool, ingress, upstream_tls = canary.pool, canary.ingress, canary.upstream_tls
+            pool, ingress = canary.pool, canary.ingress
+            upstream_tls, upstream_h2 = canary.upstream_tls, canary.upstream_h2
         path = target
         if loc.rewrite is not None:
             path = self._rewritten(loc, target)
@@ -914,6 +940,7 @@ class RouteTable:
             loc.options,
             set_cookie,
             loc.host,
+            upstream_h2 or pool.h2,
         )
 
     def _rewritten(self, loc: _Location, target: str) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 from netplane.ingress.http import ClientConnection, HttpSettings, Listener
 from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool
+from netplane.ingress.upstream_h2 import H2Pool
 
 from netplane.addresses import hostport
 
@@ -48,6 +49,7 @@ class IngressServer:
         self.routes = routes
         self.settings = settings or HttpSettings()
         self.pool = pool or Pool()
+        self.h2pool = H2Pool()
         self.access_log = access_log
         self.stats = RequestStats()
         self.conns: set[ClientConnection] = set()
@@ -67,7 +69,7 @@ class IngressServer:
         loop = asyncio.get_running_loop()
         listener = Listener(
             self.routes, self.pool, self.settings, https=tls is not None, port=port,
-            access_log=self.access_log, conns=self.conns, stats=self.stats,
+            access_log=self.access_log, conns=self.conns, stats=self.stats, h2pool=self.h2pool,
         )  # fmt: skip
         if tls is not None:
             tls.sslobject_class = counting_ssl_objects(self.stats)
@@ -103,6 +105,7 @@ class IngressServer:
                 log.exception("ingress: timeout check failed for a connection; closing it")
                 conn.abort()
         self.pool.sweep(now)
+        self.h2pool.sweep(now)
         if self.access_log is not None:
             self.access_log.flush()
         self._sweeper = asyncio.get_running_loop().call_later(SWEEP_INTERVAL, self._sweep)
@@ -123,6 +126,7 @@ class IngressServer:
             self._sweeper.cancel()
             self._sweeper = None
         self.pool.close()
+        self.h2pool.close()
         if self.access_log is not None:
             self.access_log.flush()
         self._servers.clear()
@@ -136,6 +140,8 @@ class IngressServer:
             "upstream_idle": self.pool.idle_count(),
             "upstream_opened": self.pool.opened,
             "upstream_reused": self.pool.reused,
+            "upstream_h2_connections": self.h2pool.count(),
+            "upstream_h2_opened": self.h2pool.opened,
         }
 
 

@@ -462,6 +462,7 @@ class IngressBench(Scenario):
         """One h2load run over TLS: req/s and p99 latency (ms) from its per-request log."""
         assert self.work is not None
         out, log = self.work / "h2load.out", self.work / "h2load-requests.log"
+        out.write_text("")  # (the harness appends to it)
         proc = ctx.procs.start(
             [*ctx.pin("load"), program("h2load"), "-t1", "-c10", "-m10", "-D", f"{seconds:g}",
              "-H", f":authority: {host}", f"--log-file={log}", f"https://{LISTEN}:{port}/"],

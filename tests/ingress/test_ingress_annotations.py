@@ -39,6 +39,8 @@ PARSE_CASES = [
     ({"proxy-read-timeout": "120s"}, Annotations(read_timeout=120.0)),
     ({"proxy-send-timeout": "500ms"}, Annotations(send_timeout=0.5)),
     ({"backend-protocol": "HTTPS"}, Annotations(backend_https=True)),
+    ({"backend-protocol": "grpc"}, Annotations(backend_h2=True)),
+    ({"backend-protocol": "GRPCS"}, Annotations(backend_https=True, backend_h2=True)),
     ({"backend-protocol": "http"}, Annotations()),
     ({"affinity": "cookie"}, Annotations(affinity=Affinity())),
     (
@@ -106,7 +108,7 @@ BAD_CASES = [
     ("proxy-body-size", "-1", "size"),
     ("proxy-connect-timeout", "0", "positive"),
     ("proxy-read-timeout", "soon", "positive"),
-    ("backend-protocol", "GRPC", "HTTP or HTTPS"),
+    ("backend-protocol", "FCGI", "HTTP, HTTPS, GRPC or GRPCS"),
     ("affinity", "ip", "only cookie"),
     ("whitelist-source-range", "10.0.0.0/8, nonsense", "not an address"),
     ("app-root", "app1", "must start with /"),

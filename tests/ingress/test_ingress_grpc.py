@@ -1,0 +1,166 @@
+"""gRPC through the ingress: grpcio's client and server on either side, HTTP/2 both ways.
+
+The route is a Forward with ``upstream_h2`` (what ``backend-protocol: GRPC``
+or an ``appProtocol: grpc`` Service port gives), so the proxy speaks HTTP/2
+to the grpcio server, multiplexing calls on one connection. Methods are
+generic (bytes in, bytes out), so no generated code is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import pytest
+from h2_peer import H2Peer
+from ingress_fakes import FakeRoutes, forward
+from netplane.ingress.routes import ProxyOptions
+from netplane.ingress.server import IngressServer
+
+MB4 = 4 * 1024 * 1024
+BIG = [("grpc.max_receive_message_length", 8 * MB4), ("grpc.max_send_message_length", 8 * MB4)]
+
+
+class Service:
+    """svc.Echo: a unary echo, streams both ways, a slow call, and what it saw cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = asyncio.Event()
+        self.metadata: dict[str, str] = {}
+
+    async def unary(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        self.metadata = dict(context.invocation_metadata())
+        return b"echo:" + request
+
+    async def server_stream(
+        self, request: bytes, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bytes]:
+        for i in range(int(request)):
+            yield b"%d" % i
+
+    async def client_stream(self, requests: AsyncIterator[bytes], context: Any) -> bytes:
+        total = 0
+        async for r in requests:
+            total += int(r)
+        return b"%d" % total
+
+    async def bidi(self, requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        async for r in requests:
+            yield r.upper()
+
+    async def slow(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return b"late"
+
+    async def fail(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        await context.abort(grpc.StatusCode.NOT_FOUND, "no such thing")
+        return b""
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            "svc.Echo",
+            {
+                "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
+                "ServerStream": grpc.unary_stream_rpc_method_handler(self.server_stream),
+                "ClientStream": grpc.stream_unary_rpc_method_handler(self.client_stream),
+                "Bidi": grpc.stream_stream_rpc_method_handler(self.bidi),
+                "Slow": grpc.unary_unary_rpc_method_handler(self.slow),
+                "Fail": grpc.unary_unary_rpc_method_handler(self.fail),
+            },
+        )
+
+
+@pytest.fixture
+async def grpc_world() -> AsyncIterator[dict[str, Any]]:
+    service = Service()
+    server = grpc.aio.server(options=BIG)
+    server.add_generic_rpc_handlers((service.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    proxy = IngressServer(_GrpcRoutes(port))
+    _, pport = await proxy.listen("127.0.0.1", 0)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{pport}", options=BIG)
+    yield {"channel": channel, "service": service, "proxy": proxy, "port": pport}
+    await channel.close()
+    await proxy.close(1)
+    await server.stop(0)
+
+
+class _GrpcRoutes(FakeRoutes):
+    """Every path to the grpcio server over HTTP/2, keeping the request's path."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__({}, ProxyOptions(body_limit=None))
+        self.port = port
+
+    def route(self, host: str, path: str, **kw: Any) -> Any:
+        return forward([("127.0.0.1", self.port)], path, self.options, upstream_h2=True)
+
+
+async def test_unary_calls_pass_with_a_4mb_message_and_share_one_connection(grpc_world):
+    ch = grpc_world["channel"]
+    unary = ch.unary_unary("/svc.Echo/Unary")
+    assert await unary(b"hi", metadata=(("x-who", "test"),)) == b"echo:hi"
+    assert grpc_world["service"].metadata["x-who"] == "test"
+    assert grpc_world["service"].metadata["x-forwarded-for"] == "127.0.0.1"
+    big = bytes(range(256)) * (MB4 // 256)
+    assert await unary(big, timeout=20) == b"echo:" + big
+    calls = await asyncio.gather(*(unary(b"%d" % i) for i in range(50)))
+    assert calls == [b"echo:%d" % i for i in range(50)]
+    assert grpc_world["proxy"].h2pool.opened == 1  # every call multiplexed on one connection
+
+
+async def test_streaming_calls_pass_both_ways(grpc_world):
+    ch = grpc_world["channel"]
+    got = [r async for r in ch.unary_stream("/svc.Echo/ServerStream")(b"20")]
+    assert got == [b"%d" % i for i in range(20)]
+
+    async def numbers() -> AsyncIterator[bytes]:
+        for i in range(1, 11):
+            yield b"%d" % i
+
+    assert await ch.stream_unary("/svc.Echo/ClientStream")(numbers()) == b"55"
+    call = ch.stream_stream("/svc.Echo/Bidi")()
+    for word in (b"a", b"bc", b"def"):
+        await call.write(word)
+        assert await call.read() == word.upper()
+    await call.done_writing()
+    assert await call.read() == grpc.aio.EOF
+
+
+async def test_the_endpoints_status_and_message_reach_the_client_as_trailers(grpc_world):
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await grpc_world["channel"].unary_unary("/svc.Echo/Fail")(b"x")
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert info.value.details() == "no such thing"
+
+
+async def test_a_client_cancel_reaches_the_endpoint(grpc_world):
+    call = grpc_world["channel"].unary_unary("/svc.Echo/Slow")(b"x")
+    await asyncio.sleep(0.3)
+    call.cancel()
+    async with asyncio.timeout(5):
+        await grpc_world["service"].cancelled.wait()
+
+
+async def test_a_deadline_expires_at_the_proxy_with_deadline_exceeded(grpc_world):
+    # A raw HTTP/2 client, so that the deadline is enforced by the proxy and not the client.
+    peer = await H2Peer().connect(grpc_world["port"])
+    try:
+        headers = [("content-type", "application/grpc"), ("te", "trailers"),
+                   ("grpc-timeout", "500m")]  # fmt: skip
+        resp = await peer.get(
+            "/svc.Echo/Slow", method="POST", headers=headers, body=b"\0\0\0\0\1x", timeout=5
+        )
+        status = resp.header(b"grpc-status") or dict(resp.trailers).get(b"grpc-status")
+        assert status == b"4"  # DEADLINE_EXCEEDED
+        async with asyncio.timeout(5):
+            await grpc_world["service"].cancelled.wait()  # and the endpoint's call was cancelled
+    finally:
+        await peer.close()
