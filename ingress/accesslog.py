@@ -141,6 +141,8 @@ class AccessLog:
                 now - t_up if t_up else b"",
                 head.request_id or b"-",
             )
+            if ex.grpc_status >= 0:
+                line += b" grpc=%d" % ex.grpc_status
         lines = self._lines
         lines.append(line)
         if len(lines) >= _BATCH_LINES:
@@ -165,6 +167,12 @@ class AccessLog:
                 "duration": round(now - ex.t0, 6),
                 "upstream_duration": round(now - ex.t_up, 6) if ex.t_up else None,
                 "request_id": rid.decode("latin-1") if rid else None,
+                "protocol": "HTTP/2.0"
+                if ex.client.http2
+                else "HTTP/1.0"
+                if ex.http10
+                else "HTTP/1.1",
+                "grpc_status": ex.grpc_status if ex.grpc_status >= 0 else None,
             },
             ensure_ascii=False,
         ).encode()

@@ -164,6 +164,7 @@ class Exchange(ExchangeState):
         "client",
         "deadline",
         "decision",
+        "grpc_status",
         "head",
         "http10",
         "keep_alive",
@@ -229,6 +230,8 @@ class Exchange(ExchangeState):
         self.req_trailers = b""  # the request's trailer lines (HTTP/2 clients)
         #: monotonic time the client's own deadline passes (gRPC's grpc-timeout; 0: none)
         self.deadline = 0.0
+        #: a gRPC call's status as the client got it (-1: not a gRPC answer)
+        self.grpc_status = -1
         self.body_in = 0
         self.bytes_out = 0
         self.status = 0
@@ -666,6 +669,10 @@ class Exchange(ExchangeState):
                 getattr(d, "ingress", None), None, self.status, listener.https, now - self.t0,
                 getattr(d, "host", ""), client.http2,
             )  # fmt: skip
+        if self.grpc_status >= 0:
+            listener.stats.record_grpc(
+                getattr(d, "ingress", None), getattr(d, "service", None), self.grpc_status
+            )
         alog = listener.access_log
         if alog is not None:
             alog.record(self.client, self, now)

@@ -76,6 +76,7 @@ from netplane.ingress.http2_head import (
     parse_lines,
     request_head,
     response_block,
+    status_of,
 )
 from netplane.ingress.http_head import HeadError, RequestHead, ResponseHead, forwarded_fields
 from netplane.ingress.upstream import UpstreamConnection
@@ -424,6 +425,7 @@ class Stream:
             ]
             if rid is not None:
                 fields.append((b"x-request-id", rid))
+            ex.grpc_status = grpc_status(status)
             self._headers(encode_block(fields), end=True)
         else:
             if location is not None:
@@ -457,9 +459,13 @@ class Stream:
         if extra:
             block += encode_block(parse_lines(extra))
         self.head_block = block
+        if self.grpc:  # a trailers-only answer has its status in the head
+            ex.grpc_status = status_of(parse_lines(head.fields))
 
     def write_trailers(self, ex: Exchange, fields: list[tuple[bytes, bytes]]) -> None:
         self.trailer_block = encode_block(fields)
+        if self.grpc:
+            ex.grpc_status = status_of(fields)
 
     def write_switch(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
         self.close()  # (no upgrade is asked for over HTTP/2: the fields are refused)

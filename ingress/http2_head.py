@@ -219,6 +219,14 @@ def grpc_timeout(value: bytes | None) -> float | None:
     return None if unit is None else int(value[:-1]) * unit
 
 
+def status_of(fields: list[Header]) -> int:
+    """The ``grpc-status`` among ``fields`` (-1: none, or not a number)."""
+    for name, value in fields:
+        if name == b"grpc-status":
+            return int(value) if value.isdigit() else -1
+    return -1
+
+
 def grpc_message(text: bytes) -> bytes:
     """``grpc-message``'s percent-encoding (gRPC's PROTOCOL-HTTP2.md): printable ASCII but %."""
     return b"".join(bytes((c,)) if 0x20 <= c <= 0x7E and c != 0x25 else b"%%%02X" % c for c in text)

@@ -40,6 +40,8 @@ class RequestStats:
         self._last: _Last = (None, None, -1, False, "", False, [])
         self.tls_handshakes = 0
         self.tls_handshake_failures = 0
+        #: gRPC calls by (Ingress, Service, grpc-status)
+        self.grpc: dict[tuple[ObjectKey | None, ServiceKey | None, int], int] = {}
 
     def record(
         self,
@@ -72,6 +74,11 @@ class RequestStats:
             self._last = (ingress, service, cls, https, host, http2, series)
         series[0][bisect_left(BUCKETS, seconds)] += 1
         series[1] += seconds
+
+    def record_grpc(self, ingress: ObjectKey | None, service: ServiceKey | None, code: int) -> None:
+        """One gRPC call's status as its client got it (the endpoint's, or the proxy's own)."""
+        key = (ingress, service, code)
+        self.grpc[key] = self.grpc.get(key, 0) + 1
 
     def families(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
@@ -106,6 +113,14 @@ class RequestStats:
             "(failed: refused protocol or cipher, or not TLS at all)",
             labels=["result"],
         )
+        grpc = CounterMetricFamily(
+            "netplane_grpc_calls",
+            "gRPC calls answered by the ingress, by grpc-status (the endpoint's or the proxy's own)",
+            labels=["ingress", "service", "grpc_status"],
+        )
+        for (ingress, service, code), count in sorted(self.grpc.items(), key=str):
+            grpc.add_metric([_name(ingress), _name(service), str(code)], count)
+        yield grpc
         handshakes.add_metric(["ok"], self.tls_handshakes)
         handshakes.add_metric(["failed"], self.tls_handshake_failures)
         yield handshakes

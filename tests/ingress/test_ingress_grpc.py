@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from h2_peer import H2Peer
 from ingress_fakes import FakeRoutes, forward
+from netplane.ingress.accesslog import AccessLog
 from netplane.ingress.routes import ProxyOptions
 from netplane.ingress.server import IngressServer
 
@@ -77,16 +79,17 @@ class Service:
 
 
 @pytest.fixture
-async def grpc_world() -> AsyncIterator[dict[str, Any]]:
+async def grpc_world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     service = Service()
     server = grpc.aio.server(options=BIG)
     server.add_generic_rpc_handlers((service.handler(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    proxy = IngressServer(_GrpcRoutes(port))
+    log = tmp_path / "access.log"
+    proxy = IngressServer(_GrpcRoutes(port), access_log=AccessLog(str(log)))
     _, pport = await proxy.listen("127.0.0.1", 0)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{pport}", options=BIG)
-    yield {"channel": channel, "service": service, "proxy": proxy, "port": pport}
+    yield {"channel": channel, "service": service, "proxy": proxy, "port": pport, "log": log}
     await channel.close()
     await proxy.close(1)
     await server.stop(0)
@@ -139,6 +142,16 @@ async def test_the_endpoints_status_and_message_reach_the_client_as_trailers(grp
         await grpc_world["channel"].unary_unary("/svc.Echo/Fail")(b"x")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
     assert info.value.details() == "no such thing"
+    # the access log and /metrics carry the protocol and the call's status
+    assert await grpc_world["channel"].unary_unary("/svc.Echo/Unary")(b"ok") == b"echo:ok"
+    proxy = grpc_world["proxy"]
+    proxy.access_log.flush()
+    lines = grpc_world["log"].read_text().splitlines()
+    fail = next(ln for ln in lines if "/svc.Echo/Fail" in ln)
+    assert '"POST /svc.Echo/Fail HTTP/2.0" 200' in fail and fail.endswith(" grpc=5")
+    assert next(ln for ln in lines if "/svc.Echo/Unary" in ln).endswith(" grpc=0")
+    codes = {code: n for (_, _, code), n in proxy.stats.grpc.items()}
+    assert codes == {5: 1, 0: 1}
 
 
 async def test_a_client_cancel_reaches_the_endpoint(grpc_world):
