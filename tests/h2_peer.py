@@ -15,6 +15,7 @@ import contextlib
 import ssl
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import h2.config
 import h2.connection
@@ -232,3 +233,30 @@ def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
 
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6, 7, 9
 END_STREAM, END_HEADERS = 0x1, 0x4
+
+
+async def h2_backend(on_request: Any) -> tuple[asyncio.Server, int]:
+    """An h2c endpoint on h2's server side; ``on_request(conn, stream_id, headers)`` answers.
+
+    For endpoints whose behaviour grpcio will not produce (a reset mid-answer).
+    """
+
+    async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding=None)
+        )
+        conn.initiate_connection()
+        w.write(conn.data_to_send())
+        try:
+            while data := await r.read(65536):
+                for ev in conn.receive_data(data):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        on_request(conn, ev.stream_id, ev.headers)
+                w.write(conn.data_to_send())
+        except (ConnectionError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]

@@ -15,7 +15,7 @@ from typing import Any
 
 import grpc
 import pytest
-from h2_peer import H2Peer
+from h2_peer import H2Peer, h2_backend
 from ingress_fakes import FakeRoutes, forward
 from netplane.ingress.accesslog import AccessLog
 from netplane.ingress.routes import ProxyOptions
@@ -177,3 +177,32 @@ async def test_a_deadline_expires_at_the_proxy_with_deadline_exceeded(grpc_world
             await grpc_world["service"].cancelled.wait()  # and the endpoint's call was cancelled
     finally:
         await peer.close()
+
+
+async def test_an_endpoint_reset_reaches_the_client_as_a_reset_or_as_unavailable():
+    def answer(conn: Any, sid: int, headers: Any) -> None:
+        path = dict(headers)[b":path"]
+        if path == b"/svc.Reset/Before":
+            conn.reset_stream(sid, 2)  # INTERNAL_ERROR before any response
+            return
+        conn.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+        conn.send_data(sid, b"\0\0\0\0\2hi")
+        conn.reset_stream(sid, 2)  # ... and in the middle of one
+
+    server, port = await h2_backend(answer)
+    proxy = IngressServer(_GrpcRoutes(port))
+    _, pport = await proxy.listen("127.0.0.1", 0)
+    peer = await H2Peer().connect(pport)
+    try:
+        grpc_headers = [("content-type", "application/grpc"), ("te", "trailers")]
+        before = await peer.get("/svc.Reset/Before", method="POST", headers=grpc_headers,
+                                body=b"\0\0\0\0\0")  # fmt: skip
+        assert before.status == 200 and before.header(b"grpc-status") == b"14"  # UNAVAILABLE
+        during = await peer.get("/svc.Reset/During", method="POST", headers=grpc_headers,
+                                body=b"\0\0\0\0\0")  # fmt: skip
+        assert during.status == 200 and bytes(during.body) == b"\0\0\0\0\2hi"
+        assert during.reset is not None  # the client sees the stream reset, not a clean end
+    finally:
+        await peer.close()
+        await proxy.close(1)
+        server.close()
