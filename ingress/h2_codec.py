@@ -635,8 +635,11 @@ class Http2Codec:
         return data
 
 
+_FRAME = struct.Struct(">IBI")
+
+
 def _frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
-    return _HEAD.pack(len(payload) << 8 | kind) + bytes((flags,)) + _HEAD.pack(sid) + payload
+    return _FRAME.pack(len(payload) << 8 | kind, flags, sid) + payload
 
 
 def _settings(*pairs: tuple[int, int]) -> bytes:
@@ -706,7 +709,7 @@ def check_fields(
 _STATUS_INDEX = {b"200": 8, b"204": 9, b"206": 10, b"304": 11, b"400": 12, b"404": 13, b"500": 14}
 
 
-def _string(data: bytes) -> bytes:
+def string_literal(data: bytes) -> bytes:
     """An HPACK string literal without Huffman coding (a 7-bit prefix length, RFC 7541 §5.2)."""
     n = len(data)
     if n < 127:
@@ -731,7 +734,7 @@ def encode_block(fields: list[Header]) -> bytes:
     for name, value in fields:
         if name == b":status":
             index = _STATUS_INDEX.get(value)
-            out.append(bytes((0x80 | index,)) if index else b"\x08" + _string(value))
+            out.append(bytes((0x80 | index,)) if index else b"\x08" + string_literal(value))
         else:
-            out.append(b"\x00" + _string(name) + _string(value))
+            out.append(b"\x00" + string_literal(name) + string_literal(value))
     return b"".join(out)

@@ -69,6 +69,8 @@ from netplane.ingress.h2_codec import (
     encode_block,
 )
 from netplane.ingress.http2_head import (
+    Http2Request,
+    extra_block,
     grpc_message,
     grpc_status,
     grpc_timeout,
@@ -134,6 +136,8 @@ class Http2Connection(asyncio.BufferedProtocol):
         self.last_read = self.idle_since = monotonic()
         self.budget = float(RESET_BUDGET)
         self.budget_at = self.last_read
+        #: request heads read from header lists, by the list's identity (the list is kept)
+        self._requests: dict[int, tuple[list[Header], bool, Http2Request]] = {}
 
     # -- asyncio ---------------------------------------------------------------
 
@@ -209,11 +213,21 @@ class Http2Connection(asyncio.BufferedProtocol):
         if malformed is not None:
             self._refused(stream, now, 400, b"The request is malformed: %s." % malformed.encode())
             return
-        try:
-            req = request_head(headers, end_stream=end_stream)
-        except HeadError as e:
-            self._refused(stream, now, e.status, e.message)
-            return
+        # The codec hands back the same list for a header block it has decoded
+        # before: its request head is read once, and copied for each request.
+        kept = self._requests.get(id(headers))
+        if kept is not None and kept[0] is headers and kept[1] is end_stream:
+            template = kept[2]
+        else:
+            try:
+                template = request_head(headers, end_stream=end_stream)
+            except HeadError as e:
+                self._refused(stream, now, e.status, e.message)
+                return
+            if len(self._requests) >= 256:
+                self._requests.clear()
+            self._requests[id(headers)] = (headers, end_stream, template)
+        req = template.copy()
         if req.size > self.settings.max_header_bytes:
             self._refused(stream, now, 431, None)
             return
@@ -457,7 +471,7 @@ class Stream:
     def write_head(self, ex: Exchange, head: ResponseHead, extra: bytes) -> None:
         block = response_block(head)
         if extra:
-            block += encode_block(parse_lines(extra))
+            block += extra_block(extra)
         self.head_block = block
         if self.grpc:  # a trailers-only answer has its status in the head
             ex.grpc_status = status_of(parse_lines(head.fields))

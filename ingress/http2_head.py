@@ -21,7 +21,7 @@ What is left is the proxy's part:
 
 from __future__ import annotations
 
-from netplane.ingress.h2_codec import encode_block
+from netplane.ingress.h2_codec import encode_block, string_literal
 from netplane.ingress.http_head import (
     SPECIAL_REQUEST_FIELDS,
     HeadError,
@@ -53,6 +53,10 @@ class Http2Request:
         self.head = head
         #: the list's size as RFC 7541 counts it (for --ingress-max-header-bytes)
         self.size = size
+
+    def copy(self) -> Http2Request:
+        """The same request with a head of its own (to be changed by its exchange)."""
+        return Http2Request(self.method, self.target, self.scheme, self.head.copy(), self.size)
 
 
 def request_head(headers: list[Header], *, end_stream: bool) -> Http2Request:
@@ -154,6 +158,24 @@ def upstream_fields(
     if head.lines:
         fields += parse_lines(b"".join(head.lines))
     return fields
+
+
+def extra_block(extra: bytes) -> bytes:
+    """The proxy's own response lines (``Name: value\\r\\n``) as an HTTP/2 header block.
+
+    Most often one line (the X-Request-ID the upstream did not send): that
+    case skips the general parse.
+    """
+    if extra.count(b"\r\n") == 1:
+        name, _, value = extra[:-2].partition(b": ")
+        if name == b"X-Request-ID":
+            return _X_REQUEST_ID + string_literal(value)
+        return encode_block([(name.lower(), value)])
+    return encode_block(parse_lines(extra))
+
+
+#: A literal field without indexing, named x-request-id (the value follows).
+_X_REQUEST_ID = encode_block([(b"x-request-id", b"")])[:-1]
 
 
 def parse_lines(lines: bytes) -> list[Header]:

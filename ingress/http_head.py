@@ -113,6 +113,21 @@ class RequestHead:
         self.xff: bytes | None = None
         self.request_id: bytes | None = None
 
+    def copy(self) -> RequestHead:
+        """A copy to change: its own fields dict and lines list (the bytes are shared)."""
+        new = RequestHead.__new__(RequestHead)
+        new.headers = self.headers.copy()
+        new.lines = self.lines.copy()
+        new.host = self.host
+        new.content_length = self.content_length
+        new.transfer_encoding = self.transfer_encoding
+        new.connection = self.connection
+        new.upgrade = self.upgrade
+        new.expect_continue = self.expect_continue
+        new.xff = self.xff
+        new.request_id = self.request_id
+        return new
+
     def add(self, name: bytes, value: bytes) -> int:
         """One header field as the parser delivered it; returns its size on the wire.
 
