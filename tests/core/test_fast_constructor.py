@@ -25,6 +25,7 @@ CASES = [
             ProxyOptions(),
             b"c=1",
             "a.example",
+            True,
         ),
     ),
     (Endpoint, (("10.0.0.2",), False, True, True, "h", "node-2", "", ())),
