@@ -167,6 +167,8 @@ class Http2Codec:
         self.next_stream = 1  # (client side) the id of the next stream to open
         #: the peer's SETTINGS_MAX_CONCURRENT_STREAMS (streams we may open at once)
         self.peer_max_streams = 2**31 - 1
+        #: the peer's first SETTINGS came (its limits are known)
+        self.peer_settings = False
         self.max_streams = max_streams
         self.stream_window = stream_window
         #: a header block larger than this while it arrives is a connection error
@@ -468,6 +470,7 @@ class Http2Codec:
             return
         if len(payload) % 6:
             raise self._fail(FRAME_SIZE_ERROR, "SETTINGS of the wrong size")
+        self.peer_settings = True
         opened = False
         for i in range(0, len(payload), 6):
             ident, value = _PAIR.unpack_from(payload, i)

@@ -258,7 +258,8 @@ class H2Connection(asyncio.Protocol):
         self.opened = 0
         self.lost = False
         self.last_active = monotonic()
-        self.ready: asyncio.Future[None] | None = None
+        #: done once the endpoint's first SETTINGS came (its stream limit is known)
+        self.settled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -274,12 +275,17 @@ class H2Connection(asyncio.Protocol):
             self.transport.close()
             self.connection_lost(None)
             return
+        if self.codec.peer_settings and not self.settled.done():
+            self.settled.set_result(None)
         self.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.lost:
             return
         self.lost = True
+        if not self.settled.done():
+            self.settled.set_exception(ConnectionError("the endpoint closed the connection"))
+            self.settled.exception()  # (retrieved: whoever waits sees it; nobody else must)
         self.pool.discard(self)
         streams = list(self.streams.values())
         self.streams.clear()
@@ -356,6 +362,8 @@ class H2Pool:
 
     def __init__(self, *, idle_timeout: float = 60.0) -> None:
         self.conns: dict[PoolKey, list[H2Connection]] = {}
+        #: a connection being opened, per endpoint: other exchanges wait for it
+        self.opening: dict[PoolKey, asyncio.Future[None]] = {}
         self.idle_timeout = idle_timeout
         self._tls: ssl.SSLContext | None = None
         self.opened = 0
@@ -370,22 +378,44 @@ class H2Pool:
         return None
 
     async def connect(self, key: PoolKey, timeout: float) -> H2Stream:
-        """A stream on a new connection to ``key``; OSError or TimeoutError when there is none."""
+        """A stream on a connection to ``key`` that had no room a moment ago.
+
+        While one connection to an endpoint is being opened, other exchanges
+        wait for it (and its SETTINGS) rather than open their own, so a burst
+        of requests opens only the connections the endpoint's stream limit
+        asks for. OSError or TimeoutError when there is none.
+        """
         ip, port, tls = key
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(
-                lambda: H2Connection(self, key), ip, port,
-                ssl=self._tls_context() if tls else None, server_hostname="" if tls else None,
-            )  # fmt: skip
-        if tls:
-            ssl_object = conn.transport.get_extra_info("ssl_object")
-            if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
-                conn.transport.close()
-                raise OSError("the endpoint did not agree to HTTP/2 (ALPN)")
-        self.opened += 1
-        self.conns.setdefault(key, []).append(conn)
-        return conn.stream()
+            while (opening := self.opening.get(key)) is not None:
+                await asyncio.shield(opening)
+                stream = self.take(key)
+                if stream is not None:
+                    return stream
+            done = self.opening[key] = loop.create_future()
+            conn: H2Connection | None = None
+            try:
+                _, conn = await loop.create_connection(
+                    lambda: H2Connection(self, key), ip, port,
+                    ssl=self._tls_context() if tls else None, server_hostname="" if tls else None,
+                )  # fmt: skip
+                if tls:
+                    ssl_object = conn.transport.get_extra_info("ssl_object")
+                    if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+                        raise OSError("the endpoint did not agree to HTTP/2 (ALPN)")
+                await conn.settled
+                self.opened += 1
+                self.conns.setdefault(key, []).append(conn)
+                return conn.stream()
+            except BaseException:
+                if conn is not None:
+                    conn.transport.close()
+                raise
+            finally:
+                # The waiters run after this exchange has opened its stream.
+                del self.opening[key]
+                done.set_result(None)
 
     def _tls_context(self) -> ssl.SSLContext:
         # backend-protocol GRPCS: encrypted, not verified, as HTTPS endpoints are.

@@ -235,23 +235,34 @@ DATA, HEADERS, RST_STREAM, SETTINGS, PING, GOAWAY, CONTINUATION = 0, 1, 3, 4, 6,
 END_STREAM, END_HEADERS = 0x1, 0x4
 
 
-async def h2_backend(on_request: Any) -> tuple[asyncio.Server, int]:
-    """An h2c endpoint on h2's server side; ``on_request(conn, stream_id, headers)`` answers.
+async def h2_backend(
+    on_request: Any, *, max_streams: int | None = None
+) -> tuple[asyncio.Server, int]:
+    """An h2c endpoint on h2's server side; ``on_request(conn, stream_id, headers, writer)`` answers.
 
-    For endpoints whose behaviour grpcio will not produce (a reset mid-answer).
+    For endpoints whose behaviour grpcio will not produce (a reset mid-answer,
+    a small SETTINGS_MAX_CONCURRENT_STREAMS). It counts its connections in
+    ``server.connections`` (set on the returned server).
     """
+    counter = {"connections": 0}
 
     async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        counter["connections"] += 1
         conn = h2.connection.H2Connection(
             h2.config.H2Configuration(client_side=False, header_encoding=None)
         )
+        if max_streams is not None:
+            conn.local_settings = h2.settings.Settings(
+                client=False,
+                initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams},
+            )
         conn.initiate_connection()
         w.write(conn.data_to_send())
         try:
             while data := await r.read(65536):
                 for ev in conn.receive_data(data):
                     if isinstance(ev, h2.events.RequestReceived):
-                        on_request(conn, ev.stream_id, ev.headers)
+                        on_request(conn, ev.stream_id, ev.headers, w)
                 w.write(conn.data_to_send())
         except (ConnectionError, h2.exceptions.ProtocolError):
             pass
@@ -259,4 +270,5 @@ async def h2_backend(on_request: Any) -> tuple[asyncio.Server, int]:
             w.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    server.counter = counter  # type: ignore[attr-defined]
     return server, server.sockets[0].getsockname()[1]

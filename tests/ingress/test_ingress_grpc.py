@@ -18,7 +18,7 @@ import pytest
 from h2_peer import H2Peer, h2_backend
 from ingress_fakes import FakeRoutes, forward
 from netplane.ingress.accesslog import AccessLog
-from netplane.ingress.routes import ProxyOptions
+from netplane.ingress.routes import ProxyOptions, Respond
 from netplane.ingress.server import IngressServer
 
 MB4 = 4 * 1024 * 1024
@@ -180,7 +180,7 @@ async def test_a_deadline_expires_at_the_proxy_with_deadline_exceeded(grpc_world
 
 
 async def test_an_endpoint_reset_reaches_the_client_as_a_reset_or_as_unavailable():
-    def answer(conn: Any, sid: int, headers: Any) -> None:
+    def answer(conn: Any, sid: int, headers: Any, writer: Any) -> None:
         path = dict(headers)[b":path"]
         if path == b"/svc.Reset/Before":
             conn.reset_stream(sid, 2)  # INTERNAL_ERROR before any response
@@ -206,3 +206,78 @@ async def test_an_endpoint_reset_reaches_the_client_as_a_reset_or_as_unavailable
         await peer.close()
         await proxy.close(1)
         server.close()
+
+
+async def test_a_second_connection_opens_when_the_endpoints_stream_limit_is_reached():
+    pending: list[tuple[Any, int, Any]] = []
+
+    def hold(conn: Any, sid: int, headers: Any, writer: Any) -> None:
+        pending.append((conn, sid, writer))  # answered later, all at once
+
+    server, port = await h2_backend(hold, max_streams=2)
+    proxy = IngressServer(_GrpcRoutes(port))
+    _, pport = await proxy.listen("127.0.0.1", 0)
+    peer = await H2Peer().connect(pport)
+    try:
+        sids = [peer.request(f"/svc.Echo/Held{i}", method="POST", body=b"\0\0\0\0\0",
+                             headers=[("content-type", "application/grpc")]) for i in range(5)]  # fmt: skip
+        async with asyncio.timeout(5):
+            while len(pending) < 5:
+                await asyncio.sleep(0.02)
+        assert server.counter["connections"] == 3  # 2 + 2 + 1 streams
+        for conn, sid, writer in pending:
+            conn.send_headers(sid, [(":status", "200"), ("grpc-status", "0")], end_stream=True)
+            writer.write(conn.data_to_send())
+        for sid in sids:
+            assert (await peer.response(sid)).header(b"grpc-status") == b"0"
+    finally:
+        await peer.close()
+        await proxy.close(1)
+        server.close()
+
+
+class _ErrorRoutes:
+    """svc.Echo to the grpcio server (small body limit, short read timeout); other services fail."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.options = ProxyOptions(body_limit=10, read_timeout=0.5)
+
+    def route(self, host: str, path: str, **kw: Any) -> Any:
+        if path.startswith("/svc.Echo/"):
+            return forward([("127.0.0.1", self.port)], path, self.options, upstream_h2=True)
+        if path.startswith("/svc.None/"):
+            return forward([], path, self.options, upstream_h2=True)
+        if path.startswith("/svc.Dead/"):
+            return forward([("127.0.0.1", 9)], path, self.options, upstream_h2=True)
+        return Respond(404, b"no route\n")
+
+
+async def test_grpcio_sees_the_proxys_own_errors_as_grpc_statuses():
+    service = Service()
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((service.handler(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    proxy = IngressServer(_ErrorRoutes(port))
+    _, pport = await proxy.listen("127.0.0.1", 0)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{pport}")
+
+    async def code(method: str, message: bytes = b"x") -> grpc.StatusCode:
+        try:
+            await channel.unary_unary(method)(message, timeout=10)
+        except grpc.aio.AioRpcError as e:
+            return e.code()
+        return grpc.StatusCode.OK
+
+    try:
+        assert await code("/svc.Echo/Unary") == grpc.StatusCode.OK
+        assert await code("/nope.Svc/Call") == grpc.StatusCode.UNIMPLEMENTED
+        assert await code("/svc.None/Call") == grpc.StatusCode.UNAVAILABLE
+        assert await code("/svc.Dead/Call") == grpc.StatusCode.UNAVAILABLE
+        assert await code("/svc.Echo/Slow") == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert await code("/svc.Echo/Unary", b"x" * 64) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await channel.close()
+        await proxy.close(1)
+        await server.stop(0)
