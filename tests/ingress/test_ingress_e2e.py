@@ -116,6 +116,27 @@ async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
             [("old.test", [path("/", "web")])],
             annotations={NGINX + "permanent-redirect": "https://new.test/"},
         ),
+        ingress(
+            "rewritten",
+            [("rw.test", [path("/app", "web")])],
+            annotations={NGINX + "rewrite-target": "/inner"},
+        ),
+        ingress(
+            "sticky",
+            [("sticky.test", [path("/", "web")])],
+            annotations={NGINX + "affinity": "cookie", NGINX + "session-cookie-name": "route"},
+        ),
+        ingress("main", [("canary.test", [path("/", "web")])]),
+        ingress(
+            "canary",
+            [("canary.test", [path("/", "api")])],
+            annotations={NGINX + "canary": "true", NGINX + "canary-by-header": "x-canary"},
+        ),
+        ingress(
+            "private",
+            [("private.test", [path("/", "web")])],
+            annotations={NGINX + "whitelist-source-range": "10.0.0.0/8"},
+        ),
     ]
     (tmp_path / "m").mkdir()
     d = Daemon(tmp_path / "m")
@@ -181,6 +202,18 @@ async def test_redirects_and_error_statuses(world, proto):
     assert 0 < len(body) < 200 and "upstream" in body
     # and the listener goes on serving
     assert (await get(d, "limits.test", "/", *p))[1] == "web GET /"
+
+
+async def test_annotations_apply_over_both_protocols(world, proto):
+    d = world["daemon"]
+    await ready(d, "shop.test")  # (every Ingress comes in one manifest)
+    p = proto.plain
+    assert (await get(d, "rw.test", "/app", *p))[1] == "web GET /inner"
+    _, head = await get(d, "sticky.test", "/", "-D", "-", "-o", "/dev/null", *p)
+    assert "set-cookie: route=" in head.lower()
+    assert (await get(d, "canary.test", "/c", *p))[1] == "web GET /c"
+    assert (await get(d, "canary.test", "/c", "-H", "X-Canary: always", *p))[1] == "api GET /c"
+    assert await status(d, "private.test", "/", *p) == "403"
 
 
 async def test_a_malformed_http1_head_is_refused(world):
