@@ -1,7 +1,8 @@
 """One request and its response, whatever protocol the client speaks.
 
-An :class:`Exchange` is made by a client protocol (today
-:class:`netplane.ingress.http.ClientConnection`, HTTP/1.1) as a request
+An :class:`Exchange` is made by a client protocol
+(:class:`netplane.ingress.http.ClientConnection` for HTTP/1.1, a
+:class:`netplane.ingress.http2.Stream` for each HTTP/2 stream) as a request
 starts. The client protocol fills in the request head, then drives it with
 a few calls: :meth:`Exchange.route` once the head is complete,
 :meth:`~Exchange.start` when the response may begin (HTTP/1.1 answers in
@@ -11,15 +12,16 @@ and :meth:`~Exchange.client_lost` when things go wrong. From there the
 exchange does the rest: it asks the route table once, answers by itself
 (redirects, 404, 413, 503) or takes an idle upstream connection from the
 pool (else opens one, trying the next target on a refused connect), sends
-the request upstream (the upstream side is HTTP/1.1 whatever the client
-speaks), relays the response as the :class:`UpstreamConnection` reports
-it, enforces the upstream timeouts, retries once on a reused connection
-that the endpoint had closed, and counts and logs the exchange when it
-is over.
+the request upstream (HTTP/1.1, whatever the client speaks, unless the
+route asks for HTTP/2: then a stream of :mod:`netplane.ingress.upstream_h2`),
+relays the response as the upstream reports it, enforces the upstream
+timeouts (and a gRPC client's deadline), retries once on a reused
+connection that the endpoint had closed, and counts and logs the exchange
+when it is over.
 
 What it needs of its client is the small :class:`ClientSide` protocol:
-write a response head, body and end (the client frames them for its own
-wire), write a whole answer of the proxy's own, pause and resume reading,
+write a response head, body, trailers and end (the client frames them for
+its own wire), write a whole answer of the proxy's own, pause and resume reading,
 close, and be told when the exchange is over. The life cycle is
 :mod:`netplane.ingress.exchange_state`'s table; every state change goes
 through :meth:`ExchangeState.to`.
