@@ -89,8 +89,11 @@ MAX_HEADER_LIST_SIZE = 6
 DEFAULT_WINDOW = 65535
 DEFAULT_FRAME = 16384
 MAX_WINDOW = 2**31 - 1
-#: Decoded blocks a connection keeps (per connection: the table is).
+#: Decoded blocks a connection keeps (per connection: the table is), and the largest
+#: block kept (repeated request blocks are tens of bytes; a bound keeps a client
+#: from parking megabytes in the cache).
 _CACHE_ENTRIES = 256
+_CACHE_BLOCK_MAX = 1024
 
 _HEAD = struct.Struct(">I")
 _PAIR = struct.Struct(">HI")
@@ -389,7 +392,7 @@ class Http2Codec:
         first = entries[0] if entries else None
         if len(entries) != before[0] or first is not before[1] or table.maxsize != before[2]:
             self._generation += 1  # the table changed: what was kept may mean something else
-        else:
+        elif len(block) <= _CACHE_BLOCK_MAX:
             if len(self._cache) >= _CACHE_ENTRIES:
                 self._cache.clear()
             self._cache[block] = (self._generation, headers, malformed)

@@ -102,6 +102,8 @@ RESET_REFILL = 100.0
 CLIENT_BACKLOG = 8
 
 _CONTINUE = encode_block([(b":status", b"100")])
+#: The largest header list (as RFC 7541 counts it) whose request head is kept for reuse.
+_KEPT_REQUEST_MAX = 4096
 
 
 class Http2Connection(asyncio.BufferedProtocol):
@@ -224,9 +226,10 @@ class Http2Connection(asyncio.BufferedProtocol):
             except HeadError as e:
                 self._refused(stream, now, e.status, e.message)
                 return
-            if len(self._requests) >= 256:
-                self._requests.clear()
-            self._requests[id(headers)] = (headers, end_stream, template)
+            if template.size <= _KEPT_REQUEST_MAX:
+                if len(self._requests) >= 256:
+                    self._requests.clear()
+                self._requests[id(headers)] = (headers, end_stream, template)
         req = template.copy()
         if req.size > self.settings.max_header_bytes:
             self._refused(stream, now, 431, None)
