@@ -74,7 +74,6 @@ from netplane.ingress.http2_head import (
     grpc_message,
     grpc_status,
     grpc_timeout,
-    is_grpc,
     parse_lines,
     request_head,
     response_block,
@@ -230,17 +229,16 @@ class Http2Connection(asyncio.BufferedProtocol):
                 if len(self._requests) >= 256:
                     self._requests.clear()
                 self._requests[id(headers)] = (headers, end_stream, template)
-        req = template.copy()
-        if req.size > self.settings.max_header_bytes:
+        if template.size > self.settings.max_header_bytes:
             self._refused(stream, now, 431, None)
             return
-        head = req.head
-        stream.grpc = is_grpc(head)
+        head = template.head.copy()
         ex = stream.ex = Exchange(
-            stream, now, req.target, head, req.method, False, True, False,
+            stream, now, template.target, head, template.method, False, True, False,
             now if end_stream else 0.0,
         )  # fmt: skip
-        if stream.grpc:
+        if template.grpc:
+            stream.grpc = True
             timeout = grpc_timeout(head.headers.get(b"grpc-timeout"))
             if timeout is not None:
                 ex.deadline = now + timeout

@@ -42,9 +42,9 @@ Header = tuple[bytes, bytes]
 
 
 class Http2Request:
-    """A request head read from one HTTP/2 header list."""
+    """A request head read from one HTTP/2 header list (its ``head`` is copied per request)."""
 
-    __slots__ = ("head", "method", "scheme", "size", "target")
+    __slots__ = ("grpc", "head", "method", "scheme", "size", "target")
 
     def __init__(self, method: bytes, target: bytes, scheme: bytes, head: RequestHead, size: int):
         self.method = method
@@ -53,10 +53,8 @@ class Http2Request:
         self.head = head
         #: the list's size as RFC 7541 counts it (for --ingress-max-header-bytes)
         self.size = size
-
-    def copy(self) -> Http2Request:
-        """The same request with a head of its own (to be changed by its exchange)."""
-        return Http2Request(self.method, self.target, self.scheme, self.head.copy(), self.size)
+        #: a gRPC call (its answers must be gRPC answers)
+        self.grpc = is_grpc(head)
 
 
 def request_head(headers: list[Header], *, end_stream: bool) -> Http2Request:
