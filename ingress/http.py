@@ -111,7 +111,8 @@ class Listener:
         self.proto = b"https" if https else b"http"
         self.port = str(port).encode()
         self.access_log = access_log
-        self.conns: set[ClientConnection] = conns if conns is not None else set()
+        #: every open client connection, either protocol (for timeouts and shutdown)
+        self.conns: set[ClientConnection | Http2Connection] = conns if conns is not None else set()
         self.rbuf = memoryview(bytearray(READ_BUFFER))
 
 

@@ -23,6 +23,7 @@ from time import monotonic
 from typing import Any
 
 from netplane.ingress.http import ClientConnection, HttpSettings, Listener
+from netplane.ingress.http2 import Http2Connection
 from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool
 from netplane.ingress.upstream_h2 import H2Pool
@@ -52,7 +53,7 @@ class IngressServer:
         self.h2pool = H2Pool()
         self.access_log = access_log
         self.stats = RequestStats()
-        self.conns: set[ClientConnection] = set()
+        self.conns: set[ClientConnection | Http2Connection] = set()
         self._servers: list[tuple[asyncio.Server, Listener]] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
@@ -86,7 +87,15 @@ class IngressServer:
         self._servers.append((server, listener))
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP_INTERVAL, self._sweep)
-        log.info("ingress %s listening on %s", "HTTPS" if tls else "HTTP", _fmt(bound))
+        if tls is not None:
+            protocols = "HTTP/2 and HTTP/1.1 by ALPN"
+        elif self.settings.h2c:
+            protocols = "HTTP/1.1, and HTTP/2 with prior knowledge (--ingress-h2c on)"
+        else:
+            protocols = "HTTP/1.1 (--ingress-h2c off)"
+        log.info(
+            "ingress %s listening on %s: %s", "HTTPS" if tls else "HTTP", _fmt(bound), protocols
+        )
         return bound
 
     @property
@@ -137,6 +146,7 @@ class IngressServer:
                 f"{'https' if https else 'http'}://{_fmt((h, p))}" for h, p, https in self.addresses
             ],
             "connections": len(self.conns),
+            "http2_connections": sum(1 for c in self.conns if c.http2),
             "upstream_idle": self.pool.idle_count(),
             "upstream_opened": self.pool.opened,
             "upstream_reused": self.pool.reused,

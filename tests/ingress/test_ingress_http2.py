@@ -105,6 +105,7 @@ async def test_streams_are_multiplexed_and_each_is_routed(backends, proxy_factor
     assert {s["path"] for s in p.routes.seen} >= {"/slow", "/n/0", "/n/39"}
     assert all(s["host"] == "a" for s in p.routes.seen)
     assert peer.remote_settings[3] == 128  # SETTINGS_MAX_CONCURRENT_STREAMS
+    assert p.server.debug_state()["http2_connections"] == 1
 
 
 async def test_a_request_body_of_unknown_length_goes_upstream_chunked_with_its_trailers(
@@ -348,9 +349,11 @@ async def test_gRPC_calls_get_gRPC_answers_for_the_proxys_own_errors(
     assert code == 8 and b"larger" in message  # over the body limit: RESOURCE_EXHAUSTED
 
 
-async def test_h2c_off_leaves_the_preface_to_http1(backends, proxy_factory):
+async def test_h2c_off_leaves_the_preface_to_http1(backends, proxy_factory, caplog):
     web = await backends.start(echo)
-    p = await proxy_factory(FakeRoutes({"/": [web]}), HttpSettings(h2c=False))
+    with caplog.at_level("INFO", logger="netplane.ingress"):
+        p = await proxy_factory(FakeRoutes({"/": [web]}), HttpSettings(h2c=False))
+    assert any("HTTP/1.1 (--ingress-h2c off)" in r.getMessage() for r in caplog.records)
     raw = await http_exchange(p.port, PREFACE)
     assert raw.startswith(b"HTTP/1.1 400 ")
 
