@@ -137,6 +137,7 @@ class Http2Connection(asyncio.BufferedProtocol):
         self.last_read = self.idle_since = monotonic()
         self.budget = float(RESET_BUDGET)
         self.budget_at = self.last_read
+        self._flush_due = False
         #: request heads read from header lists, by the list's identity (the list is kept)
         self._requests: dict[int, tuple[list[Header], bool, Http2Request]] = {}
 
@@ -304,7 +305,7 @@ class Http2Connection(asyncio.BufferedProtocol):
         # It opens no more streams; the open ones are finished, then the connection closes.
         self.closing = True
         if not self.streams:
-            self.flush()
+            self.flush_now()
             self.transport.close()
 
     # -- budget and the end ----------------------------------------------------------
@@ -329,12 +330,24 @@ class Http2Connection(asyncio.BufferedProtocol):
 
     def _end(self) -> None:
         """Write what is owed (a GOAWAY last), close; the streams' exchanges end as lost."""
-        self.flush()
+        self.flush_now()
         self.transport.close()
         self.connection_lost(None)
 
     def flush(self) -> None:
-        """Write what the codec has queued (frames of every stream, in one ``write``)."""
+        """Write what the codec has queued once the loop has run this turn's callbacks.
+
+        Frames of every stream answered in one turn go out in one ``write``
+        (a write per stream cost a system call each: a tenth of the CPU per
+        gRPC call through an HTTP/2 endpoint).
+        """
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        """Write what the codec has queued, now (before a close)."""
+        self._flush_due = False
         data = self.h2.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
@@ -347,7 +360,7 @@ class Http2Connection(asyncio.BufferedProtocol):
         if not self.streams:
             self.idle_since = monotonic()
             if self.closing:
-                self.flush()
+                self.flush_now()
                 self.transport.close()
 
     # -- timers and shutdown ------------------------------------------------------------
@@ -375,7 +388,7 @@ class Http2Connection(asyncio.BufferedProtocol):
         self.closing = True
         if not self.h2.goaway_sent:
             self.h2.goaway(NO_ERROR)
-            self.flush()
+            self.flush_now()
         if not self.streams:
             self.transport.close()
 
