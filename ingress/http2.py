@@ -487,7 +487,7 @@ class Stream:
         if extra:
             block += extra_block(extra)
         self.head_block = block
-        if self.grpc:  # a trailers-only answer has its status in the head
+        if self.grpc and b"grpc-status" in head.fields:  # a trailers-only answer
             ex.grpc_status = status_of(parse_lines(head.fields))
 
     def write_trailers(self, ex: Exchange, fields: list[tuple[bytes, bytes]]) -> None:
