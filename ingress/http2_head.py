@@ -44,12 +44,11 @@ Header = tuple[bytes, bytes]
 class Http2Request:
     """A request head read from one HTTP/2 header list (its ``head`` is copied per request)."""
 
-    __slots__ = ("grpc", "head", "method", "scheme", "size", "target")
+    __slots__ = ("grpc", "head", "method", "size", "target")
 
-    def __init__(self, method: bytes, target: bytes, scheme: bytes, head: RequestHead, size: int):
+    def __init__(self, method: bytes, target: bytes, head: RequestHead, size: int):
         self.method = method
         self.target = target
-        self.scheme = scheme
         self.head = head
         #: the list's size as RFC 7541 counts it (for --ingress-max-header-bytes)
         self.size = size
@@ -113,7 +112,7 @@ def request_head(headers: list[Header], *, end_stream: bool) -> Http2Request:
         lines.append(b"cookie: " + cookie + b"\r\n")
     if not end_stream and head.content_length is None:
         head.transfer_encoding = b"chunked"  # a body of unknown length: chunked upstream
-    return Http2Request(method, path, scheme, head, size)
+    return Http2Request(method, path, head, size)
 
 
 def response_block(head: ResponseHead) -> bytes:

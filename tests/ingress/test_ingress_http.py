@@ -11,14 +11,10 @@ import contextlib
 import json
 import ssl
 import weakref
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import trustme
 from ingress_fakes import (
-    Backends,
     FakeRoutes,
     echo,
     forward,
@@ -29,39 +25,9 @@ from ingress_fakes import (
 from netplane.ingress.accesslog import AccessLog
 from netplane.ingress.http import HttpSettings
 from netplane.ingress.routes import ProxyOptions, Redirect, Respond
-from netplane.ingress.server import IngressServer
 
 from netplane.testing.http import body_data
 from netplane.testing.ports import free_port
-
-
-@dataclass
-class Proxy:
-    server: IngressServer
-    port: int
-    routes: FakeRoutes
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[Backends]:
-    b = Backends()
-    yield b
-    await b.close()
-
-
-@pytest.fixture
-async def proxy_factory() -> AsyncIterator[Any]:
-    started: list[IngressServer] = []
-
-    async def make(routes: FakeRoutes, settings: HttpSettings | None = None, **kw: Any) -> Proxy:
-        server = IngressServer(routes, settings=settings, **kw)
-        _, port = await server.listen("127.0.0.1", 0)
-        started.append(server)
-        return Proxy(server, port, routes)
-
-    yield make
-    for s in started:
-        await s.close(1)
 
 
 async def test_keep_alive_and_pipelined_requests_are_answered_in_order(backends, proxy_factory):

@@ -13,7 +13,6 @@ import contextlib
 import shutil
 import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,7 +27,7 @@ from h2_peer import (
     H2Peer,
     frame,
 )
-from ingress_fakes import Backends, FakeRoutes, echo, http_exchange
+from ingress_fakes import FakeRoutes, echo, http_exchange
 from netplane.ingress.certs import new_context
 from netplane.ingress.http import HttpSettings
 from netplane.ingress.http2 import PREFACE, RESET_BUDGET
@@ -36,37 +35,6 @@ from netplane.ingress.routes import ProxyOptions
 from netplane.ingress.server import IngressServer
 
 from netplane.testing.http import Request, Stream, body_data
-
-
-@dataclass
-class Proxy:
-    server: IngressServer
-    port: int
-    routes: FakeRoutes
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[Backends]:
-    b = Backends()
-    yield b
-    await b.close()
-
-
-@pytest.fixture
-async def proxy_factory() -> AsyncIterator[Any]:
-    started: list[IngressServer] = []
-
-    async def make(
-        routes: FakeRoutes, settings: HttpSettings | None = None, tls: Any = None
-    ) -> Proxy:
-        server = IngressServer(routes, settings=settings)
-        _, port = await server.listen("127.0.0.1", 0, tls=tls)
-        started.append(server)
-        return Proxy(server, port, routes)
-
-    yield make
-    for s in started:
-        await s.close(1)
 
 
 @pytest.fixture
