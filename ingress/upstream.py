@@ -361,14 +361,8 @@ class Pool:
         return up
 
     def _tls_context(self) -> ssl.SSLContext:
-        # backend-protocol HTTPS: encrypted, not verified (ingress-nginx's
-        # proxy-ssl-verify defaults to off; endpoints are addressed by IP).
         if self._tls is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            ctx.set_alpn_protocols(["http/1.1"])
-            self._tls = ctx
+            self._tls = endpoint_tls_context("http/1.1")
         return self._tls
 
     def sweep(self, now: float) -> None:
@@ -392,3 +386,16 @@ class Pool:
                 up.in_pool = False
                 up.transport.close()
         self.idle.clear()
+
+
+def endpoint_tls_context(alpn: str) -> ssl.SSLContext:
+    """TLS to endpoints (backend-protocol HTTPS, GRPCS): encrypted, not verified.
+
+    ingress-nginx's proxy-ssl-verify defaults to off, and endpoints are
+    addressed by IP. ``alpn``: the one protocol offered.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols([alpn])
+    return ctx

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from netplane.ingress.h2_codec import CANCEL, H2Error, Header, Http2Codec
 from netplane.ingress.http_head import HEADS, response_head
+from netplane.ingress.upstream import endpoint_tls_context
 
 from netplane.addresses import hostport
 from netplane.l4.flow_control import HIGH_WATER
@@ -430,13 +431,8 @@ class H2Pool:
                 done.set_result(None)
 
     def _tls_context(self) -> ssl.SSLContext:
-        # backend-protocol GRPCS: encrypted, not verified, as HTTPS endpoints are.
         if self._tls is None:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            ctx.set_alpn_protocols(["h2"])
-            self._tls = ctx
+            self._tls = endpoint_tls_context("h2")
         return self._tls
 
     def stream_done(self, conn: H2Connection) -> None:
