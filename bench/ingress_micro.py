@@ -141,21 +141,32 @@ def h2_preface() -> bytes:
     return b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + settings + first
 
 
+class Rig:
+    """A listener, one client connection and one pooled upstream connection on fake transports."""
+
+    def __init__(self) -> None:
+        self.pool = upstream.Pool()
+        self.alog = AccessLog(os.devnull, "text")
+        self.listener = http.Listener(
+            OneRoute(), self.pool, http.HttpSettings(), https=False, port=8080,
+            access_log=self.alog,
+        )  # fmt: skip
+        self.client = http.ClientConnection(self.listener)
+        self.ctr = FakeTransport(("127.0.0.1", 40000))
+        self.client.connection_made(self.ctr)
+        self.up = upstream.UpstreamConnection(self.pool, (*TARGET, False))
+        self.utr = FakeTransport(TARGET)
+        self.up.connection_made(self.utr)
+        self.up.keep_alive = True
+        self.up.release()  # into the pool, as after a first response
+
+
 async def measure_h2(n: int, warmup: int) -> float:
     """CPU seconds per request over ``n`` HTTP/2 streams on one connection (h2c, prior knowledge)."""
-    pool = upstream.Pool()
-    alog = AccessLog(os.devnull, "text")
-    listener = http.Listener(
-        OneRoute(), pool, http.HttpSettings(), https=False, port=8080, access_log=alog
-    )
-    client = http.ClientConnection(listener)
-    ctr = FakeTransport(("127.0.0.1", 40000))
-    client.connection_made(ctr)
-    up = upstream.UpstreamConnection(pool, (*TARGET, False))
-    utr = FakeTransport(TARGET)
-    up.connection_made(utr)
-    up.keep_alive = True
-    up.release()
+    rig = Rig()
+    pool, alog, listener, client, ctr, up, utr = (
+        rig.pool, rig.alog, rig.listener, rig.client, rig.ctr, rig.up, rig.utr
+    )  # fmt: skip
     rbuf = listener.rbuf
     first = h2_preface()
     rbuf[: len(first)] = first
@@ -191,19 +202,10 @@ async def measure_h2(n: int, warmup: int) -> float:
 
 async def measure(n: int, warmup: int) -> float:
     """CPU seconds per request over ``n`` requests."""
-    pool = upstream.Pool()
-    alog = AccessLog(os.devnull, "text")
-    listener = http.Listener(
-        OneRoute(), pool, http.HttpSettings(), https=False, port=8080, access_log=alog
-    )
-    client = http.ClientConnection(listener)
-    ctr = FakeTransport(("127.0.0.1", 40000))
-    client.connection_made(ctr)
-    up = upstream.UpstreamConnection(pool, (*TARGET, False))
-    utr = FakeTransport(TARGET)
-    up.connection_made(utr)
-    up.keep_alive = True
-    up.release()  # into the pool, as after a first response
+    rig = Rig()
+    pool, alog, listener, client, ctr, up, utr = (
+        rig.pool, rig.alog, rig.listener, rig.client, rig.ctr, rig.up, rig.utr
+    )  # fmt: skip
     rbuf = listener.rbuf
     rbuf[: len(REQUEST)] = REQUEST
     size = len(REQUEST)

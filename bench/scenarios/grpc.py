@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, netplane_cmd
-from bench.scenarios.ingress import parse_h2load
+from bench.scenarios.ingress import h2load
 from bench.scenarios.l4 import cpu_seconds, program
 
 NGINX = "nginx"
@@ -252,22 +252,12 @@ class GrpcBench(Scenario):
 
     def _measure(self, ctx: Context, proc: Proc, port: int) -> dict[str, float]:
         assert self.work is not None and self.body is not None
-        secs = self.seconds(ctx)
-        out, log = self.work / "h2load.out", self.work / "h2load-requests.log"
-        out.write_text("")  # (the harness appends to it)
         cpu0 = cpu_seconds(proc.pid)
-        load = ctx.procs.start(
-            [*ctx.pin("load"), program("h2load"), "-t1", "-c10", "-m10", "-D", f"{secs:g}",
-             "-d", str(self.body), "-H", f":authority: {HOST}",
-             "-H", "content-type: application/grpc", "-H", "te: trailers",
-             f"--log-file={log}", f"http://{LISTEN}:{port}{METHOD}"],
-            name="h2load", log=self.work / "h2load.log", stdout=out,
+        got = h2load(
+            ctx, self.work, f"http://{LISTEN}:{port}{METHOD}", self.seconds(ctx),
+            "-d", str(self.body), "-H", f":authority: {HOST}",
+            "-H", "content-type: application/grpc", "-H", "te: trailers",
         )  # fmt: skip
-        rc = ctx.procs.wait(load, timeout=secs + 30)
-        text = out.read_text()
-        if rc != 0:
-            raise RuntimeError(f"h2load exited with {rc}: {text[-300:]}")
-        got = parse_h2load(text, log.read_text())
         return {
             "calls": got["h2_rps"],
             "p99_ms": got["h2_p99_ms"],

@@ -106,6 +106,22 @@ def parse_h2load(text: str, log: str) -> dict[str, float]:
     return {"h2_rps": float(m.group(1)), "h2_p99_ms": p99, "total": float(done)}
 
 
+def h2load(ctx: Context, work: Path, url: str, seconds: float, *extra: str) -> dict[str, float]:
+    """One ``h2load -t1 -c10 -m10`` run of ``seconds`` on the load core (see :func:`parse_h2load`)."""
+    out, log = work / "h2load.out", work / "h2load-requests.log"
+    out.write_text("")  # (the harness appends to it)
+    proc = ctx.procs.start(
+        [*ctx.pin("load"), program("h2load"), "-t1", "-c10", "-m10", "-D", f"{seconds:g}",
+         *extra, f"--log-file={log}", url],
+        name="h2load", log=work / "h2load.log", stdout=out,
+    )  # fmt: skip
+    rc = ctx.procs.wait(proc, timeout=seconds + 30)
+    text = out.read_text()
+    if rc != 0:
+        raise RuntimeError(f"h2load exited with {rc}: {text[-300:]}")
+    return parse_h2load(text, log.read_text())
+
+
 def objects(n: int, backend: tuple[str, int], cert: bytes, key: bytes) -> list[dict[str, Any]]:
     """The Kubernetes objects both sides are configured from."""
     objs: list[dict[str, Any]] = [
@@ -458,22 +474,6 @@ class IngressBench(Scenario):
             )
         return text
 
-    def _h2load(self, ctx: Context, port: int, host: str, seconds: float) -> dict[str, float]:
-        """One h2load run over TLS: req/s and p99 latency (ms) from its per-request log."""
-        assert self.work is not None
-        out, log = self.work / "h2load.out", self.work / "h2load-requests.log"
-        out.write_text("")  # (the harness appends to it)
-        proc = ctx.procs.start(
-            [*ctx.pin("load"), program("h2load"), "-t1", "-c10", "-m10", "-D", f"{seconds:g}",
-             "-H", f":authority: {host}", f"--log-file={log}", f"https://{LISTEN}:{port}/"],
-            name="h2load", log=self.work / "h2load.log", stdout=out,
-        )  # fmt: skip
-        rc = ctx.procs.wait(proc, timeout=seconds + 30)
-        text = out.read_text()
-        if rc != 0:
-            raise RuntimeError(f"h2load exited with {rc}: {text[-300:]}")
-        return parse_h2load(text, log.read_text())
-
     def _measure(
         self, ctx: Context, side: str, kind: str, proc: Proc, ports: tuple[int, int], host: str
     ) -> dict[str, float]:
@@ -499,7 +499,10 @@ class IngressBench(Scenario):
             return out
         if kind == "h2":
             cpu0 = cpu_seconds(proc.pid)
-            got = self._h2load(ctx, ports[1], host, secs)
+            assert self.work is not None
+            got = h2load(
+                ctx, self.work, f"https://{LISTEN}:{ports[1]}/", secs, "-H", f":authority: {host}"
+            )
             got["h2_cpu_us"] = 1e6 * (cpu_seconds(proc.pid) - cpu0) / max(got.pop("total"), 1)
             return got
         extra = ("-H", "Connection: close") if kind == "handshakes" else ()
