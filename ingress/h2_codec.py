@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Mapping
 from typing import Protocol
 
 from hpack import Decoder
@@ -132,6 +133,29 @@ class Handler(Protocol):
 
     def on_goaway(self, last_stream: int, code: int) -> None:
         """The client is going away; streams above ``last_stream`` were not processed."""
+
+
+class Sender(Protocol):
+    """A stream of an adapter that holds body bytes until its window opens."""
+
+    out: list[bytes]
+
+    def push(self) -> None: ...
+
+
+def push_waiting(streams: Mapping[int, Sender], sid: int) -> None:
+    """What a :meth:`Handler.on_window` does: the waiting streams send what now fits.
+
+    ``sid`` 0: the connection's window (or every stream's) opened.
+    """
+    if sid:
+        stream = streams.get(sid)
+        if stream is not None and stream.out:
+            stream.push()
+    else:
+        for stream in list(streams.values()):
+            if stream.out:
+                stream.push()
 
 
 class _Stream:

@@ -67,6 +67,7 @@ from netplane.ingress.h2_codec import (
     Header,
     Http2Codec,
     encode_block,
+    push_waiting,
 )
 from netplane.ingress.http2_head import (
     Http2Request,
@@ -290,14 +291,7 @@ class Http2Connection(asyncio.BufferedProtocol):
             self._spend()
 
     def on_window(self, sid: int) -> None:
-        if sid:
-            stream = self.streams.get(sid)
-            if stream is not None and stream.out:
-                stream.push()
-        else:
-            for stream in list(self.streams.values()):
-                if stream.out:
-                    stream.push()
+        push_waiting(self.streams, sid)
 
     def on_goaway(self, last_stream: int, code: int) -> None:
         if code:

@@ -26,7 +26,7 @@ import ssl
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
-from netplane.ingress.h2_codec import CANCEL, H2Error, Header, Http2Codec
+from netplane.ingress.h2_codec import CANCEL, H2Error, Header, Http2Codec, push_waiting
 from netplane.ingress.http_head import HEADS, response_head
 from netplane.ingress.upstream import endpoint_tls_context
 
@@ -348,14 +348,7 @@ class H2Connection(asyncio.Protocol):
             stream.on_reset(code)
 
     def on_window(self, sid: int) -> None:
-        if sid:
-            stream = self.streams.get(sid)
-            if stream is not None and stream.out:
-                stream.push()
-        else:
-            for stream in list(self.streams.values()):
-                if stream.out:
-                    stream.push()
+        push_waiting(self.streams, sid)
 
     def on_goaway(self, last_stream: int, code: int) -> None:
         # No new streams here; those above last_stream were not processed: lost (and

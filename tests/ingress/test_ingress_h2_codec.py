@@ -14,6 +14,7 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from h2_peer import frame
 from hpack import Decoder, Encoder
 from hypothesis import given
 from hypothesis import strategies as st
@@ -40,15 +41,6 @@ from netplane.ingress.h2_codec import (
 
 END_STREAM, END_HEADERS, PADDED = 0x1, 0x4, 0x8
 GET = [(":method", "GET"), (":scheme", "http"), (":path", "/"), (":authority", "a")]
-
-
-def frame(kind: int, flags: int, sid: int, payload: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(payload))[1:]
-        + bytes((kind, flags))
-        + struct.pack(">I", sid)
-        + payload
-    )
 
 
 def frames(data: bytes) -> list[tuple[int, int, int, bytes]]:
