@@ -70,7 +70,7 @@ def new_context() -> ssl.SSLContext:
     return ctx
 
 
-def _load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+def load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
     """load_cert_chain from memory: memfd where the kernel has it, else a private temp dir."""
     if hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd"):
         fds = [os.memfd_create("netplane-cert"), os.memfd_create("netplane-key")]
@@ -112,7 +112,7 @@ def load_certificate(cert_pem: bytes, key_pem: bytes) -> Certificate:
         raise CertificateError("tls.key does not match the first certificate in tls.crt")
     ctx = new_context()
     try:
-        _load_chain(ctx, cert_pem, key_pem)
+        load_chain(ctx, cert_pem, key_pem)
     except ssl.SSLError as e:
         raise CertificateError(f"OpenSSL refused the certificate ({e.reason})") from None
     try:
@@ -195,7 +195,7 @@ class CertStore:
         # The listener's own context holds the fallback too; the SNI callback
         # replaces it per handshake (it runs also when the client sends no name).
         self._server = new_context()
-        _load_chain(self._server, *pair)
+        load_chain(self._server, *pair)
         self._server.sni_callback = self._sni
 
     # -- TLS -----------------------------------------------------------------

@@ -56,9 +56,11 @@ from netplane.ingress.exchange_state import (
     WAITING,
     ExchangeState,
 )
+from netplane.ingress.gateway_filters import GatewayExtras, modify_request, modify_response
 from netplane.ingress.h2_codec import encode_block
 from netplane.ingress.http2_head import parse_lines, upstream_fields
 from netplane.ingress.http_head import NO_BODY, RequestHead, ResponseHead
+from netplane.ingress.mirror import mirror_request
 from netplane.ingress.routes import Decision, Forward, Redirect, RouteTable
 
 from netplane.addresses import hostport
@@ -270,6 +272,7 @@ class Exchange(ExchangeState):
                 https=client.listener.https,
                 client_ip=client.client_ip,
                 headers=head.headers,
+                method=self.method,
             )
         except Exception:
             log.exception("route lookup failed for %r %r", host, self.target)
@@ -277,6 +280,8 @@ class Exchange(ExchangeState):
             return
         self.decision = d
         if isinstance(d, Forward):
+            if d.gateway is not None:
+                self._gateway(d.gateway)
             limit = d.options.body_limit
             cl = head.content_length
             if limit is not None and cl is not None and int(cl) > limit:
@@ -287,6 +292,22 @@ class Exchange(ExchangeState):
             self.answer = (d.status, None, d.location)
         else:
             self.answer = (d.status, d.body.rstrip(b"\n"), None)
+
+    def _gateway(self, extras: GatewayExtras) -> None:
+        """A Gateway API rule's filters on the request, its timeout, its mirrors."""
+        if extras.request_headers or extras.host is not None:
+            self.head = modify_request(self.head, extras.request_headers, extras.host)
+        if extras.request_timeout:
+            deadline = self.t0 + extras.request_timeout
+            if not self.deadline or deadline < self.deadline:
+                self.deadline = deadline
+        if extras.mirrors:
+            client = self.client
+            d: Forward = self.decision  # type: ignore[assignment]  # called with a Forward
+            mirror_request(
+                extras.mirrors, self.head, self.method, d.path.encode("latin-1"),
+                client.client_ip_b, client.forwarded, self.has_body,
+            )  # fmt: skip
 
     def _origin_form(self) -> bytes:
         """An absolute-form target (RFC 9112 §3.2.2): its authority replaces Host, its path routes."""
@@ -527,6 +548,9 @@ class Exchange(ExchangeState):
             extra += b"Set-Cookie: " + d.set_cookie + b"\r\n"
         if client.listener.https and d.options.hsts is not None and not head.has_hsts:
             extra += b"Strict-Transport-Security: " + d.options.hsts + b"\r\n"
+        gw = d.gateway
+        if gw is not None and gw.response_headers:
+            head = modify_response(head, gw.response_headers)
         status = self.status = head.status
         if status == 101:
             if not self.upgrade or self.head.upgrade is None:

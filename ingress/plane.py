@@ -21,6 +21,7 @@ from typing import Any
 
 from netplane.ingress.accesslog import AccessLog
 from netplane.ingress.certs import CertStore
+from netplane.ingress.gateway_plane import GatewayListeners
 from netplane.ingress.http import HttpSettings
 from netplane.ingress.routes import DEFAULT_HSTS, RouteTable
 from netplane.ingress.server import IngressServer
@@ -29,6 +30,7 @@ from netplane.ingress.upstream import Pool
 from netplane.addresses import hostport
 from netplane.config import DEFAULT_INGRESS_HTTP, DEFAULT_INGRESS_HTTPS, DEFAULTS
 from netplane.errors import ConfigError
+from netplane.model.gateway import CONTROLLER
 
 log = logging.getLogger("netplane.ingress")
 
@@ -59,6 +61,10 @@ class IngressSettings:
     upstream_idle_timeout: float = 60.0
     #: SO_REUSEPORT on the listeners, so that --workers N processes share them
     reuse_port: bool = False
+    #: where a Gateway without spec.addresses listens
+    gateway_addresses: tuple[str, ...] = ("127.0.0.1",)
+    #: the controllerName of the GatewayClasses this plane serves
+    gateway_controller: str = CONTROLLER
 
 
 class IngressPlane:
@@ -88,6 +94,12 @@ class IngressPlane:
             pool=Pool(max_idle=s.upstream_max_idle, idle_timeout=s.upstream_idle_timeout),
             access_log=self.access_log,
         )
+        self.gateway = GatewayListeners(
+            self.server,
+            addresses=s.gateway_addresses,
+            controller=s.gateway_controller,
+            reuse_port=s.reuse_port,
+        )
         self._built = False
         self._stream: Any = None
         self._task: asyncio.Task | None = None
@@ -96,8 +108,6 @@ class IngressPlane:
     async def start(self) -> None:
         """Subscribe, build what the state holds already, open the listeners."""
         self._stream = self._dp.subscribe()
-        if self._dp.ready:
-            self._rebuild()
         s = self.settings
         where = "ingress"  # the listener an error names
         try:
@@ -122,6 +132,9 @@ class IngressPlane:
             else:
                 why = e.strerror or str(e)
             raise ConfigError(f"{where}: {why}") from None
+        if self._dp.ready:
+            self._rebuild()
+            await self.gateway.rebuild(self._dp.state, self._dp.table)
         self._task = asyncio.create_task(self._follow(), name="ingress")
 
     def _rebuild(self) -> None:
@@ -131,17 +144,21 @@ class IngressPlane:
 
     async def _follow(self) -> None:
         async for change in self._stream:
+            state, table = self._dp.state, self._dp.table
             try:
                 if not self._built:
                     self._rebuild()
+                    await self.gateway.rebuild(state, table)
                 else:
-                    self.routes.apply(self._dp.state, self._dp.table, change)
-                    self.certs.apply(self._dp.state, change)
+                    self.routes.apply(state, table, change)
+                    self.certs.apply(state, change)
+                    await self.gateway.apply(state, table, change)
                 self.changes_applied += 1
             except Exception:
                 log.exception("ingress update failed; rebuilding routes and certificates")
                 try:
                     self._rebuild()
+                    await self.gateway.rebuild(state, table)
                 except Exception:
                     log.exception("ingress rebuild failed; keeping the previous routes")
 
@@ -170,6 +187,7 @@ class IngressPlane:
             "changes_applied": self.changes_applied,
             "routes": self.routes.debug_state(),
             "certificates": self.certs.debug_state(),
+            "gateway": self.gateway.debug_state(),
         }
 
 

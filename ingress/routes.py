@@ -53,6 +53,7 @@ import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from netplane.config import DEFAULTS
 from netplane.dataplane import Change
@@ -110,6 +111,9 @@ class Forward:
     #: HTTP/2 to the endpoint: backend-protocol GRPC/GRPCS, or the Service port's
     #: appProtocol kubernetes.io/h2c or grpc
     upstream_h2: bool = False
+    #: a Gateway API rule's filters, timeout and mirrors
+    #: (:class:`netplane.ingress.gateway_filters.GatewayExtras`); None for Ingress
+    gateway: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -777,8 +781,12 @@ class RouteTable:
         https: bool,
         client_ip: str,
         headers: Mapping[bytes, bytes],
+        method: bytes = b"GET",
     ) -> Decision:
-        """The decision for one request; ``host`` is the raw Host header, ``path`` the target."""
+        """The decision for one request; ``host`` is the raw Host header, ``path`` the target.
+
+        (``method`` is for routers that match on it, as Gateway API rules do.)
+        """
         by_path = self._cache.get(host)
         loc = by_path.get(path, _MISS) if by_path is not None else _MISS
         if loc is _MISS:
@@ -802,6 +810,7 @@ class RouteTable:
                     None,
                     loc.host,
                     loc.upstream_h2 or pool.h2,
+                    None,
                 )
             return Respond(503, pool.unavailable, loc.ingress, loc.host)
         return self._policy(loc, host, path, https, client_ip, headers)
@@ -941,6 +950,7 @@ class RouteTable:
             set_cookie,
             loc.host,
             upstream_h2 or pool.h2,
+            None,
         )
 
     def _rewritten(self, loc: _Location, target: str) -> str:

@@ -65,11 +65,17 @@ class IngressServer:
         tls: ssl.SSLContext | None = None,
         backlog: int = 1024,
         reuse_port: bool = False,
+        routes: Any = None,
+        label: str = "ingress",
     ) -> tuple[str, int]:
-        """Start serving on ``host:port`` (0 picks a free port); return the bound address."""
+        """Start serving on ``host:port`` (0 picks a free port); return the bound address.
+
+        ``routes``: this listener's own router (a Gateway socket's), instead of
+        the server's route table; ``label`` names the listener in the log.
+        """
         loop = asyncio.get_running_loop()
         listener = Listener(
-            self.routes, self.pool, self.settings, https=tls is not None, port=port,
+            routes if routes is not None else self.routes, self.pool, self.settings, https=tls is not None, port=port,
             access_log=self.access_log, conns=self.conns, stats=self.stats, h2pool=self.h2pool,
         )  # fmt: skip
         if tls is not None:
@@ -94,9 +100,18 @@ class IngressServer:
         else:
             protocols = "HTTP/1.1 (--ingress-h2c off)"
         log.info(
-            "ingress %s listening on %s: %s", "HTTPS" if tls else "HTTP", _fmt(bound), protocols
+            "%s %s listening on %s: %s", label, "HTTPS" if tls else "HTTP", _fmt(bound), protocols
         )
         return bound
+
+    def unlisten(self, bound: tuple[str, int]) -> bool:
+        """Stop accepting on one listener; its open connections finish as they would."""
+        for i, (server, _lst) in enumerate(self._servers):
+            if server.sockets and tuple(server.sockets[0].getsockname()[:2]) == tuple(bound):
+                server.close()
+                del self._servers[i]
+                return True
+        return False
 
     @property
     def addresses(self) -> list[tuple[str, int, bool]]:

@@ -194,6 +194,16 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         },
     ),
     (
+        ("--gateway-address",),
+        "gateway-address",
+        {
+            "action": "append",
+            "metavar": "IP",
+            "help": "where Gateways without spec.addresses listen (repeatable; default"
+            " 127.0.0.1 in local mode, the node addresses in node mode)",
+        },
+    ),
+    (
         ("--publish-address",),
         "publish-address",
         {

@@ -127,6 +127,9 @@ class Config:
     ingress_tls_resumption: bool = True  # off: no session tickets (full handshakes, for bench)
     ingress_h2c: bool = True  # HTTP/2 with prior knowledge on the plain listener
     publish_addresses: tuple[str, ...] = ()  # Ingress status; empty: the node's address
+    # Gateway API: where a Gateway without spec.addresses listens; empty: 127.0.0.1
+    # (local mode) or the node IPs (node mode, else every address)
+    gateway_addresses: tuple[str, ...] = ()
     # DNS
     dns_ttl: int = 5
     dns_upstreams: tuple[tuple[str, int], ...] = ()  # empty: the nameservers of /etc/resolv.conf
@@ -190,6 +193,15 @@ class Config:
         if self.node_ips:
             return self.node_ips
         return ("127.0.0.1",) if self.mode == "local" else ("0.0.0.0", "::")
+
+    @property
+    def effective_gateway_addresses(self) -> tuple[str, ...]:
+        """Where a Gateway without ``spec.addresses`` binds (see ``gateway_addresses``)."""
+        if self.gateway_addresses:
+            return self.gateway_addresses
+        if self.mode == "local":
+            return ("127.0.0.1",)
+        return self.node_ips or ("0.0.0.0",)
 
     @property
     def effective_dns_allow(self) -> tuple[IPNetwork, ...]:
@@ -460,6 +472,7 @@ KEYS: dict[str, tuple[str, Converter[Any]]] = {
     "ingress-tls-resumption": ("ingress_tls_resumption", _bool),
     "ingress-h2c": ("ingress_h2c", _bool),
     "publish-address": ("publish_addresses", _publish_addresses),
+    "gateway-address": ("gateway_addresses", _list(_ip)),
     # DNS
     "dns-ttl": ("dns_ttl", _int_in(0, 3600)),
     "dns-upstreams": ("dns_upstreams", _list(_upstream)),

@@ -108,6 +108,7 @@ def ingress_settings(cfg: Config, *, reuse_port: bool = False) -> IngressSetting
         tls_resumption=cfg.ingress_tls_resumption,
         reuse_port=reuse_port,
         http_settings=http_settings(cfg),
+        gateway_addresses=cfg.effective_gateway_addresses,
     )
 
 

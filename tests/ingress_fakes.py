@@ -33,7 +33,16 @@ class FakeRoutes:
     options: ProxyOptions = field(default_factory=ProxyOptions)
     seen: list[dict] = field(default_factory=list)
 
-    def route(self, host: str, path: str, *, https: bool, client_ip: str, headers: Any) -> Any:
+    def route(
+        self,
+        host: str,
+        path: str,
+        *,
+        https: bool,
+        client_ip: str,
+        headers: Any,
+        method: bytes = b"GET",
+    ) -> Any:
         self.seen.append({"host": host, "path": path, "https": https, "client_ip": client_ip})
         for prefix in sorted(self.rules, key=len, reverse=True):
             if path.startswith(prefix):

@@ -31,6 +31,22 @@ from netplane.model.endpoints import (
     parse_endpoint_slice,
     parse_endpoints,
 )
+from netplane.model.gateway import (
+    V1,
+    V1BETA1,
+    Gateway,
+    GatewayClass,
+    GRPCRoute,
+    HTTPRoute,
+    Namespace,
+    ReferenceGrant,
+    parse_gateway,
+    parse_gateway_class,
+    parse_grpc_route,
+    parse_http_route,
+    parse_namespace,
+    parse_reference_grant,
+)
 from netplane.model.ingress import (
     Ingress,
     IngressBackend,
@@ -44,18 +60,27 @@ from netplane.model.ingress import (
 from netplane.model.meta import CLUSTER_SCOPED, Fields, Meta, ObjectKey, ref_of
 from netplane.model.service import Service, ServicePort, parse_service
 
-K8sObject = Service | EndpointSlice | Endpoints | Ingress | IngressClass | Secret | Node | Pod
+K8sObject = (
+    Service | EndpointSlice | Endpoints | Ingress | IngressClass | Secret | Node | Pod
+    | GatewayClass | Gateway | HTTPRoute | GRPCRoute | ReferenceGrant | Namespace
+)  # fmt: skip
 
-# kind -> (apiVersion, parser)
-KINDS: dict[str, tuple[str, Callable[[Fields], Any]]] = {
-    "Service": ("v1", parse_service),
-    "EndpointSlice": ("discovery.k8s.io/v1", parse_endpoint_slice),
-    "Endpoints": ("v1", parse_endpoints),
-    "Ingress": ("networking.k8s.io/v1", parse_ingress),
-    "IngressClass": ("networking.k8s.io/v1", parse_ingress_class),
-    "Secret": ("v1", parse_secret),
-    "Node": ("v1", parse_node),
-    "Pod": ("v1", parse_pod),
+# kind -> (the apiVersions accepted, the first one preferred; parser)
+KINDS: dict[str, tuple[tuple[str, ...], Callable[[Fields], Any]]] = {
+    "Service": (("v1",), parse_service),
+    "EndpointSlice": (("discovery.k8s.io/v1",), parse_endpoint_slice),
+    "Endpoints": (("v1",), parse_endpoints),
+    "Ingress": (("networking.k8s.io/v1",), parse_ingress),
+    "IngressClass": (("networking.k8s.io/v1",), parse_ingress_class),
+    "Secret": (("v1",), parse_secret),
+    "Node": (("v1",), parse_node),
+    "Pod": (("v1",), parse_pod),
+    "Namespace": (("v1",), parse_namespace),
+    "GatewayClass": ((V1,), parse_gateway_class),
+    "Gateway": ((V1,), parse_gateway),
+    "HTTPRoute": ((V1,), parse_http_route),
+    "GRPCRoute": ((V1,), parse_grpc_route),
+    "ReferenceGrant": ((V1BETA1, V1), parse_reference_grant),
 }
 
 
@@ -74,13 +99,13 @@ def parse_object(raw: Any, *, kind: str | None = None) -> K8sObject | None:
     k = raw.get("kind") or kind
     if not isinstance(k, str) or k not in KINDS:
         return None
-    want_version, parser = KINDS[k]
+    versions, parser = KINDS[k]
     api_version = raw.get("apiVersion")
-    if (kind is None or api_version is not None) and api_version != want_version:
+    if (kind is None or api_version is not None) and api_version not in versions:
         raise ModelError(
             ref_of({**raw, "kind": k}),
             "apiVersion",
-            f"{api_version!r} is not supported for {k} (use {want_version})",
+            f"{api_version!r} is not supported for {k} (use {' or '.join(versions)})",
         )
     return parser(Fields(raw, ref_of({**raw, "kind": k})))
 
@@ -93,6 +118,10 @@ __all__ = [
     "EndpointPort",
     "EndpointSlice",
     "Endpoints",
+    "GRPCRoute",
+    "Gateway",
+    "GatewayClass",
+    "HTTPRoute",
     "Ingress",
     "IngressBackend",
     "IngressClass",
@@ -102,11 +131,13 @@ __all__ = [
     "K8sObject",
     "Meta",
     "ModelError",
+    "Namespace",
     "Node",
     "NodeAddress",
     "ObjectKey",
     "Pod",
     "Redacted",
+    "ReferenceGrant",
     "Secret",
     "Service",
     "ServicePort",

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 from netplane.errors import ModelError
 
 # Kinds whose objects live outside namespaces.
-CLUSTER_SCOPED = frozenset({"IngressClass", "Node"})
+CLUSTER_SCOPED = frozenset({"IngressClass", "Node", "Namespace", "GatewayClass"})
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(

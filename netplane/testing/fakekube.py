@@ -17,12 +17,17 @@ Strategy: enough of the API server to exercise a reflector honestly.
 - Label selectors (``a=b``, ``a!=b``, ``a``) and field selectors
   (``type=``, ``metadata.name=``, ``metadata.namespace=``); an object that
   stops or starts matching shows up as DELETED or ADDED, like the real server.
-- ``GET .../NAME`` reads one object. ``PATCH .../NAME/status`` with a JSON
+- ``GET .../NAME`` (or ``.../NAME/status``) reads one object, of any kind.
+  ``PATCH .../NAME/status`` with a JSON
   merge patch (RFC 7386) changes only ``status``, honours a
   ``metadata.resourceVersion`` precondition (409 on a mismatch), bumps the
   resourceVersion and emits MODIFIED, as the status subresource does; a
   patch that changes nothing is a no-op without an event.
   :attr:`patch_failures` makes the next PATCHes fail with given statuses.
+- Gateway API kinds as CRDs serve them: ReferenceGrant under ``v1beta1``
+  and ``v1``. :meth:`unserve` makes kinds answer 404 to everything, as a
+  cluster without their CRDs does (open watches end), and :meth:`serve`
+  brings them back; :meth:`apply` still stores them meanwhile.
 - Test controls: :meth:`apply` / :meth:`delete`, :meth:`restart` (drop every
   open connection), :meth:`outage` (and refuse new ones meanwhile),
   :meth:`inject` (a raw line into open watches), :meth:`expire_watches` (an
@@ -61,8 +66,17 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Secret": ("v1", "secrets", True),
     "Node": ("v1", "nodes", False),
     "Pod": ("v1", "pods", True),
+    "Namespace": ("v1", "namespaces", False),
+    "GatewayClass": ("gateway.networking.k8s.io/v1", "gatewayclasses", False),
+    "Gateway": ("gateway.networking.k8s.io/v1", "gateways", True),
+    "HTTPRoute": ("gateway.networking.k8s.io/v1", "httproutes", True),
+    "GRPCRoute": ("gateway.networking.k8s.io/v1", "grpcroutes", True),
+    "ReferenceGrant": ("gateway.networking.k8s.io/v1beta1", "referencegrants", True),
 }
+# The Gateway API kinds, which a cluster has only when their CRDs are installed.
+GATEWAY_API_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute", "ReferenceGrant")
 _BY_PATH = {(gv, plural): kind for kind, (gv, plural, _) in KINDS.items()}
+_BY_PATH[("gateway.networking.k8s.io/v1", "referencegrants")] = "ReferenceGrant"  # v1.3 on
 
 
 @dataclass
@@ -171,6 +185,7 @@ class FakeKube:
         self.store: dict[str, dict[tuple[str, str], dict[str, Any]]] = {k: {} for k in KINDS}
         self.history: list[_Change] = []
         self.down = False
+        self.not_served: set[str] = set()  # kinds answering 404, as without their CRDs
         self._watchers: set[_Watcher] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -301,6 +316,20 @@ class FakeKube:
         for w in targets:
             w.queue.put_nowait(raw_line if raw_line.endswith(b"\n") else raw_line + b"\n")
         return len(targets)
+
+    def unserve(self, *kinds: str) -> None:
+        """Make ``kinds`` answer 404 (CRDs not installed) and end their open watches."""
+        for kind in kinds:
+            if kind not in KINDS:
+                raise KeyError(kind)
+            self.not_served.add(kind)
+        for w in list(self._watchers):
+            if w.kind in self.not_served:
+                w.queue.put_nowait(None)
+
+    def serve(self, *kinds: str) -> None:
+        """Serve ``kinds`` again (CRDs installed), with whatever :meth:`apply` stored."""
+        self.not_served.difference_update(kinds)
 
     def freeze(self) -> None:
         """Open watches stop receiving events (a watcher fallen behind)."""
@@ -465,8 +494,12 @@ class FakeKube:
             rec.status, answer = self._patch_status(url.path, ctype, body)
             await self._json(conn, writer, rec.status, answer)
             return
-        one = self._route_object(url.path) if rec.method == "GET" else None
-        if one is not None:
+        one = None
+        if rec.method == "GET":
+            one = self._route_object(url.path)
+            if one is None and url.path.endswith("/status"):  # the status subresource
+                one = self._route_object(url.path.removesuffix("/status"))
+        if one is not None and one[0] not in self.not_served:
             kind, ns, name = one
             obj = self.store[kind].get((ns, name))
             if obj is None:
@@ -478,7 +511,7 @@ class FakeKube:
                 await self._json(conn, writer, 200, copy.deepcopy(obj))
             return
         route = self._route(url.path)
-        if route is None or rec.method != "GET":
+        if route is None or rec.method != "GET" or route[0] in self.not_served:
             rec.status = 404
             await self._json(
                 conn,
@@ -503,7 +536,7 @@ class FakeKube:
         target = (
             self._route_object(path.removesuffix("/status")) if path.endswith("/status") else None
         )
-        if target is None:
+        if target is None or target[0] in self.not_served:
             msg = "the server could not find the requested resource"
             return 404, status_body(404, "NotFound", msg)
         kind, namespace, name = target

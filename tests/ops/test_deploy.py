@@ -61,7 +61,16 @@ def test_rbac_grants_list_and_watch_on_everything_the_source_watches_and_no_more
     for res in RESOURCES.values():
         group = "" if res.group_version == "v1" else res.group_version.split("/")[0]
         wanted[(group, res.plural)] = {"list", "watch"}
-    wanted[("networking.k8s.io", "ingresses/status")] = {"patch"}  # the status writer's verb
+    # The Ingress status writer patches status and re-reads the Ingress after a 409.
+    wanted[("networking.k8s.io", "ingresses")].add("get")
+    wanted[("networking.k8s.io", "ingresses/status")] = {"patch"}
+    # Gateway API: objects read by name too, and the status of those netplane controls.
+    gateway = "gateway.networking.k8s.io"
+    for plural in ("gatewayclasses", "gateways", "httproutes", "grpcroutes", "referencegrants"):
+        wanted[(gateway, plural)].add("get")
+    wanted[("", "namespaces")].add("get")
+    for plural in ("gatewayclasses", "gateways", "httproutes", "grpcroutes"):
+        wanted[(gateway, f"{plural}/status")] = {"get", "update", "patch"}
     assert granted == wanted
 
     sa = objs["ServiceAccount"]["metadata"]

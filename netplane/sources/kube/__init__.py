@@ -25,19 +25,29 @@ from netplane.sources.kube.kubeconfig import (
     kubeconfig_paths,
     load_kubeconfig,
 )
-from netplane.sources.kube.reflector import Backoff, ListDone, Reflector
-from netplane.sources.kube.resources import DEFAULT_KINDS, RESOURCES, Resource, node_resource
+from netplane.sources.kube.reflector import Backoff, CrdPresence, ListDone, Reflector
+from netplane.sources.kube.resources import (
+    DEFAULT_KINDS,
+    GATEWAY_API_KINDS,
+    GATEWAY_KINDS,
+    RESOURCES,
+    Resource,
+    node_resource,
+)
 from netplane.sources.kube.source import KubeSource
 from netplane.sources.kube.watchstream import BadLine, RawEvent, WatchDecoder
 
 __all__ = [
     "DEFAULT_KINDS",
+    "GATEWAY_API_KINDS",
+    "GATEWAY_KINDS",
     "RESOURCES",
     "ApiError",
     "AuthError",
     "Backoff",
     "BadLine",
     "ClusterConfig",
+    "CrdPresence",
     "Credentials",
     "ExecConfig",
     "KubeClient",

@@ -17,6 +17,12 @@ Strategy:
 4. Any other failure (connection, 401, 5xx, a watch ERROR event) is logged
    and retried after an exponential backoff with jitter, resuming the watch
    from the last resourceVersion.
+5. A resource that a CRD bundle provides (``Resource.needs_crds``, e.g. the
+   Gateway API) may not be served at all: a 404 on its list counts as an
+   empty list (ListDone included, so the source's Synced is not held back),
+   and the list is retried with the same backoff, capped as ever, until the
+   CRDs appear. A :class:`CrdPresence` shared by a source's reflectors turns
+   that into one warning per bundle and one line when it shows up.
 
 Objects are parsed here, at the boundary. A malformed line or an object
 that fails validation is logged and skipped, and the object keeps its last
@@ -63,6 +69,55 @@ class _Relist(Exception):
     """Internal: the watch hit 410 Gone; the loop must list again."""
 
 
+class CrdPresence:
+    """Which CRD-served resources the API server does not serve: logged once per bundle.
+
+    One per source, shared by its reflectors: five Gateway API resources
+    missing make one warning, not five, and their arrival one info line. Once
+    every missing resource of a bundle is served again, a later loss warns anew.
+    """
+
+    def __init__(self) -> None:
+        self.missing: dict[str, set[str]] = {}  # bundle -> kinds answering 404
+        self._warned: set[str] = set()  # bundles whose absence was logged
+        self._appeared: set[str] = set()  # ... and whose arrival was too
+
+    def not_served(self, resource: Resource, error: ApiError, retry: float) -> None:
+        bundle = resource.needs_crds
+        kinds = self.missing.setdefault(bundle, set())
+        if resource.kind in kinds:
+            return
+        kinds.add(resource.kind)
+        if bundle in self._warned:
+            log.debug("%s is not served either (%s)", resource.plural, _status_of(resource, error))
+            return
+        self._warned.add(bundle)
+        log.warning(
+            "%s CRDs are not installed (%s); looking for them again every ~%gs",
+            bundle,
+            _status_of(resource, error),
+            retry,
+        )
+
+    def served(self, resource: Resource) -> None:
+        bundle = resource.needs_crds
+        kinds = self.missing.get(bundle)
+        if not kinds or resource.kind not in kinds:
+            return
+        kinds.discard(resource.kind)
+        if bundle not in self._appeared:
+            self._appeared.add(bundle)
+            log.info(
+                "%s CRDs appeared (%s %s is served); listing and watching them",
+                bundle,
+                resource.group_version,
+                resource.plural,
+            )
+        if not kinds:
+            self._warned.discard(bundle)
+            self._appeared.discard(bundle)
+
+
 class Reflector:
     """Keeps one resource in sync, emitting WatchEvents through ``emit``."""
 
@@ -79,6 +134,7 @@ class Reflector:
         backoff: Backoff | None = None,
         source: str = "kube",
         rng: random.Random | None = None,
+        presence: CrdPresence | None = None,
     ) -> None:
         self.client = client
         self.resource = resource
@@ -90,12 +146,15 @@ class Reflector:
         self.backoff = backoff or Backoff()
         self.source = source
         self._rng = rng or random.Random()
+        self.presence = presence or CrdPresence()
         # What was last emitted per key: the object and its resourceVersion.
         self.store: dict[ObjectKey, K8sObject] = {}
         self.resource_version = ""  # where the next watch resumes
         self.synced = False
         self.lists = 0  # complete lists done (1 + relists)
         self.failures = 0  # failed lists or watches, each retried after a backoff
+        # False while the server answers 404 for a CRD-served resource (not installed).
+        self.served = True
 
     def __repr__(self) -> str:
         return f"Reflector({self.resource.kind}, rv={self.resource_version!r})"
@@ -109,7 +168,9 @@ class Reflector:
         while True:
             try:
                 if need_list:
-                    await self._list()
+                    if not await self._list():
+                        await asyncio.sleep(self.backoff.next())  # CRDs not installed (yet)
+                        continue
                     need_list = False
                     self.backoff.reset()
                 started = time.monotonic()
@@ -137,19 +198,28 @@ class Reflector:
                     _describe(e),
                     delay,
                 )
-                if isinstance(e, ApiError) and e.gone:
-                    need_list = True  # e.g. an expired continue token
+                if isinstance(e, ApiError) and (
+                    e.gone or (e.not_found and self.resource.needs_crds)
+                ):
+                    need_list = True  # an expired continue token; CRDs deleted under a watch
                 await asyncio.sleep(delay)
 
     # -- list ----------------------------------------------------------------
 
-    async def _list(self) -> None:
+    async def _list(self) -> bool:
+        """List and emit the difference; False when the resource is not served (404, CRDs)."""
         items: list[dict[str, Any]] = []
         params = self._selectors()
         params["limit"] = str(self.page_size)
         rv = ""
         while True:
-            doc = await self.client.get_json(self.path, params)
+            try:
+                doc = await self.client.get_json(self.path, params)
+            except ApiError as e:
+                if not (e.not_found and self.resource.needs_crds):
+                    raise
+                await self._not_served(e)
+                return False
             meta = doc.get("metadata")
             if not isinstance(meta, dict):
                 meta = {}
@@ -167,6 +237,21 @@ class Reflector:
         await self._replace(items)
         self.resource_version = rv
         self.lists += 1
+        if not self.served:
+            self.served = True
+            self.presence.served(self.resource)
+        await self._mark_synced()
+        return True
+
+    async def _not_served(self, error: ApiError) -> None:
+        """No such resource type (CRDs not installed): as good as an empty list."""
+        self.served = False
+        self.presence.not_served(self.resource, error, self.backoff.maximum)
+        await self._replace([])  # CRDs deleted: their objects went with them
+        self.resource_version = ""
+        await self._mark_synced()
+
+    async def _mark_synced(self) -> None:
         if not self.synced:
             self.synced = True
             await self.emit(ListDone(self.resource.kind))
@@ -301,6 +386,10 @@ def _rv_of(raw: dict[str, Any]) -> str:
         if isinstance(rv, str):
             return rv
     return ""
+
+
+def _status_of(resource: Resource, error: ApiError) -> str:
+    return f"{resource.group_version} {resource.plural}: {error.status}"
 
 
 def _describe(e: BaseException) -> str:

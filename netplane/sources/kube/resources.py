@@ -5,6 +5,13 @@ scope, a fixed field selector); :meth:`Resource.path` builds the collection
 URL for one namespace or all of them. Secrets are watched with
 ``fieldSelector=type=kubernetes.io/tls`` so the API server never sends the
 other Secrets (service-account tokens, registry credentials) at all.
+
+The Gateway API kinds come from CRDs that a cluster may not have installed.
+Their :attr:`Resource.needs_crds` names the bundle, and the reflector reads
+a 404 on their list as "none of these, yet" rather than as a failure, so a
+cluster without Gateway API still syncs and serves everything else.
+ReferenceGrant is read as ``v1beta1``: every standard-channel release
+serves it, while ``v1`` only exists from Gateway API v1.3 on.
 """
 
 from __future__ import annotations
@@ -20,6 +27,9 @@ class Resource:
     plural: str
     namespaced: bool = True
     field_selector: str = ""
+    # The CRD bundle that serves this resource ("Gateway API"); "" for built-in
+    # types. Such a resource may be absent: a 404 on its list means "none yet".
+    needs_crds: str = ""
 
     def path(self, namespace: str | None = None) -> str:
         base = "/api/v1" if self.group_version == "v1" else f"/apis/{self.group_version}"
@@ -35,13 +45,62 @@ INGRESS_CLASS = Resource("IngressClass", "networking.k8s.io/v1", "ingressclasses
 SECRET = Resource("Secret", "v1", "secrets", field_selector="type=kubernetes.io/tls")
 NODE = Resource("Node", "v1", "nodes", namespaced=False)
 POD = Resource("Pod", "v1", "pods")
+NAMESPACE = Resource("Namespace", "v1", "namespaces", namespaced=False)
+
+GATEWAY_API = "Gateway API"
+_GATEWAY_V1 = "gateway.networking.k8s.io/v1"
+GATEWAY_CLASS = Resource(
+    "GatewayClass", _GATEWAY_V1, "gatewayclasses", namespaced=False, needs_crds=GATEWAY_API
+)
+GATEWAY = Resource("Gateway", _GATEWAY_V1, "gateways", needs_crds=GATEWAY_API)
+HTTP_ROUTE = Resource("HTTPRoute", _GATEWAY_V1, "httproutes", needs_crds=GATEWAY_API)
+GRPC_ROUTE = Resource("GRPCRoute", _GATEWAY_V1, "grpcroutes", needs_crds=GATEWAY_API)
+REFERENCE_GRANT = Resource(
+    "ReferenceGrant",
+    "gateway.networking.k8s.io/v1beta1",
+    "referencegrants",
+    needs_crds=GATEWAY_API,
+)
 
 RESOURCES: dict[str, Resource] = {
-    r.kind: r for r in (SERVICE, ENDPOINT_SLICE, INGRESS, INGRESS_CLASS, SECRET, NODE, POD)
+    r.kind: r
+    for r in (
+        SERVICE,
+        ENDPOINT_SLICE,
+        INGRESS,
+        INGRESS_CLASS,
+        SECRET,
+        NODE,
+        POD,
+        NAMESPACE,
+        GATEWAY_CLASS,
+        GATEWAY,
+        HTTP_ROUTE,
+        GRPC_ROUTE,
+        REFERENCE_GRANT,
+    )
 }
 
+# The kinds the Gateway API CRDs serve, and with them what a Gateway needs
+# from core: Namespaces, whose labels pick the routes a listener admits.
+GATEWAY_API_KINDS: tuple[str, ...] = (
+    "GatewayClass",
+    "Gateway",
+    "HTTPRoute",
+    "GRPCRoute",
+    "ReferenceGrant",
+)
+GATEWAY_KINDS: tuple[str, ...] = (*GATEWAY_API_KINDS, "Namespace")
+
 # What the three planes need by default; Node and Pod only when asked for.
-DEFAULT_KINDS: tuple[str, ...] = ("Service", "EndpointSlice", "Ingress", "IngressClass", "Secret")
+DEFAULT_KINDS: tuple[str, ...] = (
+    "Service",
+    "EndpointSlice",
+    "Ingress",
+    "IngressClass",
+    "Secret",
+    *GATEWAY_KINDS,
+)
 
 
 def node_resource(node_name: str) -> Resource:

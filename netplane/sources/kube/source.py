@@ -4,7 +4,9 @@ Strategy: ``run()`` starts one :class:`Reflector` task per resource; they
 all feed one bounded ``asyncio.Queue`` (bounded, so a slow consumer slows the
 reflectors rather than growing memory). ``run()`` yields the WatchEvents in
 arrival order and exactly one ``Synced(name)`` once every resource has
-finished its first list. Leaving ``run()`` for any reason (cancellation,
+finished its first list; a resource whose CRDs are not installed counts as
+listed (empty), and the reflectors share one :class:`CrdPresence` so that its
+absence is one warning. Leaving ``run()`` for any reason (cancellation,
 ``aclose()``, a reflector bug) cancels the tasks and closes every
 connection; a reflector that dies of an unexpected exception takes
 ``run()`` down with it rather than leaving a silently stale resource.
@@ -29,6 +31,7 @@ from netplane.sources.kube.reflector import (
     DEFAULT_PAGE_SIZE,
     DEFAULT_WATCH_TIMEOUT,
     Backoff,
+    CrdPresence,
     ListDone,
     Reflector,
 )
@@ -114,6 +117,7 @@ class KubeSource:
     async def run(self) -> AsyncIterator[SourceEvent]:
         client = self._client or KubeClient(self.config)
         queue: asyncio.Queue[WatchEvent | ListDone | _Crashed] = asyncio.Queue(QUEUE_SIZE)
+        presence = CrdPresence()
         self.reflectors = [
             Reflector(
                 client,
@@ -130,6 +134,7 @@ class KubeSource:
                     self._backoff.jitter,
                 ),
                 source=self.name,
+                presence=presence,
             )
             for res in self.resources
         ]
