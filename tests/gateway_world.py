@@ -113,9 +113,7 @@ def base_objects(p80: int, p443: int, tls_secret: dict | None) -> list[dict[str,
             "metadata": {"name": CLASS},
             "spec": {"controllerName": "netplane.io/gateway-controller"},
         },
-        gateway(
-            "same-namespace", [listener("http", p80)], addresses=[GATEWAYS["same-namespace"]]
-        ),  # fmt: skip
+        gateway("same-namespace", [listener("http", p80)], addresses=[GATEWAYS["same-namespace"]]),
         gateway(
             "all-namespaces",
             [listener("http", p80, allowedRoutes={"namespaces": {"from": "All"}})],
@@ -133,7 +131,7 @@ def base_objects(p80: int, p443: int, tls_secret: dict | None) -> list[dict[str,
                             "selector": {"matchLabels": {"gateway-conformance": "backend"}},
                         }
                     },
-                )  # fmt: skip
+                )
             ],
             addresses=[GATEWAYS["backend-namespaces"]],
         ),
@@ -152,21 +150,21 @@ def base_objects(p80: int, p443: int, tls_secret: dict | None) -> list[dict[str,
                         "HTTPS",
                         hostname="second-example.org",
                         tls=cert,
-                    ),  # fmt: skip
+                    ),
                     listener(
                         "https-with-wildcard-hostname",
                         p443,
                         "HTTPS",
                         hostname="*.wildcard.org",
                         tls=cert,
-                    ),  # fmt: skip
+                    ),
                     listener(
                         "https-with-hostname-matching-wildcard",
                         p443,
                         "HTTPS",
                         hostname="fourth-example.wildcard.org",
                         tls=cert,
-                    ),  # fmt: skip
+                    ),
                 ],
                 addresses=[GATEWAYS["same-namespace-with-https-listener"]],
             )
@@ -191,7 +189,7 @@ def service_objects(ns: str, name: str, port: int, h2c_port: int | None = None) 
             "kind": "Service",
             "metadata": meta(name, ns),
             "spec": {"ports": ports},
-        },  # fmt: skip
+        },
         {
             "apiVersion": "discovery.k8s.io/v1",
             "kind": "EndpointSlice",
