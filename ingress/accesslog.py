@@ -21,6 +21,8 @@ import re
 import time
 from typing import Any
 
+from netplane.ingress.stats import route_name
+
 from netplane.addresses import hostport
 
 FORMATS = ("text", "json")
@@ -78,7 +80,7 @@ class AccessLog:
     def _ingress(self, key: Any) -> bytes:
         name = self._names.get(key)
         if name is None:
-            name = self._names[key] = f"{key.namespace}/{key.name}".encode() if key else b"-"
+            name = self._names[key] = route_name(key).encode() if key else b"-"
             if len(self._names) > 10000:
                 self._names.clear()
         return name
@@ -162,7 +164,7 @@ class AccessLog:
                 "path": ex.target.decode("latin-1"),
                 "status": ex.status,
                 "bytes": ex.bytes_out,
-                "ingress": f"{ingress.namespace}/{ingress.name}" if ingress else None,
+                "ingress": route_name(ingress) if ingress else None,
                 "upstream": hostport(*up) if up else None,
                 "duration": round(now - ex.t0, 6),
                 "upstream_duration": round(now - ex.t_up, 6) if ex.t_up else None,

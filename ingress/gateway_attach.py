@@ -29,7 +29,8 @@ Rules, from the Gateway API specification:
 - A backendRef that is not a core Service is ``InvalidKind``, one in another
   namespace without a ReferenceGrant ``RefNotPermitted``, a missing Service
   ``BackendNotFound``; the route still attaches, and that share of its
-  traffic is answered 500.
+  traffic is answered 500 (503 on a GRPCRoute, which gRPC clients see as
+  UNAVAILABLE, as the specification asks).
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ from netplane.model.gateway import (
     Gateway,
     GatewayClass,
     GRPCRoute,
+    GRPCRouteRule,
     HTTPRoute,
+    HTTPRouteRule,
     Listener,
     ParentRef,
     ReferenceGrant,
@@ -352,10 +355,10 @@ def attach(
         for ref in route.parents:
             if ref.group != GROUP or ref.kind != GATEWAY:
                 continue
-            gw = by_key.get(ObjectKey(GATEWAY, ref.namespace, ref.name))
-            if gw is None:
+            parent = by_key.get(ObjectKey(GATEWAY, ref.namespace, ref.name))
+            if parent is None:
                 continue  # not ours, or not there: another controller's to report
-            accepted = _attach_route(route, ref, gw, lstate, namespaces)
+            accepted = _attach_route(route, ref, parent, lstate, namespaces)
             parents.append(
                 {
                     "parentRef": _ref_dict(ref),
@@ -375,7 +378,7 @@ def attach(
                 }
             )
             if accepted[1]:
-                world.problems.append(f"{route.key}: not attached to {gw.key}: {accepted[1]}")
+                world.problems.append(f"{route.key}: not attached to {parent.key}: {accepted[1]}")
         if parents:
             world.statuses[route.key] = {"parents": parents}
 
@@ -388,7 +391,7 @@ def attach(
         for li in gw.listeners:
             st = lstate[(gw.key, li.name)]
             reason, msg = st["accepted"]
-            accepted = not msg
+            listener_ok = not msg
             conflicted = st["conflicted"]
             served = st["served"]
             programmed = served is not None and any(
@@ -398,15 +401,15 @@ def attach(
             invalid_any = invalid_any or not programmed
             r_reason, r_msg = st["resolved"]
             if not programmed:
-                why = msg or (conflicted[1] if conflicted else "") or r_msg or "not served"
-                world.problems.append(f"{gw.key}: listener {li.name} is not served: {why}")
+                cause = msg or (conflicted[1] if conflicted else "") or r_msg or "not served"
+                world.problems.append(f"{gw.key}: listener {li.name} is not served: {cause}")
             listeners.append(
                 {
                     "name": li.name,
                     "supportedKinds": [{"group": GROUP, "kind": k} for k in st["kinds"]],
                     "attachedRoutes": st["attached"],
                     "conditions": [
-                        condition("Accepted", accepted, reason, msg or "accepted", g),
+                        condition("Accepted", listener_ok, reason, msg or "accepted", g),
                         condition(
                             "Programmed",
                             programmed,
@@ -541,8 +544,12 @@ def _namespace_allowed(
         return route.key.namespace == gw.key.namespace
     sel = li.namespace_selector
     labels = namespaces.get(route.key.namespace)
-    # A namespace netplane has not been told about has no labels to match.
-    return sel is not None and labels is not None and sel.matches(dict(labels))
+    # A namespace netplane has not been told about has no labels to match. The API server
+    # gives every Namespace the label kubernetes.io/metadata.name (its name); Namespaces
+    # from manifests or the embedding API may lack it, so it is added here.
+    if sel is None or labels is None:
+        return False
+    return sel.matches({**labels, "kubernetes.io/metadata.name": route.key.namespace})
 
 
 def _attach_route(
@@ -601,7 +608,8 @@ def _resolve_backends(
 ) -> tuple[str, str]:
     """Record each backendRef's resolution; the route's ResolvedRefs (reason, message)."""
     first = ("ResolvedRefs", "")
-    for ri, rule in enumerate(route.rules):
+    rules: tuple[HTTPRouteRule | GRPCRouteRule, ...] = route.rules
+    for ri, rule in enumerate(rules):
         for bi, ref in enumerate(rule.backends):
             err = backend_error(state, grants, route, ref)
             world.backend_errors[(route.key, ri, bi)] = err

@@ -34,6 +34,7 @@ from netplane.ingress.certs import (
 )
 from netplane.ingress.gateway_attach import GatewayWorld, Socket, attach
 from netplane.ingress.gateway_routes import GatewayRoutes, PortRoutes, _Names
+from netplane.ingress.mirror import STATS as MIRRORS
 from netplane.ingress.paths import split_host
 
 from netplane.addresses import hostport
@@ -214,6 +215,10 @@ class GatewayListeners:
 
     # -- introspection -------------------------------------------------------------
 
+    def sockets(self) -> set[tuple[str, int]]:
+        """The (host, port) each open Gateway socket is bound to."""
+        return {bound for bound, _ctx in self._open.values()}
+
     def bound(self, address: str, port: int) -> tuple[str, int] | None:
         """The address a Gateway socket actually bound (port 0 picks one), or None."""
         got = self._open.get((address, port))
@@ -235,4 +240,11 @@ class GatewayListeners:
             "sockets": sockets,
             "status": {str(k): v for k, v in sorted(self.world.statuses.items())},
             "problems": sorted(set(self.world.problems)),
+            "mirrors": {
+                "sent": MIRRORS.sent,
+                "failed": MIRRORS.failed,
+                "dropped": MIRRORS.dropped,
+                "skipped_with_body": MIRRORS.skipped,
+                "pending": len(MIRRORS.tasks),
+            },
         }

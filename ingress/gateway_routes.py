@@ -238,9 +238,9 @@ class _VHost:
         prefix = self.prefix
         k = p.rstrip("/")
         while True:
-            items = prefix.get(k)
-            if items:
-                out.extend(items)
+            found = prefix.get(k)
+            if found:
+                out.extend(found)
             if not k:
                 break
             k = k[: k.rfind("/")]
@@ -491,8 +491,9 @@ class GatewayRoutes:
             entries: dict[str, list[_Match]] = {}
             for att in served.routes:
                 route = att.route
+                rules: tuple[HTTPRouteRule | GRPCRouteRule, ...] = route.rules
                 for host in att.hostnames:
-                    for ri, rule in enumerate(route.rules):
+                    for ri, rule in enumerate(rules):
                         compiled = self._rule(route, ri, rule, host, world, table, old)
                         for mi, m in enumerate(_matches(route, rule, compiled)):
                             m.order = (*m.order, _age(route), ri, mi)
@@ -558,8 +559,13 @@ class GatewayRoutes:
             b.weight = ref.weight
             err = world.backend_errors.get((route.key, ri, bi), "")
             if err:
+                # HTTPRoute: 500. GRPCRoute: the call MUST end UNAVAILABLE, which is what
+                # gRPC clients make of an HTTP 503 (a 500 would be UNKNOWN).
+                code, text = (
+                    (503, "Service Unavailable") if grpc else (500, "Internal Server Error")
+                )
                 b.error = Respond(
-                    500, f"500 Internal Server Error: backendRef {ref.namespace}/{ref.name}"
+                    code, f"{code} {text}: backendRef {ref.namespace}/{ref.name}"
                     f" does not resolve ({err})\n".encode(), route.key, host,
                 )  # fmt: skip
             else:

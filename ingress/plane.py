@@ -164,8 +164,9 @@ class IngressPlane:
 
     @property
     def addresses(self) -> list[tuple[str, int, bool]]:
-        """(host, port, https) of each listener, once started."""
-        return self.server.addresses
+        """(host, port, https) of each Ingress listener, once started (Gateway sockets: not)."""
+        gateway = self.gateway.sockets()
+        return [a for a in self.server.addresses if (a[0], a[1]) not in gateway]
 
     async def close(self, grace: float) -> None:
         """Stop accepting; requests in flight get up to ``grace`` seconds."""

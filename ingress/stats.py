@@ -126,10 +126,23 @@ class RequestStats:
         yield handshakes
 
 
+def route_name(key: Any) -> str:
+    """What the access log and /metrics call the object a request was routed by.
+
+    ``namespace/name`` for an Ingress (as ingress-nginx names it), the kind
+    first for a Gateway API route (``httproute/namespace/name``), so the two
+    never read alike.
+    """
+    if key.kind == "Ingress":
+        return f"{key.namespace}/{key.name}"
+    return f"{key.kind.lower()}/{key.namespace}/{key.name}"
+
+
 def _name(key: Any) -> str:
-    """``namespace/name`` of an ObjectKey or a (namespace, name) ServiceKey; "" for none."""
+    """``namespace/name`` of an ObjectKey (see :func:`route_name`) or a (namespace, name)
+    ServiceKey; "" for none."""
     if key is None:
         return ""
     if hasattr(key, "namespace"):
-        return f"{key.namespace}/{key.name}"
+        return route_name(key)
     return "/".join(str(part) for part in key)

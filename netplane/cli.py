@@ -325,7 +325,11 @@ def _run(args: argparse.Namespace, *, demo: bool) -> int:
         if flags.get("mode", "local") != "local":
             raise ConfigError("netplane demo runs in local mode only; use run for --mode node")
         flags["mode"] = "local"
-        flags.setdefault("files", (demo_manifests(),))
+        if "files" not in flags:
+            flags["files"] = (demo_manifests(),)
+            # Gateway API: the example Gateway's port is in its manifest; when it is
+            # taken on 127.0.0.1, the Gateway binds another loopback address instead.
+            flags.setdefault("gateway_addresses", (demo_gateway_address(),))
         # Ingress: free loopback ports, so the demo never collides with anything
         flags.setdefault("ingress_http", cfgmod.Listen("127.0.0.1", 0))
         flags.setdefault("ingress_https", cfgmod.Listen("127.0.0.1", 0))
@@ -445,6 +449,30 @@ def demo_dns_listen(port: int = DEMO_DNS_PORT) -> cfgmod.Listen:
 
 def _demo_listen(port: int, *, udp: bool) -> cfgmod.Listen:
     """127.0.0.1:port when it is free (TCP, and UDP too if asked), else port 0: a free one."""
+    return cfgmod.Listen("127.0.0.1", port if _free("127.0.0.1", port, udp=udp) else 0)
+
+
+# Gateway API
+DEMO_GATEWAY_PORT = 10088  # the listener port of the Gateway in netplane/demo/gateway.yaml
+# Where the demo Gateway moves when its port is taken on 127.0.0.1 (the demo's
+# backends are on 127.0.1.0/24 to 127.0.4.0/24).
+DEMO_GATEWAY_FALLBACKS = tuple(f"127.0.5.{i}" for i in range(1, 17))
+
+
+def demo_gateway_address(port: int = DEMO_GATEWAY_PORT) -> str:
+    """127.0.0.1 when the demo Gateway's port is free there, else the first fallback where it is.
+
+    A Gateway's port is part of its spec, so a second demo cannot take a free
+    port as its DNS and admin server do; it takes another loopback address.
+    """
+    for address in ("127.0.0.1", *DEMO_GATEWAY_FALLBACKS):
+        if _free(address, port, udp=False):
+            return address
+    return "127.0.0.1"  # taken everywhere: the Gateway's status says so
+
+
+def _free(host: str, port: int, *, udp: bool) -> bool:
+    """host:port can be bound over TCP (and UDP too if asked)."""
     import socket
 
     for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM) if udp else (socket.SOCK_STREAM,):
@@ -452,10 +480,10 @@ def _demo_listen(port: int, *, udp: bool) -> cfgmod.Listen:
             if kind == socket.SOCK_STREAM:  # as the servers bind: TIME_WAIT does not count
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                s.bind(("127.0.0.1", port))
+                s.bind((host, port))
             except OSError:
-                return cfgmod.Listen("127.0.0.1", 0)
-    return cfgmod.Listen("127.0.0.1", port)
+                return False
+    return True
 
 
 def _env(args: argparse.Namespace) -> int:

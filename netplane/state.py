@@ -24,12 +24,18 @@ from netplane.events import EventType, WatchEvent
 from netplane.model import (
     Endpoints,
     EndpointSlice,
+    Gateway,
+    GatewayClass,
+    GRPCRoute,
+    HTTPRoute,
     Ingress,
     IngressClass,
     K8sObject,
+    Namespace,
     Node,
     ObjectKey,
     Pod,
+    ReferenceGrant,
     Secret,
     Service,
 )
@@ -137,6 +143,18 @@ class ClusterState:
     def objects(self, kind: Literal["Node"]) -> Iterable[Node]: ...
     @overload
     def objects(self, kind: Literal["Pod"]) -> Iterable[Pod]: ...
+    @overload
+    def objects(self, kind: Literal["Namespace"]) -> Iterable[Namespace]: ...
+    @overload
+    def objects(self, kind: Literal["GatewayClass"]) -> Iterable[GatewayClass]: ...
+    @overload
+    def objects(self, kind: Literal["Gateway"]) -> Iterable[Gateway]: ...
+    @overload
+    def objects(self, kind: Literal["HTTPRoute"]) -> Iterable[HTTPRoute]: ...
+    @overload
+    def objects(self, kind: Literal["GRPCRoute"]) -> Iterable[GRPCRoute]: ...
+    @overload
+    def objects(self, kind: Literal["ReferenceGrant"]) -> Iterable[ReferenceGrant]: ...
     @overload
     def objects(self, kind: str) -> Iterable[K8sObject]: ...
     def objects(self, kind: str) -> Iterable[K8sObject]:

@@ -195,7 +195,9 @@ class GatewayClass:
     key: ObjectKey
     meta: Meta
     controller: str
-    generation: int = field(default=0, compare=False)
+    # Compared: a spec change netplane does not model (a description) still bumps the
+    # generation, and the status must then carry the new observedGeneration.
+    generation: int = 0
     status: Any = field(default=None, compare=False)  # the raw status, for the status writer
 
     kind = GATEWAY_CLASS
@@ -235,7 +237,7 @@ class Gateway:
     class_name: str
     listeners: tuple[Listener, ...]
     addresses: tuple[tuple[str, str], ...] = ()  # (type, value)
-    generation: int = field(default=0, compare=False)
+    generation: int = 0  # compared, as GatewayClass.generation
     status: Any = field(default=None, compare=False)
 
     kind = GATEWAY
@@ -291,7 +293,7 @@ class HTTPRoute:
     parents: tuple[ParentRef, ...]
     hostnames: tuple[str, ...]
     rules: tuple[HTTPRouteRule, ...]
-    generation: int = field(default=0, compare=False)
+    generation: int = 0  # compared, as GatewayClass.generation
     status: Any = field(default=None, compare=False)
 
     kind = HTTP_ROUTE
@@ -304,7 +306,7 @@ class GRPCRoute:
     parents: tuple[ParentRef, ...]
     hostnames: tuple[str, ...]
     rules: tuple[GRPCRouteRule, ...]
-    generation: int = field(default=0, compare=False)
+    generation: int = 0  # compared, as GatewayClass.generation
     status: Any = field(default=None, compare=False)
 
     kind = GRPC_ROUTE
@@ -562,7 +564,9 @@ def _path_modifier(f: Fields | None) -> PathModifier | None:
     value = f.str(key)
     if not f.has(key):
         f.fail(key, f"required for type {t}")
-    if not value.startswith("/"):
+    # An empty replacePrefixMatch is valid: it strips the prefix (the API's table:
+    # /foo/bar with prefix /foo becomes /bar).
+    if not value.startswith("/") and not (t == "ReplacePrefixMatch" and value == ""):
         f.fail(key, f"{value!r} must begin with '/'")
     return PathModifier(t, value)
 

@@ -143,6 +143,10 @@ GOOD: dict[str, list[tuple[object, object]]] = {
         ("198.18.0.1, LB.example.com,fd00::1", ("198.18.0.1", "lb.example.com", "fd00::1")),
         (["a.example", "198.18.0.2"], ("a.example", "198.18.0.2")),
     ],
+    "gateway-address": [
+        ("127.0.0.2", ("127.0.0.2",)),
+        (["198.18.0.1", "::1"], ("198.18.0.1", "::1")),
+    ],
     # DNS
     "dns-ttl": [(30, 30), ("0", 0)],
     "dns-upstreams": [
@@ -219,6 +223,7 @@ BAD: dict[str, list[tuple[object, str]]] = {
         ("under_score.example", "'under_score.example' is not an IP address or host name"),
         (7, "7 is not an IP address or host name"),
     ],
+    "gateway-address": [("gw.example", "not an IP address")],
     # DNS
     "dns-ttl": [
         (-1, "-1 out of range (0-3600)"),
@@ -481,3 +486,15 @@ def test_settings_carry_every_config_value(tmp_path: Path):
     assert dns_settings(with_upstreams, resolv_conf=str(resolv)).upstreams == (("192.0.2.1", 5300),)
     with pytest.raises(ValueError, match="dns is off"):
         dns_settings(dataclasses.replace(cfg, dns=None))
+
+
+def test_gateway_addresses_default_per_mode():
+    """A Gateway without spec.addresses: loopback in local mode, the node IPs in node mode."""
+    assert Config(mode="local").effective_gateway_addresses == ("127.0.0.1",)
+    assert Config(mode="node", node_ips=("198.18.0.5",)).effective_gateway_addresses == (
+        "198.18.0.5",
+    )
+    assert Config(mode="node").effective_gateway_addresses == ("0.0.0.0",)
+    assert Config(mode="node", gateway_addresses=("198.18.0.9",)).effective_gateway_addresses == (
+        "198.18.0.9",
+    )

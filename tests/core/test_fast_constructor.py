@@ -26,6 +26,7 @@ CASES = [
             b"c=1",
             "a.example",
             True,
+            None,
         ),
     ),
     (Endpoint, (("10.0.0.2",), False, True, True, "h", "node-2", "", ())),
