@@ -12,16 +12,28 @@ at the line of the offending field.
 Missing clusterIPs and nodePorts are allocated as the daemon does when a
 service CIDR is given; without one there is nothing to allocate from and
 only explicit ones are checked (the daemon always has a CIDR).
+
+Gateway API objects are then attached as the ingress plane attaches them
+(:func:`netplane.ingress.gateway_attach.attach`), and every condition of the
+status netplane would write that is not met is a problem, at the line where
+the object starts: a Gateway, GatewayClass or listener condition
+``Accepted``, ``Programmed`` or ``ResolvedRefs`` that is False (or
+``Conflicted`` that is True), a route's ``Accepted`` or ``ResolvedRefs``
+for one of our Gateways that is False. A Gateway naming a GatewayClass that
+is not there, and a route naming a Gateway that is not there, are problems
+too: in manifest mode nothing else can supply them.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from netplane.allocations import DEFAULT_NODE_PORT_RANGE, Allocations, IPNetwork
 from netplane.errors import ConfigError
 from netplane.events import WatchEvent
+from netplane.model import ObjectKey
 from netplane.sources.manifest_parse import (
     ManifestObject,
     Problem,
@@ -86,6 +98,129 @@ def check_paths(
             line = field_line(texts[mo.path], mo.path, mo, err.field)
             problems.append(Problem(mo.path, line, err.reason, err.ref, err.field, key=mo.key))
 
+    problems.extend(gateway_problems(state, {mo.key: mo for mo in winners.values()}, texts))
+
     order = {path: i for i, path in enumerate(files)}
     problems.sort(key=lambda p: (order.get(p.path, -1), p.line))
     return [str(p) for p in problems]
+
+
+# -- Gateway API ---------------------------------------------------------------------
+
+#: conditions that are a problem when False; Conflicted is one when True
+_POSITIVE = {
+    "Accepted": "not accepted",
+    "Programmed": "not programmed",
+    "ResolvedRefs": "refs not resolved",
+}
+_ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+
+
+def _false(conditions: Iterable[dict[str, Any]]) -> Iterable[tuple[str, dict[str, Any]]]:
+    """(what is wrong, condition) for each condition that is not met."""
+    for c in conditions:
+        if c["type"] in _POSITIVE and c["status"] == "False":
+            yield _POSITIVE[c["type"]], c
+        elif c["type"] == "Conflicted" and c["status"] == "True":
+            yield "conflicted", c
+
+
+def gateway_problems(
+    state: ClusterState,
+    where: dict[ObjectKey, ManifestObject],
+    texts: dict[str, bytes] | None = None,
+) -> list[Problem]:
+    """The unmet conditions of the Gateway API status netplane would write, one problem each.
+
+    ``where``: the manifest object of each key; with ``texts`` (path -> file
+    contents) a problem about one listener or parentRef points at its line.
+    """
+    from netplane.ingress.gateway_attach import attach
+    from netplane.ingress.gateway_plane import CertificateCache
+    from netplane.model.gateway import CONTROLLER, GATEWAY, GROUP, GRPCRoute, HTTPRoute
+
+    world = attach(state, controller=CONTROLLER, check_certificate=CertificateCache().check)
+    out: list[Problem] = []
+    told: set[ObjectKey] = set()
+
+    def say(key: ObjectKey, text: str, field: str = "") -> None:
+        mo = where.get(key)
+        if mo is None:
+            out.append(Problem("", 0, text, str(key), key=key))
+        else:
+            text_of = (texts or {}).get(mo.path)
+            line = field_line(text_of, mo.path, mo, field) if field and text_of else mo.line
+            out.append(Problem(mo.path, line, text, str(key), key=key))
+        told.add(key)
+
+    def describe(what: str, c: dict[str, Any]) -> str:
+        return f"{what}: {c['reason']}: {c['message']}"
+
+    classes = {gc.meta.name: gc for gc in state.objects("GatewayClass")}
+    gateways = {gw.key: gw for gw in state.objects("Gateway")}
+    for gw in gateways.values():
+        if gw.class_name not in classes:
+            say(
+                gw.key,
+                f"spec.gatewayClassName: GatewayClass {gw.class_name} does not exist",
+                "spec.gatewayClassName",
+            )
+    routes: list[HTTPRoute | GRPCRoute] = [*state.objects("HTTPRoute")]
+    routes += state.objects("GRPCRoute")
+    for route in routes:
+        for i, ref in enumerate(route.parents):
+            pkey = ObjectKey(GATEWAY, ref.namespace, ref.name)
+            if ref.group == GROUP and ref.kind == GATEWAY and pkey not in gateways:
+                field = f"spec.parentRefs[{i}]"
+                say(route.key, f"{field}: {pkey} does not exist", field)
+
+    for key in sorted(world.statuses):
+        status = world.statuses[key]
+        if key.kind in _ROUTE_KINDS:
+            owner = state.get(key)
+            for parent in status["parents"]:
+                ref = parent["parentRef"]
+                parent_key = ObjectKey(ref["kind"], ref["namespace"], ref["name"])
+                section = f" listener {ref['sectionName']}" if ref.get("sectionName") else ""
+                for what, c in _false(parent["conditions"]):
+                    whom = (
+                        f"by {parent_key}{section}"
+                        if c["type"] == "Accepted"
+                        else f"(parent {parent_key}{section})"
+                    )
+                    at = _parent_field(owner, ref) if c["type"] == "Accepted" else ""
+                    say(key, describe(f"{what} {whom}", c), at)
+            continue
+        for what, c in _false(status["conditions"]):
+            say(key, describe(what, c))
+        names = [li.name for li in getattr(state.get(key), "listeners", ())]
+        for li in status.get("listeners", ()):
+            at = f"spec.listeners[{names.index(li['name'])}]" if li["name"] in names else ""
+            for what, c in _false(li["conditions"]):
+                say(key, describe(f"listener {li['name']}: {what}", c), at)
+
+    # What attach noticed beyond the conditions (today every line is about an
+    # object whose conditions are already reported; keep any other).
+    for text in world.problems:
+        subject, _, rest = text.partition(": ")
+        if any(str(k) == subject for k in told):
+            continue
+        found = next((k for k in where if str(k) == subject), None)
+        if found is not None:
+            say(found, rest)
+        else:
+            out.append(Problem("", 0, text))
+    return out
+
+
+def _parent_field(route: Any, ref: dict[str, Any]) -> str:
+    """``spec.parentRefs[i]`` of the parentRef a status entry is about ("" if not found)."""
+    for i, p in enumerate(getattr(route, "parents", ())):
+        if (p.namespace, p.name, p.section_name or "", p.port) == (
+            ref["namespace"],
+            ref["name"],
+            ref.get("sectionName") or "",
+            ref.get("port"),
+        ):
+            return f"spec.parentRefs[{i}]"
+    return ""

@@ -97,6 +97,7 @@ async def serve(
     dp = Dataplane(cfg, sources=sources, serve=workers == 1)
     pool = _worker_pool(dp, workers, claims) if workers > 1 else None
     status = _ingress_status_for(cfg, dp, sources)  # Ingress status: only where the sources run
+    gateway_status = _gateway_status_for(cfg, dp, sources)  # Gateway API status: likewise
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -168,6 +169,9 @@ async def serve(
             if status is not None:  # Ingress status
                 await status.start()
                 stack.push_async_callback(status.close)
+            if gateway_status is not None:  # Gateway API status
+                await gateway_status.start()
+                stack.push_async_callback(gateway_status.close)
             waiter = asyncio.create_task(_when_ready(dp, on_ready, cleanups))
             stack.callback(waiter.cancel)
             await stop.wait()
@@ -192,6 +196,14 @@ def _ingress_status_for(cfg: Config, dp: Dataplane, sources: list[Source]) -> An
     from netplane.sources.kube.status_writer import ingress_status_for
 
     return ingress_status_for(cfg, dp, sources)
+
+
+def _gateway_status_for(cfg: Config, dp: Dataplane, sources: list[Source]) -> Any:
+    if not cfg.uses_api:
+        return None
+    from netplane.sources.kube.gateway_status import gateway_status_for
+
+    return gateway_status_for(cfg, dp, sources)
 
 
 def release_free_memory() -> None:

@@ -135,3 +135,110 @@ def test_rejections_are_not_also_logged(tmp_path, caplog):
     (tmp_path / "s.yaml").write_text(svc("s", "  clusterIP: 10.0.0.5\n"))
     assert len(check_paths([str(tmp_path)], service_cidrs=["10.96.0.0/12"])) == 1
     assert caplog.records == []
+
+
+# -- Gateway API: the conditions the status would carry ------------------------------
+
+GATEWAY_MANIFESTS = """\
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata:
+  name: netplane
+spec:
+  controllerName: netplane.io/gateway-controller
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: gw
+  namespace: infra
+spec:
+  gatewayClassName: netplane
+  listeners:
+    - name: http
+      port: 8080
+      protocol: HTTP
+      hostname: "*.shop.test"
+      allowedRoutes:
+        namespaces:
+          from: All
+"""
+
+
+def http_route(name: str, hosts: str, parent: str = "gw", backend: str = "web") -> str:
+    return (
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n"
+        f"metadata:\n  name: {name}\n  namespace: shop\n"
+        f"spec:\n  parentRefs:\n    - name: {parent}\n      namespace: infra\n"
+        f"  hostnames: [{hosts}]\n"
+        f"  rules:\n    - backendRefs:\n        - name: {backend}\n          port: 80\n"
+    )
+
+
+def test_gateway_and_an_attached_route_are_clean(tmp_path):
+    (tmp_path / "gw.yaml").write_text(GATEWAY_MANIFESTS)
+    (tmp_path / "web.yaml").write_text(
+        svc("web").replace("name: web", "name: web\n  namespace: shop")
+        + "---\n"
+        + http_route("web", "web.shop.test")
+    )
+    assert check_paths([str(tmp_path)]) == []
+
+
+def test_a_route_that_attaches_to_nothing_is_a_problem(tmp_path):
+    (tmp_path / "gw.yaml").write_text(GATEWAY_MANIFESTS)
+    route = tmp_path / "route.yaml"
+    route.write_text("# the route\n" + http_route("web", "web.other.test"))
+    (tmp_path / "svc.yaml").write_text(
+        svc("web").replace("name: web", "name: web\n  namespace: shop")
+    )
+    assert check_paths([str(tmp_path)]) == [
+        f"{route}:9: HTTPRoute shop/web: not accepted by Gateway infra/gw: "
+        "NoMatchingListenerHostname: no listener hostname intersects the route's hostnames"
+    ]
+
+
+def test_unresolved_refs_missing_parents_and_classes(tmp_path):
+    gw = tmp_path / "gw.yaml"
+    gw.write_text(
+        GATEWAY_MANIFESTS
+        + "---\n"
+        + GATEWAY_MANIFESTS.split("---\n")[1]
+        .replace("name: gw", "name: lost")
+        .replace("gatewayClassName: netplane", "gatewayClassName: nope")
+    )
+    routes = tmp_path / "routes.yaml"
+    routes.write_text(
+        http_route("api", "api.shop.test", backend="api")
+        + "---\n"
+        + http_route("orphan", "x.shop.test", parent="nowhere")
+    )
+    assert check_paths([str(tmp_path)]) == [
+        f"{gw}:30: Gateway infra/lost: spec.gatewayClassName: GatewayClass nope does not exist",
+        f"{routes}:1: HTTPRoute shop/api: refs not resolved (parent Gateway infra/gw): "
+        "BackendNotFound: a backendRef names a Service or port that does not exist: shop/api",
+        f"{routes}:23: HTTPRoute shop/orphan: spec.parentRefs[0]: Gateway infra/nowhere does not exist",
+    ]
+
+
+def test_listener_problems_name_the_listener_and_point_at_it(tmp_path):
+    path = tmp_path / "gw.yaml"
+    path.write_text(GATEWAY_MANIFESTS.replace("protocol: HTTP\n", "protocol: TCP\n"))
+    listener = "TCP listeners are not supported; netplane serves HTTP and HTTPS"
+    assert check_paths([str(path)]) == [
+        f"{path}:8: Gateway infra/gw: not accepted: ListenersNotValid: "
+        "some listeners are not served; see their conditions",
+        f"{path}:8: Gateway infra/gw: not programmed: Invalid: no listener is served",
+        f"{path}:16: Gateway infra/gw: listener http: not accepted: UnsupportedProtocol: {listener}",
+        f"{path}:16: Gateway infra/gw: listener http: not programmed: Invalid: not served",
+    ]
+
+
+def test_gateway_problems_make_check_exit_1(tmp_path, capsys):
+    from netplane.cli import main
+
+    (tmp_path / "gw.yaml").write_text(GATEWAY_MANIFESTS)
+    (tmp_path / "route.yaml").write_text(http_route("web", "web.other.test", backend="web"))
+    assert main(["check", "-f", str(tmp_path)]) == 1
+    out = capsys.readouterr()
+    assert "NoMatchingListenerHostname" in out.out
