@@ -50,7 +50,8 @@ class HttpCheck:
     ``endpoints`` are the ones allowed to answer; with ``every`` each of them
     must answer once within a few requests (round-robin alternates them).
     ``certificate`` is the (subject, DNS names) that the TLS server must
-    present for ``sni``.
+    present for ``sni``. ``headers`` are sent besides Host (an HTTPRoute's
+    header match).
     """
 
     host: str
@@ -62,6 +63,28 @@ class HttpCheck:
     every: bool = False
     sni: str | None = None
     certificate: tuple[str, tuple[str, ...]] | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SplitCheck:
+    """GETs of ``path`` share out among services by weight: exactly ``count`` answers each.
+
+    ``shares`` holds (service, the endpoints allowed to answer for it,
+    count); as many requests are sent as the counts add up to. Weighted
+    round-robin is smooth and deterministic, so any run of requests as long
+    as a multiple of the weights' total meets each share exactly.
+    """
+
+    host: str
+    port: int
+    path: str
+    host_header: str
+    shares: tuple[tuple[str, frozenset[str], int], ...]
+
+    @property
+    def requests(self) -> int:
+        return sum(count for _, _, count in self.shares)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +133,21 @@ class AdminCheck:
     path: str
 
 
-Check = HttpCheck | UdpCheck | TlsCheck | DnsCheck | AdminCheck
+@dataclass(frozen=True, slots=True)
+class GatewayStatusCheck:
+    """GET /debug/state: the status netplane gives each Gateway API object holds these conditions.
+
+    ``expected`` holds (object key as /debug/state writes it, the condition
+    types that must be True): on a Gateway, its listeners' too; on a route,
+    in every parent netplane reports.
+    """
+
+    host: str
+    port: int
+    expected: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+Check = HttpCheck | SplitCheck | UdpCheck | TlsCheck | DnsCheck | AdminCheck | GatewayStatusCheck
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +182,7 @@ def tries(dp: Any) -> list[Try]:
         out += _proxy_tries(dp)
     if "ingress" in dp.planes:
         out += _ingress_tries(dp)
+        out += _gateway_tries(dp)
     if "dns" in dp.planes:  # DNS
         out += _dns_tries(dp)
     if dp.admin is not None:
@@ -197,6 +235,7 @@ def _proxy_tries(dp: Any) -> list[Try]:
 def _ingress_tries(dp: Any) -> list[Try]:
     """curl for each Ingress host and path over HTTP and HTTPS, and openssl for the SNI pick."""
     plane = dp.planes["ingress"]
+    # The server's listeners include the Gateway sockets; those serve HTTPRoutes.
     listeners = {https: (h, p) for h, p, https in plane.addresses}
     lines = []
     for ing in plane.routes.ingresses():
@@ -239,6 +278,119 @@ def _ingress_tries(dp: Any) -> list[Try]:
         check = TlsCheck(ip, port, sni, _expected_certificate(plane, sni))
         lines.append(Try(command, f"the certificate for SNI {sni}", str(Listen(ip, port)), check))
     return lines
+
+
+# Gateway API
+def _gateway_tries(dp: Any) -> list[Try]:
+    """curl for each HTTPRoute rule a Gateway's HTTP socket serves, and the status they got.
+
+    A rule with one backend gets one curl (with its match's exact headers);
+    a rule that splits by weight gets a loop of curls long enough to show the
+    shares exactly. A rule matching by method, query or a pattern is left out.
+    """
+    gateway = dp.planes["ingress"].gateway
+    lines = []
+    for (address, port), sock in sorted(gateway.world.sockets.items()):
+        bound = gateway.bound(address, port)
+        if sock.protocol != "HTTP" or bound is None:
+            continue
+        at = Listen(*bound)
+        for served in sock.listeners:
+            for att in served.routes:
+                route = att.route
+                if route.kind != "HTTPRoute":
+                    continue
+                for hostname in att.hostnames:
+                    if hostname.startswith("*"):
+                        continue
+                    for rule in route.rules:
+                        lines += _route_tries(dp, route, rule, hostname, at)
+    if dp.admin is not None and (expected := _gateway_statuses(dp.state, gateway.controller)):
+        base = Listen(dp.config.admin.host, dp.admin.port)
+        url = f"http://{base}/debug/state"
+        show = (
+            'python3 -c "import json, sys; print(json.dumps(json.load(sys.stdin)'
+            "['planes']['ingress']['gateway']['status'], indent=1))\""
+        )
+        command = f"curl -s {url} | {show}    # Gateway API status: Accepted, Programmed"
+        check: Check = GatewayStatusCheck(base.host, base.port, expected)
+        lines.append(Try(command, "Gateway API status", url, check))
+    return lines
+
+
+def _route_tries(dp: Any, route: Any, rule: Any, hostname: str, at: Listen) -> list[Try]:
+    backends = [
+        b for b in rule.backends if b.weight and b.group == "" and b.kind == "Service" and b.port
+    ]
+    if not backends or rule.filters:
+        return []
+    name = f"{route.key.namespace}/{route.key.name}"
+    authority = f"{hostname}:{at.port}" if hostname else str(at)
+    resolve = f"--resolve {hostname}:{at.port}:{at.host} " if hostname else ""
+    lines = []
+    for m in rule.matches:
+        if m.method or m.query or m.path_type == "RegularExpression":
+            continue
+        if any(h.type != "Exact" for h in m.headers):
+            continue
+        headers = tuple((h.name.lower(), h.value) for h in m.headers)
+        url = f"http://{authority}{m.path}"
+        flags = "".join(f"-H '{h}: {v}' " for h, v in headers)
+        where = f"{url} at {at}"
+        if len(backends) == 1:
+            b = backends[0]
+            service = f"{b.namespace}/{b.name}"
+            what = f"HTTPRoute {name}" + "".join(f" with {h}: {v}" for h, v in headers)
+            command = f"curl {flags}{resolve}{url}    # {what}: {service}"
+            check: Check = HttpCheck(
+                at.host, at.port, m.path, authority, service, _service_endpoints(dp, b),
+                headers=headers,
+            )  # fmt: skip
+            lines.append(Try(command, what, where, check))
+            continue
+        total = sum(b.weight for b in backends)
+        rounds = max(1, 8 // total)  # whole rounds of the weights: the shares show exactly
+        shares = tuple(
+            (f"{b.namespace}/{b.name}", _service_endpoints(dp, b), b.weight * rounds)
+            for b in backends
+        )
+        split = SplitCheck(at.host, at.port, m.path, authority, shares)
+        ratio = ":".join(str(b.weight) for b in backends)
+        what = f"HTTPRoute {name} split {ratio}"
+        counts = ", ".join(f"{count} from {service}" for service, _, count in shares)
+        command = (
+            f"for i in $(seq {split.requests}); do curl -s {flags}{resolve}{url}; done"
+            f"    # {what}: {counts}"
+        )
+        lines.append(Try(command, what, where, split))
+    return lines
+
+
+def _service_endpoints(dp: Any, ref: Any) -> frozenset[str]:
+    """The endpoints that may answer for a backendRef: those of its Service port."""
+    entry = dp.table.get(ref.namespace, ref.name)
+    if entry is None:
+        return frozenset()
+    ports = [p for p in entry.ports if p.port == ref.port] or list(entry.ports)
+    return frozenset().union(*(answering(p) for p in ports))
+
+
+def _gateway_statuses(state: Any, controller: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """What each Gateway API object of ``controller`` should report, keyed as /debug/state keys it."""
+    classes = {gc.meta.name: gc for gc in state.objects("GatewayClass")}
+    ours = {name for name, gc in classes.items() if gc.controller == controller}
+    out: list[tuple[str, tuple[str, ...]]] = [
+        (str(classes[name].key), ("Accepted",)) for name in sorted(ours)
+    ]
+    gateways = sorted(
+        (gw for gw in state.objects("Gateway") if gw.class_name in ours), key=lambda g: g.key
+    )
+    out += [(str(gw.key), ("Accepted", "Programmed")) for gw in gateways]
+    keys = {(gw.key.namespace, gw.key.name) for gw in gateways}
+    for route in sorted(state.objects("HTTPRoute"), key=lambda r: r.key):
+        if any(p.kind == "Gateway" and (p.namespace, p.name) in keys for p in route.parents):
+            out.append((str(route.key), ("Accepted", "ResolvedRefs")))
+    return tuple(out)
 
 
 def _expected_certificate(plane: Any, sni: str) -> tuple[str, tuple[str, ...]]:
@@ -316,16 +468,74 @@ def judge_answer(text: str, service: str, endpoints: frozenset[str]) -> tuple[st
     return named[1], ""
 
 
-def http_request(path: str, host_header: str) -> tuple[h11.Request, bytes]:
+def http_request(
+    path: str, host_header: str, extra: Iterable[tuple[str, str]] = ()
+) -> tuple[h11.Request, bytes]:
     """A GET that asks the server to close after the response (EOF ends the read)."""
     headers = [
         ("host", host_header),
         ("connection", "close"),
         ("user-agent", "netplane-demo-probe"),
+        *extra,
     ]
     request = h11.Request(method="GET", target=path, headers=headers)
     conn = h11.Connection(h11.CLIENT)
     return request, conn.send(request) + conn.send(h11.EndOfMessage())
+
+
+def judge_split(
+    answers: Iterable[tuple[str, str]], shares: tuple[tuple[str, frozenset[str], int], ...]
+) -> tuple[bool, str]:
+    """Did the (service, endpoint) answers meet every share of a SplitCheck exactly?"""
+    counts: dict[str, int] = {}
+    for service, endpoint in answers:
+        allowed = next((e for s, e, _ in shares if s == service), None)
+        if allowed is None:
+            return False, f"answered by {service}, not one of {', '.join(s for s, _, _ in shares)}"
+        if endpoint not in allowed:
+            return False, f"answered by {service} endpoint {endpoint}, not one of its endpoints"
+        counts[service] = counts.get(service, 0) + 1
+    got = ", ".join(f"{counts.get(s, 0)} from {s}" for s, _, _ in shares)
+    if any(counts.get(s, 0) != n for s, _, n in shares):
+        want = ", ".join(f"{n} from {s}" for s, _, n in shares)
+        return False, f"{got}; expected {want}"
+    return True, f"200 x{sum(counts.values())}: {got}"
+
+
+def judge_gateway_status(
+    body: bytes, expected: tuple[tuple[str, tuple[str, ...]], ...]
+) -> tuple[bool, str]:
+    """Does /debug/state give each object the conditions of a GatewayStatusCheck, all True?"""
+    try:
+        statuses = json.loads(body)["planes"]["ingress"]["gateway"]["status"]
+    except (ValueError, KeyError, TypeError):
+        return False, "the body has no planes.ingress.gateway.status"
+    shown = []
+    for key, types in expected:
+        status = statuses.get(key)
+        if status is None:
+            return False, f"{key} has no status"
+        if key.startswith(("HTTPRoute ", "GRPCRoute ")):
+            groups = [(key, p.get("conditions", [])) for p in status.get("parents", [])]
+            if not groups:
+                return False, f"{key} is attached to no Gateway"
+        else:  # a Gateway's listeners first: they say why the Gateway is not ready
+            groups = [
+                (f"{key} listener {li.get('name')}", li.get("conditions", []))
+                for li in status.get("listeners", [])
+            ]
+            groups.append((key, status.get("conditions", [])))
+        for where, conditions in groups:
+            by_type = {c.get("type"): c for c in conditions}
+            for t in types:
+                c = by_type.get(t)
+                if c is None:
+                    return False, f"{where} has no {t} condition"
+                if c.get("status") != "True":
+                    why = f"{c.get('reason')}: {c.get('message')}"
+                    return False, f"{where}: {t} is {c.get('status')} ({why})"
+        shown.append(f"{key} {', '.join(types)}")
+    return True, "; ".join(shown)
 
 
 def http_response(request: h11.Request, data: bytes) -> tuple[int, bytes]:
@@ -467,6 +677,8 @@ def _reason(e: BaseException) -> str:
 async def _run_check(check: Check) -> tuple[bool, str]:
     if isinstance(check, HttpCheck):
         return await _http_check(check)
+    if isinstance(check, SplitCheck):
+        return await _split_check(check)
     if isinstance(check, UdpCheck):
         return await _udp_check(check)
     if isinstance(check, TlsCheck):
@@ -475,9 +687,15 @@ async def _run_check(check: Check) -> tuple[bool, str]:
     if isinstance(check, DnsCheck):
         qid, wire = dns_query(check.qname, check.qtype)
         return judge_dns(check, qid, await _udp(check.host, check.port, wire))
-    request, wire = http_request(check.path, str(Listen(check.host, check.port)))
+    path = "/debug/state" if isinstance(check, GatewayStatusCheck) else check.path
+    request, wire = http_request(path, str(Listen(check.host, check.port)))
     data, _ = await _exchange(check.host, check.port, wire, None)
-    return judge_admin(check.path, *http_response(request, data))
+    status, body = http_response(request, data)
+    if isinstance(check, GatewayStatusCheck):
+        if status != 200:
+            return False, f"status {status}"
+        return judge_gateway_status(body, check.expected)
+    return judge_admin(path, status, body)
 
 
 async def _http_check(check: HttpCheck) -> tuple[bool, str]:
@@ -485,7 +703,7 @@ async def _http_check(check: HttpCheck) -> tuple[bool, str]:
     rounds = 2 * len(check.endpoints) if check.every else 1
     seen: list[str] = []
     for _ in range(max(1, rounds)):
-        request, wire = http_request(check.path, check.host_header)
+        request, wire = http_request(check.path, check.host_header, check.headers)
         data, cert = await _exchange(check.host, check.port, wire, check.sni)
         if check.certificate is not None:
             ok, why = judge_certificate(cert, check.certificate) if cert else (False, "no cert")
@@ -504,6 +722,21 @@ async def _http_check(check: HttpCheck) -> tuple[bool, str]:
     by = ", ".join(sorted(set(seen)))
     tls = f"; {judge_certificate(cert, check.certificate)[1]}" if check.certificate and cert else ""
     return True, f"200 from {check.service} endpoint {by}{tls}"
+
+
+async def _split_check(check: SplitCheck) -> tuple[bool, str]:
+    answers = []
+    for _ in range(check.requests):
+        request, wire = http_request(check.path, check.host_header)
+        data, _ = await _exchange(check.host, check.port, wire, None)
+        status, body = http_response(request, data)
+        if status != 200:
+            return False, f"status {status}: {body[:80]!r}"
+        named = answered_by(body.decode(errors="replace"))
+        if named is None:
+            return False, f"not a demo backend's answer: {body[:80]!r}"
+        answers.append(named)
+    return judge_split(answers, check.shares)
 
 
 async def _udp_check(check: UdpCheck) -> tuple[bool, str]:

@@ -26,10 +26,13 @@ from netplane.demo_probe import (
     judge_answer,
     judge_certificate,
     judge_dns,
+    judge_gateway_status,
+    judge_split,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = frozenset({"127.0.1.1:18080", "127.0.1.2:18080"})
+API = frozenset({"127.0.2.1:18081"})
 
 # -- judging, no I/O ------------------------------------------------------------------
 
@@ -130,6 +133,70 @@ def test_judge_admin() -> None:
     assert judge_admin("/readyz", 200, b"ok\n") == (True, "200 ok")
 
 
+def test_http_request_sends_the_extra_headers_a_route_matches_on() -> None:
+    _, wire = http_request("/", "127.0.0.1:10088", [("x-version", "v2")])
+    assert b"\r\nx-version: v2\r\n" in wire
+
+
+def test_judge_split_wants_each_share_exactly() -> None:
+    shares = (("demo/web", WEB, 6), ("demo/api", API, 2))
+    web1, web2 = ("demo/web", "127.0.1.1:18080"), ("demo/web", "127.0.1.2:18080")
+    api = ("demo/api", "127.0.2.1:18081")
+    answers = [web1, web2, api, web1, web2, web1, api, web2]
+    assert judge_split(answers, shares) == (True, "200 x8: 6 from demo/web, 2 from demo/api")
+    ok, why = judge_split([web1] * 7 + [api], shares)
+    assert not ok
+    assert why == "7 from demo/web, 1 from demo/api; expected 6 from demo/web, 2 from demo/api"
+    ok, why = judge_split([("demo/db", "127.0.4.1:15432")], shares)
+    assert not ok and why == "answered by demo/db, not one of demo/web, demo/api"
+    ok, why = judge_split([("demo/api", "127.0.2.2:18081")], shares)
+    assert not ok and "endpoint 127.0.2.2:18081, not one of its endpoints" in why
+
+
+def _condition(type_: str, ok: bool = True, reason: str = "", message: str = "") -> dict:
+    return {"type": type_, "status": "True" if ok else "False", "reason": reason or type_,
+            "message": message}  # fmt: skip
+
+
+def _state(gateway_listener: list[dict]) -> bytes:
+    status = {
+        "GatewayClass netplane": {"conditions": [_condition("Accepted")]},
+        "Gateway demo/demo": {
+            "conditions": [_condition("Accepted"), _condition("Programmed")],
+            "listeners": [{"name": "http", "conditions": gateway_listener}],
+        },
+        "HTTPRoute demo/demo": {
+            "parents": [{"conditions": [_condition("Accepted"), _condition("ResolvedRefs")]}]
+        },
+    }
+    return json.dumps({"planes": {"ingress": {"gateway": {"status": status}}}}).encode()
+
+
+def test_judge_gateway_status() -> None:
+    expected = (
+        ("GatewayClass netplane", ("Accepted",)),
+        ("Gateway demo/demo", ("Accepted", "Programmed")),
+        ("HTTPRoute demo/demo", ("Accepted", "ResolvedRefs")),
+    )
+    good = _state([_condition("Accepted"), _condition("Programmed")])
+    assert judge_gateway_status(good, expected) == (
+        True,
+        "GatewayClass netplane Accepted; Gateway demo/demo Accepted, Programmed;"
+        " HTTPRoute demo/demo Accepted, ResolvedRefs",
+    )
+    taken = _state(
+        [_condition("Accepted", False, "PortUnavailable", "port 10088 is in use"),
+         _condition("Programmed", False, "Invalid", "not served")]
+    )  # fmt: skip
+    assert judge_gateway_status(taken, expected) == (
+        False,
+        "Gateway demo/demo listener http: Accepted is False (PortUnavailable: port 10088 is in use)",
+    )
+    missing = (*expected, ("HTTPRoute demo/other", ("Accepted",)))
+    assert judge_gateway_status(good, missing) == (False, "HTTPRoute demo/other has no status")
+    assert judge_gateway_status(b"{}", expected)[0] is False
+
+
 # -- the command -------------------------------------------------------------------------
 
 
@@ -151,7 +218,7 @@ def test_demo_probe_tries_every_printed_command_and_exits_0() -> None:
     r = _demo_probe()
     assert r.returncode == 0, r.stdout + r.stderr
     tries, probes = _tries_and_probes(r.stdout)
-    assert len(tries) == len(probes) >= 19, (tries, probes)
+    assert len(tries) == len(probes) >= 22, (tries, probes)
     assert all(re.search(r"  ok \(.+\)$", line) for line in probes), probes
     assert f"\n{len(probes)} of {len(probes)} probes passed.\n" in r.stdout
     text = "\n".join(probes)
@@ -162,6 +229,15 @@ def test_demo_probe_tries_every_printed_command_and_exits_0() -> None:
     assert "ok (SRV 15432 db-0.db.demo.svc.cluster.local., SRV 15432 db-1." in text
     assert "ok (NXDOMAIN with the SOA)" in text
     assert "admin /debug/state" in text and "ok (200, mode local)" in text
+    # Gateway API: the header match, the 3:1 split (exact: weighted round-robin is smooth)
+    # and the status netplane gave the objects.
+    assert re.search(r"HTTPRoute demo/demo with x-version: v2  http://127\.0\.\d+\.\d+:10088/ "
+                     r".*  ok \(200 from demo/api endpoint 127\.0\.2\.1:18081\)", text)  # fmt: skip
+    assert "HTTPRoute demo/demo split 3:1  " in text
+    assert "ok (200 x8: 6 from demo/web, 2 from demo/api)" in text
+    assert ("ok (GatewayClass netplane Accepted; Gateway demo/demo Accepted, Programmed;"
+            " HTTPRoute demo/demo Accepted, ResolvedRefs)") in text  # fmt: skip
+    assert "  curl -H 'x-version: v2' http://" in "\n".join(tries)
     assert re.search(r"info netplane\.daemon: stopped$", r.stderr, re.M)  # a clean shutdown
 
 
@@ -235,3 +311,29 @@ def test_demo_takes_a_free_admin_port_when_10256_is_taken() -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"^  admin /readyz  http://127\.0\.0\.1:(\d+)/readyz  ok", r.stdout, re.M)
     assert m and int(m.group(1)) not in (0, 10256), r.stdout
+
+
+@pytest.mark.e2e
+def test_demo_moves_the_gateway_to_another_loopback_address_when_its_port_is_taken() -> None:
+    from netplane.cli import DEMO_GATEWAY_PORT
+
+    try:
+        holder = socket.create_server(("127.0.0.1", DEMO_GATEWAY_PORT))
+    except OSError as e:
+        pytest.skip(f"127.0.0.1:{DEMO_GATEWAY_PORT} is taken already: {e}")
+    with holder:
+        r = _demo_probe("--dns", "off")
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = re.search(rf"^  HTTPRoute demo/demo split 3:1  http://(\S+):{DEMO_GATEWAY_PORT}/ .*  ok",
+                  r.stdout, re.M)  # fmt: skip
+    assert m and m.group(1).startswith("127.0.5."), r.stdout
+
+
+def test_the_demo_gateway_listens_on_the_port_the_cli_checks() -> None:
+    import yaml
+
+    from netplane.cli import DEMO_GATEWAY_PORT, demo_manifests
+
+    docs = yaml.safe_load_all((Path(demo_manifests()) / "gateway.yaml").read_text())
+    ports = [li["port"] for d in docs if d["kind"] == "Gateway" for li in d["spec"]["listeners"]]
+    assert ports == [DEMO_GATEWAY_PORT]
