@@ -164,7 +164,7 @@ def _plain(axis: Any) -> None:
 # for a run, not a standing, so it is left out of the plot too.
 PANELS = (
     ("L4 proxy", ("l4",)),
-    ("Ingress", ("ingress",)),
+    ("Ingress", ("ingress", "gateway")),
     ("DNS", ("dns", "scale")),
 )
 CONTEXT_METRICS = frozenset(("conn_load_cpu_pct", "udp_load_cpu_pct", "load_cpu_pct"))
@@ -190,6 +190,8 @@ def standing_rows(doc: dict[str, Any]) -> dict[str, list[tuple[str, str, float]]
                 continue
             a = _medians(sc, NETPLANE, m["name"])
             for peer in sc["sides"][1:]:
+                if peer.startswith(NETPLANE):  # netplane against itself: markdown only
+                    continue
                 b = _medians(sc, peer, m["name"])
                 s = standing(a[0], b[0], m["better"]) if a and b else None
                 if s is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from bench.harness import Scenario
 from bench.scenarios.dns import ClusterDns
+from bench.scenarios.gateway import GatewayBench
 from bench.scenarios.grpc import GrpcBench
 from bench.scenarios.ingress import IngressBench
 from bench.scenarios.l4 import L4Proxy
@@ -26,6 +27,7 @@ SCENARIOS: list[type[Scenario]] = [
     L4Proxy,
     NodeSockets,
     IngressBench,
+    GatewayBench,
     GrpcBench,
     ClusterDns,
     WorkerScaling,

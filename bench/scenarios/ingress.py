@@ -244,12 +244,34 @@ def nginx_conf(
                 f"        listen {LISTEN}:{http_port};\n{ssl_lines}"
                 f"        server_name {host};\n" + "\n".join(locations) + "\n    }"
             )
-    ups = "\n".join(
+    default_server = f"""    server {{
+        listen {LISTEN}:{http_port} default_server;
+        listen {LISTEN}:{https_port} ssl http2 default_server;
+        ssl_certificate {work}/{NAMESPACE}-bench-tls.crt;
+        ssl_certificate_key {work}/{NAMESPACE}-bench-tls.key;
+        return 404;
+    }}"""
+    return nginx_http(work, access_log, [nginx_upstreams(upstreams), default_server, *servers])
+
+
+def nginx_upstreams(upstreams: dict[str, list[str]]) -> str:
+    """``upstream`` blocks with ``keepalive``, one per Service port."""
+    return "\n".join(
         f"    upstream {name} {{\n"
         + "".join(f"        server {a};\n" for a in addrs)
         + "        keepalive 320;\n    }"
         for name, addrs in upstreams.items()
     )
+
+
+def nginx_http(work: Path, access_log: Path, blocks: list[str]) -> str:
+    """The whole nginx.conf: what an ingress controller sets for every request, then ``blocks``.
+
+    One worker, the buffered access log, HTTP/1.1 upstreams and the
+    X-Forwarded-*, X-Real-IP and X-Request-ID headers; ``blocks`` are the
+    ``map``, ``upstream`` and ``server`` blocks of the routes.
+    """
+    body = "\n".join(blocks)
     return f"""daemon off;
 master_process off;
 worker_processes 1;
@@ -281,15 +303,7 @@ http {{
     proxy_set_header X-Forwarded-Port $server_port;
     proxy_set_header X-Forwarded-Proto $scheme;
     add_header X-Request-ID $rid;
-{ups}
-    server {{
-        listen {LISTEN}:{http_port} default_server;
-        listen {LISTEN}:{https_port} ssl http2 default_server;
-        ssl_certificate {work}/{NAMESPACE}-bench-tls.crt;
-        ssl_certificate_key {work}/{NAMESPACE}-bench-tls.key;
-        return 404;
-    }}
-{chr(10).join(servers)}
+{body}
 }}
 """
 
@@ -362,7 +376,7 @@ class IngressBench(Scenario):
         program("wrk")
         import trustme
 
-        self.work = work = ctx.workdir / "ingress"
+        self.work = work = ctx.workdir / self.name
         work.mkdir(exist_ok=True)
         (work / "nginx").mkdir(exist_ok=True)
         leaf = trustme.CA().issue_cert("*.bench.test")  # ECDSA P-256

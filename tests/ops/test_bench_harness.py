@@ -6,6 +6,7 @@ Fast and offline: no apt, no peers, no netplane process.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import struct
 import sys
@@ -279,3 +280,106 @@ def test_pin_roles(tmp_path: Path) -> None:
     assert Context(quick=True, runs=1, workdir=tmp_path, cpus=[0]).pin("load") == []
     with pytest.raises(ValueError):
         ctx.pin("client")
+
+
+def test_gateway_scenario_runs_right_after_ingress_with_netplane_ingress_as_a_side() -> None:
+    from bench.scenarios import SCENARIOS
+    from bench.scenarios.gateway import INGRESS, GatewayBench
+    from bench.scenarios.ingress import IngressBench
+
+    names = [cls.name for cls in SCENARIOS]
+    assert names.index("gateway") == names.index("ingress") + 1
+    assert GatewayBench.sides == ("netplane", INGRESS, "nginx") and GatewayBench.interleaved
+    ctx = Context(quick=True, runs=1, workdir=Path("/nonexistent"), echo=lambda _msg: None)
+    assert GatewayBench().sizes(ctx) == IngressBench().sizes(ctx) == (1,)
+    full = Context(quick=False, runs=1, workdir=Path("/nonexistent"), echo=lambda _msg: None)
+    assert GatewayBench().sizes(full) == (1, 1000)
+    assert {m.name for m in GatewayBench().metrics(full)} >= {"rps@1", "rps@1000"}
+
+
+def _nginx_routing(conf: str) -> tuple[dict[str, str], dict[str, str], set[int]]:
+    """(x-tenant value -> route, server_name -> route it checks, listen ports) from a config."""
+    (block,) = re.findall(r"map \$http_x_tenant \$gw_x_tenant \{(.*?)\}", conf, re.S)
+    by_tenant = dict(re.findall(r'"([^"]+)" "([^"]+)";', block))
+    by_host = dict(
+        re.findall(
+            r"server_name (\S+);\s+location / \{\s+"
+            r'if \(\$gw_x_tenant != "([^"]+)"\) \{ return 404; \}\s+proxy_pass http://bench_web;',
+            conf,
+        )
+    )
+    ports = {int(p) for p in re.findall(r"listen 127\.0\.0\.1:(\d+)", conf)}
+    return by_tenant, by_host, ports
+
+
+def test_gateway_nginx_config_routes_as_the_httproutes_do(tmp_path: Path) -> None:
+    from bench.scenarios.gateway import gateway_nginx_conf, gateway_objects
+
+    n, port = 5, 18080
+    objs = gateway_objects(n, port, ("127.0.0.1", 9))
+    conf = gateway_nginx_conf(objs, tmp_path, tmp_path / "access.log")
+    by_tenant, by_host, ports = _nginx_routing(conf)
+    assert ports == {port}
+    assert "server 127.0.0.1:9;" in conf and "default_server;\n        return 404;" in conf
+
+    (cls,) = (o for o in objs if o["kind"] == "GatewayClass")
+    (gw,) = (o for o in objs if o["kind"] == "Gateway")
+    routes = [o for o in objs if o["kind"] == "HTTPRoute"]
+    assert cls["spec"]["controllerName"] == "netplane.io/gateway-controller"
+    assert gw["spec"]["gatewayClassName"] == cls["metadata"]["name"]
+    assert gw["spec"]["addresses"] == [{"type": "IPAddress", "value": "127.0.0.1"}]
+    assert [lst["port"] for lst in gw["spec"]["listeners"]] == [port]
+    assert len(routes) == n
+
+    def by_routes(host: str, tenant: str | None) -> str | None:
+        for r in routes:
+            ident = f"{r['metadata']['namespace']}/{r['metadata']['name']}"
+            for rule in r["spec"]["rules"]:
+                for m in rule["matches"]:
+                    if host in r["spec"]["hostnames"] and all(
+                        tenant == h["value"] for h in m["headers"]
+                    ):
+                        return ident
+        return None
+
+    def by_nginx(host: str, tenant: str | None) -> str | None:
+        want = by_host.get(host)
+        return want if want is not None and by_tenant.get(tenant or "") == want else None
+
+    for r in routes:
+        assert r["spec"]["parentRefs"] == [{"name": gw["metadata"]["name"], "sectionName": "http"}]
+    hosts = [f"h{i}.bench.test" for i in range(n + 1)]  # the last is no route's
+    for host in hosts:
+        for tenant in [None, "", *(f"t{i}" for i in range(n + 1))]:
+            assert by_nginx(host, tenant) == by_routes(host, tenant), (host, tenant)
+    # the request wrk sends matches the last route on both
+    assert by_nginx(f"h{n - 1}.bench.test", f"t{n - 1}") == f"bench/r{n - 1}"
+
+
+def test_gateway_manifests_pass_netplane_check(tmp_path: Path) -> None:
+    from bench.scenarios.gateway import gateway_objects
+    from netplane.check import check_paths
+
+    path = tmp_path / "objects.json"
+    items = gateway_objects(3, 18080, ("127.0.0.1", 9))
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    assert check_paths([str(tmp_path)]) == []
+
+
+def test_standing_plot_leaves_out_netplane_against_itself_in_the_gateway_scenario() -> None:
+    doc = synthetic()
+    doc["scenarios"].append(
+        {
+            "name": "gateway",
+            "sides": ["netplane", "netplane Ingress", "nginx"],
+            "metrics": [{"name": "rps@1", "unit": "req/s", "better": "higher", "title": "g"}],
+            "samples": {
+                "netplane": {"rps@1": [90.0]},
+                "netplane Ingress": {"rps@1": [100.0]},
+                "nginx": {"rps@1": [180.0]},
+            },
+        }
+    )
+    rows = report.standing_rows(doc)
+    assert rows["Ingress"][-1] == ("gateway: g", "nginx", 0.5)
+    assert all(peer == "nginx" for _, peer, _ in rows["Ingress"])
