@@ -221,6 +221,35 @@ def test_planner_writes_once_per_version_and_clears_ours_from_a_route_that_left(
     assert planner.plan(obj(gateway(cls="other")), None) is None
 
 
+def test_nodes_sharing_a_gateway_add_their_own_address_and_keep_the_others():
+    """Node mode without --gateway-address: each node serves on its own IPs, so each adds
+    its address to status.addresses instead of overwriting the other nodes'."""
+    listener_status = {"name": "http", "supportedKinds": [], "attachedRoutes": 0,
+                       "conditions": [cond("Accepted", "True")]}  # fmt: skip
+    other_node = {"type": "IPAddress", "value": "198.18.0.1"}
+    doc = gateway()
+    doc["status"] = {
+        "conditions": [cond("Accepted", "True", rfc3339(T0))],
+        "listeners": [listener_status],
+        "addresses": [other_node],
+    }
+    ours = {
+        "conditions": [cond("Accepted", "True")],
+        "listeners": [listener_status],
+        "addresses": [{"type": "IPAddress", "value": "198.18.0.2"}],
+    }
+    shared = GatewayStatusPlanner(OURS, clock=lambda: T0, shared=True)
+    write = shared.plan(obj(doc), ours)
+    assert write is not None
+    assert write.fields["addresses"] == [other_node, {"type": "IPAddress", "value": "198.18.0.2"}]
+    # Once the write is back (both addresses there), nothing to write.
+    doc["status"] = write.fields
+    assert shared.plan(obj(doc, rv="6"), ours) is None
+    # Not shared (one address for every node, or spec.addresses): ours replaces the list.
+    alone = GatewayStatusPlanner(OURS, clock=lambda: T0).plan(obj(doc, rv="7"), ours)
+    assert alone is not None and alone.fields["addresses"] == ours["addresses"]
+
+
 def test_status_paths():
     assert status_path(ObjectKey("GatewayClass", "", "netplane")) == (
         f"/apis/{GROUP}/v1/gatewayclasses/netplane/status"

@@ -212,6 +212,57 @@ async def test_httproute_cross_namespace(world: ConformanceWorld) -> None:
     await check(world, "backend-namespaces", [Case("/", f"{WEB}/web-backend")])
 
 
+async def test_httproute_invalid_cross_namespace_parent_ref(world: ConformanceWorld) -> None:
+    """HTTPRouteInvalidCrossNamespaceParentRef: a route whose namespace the listener does not
+    admit is not attached, says why, and counts for nothing."""
+    route = http_route(
+        "invalid-cross-namespace-parent-ref",
+        [rule(backend("web-backend"))],
+        ns=WEB,
+        parents=[parent("same-namespace")],
+    )
+    await world.start([route])
+    name = "invalid-cross-namespace-parent-ref"
+    assert cond(world, name, "ResolvedRefs", ns=WEB) == ("True", "ResolvedRefs")
+    assert cond(world, name, "Accepted", ns=WEB) == ("False", "NotAllowedByListeners")
+    st = world.status("HTTPRoute", WEB, name)
+    assert st is not None and len(st["parents"]) == 1
+    assert world.listener_status("same-namespace", "http")["attachedRoutes"] == 0
+    await check(world, "same-namespace", [Case("/", status=404)])
+
+
+async def test_httproute_multiple_gateways(world: ConformanceWorld) -> None:
+    """HTTPRouteMultipleGateways: a route shared by two Gateways serves on each, and each
+    Gateway's dedicated route only on its own."""
+    await world.start(
+        [
+            http_route(
+                "multiple-gateways-shared-route",
+                [rule(v(1), matches=[match("/shared")])],
+                parents=[{"name": "same-namespace"}, {"name": "all-namespaces"}],
+            ),
+            http_route(
+                "same-namespace-dedicated-route",
+                [rule(v(2), matches=[match("/")])],
+                parents=[{"name": "same-namespace"}],
+            ),
+            http_route(
+                "all-namespaces-dedicated-route",
+                [rule(v(3), matches=[match("/")])],
+                parents=[{"name": "all-namespaces"}],
+            ),
+        ]
+    )
+    for gw, dedicated in (("same-namespace", 2), ("all-namespaces", 3)):
+        assert_attached(world, "multiple-gateways-shared-route", gw)
+        assert_attached(world, f"{gw}-dedicated-route", gw)
+        await check(
+            world, gw, [Case("/shared", V1), Case("/", f"{INFRA}/infra-backend-v{dedicated}")]
+        )
+    for gw in ("same-namespace", "all-namespaces"):
+        assert world.listener_status(gw, "http")["attachedRoutes"] == 2
+
+
 HI = "httproute-hostname-intersection"
 HI_ADDR = "127.0.92.1"
 HI_ALL_ADDR = "127.0.92.2"

@@ -44,6 +44,7 @@ from typing import Any
 
 from netplane.errors import ModelError, SourceError
 from netplane.ingress.gateway_attach import GatewayWorld, attach
+from netplane.ingress.gateway_plane import CertificateCache
 from netplane.model import ObjectKey, parse_object
 from netplane.model.gateway import CONTROLLER, GATEWAY, GROUP
 from netplane.sources.kube.client import ApiError, KubeClient
@@ -200,9 +201,15 @@ def summary(fields: dict[str, Any]) -> str:
 
 
 def desired_fields(
-    obj: Any, ours: dict[str, Any] | None, controller: str, now: str
+    obj: Any, ours: dict[str, Any] | None, controller: str, now: str, shared: bool = False
 ) -> dict[str, Any] | None:
-    """The status fields ``obj`` should carry, merged with what it has; None: not ours to touch."""
+    """The status fields ``obj`` should carry, merged with what it has; None: not ours to touch.
+
+    ``shared``: every node binds a Gateway without ``spec.addresses`` on its own
+    addresses (node mode, no ``--gateway-address``), so each node adds its own
+    to ``status.addresses`` and keeps the others' (as the Ingress writer's
+    shared mode does), instead of the nodes overwriting each other.
+    """
     current = obj.status if isinstance(obj.status, dict) else {}
     key = obj.key
     if key.kind in ROUTE_KINDS:
@@ -223,15 +230,20 @@ def desired_fields(
     if key.kind == GATEWAY:
         fields["listeners"] = merge_listeners(current.get("listeners"), ours["listeners"], now)
         # Unprogrammed: no address. A null removes the field in a merge patch.
-        fields["addresses"] = ours.get("addresses")
+        addresses = ours.get("addresses")
+        if shared and addresses and not getattr(obj, "addresses", ()):
+            have = [a for a in _dicts(current.get("addresses")) if a.get("value")]
+            values = {a["value"] for a in have}
+            addresses = have + [a for a in addresses if a["value"] not in values]
+        fields["addresses"] = addresses
     return fields
 
 
 def plan_status(
-    obj: Any, ours: dict[str, Any] | None, controller: str, now: str
+    obj: Any, ours: dict[str, Any] | None, controller: str, now: str, shared: bool = False
 ) -> StatusWrite | None:
     """The write ``obj`` needs so that it carries ``ours``, or None when it does already."""
-    fields = desired_fields(obj, ours, controller, now)
+    fields = desired_fields(obj, ours, controller, now, shared)
     if fields is None:
         return None
     current = obj.status if isinstance(obj.status, dict) else {}
@@ -244,14 +256,19 @@ class GatewayStatusPlanner:
     """Decides which objects need a status write; remembers what was written from which version."""
 
     def __init__(
-        self, controller: str = CONTROLLER, clock: Callable[[], datetime] = _utcnow
+        self,
+        controller: str = CONTROLLER,
+        clock: Callable[[], datetime] = _utcnow,
+        *,
+        shared: bool = False,
     ) -> None:
         self.controller = controller
         self.clock = clock
+        self.shared = shared  # see desired_fields
         self._in_flight: dict[ObjectKey, tuple[str, Any]] = {}
 
     def plan(self, obj: Any, ours: dict[str, Any] | None) -> StatusWrite | None:
-        write = plan_status(obj, ours, self.controller, rfc3339(self.clock()))
+        write = plan_status(obj, ours, self.controller, rfc3339(self.clock()), self.shared)
         if write is None:
             self._in_flight.pop(obj.key, None)
             return None
@@ -293,12 +310,14 @@ class GatewayStatusWriter:
         default_addresses: tuple[str, ...] = ("127.0.0.1",),
         backoff: Backoff | None = None,
         clock: Callable[[], datetime] = _utcnow,
+        shared_addresses: bool = False,
     ) -> None:
         self.dp = dp
         self.client = client
         self.controller = controller
         self.default_addresses = tuple(default_addresses)
-        self.planner = GatewayStatusPlanner(controller, clock)
+        self._certificates = CertificateCache()
+        self.planner = GatewayStatusPlanner(controller, clock, shared=shared_addresses)
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self.world = GatewayWorld()
         self.writes = 0
@@ -326,8 +345,16 @@ class GatewayStatusWriter:
             yield from self.dp.state.objects(kind)
 
     def _plan_all(self) -> None:
+        # The same certificate check the plane makes, so that a Secret whose pair
+        # cannot serve is InvalidCertificateRef here too.
         self.world = attach(
-            self.dp.state, controller=self.controller, default_addresses=self.default_addresses
+            self.dp.state,
+            controller=self.controller,
+            default_addresses=self.default_addresses,
+            check_certificate=self._certificates.check,
+        )
+        self._certificates.keep_only(
+            {secret.key for served in self.world.listeners() for secret in served.certificates}
         )
         self._pending = {w.key: w for w in self.planner.plan_all(self._objects(), self.world)}
         self.plans += 1
@@ -477,6 +504,8 @@ def gateway_status_for(cfg: Any, dp: Any, sources: Sequence[Any]) -> GatewayStat
         KubeClient(kube.config),
         controller=IngressSettings().gateway_controller,  # the ingress plane's own
         default_addresses=cfg.effective_gateway_addresses,
+        # Node mode without --gateway-address: each node serves Gateways on its own IPs.
+        shared_addresses=cfg.mode == "node" and not cfg.gateway_addresses,
     )
     dp.planes["gateway-status"] = writer
     return writer
