@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno as errno_codes
 import logging
 import os
+import socket
 import ssl
 from typing import Any
 
@@ -41,6 +42,8 @@ from netplane.addresses import hostport
 from netplane.dataplane import Change
 from netplane.model import Secret
 from netplane.model.gateway import CONTROLLER
+from netplane.ports import Listener as PortListener
+from netplane.ports import PortTaken, claim_in_group
 
 log = logging.getLogger("netplane.ingress.gateway")
 
@@ -131,7 +134,9 @@ class GatewayListeners:
         self.world = GatewayWorld()
         self._open: dict[tuple[str, int], tuple[tuple[str, int], _SniContext | None]] = {}
         self._unavailable: dict[tuple[str, int], str] = {}
+        self._locks: dict[tuple[str, int], socket.socket] = {}  # see netplane.ports
         self._logged: set[str] = set()
+        self._said: dict[tuple[str, int], str] = {}  # bind errors logged, by socket
 
     # -- following the state -----------------------------------------------------
 
@@ -146,6 +151,7 @@ class GatewayListeners:
         services = set(change.services)
         services.update((k.namespace, k.name) for k in change.objects if k.kind == "Service")
         if kinds & WORLD_KINDS or services & self.world.services:
+            self._unavailable = {}  # a port that could not be opened is tried again
             await self._sync(self._attach(state), state, table)
         elif services:
             self.routes.update_services(services, table)
@@ -166,6 +172,9 @@ class GatewayListeners:
             if key not in self.routes.ports:
                 bound, _ctx = self._open.pop(key)
                 self.server.unlisten(bound)
+                lock = self._locks.pop(key, None)
+                if lock is not None:
+                    lock.close()
                 log.info("gateway: stopped listening on %s", hostport(*key))
         for key, pr in self.routes.ports.items():
             sock = world.sockets[key]
@@ -192,26 +201,54 @@ class GatewayListeners:
             ctx.load(sock, self.certs)
             tls = ctx.context
         names = ", ".join(lst.label for lst in sock.listeners)
+        lock = None
+        if self.reuse_port:
+            # --workers N: the socket is shared with the sibling workers only; another
+            # netplane on the port must not join the group (netplane.ports).
+            try:
+                lock = claim_in_group(PortListener("gateway", key[0], key[1], "TCP"))
+            except PortTaken as e:
+                why = str(e).split(": ", 2)[-1]
+                self._bind_failed(key, names, why)
+                return False
         try:
             bound = await self.server.listen(
                 key[0], key[1], tls=tls, reuse_port=self.reuse_port, routes=pr,
                 label=f"gateway ({names})",
             )  # fmt: skip
         except OSError as e:
+            if lock is not None:
+                lock.close()
             why = os.strerror(e.errno) if e.errno else str(e)
             if e.errno == errno_codes.EADDRINUSE:
                 why = f"port {key[1]} is already in use on {key[0]}"
-            self._unavailable[key] = why
-            log.error("gateway (%s): cannot listen on %s: %s", names, hostport(*key), why)
+            self._bind_failed(key, names, why)
             return False
         self._open[key] = (bound, ctx)
+        self._said.pop(key, None)
+        if lock is not None:
+            self._locks[key] = lock
         return True
+
+    def _bind_failed(self, key: tuple[str, int], names: str, why: str) -> None:
+        """A socket that cannot open: reported in status, logged once until that changes."""
+        self._unavailable[key] = why
+        if self._said.get(key) != why:
+            self._said[key] = why
+            log.error("gateway (%s): cannot listen on %s: %s", names, hostport(*key), why)
 
     def _log_problems(self, world: GatewayWorld) -> None:
         lines = set(world.problems)
         for line in sorted(lines - self._logged):
             log.warning("gateway: %s", line)
         self._logged = lines
+
+    def close(self) -> None:
+        """Let go of the port locks (the server closes the sockets themselves)."""
+        for lock in self._locks.values():
+            lock.close()
+        self._locks.clear()
+        self._open.clear()
 
     # -- introspection -------------------------------------------------------------
 

@@ -175,6 +175,7 @@ class IngressPlane:
         if self._stream is not None:
             self._stream.close()
         await self.server.close(grace)
+        self.gateway.close()
         if self.access_log is not None:
             self.access_log.close()
 

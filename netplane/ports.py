@@ -21,6 +21,10 @@ with the line the worker reports (see :mod:`netplane.supervisor`). With
 SO_REUSEPORT and the same user, in that gap, it goes unnoticed: only a
 netplane-aware program does that, and a netplane takes the lock first.
 
+Sockets that workers open while they run (a Gateway's ports) cannot be
+claimed by the owner beforehand: :func:`claim_in_group` lets the first
+worker take the lock and its siblings share it.
+
 When a claim fails, :func:`holders` names the process from /proc, if this
 process may see it.
 """
@@ -123,6 +127,57 @@ class Claims:
         for lock in self._locks:
             lock.close()
         self._locks.clear()
+
+
+def claim_in_group(listener: Listener) -> socket.socket | None:
+    """Claim a listener that this process's worker group shares (SO_REUSEPORT).
+
+    For sockets a worker opens while it runs (a Gateway's ports), where the
+    owner cannot claim them first. The first worker to get here takes the
+    lock and probes the port (returned: the lock, to close when the socket
+    closes); a sibling worker, or the owner, holding the lock means the port
+    is this netplane's already (None). Any other holder raises
+    :class:`PortTaken`, as :meth:`Claims.claim` does.
+    """
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(_lock_name(listener))
+        lock.listen(1)
+    except OSError as e:
+        lock.close()
+        if e.errno != errno.EADDRINUSE:
+            raise PortTaken(listener, e.strerror or str(e)) from None
+        pid = _lock_holder(listener)
+        if pid is not None and pid in _group():
+            return None
+        who = f"pid {pid}: {_cmdline(pid)}" if pid else "its pid unknown"
+        raise PortTaken(listener, f"another netplane holds it ({who})") from None
+    taken = check(listener)
+    if taken is not None:
+        lock.close()
+        raise taken
+    return lock
+
+
+def _group() -> set[int]:
+    """This process, its parent (a worker's owner) and the parent's other children."""
+    me, owner = os.getpid(), os.getppid()
+    out = {me, owner}
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and _parent_of(int(entry)) == owner:
+                out.add(int(entry))
+    return out
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+    return int(stat[stat.rindex(b")") + 2 :].split()[1])
 
 
 def check(listener: Listener) -> PortTaken | None:
