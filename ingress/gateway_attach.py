@@ -178,6 +178,19 @@ class GatewayWorld:
             yield from s.listeners
 
 
+@dataclass(slots=True)
+class _ListenerState:
+    """What :func:`attach` learns about one listener on its way to the listener's status."""
+
+    accepted: tuple[str, str] = ("Accepted", "")  # (reason, why not; "" when accepted)
+    resolved: tuple[str, str] = ("ResolvedRefs", "")  # (reason, why not)
+    conflicted: tuple[str, str] | None = None  # (reason, why)
+    kinds: list[str] = field(default_factory=list)  # the route kinds it admits
+    attached: int = 0  # routes attached (the status's attachedRoutes)
+    served: ServedListener | None = None  # set once it is given a socket
+    certs: tuple[Secret, ...] = ()  # the certificates that resolved (HTTPS)
+
+
 # -- references ----------------------------------------------------------------------
 
 
@@ -266,8 +279,7 @@ def attach(
 
     gateways = sorted((g for g in state.objects("Gateway") if g.class_name in classes), key=_age)
     by_key = {g.key: g for g in gateways}
-    # Per listener: (conditions being built, supported kinds, attached count, served entry)
-    lstate: dict[tuple[ObjectKey, str], dict[str, Any]] = {}
+    lstate: dict[tuple[ObjectKey, str], _ListenerState] = {}
     ports: dict[tuple[str, int], list[tuple[Gateway, Listener]]] = {}
     gw_addresses: dict[ObjectKey, tuple[str, ...]] = {}
 
@@ -275,37 +287,29 @@ def attach(
         addresses, bad = _addresses(gw, default_addresses)
         gw_addresses[gw.key] = addresses
         for li in gw.listeners:
-            st: dict[str, Any] = {
-                "accepted": ("Accepted", ""),
-                "resolved": ("ResolvedRefs", ""),
-                "conflicted": None,
-                "kinds": [],
-                "attached": 0,
-                "served": None,
-                "certs": (),
-            }
+            st = _ListenerState()
             lstate[(gw.key, li.name)] = st
             if bad:
-                st["accepted"] = ("UnsupportedAddress", bad)
+                st.accepted = ("UnsupportedAddress", bad)
                 continue
             if li.protocol not in SUPPORTED_PROTOCOLS or li.tls_mode == "Passthrough":
                 what = f"TLS mode {li.tls_mode}" if li.tls_mode == "Passthrough" else li.protocol
-                st["accepted"] = (
+                st.accepted = (
                     "UnsupportedProtocol",
                     f"{what} listeners are not supported; netplane serves HTTP and HTTPS",
                 )
                 continue
-            st["kinds"], invalid = _kinds(li)
+            st.kinds, invalid = _kinds(li)
             if invalid:
-                st["resolved"] = (
+                st.resolved = (
                     "InvalidRouteKinds",
                     f"unsupported route kinds: {', '.join(invalid)}",
                 )
             if li.protocol == "HTTPS":
                 certs, why = _certificates(state, grants, gw, li, check_certificate)
-                st["certs"] = certs
-                if why and st["resolved"][0] == "ResolvedRefs":
-                    st["resolved"] = why
+                st.certs = certs
+                if why and st.resolved[0] == "ResolvedRefs":
+                    st.resolved = why
             for addr in addresses:
                 ports.setdefault((addr, li.port), []).append((gw, li))
 
@@ -316,31 +320,31 @@ def attach(
         hostnames: set[str] = set()
         for gw, li in entries:
             st = lstate[(gw.key, li.name)]
-            if st["accepted"][1] or (st["conflicted"] and st["conflicted"][0]):
+            if st.accepted[1] or (st.conflicted and st.conflicted[0]):
                 continue
             if why_down:
-                st["accepted"] = ("PortUnavailable", why_down)
+                st.accepted = ("PortUnavailable", why_down)
                 continue
             if sock is None:
                 sock = Socket(addr, port, li.protocol)
             if li.protocol != sock.protocol:
-                st["conflicted"] = (
+                st.conflicted = (
                     "ProtocolConflict",
                     f"port {port} serves {sock.protocol}; this listener asks for {li.protocol}",
                 )
                 continue
             if li.hostname in hostnames:
-                st["conflicted"] = (
+                st.conflicted = (
                     "HostnameConflict",
                     f"another listener on port {port} has hostname {li.hostname or '(any)'}",
                 )
                 continue
-            if li.protocol == "HTTPS" and not st["certs"]:
+            if li.protocol == "HTTPS" and not st.certs:
                 continue  # not programmed: no usable certificate (ResolvedRefs says why)
             hostnames.add(li.hostname)
-            served = st["served"]
+            served = st.served
             if served is None:
-                served = st["served"] = ServedListener(gw, li, st["certs"])
+                served = st.served = ServedListener(gw, li, st.certs)
             sock.listeners.append(served)
         if sock is not None and sock.listeners:
             world.sockets[(addr, port)] = sock
@@ -390,24 +394,24 @@ def attach(
         invalid_any = False
         for li in gw.listeners:
             st = lstate[(gw.key, li.name)]
-            reason, msg = st["accepted"]
+            reason, msg = st.accepted
             listener_ok = not msg
-            conflicted = st["conflicted"]
-            served = st["served"]
+            conflicted = st.conflicted
+            served = st.served
             programmed = served is not None and any(
                 served in s.listeners for s in world.sockets.values()
             )
             programmed_any = programmed_any or programmed
             invalid_any = invalid_any or not programmed
-            r_reason, r_msg = st["resolved"]
+            r_reason, r_msg = st.resolved
             if not programmed:
                 cause = msg or (conflicted[1] if conflicted else "") or r_msg or "not served"
                 world.problems.append(f"{gw.key}: listener {li.name} is not served: {cause}")
             listeners.append(
                 {
                     "name": li.name,
-                    "supportedKinds": [{"group": GROUP, "kind": k} for k in st["kinds"]],
-                    "attachedRoutes": st["attached"],
+                    "supportedKinds": [{"group": GROUP, "kind": k} for k in st.kinds],
+                    "attachedRoutes": st.attached,
                     "conditions": [
                         condition("Accepted", listener_ok, reason, msg or "accepted", g),
                         condition(
@@ -429,7 +433,7 @@ def attach(
                 }
             )
         addr_bad = any(
-            lstate[(gw.key, li.name)]["accepted"][0] == "UnsupportedAddress" for li in gw.listeners
+            lstate[(gw.key, li.name)].accepted[0] == "UnsupportedAddress" for li in gw.listeners
         )
         if addr_bad:
             accepted_c = condition(
@@ -556,7 +560,7 @@ def _attach_route(
     route: Route,
     ref: ParentRef,
     gw: Gateway,
-    lstate: dict[tuple[ObjectKey, str], dict[str, Any]],
+    lstate: dict[tuple[ObjectKey, str], _ListenerState],
     namespaces: Mapping[str, Mapping[str, str]],
 ) -> tuple[str, str]:
     """Attach ``route`` to the listeners ``ref`` selects; ("", "") or (reason, why not)."""
@@ -576,7 +580,7 @@ def _attach_route(
     allowed = [
         li
         for li in candidates
-        if route.kind in lstate[(gw.key, li.name)]["kinds"]
+        if route.kind in lstate[(gw.key, li.name)].kinds
         and _namespace_allowed(li, gw, route, namespaces)
     ]
     if not allowed:
@@ -590,9 +594,9 @@ def _attach_route(
         if not hosts:
             continue
         st = lstate[(gw.key, li.name)]
-        st["attached"] += 1
+        st.attached += 1
         attached += 1
-        served = st["served"]
+        served = st.served
         if served is not None:
             served.routes.append(Attachment(route, hosts))
     if not attached:

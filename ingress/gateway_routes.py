@@ -550,8 +550,10 @@ class GatewayRoutes:
                 )  # fmt: skip
         timeout = getattr(rule, "request_timeout", None) or 0.0
         backend_timeout = getattr(rule, "backend_timeout", None)
-        if backend_timeout:
-            r.options = ProxyOptions(body_limit=None, read_timeout=backend_timeout, hsts=None)
+        if backend_timeout is not None:
+            # "0s" turns the timeout off; unset keeps the proxy's default (60 s, as Ingress)
+            wait = backend_timeout or float("inf")
+            r.options = ProxyOptions(body_limit=None, read_timeout=wait, hsts=None)
         if r.redirect is not None:
             return r
         for bi, ref in enumerate(rule.backends):
