@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from netplane.dns.cache import AnswerCache, ForwardCache
+from netplane.dns.cookie import ServerCookies
 from netplane.dns.responder import Allow, Responder
 from netplane.dns.server import DnsServer
 from netplane.dns.upstream import Forwarder, Upstream
@@ -51,12 +52,15 @@ class DnsSettings:
     pods: str = DEFAULTS.dns_pods
     udp_cap: int = DEFAULTS.dns_udp_size
     tcp_idle: float = 10.0
+    max_tcp_connections: int = DEFAULTS.dns_max_tcp_connections
     forward_timeout: float = 2.0
     answer_cache: int = 100_000
     forward_cache: int = 10_000
     ns_addresses: tuple[str, ...] = field(default=())
     #: SO_REUSEPORT on the UDP and TCP sockets, so that --workers N processes share them
     reuse_port: bool = False
+    #: the secret of the DNS server cookies (RFC 7873, 9018); None: random per process
+    cookie_secret: bytes | None = None
 
 
 def resolv_conf_upstreams(text: str, *, exclude: Iterable[Upstream] = ()) -> list[Upstream]:
@@ -104,6 +108,7 @@ class DnsPlane:
             forwarded=ForwardCache(s.forward_cache),
             can_forward=bool(upstreams),
             udp_cap=s.udp_cap,
+            cookies=ServerCookies(s.cookie_secret),
         )
         self.forwarder = Forwarder(upstreams, timeout=s.forward_timeout)
         self.server = DnsServer(
@@ -113,6 +118,7 @@ class DnsPlane:
             port=s.port,
             tcp_idle=s.tcp_idle,
             reuse_port=s.reuse_port,
+            max_tcp_connections=s.max_tcp_connections,
         )
         self._stream: Any = None
         self._task: asyncio.Task | None = None
@@ -176,7 +182,7 @@ class DnsPlane:
 
     def metrics(self) -> Iterator[Any]:
         """Replies by type and rcode, answer-cache hits and misses, durations (for /metrics)."""
-        return self.server.stats.families(self.responder.answers.hits())
+        return self.server.stats.families(self.responder.answers.hits(), self.forwarder.dropped)
 
     def debug_state(self) -> dict[str, Any]:
         return {

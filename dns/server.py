@@ -1,9 +1,10 @@
 """The UDP and TCP adapters: sockets in, :class:`Responder` in the middle, sockets out.
 
 UDP: a datagram is first offered to the answer cache (a hit is spliced and
-sent without parsing); a miss goes to the responder; a forwarding job runs
-as a task (bounded in number: past the bound the query gets SERVFAIL at
-once rather than queueing behind the others).
+sent without parsing; one with a DNS cookie gets the client's cookie and a
+server cookie made for its address); a miss goes to the responder; a
+forwarding job runs as a task (bounded in number: past the bound the query
+gets SERVFAIL at once rather than queueing behind the others).
 
 TCP (RFC 7766): queries are length-prefixed and may be pipelined; replies
 go out as they are ready, forwarded ones possibly out of order. A
@@ -28,7 +29,9 @@ from netplane.dns.stats import DnsStats, qtype_of
 from netplane.dns.upstream import Forwarder
 from netplane.dns.wire import TcpFramer, frame, header_error
 
+from netplane.accept import Acceptor, listen_transports
 from netplane.addresses import hostport
+from netplane.metrics import OVERLOAD
 
 log = logging.getLogger("netplane.dns")
 
@@ -49,6 +52,7 @@ class DnsServer:
         port: int,
         tcp_idle: float = 10.0,
         reuse_port: bool = False,
+        max_tcp_connections: int = MAX_TCP_CONNECTIONS,
     ) -> None:
         self.responder = responder
         self.reuse_port = reuse_port
@@ -56,8 +60,10 @@ class DnsServer:
         self.host = host
         self.port = port
         self.tcp_idle = tcp_idle
+        self.max_tcp_connections = max_tcp_connections
+        self._refused_logged = -60.0
         self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
+        self._tcp: Acceptor | None = None
         self._tasks: set[asyncio.Task] = set()
         self._conns: set[_TcpConnection] = set()
         self.errors = 0
@@ -67,13 +73,12 @@ class DnsServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         # The TCP port first when it is to be picked: UDP then takes the same number.
-        self._tcp = await loop.create_server(
-            lambda: _TcpConnection(self),
-            self.host,
-            self.port,
-            reuse_address=True,
-            reuse_port=self.reuse_port or None,
-        )
+        # Our own accept loop (see netplane.accept): out of descriptors,
+        # accepting pauses, counted and logged once, where libuv would drop each client.
+        self._tcp = await listen_transports(
+            self.host, self.port, lambda: _TcpConnection(self), label="dns-tcp",
+            reuse_port=self.reuse_port,
+        )  # fmt: skip
         if self.port == 0:
             self.port = self._tcp.sockets[0].getsockname()[1]
         try:
@@ -98,9 +103,18 @@ class DnsServer:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        if self._tcp is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._tcp.wait_closed(), 1)
+
+    def refuse_tcp(self) -> None:
+        """A TCP connection over --dns-max-tcp-connections: counted; logged once a minute."""
+        OVERLOAD.refuse("dns_tcp", "limit")
+        now = asyncio.get_running_loop().time()
+        if now - self._refused_logged >= 60:
+            self._refused_logged = now
+            log.warning(
+                "DNS: %d TCP connections open (--dns-max-tcp-connections); closing new ones "
+                "(netplane_dns_tcp_connections_refused_total counts them)",
+                self.max_tcp_connections,
+            )
 
     # -- shared --------------------------------------------------------------
 
@@ -149,6 +163,7 @@ class DnsServer:
             "dropped_forwards": self.dropped_forwards,
             "upstreams": [hostport(h, p) for h, p in self.forwarder.upstreams],
             "upstream_failures": self.forwarder.failures,
+            "upstream_replies_dropped": dict(self.forwarder.dropped),
         }
 
 
@@ -164,7 +179,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self.sendto = transport.sendto
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        hit = self.cached(data)
+        hit = self.cached(data, addr[0])
         if hit is not None:
             self.sendto(hit, addr)
             return
@@ -194,8 +209,9 @@ class _TcpConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
-        if len(self.server._conns) >= MAX_TCP_CONNECTIONS:
-            transport.close()
+        if len(self.server._conns) >= self.server.max_tcp_connections:
+            self.server.refuse_tcp()
+            transport.abort()
             return
         self.server._conns.add(self)
         self._arm()

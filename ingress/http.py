@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from dataclasses import dataclass
 from time import monotonic
 from typing import Any
@@ -54,6 +55,9 @@ from netplane.ingress.upstream_h2 import H2Pool
 from netplane.addresses import peer_ip
 from netplane.config import DEFAULTS
 from netplane.l4.flow_control import HIGH_WATER, PENDING_FULL, FlowControl
+from netplane.metrics import OVERLOAD
+
+log = logging.getLogger("netplane.ingress")
 
 #: Reading is held while pipelined requests wait behind the one being answered.
 QUEUED = 4
@@ -75,10 +79,42 @@ class HttpSettings:
     body_timeout: float = DEFAULTS.ingress_body_timeout  # between two reads of a body
     keepalive_timeout: float = DEFAULTS.ingress_keepalive_timeout  # idle keep-alive
     h2c: bool = DEFAULTS.ingress_h2c  # HTTP/2 with prior knowledge on plain listeners
+    #: open connections per client IP (nginx's limit_conn); 0: no limit
+    max_connections_per_client: int = DEFAULTS.ingress_max_connections_per_client
 
 
 #: Size of the read buffer a listener's connections share (see ClientConnection.get_buffer).
 READ_BUFFER = 64 * 1024
+
+
+class ClientConns(set):
+    """The open client connections (either protocol), counted by client IP as they come and go.
+
+    Both protocols set ``client_ip`` before they ``add`` themselves, so the
+    hand-over of a connection to HTTP/2 (discard, then add) nets to nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.per_client: dict[str, int] = {}
+        #: client IP -> when its refusal was last logged (loop time)
+        self.refusals_logged: dict[str, float] = {}
+
+    def add(self, conn: Any) -> None:
+        if conn not in self:
+            super().add(conn)
+            ip = conn.client_ip
+            self.per_client[ip] = self.per_client.get(ip, 0) + 1
+
+    def discard(self, conn: Any) -> None:
+        if conn in self:
+            super().discard(conn)
+            ip = conn.client_ip
+            n = self.per_client.get(ip, 0) - 1
+            if n > 0:
+                self.per_client[ip] = n
+            else:
+                self.per_client.pop(ip, None)
 
 
 class Listener:
@@ -112,7 +148,9 @@ class Listener:
         self.port = str(port).encode()
         self.access_log = access_log
         #: every open client connection, either protocol (for timeouts and shutdown)
-        self.conns: set[ClientConnection | Http2Connection] = conns if conns is not None else set()
+        self.conns: set[ClientConnection | Http2Connection] = (
+            conns if conns is not None else ClientConns()
+        )
         self.rbuf = memoryview(bytearray(READ_BUFFER))
 
 
@@ -174,6 +212,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.active: Exchange | None = None
         self.queue: collections.deque[Exchange] = collections.deque()
         self._head_bytes = 0
+        self._head_raw = 0
         # the active response is re-chunked for this client
         self._chunked = False
         # response bytes of one upstream read, written together (head and body in one write)
@@ -183,6 +222,8 @@ class ClientConnection(asyncio.BufferedProtocol):
 
     def connection_made(self, transport: Any) -> None:
         listener = self.listener
+        if listener.settings.max_connections_per_client and self._over_limit(transport):
+            return
         if listener.https:
             ssl_object = transport.get_extra_info("ssl_object")
             if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2":
@@ -197,6 +238,28 @@ class ClientConnection(asyncio.BufferedProtocol):
         self.client_ip_b = ip.encode()
         self.forwarded = forwarded_fields(self.client_ip_b, self.listener.proto, self.listener.port)
         self.listener.conns.add(self)
+
+    def _over_limit(self, transport: Any) -> bool:
+        """Is this client over --ingress-max-connections-per-client? Then close at once."""
+        conns = self.listener.conns
+        per_client = getattr(conns, "per_client", None)
+        ip = peer_ip(transport.get_extra_info("peername"))
+        if per_client is None or per_client.get(ip, 0) < self.settings.max_connections_per_client:
+            return False
+        transport.abort()
+        OVERLOAD.refuse("ingress", "per-client")
+        logged: dict[str, float] = conns.refusals_logged  # type: ignore[attr-defined]  # a ClientConns
+        now = monotonic()
+        if now - logged.get(ip, -60.0) >= 60:
+            if len(logged) > 10_000:  # many clients over: forget the old ones
+                logged.clear()
+            logged[ip] = now
+            log.warning(
+                "ingress: client %s has %d connections open (--ingress-max-connections-per-client);"
+                " closing its new ones (logged once a minute per client)",
+                ip, per_client[ip],
+            )  # fmt: skip
+        return True
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.listener.rbuf
@@ -225,8 +288,11 @@ class ClientConnection(asyncio.BufferedProtocol):
         parser = self.parser
         if parser is None:  # after a malformed request: nothing more is read
             return
+        head = self._head
         try:
             parser.feed_data(data)
+            if self._head is not None:
+                self._head_reads(head, nbytes)
         except httptools.HttpParserUpgrade as e:
             if self.parser is not None:
                 self.upgrading = True
@@ -234,12 +300,33 @@ class ClientConnection(asyncio.BufferedProtocol):
                 if rest:
                     self._early(rest)
         except httptools.HttpParserError as e:
+            if self.parser is None:
+                # The connection ended while this read was parsed (an answer with close):
+                # what follows the end is not read, so not answered either.
+                self._error = None
+                return
             status, message = self._error or (
                 400,
                 b"The request could not be parsed: %s." % str(e).encode("ascii", "replace"),
             )
             self._error = None
             self._fail(status, message)
+
+    def _head_reads(self, before: RequestHead | None, nbytes: int) -> None:
+        """Bound a head that is still incomplete after a read.
+
+        httptools keeps a field's name and value to itself until the field
+        ends, so one endless field never reaches :meth:`on_header`'s count.
+        A head that was begun before this read and is still not done holds
+        every byte of it; past the limit that is a 431 (a head begun within
+        this read starts from nothing: the bound is loose by one read).
+        """
+        if self._head is before:
+            self._head_raw += nbytes
+            if self._head_raw > self.max_header_bytes:
+                self._fail(431, b"The request head is larger than this proxy allows.")
+        else:
+            self._head_raw = 0
 
     def _sniff(self, data: memoryview) -> bool:
         """A plain connection's first bytes: True when they are HTTP/2's preface (prior knowledge).
@@ -305,6 +392,8 @@ class ClientConnection(asyncio.BufferedProtocol):
         up = self.tunnel or (self.active.upstream if self.active is not None else None)
         if up is not None:
             up.resume_reading()
+        elif self.active is None and self.queue and not self._advancing:
+            self._advance()  # pipelined requests held while the client was not reading
 
     # -- httptools callbacks -----------------------------------------------------
 
@@ -388,7 +477,9 @@ class ClientConnection(asyncio.BufferedProtocol):
             )  # fmt: skip
         self._head = None
         ex.route()
-        if self.active is None and not self.queue:
+        # (while the client does not read its answers, the next request waits: the
+        # answers of a pipelined stream never pile up past the write buffer's mark)
+        if self.active is None and not self.queue and not self.write_paused:
             self.active = ex
             ex.start(self.last_read)
         else:
@@ -551,7 +642,7 @@ class ClientConnection(asyncio.BufferedProtocol):
         # A loop, not recursion: a read can hold thousands of pipelined requests.
         self._advancing = True
         try:
-            while self.active is None and self.queue and not self.lost:
+            while self.active is None and self.queue and not self.lost and not self.write_paused:
                 ex = self.active = self.queue.popleft()
                 ex.start(self.last_read)
         finally:

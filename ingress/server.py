@@ -22,12 +22,13 @@ import ssl
 from time import monotonic
 from typing import Any
 
-from netplane.ingress.http import ClientConnection, HttpSettings, Listener
+from netplane.ingress.http import ClientConnection, ClientConns, HttpSettings, Listener
 from netplane.ingress.http2 import Http2Connection
 from netplane.ingress.stats import RequestStats
 from netplane.ingress.upstream import Pool
 from netplane.ingress.upstream_h2 import H2Pool
 
+from netplane.accept import Acceptor, listen_transports
 from netplane.addresses import hostport
 
 log = logging.getLogger("netplane.ingress")
@@ -53,8 +54,8 @@ class IngressServer:
         self.h2pool = H2Pool()
         self.access_log = access_log
         self.stats = RequestStats()
-        self.conns: set[ClientConnection | Http2Connection] = set()
-        self._servers: list[tuple[asyncio.Server, Listener]] = []
+        self.conns: set[ClientConnection | Http2Connection] = ClientConns()
+        self._servers: list[tuple[Acceptor, Listener]] = []
         self._sweeper: asyncio.TimerHandle | None = None
 
     async def listen(
@@ -80,10 +81,12 @@ class IngressServer:
         )  # fmt: skip
         if tls is not None:
             tls.sslobject_class = counting_ssl_objects(self.stats)
-        server = await loop.create_server(
-            lambda: ClientConnection(listener), host, port, ssl=tls, backlog=backlog,
+        # Our own accept loop, not create_server's: out of descriptors, accepting pauses
+        # (counted, logged once) where libuv would accept and drop each client.
+        server = await listen_transports(
+            host, port, lambda: ClientConnection(listener), ssl=tls, backlog=backlog,
             ssl_handshake_timeout=self.settings.header_timeout if tls is not None else None,
-            reuse_port=reuse_port or None,
+            reuse_port=reuse_port, label="ingress-https" if tls is not None else "ingress-http",
         )  # fmt: skip
         sock = server.sockets[0]
         with contextlib.suppress(OSError):

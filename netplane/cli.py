@@ -194,6 +194,15 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         },
     ),
     (
+        ("--ingress-max-connections-per-client",),
+        "ingress-max-connections-per-client",
+        {
+            "metavar": "N",
+            "help": "open connections one client IP may have; beyond, new ones are closed"
+            " (default 0: no limit)",
+        },
+    ),
+    (
         ("--gateway-address",),
         "gateway-address",
         {
@@ -246,6 +255,14 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         ("--dns-udp-size",),
         "dns-udp-size",
         {"metavar": "BYTES", "help": "largest UDP reply (default 1232)"},
+    ),
+    (
+        ("--dns-max-tcp-connections",),
+        "dns-max-tcp-connections",
+        {
+            "metavar": "N",
+            "help": "open DNS-over-TCP connections; beyond, new ones are closed (default 512)",
+        },
     ),
 ]
 

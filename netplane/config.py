@@ -126,6 +126,7 @@ class Config:
     ingress_keepalive_timeout: float = 75.0  # an idle keep-alive connection is closed after this
     ingress_tls_resumption: bool = True  # off: no session tickets (full handshakes, for bench)
     ingress_h2c: bool = True  # HTTP/2 with prior knowledge on the plain listener
+    ingress_max_connections_per_client: int = 0  # nginx's limit_conn per client IP; 0: off
     publish_addresses: tuple[str, ...] = ()  # Ingress status; empty: the node's address
     # Gateway API: where a Gateway without spec.addresses listens; empty: 127.0.0.1
     # (local mode) or the node IPs (node mode, else every address)
@@ -137,6 +138,7 @@ class Config:
     pod_cidrs: tuple[IPNetwork, ...] = ()
     dns_pods: str = "disabled"
     dns_udp_size: int = 1232  # DNS Flag Day 2020: no fragmented UDP replies
+    dns_max_tcp_connections: int = 512  # open DNS-over-TCP connections; new ones beyond: closed
     config_file: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -471,6 +473,10 @@ KEYS: dict[str, tuple[str, Converter[Any]]] = {
     "ingress-keepalive-timeout": ("ingress_keepalive_timeout", _positive_seconds),
     "ingress-tls-resumption": ("ingress_tls_resumption", _bool),
     "ingress-h2c": ("ingress_h2c", _bool),
+    "ingress-max-connections-per-client": (
+        "ingress_max_connections_per_client",
+        _int_in(0, 1_000_000),
+    ),
     "publish-address": ("publish_addresses", _publish_addresses),
     "gateway-address": ("gateway_addresses", _list(_ip)),
     # DNS
@@ -480,6 +486,7 @@ KEYS: dict[str, tuple[str, Converter[Any]]] = {
     "pod-cidr": ("pod_cidrs", _list(_cidr)),
     "dns-pods": ("dns_pods", _choice(DNS_POD_MODES)),
     "dns-udp-size": ("dns_udp_size", _int_in(512, 65535)),
+    "dns-max-tcp-connections": ("dns_max_tcp_connections", _int_in(1, 1_000_000)),
 }
 
 

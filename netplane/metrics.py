@@ -71,6 +71,7 @@ class Metrics:
             buckets=PROGRAMMING_BUCKETS,
             registry=self.registry,
         )
+        self.add_source(OVERLOAD.families)
         self.rejected = Counter(
             "netplane_rejected_objects",
             "Objects refused by the cluster-state checks, by kind",
@@ -99,3 +100,55 @@ def cumulative_buckets(bounds: tuple[float, ...], counts: list[int]) -> list[tup
         out.append((repr(bound), running))
     out.append(("+Inf", running + counts[-1]))
     return out
+
+
+class Overload:
+    """Process-wide counts of connections lost to overload: failed accepts and refusals.
+
+    Descriptors and memory are the process's, not one plane's, so the counts
+    are kept once per process (:data:`OVERLOAD`) and every Dataplane's
+    ``/metrics`` shows them. Label values are netplane's own: a listener kind
+    (``ingress-http``, ``dns-tcp``, ``l4-tcp`` ...), an errno name, a reason.
+    """
+
+    def __init__(self) -> None:
+        #: (listener, errno name) -> accepts that failed
+        self.accept_errors: dict[tuple[str, str], int] = {}
+        #: (plane, reason) -> new connections closed at once by a limit
+        self.refused: dict[tuple[str, str], int] = {}
+
+    def accept_failed(self, listener: str, reason: str) -> None:
+        key = (listener, reason)
+        self.accept_errors[key] = self.accept_errors.get(key, 0) + 1
+
+    def refuse(self, plane: str, reason: str) -> None:
+        key = (plane, reason)
+        self.refused[key] = self.refused.get(key, 0) + 1
+
+    def families(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily
+
+        accept = CounterMetricFamily(
+            "netplane_accept_errors",
+            "Accepts that failed for want of descriptors or memory (accepting pauses, then "
+            "resumes by itself), by listener and errno",
+            labels=["listener", "reason"],
+        )
+        for (listener, reason), n in sorted(self.accept_errors.items()):
+            accept.add_metric([listener, reason], n)
+        yield accept
+        for plane, help_ in (
+            ("ingress", "New ingress connections closed at once by a limit, by reason"),
+            ("dns_tcp", "New DNS-over-TCP connections closed at once by a limit, by reason"),
+        ):
+            fam = CounterMetricFamily(
+                f"netplane_{plane}_connections_refused", help_, labels=["reason"]
+            )
+            for (p, reason), n in sorted(self.refused.items()):
+                if p == plane:
+                    fam.add_metric([reason], n)
+            yield fam
+
+
+#: The process's :class:`Overload` counts.
+OVERLOAD = Overload()

@@ -90,6 +90,7 @@ def http_settings(cfg: Config) -> HttpSettings:
         body_timeout=cfg.ingress_body_timeout,
         keepalive_timeout=cfg.ingress_keepalive_timeout,
         h2c=cfg.ingress_h2c,
+        max_connections_per_client=cfg.ingress_max_connections_per_client,
     )
 
 
@@ -145,6 +146,7 @@ def dns_settings(
         reverse_cidrs=(*cfg.effective_service_cidrs, *cfg.pod_cidrs),
         pods=cfg.dns_pods,
         udp_cap=cfg.dns_udp_size,
+        max_tcp_connections=cfg.dns_max_tcp_connections,
         reuse_port=reuse_port,
     )
 

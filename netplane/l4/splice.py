@@ -64,6 +64,7 @@ from _socket import socket as _RawSocket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from netplane.accept import reset_socket
 from netplane.l4.proxy_protocol import header_for
 from netplane.l4.relay_host import (
     RelayHost,
@@ -73,7 +74,7 @@ from netplane.l4.relay_host import (
     report_closed,
     retry_target,
 )
-from netplane.l4.relay_shared import IDLE_TICKS, LINGER_RST, fmt_addr
+from netplane.l4.relay_shared import IDLE_TICKS, fmt_addr
 
 if TYPE_CHECKING:
     from netplane.l4 import RelayCounts, Route, Target
@@ -81,16 +82,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("netplane.l4.tcp")
 
-#: connections accepted per readiness callback of a listening socket
-ACCEPT_BATCH = 64
-#: accept errors that mean "out of descriptors or memory": stop accepting for a while
-_ACCEPT_PAUSE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-_ACCEPT_PAUSE = 1.0
 #: splice rounds (read + write) per direction before it yields to the loop
 _ROUNDS = 16
-# Linux's values; not every Python names them
-_IP_TRANSPARENT = getattr(socket, "IP_TRANSPARENT", 19)
-_IPV6_TRANSPARENT = 75
 
 if sys.platform == "linux" and hasattr(os, "splice"):
     _FLAGS = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
@@ -121,142 +114,6 @@ def available() -> bool:
     except OSError as e:
         log.info("splice is unavailable (%s); TCP is relayed through Protocols", e)
         return False
-
-
-def reset_socket(sock: _RawSocket) -> None:
-    """Close ``sock`` with a TCP RST (``SO_LINGER`` 0) instead of a FIN."""
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RST)
-    sock.close()
-
-
-async def bind(host: str | None, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
-    """Bound (not yet listening) TCP sockets for ``host:port``, as ``create_server`` binds them."""
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    socks: list[socket.socket] = []
-    seen: set[tuple] = set()
-    try:
-        for family, type_, proto, _, addr in infos:
-            if (family, addr) in seen:
-                continue
-            seen.add((family, addr))
-            sock = socket.socket(family, type_, proto)
-            socks.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(addr)
-            except OSError as e:
-                raise OSError(
-                    e.errno, f"error while attempting to bind on address {addr!r}: {e.strerror}"
-                ) from None
-    except BaseException:
-        for sock in socks:
-            sock.close()
-        raise
-    return socks
-
-
-class Acceptor:
-    """Listening sockets served from ``add_reader``: each accepted socket goes to ``on_accept``.
-
-    ``on_accept(sock, peer, sockname)`` gets the listening socket's own
-    address as ``sockname`` when every connection it accepts has that
-    address (a specific, non-transparent bind), else None (ask the socket).
-    It has the two members of ``asyncio.Server`` that the TCP proxy's
-    listeners use, ``sockets`` and ``close()``.
-    """
-
-    __slots__ = ("_loop", "_on_accept", "_paused", "sockets")
-
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        socks: list[socket.socket],
-        on_accept: Callable[[_RawSocket, Any, Any], None],
-        backlog: int,
-    ) -> None:
-        self._loop = loop
-        self._on_accept = on_accept
-        self._paused: asyncio.TimerHandle | None = None
-        self.sockets = tuple(socks)
-        for sock in socks:
-            sock.setblocking(False)
-            sock.listen(backlog)
-        self._watch()
-
-    def _watch(self) -> None:
-        self._paused = None
-        for sock in self.sockets:
-            self._loop.add_reader(
-                sock.fileno(), self._ready, sock, int(sock.family), _fixed_sockname(sock)
-            )
-
-    def _ready(self, lsock: socket.socket, family: int, sockname: Any) -> None:
-        on_accept, accept = self._on_accept, lsock._accept  # type: ignore[attr-defined]  # CPython's C accept, not in typeshed
-        for _ in range(ACCEPT_BATCH):
-            try:
-                # socket.accept() by hand, with the C socket type: no Python
-                # __init__, no enum conversions. Bench l4 row "proxy CPU per
-                # connection": 2.2 us per accept instead of 3.8 us here, of about
-                # 63 us per spliced connection. test_l4_splice's
-                # test_accept_by_hand_gives_what_socket_accept_gives covers both.
-                fd, peer = accept()
-                sock = _RawSocket(family, socket.SOCK_STREAM, 0, fd)
-            except BlockingIOError:
-                return
-            except OSError as e:
-                if e.errno in _ACCEPT_PAUSE_ERRORS:
-                    log.error(
-                        "TCP %s: cannot accept (%s); pausing accepts for %.0f s",
-                        fmt_addr(lsock.getsockname()),
-                        e.strerror,
-                        _ACCEPT_PAUSE,
-                    )
-                    for s in self.sockets:
-                        self._loop.remove_reader(s.fileno())
-                    self._paused = self._loop.call_later(_ACCEPT_PAUSE, self._watch)
-                    return
-                continue  # e.g. ECONNABORTED: that client is gone, the next may not be
-            try:
-                on_accept(sock, peer, sockname)
-            except Exception:
-                log.exception("TCP %s: handling a new connection failed", fmt_addr(peer))
-                reset_socket(sock)
-
-    def close(self) -> None:
-        """Stop accepting and close the listening sockets."""
-        if self._paused is not None:
-            self._paused.cancel()
-            self._paused = None
-        else:
-            for sock in self.sockets:
-                if sock.fileno() >= 0:
-                    self._loop.remove_reader(sock.fileno())
-        for sock in self.sockets:
-            sock.close()
-
-
-def _fixed_sockname(lsock: socket.socket) -> Any:
-    """The address every connection accepted on ``lsock`` has, or None when it may vary."""
-    addr = lsock.getsockname()
-    if lsock.family == socket.AF_INET:
-        level, opt, wildcard = socket.SOL_IP, _IP_TRANSPARENT, "0.0.0.0"
-    elif lsock.family == socket.AF_INET6:
-        level, opt, wildcard = socket.IPPROTO_IPV6, _IPV6_TRANSPARENT, "::"
-    else:
-        return None
-    try:
-        transparent = lsock.getsockopt(level, opt)
-    except OSError:
-        transparent = 1
-    return None if transparent or addr[0] == wildcard else addr
 
 
 class Reactor:

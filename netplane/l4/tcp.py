@@ -54,6 +54,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from netplane.accept import Acceptor, bind, listen_transports
 from netplane.l4 import splice
 from netplane.l4.flow_control import PENDING_FULL, FlowControl
 from netplane.l4.pipes import PipePool
@@ -186,9 +187,7 @@ class TcpProxy:
         loop = asyncio.get_running_loop()
         listener = Listener(resolve, self._listeners.discard)
         if self.spliced:
-            socks = (
-                [sock] if sock is not None else await splice.bind(host, port, reuse_port=reuse_port)
-            )
+            socks = [sock] if sock is not None else await bind(host, port, reuse_port=reuse_port)
             if self._reactor is None:
                 st = self.settings
                 self._reactor = splice.Reactor(loop, st.connect_timeout, st.idle_timeout)
@@ -205,7 +204,7 @@ class TcpProxy:
                     conn.abort()
 
             try:
-                listener.serve(splice.Acceptor(loop, socks, accepted, backlog))
+                listener.serve(Acceptor(loop, socks, accepted, backlog))
             except BaseException:
                 for s in socks:
                     s.close()
@@ -216,12 +215,11 @@ class TcpProxy:
         def factory() -> _Connection:
             return _Connection(self, listener.resolve, loop)
 
-        if sock is not None:
-            server = await loop.create_server(factory, sock=sock, backlog=backlog)
-        else:
-            server = await loop.create_server(
-                factory, host, port, reuse_port=reuse_port or None, backlog=backlog
-            )
+        # Our own accept loop (netplane.accept): out of descriptors, accepting pauses.
+        server = await listen_transports(
+            host, port, factory, label="l4-tcp", backlog=backlog, reuse_port=reuse_port,
+            socks=[sock] if sock is not None else None,
+        )  # fmt: skip
         listener.serve(server)
         self._listeners.add(listener)
         return listener

@@ -138,6 +138,7 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "ingress-keepalive-timeout": [("1.5", 1.5)],
     "ingress-tls-resumption": [("off", False)],
     "ingress-h2c": [("off", False)],
+    "ingress-max-connections-per-client": [(10, 10), ("0", 0)],
     "publish-address": [
         ("198.18.0.1", ("198.18.0.1",)),
         ("198.18.0.1, LB.example.com,fd00::1", ("198.18.0.1", "lb.example.com", "fd00::1")),
@@ -160,6 +161,7 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     "pod-cidr": [("10.244.0.0/16", (ipaddress.ip_network("10.244.0.0/16"),))],
     "dns-pods": [("verified", "verified"), ("Insecure", "insecure")],
     "dns-udp-size": [(4096, 4096), ("512", 512)],
+    "dns-max-tcp-connections": [(64, 64), ("1000", 1000)],
 }
 
 BAD: dict[str, list[tuple[object, str]]] = {
@@ -218,6 +220,7 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "ingress-keepalive-timeout": [(-1, "not a finite, non-negative number")],
     "ingress-tls-resumption": [("maybe", "'maybe' is not on/off")],
     "ingress-h2c": [("maybe", "'maybe' is not on/off")],
+    "ingress-max-connections-per-client": [(-1, "out of range (0-1000000)"), ("x", "not a whole")],
     "publish-address": [
         ("198.18.0.1,,x.example", "'' is not an IP address or host name"),
         ("under_score.example", "'under_score.example' is not an IP address or host name"),
@@ -239,6 +242,7 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "pod-cidr": [("pods", "'pods' is not a CIDR")],
     "dns-pods": [("on", "'on' is not one of disabled, insecure, verified")],
     "dns-udp-size": [(100, "100 out of range (512-65535)"), ("big", "is not a whole number")],
+    "dns-max-tcp-connections": [(0, "0 out of range (1-1000000)"), ("many", "not a whole")],
 }
 
 
@@ -456,6 +460,8 @@ def test_settings_carry_every_config_value(tmp_path: Path):
             "dns_ttl": 30,
             "dns_pods": "insecure",
             "dns_udp_size": 4096,
+            "dns_max_tcp_connections": 7,
+            "ingress_max_connections_per_client": 3,
             "pod_cidrs": (ipaddress.ip_network("10.244.0.0/16"),),
         },
     )
@@ -465,6 +471,7 @@ def test_settings_carry_every_config_value(tmp_path: Path):
     http = http_settings(cfg)
     assert (http.max_header_bytes, http.header_timeout) == (4096, 1.0)
     assert (http.body_timeout, http.keepalive_timeout) == (2.0, 3.0)
+    assert http.max_connections_per_client == 3
     ing = ingress_settings(cfg, reuse_port=True)
     assert (ing.http, ing.https) == (("127.0.0.2", 81), None)
     assert (ing.ingress_class, ing.default_secret, ing.hsts) == (
@@ -479,6 +486,7 @@ def test_settings_carry_every_config_value(tmp_path: Path):
     dns = dns_settings(cfg, resolv_conf=str(resolv))
     assert (dns.host, dns.port, dns.domain, dns.ttl) == ("127.0.0.3", 1053, "example.internal", 30)
     assert (dns.pods, dns.udp_cap, dns.reuse_port) == ("insecure", 4096, False)
+    assert dns.max_tcp_connections == 7
     assert dns.upstreams == (("127.0.0.3", 53), ("192.0.2.53", 53))
     assert dns.allow == cfg.effective_dns_allow
     assert dns.reverse_cidrs == (ipaddress.ip_network("127.77.0.0/16"), *cfg.pod_cidrs)

@@ -11,6 +11,7 @@ import pytest
 from l4_fakes import Route
 from test_l4_tcp import PATH, WAIT, closed_port, connect_expect_reset, relay, server, wait_for
 
+from netplane.accept import Acceptor
 from netplane.l4 import splice
 from netplane.l4.pipes import POOL_SIZE, PipePool
 from netplane.l4.tcp import TcpProxy, TcpSettings
@@ -214,9 +215,7 @@ def test_accept_by_hand_gives_what_socket_accept_gives(run, host: str) -> None:
         lsock = socket.socket(family, socket.SOCK_STREAM)
         lsock.bind((host, 0))
         got: list[tuple] = []
-        acceptor = splice.Acceptor(
-            asyncio.get_running_loop(), [lsock], lambda *a: got.append(a), 16
-        )
+        acceptor = Acceptor(asyncio.get_running_loop(), [lsock], lambda *a: got.append(a), 16)
         clients = []
         try:
             clients.append(socket.create_connection(lsock.getsockname()[:2]))
