@@ -10,6 +10,15 @@ without options); everything else takes the parsing path. Entries are
 dropped per name: each remembers the zone names its answer read, and a
 change to any of them removes it. The bound evicts the oldest entry.
 
+Queries with a DNS cookie (RFC 7873; dig and BIND-based resolvers send one
+by default) have a shape of their own: the OPT holds one COOKIE option, the
+client cookie alone (8 bytes) or with a 16-byte server cookie. Their key
+(:func:`cookie_key`) leaves the cookie out, so every client and every
+cookie shares one entry, stored without its COOKIE option; a hit appends the
+client's own cookie and a fresh server cookie (:class:`ServerCookies`, the
+only work beyond the splice). The reply was packed with a cookie of that
+same size in it, so the client's size limit held for it.
+
 :class:`ForwardCache` holds upstream replies for forwarded names: positive
 answers for their smallest TTL, negative ones (NXDOMAIN, NODATA) for the
 SOA's TTL or MINIMUM, whichever is less (RFC 2308 section 5), never a
@@ -29,10 +38,19 @@ from dataclasses import dataclass
 from dnslib import RR as DnsRR
 from dnslib import DNSRecord
 from netplane.dns.answer import NOERROR, NXDOMAIN
+from netplane.dns.cookie import CLIENT_COOKIE, REPLY_COOKIE_TAIL_HEAD, ServerCookies
 from netplane.dns.zone import OPT, SOA
 
 _ONE_QUESTION = b"\x00\x01\x00\x00\x00\x00\x00"
 _OPT_HEAD = b"\x00\x00\x29"  # root owner name, type OPT
+# The end of a cookie query's OPT record before the cookie bytes: the rdata length
+# and the COOKIE option's code and length, for a client cookie alone and with a
+# 16-byte server cookie (ours). Other lengths are served by the parsing path.
+_COOKIE_HEADS = tuple(
+    (n, (4 + n).to_bytes(2, "big") + b"\x00\x0a" + n.to_bytes(2, "big")) for n in (8, 24)
+)
+_COOKIE_MARK = b"\xff"  # ends a cookie key; a plain key ends with b"\0\0" (OPT) or a class
+_REPLY_COOKIE_TAIL = len(REPLY_COOKIE_TAIL_HEAD) + CLIENT_COOKIE + 16
 
 
 def fast_key(data: bytes) -> tuple[bytes, int] | None:
@@ -55,6 +73,41 @@ def fast_key(data: bytes) -> tuple[bytes, int] | None:
     return data[2:qend].lower() + data[qend:], qend
 
 
+def _cookie_start(data: bytes) -> int:
+    """Where the cookie bytes of a query of the cookie shape start; 0 when not of it."""
+    n = len(data)
+    for size, head in _COOKIE_HEADS:
+        start = n - size
+        if data[start - 6 : start] == head:
+            return start
+    return 0
+
+
+def cookie_key(data: bytes) -> tuple[bytes, int] | None:
+    """``(key, end of the question name)`` for a query of the cookie shape, else None.
+
+    The shape is the plain one with EDNS, its OPT holding just one COOKIE
+    option of 8 or 24 bytes; the key is the query's from the flags on with
+    the name lower-cased, up to the OPT's TTL (so the size, DO and version
+    are in it), then a mark; the cookie bytes are not in it.
+    """
+    n = len(data)
+    start = _cookie_start(data)
+    qend = start - 19
+    if (
+        not start
+        or qend < 13
+        or data[4:11] != _ONE_QUESTION
+        or data[11] != 1
+        or data[2] & 0xF8
+        or data[3] & 0x40
+        or data[start - 15 : start - 12] != _OPT_HEAD
+        or n < 36
+    ):
+        return None
+    return data[2:qend].lower() + data[qend : start - 6] + _COOKIE_MARK, qend
+
+
 class AnswerCache:
     """Wire-format replies by :func:`fast_key`, dropped per changed zone name.
 
@@ -65,8 +118,11 @@ class AnswerCache:
     which few entries differ in, is shared.
     """
 
-    def __init__(self, max_entries: int = 100_000) -> None:
+    def __init__(self, max_entries: int = 100_000, *, cookies: ServerCookies | None = None) -> None:
         self.max_entries = max_entries
+        # What signs the server cookies of hits; without it cookie queries are not cached.
+        # The Responder gives it its own.
+        self.cookies = cookies
         # key -> [reply[2:] with the name lower-cased, hits, (qtype, rcode), names]:
         # the reply but its ID, what /metrics counts of it, and the zone names
         # it read (a str, or a tuple of them)
@@ -82,8 +138,10 @@ class AnswerCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def reply(self, data: bytes) -> bytes | None:
+    def reply(self, data: bytes, client: str = "") -> bytes | None:
         """The cached reply to ``data`` with its ID and name spliced in; None on a miss.
+
+        ``client`` is the sender's address, which a server cookie is made for.
 
         Only the question's end is worked out here (from the additional
         count); the shape itself needs no check, because only well-formed
@@ -98,6 +156,8 @@ class AnswerCache:
         if ar == 0:
             qend = n - 4
         elif ar == 1:
+            if data[n - 1] or data[n - 2]:  # not an OPT without options: a cookie, maybe
+                return self._cookie_reply(data, client)
             qend = n - 15
         else:
             return None
@@ -112,13 +172,39 @@ class AnswerCache:
         stored = hit[0]
         return data[:2] + stored[:10] + data[12:qend] + stored[qend - 2 :]
 
+    def _cookie_reply(self, data: bytes, client: str) -> bytes | None:
+        """:meth:`reply` for the cookie shape: the stored reply, then the COOKIE option."""
+        start = _cookie_start(data)
+        cookies = self.cookies
+        if not start or cookies is None or len(data) < 36:
+            return None
+        qend = start - 19
+        asked = data[2:qend]
+        lowered = asked.lower()
+        hit = self._entries.get(lowered + data[qend : start - 6] + _COOKIE_MARK)
+        if hit is None:
+            return None
+        hit[1] += 1
+        client_cookie = data[start : start + CLIENT_COOKIE]
+        tail = REPLY_COOKIE_TAIL_HEAD + cookies.option(client_cookie, client)
+        stored = hit[0]
+        if lowered == asked:
+            return data[:2] + stored + tail
+        return data[:2] + stored[:10] + data[12:qend] + stored[qend - 2 :] + tail
+
     def put(self, query: bytes, reply: bytes, names: Iterable[str]) -> bool:
-        """Store ``reply`` for ``query`` (if of the plain shape); ``names`` are what it read."""
+        """Store ``reply`` for ``query`` (if of the plain or cookie shape); ``names`` are what it read."""
         fk = fast_key(query)
+        cut = len(reply)
+        if fk is None and self.cookies is not None:
+            fk = cookie_key(query)
+            cut -= _REPLY_COOKIE_TAIL  # the COOKIE option goes; hits append their own
+            if reply[cut : cut + len(REPLY_COOKIE_TAIL_HEAD)] != REPLY_COOKIE_TAIL_HEAD:
+                return False
         if fk is None or self.max_entries <= 0:
             return False
         key, qend = fk
-        if reply[12:qend].lower() != query[12:qend].lower() or len(reply) < qend + 4:
+        if reply[12:qend].lower() != query[12:qend].lower() or cut < qend + 4:
             return False  # the reply's question is not where the query's was
         if key not in self._entries and len(self._entries) >= self.max_entries:
             self._drop(next(iter(self._entries)))
@@ -128,7 +214,7 @@ class AnswerCache:
         held: str | tuple[str, ...] = read[0] if len(read) == 1 else read
         share = self._shared.setdefault
         kind = (int.from_bytes(query[qend : qend + 2], "big"), reply[3] & 0x0F)
-        stored = reply[2:12] + key[10 : qend - 2] + reply[qend:]
+        stored = reply[2:12] + key[10 : qend - 2] + reply[qend:cut]
         self._entries[key] = [stored, 0, share(kind, kind), held]
         by_name = self._by_name
         for name in read:

@@ -51,7 +51,9 @@ class DnsStats:
         self.buckets[bisect_left(BUCKETS, seconds)] += 1
         self.seconds += seconds
 
-    def families(self, cache_hits: dict[tuple[int, int], int]) -> Iterator[Any]:
+    def families(
+        self, cache_hits: dict[tuple[int, int], int], forward_drops: dict[str, int] | None = None
+    ) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 
         requests = CounterMetricFamily(
@@ -81,6 +83,17 @@ class DnsStats:
         )
         durations.add_metric([], cumulative_buckets(BUCKETS, self.buckets), self.seconds)
         yield durations
+        if forward_drops is not None:
+            dropped = CounterMetricFamily(
+                "netplane_dns_forward_replies_dropped",
+                "Upstream replies the forwarder dropped, by reason: id (another query's ID), "
+                "question (another question), source (not from the upstream asked), "
+                "malformed (unparseable, or not a response)",
+                labels=["reason"],
+            )
+            for reason, n in sorted(forward_drops.items()):
+                dropped.add_metric([reason], n)
+            yield dropped
 
 
 def _name(table: Any, value: int) -> str:

@@ -3,10 +3,15 @@
 Each attempt sends a fresh query (a random ID, RD set, EDNS0 with our UDP
 size and the client's DO bit, no client options) over UDP from a new
 socket, so its source port is random too; a reply is accepted only from
-the upstream asked, with the same ID and question. A truncated reply is
+the upstream asked, with the same ID and question (others are dropped and
+counted in ``Forwarder.dropped`` by reason). A truncated reply is
 asked again over TCP from the same upstream. A timeout, an error, SERVFAIL
 or REFUSED moves on to the next upstream; when all fail the caller gets the
-last reply it had, or None (SERVFAIL for the client).
+last reply it had, or None (SERVFAIL for the client). All the attempts of one
+question share a budget (4 s) shorter than a stub resolver's own timeout
+(glibc's and dig's 5 s), each upstream an equal share at most, so that dead
+upstreams give the client SERVFAIL, not a timeout, however many there are,
+and each of them is asked.
 
 Identical questions in flight share one upstream exchange.
 """
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import secrets
 import struct
@@ -39,36 +45,84 @@ def upstream_query(query: Query, qid: int) -> DNSRecord:
     return record
 
 
-def matches(reply: DNSRecord, sent: DNSRecord) -> bool:
-    """The reply answers what was sent: same ID, a response, the same question.
+#: Why an upstream reply was dropped (the reason label of
+#: netplane_dns_forward_replies_dropped_total).
+DROP_REASONS = ("id", "question", "source", "malformed")
 
-    A truncated reply may come without its question (dnslib's own server
-    sends it so); it is only a cue to ask again over TCP, so the ID is enough.
+
+def mismatch(reply: DNSRecord, sent: DNSRecord) -> str | None:
+    """Why the reply does not answer what was sent ("id", "question", "malformed"), or None.
+
+    It must be a response with the same ID and the same question (the name
+    compared case-insensitively, type and class). A truncated reply may come
+    without its question (dnslib's own server sends it so); it is only a cue
+    to ask again over TCP, so the ID is enough.
     """
-    if reply.header.id != sent.header.id or not reply.header.qr:
-        return False
+    if not reply.header.qr:
+        return "malformed"
+    if reply.header.id != sent.header.id:
+        return "id"
     if reply.header.tc and not reply.questions:
-        return True
+        return None
     if len(reply.questions) != 1:
-        return False
+        return "question"
     a, b = reply.q, sent.q
-    return a.qtype == b.qtype and a.qclass == b.qclass and a.qname == b.qname
+    if a.qtype == b.qtype and a.qclass == b.qclass and a.qname == b.qname:  # DNSLabel: any case
+        return None
+    return "question"
+
+
+def matches(reply: DNSRecord, sent: DNSRecord) -> bool:
+    """The reply answers what was sent (:func:`mismatch` finds nothing)."""
+    return mismatch(reply, sent) is None
+
+
+def same_source(addr: object, upstream: Upstream) -> bool:
+    """Whether a datagram from ``addr`` (a socket address) comes from ``upstream``."""
+    if not isinstance(addr, tuple) or len(addr) < 2 or addr[1] != upstream[1]:
+        return False
+    if addr[0] == upstream[0]:
+        return True
+    try:
+        return ipaddress.ip_address(addr[0]) == ipaddress.ip_address(upstream[0])
+    except ValueError:
+        return False
 
 
 class _UdpExchange(asyncio.DatagramProtocol):
-    def __init__(self, sent: DNSRecord) -> None:
+    """One query's socket: the first reply that matches, from the upstream asked, wins.
+
+    The socket is connected, so the kernel already drops datagrams from
+    other addresses; the source check here does not rely on that.
+    """
+
+    def __init__(self, sent: DNSRecord, upstream: Upstream, dropped: dict[str, int]) -> None:
         self.sent = sent
+        self.upstream = upstream
+        self.dropped = dropped
         self.done: asyncio.Future[DNSRecord] = asyncio.get_running_loop().create_future()
 
     def datagram_received(self, data: bytes, addr: object) -> None:
         if self.done.done():
             return
+        # Junk, a forgery or a stale reply: dropped, and the real reply still awaited.
+        if not same_source(addr, self.upstream):
+            self._drop("source", addr)
+            return
         try:
             reply = DNSRecord.parse(data)
         except Exception:
-            return  # junk, or a spoofing attempt: keep waiting for the real reply
-        if matches(reply, self.sent):
-            self.done.set_result(reply)
+            self._drop("malformed", addr)
+            return
+        reason = mismatch(reply, self.sent)
+        if reason is not None:
+            self._drop(reason, addr)
+            return
+        self.done.set_result(reply)
+
+    def _drop(self, reason: str, addr: object) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        log.debug("dropped an upstream reply from %s for %s: %s", addr, self.sent.q.qname, reason)
 
     def error_received(self, exc: Exception) -> None:
         if not self.done.done():
@@ -78,11 +132,16 @@ class _UdpExchange(asyncio.DatagramProtocol):
 class Forwarder:
     """Resolves forwarding jobs against ``upstreams`` with a per-upstream timeout."""
 
-    def __init__(self, upstreams: Sequence[Upstream], *, timeout: float = 2.0) -> None:
+    def __init__(
+        self, upstreams: Sequence[Upstream], *, timeout: float = 2.0, budget: float = 4.0
+    ) -> None:
         self.upstreams = tuple(upstreams)
         self.timeout = timeout
+        self.budget = budget  # seconds for all the attempts of one question
         self._inflight: dict[ForwardKey, asyncio.Future[DNSRecord | None]] = {}
         self.failures = 0
+        # upstream replies dropped, by reason (DROP_REASONS)
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
 
     async def resolve(self, query: Query, key: ForwardKey) -> DNSRecord | None:
         pending = self._inflight.get(key)
@@ -105,12 +164,20 @@ class Forwarder:
 
     async def _resolve(self, query: Query) -> DNSRecord | None:
         last: DNSRecord | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.budget
+        per_try = min(self.timeout, self.budget / max(1, len(self.upstreams)))
         for upstream in self.upstreams:
-            sent = upstream_query(query, secrets.randbelow(65536))
+            if loop.time() >= deadline:
+                log.debug("no time left to ask %s for %s", hostport(*upstream), query.qname)
+                break
+            sent = upstream_query(query, secrets.randbits(16))
             try:
-                reply = await self._udp(upstream, sent)
+                reply = await self._udp(upstream, sent, min(per_try, deadline - loop.time()))
                 if reply.header.tc:
-                    reply = await self._tcp(upstream, sent)
+                    reply = await self._tcp(
+                        upstream, sent, min(per_try, max(0.0, deadline - loop.time()))
+                    )
             except (OSError, TimeoutError, ValueError, EOFError, DNSError) as e:
                 self.failures += 1
                 log.debug("upstream %s failed for %s: %s", hostport(*upstream), query.qname, e)
@@ -121,20 +188,20 @@ class Forwarder:
             return reply
         return last
 
-    async def _udp(self, upstream: Upstream, sent: DNSRecord) -> DNSRecord:
+    async def _udp(self, upstream: Upstream, sent: DNSRecord, timeout: float) -> DNSRecord:
         loop = asyncio.get_running_loop()
         transport, proto = await loop.create_datagram_endpoint(
-            lambda: _UdpExchange(sent), remote_addr=upstream
+            lambda: _UdpExchange(sent, upstream, self.dropped), remote_addr=upstream
         )
         try:
             transport.sendto(sent.pack())
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout):
                 return await proto.done
         finally:
             transport.close()
 
-    async def _tcp(self, upstream: Upstream, sent: DNSRecord) -> DNSRecord:
-        async with asyncio.timeout(self.timeout):
+    async def _tcp(self, upstream: Upstream, sent: DNSRecord, timeout: float) -> DNSRecord:
+        async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(*upstream)
             try:
                 writer.write(frame(sent.pack()))
@@ -144,6 +211,8 @@ class Forwarder:
                 writer.close()
                 with contextlib.suppress(OSError):
                     await writer.wait_closed()
-        if not matches(reply, sent):
-            raise ValueError("TCP reply does not match the query")
+        reason = mismatch(reply, sent)
+        if reason is not None:
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            raise ValueError(f"TCP reply does not match the query ({reason})")
         return reply

@@ -11,7 +11,7 @@ dnslib is used purely as a codec (parse, pack). On top of it:
   bits, its question in the case it was asked, an OPT record when the query
   had one (DO copied, RFC 3225), and TC with an empty body when the reply
   does not fit the client's UDP size (RFC 6891 section 7: the client then
-  retries over TCP);
+  retries over TCP), and the COOKIE option the responder gives it (RFC 7873);
 - :class:`TcpFramer` splits a TCP stream into length-prefixed messages
   (RFC 1035 section 4.2.2, RFC 7766), sans-IO.
 """
@@ -22,8 +22,9 @@ import struct
 from dataclasses import dataclass
 
 import dnslib
-from dnslib import EDNS0, DNSError, DNSHeader, DNSLabel, DNSRecord
+from dnslib import EDNS0, DNSError, DNSHeader, DNSLabel, DNSRecord, EDNSOption
 from netplane.dns.answer import FORMERR, RR, Answer
+from netplane.dns.cookie import COOKIE
 from netplane.dns.zone import AAAA, CNAME, HINFO, NS, OPT, PTR, SOA, SRV, TXT, A
 
 from netplane.errors import RemoteProtocolError
@@ -51,6 +52,11 @@ class Query:
     do: bool
     has_options: bool  # EDNS options (cookies, padding ...)
     version: int  # the EDNS version asked for; above 0 is answered BADVERS
+    # The COOKIE option's data as sent (client cookie, then any server cookie), its
+    # length unchecked (the responder answers a bad one FORMERR); b"" when the query
+    # holds more than one COOKIE option, which is as malformed. None: no cookie.
+    cookie: bytes | None = None
+    options: int = 0  # how many EDNS options
 
 
 def parse_query(data: bytes) -> Query:
@@ -65,19 +71,80 @@ def parse_query(data: bytes) -> Query:
     if len(opts) > 1:
         raise DnsFormatError("more than one OPT record", FORMERR)
     edns, udp_size, do, has_options, version = False, MIN_UDP, False, False, 0
+    cookie: bytes | None = None
+    options: list[tuple[int, bytes]] = []
     if opts:
         opt = opts[0]
         edns = True
         udp_size = max(MIN_UDP, opt.rclass)
         do = bool(opt.ttl & 0x8000)
-        has_options = bool(opt.rdata)
+        options = opt_options(data)
+        has_options = bool(options)
         version = (opt.ttl >> 16) & 0xFF
+        cookies = [value for code, value in options if code == COOKIE]
+        if cookies:
+            cookie = cookies[0] if len(cookies) == 1 else b""
     q = record.questions[0]
     labels = q.qname.label
     if any(b"." in label for label in labels):
         raise DnsFormatError("a label holds a dot", FORMERR)
+    if any(len(label) > 63 for label in labels):  # dnslib reads one, cannot write it back
+        raise DnsFormatError("a label longer than 63 bytes", FORMERR)
     qname = ".".join(label.decode("latin-1") for label in labels)
-    return Query(record, qname, q.qtype, q.qclass, edns, udp_size, do, has_options, version)
+    return Query(
+        record, qname, q.qtype, q.qclass, edns, udp_size, do, has_options, version,
+        cookie, len(options),
+    )  # fmt: skip
+
+
+def _skip_name(data: bytes, i: int) -> int:
+    while i < len(data):
+        length = data[i]
+        if length == 0:
+            return i + 1
+        if length & 0xC0 == 0xC0:
+            return i + 2
+        if length & 0xC0:
+            break
+        i += 1 + length
+    raise DnsFormatError("a name runs past the message", FORMERR)
+
+
+def opt_options(data: bytes) -> list[tuple[int, bytes]]:
+    """The EDNS options of the message's (first) OPT record, read from the bytes.
+
+    dnslib's parser drops an empty option at the end of the OPT record and
+    ignores a few trailing bytes, so a COOKIE option of length 0 would go
+    unseen; here every option must fit exactly (else DnsFormatError).
+    """
+    try:
+        qd, an, ns, ar = struct.unpack_from("!HHHH", data, 4)
+        i = 12
+        for _ in range(qd):
+            i = _skip_name(data, i) + 4
+        for _ in range(an + ns + ar):
+            i = _skip_name(data, i)
+            rtype, _cls, _ttl, rdlen = struct.unpack_from("!HHIH", data, i)
+            i += 10
+            if rtype == OPT:
+                rdata = data[i : i + rdlen]
+                if len(rdata) != rdlen:
+                    break
+                out: list[tuple[int, bytes]] = []
+                j = 0
+                while j < rdlen:
+                    if j + 4 > rdlen:
+                        raise DnsFormatError("an EDNS option runs past its OPT record", FORMERR)
+                    code, length = struct.unpack_from("!HH", rdata, j)
+                    if j + 4 + length > rdlen:
+                        raise DnsFormatError("an EDNS option runs past its OPT record", FORMERR)
+                    out.append((code, rdata[j + 4 : j + 4 + length]))
+                    j += 4 + length
+                return out
+            i += rdlen
+    except struct.error:
+        pass
+    raise DnsFormatError("the OPT record runs past the message", FORMERR)
 
 
 def header_error(data: bytes, rcode: int) -> bytes | None:
@@ -89,9 +156,13 @@ def header_error(data: bytes, rcode: int) -> bytes | None:
     return data[:2] + struct.pack("!HHHHH", flags, 0, 0, 0, 0)
 
 
-def header_reply(query: Query, rcode: int, *, udp_cap: int = DEFAULT_UDP_CAP) -> bytes:
+def header_reply(
+    query: Query, rcode: int, *, udp_cap: int = DEFAULT_UDP_CAP, cookie: bytes | None = None
+) -> bytes:
     """A reply with the question and no records (REFUSED, NOTIMP, SERVFAIL ...)."""
-    return pack_reply(query, Answer(rcode, authoritative=False), max_size=MAX_TCP, udp_cap=udp_cap)
+    return pack_reply(
+        query, Answer(rcode, authoritative=False), max_size=MAX_TCP, udp_cap=udp_cap, cookie=cookie
+    )
 
 
 def _rdata(rr: RR) -> dnslib.RD:
@@ -137,8 +208,13 @@ def pack_reply(
     max_size: int,
     ra: bool = True,
     udp_cap: int = DEFAULT_UDP_CAP,
+    cookie: bytes | None = None,
 ) -> bytes:
-    """The reply to ``query`` carrying ``ans``, truncated (TC, no records) past ``max_size``."""
+    """The reply to ``query`` carrying ``ans``, truncated (TC, no records) past ``max_size``.
+
+    ``cookie`` is the reply's COOKIE option data (client and server cookie),
+    sent in the OPT record, which is the last record, truncated or not.
+    """
     qh = query.record.header
     header = DNSHeader(
         id=qh.id, qr=1, opcode=qh.opcode, aa=int(ans.authoritative), rd=qh.rd, ra=int(ra)
@@ -150,19 +226,23 @@ def pack_reply(
     reply.auth = _records(ans.authority, query)
     reply.ar = _records(ans.additional, query)
     if query.edns:
-        reply.ar.append(opt_record(query, ans.rcode >> 4, udp_cap))
+        reply.ar.append(opt_record(query, ans.rcode >> 4, udp_cap, cookie))
     data = bytes(reply.pack())
     if len(data) > max_size:
         header.tc = 1
         reply.rr, reply.auth = [], []
-        reply.ar = [opt_record(query, ans.rcode >> 4, udp_cap)] if query.edns else []
+        reply.ar = [opt_record(query, ans.rcode >> 4, udp_cap, cookie)] if query.edns else []
         data = bytes(reply.pack())
     return data
 
 
-def opt_record(query: Query, ext_rcode: int, udp_cap: int) -> dnslib.RR:
-    # Our own payload size goes out (RFC 6891 section 6.2.3), DO echoed (RFC 3225).
-    return EDNS0(udp_len=udp_cap, ext_rcode=ext_rcode, flags="do" if query.do else "")
+def opt_record(
+    query: Query, ext_rcode: int, udp_cap: int, cookie: bytes | None = None
+) -> dnslib.RR:
+    # Our own payload size goes out (RFC 6891 section 6.2.3), DO echoed (RFC 3225),
+    # and the COOKIE option when there is one (RFC 7873 section 5.2).
+    opts = [EDNSOption(COOKIE, cookie)] if cookie else None
+    return EDNS0(udp_len=udp_cap, ext_rcode=ext_rcode, flags="do" if query.do else "", opts=opts)
 
 
 def reply_limit(query: Query, *, tcp: bool, udp_cap: int) -> int:
