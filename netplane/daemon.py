@@ -48,26 +48,14 @@ def sources_for(cfg: Config) -> list[Source]:
 
         sources.append(ManifestSource(cfg.files, poll_interval=cfg.manifest_poll_seconds))
     if cfg.uses_api:
-        from netplane.sources.kube import (
-            DEFAULT_KINDS,
-            KubeSource,
-            in_cluster_config,
-            load_kubeconfig,
-        )
+        from netplane.sources.kube import KubeSource, in_cluster_config, load_kubeconfig
 
         cluster = (
             in_cluster_config() if cfg.in_cluster else load_kubeconfig(cfg.kubeconfig, cfg.context)
         )
-        sources.append(
-            KubeSource(
-                cluster,
-                # Nodes only when we know which one is ours (its zone picks topology hints).
-                resources=(*DEFAULT_KINDS, "Node") if cfg.node_name else DEFAULT_KINDS,
-                namespace=cfg.namespace,
-                label_selector=cfg.label_selector,
-                node_name=cfg.node_name or None,
-            )
-        )
+        # Only the kinds the enabled planes read (no Secrets without the ingress;
+        # Nodes only when we know which one is ours), logged once at start.
+        sources.append(KubeSource.for_config(cluster, cfg))
     return sources
 
 

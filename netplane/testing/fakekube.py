@@ -30,6 +30,13 @@ Strategy: enough of the API server to exercise a reflector honestly.
   brings them back; :meth:`apply` still stores them meanwhile.
 - Test controls: :meth:`apply` / :meth:`delete`, :meth:`restart` (drop every
   open connection), :meth:`outage` (and refuse new ones meanwhile),
+  :meth:`stop` then :meth:`start` again (the process gone, connections
+  refused, then back on the same port with the same store), ``stop(graceful=True)``
+  or :meth:`close_watches` (end open watches as a shutting-down server does:
+  with the last chunk, or a clean close between events), :attr:`forbidden`
+  (kinds answering 403, as to a service account without the right),
+  :attr:`get_failures` (the next lists/watches answer 429/5xx, with a
+  ``Retry-After``),
   :meth:`inject` (a raw line into open watches), :meth:`expire_watches` (an
   in-stream 410), :meth:`freeze` (stop delivering to open watches),
   :meth:`bookmark`, and the log of :attr:`requests`.
@@ -43,6 +50,7 @@ import contextlib
 import copy
 import json
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -87,6 +95,7 @@ class RequestRecord:
     auth: str | None  # "token", "cert" or None
     status: int = 0
     body: bytes = b""
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     @property
     def watch(self) -> bool:
@@ -111,6 +120,11 @@ class _Watcher:
     bookmarks: bool
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     frozen: bool = False
+    closing: str = ""  # "end": last chunk, then close; "close": close between events
+
+
+class _CloseCleanly(Exception):
+    """Internal: close this connection cleanly (TLS close_notify, FIN), not with a reset."""
 
 
 def status_body(code: int, reason: str, message: str) -> dict[str, Any]:
@@ -186,11 +200,15 @@ class FakeKube:
         self.history: list[_Change] = []
         self.down = False
         self.not_served: set[str] = set()  # kinds answering 404, as without their CRDs
+        self.forbidden: set[str] = set()  # kinds answering 403 (RBAC denies them)
+        # (status, Retry-After seconds or None) for the next list/watch requests, in order
+        self.get_failures: list[tuple[int, int | None]] = []
         self._watchers: set[_Watcher] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
-        self.port = 0
+        self.port = 0  # chosen by the first start(); later starts reuse it
+        self.started = 0  # how many times start() has run
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -199,18 +217,29 @@ class FakeKube:
         self.server_cert.configure_cert(ctx)
         self.ca.configure_trust(ctx)
         ctx.verify_mode = ssl.CERT_OPTIONAL
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0, ssl=ctx)
+        # A restart after stop() comes back on the same port, as an API server does.
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=ctx)
         self.port = self._server.sockets[0].getsockname()[1]
+        self.started += 1
         return self
 
-    async def stop(self) -> None:
+    async def stop(self, *, graceful: bool = False, last_chunk: bool = True) -> None:
+        """Stop listening and drop every connection; the store stays for a later start().
+
+        ``graceful``: first end the open watches as a shutting-down API server
+        does (see :meth:`close_watches`), then stop.
+        """
+        if self._server is not None:
+            self._server.close()  # no new connections from here on
+        if graceful:
+            await self.close_watches(last_chunk=last_chunk)
         self.restart()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
-            self._server.close()
             await self._server.wait_closed()
+            self._server = None
 
     async def __aenter__(self) -> FakeKube:
         return await self.start()
@@ -309,6 +338,21 @@ class FakeKube:
             yield
         finally:
             self.down = False
+
+    async def close_watches(self, *, last_chunk: bool = True, timeout: float = 2.0) -> None:
+        """End every open watch cleanly, and close its connection, as a graceful shutdown does.
+
+        ``last_chunk``: the watch ends with its terminating chunk; otherwise the
+        connection is closed cleanly between two events without it (what a
+        server or proxy that just closes its sockets looks like).
+        """
+        ending = list(self._watchers)
+        for w in ending:
+            w.closing = "end" if last_chunk else "close"
+            w.queue.put_nowait(None)
+        async with asyncio.timeout(timeout):
+            while any(w in self._watchers for w in ending):
+                await asyncio.sleep(0.005)
 
     def inject(self, raw_line: bytes, kind: str | None = None) -> int:
         """Put a raw line into open watches (of ``kind``); returns how many."""
@@ -415,6 +459,7 @@ class FakeKube:
         assert task is not None  # start_server runs each connection in a task
         self._tasks.add(task)
         conn = h11.Connection(h11.SERVER)
+        clean = False
         try:
             while True:
                 event = await self._next(conn, reader)
@@ -429,6 +474,8 @@ class FakeKube:
                     conn.start_next_cycle()
                 else:
                     break
+        except _CloseCleanly:
+            clean = True
         except (ConnectionError, OSError, h11.ProtocolError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
@@ -436,6 +483,11 @@ class FakeKube:
         finally:
             self._tasks.discard(task)
             self._writers.discard(writer)
+            if clean:  # flush, close_notify, FIN: the client reads a clean end
+                writer.close()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    async with asyncio.timeout(1.0):
+                        await writer.wait_closed()
             writer.transport.abort()
 
     async def _next(self, conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Event:
@@ -459,10 +511,16 @@ class FakeKube:
         await writer.drain()
 
     async def _json(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, status: int, body: dict[str, Any]
+        self,
+        conn: h11.Connection,
+        writer: asyncio.StreamWriter,
+        status: int,
+        body: dict[str, Any],
+        extra: list[tuple[str, str]] | None = None,
     ) -> None:
         data = json.dumps(body).encode()
         headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
+        headers += extra or []
         await self._send(
             conn,
             writer,
@@ -521,6 +579,25 @@ class FakeKube:
             )
             return
         kind, namespace = route
+        if self.get_failures:
+            rec.status, retry_after = self.get_failures.pop(0)
+            reason = {429: "TooManyRequests", 503: "ServiceUnavailable"}.get(
+                rec.status, "InternalError"
+            )
+            extra = [("Retry-After", str(retry_after))] if retry_after is not None else []
+            err = status_body(rec.status, reason, f"injected failure {rec.status}")
+            await self._json(conn, writer, rec.status, err, extra)
+            return
+        if kind in self.forbidden:
+            rec.status = 403
+            plural = KINDS[kind][1]
+            msg = (
+                f'{plural} is forbidden: User "system:serviceaccount:netplane:netplane" '
+                f'cannot {"watch" if rec.watch else "list"} resource "{plural}" in API group '
+                f'"{KINDS[kind][0].rpartition("/")[0]}" at the cluster scope'
+            )
+            await self._json(conn, writer, 403, status_body(403, "Forbidden", msg))
+            return
         if rec.watch:
             await self._watch(conn, reader, writer, rec, kind, namespace, query)
         else:
@@ -700,9 +777,13 @@ class FakeKube:
                 if line is None:
                     break
                 await self._send(conn, writer, h11.Data(data=line))
+            if w.closing == "close":
+                raise _CloseCleanly  # between two events, without the last chunk
             if timed_out and self.bookmarks and w.bookmarks:
                 await self._send(conn, writer, h11.Data(data=self._bookmark_line(kind)))
             await self._send(conn, writer, h11.EndOfMessage())
+            if w.closing == "end":
+                raise _CloseCleanly
         finally:
             self._watchers.discard(w)
 

@@ -30,9 +30,12 @@ from netplane.sources.kube.resources import (
     DEFAULT_KINDS,
     GATEWAY_API_KINDS,
     GATEWAY_KINDS,
+    INGRESS_KINDS,
     RESOURCES,
     Resource,
+    WatchPlan,
     node_resource,
+    watch_plan,
 )
 from netplane.sources.kube.source import KubeSource
 from netplane.sources.kube.watchstream import BadLine, RawEvent, WatchDecoder
@@ -41,6 +44,7 @@ __all__ = [
     "DEFAULT_KINDS",
     "GATEWAY_API_KINDS",
     "GATEWAY_KINDS",
+    "INGRESS_KINDS",
     "RESOURCES",
     "ApiError",
     "AuthError",
@@ -57,8 +61,10 @@ __all__ = [
     "Reflector",
     "Resource",
     "WatchDecoder",
+    "WatchPlan",
     "in_cluster_config",
     "kubeconfig_paths",
     "load_kubeconfig",
     "node_resource",
+    "watch_plan",
 ]

@@ -14,6 +14,15 @@ carrying the HTTP status and the Status ``reason``/``code``, so the reflector
 can tell 410 Gone (relist) from the rest (back off). Messages name the path
 and the server's message, never a credential.
 
+A connection that ends early is :class:`ConnectionLost` (refused,
+timed out, closed before or in the middle of a response), which the reflector
+retries soon, apart from what the server *answered* (:class:`ApiError`, backed
+off for longer; a 429/503 carries its ``Retry-After``). A watch whose
+connection closes cleanly between two events, as an API server shutting down
+does, simply ends, like one the server ended with its last chunk: nothing is
+lost, the caller resumes from the last event. Only bytes that are not
+HTTP/1.1 are "API server broke HTTP/1.1".
+
 Every open connection is tracked so :meth:`KubeClient.aclose` (and
 cancellation of a caller) closes it.
 """
@@ -48,9 +57,17 @@ class ApiError(SourceError):
     """The API server answered with a non-2xx status."""
 
     def __init__(
-        self, status: int, path: str, reason: str = "", message: str = "", method: str = "GET"
+        self,
+        status: int,
+        path: str,
+        reason: str = "",
+        message: str = "",
+        method: str = "GET",
+        *,
+        retry_after: float | None = None,
     ) -> None:
         self.status = status
+        self.retry_after = retry_after  # seconds, from a Retry-After header
         self.path = path
         self.reason = reason
         self.message = message
@@ -75,6 +92,17 @@ class ApiError(SourceError):
         return self.status == 404
 
 
+class ConnectionLost(SourceError):
+    """No answer: the connection failed, timed out or closed before the response ended."""
+
+
+class WatchClosed(ConnectionLost):
+    """The server closed a watch's connection between two events (a graceful shutdown).
+
+    Internal to :meth:`KubeClient.watch`, which ends the stream normally on it.
+    """
+
+
 class _Conn:
     """One HTTP/1.1 exchange on one connection."""
 
@@ -82,6 +110,8 @@ class _Conn:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.CLIENT)
+        self.eof = False  # the server closed its side
+        self.chunk_end = True  # the last body Data ended a chunk (or there was none yet)
 
     async def send(self, event: h11.Event) -> None:
         data = self.h11.send(event)
@@ -91,10 +121,20 @@ class _Conn:
 
     async def next_event(self, timeout: float | None) -> h11.Event:
         while True:
+            in_body = self.h11.their_state is h11.SEND_BODY  # h11 says ERROR once it raises
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as e:
-                raise SourceError(f"API server broke HTTP/1.1: {e}") from None
+                if not self.eof:
+                    raise SourceError(f"API server broke HTTP/1.1: {e}") from None
+                if in_body and self.chunk_end:
+                    raise WatchClosed("API server closed the connection between chunks") from None
+                if in_body:
+                    raise ConnectionLost("API server closed the connection mid-response") from None
+                raise ConnectionLost("API server closed the connection before a response") from None
+            if isinstance(event, h11.Data):
+                self.chunk_end = bool(event.chunk_end)  # always False without chunking
+                return event
             if isinstance(event, h11.Event):
                 return event
             if event is h11.PAUSED:
@@ -107,7 +147,9 @@ class _Conn:
                 async with asyncio.timeout(timeout):
                     data = await self.reader.read(READ_SIZE)
             except TimeoutError:
-                raise SourceError(f"API server sent nothing for {timeout:.0f}s") from None
+                raise ConnectionLost(f"API server sent nothing for {timeout:.0f}s") from None
+            if not data:
+                self.eof = True
             self.h11.receive_data(data)  # b"" marks EOF; h11 then reports the truncation
 
     def close(self) -> None:
@@ -190,15 +232,24 @@ class KubeClient:
     ) -> AsyncGenerator[WatchItem, None]:
         """Stream a watch: decoded events and bad-line markers until the body ends.
 
-        Returns normally when the server ends the stream (timeoutSeconds);
-        raises :class:`ApiError` / :class:`SourceError` / ``OSError`` otherwise.
+        Returns normally when the server ends the stream: its last chunk
+        (timeoutSeconds, or a shutdown) or a clean close between two events.
+        Raises :class:`ApiError`, :class:`ConnectionLost` (e.g. closed in the
+        middle of an event), :class:`SourceError` or ``OSError`` otherwise.
         """
         target = _target(path, params)
         conn = await self._request(target)
         decoder = WatchDecoder()
         try:
             while True:
-                event = await conn.next_event(idle_timeout)
+                try:
+                    event = await conn.next_event(idle_timeout)
+                except WatchClosed:
+                    if decoder.pending_bytes:
+                        raise ConnectionLost(
+                            f"GET {path}: API server closed the watch in the middle of an event"
+                        ) from None
+                    return  # a clean close: every event sent arrived whole
                 if isinstance(event, h11.Data):
                     decoder.feed(event.data)
                     for item in decoder.events():
@@ -242,7 +293,7 @@ class KubeClient:
                 while isinstance(event, h11.InformationalResponse):  # 1xx: the answer follows
                     event = await conn.next_event(self.request_timeout)
                 if isinstance(event, h11.ConnectionClosed):
-                    raise SourceError(
+                    raise ConnectionLost(
                         f"{method} {_path_only(target)}: connection closed before a response"
                     )
                 if not isinstance(event, h11.Response):
@@ -252,6 +303,7 @@ class KubeClient:
                 if 200 <= event.status_code < 300:
                     return conn
                 err = await self._error(conn, event.status_code, target, method)
+                err.retry_after = _retry_after(event.headers)
             except BaseException:
                 self._done(conn)
                 raise
@@ -295,7 +347,7 @@ class KubeClient:
                     host, port, ssl=ctx, server_hostname=server_hostname, limit=READ_SIZE
                 )
         except TimeoutError:
-            raise SourceError(f"connect to {self.config.server}: timed out") from None
+            raise ConnectionLost(f"connect to {self.config.server}: timed out") from None
         conn = _Conn(reader, writer)
         self._open.add(conn)
         return conn
@@ -315,6 +367,18 @@ def _target(path: str, params: Mapping[str, str] | None) -> str:
     if params:
         return f"{path}?{urlencode(params)}"
     return path
+
+
+def _retry_after(headers: Any) -> float | None:
+    """A Retry-After header in seconds (the API server sends delta-seconds), else None."""
+    for name, value in headers:
+        if name.lower() == b"retry-after":
+            try:
+                seconds = float(value.decode("ascii").strip())
+            except (UnicodeDecodeError, ValueError):
+                return None
+            return seconds if seconds >= 0 else None
+    return None
 
 
 def _path_only(target: str) -> str:

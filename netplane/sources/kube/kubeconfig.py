@@ -174,7 +174,7 @@ class _Merged:
 def _read_file(path: Path) -> tuple[Path, dict[str, Any]]:
     try:
         doc = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         # YAML errors quote a snippet of the line, which may hold a token: say where only.
         where = getattr(e, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -253,6 +253,12 @@ def _build(
     server = _str(cluster, "server", cw).rstrip("/")
     if not server.startswith(("https://", "http://")):
         raise ConfigError(f"kubeconfig: {cw}: server must be an https:// or http:// URL")
+    try:
+        port = ClusterConfig(server).host_port[1]
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        raise ConfigError(f"kubeconfig: {cw}: server {server!r} has no valid port")
     ca = _data_or_file(cluster, "certificate-authority", cw)
     cert = _data_or_file(user, "client-certificate", uw)
     key = _data_or_file(user, "client-key", uw)

@@ -14,9 +14,25 @@ Strategy:
 3. **410 Gone**, as an HTTP status or an in-stream ERROR event, means the
    resume point left the server's history window: relist (step 1), whose
    diff turns everything missed into events.
-4. Any other failure (connection, 401, 5xx, a watch ERROR event) is logged
-   and retried after an exponential backoff with jitter, resuming the watch
-   from the last resourceVersion.
+4. Any other failure is logged and retried after an exponential backoff
+   with jitter, resuming the watch from the last resourceVersion. Two
+   backoffs, because the two kinds of failure call for different waits:
+
+   - *no answer* (connection refused or reset, a timeout, a connection
+     closed mid-response: :class:`ConnectionLost`, ``OSError``) retries on
+     :attr:`Reflector.reconnect`, capped at :data:`RECONNECT_MAX` seconds
+     (times up to 1.5 for jitter), so an API server that comes back after an
+     outage of any length is found within 5 s. A refused connection costs
+     the server nothing; one warning is logged per outage and one line when
+     it ends.
+   - *an answer* (401/403, 429, 5xx, a watch ERROR event) retries on
+     :attr:`Reflector.backoff`, which grows to 30 s so a struggling server is
+     not hammered; a ``Retry-After`` (429, 503) is a lower bound on the wait.
+
+   A watch the server ends (its last chunk, or a clean close between events
+   as in a graceful shutdown) is not a failure: it is resumed at once, and
+   logged as "API server closed the watch" when it ended before its
+   ``timeoutSeconds``.
 5. A resource that a CRD bundle provides (``Resource.needs_crds``, e.g. the
    Gateway API) may not be served at all: a 404 on its list counts as an
    empty list (ListDone included, so the source's Synced is not held back),
@@ -35,6 +51,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,7 +62,7 @@ from netplane.errors import ModelError, SourceError
 from netplane.events import EventType, WatchEvent
 from netplane.model import K8sObject, ObjectKey, parse_object
 from netplane.model.meta import own, shared
-from netplane.sources.kube.client import ApiError, KubeClient
+from netplane.sources.kube.client import ApiError, ConnectionLost, KubeClient
 from netplane.sources.kube.resources import Resource
 from netplane.sources.kube.watchstream import BadLine, RawEvent
 
@@ -53,6 +70,16 @@ log = logging.getLogger("netplane.sources.kube")
 
 DEFAULT_PAGE_SIZE = 500  # kubectl's and client-go's default chunk size
 DEFAULT_WATCH_TIMEOUT = 300.0  # client-go's minWatchTimeout; actual is 1-2x, spread
+# The longest base wait between attempts to reach a server that does not answer
+# (refused, reset, timed out); the jitter stretches it by up to half again, so
+# a returning API server is found within 2.5 * 1.5 = 3.75 s (plus a handshake).
+RECONNECT_MAX = 2.5
+RETRY_AFTER_MAX = 60.0  # a Retry-After above this is not believed
+
+
+def reconnect_backoff() -> Backoff:
+    """The backoff for "no answer" failures: 0.5 s doubling to :data:`RECONNECT_MAX`."""
+    return Backoff(initial=0.5, maximum=RECONNECT_MAX, factor=2.0, jitter=0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +162,9 @@ class Reflector:
         source: str = "kube",
         rng: random.Random | None = None,
         presence: CrdPresence | None = None,
+        reconnect: Backoff | None = None,
     ) -> None:
+        """``backoff``: after an answer that is an error; ``reconnect``: after no answer."""
         self.client = client
         self.resource = resource
         self.emit = emit
@@ -144,6 +173,7 @@ class Reflector:
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.backoff = backoff or Backoff()
+        self.reconnect = reconnect or reconnect_backoff()
         self.source = source
         self._rng = rng or random.Random()
         self.presence = presence or CrdPresence()
@@ -155,6 +185,8 @@ class Reflector:
         self.failures = 0  # failed lists or watches, each retried after a backoff
         # False while the server answers 404 for a CRD-served resource (not installed).
         self.served = True
+        self._unreachable_since: float | None = None  # the first failure of an outage
+        self._unreachable_tries = 0
 
     def __repr__(self) -> str:
         return f"Reflector({self.resource.kind}, rv={self.resource_version!r})"
@@ -177,6 +209,7 @@ class Reflector:
                 got = await self._watch()
                 if got:
                     self.backoff.reset()
+                    self.reconnect.reset()
                 elif time.monotonic() - started < 1.0:
                     # A stream that ends at once without events: don't spin on it.
                     await asyncio.sleep(self.backoff.next())
@@ -189,15 +222,22 @@ class Reflector:
                 need_list = True
             except (SourceError, OSError, asyncio.IncompleteReadError) as e:
                 self.failures += 1
-                delay = self.backoff.next()
                 what = "list" if need_list else "watch"
-                log.warning(
-                    "%s %s failed: %s; retrying in %.2fs",
-                    self.resource.kind,
-                    what,
-                    _describe(e),
-                    delay,
-                )
+                if _no_answer(e):
+                    delay = self.reconnect.next()
+                    self._unreachable(what, e, delay)
+                else:
+                    delay = self.backoff.next()
+                    retry_after = e.retry_after if isinstance(e, ApiError) else None
+                    if retry_after is not None:
+                        delay = max(delay, min(retry_after, RETRY_AFTER_MAX))
+                    log.warning(
+                        "%s %s failed: %s; retrying in %.2fs",
+                        self.resource.kind,
+                        what,
+                        _describe(e),
+                        delay,
+                    )
                 if isinstance(e, ApiError) and (
                     e.gone or (e.not_found and self.resource.needs_crds)
                 ):
@@ -216,10 +256,12 @@ class Reflector:
             try:
                 doc = await self.client.get_json(self.path, params)
             except ApiError as e:
+                self._reachable()
                 if not (e.not_found and self.resource.needs_crds):
                     raise
                 await self._not_served(e)
                 return False
+            self._reachable()
             meta = doc.get("metadata")
             if not isinstance(meta, dict):
                 meta = {}
@@ -282,11 +324,14 @@ class Reflector:
             timeoutSeconds=str(timeout),
         )
         got = False
+        started = time.monotonic()
         try:
             stream = self.client.watch(self.path, params, idle_timeout=timeout + 30.0)
             async with contextlib.aclosing(stream):
                 async for item in stream:
-                    got = True
+                    if not got:
+                        got = True
+                        self._reachable()
                     if isinstance(item, BadLine):
                         log.warning(
                             "%s watch: skipped line %d: %s",
@@ -297,10 +342,60 @@ class Reflector:
                         continue
                     await self._on_event(item)
         except ApiError as e:
+            self._reachable()
             if e.gone:
                 raise _Relist from None
             raise
+        self._reachable()
+        lasted = time.monotonic() - started
+        if lasted < timeout - 1.0:
+            # Before its timeoutSeconds: the server ended it (a graceful shutdown,
+            # a restart, a load balancer's idle cut). Resume from where it stopped.
+            log.info(
+                "%s: API server closed the watch after %.1fs; reconnecting",
+                self.resource.kind,
+                lasted,
+            )
+        else:
+            log.debug("%s watch ended at its timeout; resuming", self.resource.kind)
         return got
+
+    # -- reachability ----------------------------------------------------------
+
+    def _unreachable(self, what: str, error: BaseException, delay: float) -> None:
+        """A failure without an answer: one warning per outage, the rest at debug."""
+        self._unreachable_tries += 1
+        if self._unreachable_since is None:
+            self._unreachable_since = time.monotonic()
+            log.warning(
+                "%s %s failed: %s; retrying (at most %.2gs apart) until the API server answers",
+                self.resource.kind,
+                what,
+                _describe(error),
+                self.reconnect.maximum * (1 + self.reconnect.jitter),
+            )
+        else:
+            log.debug(
+                "%s %s failed: %s; retrying in %.2fs",
+                self.resource.kind,
+                what,
+                _describe(error),
+                delay,
+            )
+
+    def _reachable(self) -> None:
+        """The server answered: an outage (if any) is over."""
+        self.reconnect.reset()
+        if self._unreachable_since is None:
+            return
+        log.info(
+            "%s: API server answers again after %.1fs (%d failed attempts)",
+            self.resource.kind,
+            time.monotonic() - self._unreachable_since,
+            self._unreachable_tries,
+        )
+        self._unreachable_since = None
+        self._unreachable_tries = 0
 
     async def _on_event(self, ev: RawEvent) -> None:
         obj = ev.object
@@ -390,6 +485,17 @@ def _rv_of(raw: dict[str, Any]) -> str:
 
 def _status_of(resource: Resource, error: ApiError) -> str:
     return f"{resource.group_version} {resource.plural}: {error.status}"
+
+
+def _no_answer(e: BaseException) -> bool:
+    """Whether ``e`` means the API server gave no answer (vs. answered with an error)."""
+    if isinstance(e, ApiError):
+        return False
+    if isinstance(e, ConnectionLost | asyncio.IncompleteReadError | ssl.SSLEOFError):
+        return True
+    # Refused, reset, unreachable, name not resolved; a TLS failure (a bad
+    # certificate) is an answer of sorts and will not mend by retrying fast.
+    return isinstance(e, OSError) and not isinstance(e, ssl.SSLError)
 
 
 def _describe(e: BaseException) -> str:

@@ -12,12 +12,21 @@ a 404 on their list as "none of these, yet" rather than as a failure, so a
 cluster without Gateway API still syncs and serves everything else.
 ReferenceGrant is read as ``v1beta1``: every standard-channel release
 serves it, while ``v1`` only exists from Gateway API v1.3 on.
+
+:func:`watch_plan` picks the kinds a daemon config needs, and no more: a
+service account may lack the right to read what a plane that is off would
+use (Secrets, above all), and a watch it may not open would hold back the
+first sync for ever.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote
+
+if TYPE_CHECKING:
+    from netplane.config import Config
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,3 +117,63 @@ def node_resource(node_name: str) -> Resource:
     return Resource(
         "Node", "v1", "nodes", namespaced=False, field_selector=f"metadata.name={node_name}"
     )
+
+
+# What the ingress plane reads: Ingress v1 and the Gateway API (with Secrets for TLS).
+INGRESS_KINDS: tuple[str, ...] = ("Ingress", "IngressClass", "Secret", *GATEWAY_KINDS)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchPlan:
+    """The kinds to watch for a config, and why the others are left out."""
+
+    kinds: tuple[str, ...]
+    # (kinds, why not): each group of kinds not watched and the reason.
+    skipped: tuple[tuple[tuple[str, ...], str], ...] = ()
+    # Why a kind beyond Service and EndpointSlice is watched.
+    reasons: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        """One line for the log: what is watched, and why the rest is not."""
+        why = dict(self.reasons)
+        shown = ", ".join(f"{k} ({why[k]})" if k in why else k for k in self.kinds)
+        text = f"watching {shown}"
+        if self.skipped:
+            text += "; not watching " + "; ".join(
+                f"{', '.join(kinds)} ({reason})" for kinds, reason in self.skipped
+            )
+        return text
+
+
+def watch_plan(cfg: Config) -> WatchPlan:
+    """The kinds the enabled planes of ``cfg`` read from the API server.
+
+    Service and EndpointSlice always (the L4 proxy and DNS, and the ingress's
+    backends); the Ingress and Gateway API kinds and TLS Secrets only with the
+    ingress on; Node only with ``node_name`` (its zone picks topology hints);
+    Pod only when endpoints come from pods or DNS verifies pod records.
+    """
+    kinds: list[str] = ["Service", "EndpointSlice"]
+    skipped: list[tuple[tuple[str, ...], str]] = []
+    reasons: list[tuple[str, str]] = []
+    if cfg.ingress_http is not None or cfg.ingress_https is not None:
+        kinds.extend(INGRESS_KINDS)
+    else:
+        skipped.append((INGRESS_KINDS, "the ingress is off"))
+    if cfg.node_name:
+        kinds.append("Node")
+        reasons.append(("Node", f"only {cfg.node_name}"))
+    else:
+        skipped.append((("Node",), "no node name"))
+    dns_verifies_pods = cfg.dns is not None and cfg.dns_pods == "verified"
+    if cfg.pods_make_endpoints or dns_verifies_pods:
+        kinds.append("Pod")
+        reasons.append(
+            (
+                "Pod",
+                "endpoints from pods" if cfg.pods_make_endpoints else "verified DNS pod records",
+            )
+        )
+    else:
+        skipped.append((("Pod",), "endpoints come from EndpointSlices; no verified pod records"))
+    return WatchPlan(tuple(kinds), tuple(skipped), tuple(reasons))

@@ -10,14 +10,19 @@ absence is one warning. Leaving ``run()`` for any reason (cancellation,
 ``aclose()``, a reflector bug) cancels the tasks and closes every
 connection; a reflector that dies of an unexpected exception takes
 ``run()`` down with it rather than leaving a silently stale resource.
+
+:meth:`KubeSource.for_config` watches what a daemon config's planes need
+(:func:`~netplane.sources.kube.resources.watch_plan`); the first ``run()``
+logs which kinds that is, and why the others are left out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import AsyncIterator, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from netplane.events import SourceEvent, Synced, WatchEvent
 from netplane.sources.kube.client import KubeClient
@@ -34,8 +39,21 @@ from netplane.sources.kube.reflector import (
     CrdPresence,
     ListDone,
     Reflector,
+    reconnect_backoff,
 )
-from netplane.sources.kube.resources import DEFAULT_KINDS, RESOURCES, Resource, node_resource
+from netplane.sources.kube.resources import (
+    DEFAULT_KINDS,
+    RESOURCES,
+    Resource,
+    WatchPlan,
+    node_resource,
+    watch_plan,
+)
+
+if TYPE_CHECKING:
+    from netplane.config import Config
+
+log = logging.getLogger("netplane.sources.kube")
 
 QUEUE_SIZE = 4096
 
@@ -62,13 +80,17 @@ class KubeSource:
         page_size: int = DEFAULT_PAGE_SIZE,
         watch_timeout: float = DEFAULT_WATCH_TIMEOUT,
         backoff: Backoff | None = None,
+        reconnect: Backoff | None = None,
         client: KubeClient | None = None,
+        plan: WatchPlan | None = None,
     ) -> None:
         """``resources``: kinds ("Service", "Pod", ...) or :class:`Resource` objects.
 
         ``namespace`` None watches all namespaces; ``label_selector`` applies to
         every resource; ``node_name`` narrows Node to that one node. ``backoff``
-        is a template: each reflector gets its own copy.
+        (after an error answer) and ``reconnect`` (after no answer) are
+        templates: each reflector gets its own copies. ``plan``: why these
+        kinds, for the log (see :meth:`for_config`).
         """
         self.name = name
         self.config = config
@@ -77,7 +99,10 @@ class KubeSource:
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self._backoff = backoff or Backoff()
+        self._reconnect = reconnect or reconnect_backoff()
         self._client = client
+        self.plan = plan
+        self._announced = False
         self.resources: list[Resource] = []
         for r in resources:
             res = r if isinstance(r, Resource) else RESOURCES.get(r)
@@ -92,6 +117,15 @@ class KubeSource:
     def __repr__(self) -> str:
         kinds = ",".join(r.kind for r in self.resources)
         return f"KubeSource({self.config.server!r}, [{kinds}], namespace={self.namespace!r})"
+
+    @classmethod
+    def for_config(cls, cluster: ClusterConfig, cfg: Config, **kwargs: Any) -> KubeSource:
+        """The source a daemon config asks for: the kinds its planes need, its scope."""
+        plan = watch_plan(cfg)
+        kwargs.setdefault("namespace", cfg.namespace)
+        kwargs.setdefault("label_selector", cfg.label_selector)
+        kwargs.setdefault("node_name", cfg.node_name or None)
+        return cls(cluster, resources=plan.kinds, plan=plan, **kwargs)
 
     @classmethod
     def from_kubeconfig(
@@ -115,6 +149,12 @@ class KubeSource:
         return cls(in_cluster_config(sa_dir, env=env), **kwargs)
 
     async def run(self) -> AsyncIterator[SourceEvent]:
+        if not self._announced:
+            self._announced = True
+            if self.plan is not None:
+                log.info("%s: %s", self.name, self.plan.describe())
+            else:
+                log.info("%s: watching %s", self.name, ", ".join(r.kind for r in self.resources))
         client = self._client or KubeClient(self.config)
         queue: asyncio.Queue[WatchEvent | ListDone | _Crashed] = asyncio.Queue(QUEUE_SIZE)
         presence = CrdPresence()
@@ -127,12 +167,8 @@ class KubeSource:
                 label_selector=self.label_selector,
                 page_size=self.page_size,
                 watch_timeout=self.watch_timeout,
-                backoff=Backoff(
-                    self._backoff.initial,
-                    self._backoff.maximum,
-                    self._backoff.factor,
-                    self._backoff.jitter,
-                ),
+                backoff=_copy(self._backoff),
+                reconnect=_copy(self._reconnect),
                 source=self.name,
                 presence=presence,
             )
@@ -172,3 +208,8 @@ class KubeSource:
             raise
         except BaseException as e:  # a bug: surface it through run()
             await queue.put(_Crashed(e))
+
+
+def _copy(template: Backoff) -> Backoff:
+    """A fresh backoff with the template's settings (and its own count and random source)."""
+    return Backoff(template.initial, template.maximum, template.factor, template.jitter)
