@@ -257,9 +257,15 @@ class ResponseHead:
         self.has_hsts = False
         # Hop-by-hop lines are cut out; every other line goes on byte for byte.
         kept: list[bytes] = []
+        named: set[bytes] = set()
         pos = eol + 2
-        for m in _RESPONSE_SPECIAL.finditer(raw.lower(), eol):
+        lowered = raw.lower()
+        for m in _RESPONSE_SPECIAL.finditer(lowered, eol):
             name = m.group(1)
+            if name == b"connection":
+                # Fields the upstream named as hop-by-hop (RFC 9110 §7.6.1) go too (below).
+                value = lowered[m.end() : lowered.index(b"\r\n", m.end())]
+                named.update(t.strip() for t in value.split(b","))
             if name == b"content-length":
                 self.has_length = True
             elif name == b"x-request-id":
@@ -273,6 +279,16 @@ class ResponseHead:
                 kept.append(raw[pos:start])
                 pos = raw.index(b"\r\n", start) + 2
         self.fields = b"".join(kept) + raw[pos:] if kept else raw[pos:]
+        # Content-Length stays: it is the framing this proxy reads and passes on.
+        named -= _CONNECTION_OPTIONS | {b"", b"content-length"}
+        if named:
+            self.fields = b"".join(
+                line + b"\r\n"
+                for line in self.fields.split(b"\r\n")[:-1]
+                if line.split(b":", 1)[0].lower() not in named
+            )
+            self.has_request_id = self.has_request_id and b"x-request-id" not in named
+            self.has_hsts = self.has_hsts and b"strict-transport-security" not in named
         line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
         self.prefix = line + self.fields
         #: the same head as an HTTP/2 header block, made at its first HTTP/2 client

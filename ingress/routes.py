@@ -961,7 +961,14 @@ class RouteTable:
         assert template is not None
         m = loc.regex.match(p) if loc.regex is not None else None
         if m is not None:
-            new = m.expand(template)
+            try:
+                new = m.expand(template)
+            except re.error:
+                # A $N beyond the regex's groups: empty, as nginx makes an unset capture.
+                n = m.re.groups
+                new = m.expand(
+                    _NO_GROUPS.sub(lambda g: g[0] if int(g[0][3:-1]) <= n else "", template)
+                )
         else:
             new = _NO_GROUPS.sub("", template).replace("\\\\", "\\")
         if not new.startswith("/") and "://" not in new:

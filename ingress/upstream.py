@@ -274,6 +274,9 @@ class UpstreamConnection(asyncio.Protocol):
         raw = buf[: end + 2]
         head = HEADS.get(raw) or response_head(raw)
         status = head.status
+        if status < 100:  # httptools takes any 3 digits ("050"); no client takes status 50
+            self._broken()
+            return
         if 100 <= status < 200 and status != 101:
             # 1xx interim answers (RFC 9110 §15.2) are not passed on: the proxy
             # answers Expect itself. Their end is the parser's message end;
@@ -292,7 +295,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         ex = self.exchange
-        if ex is not None:  # framed by the client, written with the rest of this read
+        if ex is not None and not self.informational:  # (a 1xx's body is dropped with its head)
+            # framed by the client, written with the rest of this read
             self.body_bytes += len(body)
             ex.client.write_body(body)
 
