@@ -60,13 +60,29 @@ class Certificate:
     not_after: str
 
 
+# TLS 1.2 suites: ECDHE key exchange (forward secrecy) with an AEAD cipher only,
+# which leaves out static RSA key exchange, DHE (no parameters are loaded),
+# CBC (SHA-1 or SHA-2 MACs), RC4, 3DES, NULL, EXPORT and anonymous suites. This
+# is Mozilla's "intermediate" list less its DHE entries. TLS 1.3's suites are
+# OpenSSL's defaults, all AEAD with (EC)DHE. SECLEVEL=2 keeps Python's default
+# floor (no RSA key under 2048 bits, no SHA-1 signatures).
+TLS12_CIPHERS = "@SECLEVEL=2:ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
 def new_context() -> ssl.SSLContext:
-    """A server context with netplane's TLS settings (TLS 1.2-1.3, ALPN h2 and http/1.1)."""
+    """A server context with netplane's TLS settings; every listener's context comes from here.
+
+    TLS 1.2-1.3, ECDHE+AEAD suites only (:data:`TLS12_CIPHERS`), no TLS
+    compression, no renegotiation (TLS 1.3 has none; a TLS 1.2 client's
+    request is refused), the server's cipher order, ALPN h2 and http/1.1.
+    ``tests/ingress/test_tls_scan.py`` checks this with sslyze.
+    """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.set_ciphers(TLS12_CIPHERS)
     ctx.set_alpn_protocols(ALPN)
-    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
     return ctx
 
 

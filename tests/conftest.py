@@ -38,6 +38,7 @@ _register_bench()
 
 import dns.message  # noqa: E402  # after the cut above: dnspython's, never ./dns
 import pytest  # noqa: E402
+import secret_scan  # noqa: E402  # tests/secret_scan.py
 import uvloop  # noqa: E402
 
 import netplane  # noqa: E402
@@ -53,6 +54,51 @@ if Path(netplane.__file__).resolve().parent.parent != ROOT:
         f"netplane is imported from {netplane.__file__}, not from this checkout ({ROOT}):"
         " install it first (pip install -e '.[test,bench]')"
     )
+
+
+# Before any test module makes a key: every trustme key, fake API token and
+# kubeconfig secret is registered from here on (see tests/secret_scan.py).
+secret_scan.install()
+_OUTPUTS = pytest.StashKey[secret_scan.Outputs]()
+
+
+@pytest.fixture(autouse=True)
+def no_secret_in_output(request: pytest.FixtureRequest) -> secret_scan.Outputs:
+    """Every test: no registered key or token in what it made netplane print or serve.
+
+    Searched when the test ends (``pytest_runtest_makereport`` below): its
+    captured stdout, stderr and log, the output of every netplane process,
+    every in-process admin response, and a last /debug/state and /metrics of
+    each netplane process still running. A find turns the test's teardown
+    into an error that names the secret and where it was seen.
+    """
+    out = secret_scan.Outputs()
+    request.node.stash[_OUTPUTS] = out
+    secret_scan.CURRENT = out
+    return out
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Any:
+    # Before the fixtures stop the processes: their last /debug/state and /metrics.
+    if item.stash.get(_OUTPUTS, None) is not None:
+        item.stash[_OUTPUTS].fetch_admin()
+    return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    out = item.stash.get(_OUTPUTS, None)
+    if call.when != "teardown" or out is None:
+        return report
+    secret_scan.CURRENT = None
+    out.read_processes()
+    leaks = out.leaks(report.sections)  # pytest's captured stdout, stderr and log, all phases
+    if leaks:
+        report.outcome = "failed"
+        report.longrepr = "a test secret appears in its output:\n  " + "\n  ".join(leaks)
+    return report
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
