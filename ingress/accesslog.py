@@ -16,6 +16,7 @@ table. Timestamps have the daemon log's format
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import time
@@ -24,6 +25,8 @@ from typing import Any
 from netplane.ingress.stats import route_name
 
 from netplane.addresses import hostport
+
+log = logging.getLogger("netplane.ingress")
 
 FORMATS = ("text", "json")
 #: Lines formatted and written together (about 64 KiB of text lines).
@@ -64,6 +67,9 @@ class AccessLog:
         self._names: dict[Any, bytes] = {}
         self._quotes: dict[bytes, bytes] = {}
         self._ups: dict[tuple[str, int], bytes] = {}
+        #: lines that could not be written (a full disk, a full non-blocking pipe)
+        self.dropped_lines = 0
+        self._dropping = False  # said once in the log, until a write succeeds again
 
     def _stamp_for(self, now: float) -> bytes:
         """The wall-clock time of monotonic ``now``, as the daemon's log writes it."""
@@ -190,10 +196,36 @@ class AccessLog:
             while data:
                 written = os.write(self._fd, data)
                 data = data[written:]
-        except BlockingIOError:
-            pass  # a non-blocking stdout that is full: lose the rest of this batch, not the loop
-        except OSError:
+        except OSError as e:
+            # A full disk (ENOSPC), or a non-blocking stdout that is full: lose the rest
+            # of this batch, not the loop; count the lines lost, say so once.
+            self.dropped_lines += data.count(b"\n")
+            if not self._dropping:
+                self._dropping = True
+                log.warning(
+                    "access log %s: cannot write (%s); dropping lines until it can "
+                    "(counted in netplane_access_log_dropped_lines_total)",
+                    self.target,
+                    os.strerror(e.errno) if e.errno else e,
+                )
             return
+        if self._dropping:
+            self._dropping = False
+            log.info(
+                "access log %s: writing again, %d lines dropped so far",
+                self.target,
+                self.dropped_lines,
+            )
+
+    def metrics(self) -> Any:
+        """The lines dropped, as a Prometheus family."""
+        from prometheus_client.core import CounterMetricFamily
+
+        return CounterMetricFamily(
+            "netplane_access_log_dropped_lines",
+            "Access-log lines lost because the log could not be written (full disk or pipe)",
+            value=self.dropped_lines,
+        )
 
     def close(self) -> None:
         self.flush()

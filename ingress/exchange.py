@@ -473,12 +473,17 @@ class Exchange(ExchangeState):
         last: BaseException | None = None
         for i in range(start, len(targets)):
             ip, port = targets[i]
-            try:
-                up = await pool.connect((ip, port, d.upstream_tls), d.options.connect_timeout)
-            except (OSError, TimeoutError) as e:
-                last = e
-                log.debug("cannot connect to %s: %s", hostport(ip, port), e)
-                continue
+            key = (ip, port, d.upstream_tls)
+            # A next endpoint's idle connection first, as for the first choice (the
+            # one at ``start`` was tried already, or failed as a reused one).
+            up = pool.take(key) if i > start else None
+            if up is None:
+                try:
+                    up = await pool.connect(key, d.options.connect_timeout)
+                except (OSError, TimeoutError) as e:
+                    last = e
+                    log.debug("cannot connect to %s: %s", hostport(ip, port), e)
+                    continue
             if self.response_state is not CONNECTING:  # answered or aborted meanwhile
                 up.close()
                 return

@@ -180,8 +180,11 @@ class IngressPlane:
             self.access_log.close()
 
     def metrics(self) -> Iterator[Any]:
-        """Requests by Ingress, Service and status class, durations, TLS handshakes."""
-        return self.server.stats.families()
+        """Requests by Ingress, Service and status class, durations, TLS handshakes,
+        access-log lines dropped."""
+        yield from self.server.stats.families()
+        if self.access_log is not None:
+            yield self.access_log.metrics()
 
     def debug_state(self) -> dict[str, Any]:
         return {
