@@ -3,6 +3,7 @@
     python -m bench                    # full run, 3 runs per side
     python -m bench --quick            # smoke run for CI (never asserts timing)
     python -m bench --only scale --runs 5
+    python -m bench --only soak --soak-minutes 30
     python -m bench --setup            # install every peer and load generator, then exit
     python -m bench --list
 
@@ -32,6 +33,7 @@ from bench.harness import (
     run_scenario,
 )
 from bench.scenarios import SCENARIOS, by_name
+from bench.scenarios.soak import Soak
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -44,9 +46,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--setup", action="store_true", help="install peers and load generators")
     ap.add_argument("--list", action="store_true", help="list the scenarios and exit")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    ap.add_argument(
+        "--soak-minutes", type=float, default=None, metavar="M", help="soak length (default 10)"
+    )
     args = ap.parse_args(argv)
     if args.runs < 1:
         ap.error("--runs must be at least 1")
+    if args.soak_minutes is not None and args.soak_minutes <= 0:
+        ap.error("--soak-minutes must be positive")
     unknown = set(args.only or ()) - set(by_name())
     if unknown:
         ap.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; see --list")
@@ -82,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         installed = setup.ensure(setup.PACKAGES)
         print(f"setup: installed {' '.join(installed)}" if installed else "setup: all present")
         return 0
+    if args.soak_minutes is not None:
+        Soak.minutes = args.soak_minutes
     chosen = [cls for cls in SCENARIOS if not args.only or cls.name in args.only]
     procs = ProcessManager()
     install_exit_handlers(procs)

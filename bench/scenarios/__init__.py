@@ -8,13 +8,16 @@ from __future__ import annotations
 
 from bench.harness import Scenario
 from bench.scenarios.dns import ClusterDns
+from bench.scenarios.fuzz import Fuzz
 from bench.scenarios.gateway import GatewayBench
 from bench.scenarios.grpc import GrpcBench
 from bench.scenarios.ingress import IngressBench
 from bench.scenarios.l4 import L4Proxy
 from bench.scenarios.node_sockets import NodeSockets
+from bench.scenarios.overload import Overload
 from bench.scenarios.programming import Programming
 from bench.scenarios.scale import ScaleSync
+from bench.scenarios.soak import Soak
 from bench.scenarios.startup import Startup
 from bench.scenarios.table_update import TableUpdate
 from bench.scenarios.workers import WorkerScaling
@@ -31,6 +34,9 @@ SCENARIOS: list[type[Scenario]] = [
     GrpcBench,
     ClusterDns,
     WorkerScaling,
+    Overload,
+    Soak,
+    Fuzz,
 ]
 
 

@@ -383,3 +383,60 @@ def test_standing_plot_leaves_out_netplane_against_itself_in_the_gateway_scenari
     rows = report.standing_rows(doc)
     assert rows["Ingress"][-1] == ("gateway: g", "nginx", 0.5)
     assert all(peer == "nginx" for _, peer, _ in rows["Ingress"])
+
+
+def test_overload_and_soak_are_registered_with_their_metrics() -> None:
+    from bench.scenarios import by_name
+    from bench.scenarios.overload import Overload
+    from bench.scenarios.soak import CATEGORIES, KINDS, Soak
+
+    assert by_name()["overload"] is Overload and by_name()["soak"] is Soak
+    quick = Context(quick=True, runs=1, workdir=Path("/nonexistent"), echo=lambda _msg: None)
+    full = Context(quick=False, runs=1, workdir=Path("/nonexistent"), echo=lambda _msg: None)
+    assert Overload().size(quick)["idle"] < Overload().size(full)["idle"] == 10_000
+    assert Overload().size(full)["slow"] == 1_000
+    names = {m.name for m in Overload().metrics(full)}
+    assert {"rps_ratio", "kb_per_idle", "probe_p99_ms@alone", "probe_p99_ms@flood"} <= names
+    soak = Soak()
+    assert soak.timing(quick)[:2] == (2.0, 10.0) and soak.bins(quick) == 2
+    assert soak.timing(full)[1] == 600.0 and soak.bins(full) == 10
+    names = {m.name for m in soak.metrics(full)}
+    assert {f"failed_{c}" for c in CATEGORIES} <= names
+    assert {f"p99_ms@{k}/10" for k in KINDS} <= names and "p99_ms@dns/11" not in names
+
+
+def test_soak_minutes_option_sets_the_soak_length(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bench.__main__ import parse_args
+    from bench.scenarios.soak import Soak
+
+    monkeypatch.setattr(Soak, "minutes", Soak.minutes)  # restored after the test
+    args = parse_args(["--only", "soak", "--soak-minutes", "2.5"])
+    assert args.soak_minutes == 2.5
+    with pytest.raises(SystemExit):
+        parse_args(["--soak-minutes", "0"])
+    Soak.minutes = args.soak_minutes
+    full = Context(quick=False, runs=1, workdir=Path("/nonexistent"), echo=lambda _msg: None)
+    assert Soak().timing(full)[1] == 150.0 and Soak().bins(full) == 3
+
+
+def test_soak_changes_cycle_kinds_and_pass_netplane_check(tmp_path: Path) -> None:
+    import trustme
+
+    from bench.scenarios.soak import CHANGES, base_objects, change
+    from netplane.check import check_paths
+
+    leaf = trustme.CA().issue_cert("*.bench.test")
+    certs = [(leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes())] * 2
+    seen = [change(i, 18080, certs) for i in range(2 * len(CHANGES))]
+    assert [name for name, _ in seen] == list(CHANGES) * 2
+    # each kind flips between two states
+    for k in range(len(CHANGES)):
+        assert seen[k][1] != seen[k + len(CHANGES)][1] or CHANGES[k] == "secret"
+    for i in range(2):  # both states of every file, beside the fixed objects
+        d = tmp_path / str(i)
+        d.mkdir()
+        items = base_objects() + [obj for _, obj in seen[i * len(CHANGES) : (i + 1) * len(CHANGES)]]
+        (d / "objects.json").write_text(
+            json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+        )
+        assert check_paths([str(d)]) == []
