@@ -5,7 +5,12 @@
 upstream pool, the settings and the access log. It runs one timer for
 everything that can time out (client heads and bodies, idle keep-alive,
 upstream reads, idle pooled connections), so no request arms a timer of
-its own, and flushes the access log on the same tick.
+its own, and flushes the access log on the same tick. A tick checks at most
+:data:`SWEEP_SLICE` connections, the next ones in turn, so that 10,000
+idle connections do not stall the loop for 10 ms every tick (the overload
+bench: p99 latency 13.6 ms against 2.3 ms unloaded, and 0.82x the
+throughput, before); with more connections than that, a timeout is late by
+up to ``SWEEP_INTERVAL`` per slice.
 
 TLS handshakes are counted where they end, in the ``do_handshake`` of the
 listener context's SSL objects (:func:`counting_ssl_objects`): the loop
@@ -35,6 +40,8 @@ log = logging.getLogger("netplane.ingress")
 
 #: How often timeouts are checked; every timeout is late by at most this.
 SWEEP_INTERVAL = 0.5
+#: Connections checked per tick at most (the rest on the following ticks, in turn).
+SWEEP_SLICE = 1500
 
 
 class IngressServer:
@@ -57,6 +64,9 @@ class IngressServer:
         self.conns: set[ClientConnection | Http2Connection] = ClientConns()
         self._servers: list[tuple[Acceptor, Listener]] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        # the connections still to check in this round of the sweep, and where it is
+        self._round: list[ClientConnection | Http2Connection] = []
+        self._round_at = 0
 
     async def listen(
         self,
@@ -125,12 +135,21 @@ class IngressServer:
 
     def _sweep(self) -> None:
         now = monotonic()
-        for conn in list(self.conns):
+        at = self._round_at
+        if at >= len(self._round):
+            self._round = list(self.conns)
+            at = 0
+        end = at + SWEEP_SLICE
+        conns = self.conns
+        for conn in self._round[at:end]:
+            if conn not in conns:
+                continue  # closed since the round began
             try:
                 conn.sweep(now)
             except Exception:
                 log.exception("ingress: timeout check failed for a connection; closing it")
                 conn.abort()
+        self._round_at = end
         self.pool.sweep(now)
         self.h2pool.sweep(now)
         if self.access_log is not None:
