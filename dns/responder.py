@@ -31,8 +31,10 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dnslib import CLASS, OPCODE, DNSHeader, DNSRecord
+from dnslib import CLASS, OPCODE, DNSError, DNSHeader, DNSRecord
 from dnslib import RR as DnsRR
+from dnslib.buffer import BufferError as DnsBufferError
+from dnslib.label import DNSLabelError
 from netplane.dns.answer import BADVERS, FORMERR, NOTIMP, REFUSED, SERVFAIL, Answer, answer
 from netplane.dns.cache import AnswerCache, Cached, ForwardCache, ForwardKey
 from netplane.dns.cookie import CLIENT_COOKIE, ServerCookies, check_cookie
@@ -112,6 +114,9 @@ class Responder:
             "servfail": 0,
             "cookies": 0,  # queries with a well-formed cookie (answer-cache hits aside)
             "bad_cookies": 0,  # answered FORMERR (counted in formerr too)
+            # upstream replies dnslib read but cannot write again (a name over 255 bytes
+            # by compression pointers): SERVFAIL, not cached (counted in servfail too)
+            "upstream_unwritable": 0,
         }
 
     def handle(self, data: bytes, client: str, *, tcp: bool = False) -> bytes | Forward | None:
@@ -170,12 +175,18 @@ class Responder:
         if upstream is None:
             self.counts["servfail"] += 1
             return header_reply(q, SERVFAIL, udp_cap=self.udp_cap, cookie=job.cookie)
-        self.forwarded.put(job.key, upstream)
         h = upstream.header
         strip = [rr for rr in upstream.ar if rr.rtype != OPT]
         cached = Cached(h.rcode, list(upstream.rr), list(upstream.auth), strip, False)
         limit = reply_limit(q, tcp=job.tcp, udp_cap=self.udp_cap)
-        return self._relay(q, cached, limit, job.cookie)
+        try:
+            data = self._relay(q, cached, limit, job.cookie)
+        except (DNSError, DNSLabelError, DnsBufferError):
+            self.counts["servfail"] += 1
+            self.counts["upstream_unwritable"] += 1
+            return header_reply(q, SERVFAIL, udp_cap=self.udp_cap, cookie=job.cookie)
+        self.forwarded.put(job.key, upstream)
+        return data
 
     def _relay(self, q: Query, c: Cached, limit: int, cookie: bytes | None = None) -> bytes:
         qh = q.record.header

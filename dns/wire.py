@@ -90,6 +90,8 @@ def parse_query(data: bytes) -> Query:
         raise DnsFormatError("a label holds a dot", FORMERR)
     if any(len(label) > 63 for label in labels):  # dnslib reads one, cannot write it back
         raise DnsFormatError("a label longer than 63 bytes", FORMERR)
+    if len(q.qname) > 253:  # likewise a name over 253 bytes as text (255 on the wire)
+        raise DnsFormatError("a name longer than 255 bytes", FORMERR)
     qname = ".".join(label.decode("latin-1") for label in labels)
     return Query(
         record, qname, q.qtype, q.qclass, edns, udp_size, do, has_options, version,
