@@ -686,6 +686,19 @@ def _http_match(m: Fields) -> HTTPRouteMatch:
     )
 
 
+def _route_parts(f: Fields, spec: Fields, ns: str) -> tuple[tuple[ParentRef, ...], tuple[str, ...]]:
+    """What every route kind has before its rules: parentRefs and hostnames."""
+    hostnames = tuple(
+        _hostname(spec, f"hostnames[{i}]", h) for i, h in enumerate(spec.strs("hostnames"))
+    )
+    return _parent_refs(spec, ns), hostnames
+
+
+def _versioned(f: Fields) -> tuple[int, Any]:
+    """metadata.generation and the raw status, the last two fields of the status-bearing kinds."""
+    return _generation(f), _status(f)
+
+
 def parse_http_route(f: Fields) -> HTTPRoute:
     meta = parse_meta(f, HTTP_ROUTE)
     spec = f.obj("spec")
@@ -721,16 +734,9 @@ def parse_http_route(f: Fields) -> HTTPRoute:
     if not rules:
         rules.append(HTTPRouteRule((HTTPRouteMatch(),)))
     return HTTPRoute(
-        key=ObjectKey(HTTP_ROUTE, ns, meta.name),
-        meta=meta,
-        parents=_parent_refs(spec, ns),
-        hostnames=tuple(
-            _hostname(spec, f"hostnames[{i}]", h) for i, h in enumerate(spec.strs("hostnames"))
-        ),
-        rules=tuple(rules),
-        generation=_generation(f),
-        status=_status(f),
-    )
+        ObjectKey(HTTP_ROUTE, ns, meta.name), meta, *_route_parts(f, spec, ns), tuple(rules),
+        *_versioned(f),
+    )  # fmt: skip
 
 
 def parse_grpc_route(f: Fields) -> GRPCRoute:
@@ -769,16 +775,9 @@ def parse_grpc_route(f: Fields) -> GRPCRoute:
     if not rules:
         rules.append(GRPCRouteRule((GRPCRouteMatch(),)))
     return GRPCRoute(
-        key=ObjectKey(GRPC_ROUTE, ns, meta.name),
-        meta=meta,
-        parents=_parent_refs(spec, ns),
-        hostnames=tuple(
-            _hostname(spec, f"hostnames[{i}]", h) for i, h in enumerate(spec.strs("hostnames"))
-        ),
-        rules=tuple(rules),
-        generation=_generation(f),
-        status=_status(f),
-    )
+        ObjectKey(GRPC_ROUTE, ns, meta.name), meta, *_route_parts(f, spec, ns), tuple(rules),
+        *_versioned(f),
+    )  # fmt: skip
 
 
 def parse_reference_grant(f: Fields) -> ReferenceGrant:

@@ -50,11 +50,11 @@ from netplane.model.gateway import CONTROLLER, GATEWAY, GROUP
 from netplane.sources.kube.client import ApiError, KubeClient
 from netplane.sources.kube.reflector import Backoff
 from netplane.sources.kube.resources import RESOURCES
+from netplane.sources.kube.status_loop import StatusLoop
 
 log = logging.getLogger("netplane.gateway.status")
 
 #: Writes in flight at once (as for Ingress status).
-MAX_IN_FLIGHT = 8
 #: The kinds whose status netplane writes.
 STATUS_KINDS = ("GatewayClass", "Gateway", "HTTPRoute", "GRPCRoute")
 ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
@@ -298,7 +298,7 @@ class GatewayStatusPlanner:
 # -- writing -------------------------------------------------------------------------
 
 
-class GatewayStatusWriter:
+class GatewayStatusWriter(StatusLoop):
     """Keeps the status of the Gateway API objects we own equal to what we serve."""
 
     def __init__(
@@ -368,45 +368,9 @@ class GatewayStatusWriter:
 
     # -- writing -------------------------------------------------------------
 
-    async def _run(self) -> None:
-        stream = self.dp.subscribe()
-        try:
-            await self.dp.wait_ready()
-            stream.take()
+    def _on_change(self, keys: frozenset[ObjectKey]) -> None:
+        if self._relevant(keys):
             self._plan_all()
-            while True:
-                retry_in = await self._flush() if self._pending else None
-                try:
-                    async with asyncio.timeout(retry_in):
-                        change = await anext(stream)
-                except TimeoutError:
-                    continue
-                except StopAsyncIteration:
-                    return
-                if self._relevant(change.objects):
-                    self._plan_all()
-        finally:
-            stream.close()
-
-    async def _flush(self) -> float | None:
-        """Send every pending write, a few at a time; the delay before retrying what failed."""
-        writes = [self._pending.pop(key) for key in sorted(self._pending)]
-        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
-
-        async def one(write: StatusWrite) -> bool:
-            async with gate:
-                return await self._write(write)
-
-        done = await asyncio.gather(*(one(w) for w in writes))
-        failed = False
-        for write, ok in zip(writes, done, strict=True):
-            if not ok:
-                self._pending.setdefault(write.key, write)
-                failed = True
-        if not failed:
-            self.backoff.reset()
-            return None
-        return self.backoff.next()
 
     async def _write(self, write: StatusWrite, *, reread: bool = True) -> bool:
         """One PATCH; True when there is nothing left to do for this write."""

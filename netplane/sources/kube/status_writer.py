@@ -41,12 +41,9 @@ from netplane.sources.kube.ingress_status import (
 )
 from netplane.sources.kube.reflector import Backoff
 from netplane.sources.kube.resources import INGRESS
+from netplane.sources.kube.status_loop import StatusLoop
 
 log = logging.getLogger("netplane.ingress.status")
-
-# Writes in flight at once: start-up with thousands of Ingresses is not one
-# round trip after another, and the API server is not flooded either.
-MAX_IN_FLIGHT = 8
 
 
 def status_path(key: ObjectKey) -> str:
@@ -54,7 +51,7 @@ def status_path(key: ObjectKey) -> str:
     return f"{INGRESS.path(key.namespace)}/{key.name}/status"
 
 
-class IngressStatusWriter:
+class IngressStatusWriter(StatusLoop):
     """Keeps the status of the Ingresses we serve equal to our published address."""
 
     def __init__(
@@ -148,44 +145,8 @@ class IngressStatusWriter:
 
     # -- writing -------------------------------------------------------------
 
-    async def _run(self) -> None:
-        stream = self.dp.subscribe()
-        try:
-            await self.dp.wait_ready()
-            stream.take()
-            self._plan_all()
-            while True:
-                retry_in = await self._flush() if self._pending else None
-                try:
-                    async with asyncio.timeout(retry_in):
-                        change = await anext(stream)
-                except TimeoutError:
-                    continue
-                except StopAsyncIteration:
-                    return
-                self._plan_keys(change.objects)
-        finally:
-            stream.close()
-
-    async def _flush(self) -> float | None:
-        """Send every pending write, a few at a time; the delay before retrying what failed."""
-        updates = [self._pending.pop(key) for key in sorted(self._pending)]
-        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
-
-        async def one(update: StatusUpdate) -> bool:
-            async with gate:
-                return await self._write(update)
-
-        done = await asyncio.gather(*(one(u) for u in updates))
-        failed = False
-        for update, ok in zip(updates, done, strict=True):
-            if not ok:
-                self._pending.setdefault(update.key, update)
-                failed = True
-        if not failed:
-            self.backoff.reset()
-            return None
-        return self.backoff.next()
+    def _on_change(self, keys: frozenset[ObjectKey]) -> None:
+        self._plan_keys(keys)
 
     async def _write(self, update: StatusUpdate, *, reread: bool = True) -> bool:
         """One PATCH; True when there is nothing left to do for this update."""

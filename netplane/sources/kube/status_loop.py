@@ -1,0 +1,79 @@
+"""The loop both status writers run: plan after the sync, follow changes, write a few at a time.
+
+:class:`StatusLoop` is the I/O skeleton shared by the Ingress status writer
+(:mod:`.status_writer`) and the Gateway API one (:mod:`.gateway_status`):
+wait for the dataplane's initial sync, plan every write once, then plan
+again on each relevant change; pending writes go out at most
+:data:`MAX_IN_FLIGHT` at once, and the ones that failed are retried after
+the backoff while later changes still replan them. A subclass says how to
+plan (``_plan_all``, ``_on_change``) and how to write one (``_write``:
+True when nothing is left to do for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from netplane.model import ObjectKey
+from netplane.sources.kube.reflector import Backoff
+
+# Writes in flight at once: start-up with thousands of objects is not one
+# round trip after another, and the API server is not flooded either.
+MAX_IN_FLIGHT = 8
+
+
+class StatusLoop:
+    """Following the dataplane and flushing ``_pending`` (see the module docstring)."""
+
+    dp: Any
+    backoff: Backoff
+    _pending: dict[Any, Any]
+
+    def _plan_all(self) -> None:
+        raise NotImplementedError
+
+    def _on_change(self, keys: frozenset[ObjectKey]) -> None:
+        raise NotImplementedError
+
+    async def _write(self, write: Any, *, reread: bool = True) -> bool:
+        raise NotImplementedError
+
+    async def _run(self) -> None:
+        stream = self.dp.subscribe()
+        try:
+            await self.dp.wait_ready()
+            stream.take()
+            self._plan_all()
+            while True:
+                retry_in = await self._flush() if self._pending else None
+                try:
+                    async with asyncio.timeout(retry_in):
+                        change = await anext(stream)
+                except TimeoutError:
+                    continue
+                except StopAsyncIteration:
+                    return
+                self._on_change(change.objects)
+        finally:
+            stream.close()
+
+    async def _flush(self) -> float | None:
+        """Send every pending write, a few at a time; the delay before retrying what failed."""
+        writes = [self._pending.pop(key) for key in sorted(self._pending)]
+        gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+        async def one(write: Any) -> bool:
+            async with gate:
+                return await self._write(write)
+
+        done = await asyncio.gather(*(one(w) for w in writes))
+        failed = False
+        for write, ok in zip(writes, done, strict=True):
+            if not ok:
+                self._pending.setdefault(write.key, write)
+                failed = True
+        if not failed:
+            self.backoff.reset()
+            return None
+        return self.backoff.next()
