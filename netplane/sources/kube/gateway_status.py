@@ -301,6 +301,9 @@ class GatewayStatusPlanner:
 class GatewayStatusWriter(StatusLoop):
     """Keeps the status of the Gateway API objects we own equal to what we serve."""
 
+    METRIC = "gateway_status"
+    WHAT = "Gateway API"
+
     def __init__(
         self,
         dp: Any,
@@ -419,24 +422,6 @@ class GatewayStatusWriter(StatusLoop):
         if fresh is None:
             return True
         return await self._write(fresh, reread=False)
-
-    def metrics(self) -> Iterator[Any]:
-        """Status writes that the API server took, and the ones that failed (then retried)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        writes = CounterMetricFamily(
-            "netplane_gateway_status_writes",
-            "Gateway API status patches, by result (a failed one is retried with backoff)",
-            labels=["result"],
-        )
-        writes.add_metric(["ok"], self.writes)
-        writes.add_metric(["error"], self.failures)
-        yield writes
-        yield GaugeMetricFamily(
-            "netplane_gateway_status_pending",
-            "Gateway API objects whose status write is waiting for a retry",
-            value=len(self._pending),
-        )
 
     def debug_state(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ True when nothing is left to do for it).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 from netplane.model import ObjectKey
@@ -29,6 +30,11 @@ class StatusLoop:
     dp: Any
     backoff: Backoff
     _pending: dict[Any, Any]
+    writes: int
+    failures: int
+    #: the metric names' stem (``netplane_<stem>_writes``, ``..._pending``) and what is written
+    METRIC = ""
+    WHAT = ""
 
     def _plan_all(self) -> None:
         raise NotImplementedError
@@ -77,3 +83,21 @@ class StatusLoop:
             self.backoff.reset()
             return None
         return self.backoff.next()
+
+    def metrics(self) -> Iterator[Any]:
+        """Status writes that the API server took, and the ones that failed (then retried)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        writes = CounterMetricFamily(
+            f"netplane_{self.METRIC}_writes",
+            f"{self.WHAT} status patches, by result (a failed one is retried with backoff)",
+            labels=["result"],
+        )
+        writes.add_metric(["ok"], self.writes)
+        writes.add_metric(["error"], self.failures)
+        yield writes
+        yield GaugeMetricFamily(
+            f"netplane_{self.METRIC}_pending",
+            f"{self.WHAT} objects whose status write is waiting for a retry",
+            value=len(self._pending),
+        )

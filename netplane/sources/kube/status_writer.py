@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from netplane.errors import ModelError, SourceError
@@ -53,6 +53,9 @@ def status_path(key: ObjectKey) -> str:
 
 class IngressStatusWriter(StatusLoop):
     """Keeps the status of the Ingresses we serve equal to our published address."""
+
+    METRIC = "ingress_status"
+    WHAT = "Ingress"
 
     def __init__(
         self,
@@ -198,24 +201,6 @@ class IngressStatusWriter(StatusLoop):
         if fresh is None:
             return True
         return await self._write(fresh, reread=False)
-
-    def metrics(self) -> Iterator[Any]:
-        """Status writes that the API server took, and the ones that failed (then retried)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        writes = CounterMetricFamily(
-            "netplane_ingress_status_writes",
-            "Ingress status patches, by result (a failed one is retried with backoff)",
-            labels=["result"],
-        )
-        writes.add_metric(["ok"], self.writes)
-        writes.add_metric(["error"], self.failures)
-        yield writes
-        yield GaugeMetricFamily(
-            "netplane_ingress_status_pending",
-            "Ingresses whose status write is waiting for a retry",
-            value=len(self._pending),
-        )
 
     def debug_state(self) -> dict[str, Any]:
         return {
