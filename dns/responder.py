@@ -31,10 +31,8 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dnslib import CLASS, OPCODE, DNSError, DNSHeader, DNSRecord
+from dnslib import CLASS, OPCODE, DNSHeader, DNSRecord
 from dnslib import RR as DnsRR
-from dnslib.buffer import BufferError as DnsBufferError
-from dnslib.label import DNSLabelError
 from netplane.dns.answer import BADVERS, FORMERR, NOTIMP, REFUSED, SERVFAIL, Answer, answer
 from netplane.dns.cache import AnswerCache, Cached, ForwardCache, ForwardKey
 from netplane.dns.cookie import CLIENT_COOKIE, ServerCookies, check_cookie
@@ -114,8 +112,9 @@ class Responder:
             "servfail": 0,
             "cookies": 0,  # queries with a well-formed cookie (answer-cache hits aside)
             "bad_cookies": 0,  # answered FORMERR (counted in formerr too)
-            # upstream replies dnslib read but cannot write again (a name over 255 bytes
-            # by compression pointers): SERVFAIL, not cached (counted in servfail too)
+            # upstream replies dnslib read but cannot write again (a label over 63 bytes
+            # by a compression pointer, an empty NSEC bitmap): SERVFAIL, not cached
+            # (counted in servfail too)
             "upstream_unwritable": 0,
         }
 
@@ -181,7 +180,8 @@ class Responder:
         limit = reply_limit(q, tcp=job.tcp, udp_cap=self.udp_cap)
         try:
             data = self._relay(q, cached, limit, job.cookie)
-        except (DNSError, DNSLabelError, DnsBufferError):
+        except Exception:  # dnslib raises what it likes packing odd records
+            # (DNSLabelError, BufferError, an IndexError for an empty NSEC bitmap, ...)
             self.counts["servfail"] += 1
             self.counts["upstream_unwritable"] += 1
             return header_reply(q, SERVFAIL, udp_cap=self.udp_cap, cookie=job.cookie)

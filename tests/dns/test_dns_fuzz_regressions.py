@@ -54,3 +54,23 @@ def test_an_upstream_reply_that_cannot_be_written_back_is_servfail_and_not_cache
     assert reply.header.id == upstream.header.id
     assert reply.header.rcode == 2  # SERVFAIL
     assert r.forwarded.get(key) is None  # not cached: the next client asks again
+
+
+def test_an_upstream_nsec_with_an_empty_type_bitmap_is_servfail_not_an_exception():
+    # dns_reply (full run): dnslib parses an NSEC record whose type bitmap is empty but
+    # raises IndexError packing it; any error writing an upstream's records again is the
+    # same case: SERVFAIL, not cached.
+    upstream = DNSRecord.parse(
+        base64.b64decode(
+            "IiKFgAABAAEAAAAAAP8ALwEAAC8iIoWAAAEAAQAHZXhhbXBsZQAAAQAKwAwAAQEAAAEsANxdKrgAAAAAB2V4"
+            "YW1wbGUAANgi"
+        )
+    )
+    client = DNSRecord(q=upstream.q)
+    client.header.id = upstream.header.id
+    query = parse_query(client.pack())
+    key = (query.qname.lower(), query.qtype, query.qclass, query.do)
+    r = Responder(Zone("cluster.local"), allow=Allow([ipaddress.ip_network("0.0.0.0/0")]))
+    reply = DNSRecord.parse(r.finish(Forward(query, key, False), upstream))
+    assert reply.header.rcode == 2  # SERVFAIL
+    assert r.forwarded.get(key) is None
