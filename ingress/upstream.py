@@ -280,7 +280,12 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             # 1xx interim answers (RFC 9110 §15.2) are not passed on: the proxy
             # answers Expect itself. Their end is the parser's message end;
-            # the next head starts after theirs.
+            # the next head starts after theirs. One with a length or chunked
+            # framing is malformed (no 1xx has a body, §8.6): httptools would read
+            # a body, and the next head would be looked for inside it.
+            if head.has_length or head.chunked:
+                self._broken()
+                return
             self.informational = True
             self.hbuf = buf[end + 4 :]
             return

@@ -104,3 +104,25 @@ def test_body_bytes_of_an_interim_response_never_reach_the_client():
     TestOneInput(
         b"\x04HTTP/1.1 199 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n3\r\nabc\r\n01 2"
     )
+
+
+def test_an_interim_response_with_a_content_length_is_a_malformed_response():
+    # ingress_response (the 1,000,000-input run): a "199" with Content-Length: 292. The
+    # interim head was dropped, but the next head was searched for from the end of the
+    # 199's head, so its body's bytes became the final response's header lines and went
+    # to the client as they were (NUL bytes and all). RFC 9110 §8.6: no 1xx carries a
+    # Content-Length (nor a body); such an answer is a 502 now.
+    import base64
+
+    from bench.fuzz.ingress_response import TestOneInput
+
+    crash = base64.b64decode(
+        "BEhUVFAvMS4xIDE5OSABSw0KQ29udGVudC1MZW5ndGg6IDI5Mg0KDQoAAAABAAAA////////////////////"
+        "////AUhUVFAvMS4xIDIwMCBPSw0KQ29udGVudC4xIDIwMCBPSw0KVHJFbmMtZGlvZzogLUybm/8AAAAAAAAA"
+        "AARIVFRQLzUuMSAyMDAgT0sNClRyRW5jLWRpb2c6IG9udGludWUNCg0KSFRUUC8xLjEgMjA0ZVYgTm9XKbyQ"
+        "kHRlVA0KAAAAAAAAAAAAAAAAAARIVFRQLzEuMSAxMDAgQ25voWludWUNCg0KSFRUAAAAAGd0aDogMTANUC8x"
+        "LjEgMTAwIENub6FpbnVlDQoNCkhUVFAvMS4xIDEwMCDUbm+haW51ZQ0KDQpIVFRQLzEuMSAxMDAgQ25voSBD"
+        "bm+haW51ZSBDbm+haW51ZQ0KDQpIVFRQLzEuMSAxMDAgQ25voWludWUNCg0KSFRUUC8xLjEgMTAwIENub6Fp"
+        "bnVlDQoNCkhUVFAvMS4xIDEwMCBDbm+hIENuZQ0KDQpIVFRQLzEuMSAxMDANCg0KDQpIVFRQLzEuCg0KSAo="
+    )
+    TestOneInput(crash)  # raises on a malformed answer to the client
