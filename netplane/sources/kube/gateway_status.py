@@ -50,7 +50,7 @@ from netplane.model.gateway import CONTROLLER, GATEWAY, GROUP
 from netplane.sources.kube.client import ApiError, KubeClient
 from netplane.sources.kube.reflector import Backoff
 from netplane.sources.kube.resources import RESOURCES
-from netplane.sources.kube.status_loop import StatusLoop
+from netplane.sources.kube.status_loop import StatusLoop, status_client_for
 
 log = logging.getLogger("netplane.gateway.status")
 
@@ -440,17 +440,14 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 def gateway_status_for(cfg: Any, dp: Any, sources: Sequence[Any]) -> GatewayStatusWriter | None:
     """The writer a daemon config asks for: the API source, with the ingress plane (which serves Gateways)."""
-    if not cfg.uses_api or (cfg.ingress_http is None and cfg.ingress_https is None):
+    client = status_client_for(cfg, sources)
+    if client is None:
         return None
     from netplane.ingress.plane import IngressSettings
-    from netplane.sources.kube.source import KubeSource
 
-    kube = next((s for s in sources if isinstance(s, KubeSource)), None)
-    if kube is None:
-        return None
     writer = GatewayStatusWriter(
         dp,
-        KubeClient(kube.config),
+        client,
         controller=IngressSettings().gateway_controller,  # the ingress plane's own
         default_addresses=cfg.effective_gateway_addresses,
         # Node mode without --gateway-address: each node serves Gateways on its own IPs.

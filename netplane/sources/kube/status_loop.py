@@ -17,11 +17,23 @@ from collections.abc import Iterator
 from typing import Any
 
 from netplane.model import ObjectKey
+from netplane.sources.kube.client import KubeClient
 from netplane.sources.kube.reflector import Backoff
 
 # Writes in flight at once: start-up with thousands of objects is not one
 # round trip after another, and the API server is not flooded either.
 MAX_IN_FLIGHT = 8
+
+
+def status_client_for(cfg: Any, sources: Any) -> KubeClient | None:
+    """A client for a status writer, when the config wants one: the API source is among
+    ``sources`` and the ingress (which serves Ingresses and Gateways) is on."""
+    if not cfg.uses_api or (cfg.ingress_http is None and cfg.ingress_https is None):
+        return None
+    from netplane.sources.kube.source import KubeSource
+
+    kube = next((s for s in sources if isinstance(s, KubeSource)), None)
+    return KubeClient(kube.config) if kube is not None else None
 
 
 class StatusLoop:

@@ -41,7 +41,7 @@ from netplane.sources.kube.ingress_status import (
 )
 from netplane.sources.kube.reflector import Backoff
 from netplane.sources.kube.resources import INGRESS
-from netplane.sources.kube.status_loop import StatusLoop
+from netplane.sources.kube.status_loop import StatusLoop, status_client_for
 
 log = logging.getLogger("netplane.ingress.status")
 
@@ -220,17 +220,14 @@ def _log_crash(task: asyncio.Task[None]) -> None:
 
 def ingress_status_for(cfg: Any, dp: Any, sources: Sequence[Any]) -> IngressStatusWriter | None:
     """The status writer a daemon config asks for: the API source with ingress on."""
-    if not cfg.uses_api or (cfg.ingress_http is None and cfg.ingress_https is None):
+    client = status_client_for(cfg, sources)
+    if client is None:
         return None
     from netplane.ingress.plane import IngressSettings
-    from netplane.sources.kube.source import KubeSource
 
-    kube = next((s for s in sources if isinstance(s, KubeSource)), None)
-    if kube is None:
-        return None
     writer = IngressStatusWriter(
         dp,
-        KubeClient(kube.config),
+        client,
         ingress_class=cfg.ingress_class,
         controller=IngressSettings().controller,  # the ingress plane's own
         publish_addresses=cfg.publish_addresses,
