@@ -66,6 +66,21 @@ GATEWAYS = {
     "same-namespace-with-https-listener": "127.0.91.4",
 }
 HAVE_CURL = shutil.which("curl") is not None
+#: The specification's ReplacePrefixMatch table (HTTPPathModifier): (request path,
+#: PathPrefix matched, replacement, the path that results), for redirects and rewrites alike.
+REPLACE_PREFIX_MATCH = [
+    ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
+    ("/foo/bar", "/foo", "/xyz/", "/xyz/bar"),
+    ("/foo/bar", "/foo/", "/xyz", "/xyz/bar"),
+    ("/foo/bar", "/foo/", "/xyz/", "/xyz/bar"),
+    ("/foo", "/foo", "/xyz", "/xyz"),
+    ("/foo/", "/foo", "/xyz", "/xyz/"),
+    ("/foo/bar", "/foo", "", "/bar"),
+    ("/foo/", "/foo", "", "/"),
+    ("/foo", "/foo", "", "/"),
+    ("/foo/", "/foo", "/", "/"),
+    ("/foo", "/foo", "/", "/"),
+]
 
 
 def meta(name: str, namespace: str = INFRA, **extra: Any) -> dict[str, Any]:

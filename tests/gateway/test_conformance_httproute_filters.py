@@ -24,6 +24,7 @@ import pytest
 from gateway_world import (
     HAVE_CURL,
     INFRA,
+    REPLACE_PREFIX_MATCH,
     ConformanceWorld,
     Reply,
     backend,
@@ -517,19 +518,7 @@ async def test_httproute_redirect_path(world: ConformanceWorld) -> None:
 
 async def test_httproute_redirect_path_replace_prefix_table(world: ConformanceWorld) -> None:
     """HTTPRouteRedirectPath, ReplacePrefixMatch as the API's table (digest §4.5) defines it."""
-    table = [
-        ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
-        ("/foo/bar", "/foo", "/xyz/", "/xyz/bar"),
-        ("/foo/bar", "/foo/", "/xyz", "/xyz/bar"),
-        ("/foo/bar", "/foo/", "/xyz/", "/xyz/bar"),
-        ("/foo", "/foo", "/xyz", "/xyz"),
-        ("/foo/", "/foo", "/xyz", "/xyz/"),
-        ("/foo/bar", "/foo", "", "/bar"),
-        ("/foo/", "/foo", "", "/"),
-        ("/foo", "/foo", "", "/"),
-        ("/foo/", "/foo", "/", "/"),
-        ("/foo", "/foo", "/", "/"),
-    ]
+    table = REPLACE_PREFIX_MATCH
     routes = [
         http_route(f"redirect-table-{i}", [
             rule(prefix(pfx), filters=[redirect(path=prefix_match(repl))])], hostnames=[f"t{i}.example"])
@@ -739,19 +728,7 @@ async def test_httproute_rewrite_path(world: ConformanceWorld) -> None:
 
 async def test_httproute_rewrite_path_replace_prefix_table(world: ConformanceWorld) -> None:
     """HTTPRouteRewritePath, URLRewrite ReplacePrefixMatch as the API's table (digest §4.5)."""
-    table = [
-        ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
-        ("/foo/bar", "/foo", "/xyz/", "/xyz/bar"),
-        ("/foo/bar", "/foo/", "/xyz", "/xyz/bar"),
-        ("/foo/bar", "/foo/", "/xyz/", "/xyz/bar"),
-        ("/foo", "/foo", "/xyz", "/xyz"),
-        ("/foo/", "/foo", "/xyz", "/xyz/"),
-        ("/foo/bar", "/foo", "", "/bar"),
-        ("/foo/", "/foo", "", "/"),
-        ("/foo", "/foo", "", "/"),
-        ("/foo/", "/foo", "/", "/"),
-        ("/foo", "/foo", "/", "/"),
-    ]
+    table = REPLACE_PREFIX_MATCH
     routes = [
         http_route(f"rewrite-table-{i}", [
             rule(prefix(pfx), [v1()], [rewrite(path=prefix_match(repl))])], hostnames=[f"t{i}.example"])

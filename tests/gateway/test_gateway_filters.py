@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from gateway_world import REPLACE_PREFIX_MATCH
 from netplane.ingress.gateway_attach import intersect, within
 from netplane.ingress.gateway_filters import (
     HeaderOps,
@@ -16,22 +17,8 @@ from netplane.ingress.http_head import RequestHead, response_head
 from netplane.model.gateway import PathModifier
 
 
-# The specification's ReplacePrefixMatch table (HTTPPathModifier), row by row.
 @pytest.mark.parametrize(
-    ("request_path", "prefix", "replacement", "expected"),
-    [
-        ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
-        ("/foo/bar", "/foo", "/xyz/", "/xyz/bar"),
-        ("/foo/bar", "/foo/", "/xyz", "/xyz/bar"),
-        ("/foo/bar", "/foo/", "/xyz/", "/xyz/bar"),
-        ("/foo", "/foo", "/xyz", "/xyz"),
-        ("/foo/", "/foo", "/xyz", "/xyz/"),
-        ("/foo/bar", "/foo", "", "/bar"),
-        ("/foo/", "/foo", "", "/"),
-        ("/foo", "/foo", "", "/"),
-        ("/foo/", "/foo", "/", "/"),
-        ("/foo", "/foo", "/", "/"),
-    ],
+    ("request_path", "prefix", "replacement", "expected"), REPLACE_PREFIX_MATCH
 )
 def test_replace_prefix_match_follows_the_specification_table(
     request_path: str, prefix: str, replacement: str, expected: str
