@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench.fuzz import CORPUS
+from bench.ingress_micro import FakeTransport
 
 
 def main(name: str, test_one_input: Callable[[bytes], None], argv: list[str] | None = None) -> None:
@@ -65,45 +66,18 @@ def instrument() -> int:
     return count
 
 
-class Transport:
-    """What the protocols ask of a transport; keeps what is written."""
+class Transport(FakeTransport):
+    """What the protocols ask of a transport (bench/ingress_micro.py's); keeps what is written."""
 
     def __init__(self, peer: tuple[str, int] = ("127.0.0.1", 40000)) -> None:
-        self.peer = peer
+        super().__init__(peer)
         self.out = bytearray()
-        self.closed = False
         self.protocol: Any = None
 
     def write(self, data: bytes) -> None:
         if self.closed:
             return
         self.out += data
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    abort = close
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def set_protocol(self, protocol: Any) -> None:
-        self.protocol = protocol
 
 
 def pieces(data: bytes, cut: int) -> list[bytes]:
