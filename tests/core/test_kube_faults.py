@@ -1,6 +1,7 @@
 """The API source under faults (issue 17): only the kinds the planes need, a fast
 reconnect after an outage, a graceful shutdown told apart from a broken stream,
-and no update lost across a restart with 410 Gone, all against the fake API server.
+and no update lost nor request failed across restarts with 410 Gone, all against
+the fake API server. That last test prints its figure (``pytest -s`` shows it).
 """
 
 from __future__ import annotations
@@ -13,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ingress_world import ingress, ingress_class, path
+from l4_world import Backends
+from l4_world import endpoints as l4_endpoints
+from l4_world import service as l4_service
 
-from netplane.config import Config
+from netplane.config import Config, Listen
 from netplane.daemon import sources_for
 from netplane.dataplane import Dataplane
 from netplane.events import Synced, WatchEvent
@@ -29,6 +34,7 @@ from netplane.sources.kube import (
 from netplane.sources.kube.client import ConnectionLost, _retry_after
 from netplane.sources.kube.reflector import RECONNECT_MAX, _no_answer, reconnect_backoff
 from netplane.testing.fakekube import FakeKube, Recorder
+from netplane.testing.ports import free_port
 
 LOGGER = "netplane.sources.kube"
 FAST = Backoff(initial=0.01, maximum=0.05, jitter=0.5)
@@ -223,21 +229,94 @@ async def test_graceful_close_is_logged_as_such(
     assert len(fake.list_requests("Service")) == 1  # resumed, never relisted
 
 
-# -- 4. no lost update across restarts and 410 Gone ----------------------------------
+# -- 4. no lost update across restarts and 410 Gone, and no traffic error -------------
+
+WEB = ("127.0.31.1", "127.0.31.2")  # the backends of web0 and web1 (and of the ingress)
+LATE = "127.0.31.3"  # the backend of the Services made during the outages
+TRAFFIC_LIMIT = 50_000  # requests at most, whatever the time taken
 
 
-async def test_no_update_lost_across_restart_and_gone(fake: FakeKube) -> None:
-    """Changes flow while the server restarts and compacts (410 on resume, and in-stream)."""
+async def ask(addr: str, port: int, host: bytes = b"web.test") -> bytes:
+    """One GET on a new connection; the body of its 200, else an exception."""
+    async with asyncio.timeout(5):
+        reader, writer = await asyncio.open_connection(addr, port)
+        try:
+            writer.write(b"GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % host)
+            data = await reader.read()
+        finally:
+            writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200 "):
+        raise ValueError(f"answered {head[:40]!r}")
+    return body
+
+
+async def answers(addr: str, port: int, host: bytes = b"web.test") -> bytes:
+    """The body of the first 200 from ``addr:port`` within 5 s (a change may still be applying)."""
+    async with asyncio.timeout(5):
+        while True:
+            try:
+                return await ask(addr, port, host)
+            except (OSError, ValueError):
+                await asyncio.sleep(0.02)
+
+
+async def refused(addr: str, port: int) -> bool:
+    """Whether ``addr:port`` refuses connections within 5 s (a change may still be applying)."""
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(addr, port)
+        except ConnectionRefusedError:
+            return True
+        writer.close()
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.02)
+
+
+async def test_no_update_lost_across_restart_and_gone(fake: FakeKube, backends: Backends) -> None:
+    """Changes and traffic flow while the server restarts and compacts (410 on resume, and
+    in-stream): no lost update, and not one failed request.
+
+    Clients make new connections all along, to two Services through the L4
+    proxy and to an Ingress, whose EndpointSlices change meanwhile (between
+    live backends). What was made and deleted while the server was down is
+    served afterwards: the Services made then answer, the one deleted then
+    no longer listens.
+    """
     rng = random.Random(17)
+    port = free_port()
+    for host in (*WEB, LATE):
+        await backends.http(host, port)
     for i in range(10):
         fake.apply(svc(f"s{i}"))
         fake.apply(slice_(f"s{i}-a", f"s{i}", f"10.0.0.{i + 1}"))
+    fake.apply(ingress_class("netplane"))
+    for j in range(2):
+        fake.apply(l4_service(f"web{j}", f"127.77.250.{j + 1}", 8080))
+        fake.apply(l4_endpoints(f"web{j}", [(ip, port) for ip in WEB]))
+    fake.apply(ingress("web", [("web.test", [path("/", "web0", port=8080)])], namespace="t"))
+    fake.apply(l4_service("gone", "127.77.250.9", 8080))  # deleted during the 2nd outage
+    fake.apply(l4_endpoints("gone", [(LATE, port)]))
+    kinds = ["Service", "EndpointSlice", "Ingress", "IngressClass"]
     source = KubeSource(
         fake.cluster_config(),
-        resources=["Service", "EndpointSlice"],
+        resources=kinds,
         backoff=FAST,
         reconnect=FAST,
         page_size=4,  # relists take several pages while changes go on
+    )
+    ingress_port = free_port()
+    cfg = Config(
+        mode="local",
+        admin=None,
+        proxy=True,
+        ingress_http=Listen("127.0.0.1", ingress_port),
+        ingress_https=None,
+        ingress_access_log=None,
+        dns=None,
+        shutdown_grace=1,
     )
     stop = asyncio.Event()
 
@@ -245,48 +324,100 @@ async def test_no_update_lost_across_restart_and_gone(fake: FakeKube) -> None:
         n = 0
         while not stop.is_set():
             n += 1
+            if n % 5 == 0:  # the served Services' endpoints move between live backends
+                j = rng.randrange(2)
+                live = rng.choice([WEB, WEB[:1], WEB[1:]])
+                fake.apply(l4_endpoints(f"web{j}", [(ip, port) for ip in live]))
+                if n % 15 == 0:
+                    fake.apply(l4_service(f"web{j}", f"127.77.250.{j + 1}", 8080))  # unchanged
+                await asyncio.sleep(0.002)
+                continue
             i = rng.randrange(14)
             kind = rng.choice(["Service", "EndpointSlice"])
             name = f"s{i}" if kind == "Service" else f"s{i}-a"
             if rng.random() < 0.2 and ("default", name) in fake.store[kind]:
                 fake.delete(kind, "default", name)
             elif kind == "Service":
-                fake.apply(svc(name, port=80 + n % 1000))
+                fake.apply(svc(name, port=20000 + n % 1000))
             else:
                 fake.apply(slice_(name, f"s{i}", f"10.0.{n % 250}.{i + 1}"))
             await asyncio.sleep(0.002)
+
+    # Traffic: each client opens a new connection per request, until told to stop.
+    targets = [
+        ("web0", "127.77.250.1", 8080),
+        ("web1", "127.77.250.2", 8080),
+        ("ingress", "127.0.0.1", ingress_port),
+    ]
+    made = 0
+    made_while_down = [0, 0, 0]
+    down: int | None = None  # the round whose outage is on
+    failures: list[str] = []
+    quiet = asyncio.Event()
+
+    async def client(k: int) -> None:
+        nonlocal made
+        while not quiet.is_set() and made < TRAFFIC_LIMIT:
+            name, addr, to = targets[(made + k) % len(targets)]
+            made += 1
+            if down is not None:
+                made_while_down[down] += 1
+            try:
+                body = await ask(addr, to)
+            except (OSError, TimeoutError, ValueError) as e:
+                failures.append(f"{name}: {e!r}")
+            else:
+                if body.decode() not in WEB:
+                    failures.append(f"{name}: answered by {body!r}")
 
     def ours(dp: Dataplane) -> dict[tuple[str, str, str], str]:
         return {
             (o.key.kind, o.key.namespace, o.key.name): o.meta.resource_version
             for o in dp.state
-            if o.key.kind in ("Service", "EndpointSlice")
+            if o.key.kind in kinds
         }
 
     def theirs() -> dict[tuple[str, str, str], str]:
         return {
             (kind, ns, name): obj["metadata"]["resourceVersion"]
-            for kind in ("Service", "EndpointSlice")
+            for kind in kinds
             for (ns, name), obj in fake.store[kind].items()
         }
 
-    async with Dataplane(sources=[source]) as dp:
+    async with Dataplane(cfg, sources=[source]) as dp:
         async with asyncio.timeout(5):
             await dp.wait_ready()
+        for _, addr, to in targets:
+            assert (await answers(addr, to)).decode() in WEB
+        assert await answers("127.77.250.9", 8080) == LATE.encode()
         writer = asyncio.create_task(churn())
+        load = [asyncio.create_task(client(k)) for k in range(4)]
         try:
             for round_ in range(3):
-                await fake.wait_watchers(2)
+                await fake.wait_watchers(len(kinds))
                 await asyncio.sleep(0.1)
                 await fake.stop(graceful=round_ == 1)
-                await asyncio.sleep(0.2)  # changes land while the server is down
+                down = round_
+                # Changes land while the server is down: a Service (and in the
+                # 1st outage an Ingress) made, in the 2nd one deleted.
+                fake.apply(l4_service(f"late{round_}", f"127.77.250.{10 + round_}", 8080))
+                fake.apply(l4_endpoints(f"late{round_}", [(LATE, port)]))
+                if round_ == 0:
+                    rule = ("late.test", [path("/", "late0", port=8080)])
+                    fake.apply(ingress("late", [rule], namespace="t"))
+                if round_ == 1:
+                    fake.delete("Service", "t", "gone")
+                    fake.delete("EndpointSlice", "t", "gone-1")
+                await asyncio.sleep(0.2)
                 fake.compact()  # ... and its history is gone: the resume gets 410
                 fake.gone_style = "event" if round_ == 2 else "http"
                 await fake.start()
-                await fake.wait_watchers(2)
+                down = None
+                await fake.wait_watchers(len(kinds))
                 await asyncio.sleep(0.1)
                 fake.compact()
                 fake.expire_watches()  # an in-stream 410 while changes flow
+            await asyncio.sleep(0.1)  # traffic goes on through the last relist
         finally:
             stop.set()
             await writer
@@ -299,3 +430,19 @@ async def test_no_update_lost_across_restart_and_gone(fake: FakeKube) -> None:
         for o in dp.state.objects("Service"):
             stored = fake.store["Service"][(o.key.namespace, o.key.name)]
             assert o.ports[0].port == stored["spec"]["ports"][0]["port"]
+        # What changed during the outages is served.
+        for round_ in range(3):
+            assert await answers(f"127.77.250.{10 + round_}", 8080) == LATE.encode()
+        assert await answers("127.0.0.1", ingress_port, b"late.test") == LATE.encode()
+        assert await refused("127.77.250.9", 8080)
+        quiet.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*load)
+    print(
+        f"{made} requests on new connections during 3 restarts with 410 Gone"
+        f" ({', '.join(map(str, made_while_down))} while the server was down);"
+        f" {len(failures)} failed"
+    )
+    assert made < TRAFFIC_LIMIT  # the traffic lasted as long as the faults
+    assert all(made_while_down), made_while_down
+    assert failures == [], failures[:10]

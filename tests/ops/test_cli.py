@@ -170,9 +170,18 @@ def run_args(manifests: Path, *more: str) -> list[str]:
 
 
 def rewrite(path: Path, old: str, new: str) -> None:
+    """Edit ``path`` as a careful user does: a new file renamed over the old one.
+
+    A read never sees it half written. ``path.write_text`` would truncate the
+    file first: a re-read that the daemon is still doing (a poll, or the
+    SIGHUP before) could find it empty and delete all of its objects, then add
+    them back at the next read, where the test waits for them to be modified.
+    """
     text = path.read_text()
     assert old in text
-    path.write_text(text.replace(old, new, 1))
+    tmp = path.with_name(f".{path.name}.tmp")  # a hidden name: the daemon skips it
+    tmp.write_text(text.replace(old, new, 1))
+    tmp.replace(path)
 
 
 # -- check and version ---------------------------------------------------------
@@ -394,10 +403,8 @@ def test_sighup_rereads_config_file_and_manifests(start, tmp_path, manifests):
     # a manifest change is read at once on SIGHUP, without waiting for a poll
     rewrite(manifests / "services.yaml", "podIP: 127.0.1.2", "podIP: 127.0.1.7")
     d.signal(signal.SIGHUP)
-    wait_for(
-        "the change after SIGHUP",
-        lambda: "127.0.1.7" in json.dumps(d.services()["demo/web"]),
-        timeout=3,
+    wait_for(  # long before the next poll (60 s)
+        "the change after SIGHUP", lambda: "127.0.1.7" in json.dumps(d.services()["demo/web"])
     )
 
     # the config file's log level applies on SIGHUP
