@@ -130,6 +130,20 @@ _RUN_FLAGS: list[tuple[tuple[str, ...], str, dict[str, Any]]] = [
         {"choices": cfgmod.TCP_RELAYS, "help": "splice (zero-copy, Linux; default) or protocol"},
     ),
     (
+        ("--l4-datapath",),
+        "l4-datapath",
+        {
+            "choices": cfgmod.L4_DATAPATHS,
+            "help": "node mode: nftables serves service ports in the kernel; auto keeps "
+            "those that need the proxy in user space (default userspace)",
+        },
+    ),
+    (
+        ("--keep-rules-on-exit",),
+        "keep-rules-on-exit",
+        {"choices": ("on", "off"), "help": "leave the nftables rules serving at exit"},
+    ),
+    (
         ("--udp-idle-seconds",),
         "udp-idle-seconds",
         {"metavar": "S", "help": "UDP flow idle timeout (default 30)"},

@@ -37,6 +37,7 @@ MODES = ("local", "node")
 LOG_FORMATS = ("text", "json")
 LB_POLICIES = ("round-robin", "least-connections")
 TCP_RELAYS = ("splice", "protocol")
+L4_DATAPATHS = ("userspace", "nftables", "auto")  # netplane.l4.datapath.MODES
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # DNS
 DNS_POD_MODES = ("disabled", "insecure", "verified")
@@ -111,6 +112,9 @@ class Config:
     connect_timeout: float = 2.0  # one connect attempt to an endpoint
     tcp_idle_seconds: float = 3600.0
     tcp_relay: str = "splice"
+    # node mode: which service ports the kernel (nftables) serves; see netplane/l4/datapath.py
+    l4_datapath: str = "userspace"
+    keep_rules_on_exit: bool = False  # leave the nftables table at exit (traffic flows on)
     udp_idle_seconds: float = 30.0
     derive_endpoints_from_pods: bool | None = None  # None: on unless the API is a source
     # Ingress
@@ -166,6 +170,12 @@ class Config:
         for name in ("dns_allow", "pod_cidrs"):
             nets = tuple(_cidr(c, name, Path()) for c in getattr(self, name))
             object.__setattr__(self, name, nets)
+        if self.l4_datapath not in L4_DATAPATHS:
+            raise ConfigError(
+                f"l4 datapath: {self.l4_datapath!r} is not one of {', '.join(L4_DATAPATHS)}"
+            )
+        if self.l4_datapath == "nftables" and self.mode != "node":
+            raise ConfigError("--l4-datapath nftables needs --mode node")
         if self.dns_pods not in DNS_POD_MODES:
             raise ConfigError(
                 f"dns pods: {self.dns_pods!r} is not one of {', '.join(DNS_POD_MODES)}"
@@ -462,6 +472,8 @@ KEYS: dict[str, tuple[str, Converter[Any]]] = {
     "tcp-idle-seconds": ("tcp_idle_seconds", _positive_seconds),
     "tcp-relay": ("tcp_relay", _choice(TCP_RELAYS)),
     "udp-idle-seconds": ("udp_idle_seconds", _positive_seconds),
+    "l4-datapath": ("l4_datapath", _choice(L4_DATAPATHS)),
+    "keep-rules-on-exit": ("keep_rules_on_exit", _bool),
     # Ingress
     "ingress-class": ("ingress_class", _str),
     "default-certificate": ("default_certificate", _secret_ref),

@@ -37,7 +37,7 @@ log = logging.getLogger("netplane.daemon")
 
 # Settings that SIGHUP can apply in place; the rest need a restart.
 _GC_PAUSE_LIMIT = 60.0
-_HOT_SETTINGS = {"log_level", "log_format", "config_file"}
+_HOT_SETTINGS = {"log_level", "log_format", "config_file", "l4_datapath"}
 
 
 def sources_for(cfg: Config) -> list[Source]:
@@ -89,6 +89,9 @@ async def serve(
     cleanups: list[Callable[[], Awaitable[None]]] = []
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    kernel = await kernel_datapath_for(cfg, dp)  # raises ConfigError if nftables cannot be had
+
+    tasks: set[asyncio.Task] = set()
 
     def on_hup() -> None:
         nonlocal cfg
@@ -110,6 +113,12 @@ async def serve(
                     apply_logging(new)
                 if pool is not None:
                     pool.reconfigure_logging(new.log_level, new.log_format)
+                if new.l4_datapath != cfg.l4_datapath:
+                    if kernel is not None:
+                        tasks.add(t := loop.create_task(kernel.set_mode(new.l4_datapath)))
+                        t.add_done_callback(tasks.discard)
+                    else:
+                        log.warning("--l4-datapath applies in node mode with the proxy on only")
                 cfg = new
         dp.reload()
 
@@ -143,6 +152,9 @@ async def serve(
                 node_routes = NodeRoutes(LocalRoutes(), cfg.effective_service_cidrs)
                 await node_routes.start(dp)
                 stack.push_async_callback(node_routes.close)
+            if kernel is not None:  # node mode: the ports nftables serves (all modes: see it)
+                await kernel.start()
+                stack.push_async_callback(kernel.close)
             # The initial sync allocates objects that all live on; collecting
             # while they arrive only rescans them (a third of the sync's CPU at
             # 10k services). Collection resumes once the table is built, or after
@@ -176,6 +188,56 @@ async def serve(
             raise ConfigError(line)  # the CLI prints it as its one line and exits 2
         return status
     return 0
+
+
+async def kernel_datapath_for(cfg: Config, dp: Dataplane) -> Any:
+    """Node mode's :class:`KernelDatapath`, wired into ``dp``; None in local mode or proxy off.
+
+    ``--l4-datapath nftables`` without a usable ``nft`` stops the start
+    (ConfigError); ``auto`` falls back to user space with one warning.
+    ``userspace`` still removes a table an earlier run left, when it can.
+    """
+    if not cfg.proxy or cfg.mode != "node":
+        if cfg.l4_datapath == "auto":
+            log.info("--l4-datapath auto: %s; every service port is served in user space",
+                     "the proxy is off" if not cfg.proxy else "local mode")  # fmt: skip
+        return None
+    from netplane.l4.kernel import KernelDatapath
+    from netplane.l4.nft_apply import Nft, NftError
+
+    nft = Nft.find()
+    problem = None
+    if nft is None:
+        problem = "the nft command was not found (Debian's package nftables)"
+    else:
+        try:
+            await nft.check()
+        except NftError as e:
+            problem = f"nft cannot read the ruleset (node mode needs CAP_NET_ADMIN): {e}"
+    mode = cfg.l4_datapath
+    if problem is not None:
+        if mode == "nftables":
+            raise ConfigError(f"--l4-datapath nftables: {problem}")
+        if mode == "auto":
+            log.warning("--l4-datapath auto: %s; every service port stays in user space", problem)
+        nft = None
+    elif mode != "userspace":
+        log.info("--l4-datapath %s: %s", mode,
+                 "every service port the kernel can serve goes to nftables" if mode == "nftables"
+                 else "service ports that need no user-space feature go to nftables")  # fmt: skip
+    kernel = KernelDatapath(
+        dp,
+        nft,
+        mode=mode if nft is not None else "userspace",
+        node_name=cfg.node_name,
+        nodeport_addresses=cfg.effective_nodeport_addresses,
+        service_cidrs=cfg.effective_service_cidrs,
+        default_policy=cfg.lb_policy,
+        keep_rules=cfg.keep_rules_on_exit,
+    )
+    dp.planes["nftables"] = kernel
+    dp.ready_checks.append(lambda: kernel.synced)
+    return kernel
 
 
 def _ingress_status_for(cfg: Config, dp: Dataplane, sources: list[Source]) -> Any:
