@@ -253,6 +253,7 @@ class KernelDatapath:
             "adopted and rewrote the" if existing is not None else "wrote the",
             kernel, tx.count(), elapsed * 1000,
         )  # fmt: skip
+        _log_user_space_ports(plans.values())
         if not self.synced:
             old = {}
         self.synced = True
@@ -302,6 +303,7 @@ class KernelDatapath:
         self.last_commands = tx.count()
         log.debug("nftables: %d services changed, %d commands, %.1f ms",
                   len(new_plans), tx.count(), self.last_sync_seconds * 1000)  # fmt: skip
+        _log_moves(olds, new_plans)
         await self._clear_udp(olds, new_plans)
 
     async def _clear_udp(
@@ -412,6 +414,31 @@ class KernelDatapath:
             "UDP conntrack entries deleted because their endpoint left or their port found one",
             value=self.udp_flows_cleared,
         )
+
+
+def _log_user_space_ports(plans: Iterable[ServicePlan], *, limit: int = 5) -> None:
+    """One line per reason that keeps ports in user space, naming the first few."""
+    by_reason: dict[str, list[str]] = {}
+    for plan in plans:
+        for p in plan.ports:
+            if p.datapath != KERNEL:
+                by_reason.setdefault(p.reason, []).append(f"{p.namespace}/{p.name}:{p.port}")
+    for reason, ports in sorted(by_reason.items()):
+        more = f" and {len(ports) - limit} more" if len(ports) > limit else ""
+        log.info("%d service ports stay in user space: %s (%s%s)",
+                 len(ports), reason, ", ".join(ports[:limit]), more)  # fmt: skip
+
+
+def _log_moves(old: dict[ServiceKey, ServicePlan], new: dict[ServiceKey, ServicePlan]) -> None:
+    """A port that changed datapath (an annotation, a policy), or a new one kept in user
+    space, is logged with the reason."""
+    for sk, plan in new.items():
+        before = {(p.port, p.protocol): p.datapath for p in old.get(sk, EMPTY).ports}
+        for p in plan.ports:
+            was = before.get((p.port, p.protocol))
+            if (was is None and p.datapath != KERNEL) or (was is not None and was != p.datapath):
+                log.info("Service %s/%s port %s: now served by %s (%s)",
+                         *sk, p.port, p.datapath, p.reason)  # fmt: skip
 
 
 def _frontend(element: tuple[str, str]) -> tuple[str, str]:

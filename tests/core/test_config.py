@@ -119,6 +119,8 @@ GOOD: dict[str, list[tuple[object, object]]] = {
     ],
     "lb-policy": [("least-connections", "least-connections"), ("Round-Robin", "round-robin")],
     "tcp-relay": [("splice", "splice"), ("Protocol", "protocol")],
+    "l4-datapath": [("nftables", "nftables"), ("Auto", "auto"), ("userspace", "userspace")],
+    "keep-rules-on-exit": [("on", True), (False, False)],
     "connect-timeout": [(0.5, 0.5), ("3", 3.0)],
     "tcp-idle-seconds": [(60, 60.0)],
     "udp-idle-seconds": [("30", 30.0)],
@@ -205,6 +207,8 @@ BAD: dict[str, list[tuple[object, str]]] = {
     "nodeport-addresses": [("node-a", "not an IP address")],
     "lb-policy": [("random", "not one of round-robin, least-connections")],
     "tcp-relay": [("copy", "not one of splice, protocol")],
+    "l4-datapath": [("ebpf", "not one of userspace, nftables, auto")],
+    "keep-rules-on-exit": [("sometimes", "'sometimes' is not on/off")],
     "connect-timeout": [(0, "must be more than 0"), ("soon", "not a number of seconds")],
     "tcp-idle-seconds": [(-1, "not a finite, non-negative number")],
     "udp-idle-seconds": [(0, "must be more than 0")],
@@ -506,3 +510,13 @@ def test_gateway_addresses_default_per_mode():
     assert Config(mode="node", gateway_addresses=("198.18.0.9",)).effective_gateway_addresses == (
         "198.18.0.9",
     )
+
+
+def test_the_kernel_datapath_needs_node_mode():
+    with pytest.raises(ConfigError, match="--l4-datapath nftables needs --mode node"):
+        build(flag_values={"mode": "local", "l4_datapath": "nftables"})
+    with pytest.raises(ConfigError, match="l4 datapath: 'ebpf' is not one of"):
+        Config(l4_datapath="ebpf")
+    # auto is fine anywhere: local mode serves every port in user space
+    assert build(flag_values={"mode": "local", "l4_datapath": "auto"}).l4_datapath == "auto"
+    assert build(flag_values={"mode": "node", "l4_datapath": "nftables"}).l4_datapath == "nftables"
