@@ -191,6 +191,24 @@ async def test_same_size_rewrite_is_seen(tmp_path, start):
     assert ev.obj.ports[0].port == 90
 
 
+async def test_a_file_caught_empty_mid_write_keeps_its_objects(tmp_path, start):
+    """An in-place save truncates first: a read between truncate and write deletes nothing."""
+    path = tmp_path / "a.yaml"
+    path.write_text(svc("a") + "---\n" + svc("b"))
+    pump = start(tmp_path)
+    await pump.until_synced()
+    path.write_text("")  # the editor has truncated the file ...
+    pump.source.reload()  # ... and a SIGHUP re-read finds it empty
+    await pump.quiet()
+    path.write_text(svc("a", port=81) + "---\n" + svc("b"))  # ... then writes it
+    (ev,) = await pump.take(1)
+    assert (ev.type, ev.key) == (EventType.MODIFIED, key("a"))
+    # A file that stays empty is applied once it has been so for 2 s.
+    path.write_text("")
+    events = await asyncio.wait_for(pump.take(2), 5)
+    assert summary(events) == [("DELETED", "Service default/a"), ("DELETED", "Service default/b")]
+
+
 async def test_new_subdirectory_and_hidden_files(tmp_path, start):
     pump = start(tmp_path)
     await pump.until_synced()
