@@ -108,8 +108,9 @@ class KernelDatapath:
                     continue
                 await self._sync(change.services)
 
-    async def close(self) -> None:
-        """Stop following; delete the table unless asked to keep it."""
+    async def close(self, grace: float = 0.0, /) -> None:
+        """Stop following; delete the table unless asked to keep it (``grace`` is the
+        Plane signature's: the kernel has no connections of its own to drain)."""
         if self._task is not None:
             self._task.cancel()
         if self._stream is not None:

@@ -126,11 +126,11 @@ class Nft:
             )
         except OSError as e:
             raise NftError(f"cannot run {self.binary}: {e}") from None
-        out, err = await proc.communicate(stdin.encode() if stdin is not None else None)
+        raw_out, raw_err = await proc.communicate(stdin.encode() if stdin is not None else None)
         if proc.returncode != 0:
-            text = _error_text(err.decode(errors="replace"))
+            text = _error_text(raw_err.decode(errors="replace"))
             raise NftError(text or f"{self.binary} exited with status {proc.returncode}")
-        return out.decode(errors="replace")
+        return raw_out.decode(errors="replace")
 
     async def check(self) -> None:
         """Raise NftError unless this process may read and change the ruleset."""
