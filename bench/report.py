@@ -6,7 +6,8 @@ Files land beside the JSON, named after it: ``STEM.md``, ``STEM-standing.png``
 (ratios only, one panel per plane: netplane's standing against each peer,
 right of 1 means netplane is better),
 ``STEM-percentiles.png`` (latency percentiles per side) and
-``STEM-programming.png`` (programming latency against cluster size). A plot
+``STEM-programming.png`` (programming latency against cluster size) and
+``STEM-over_time.png`` (the soak's p99 per minute and traffic kind). A plot
 no scenario feeds is skipped, and a stale file of that name is removed.
 """
 
@@ -23,11 +24,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
 NETPLANE = "netplane"
 TIMES, DASH = "\u00d7", "\u2013"  # the multiplication sign and the en dash
-PLOTS = ("standing", "percentiles", "programming")
+PLOTS = ("standing", "percentiles", "programming", "over_time")
 
 
 def fmt(v: float | None) -> str:
@@ -146,6 +147,7 @@ def markdown(doc: dict[str, Any], plots: dict[str, Path]) -> str:
             "standing": "netplane's standing against each peer, one panel per plane (>1: netplane better)",
             "percentiles": "latency percentiles per side",
             "programming": "programming latency against cluster size",
+            "over_time": "p99 latency over the soak, per minute and traffic kind",
         }
         for key, path in plots.items():
             out += [f"![{captions[key]}]({path.name})", ""]
@@ -321,12 +323,41 @@ def plot_programming(doc: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def plot_over_time(doc: dict[str, Any], path: Path) -> bool:
+    """One line per kind: a percentile per time bin (the soak's p99 per minute)."""
+    series = [
+        s["series"]["latency_over_time"]
+        for s in doc["scenarios"]
+        if (s.get("series") or {}).get("latency_over_time")
+    ]
+    if not series:
+        return False
+    fig, axes = plt.subplots(len(series), 1, figsize=(8, 4 * len(series)), squeeze=False)
+    for ax, ser in zip(axes[:, 0], series, strict=True):
+        for kind, ys in ser["lines"].items():
+            pts = [(i + 1, y) for i, y in enumerate(ys) if y is not None]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], "-o", markersize=3, label=kind)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel(ser.get("x", "bin"))
+        ax.set_ylabel(f"p99 ({ser.get('unit', 'ms')})")
+        ax.set_ylim(bottom=0)
+        ax.set_title(ser.get("title", "Latency over time"))
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def generate(json_path: Path) -> dict[str, Path]:
     """Write STEM.md and the plots beside ``json_path``; returns what was written."""
     doc = json.loads(json_path.read_text())
     stem = json_path.with_suffix("")
     plotters = {"standing": plot_standing, "percentiles": plot_percentiles}
     plotters["programming"] = plot_programming
+    plotters["over_time"] = plot_over_time
     plots: dict[str, Path] = {}
     for key in PLOTS:
         png = Path(f"{stem}-{key}.png")
