@@ -195,7 +195,8 @@ async def kernel_datapath_for(cfg: Config, dp: Dataplane) -> Any:
 
     ``--l4-datapath nftables`` without a usable ``nft`` stops the start
     (ConfigError); ``auto`` falls back to user space with one warning.
-    ``userspace`` still removes a table an earlier run left, when it can.
+    ``userspace`` creates no table, and empties one an earlier run left
+    (see ``KernelDatapath._full``).
     """
     if not cfg.proxy or cfg.mode != "node":
         if cfg.l4_datapath == "auto":

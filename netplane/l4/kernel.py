@@ -8,7 +8,8 @@ serves again when the port leaves the kernel. That makes every move
 between the datapaths (a Service's annotation, SIGHUP switching
 ``--l4-datapath``, a failed transaction) safe for open connections: a
 connection keeps the NAT, or lack of it, that conntrack gave its first
-packet.
+packet: a TCP connection is DNAT'ed only from its SYN, and a table emptied
+by a switch to user space keeps its nat hooks (see :meth:`KernelDatapath._full`).
 
 Start: once the sources have synced, one full transaction writes the
 whole table, adopting one that an earlier run left (``--keep-rules-on-exit``
@@ -136,8 +137,7 @@ class KernelDatapath:
         log.info("L4 datapath: %s -> %s", self.mode, mode)
         self.mode = mode
         if self._dp.ready and self.synced:
-            # One full transaction: every port moves at once, and a table
-            # removed while in user space is written whole.
+            # One full transaction: every port moves at once.
             async with self._lock:
                 await self._full_until_done(locked=True)
 
@@ -197,30 +197,30 @@ class KernelDatapath:
             delay = min(delay * 2, RETRY_CAP)
 
     async def _full(self) -> bool:
-        """Rewrite the whole table (or remove it in user-space mode); True on success."""
+        """Rewrite the whole table; True on success.
+
+        In user-space mode a table that exists (left by an earlier run, or
+        by a switch from the kernel) is emptied of service ports but kept:
+        its nat hooks keep the NAT of the connections the kernel took, which
+        would be reset without them. With no table, user-space mode creates
+        none (no conntrack or NAT on a node that never used the kernel).
+        A proxied connection that conntrack first meets mid-stream, after a
+        switch to the kernel, is never DNAT'ed: the table DNATs TCP only on
+        a SYN (see nft_ruleset.base_chains). close() removes the table.
+        """
         assert self.nft is not None or self.mode == USERSPACE
         started = time.perf_counter()
-        if self.mode == USERSPACE:
+        if self.nft is None:
             self._plans.clear()
             self._claims.clear()
-            if self.nft is not None:
-                try:
-                    if await self.nft.delete_table():
-                        log.info("removed the nftables table an earlier run left")
-                except NftError as e:
-                    log.error("cannot remove the nftables table an earlier run left: %s", e)
-                    self.failures += 1
-                    self.last_error = str(e)
-                    return False
             self._needs_full = False
             self.synced = True
             return True
-        assert self.nft is not None
         settings = self._settings()
         plans: dict[ServiceKey, ServicePlan] = {}
         claims: dict[tuple[str, str], ServiceKey] = {}
         skip: set[tuple[str, str]] = set()
-        for entry in self._dp.table:
+        for entry in self._dp.table if self.mode != USERSPACE else ():
             sk = entry.key
             plan = plans[sk] = self._plan(sk, settings)
             for k in plan.elements:
@@ -229,6 +229,12 @@ class KernelDatapath:
                     skip.add(k)
         try:
             existing = await self.nft.table()
+            if existing is None and self.mode == USERSPACE:
+                self._plans.clear()
+                self._claims.clear()
+                self._needs_full = False
+                self.synced = True
+                return True
             chains, sets = existing if existing is not None else (set(), set())
             tx = full_script(
                 settings, plans.values(), existing_chains=chains, existing_sets=sets,
@@ -311,7 +317,8 @@ class KernelDatapath:
         self, old: dict[ServiceKey, ServicePlan], new: dict[ServiceKey, ServicePlan]
     ) -> None:
         """Delete conntrack entries of UDP endpoints that left and ports that found endpoints."""
-        gone: set[tuple[str, int]] = set()
+        # (frontend ip or None for a NodePort, its port, endpoint address, its port)
+        gone: set[tuple[str | None, int, str, int]] = set()
         fronts: set[tuple[str | None, int]] = set()
         for sk, plan in new.items():
             before = old.get(sk, EMPTY).udp
@@ -321,12 +328,17 @@ class KernelDatapath:
                     if flows.targets:
                         fronts.update(flows.frontends)
                     continue
-                gone.update((t.address, t.port) for t in was.targets - flows.targets)
+                left = was.targets - flows.targets
+                gone.update((ip, p, t.address, t.port) for ip, p in was.frontends for t in left)
         for sk, plan in old.items():
             after = new.get(sk, EMPTY).udp
             for pkey, flows in plan.udp.items():
                 if pkey not in after:
-                    gone.update((t.address, t.port) for t in flows.targets)
+                    gone.update(
+                        (ip, p, t.address, t.port)
+                        for ip, p in flows.frontends
+                        for t in flows.targets
+                    )
         if not gone and not fronts:
             return
         try:

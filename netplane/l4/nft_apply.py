@@ -23,6 +23,7 @@ import ctypes
 import ctypes.util
 import json
 import logging
+import os
 import shutil
 import socket
 import threading
@@ -32,6 +33,8 @@ from netplane.l4.nft_ruleset import FAMILY, TABLE, delete_table_script
 
 log = logging.getLogger("netplane.l4.nftables")
 
+#: Where nft is also looked for: a service manager's PATH may lack the sbin directories.
+_SBIN = "/usr/sbin:/sbin:/usr/local/sbin"
 #: Lines of nft's error output kept in a log line (the rest repeats the script).
 _ERROR_LINES = 6
 
@@ -99,8 +102,14 @@ class Nft:
 
         Its presence is the test that nftables is installed; ``library``
         False runs every transaction through it instead of libnftables.
+        The environment variable ``NETPLANE_NFT`` names the command instead
+        (a path, or a name looked up on PATH); one that is not there means
+        no nftables, which the tests use to try the start without it.
         """
-        path = shutil.which("nft") or shutil.which("nft", path="/usr/sbin:/sbin:/usr/local/sbin")
+        if named := os.environ.get("NETPLANE_NFT"):
+            path = shutil.which(named)
+        else:
+            path = shutil.which("nft") or shutil.which("nft", path=_SBIN)
         if not path:
             return None
         return cls(path, _Library.load() if library else None)
@@ -184,11 +193,14 @@ def _error_text(err: str) -> str:
 
 
 def clear_udp_flows(
-    targets: Iterable[tuple[str, int]], frontends: Iterable[tuple[str | None, int]]
+    targets: Iterable[tuple[str | None, int, str, int]],
+    frontends: Iterable[tuple[str | None, int]],
 ) -> int:
-    """Delete UDP conntrack entries: replies from ``targets`` (endpoints that left), and
-    requests to ``frontends`` (ports that had no endpoint; ip None: a NodePort on any
-    address). Returns how many went. Blocking: call it from a thread.
+    """Delete UDP conntrack entries: those of ``targets`` (frontend ip, frontend port,
+    endpoint address, endpoint port: an endpoint that left a service port, whose flows
+    through that port's frontends go, not those of other services it serves), and
+    requests to ``frontends`` (ports that had no endpoint). A frontend ip None is a
+    NodePort, on any address. Returns how many went. Blocking: call it from a thread.
 
     A UDP flow's conntrack entry keeps the DNAT it was given, so without this
     a client that keeps sending (a DNS resolver's fixed port, say) stays on an
@@ -198,7 +210,9 @@ def clear_udp_flows(
     from pyroute2 import Conntrack
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
-    gone = {(a, p) for a, p in targets}
+    gone: dict[tuple[str, int], set[tuple[str | None, int]]] = {}
+    for front_ip, front_port, address, port in targets:
+        gone.setdefault((address, port), set()).add((front_ip, front_port))
     fronts = {(a, p) for a, p in frontends}
     if not gone and not fronts:
         return 0
@@ -206,10 +220,14 @@ def clear_udp_flows(
     with Conntrack() as ct:
         for family in (socket.AF_INET, socket.AF_INET6):
             match = NFCTAttrTuple(family=family, proto=socket.IPPROTO_UDP)
-            for entry in ct.dump_entries(tuple_orig=match):
+            # The whole dump first: each of pyroute2's sync calls (delete too) closes
+            # the event loop that a dump still being read runs on.
+            for entry in list(ct.dump_entries(tuple_orig=match)):
                 orig, reply = entry.tuple_orig, entry.tuple_reply
+                via = gone.get((reply.saddr, reply.sport), ())
                 if (
-                    (reply.saddr, reply.sport) in gone
+                    (orig.daddr, orig.dport) in via
+                    or (None, orig.dport) in via
                     or (orig.daddr, orig.dport) in fronts
                     or (None, orig.dport) in fronts
                 ):

@@ -186,6 +186,11 @@ def base_chains(settings: Settings) -> dict[str, tuple[str, ...]]:
             continue
         nodeports.append(f"{match} meta l4proto . th dport vmap @service-nodeports{fam}")
         noep_nodeports.append(f"{match} meta l4proto . th dport vmap @no-endpoint-nodeports{fam}")
+    # Only a TCP SYN starts a DNAT'ed connection. Conntrack also meets proxied
+    # connections mid-stream (the first packet it sees after this table's
+    # hooks appear); those stay with their socket rather than being sent,
+    # half-way through, to an endpoint that would reset them.
+    syn_only = "tcp flags & (syn | ack) != syn return"
     return {
         "nat-prerouting": ("jump services",),
         "nat-output": ("jump services",),
@@ -193,8 +198,8 @@ def base_chains(settings: Settings) -> dict[str, tuple[str, ...]]:
         "filter-input": ("ct state new jump endpoints-check",),
         "filter-forward": ("ct state new jump endpoints-check",),
         "filter-output": ("ct state new jump endpoints-check",),
-        "services": (*svc_lookup, *nodeports),
-        "endpoints-check": (*noep_lookup, *noep_nodeports),
+        "services": (syn_only, *svc_lookup, *nodeports),
+        "endpoints-check": (syn_only, *noep_lookup, *noep_nodeports),
         "mark-for-masquerade": (f"meta mark set meta mark | {MASQ_BIT:#x}",),
         "masquerading": (
             f"meta mark & {MASQ_BIT:#x} == 0 return",

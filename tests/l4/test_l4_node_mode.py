@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import l4_world as e2e
 import pytest
+from netns_world import can_make_namespaces, sh
 
 from netplane.testing.process import Netplane
 
@@ -30,26 +30,7 @@ SERVICE_CIDR = "198.19.0.0/16"
 CLUSTER_IP, EXTERNAL_IP = "198.19.0.10", "198.18.99.1"
 
 
-def sh(*args: str, check: bool = True, timeout: float = 10) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, check=check, timeout=timeout)
-
-
-def _can_make_namespaces() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "iproute2 (ip) is not installed"
-    if shutil.which("curl") is None:
-        return "curl is not installed"
-    name = f"npprobe{os.getpid()}"
-    probe = sh("ip", "netns", "add", name, check=False)
-    if probe.returncode != 0:
-        return f"this machine cannot create network namespaces: {probe.stderr.strip()}"
-    sh("ip", "netns", "del", name, check=False)
-    return None
-
-
-_why_not = _can_make_namespaces()
+_why_not = can_make_namespaces("curl")
 if _why_not:
     pytestmark = [pytestmark, pytest.mark.skip(reason=_why_not)]
 

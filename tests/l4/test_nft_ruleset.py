@@ -333,6 +333,7 @@ in_netns = pytest.mark.skipif(_why is not None, reason=_why or "")
 
 _CHILD = r"""
 import asyncio, json, sys
+from netplane.l4.nft_apply import Nft
 async def main():
     nft = Nft.find(library=sys.argv[1] == "lib")
     for script in json.load(sys.stdin):
