@@ -111,6 +111,8 @@ class Http2Connection(asyncio.BufferedProtocol):
 
     #: The access log's protocol column.
     http2 = True
+    #: never parked: the sweeper checks it every round (see ``ClientConns``)
+    park_tick = 0
 
     def __init__(self, listener: Any) -> None:
         self.listener = listener
