@@ -33,7 +33,7 @@ from dnslib import QTYPE
 
 from netplane.addresses import IPNetwork
 from netplane.model import ObjectKey, Pod
-from netplane.service_table import ServiceEntry, ServiceKey
+from netplane.service_table import EndpointAddress, ServiceEntry, ServiceKey
 
 # Record types, from dnslib's table, bound once: each ``QTYPE.X`` is a Bimap
 # lookup, too dear for a per-query comparison.
@@ -155,7 +155,7 @@ def service_names(
         return out
 
     publish = svc.publish_not_ready_addresses
-    ready = [a for a in entry.addresses if a.ready or publish]
+    ready = [a for a in entry.addresses if published(a, publish)]
     if not ready:
         return out  # no ready endpoint: the name does not exist (the spec's NXDOMAIN)
     rec = {}
@@ -180,6 +180,11 @@ def service_names(
         srv_name = f"_{p.name}._{p.protocol.lower()}.{base}"
         out[srv_name] = {SRV: tuple(Srv(0, weight, port, host) for host, port in targets)}
     return out
+
+
+def published(a: EndpointAddress, publish_not_ready: bool) -> bool:
+    """A headless service's endpoint is in DNS: ready, or publishNotReadyAddresses."""
+    return a.ready or publish_not_ready
 
 
 def _in(ip: str, nets: Sequence[IPNetwork]) -> bool:
@@ -288,6 +293,18 @@ class Zone:
         if self.pods != "disabled" and name.endswith(f".pod.{domain}"):
             return self._pod_records(name[: -len(f".pod.{domain}")])
         return None
+
+    def owners(self, name: str) -> tuple[ServiceKey, ...]:
+        """The services whose records make up ``name`` (explain reads this)."""
+        owners = self._names.get(name)
+        if owners is None:
+            return ()
+        return tuple(owners) if isinstance(owners, list) else (owners,)
+
+    def known_names(self) -> Iterable[str]:
+        """Every name with records, and every empty non-terminal (for nearest-name hints)."""
+        yield from self._names
+        yield from self._ent
 
     def _ns_records(self) -> Records | None:
         """This server's addresses: the kube-dns Service's cluster IPs, else the configured ones."""

@@ -8,8 +8,10 @@ connection to that context, so a new Secret version serves from the next
 handshake and open connections keep theirs.
 
 A Secret is checked before use: the chain and the key must parse and the
-key must belong to the first certificate. A bad or missing Secret is logged
-once, naming it and the Ingress, and its hosts get the default certificate.
+key must belong to the first certificate. A bad or missing Secret leaves its
+hosts with the default certificate; it is listed in ``debug_state()`` and
+logged at debug level here, since the Dataplane reports it once among its
+problems (:mod:`netplane.ingress.problems` finds it the same way).
 Private keys never reach a message: errors from the key parser are replaced
 by fixed text, and keys go to OpenSSL through a memfd (no file on disk).
 
@@ -245,6 +247,8 @@ class CertStore:
             state, ingress_class=self.ingress_class, controller=self.controller
         )
         problems: list[str] = []
+        # Bad or missing Secrets: the Dataplane's problems say these (at warning).
+        reported: list[str] = []
         hosts: dict[str, tuple[ObjectKey, ObjectKey]] = {}
         for ing in sorted(selected_ingresses(state, selector), key=_age):
             for tls in ing.tls:
@@ -272,7 +276,7 @@ class CertStore:
         for host, (skey, ikey) in hosts.items():
             cert = certs[skey]
             if isinstance(cert, str):
-                problems.append(
+                reported.append(
                     f"{ikey}: spec.tls {skey} {cert}; host {host} uses the default certificate"
                 )
                 continue
@@ -286,7 +290,7 @@ class CertStore:
             skey = ObjectKey("Secret", *self.default_secret)
             cert = certs[skey]
             if isinstance(cert, str):
-                problems.append(f"default certificate {skey} {cert}; using the {source} one")
+                reported.append(f"default certificate {skey} {cert}; using the {source} one")
             else:
                 default, source = cert, str(skey)
         self._exact, self._wild, self._hosts = exact, wild, hosts
@@ -295,7 +299,10 @@ class CertStore:
         for p in problems:
             if p not in self._problems:
                 log.warning("%s", p)
-        self._problems = set(problems)
+        for p in reported:
+            if p not in self._problems:
+                log.debug("%s", p)
+        self._problems = {*problems, *reported}
 
     def apply(self, state: ClusterState, change: Change) -> None:
         """Follow a change: Ingresses, IngressClasses and the Secrets in use matter here."""

@@ -107,11 +107,18 @@ class _SniContext:
             self.context.sni_callback = self._sni
 
     def _sni(self, conn: Any, name: str | None, _ctx: Any) -> None:
-        cert = self.names.get(split_host(name)) if name else self.names.any
-        if cert is None:
-            cert = self.first
+        cert = self.choose(name)[1]
         if cert is not None:
             conn.context = cert.context
+
+    def choose(self, name: str | None) -> tuple[str | None, Certificate | None]:
+        """The certificate for an SNI name and the listener hostname that has it
+        (None: no listener's hostname fits; the first certificate serves)."""
+        if name:
+            found = self.names.which(split_host(name))
+        else:
+            found = ("", self.names.any) if self.names.any is not None else None
+        return found if found is not None else (None, self.first)
 
 
 class GatewayListeners:
@@ -238,9 +245,11 @@ class GatewayListeners:
             log.error("gateway (%s): cannot listen on %s: %s", names, hostport(*key), why)
 
     def _log_problems(self, world: GatewayWorld) -> None:
+        # At debug: the Dataplane's problems say each of these once, at warning,
+        # with the unmet status condition behind it (netplane.check.gateway_problems).
         lines = set(world.problems)
         for line in sorted(lines - self._logged):
-            log.warning("gateway: %s", line)
+            log.debug("gateway: %s", line)
         self._logged = lines
 
     def close(self) -> None:

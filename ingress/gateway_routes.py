@@ -38,6 +38,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from netplane.ingress.gateway_attach import GatewayWorld, Socket
@@ -197,6 +198,37 @@ class _Match:
         return True
 
 
+def _first(
+    found: tuple[_Match, ...], method: bytes, headers: Mapping[bytes, bytes], query: str
+) -> _Match | None:
+    """The first path candidate whose method, headers and query match: the one that serves."""
+    for m in found:
+        if m.conditions(method, headers, query):
+            return m
+    return None
+
+
+def unmet(m: _Match, method: bytes, headers: Mapping[bytes, bytes], query: str) -> list[str]:
+    """The conditions of ``m`` a request fails, each tested alone by ``_Match.conditions``:
+    ``"method"``, ``"header NAME"``, ``"query NAME"``."""
+    out: list[str] = []
+    alone = _Match(m.rule, m.path_type, m.path)
+    alone.method = m.method
+    if not alone.conditions(method, headers, query):
+        out.append("method")
+    alone.method = None
+    for h in m.headers:
+        alone.headers = (h,)
+        if not alone.conditions(method, headers, query):
+            out.append(f"header {h[0].decode('latin-1')}")
+    alone.headers = ()
+    for qp in m.query:
+        alone.query = (qp,)
+        if not alone.conditions(method, headers, query):
+            out.append(f"query {qp[0]}")
+    return out
+
+
 def _query(query: str) -> dict[str, str]:
     """The first value of each query parameter (names and values percent-decoded)."""
     from urllib.parse import unquote
@@ -278,11 +310,41 @@ class _Names:
                 dot = name.find(".", dot + 1)
         return self.any
 
+    def which(self, name: str) -> tuple[str, Any] | None:
+        """``get(name)`` with the key that served it ("*.x" for a wildcard, "" for the catch-all)."""
+        v = self.get(name)
+        if v is None:
+            return None
+        if self.exact.get(name) is v:
+            return name, v
+        for suffix, w in self.wild.items():
+            if w is v:
+                return "*." + suffix, v
+        return "", v
+
     def values(self) -> list[Any]:
         out = list(self.exact.values()) + list(self.wild.values())
         if self.any is not None:
             out.append(self.any)
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayTrace:
+    """What ``PortRoutes.trace`` found (see there)."""
+
+    listener: str | None  # the listener hostname that took the Host ("" none set; None: none)
+    hostname: str | None  # the route hostname serving it there
+    refused: bool  # the path reads in ways that match differently: 400
+    selected: tuple[_Match, ...]  # the matches whose path fits, in precedence order
+    others: tuple[_Match, ...]  # the hostname's other matches (the path does not fit)
+    winner: _Match | None
+    unmet: dict[int, list[str]]  # per selected match (by id): the conditions the request fails
+
+
+def match_index(m: _Match) -> tuple[int, int]:
+    """(rule index, match index) of a compiled match in its route."""
+    return m.order[-2], m.order[-1]
 
 
 # -- a socket's routes ----------------------------------------------------------------
@@ -319,11 +381,10 @@ class PortRoutes:
         if not found:
             return NO_ROUTE
         q = path.find("?")
-        query = path[q:] if q >= 0 else ""
-        for m in found:
-            if m.conditions(method, headers, query):
-                return self._decide(m, host, path, https)
-        return NO_ROUTE
+        m = _first(found, method, headers, path[q:] if q >= 0 else "")
+        if m is None:
+            return NO_ROUTE
+        return self._decide(m, host, path, https)
 
     def _find(self, host: str, target: str) -> Any:
         paths = request_paths(target)
@@ -341,6 +402,72 @@ class PortRoutes:
             if vh.candidates(p) != found:
                 return _REFUSED
         return found
+
+    # -- explaining (netplane explain) -----------------------------------------
+
+    def trace(
+        self, host: str, target: str, method: bytes, headers: Mapping[bytes, bytes]
+    ) -> GatewayTrace:
+        """How ``route()`` picks the rule: the listener and hostname, every match of
+        that hostname, which ones the path selects (``_find``), the winner (``_first``)."""
+        name = split_host(host)
+        found = self._find(host, target)
+        listener = self.listeners.which(name)
+        vhost = listener[1].which(name) if listener is not None else None
+        q = target.find("?")
+        query = target[q:] if q >= 0 else ""
+        refused = found is _REFUSED
+        selected: tuple[_Match, ...] = () if refused else found
+        winner = _first(selected, method, headers, query)
+        everything: list[_Match] = []
+        if vhost is not None:
+            vh: _VHost = vhost[1]
+            seen: set[int] = set()
+            for ms in [*vh.exact.values(), *vh.prefix.values(), *(e[2] for e in vh.scan)]:
+                for m in ms:
+                    if id(m) not in seen:
+                        seen.add(id(m))
+                        everything.append(m)
+        return GatewayTrace(
+            listener=listener[0] if listener is not None else None,
+            hostname=vhost[0] if vhost is not None else None,
+            refused=refused,
+            selected=selected,
+            others=tuple(m for m in everything if m not in selected),
+            winner=winner,
+            unmet={id(m): unmet(m, method, headers, query) for m in selected},
+        )
+
+    def preview(
+        self,
+        host: str,
+        path: str,
+        *,
+        https: bool,
+        client_ip: str,
+        headers: Mapping[bytes, bytes],
+        method: bytes = b"GET",
+    ) -> Decision:
+        """``route()``'s decision, its weighted round-robin, cursors and mirror counters left as they were."""
+        found = self._find(host, path)
+        keep: list[tuple[Any, str, Any]] = []
+        if found and found is not _REFUSED:
+            for m in found:
+                rule = m.rule
+                for b in rule.backends:
+                    keep.append((b, "current", b.current))
+                    if b.pool is not None:
+                        keep.append((b.pool, "cursor", b.pool.cursor))
+                for mirror in rule.mirrors:
+                    keep.append((mirror, "acc", mirror.acc))
+                    keep.append((mirror.pool, "cursor", mirror.pool.cursor))
+        try:
+            return self.route(
+                host, path, https=https, client_ip=client_ip, headers=headers, method=method
+            )
+        finally:
+            for obj, attr, value in reversed(keep):
+                setattr(obj, attr, value)
 
     def _remember(self, host: str, target: str, found: Any) -> None:
         if len(target) > _CACHE_MAX_TARGET or len(host) > _CACHE_MAX_TARGET:

@@ -51,15 +51,15 @@ import hashlib
 import ipaddress
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from netplane.config import DEFAULTS
 from netplane.dataplane import Change
-from netplane.model import Ingress, IngressBackend, ObjectKey
+from netplane.model import Ingress, IngressBackend, IngressPath, ObjectKey
 from netplane.model.meta import fast_constructor
-from netplane.service_table import ServiceKey, ServiceTable
+from netplane.service_table import Backend, PortEntry, ServiceEntry, ServiceKey, ServiceTable
 from netplane.state import ClusterState
 
 from .annotations import Affinity, Annotations, Canary, parse_annotations
@@ -160,11 +160,51 @@ def _age(ing: Ingress) -> tuple[str, str, str]:
     return (ing.meta.creation_timestamp, ing.key.namespace, ing.key.name)
 
 
+def _path_key(ip: IngressPath, use_regex: bool) -> tuple[str, str]:
+    """(kind, key) of one Ingress path: the location it defines on its host.
+
+    ImplementationSpecific is a regex under use-regex, else a prefix; a
+    prefix's key is its path without a trailing slash.
+    """
+    kind = ip.path_type
+    if kind == "ImplementationSpecific":
+        kind = "Regex" if use_regex else "Prefix"
+    return kind, prefix_key(ip.path) if kind == "Prefix" else ip.path
+
+
+def scan_order(length: int, prefix: bool, loc: _Location) -> tuple[int, int, str]:
+    """The precedence of a Prefix or regex location: longest first; on equal length
+    a Prefix before a regex, then by path (the host's scan is sorted by this)."""
+    return (-length, -int(prefix), loc.path)
+
+
 # -- endpoints -------------------------------------------------------------------
 
 
 #: Service port appProtocols whose endpoints are spoken to in HTTP/2 (without TLS).
 H2_APP_PROTOCOLS = frozenset(("kubernetes.io/h2c", "grpc"))
+
+
+def pool_port(entry: ServiceEntry, number: int | None, name: str) -> PortEntry | None:
+    """The TCP port of a Service that a backend names, by number or else by name."""
+    for p in entry.ports:
+        if p.protocol == "TCP" and (p.port == number if number is not None else p.name == name):
+            return p
+    return None
+
+
+def pool_endpoints(
+    backends: Sequence[Backend], publish_not_ready: bool
+) -> tuple[list[Backend], bool]:
+    """The endpoints a backend uses: the ready ones, else the serving and terminating ones.
+
+    Returns them and whether they are that fallback. (publishNotReadyAddresses:
+    every endpoint counts as ready.)
+    """
+    chosen = [b for b in backends if publish_not_ready or b.ready]
+    if chosen:
+        return chosen, False
+    return [b for b in backends if b.serving and b.terminating], True
 
 
 class _Pool:
@@ -201,23 +241,14 @@ class _Pool:
         if entry is None:
             self.unavailable = f"503 Service Unavailable: service {ns}/{name} not found\n".encode()
         else:
-            port = None
-            for p in entry.ports:
-                if p.protocol == "TCP" and (
-                    p.port == number if number is not None else p.name == pname
-                ):
-                    port = p
-                    break
+            port = pool_port(entry, number, pname)
             if port is None:
                 self.unavailable = (
                     f"503 Service Unavailable: service {ns}/{name} has no TCP port {port_text}\n"
                 ).encode()
             else:
                 self.h2 = port.app_protocol.lower() in H2_APP_PROTOCOLS
-                pna = entry.service.publish_not_ready_addresses
-                chosen = [b for b in port.backends if pna or b.ready]
-                if not chosen:
-                    chosen = [b for b in port.backends if b.serving and b.terminating]
+                chosen, _ = pool_endpoints(port.backends, entry.service.publish_not_ready_addresses)
                 candidates = sorted({(b.address, b.port) for b in chosen})
                 self.unavailable = (
                     f"503 Service Unavailable: no ready endpoint for service {ns}/{name}"
@@ -366,6 +397,44 @@ class _Host:
         self.scan: tuple[_ScanEntry, ...] = ()
         self.default: _Location | None = None
         self.tls = False
+
+
+@dataclass(frozen=True, slots=True)
+class PathCandidate:
+    """A location of the chosen host, in the order routing tries them (``RouteTable.trace``)."""
+
+    location: _Location
+    matches: bool  # the request path alone would take this location
+    rule: tuple[int, int] | None  # (rule, path) index in its Ingress; None for a default backend
+    scope: str = "path"  # "path" | "host" (the host's defaultBackend) | "default" (controller-wide)
+
+
+@dataclass(frozen=True, slots=True)
+class Shadowed:
+    """An Ingress path that another Ingress's location serves (an older duplicate, or a canary's main)."""
+
+    ingress: ObjectKey
+    rule: tuple[int, int]
+    path: str
+    path_type: str
+    owner: _Location
+    canary: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RouteTrace:
+    """What ``RouteTable.trace`` found: the host, the candidates, the winner (see there)."""
+
+    name: str  # the Host header's name
+    paths: tuple[str, ...] | None  # the readings of the path (None: refused outright)
+    refused: bool  # answered 400 (BAD_PATH)
+    host: str | None  # the rule host chosen ("" rules without a host; None: none)
+    how: str  # "exact" | "wildcard" | "any" | "none"
+    also: tuple[tuple[str, str], ...]  # other rule hosts that cover the name, and how
+    candidates: tuple[PathCandidate, ...]
+    shadowed: tuple[Shadowed, ...]
+    winner: _Location | None
+    tls: bool  # the chosen host is in some Ingress's spec.tls
 
 
 # The "location" of a path that is refused (see paths.readings): cached like
@@ -644,10 +713,8 @@ class RouteTable:
                 if rule.host != host:
                     continue
                 for ip in rule.paths:
-                    kind = ip.path_type
-                    if kind == "ImplementationSpecific":
-                        kind = "Regex" if ann.use_regex else "Prefix"
-                    mkey = (kind, prefix_key(ip.path) if kind == "Prefix" else ip.path)
+                    mkey = _path_key(ip, ann.use_regex)
+                    kind = mkey[0]
                     if ann.canary is not None:
                         canaries.append((ing, mkey, ip.backend))
                         continue
@@ -707,19 +774,18 @@ class RouteTable:
                 ann.backend_h2,
                 ann.canary,
             )
-        scan: list[tuple[int, int, _ScanEntry]] = []
+        scan: list[tuple[tuple[int, int, str], _ScanEntry]] = []
         for (kind, key), (loc, _) in owners.items():
             loc.finish()
             if kind == "Exact":
                 h.exact[key] = loc
             elif kind == "Prefix":
-                scan.append((len(key), 1, (key, key + "/", loc)))
+                scan.append((scan_order(len(key), True, loc), (key, key + "/", loc)))
             else:
                 assert loc.regex is not None  # a Regex location: compiled, or skipped above
-                scan.append((len(key), 0, (None, loc.regex, loc)))
-        # Longest first; on equal length a Prefix before a regex, then by path.
-        scan.sort(key=lambda s: (-s[0], -s[1], s[2][2].path))
-        h.scan = tuple(s[2] for s in scan)
+                scan.append((scan_order(len(key), False, loc), (None, loc.regex, loc)))
+        scan.sort(key=lambda s: s[0])
+        h.scan = tuple(s[1] for s in scan)
         if h.default is not None:
             h.default.finish()
         for p in problems:
@@ -825,14 +891,7 @@ class RouteTable:
         paths = request_paths(target)
         if paths is None:
             return _REFUSED
-        name = split_host(host)
-        h = self._exact.get(name)
-        if h is None:
-            parent = wildcard_parent(name)
-            if parent is not None:
-                h = self._wild.get(parent)
-            if h is None:
-                h = self._any
+        h = self._host_for(split_host(host))
         if h is None:
             return self._default
         loc = self._match(h, paths[0])
@@ -840,6 +899,17 @@ class RouteTable:
             if self._match(h, p) is not loc:
                 return _REFUSED
         return loc
+
+    def _host_for(self, name: str) -> _Host | None:
+        """The rule host serving a Host name: exact, then a wildcard one label up, then none."""
+        h = self._exact.get(name)
+        if h is None:
+            parent = wildcard_parent(name)
+            if parent is not None:
+                h = self._wild.get(parent)
+            if h is None:
+                h = self._any
+        return h
 
     def _match(self, h: _Host, p: str) -> _Location | None:
         """The location of host ``h`` for the normalized path ``p``."""
@@ -977,6 +1047,146 @@ class RouteTable:
             # An explicit query in the target replaces the original one (nginx's rule).
             return new
         return new + query
+
+    # -- explaining (netplane explain) -----------------------------------------
+
+    def trace(self, host: str, target: str) -> RouteTrace:
+        """How ``route()`` finds the location of a request, with the candidates it passed over.
+
+        The winner is :meth:`_find`'s; the host comes from :meth:`_host_for`,
+        and whether a path alone would match is asked of :meth:`_match` with a
+        host holding only that location, so this cannot disagree with routing.
+        """
+        winner = self._find(host, target)
+        paths = request_paths(target)
+        name = split_host(host)
+        h = self._host_for(name)
+        also: list[tuple[str, str]] = []  # other rule hosts that cover the name
+        parent = wildcard_parent(name)
+        for other, how in (
+            (self._exact.get(name), "exact"),
+            (self._wild.get(parent) if parent is not None else None, "wildcard"),
+            (self._any, "any"),
+        ):
+            if other is not None and other is not h:
+                also.append((other.name, how))
+        how = "none" if h is None else ("any" if not h.name else
+                                        "wildcard" if h.name.startswith("*.") else "exact")  # fmt: skip
+        candidates: list[PathCandidate] = []
+        shadowed: list[Shadowed] = []
+        if h is not None and paths:
+            p = paths[0]
+            for key, loc in h.exact.items():
+                candidates.append(PathCandidate(loc, p == key, self._rule_of(loc)))
+            probe = _Host(h.name)
+            for entry in h.scan:
+                probe.scan = (entry,)
+                candidates.append(
+                    PathCandidate(
+                        entry[2], self._match(probe, p) is entry[2], self._rule_of(entry[2])
+                    )
+                )
+            if h.default is not None:
+                candidates.append(PathCandidate(h.default, True, None, "host"))
+            shadowed = self._shadowed(h)
+        if self._default is not None:
+            candidates.append(PathCandidate(self._default, True, None, "default"))
+        return RouteTrace(
+            name=name,
+            paths=tuple(paths) if paths is not None else None,
+            refused=winner is _REFUSED,
+            host=h.name if h is not None else None,
+            how=how,
+            also=tuple(also),
+            candidates=tuple(candidates),
+            shadowed=tuple(shadowed),
+            winner=winner if winner is not _REFUSED else None,
+            tls=h.tls if h is not None else False,
+        )
+
+    def _rule_of(self, loc: _Location) -> tuple[int, int] | None:
+        """(rule index, path index) in its Ingress of a path location."""
+        ing = self._ingresses.get(loc.ingress)
+        if ing is None or loc.kind == "Default":
+            return None
+        ann = self._annotations[ing.key]
+        want = (loc.kind, prefix_key(loc.path) if loc.kind == "Prefix" else loc.path)
+        for ri, rule in enumerate(ing.rules):
+            if rule.host == loc.host:
+                for pi, ip in enumerate(rule.paths):
+                    if _path_key(ip, ann.use_regex) == want:
+                        return ri, pi
+        return None
+
+    def _shadowed(self, h: _Host) -> list[Shadowed]:
+        """Paths of this host that serve through another Ingress's location:
+        a duplicate of an older Ingress's path, or a canary attached to it."""
+        owner: dict[tuple[str, str], _Location] = {("Exact", k): loc for k, loc in h.exact.items()}
+        for key, _pattern, loc in h.scan:
+            owner[(loc.kind, key if key is not None else loc.path)] = loc
+        out: list[Shadowed] = []
+        keys = self._host_ingresses.get(h.name, ())
+        for ing in sorted((self._ingresses[k] for k in keys), key=_age):
+            ann = self._annotations[ing.key]
+            for ri, rule in enumerate(ing.rules):
+                if rule.host != h.name:
+                    continue
+                for pi, ip in enumerate(rule.paths):
+                    served = owner.get(_path_key(ip, ann.use_regex))
+                    if served is not None and served.ingress != ing.key:
+                        canary = served.canary is not None and served.canary.ingress == ing.key
+                        out.append(
+                            Shadowed(ing.key, (ri, pi), ip.path, ip.path_type, served, canary)
+                        )
+        return out
+
+    def preview(
+        self,
+        host: str,
+        path: str,
+        *,
+        https: bool,
+        client_ip: str,
+        headers: Mapping[bytes, bytes],
+        method: bytes = b"GET",
+    ) -> Decision:
+        """``route()``'s decision for this request, its round-robin and canary counters left as they were."""
+        loc = self._find(host, path)
+        pools: list[_Pool] = []
+        canary = None
+        if loc is not None and loc is not _REFUSED:
+            if loc.pool is not None:
+                pools.append(loc.pool)
+            canary = loc.canary
+            if canary is not None:
+                pools.append(canary.pool)
+        cursors = [pool.cursor for pool in pools]
+        acc = canary.acc if canary is not None else 0
+        try:
+            return self.route(
+                host, path, https=https, client_ip=client_ip, headers=headers, method=method
+            )
+        finally:
+            for pool, cursor in zip(pools, cursors, strict=True):
+                pool.cursor = cursor
+            if canary is not None:
+                canary.acc = acc
+
+    def ingress(self, key: ObjectKey) -> tuple[Ingress, Annotations] | None:
+        """One Ingress this table serves, with its parsed annotations."""
+        ing = self._ingresses.get(key)
+        return (ing, self._annotations[key]) if ing is not None else None
+
+    def hosts(self) -> list[str]:
+        """Every rule host ("" for rules without one)."""
+        return list(self._hosts)
+
+    def paths_of(self, host: str) -> list[str]:
+        """The paths of one rule host's locations."""
+        h = self._hosts.get(host)
+        if h is None:
+            return []
+        return [*h.exact, *(loc.path for _k, _p, loc in h.scan)]
 
     # -- introspection -------------------------------------------------------
 

@@ -13,6 +13,12 @@ Missing clusterIPs and nodePorts are allocated as the daemon does when a
 service CIDR is given; without one there is nothing to allocate from and
 only explicit ones are checked (the daemon always has a CIDR).
 
+Ingresses are then read as the ingress would read them
+(:class:`netplane.ingress.problems.IngressChecker`): one whose
+``spec.ingressClassName`` names an IngressClass that is not there, a backend
+naming a Service or port that is not there, a ``spec.tls`` Secret that is
+missing or whose certificate does not match its key.
+
 Gateway API objects are then attached as the ingress plane attaches them
 (:func:`netplane.ingress.gateway_attach.attach`), and every condition of the
 status netplane would write that is not met is a problem, at the line where
@@ -22,6 +28,11 @@ the object starts: a Gateway, GatewayClass or listener condition
 for one of our Gateways that is False. A Gateway naming a GatewayClass that
 is not there, and a route naming a Gateway that is not there, are problems
 too: in manifest mode nothing else can supply them.
+
+Every problem found after parsing is about an object, and points at the line
+of the field at fault in its file (:func:`netplane.problems.place`). The
+daemon reports the same problems, found the same way, in its log,
+``/debug/state`` and metrics (:mod:`netplane.problems`).
 """
 
 from __future__ import annotations
@@ -34,15 +45,19 @@ from netplane.allocations import DEFAULT_NODE_PORT_RANGE, Allocations, IPNetwork
 from netplane.errors import ConfigError
 from netplane.events import WatchEvent
 from netplane.model import ObjectKey
+from netplane.problems import Problem, from_model_error, place
 from netplane.sources.manifest_parse import (
+    UNREADABLE,
     ManifestObject,
-    Problem,
-    field_line,
+    locate_objects,
     parse_manifest,
     resolve_duplicates,
 )
+from netplane.sources.manifest_parse import Problem as FileProblem
 from netplane.sources.manifests import find_manifest_files
 from netplane.state import ClusterState
+
+ORIGIN = "check"
 
 
 def _networks(cidrs: Sequence[IPNetwork | str]) -> list[IPNetwork]:
@@ -64,8 +79,21 @@ def check_paths(
     node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE,
 ) -> list[str]:
     """One line per problem in the manifests under ``paths``; [] when all is well."""
+    return [
+        str(p)
+        for p in check_problems(paths, service_cidrs=service_cidrs, node_port_range=node_port_range)
+    ]
+
+
+def check_problems(
+    paths: Sequence[str],
+    *,
+    service_cidrs: Sequence[IPNetwork | str] = (),
+    node_port_range: tuple[int, int] = DEFAULT_NODE_PORT_RANGE,
+) -> list[Problem]:
+    """Every problem in the manifests under ``paths``, in file and line order."""
     files, missing = find_manifest_files(paths)
-    problems: list[Problem] = list(missing)
+    problems: list[Problem] = [p.as_problem(ORIGIN) for p in missing]
     texts: dict[str, bytes] = {}
     per_file: list[tuple[str, list[ManifestObject]]] = []
     for path in files:
@@ -73,15 +101,16 @@ def check_paths(
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError as e:
-            problems.append(Problem(path, 0, f"cannot read: {e.strerror or e}"))
+            unread = FileProblem(path, 0, f"cannot read: {e.strerror or e}", code=UNREADABLE)
+            problems.append(unread.as_problem(ORIGIN))
             continue
         result = parse_manifest(data, path)
-        problems.extend(result.problems)
+        problems.extend(p.as_problem(ORIGIN) for p in result.problems)
         if result.complete:  # the daemon starts with nothing from a broken file
             texts[path] = data
             per_file.append((path, result.objects))
     winners, duplicates = resolve_duplicates(per_file)
-    problems.extend(duplicates)
+    problems.extend(p.as_problem(ORIGIN) for p in duplicates)
 
     cidrs = _networks(service_cidrs)
     lo, hi = node_port_range  # a list (from a config file) does as well as a tuple
@@ -93,16 +122,32 @@ def check_paths(
         (mo, state.apply(WatchEvent.upsert(mo.obj, "check", added=True)).error)
         for mo in winners.values()
     ]
-    for mo, err in results:
-        if err is not None:
-            line = field_line(texts[mo.path], mo.path, mo, err.field)
-            problems.append(Problem(mo.path, line, err.reason, err.ref, err.field, key=mo.key))
-
-    problems.extend(gateway_problems(state, {mo.key: mo for mo in winners.values()}, texts))
+    found: list[Problem] = [
+        from_model_error(err, mo.key, "rejected", ORIGIN) for mo, err in results if err is not None
+    ]
+    found.extend(ingress_problems(state))
+    found.extend(gateway_problems(state))
+    problems.extend(place(found, lambda wanted: locate_objects(winners, texts, wanted)))
 
     order = {path: i for i, path in enumerate(files)}
     problems.sort(key=lambda p: (order.get(p.path, -1), p.line))
-    return [str(p) for p in problems]
+    return problems
+
+
+def ingress_problems(
+    state: ClusterState,
+    *,
+    ingress_class: str = "netplane",
+    controller: str = "netplane.io/ingress",
+    default_secret: tuple[str, str] | None = None,
+) -> list[Problem]:
+    """What the ingress would not serve as written (see :mod:`netplane.ingress.problems`)."""
+    from netplane.ingress.problems import IngressChecker
+
+    checker = IngressChecker(
+        ingress_class=ingress_class, controller=controller, default_secret=default_secret
+    )
+    return checker.check(state).problems
 
 
 # -- Gateway API ---------------------------------------------------------------------
@@ -114,6 +159,7 @@ _POSITIVE = {
     "ResolvedRefs": "refs not resolved",
 }
 _ROUTE_KINDS = ("HTTPRoute", "GRPCRoute")
+GATEWAY_ORIGIN = "gateway"
 
 
 def _false(conditions: Iterable[dict[str, Any]]) -> Iterable[tuple[str, dict[str, Any]]]:
@@ -125,32 +171,27 @@ def _false(conditions: Iterable[dict[str, Any]]) -> Iterable[tuple[str, dict[str
             yield "conflicted", c
 
 
-def gateway_problems(
-    state: ClusterState,
-    where: dict[ObjectKey, ManifestObject],
-    texts: dict[str, bytes] | None = None,
-) -> list[Problem]:
+def gateway_problems(state: ClusterState, certificates: Any = None) -> list[Problem]:
     """The unmet conditions of the Gateway API status netplane would write, one problem each.
 
-    ``where``: the manifest object of each key; with ``texts`` (path -> file
-    contents) a problem about one listener or parentRef points at its line.
+    A problem about one listener or parentRef points (``at``) at that field,
+    for :func:`netplane.problems.place` to find its line. ``certificates``: a
+    :class:`~netplane.ingress.gateway_plane.CertificateCache` kept between
+    calls (a new one by default).
     """
     from netplane.ingress.gateway_attach import attach
     from netplane.ingress.gateway_plane import CertificateCache
     from netplane.model.gateway import CONTROLLER, GATEWAY, GROUP, GRPCRoute, HTTPRoute
 
-    world = attach(state, controller=CONTROLLER, check_certificate=CertificateCache().check)
+    certificates = certificates or CertificateCache()
+    world = attach(state, controller=CONTROLLER, check_certificate=certificates.check)
     out: list[Problem] = []
     told: set[ObjectKey] = set()
 
     def say(key: ObjectKey, text: str, field: str = "") -> None:
-        mo = where.get(key)
-        if mo is None:
-            out.append(Problem("", 0, text, str(key), key=key))
-        else:
-            text_of = (texts or {}).get(mo.path)
-            line = field_line(text_of, mo.path, mo, field) if field and text_of else mo.line
-            out.append(Problem(mo.path, line, text, str(key), key=key))
+        obj = state.get(key)
+        hosts = tuple(getattr(obj, "hostnames", ()))
+        out.append(Problem("gateway", text, key, at=field, origin=GATEWAY_ORIGIN, hosts=hosts))
         told.add(key)
 
     def describe(what: str, c: dict[str, Any]) -> str:
@@ -201,15 +242,18 @@ def gateway_problems(
 
     # What attach noticed beyond the conditions (today every line is about an
     # object whose conditions are already reported; keep any other).
+    named: dict[str, ObjectKey] | None = None
     for text in world.problems:
         subject, _, rest = text.partition(": ")
         if any(str(k) == subject for k in told):
             continue
-        found = next((k for k in where if str(k) == subject), None)
+        if named is None:
+            named = {str(o.key): o.key for o in state}
+        found = named.get(subject)
         if found is not None:
             say(found, rest)
         else:
-            out.append(Problem("", 0, text))
+            out.append(Problem("gateway", text, origin=GATEWAY_ORIGIN))
     return out
 
 

@@ -329,8 +329,44 @@ def _parser() -> argparse.ArgumentParser:
     env.add_argument("--mode", choices=cfgmod.MODES, help="as for run: it picks the service CIDR")
     env.add_argument("--service-cidr", action="append", metavar="CIDR")
     env.add_argument("--timeout", type=float, default=30.0, metavar="S", help="sync wait (30)")
+    _add_explain(sub)
     sub.add_parser("version", help="print the version")
     return p
+
+
+# Run flags that change what an offline explanation answers (as `netplane run` would).
+_EXPLAIN_RUN_FLAGS = (
+    "kubeconfig", "context", "in-cluster", "namespace", "label-selector", "mode",
+    "cluster-domain", "service-cidr", "node-name", "nodeport-range", "nodeport-addresses",
+    "proxy", "ingress-http", "ingress-https", "ingress-class", "default-certificate",
+    "gateway-address", "lb-policy", "l4-datapath", "pod-endpoints", "dns", "dns-ttl",
+    "pod-cidr", "dns-pods",
+)  # fmt: skip
+
+
+def _add_explain(sub: Any) -> None:
+    """``netplane explain``: why a URL, a service address or a DNS name gets its answer."""
+    ex = sub.add_parser(
+        "explain",
+        help="why a URL, IP:PORT or DNS name gets the answer it gets",
+        description="Ask a running netplane (--admin) or, with -f/--kubeconfig, build the"
+        " state here: which rule, service port or record answers TARGET, and why.",
+    )
+    ex.add_argument("target", metavar="TARGET", help="http[s]://HOST/PATH, IP:PORT[/tcp|udp] or a DNS name or address")  # fmt: skip
+    ex.add_argument("type", nargs="?", metavar="TYPE", help="DNS record type (A, AAAA, SRV, PTR ...)")  # fmt: skip
+    ex.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'")
+    ex.add_argument("--method", default="GET", help="HTTP method (default GET)")
+    ex.add_argument("--tls", action="store_true", help="as over HTTPS: also which certificate SNI picks")  # fmt: skip
+    ex.add_argument("--client-ip", default="127.0.0.1", metavar="IP", help="the client address allowlists see")  # fmt: skip
+    ex.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    ex.add_argument("--admin", metavar="HOST:PORT", help=f"the running netplane to ask (default 127.0.0.1:{DEMO_ADMIN_PORT})")  # fmt: skip
+    ex.add_argument("--config", metavar="FILE", help="YAML config file (offline); flags override it")  # fmt: skip
+    ex.add_argument("-f", "--file", dest="files", action="append", metavar="PATH",
+                    help="explain offline from these manifests (repeatable)")  # fmt: skip
+    ex.add_argument("--timeout", type=float, default=30.0, metavar="S", help="offline: sync wait (30)")  # fmt: skip
+    for names, key, kw in _RUN_FLAGS:
+        if key in _EXPLAIN_RUN_FLAGS:
+            ex.add_argument(*names, dest=key.replace("-", "_"), **kw)
 
 
 def demo_manifests() -> str:
@@ -460,6 +496,9 @@ def demo_text(dp: Any, backends: list[str], tries: Sequence[Try]) -> str:
         out += [f"  {line}" for line in backends]
     out += ["", "Try:"]
     out += [f"  {t.command}" for t in tries]
+    if dp.admin is not None:
+        dashboard = f"http://{hostport(dp.config.admin.host, dp.admin.port)}/ui"
+        out += ["", f"Dashboard (live, read-only; open it in a browser): {dashboard}"]
     out += [
         "",
         f"Edit the manifests under {', '.join(dp.config.files)} and watch the state follow;"
@@ -559,6 +598,74 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _explain(args: argparse.Namespace) -> int:
+    """``netplane explain``: print the explanation; exit 1 when the target matches nothing."""
+    import json
+
+    from netplane.explain import parse_header, parse_target, render
+
+    headers = [parse_header(h) for h in args.header]
+    parse_target(args.target, qtype=args.type, tls=args.tls)  # a bad target fails here, at once
+    offline = bool(args.files or args.kubeconfig or args.in_cluster)
+    if offline:
+        doc = _explain_offline(args, headers)
+        if doc is None:
+            print(f"netplane: the sources did not sync within {args.timeout:g} s", file=sys.stderr)
+            return 1
+    else:
+        from netplane.explain.admin import ask
+
+        admin = args.admin or f"127.0.0.1:{DEMO_ADMIN_PORT}"
+        try:
+            doc = ask(admin, args.target, qtype=args.type, method=args.method,
+                      headers=args.header, tls=args.tls, client_ip=args.client_ip)  # fmt: skip
+        except OSError as e:
+            why = getattr(e, "reason", None) or e
+            print(f"netplane explain: cannot ask {admin}: {why}; start netplane there, or"
+                  " give -f PATH or --kubeconfig to explain offline", file=sys.stderr)  # fmt: skip
+            return 2
+    if args.output == "json":
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        sys.stdout.write(render(doc))
+    return 0 if doc.get("found") else 1
+
+
+def _explain_offline(args: argparse.Namespace, headers: list[tuple[str, str]]) -> dict | None:
+    """Build the state from the sources, as ``netplane run`` would, and explain from it."""
+    from netplane.daemon import sources_for
+    from netplane.dataplane import Dataplane
+    from netplane.explain import Views, explain
+
+    cwd = Path.cwd()
+    flags: dict[str, Any] = {"admin": None, "log_level": "error"}
+    if args.files:
+        flags["files"] = cfgmod.KEYS["files"][1](args.files, "-f", cwd)
+    for names, key, _ in _RUN_FLAGS:
+        value = getattr(args, key.replace("-", "_"), None)
+        if key in _EXPLAIN_RUN_FLAGS and value is not None:
+            fname, conv = cfgmod.KEYS[key]
+            flags[fname] = conv(value, names[-1], cwd)
+    cfg = cfgmod.load(args.config, flags)
+    cfg = cfgmod.build({}, {**_config_values(cfg), "admin": None, "log_level": "error"})
+    _setup_logging(cfg)
+    sources = sources_for(cfg)
+
+    async def run() -> dict | None:
+        dp = Dataplane(cfg, sources=sources, serve=False)
+        await dp.start()
+        try:
+            await asyncio.wait_for(dp.wait_ready(), args.timeout)
+            return explain(Views(dp), args.target, qtype=args.type, method=args.method,
+                           headers=headers, tls=args.tls, client_ip=args.client_ip)  # fmt: skip
+        except TimeoutError:
+            return None
+        finally:
+            await dp.stop(0)
+
+    return asyncio.run(run())
+
+
 def _config_values(cfg: cfgmod.Config) -> dict[str, Any]:
     import dataclasses
 
@@ -599,6 +706,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "env":  # DNS
             return _env(args)
+        if args.command == "explain":
+            return _explain(args)
         return _run(args, demo=args.command == "demo")
     except ConfigError as e:
         print(f"netplane: {e}", file=sys.stderr)

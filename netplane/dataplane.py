@@ -12,6 +12,16 @@ run --workers 1`` does: they start after the admin server and before the
 sources; at stop the sources end first, then the planes close in reverse
 start order, then the admin server.
 
+Every object refused or ignored is in :attr:`Dataplane.problems` (a
+:class:`~netplane.problems.ProblemBook`): what the sources could not parse
+(they log it and report it), what the cluster-wide checks refused, and
+what the ingress would not serve as written (an unknown IngressClass, a
+backend naming a missing Service, a TLS Secret that cannot serve, an unmet
+Gateway API condition), found again after each change that could alter
+them. Each new one is logged once, with ``path:line`` when it came from a
+manifest; ``/debug/state`` lists them under ``problems`` and ``/metrics``
+counts them in ``netplane_problems``.
+
 Embedders call :meth:`Dataplane.apply` and :meth:`Dataplane.delete`
 themselves (the in-process source) and read changes with
 :meth:`Dataplane.subscribe`::
@@ -28,7 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,19 +48,36 @@ from netplane.allocations import Allocations
 from netplane.backoff import Backoff
 from netplane.config import Config
 from netplane.errors import ConfigError, ModelError
-from netplane.events import EventType, Synced, WatchEvent
+from netplane.events import EventType, SourceProblems, Synced, WatchEvent
 from netplane.metrics import CONTENT_TYPE, Metrics
 from netplane.model import KINDS, K8sObject, ObjectKey, parse_object, ref_of
 from netplane.plane import Plane, planes_for, start_planes
+from netplane.problems import REFUSED, Problem, ProblemBook, from_model_error, place
 from netplane.service_table import ServiceKey, ServiceTable
 from netplane.sources import Source
 from netplane.state import ApplyResult, ClusterState
 
 log = logging.getLogger("netplane.dataplane")
+# Problems found here (not by a source, which logs its own), each logged once.
+problem_log = logging.getLogger("netplane.problems")
 
 EMBED_SOURCE = "embed"
 # A source whose run() fails is restarted after this long, doubling to the cap.
 _RESTART_DELAY = (1.0, 30.0)
+# Kinds whose change can alter what the ingress would not serve, or the Gateway API status.
+_INGRESS_KINDS = frozenset({"Ingress", "IngressClass", "Service", "Secret"})
+_GATEWAY_KINDS = frozenset(
+    {
+        "GatewayClass",
+        "Gateway",
+        "HTTPRoute",
+        "GRPCRoute",
+        "ReferenceGrant",
+        "Namespace",
+        "Service",
+        "Secret",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +152,8 @@ class Dataplane:
     caller that runs them elsewhere (the owner of ``--workers N``) or needs
     only the state (``netplane env``). ``workers`` > 1: this is one of that
     many worker processes, whose planes share their listeners (SO_REUSEPORT).
+    ``find_problems`` False: leave finding and logging problems to another
+    Dataplane (the owner of the worker processes has them).
     """
 
     def __init__(
@@ -134,12 +163,24 @@ class Dataplane:
         sources: Sequence[Source] = (),
         serve: bool = True,
         workers: int = 1,
+        find_problems: bool = True,
     ) -> None:
         self.config = config or QUIET
         self.serve = serve
         self.workers = workers
         cfg = self.config
-        self.state = ClusterState(Allocations(cfg.effective_service_cidrs, cfg.node_port_range))
+        # The rejections are logged with the other problems (once, with path:line).
+        self.state = ClusterState(
+            Allocations(cfg.effective_service_cidrs, cfg.node_port_range),
+            log_rejections=not find_problems,
+        )
+        #: every object refused or ignored now, and why
+        self.problems = ProblemBook()
+        self._find_problems = find_problems
+        self._ingress_checker: Any = None
+        self._gateway_certificates: Any = None
+        self._ignored: set[str] = set()
+        self._rejections_seen = -1  # the state's rejections_version last looked at
         self.table = ServiceTable(derive_from_pods=cfg.pods_make_endpoints)
         self.sources: list[Source] = list(sources)
         self._synced: set[str] = set()
@@ -235,6 +276,8 @@ class Dataplane:
 
     async def _start_admin(self) -> None:
         from netplane.admin import AdminServer
+        from netplane.explain.admin import add_route as add_explain
+        from netplane.ui import add_routes as add_dashboard
 
         assert self.config.admin is not None
         admin = AdminServer(
@@ -244,6 +287,8 @@ class Dataplane:
             debug_state=self._debug_state_with_remote,
         )
         admin.add_route("GET", "/metrics", self._metrics_response)
+        add_dashboard(admin, self)  # /ui: the read-only dashboard (netplane/ui/)
+        add_explain(admin, self)  # /debug/explain: what `netplane explain` asks
         try:
             await admin.start()
         except OSError as e:
@@ -340,6 +385,7 @@ class Dataplane:
     def _publish(self) -> None:
         changed = self._sub.take()
         if not changed:
+            self._find_rejections()  # a refused version changes nothing, and is a problem
             return
         started = time.perf_counter()
         try:
@@ -352,6 +398,97 @@ class Dataplane:
             feed.push(changed, services)
         self.metrics.sync_duration.observe(time.perf_counter() - started)
         self._observe_programming(changed)
+        self._find_problems_after(changed)
+
+    # -- problems ------------------------------------------------------------
+
+    @property
+    def _ingress_on(self) -> bool:
+        return self.config.ingress_http is not None or self.config.ingress_https is not None
+
+    def _on_source_problems(self, report: SourceProblems) -> None:
+        """A source's field-level problems (it has logged them): count the new rejections."""
+        new, _gone = self.problems.replace(report.source, report.problems, report.scope)
+        for p in new:
+            if p.code in REFUSED:
+                self.metrics.rejected.labels(p.kind).inc()
+
+    def _find_rejections(self) -> None:
+        self._find_problems_after(frozenset())
+
+    def _find_problems_after(self, changed: frozenset[ObjectKey] | None) -> None:
+        """Look again at what ``changed`` (None: everything) can alter; log what is new.
+
+        The cluster-wide rejections when the state says they may have
+        changed (a refused version changes no key); the Ingress and Gateway
+        API problems when an object of a kind they read changed.
+        """
+        if not self._find_problems:
+            return
+        found: dict[str, list[Problem]] = {}
+        if self.state.rejections_version != self._rejections_seen:
+            self._rejections_seen = self.state.rejections_version
+            found["state"] = [
+                from_model_error(e, k, "rejected", "state")
+                for k, e in sorted(self.state.rejected().items())
+            ]
+        kinds = {k.kind for k in changed} if changed is not None else None
+        if kinds is not None and "state" in found:
+            kinds.add("Service")  # a backend naming a Service refused now says so
+        if self._ingress_on and (kinds is None or kinds & _INGRESS_KINDS):
+            found["ingress"] = self._ingress_problems()
+        if self._ingress_on and (kinds is None or kinds & _GATEWAY_KINDS):
+            found["gateway"] = self._gateway_problems()
+        for origin, problems in found.items():
+            if not problems and not self.problems.of(origin):
+                continue
+            new, _gone = self.problems.replace(origin, self._place(problems))
+            for p in new:
+                problem_log.warning("%s", p)
+
+    def _ingress_problems(self) -> list[Problem]:
+        from netplane.ingress.problems import IngressChecker
+
+        if self._ingress_checker is None:
+            cfg = self.config
+            self._ingress_checker = IngressChecker(
+                ingress_class=cfg.ingress_class, default_secret=cfg.default_certificate
+            )
+        diagnosis = self._ingress_checker.check(self.state)
+        ignored = set(diagnosis.ignored)
+        for line in sorted(ignored - self._ignored):
+            problem_log.debug("ignored %s", line)
+        self._ignored = ignored
+        return diagnosis.problems
+
+    def _gateway_problems(self) -> list[Problem]:
+        from netplane.check import gateway_problems
+
+        if not any(self.state.objects(k) for k in ("Gateway", "HTTPRoute", "GRPCRoute")):
+            return []  # nothing to attach
+        if self._gateway_certificates is None:
+            from netplane.ingress.gateway_plane import CertificateCache
+
+            self._gateway_certificates = CertificateCache()
+        return gateway_problems(self.state, self._gateway_certificates)
+
+    def _place(self, problems: list[Problem]) -> list[Problem]:
+        """Each problem with the file and line its object came from, where a source can tell."""
+
+        def locate(
+            wanted: Iterable[tuple[ObjectKey, str]],
+        ) -> dict[tuple[ObjectKey, str], tuple[str, int]]:
+            wanted = list(wanted)
+            out: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
+            for source in self.sources:
+                where = getattr(source, "locate", None)
+                owned = self._owned.get(source.name)
+                mine = [w for w in wanted if owned and w[0] in owned]
+                if where is not None and mine:
+                    out.update(where(mine))
+            return out
+
+        return place(problems, locate)
 
     def _observe_programming(self, changed: frozenset[ObjectKey]) -> None:
         """kube-proxy's network-programming duration: from the EndpointSlice
@@ -388,6 +525,7 @@ class Dataplane:
         )
         for feed in self._feeds:
             feed.push(frozenset(o.key for o in self.state), services)
+        self._find_problems_after(None)
 
     async def _run_source(self, source: Source) -> None:
         backoff = Backoff(*_RESTART_DELAY, jitter=0.0)
@@ -395,9 +533,12 @@ class Dataplane:
         while True:
             # Keys this run has sent; at its Synced, the rest of `owned` is gone.
             seen: set[ObjectKey] | None = set()
+            self.problems.clear(source.name)  # a new run reports its problems anew
             try:
                 async for event in source.run():
-                    if isinstance(event, Synced):
+                    if isinstance(event, SourceProblems):
+                        self._on_source_problems(event)
+                    elif isinstance(event, Synced):
                         if seen is not None:
                             self._drop_unseen(source.name, owned - seen)
                             seen = None
@@ -466,14 +607,25 @@ class Dataplane:
             objects.add_metric([kind], n)
         yield objects
         rejected = GaugeMetricFamily(
-            "netplane_rejected_objects_current", "Objects refused now, by kind", labels=["kind"]
+            "netplane_rejected_objects_current",
+            "Objects refused now (a field error, or the cluster-wide checks), by kind",
+            labels=["kind"],
         )
         by_kind: dict[str, int] = {}
-        for key in self.state.rejected():
-            by_kind[key.kind] = by_kind.get(key.kind, 0) + 1
+        for ref in self._refused():
+            kind = ref.split(" ", 1)[0]
+            by_kind[kind] = by_kind.get(kind, 0) + 1
         for kind, n in sorted(by_kind.items()):
             rejected.add_metric([kind], n)
         yield rejected
+        problems = GaugeMetricFamily(
+            "netplane_problems",
+            "Objects (or manifest files) refused or ignored now, by kind and reason",
+            labels=["kind", "reason"],
+        )
+        for (kind, code), n in self.problems.counts().items():
+            problems.add_metric([kind, code], n)
+        yield problems
         synced = GaugeMetricFamily(
             "netplane_source_synced",
             "1 once a source has delivered its initial state",
@@ -500,10 +652,19 @@ class Dataplane:
         for _name, plane in sorted(self.planes.items()):
             yield from plane.metrics()
 
+    def _refused(self) -> dict[str, str]:
+        """Objects whose latest version was refused: ``Kind ns/name`` -> why (no path)."""
+        out = {str(k): e.describe() for k, e in self.state.rejected().items()}
+        for p in self.problems:
+            if p.code == "invalid" and p.kind:
+                out.setdefault(p.ref, p.describe())
+        return dict(sorted(out.items()))
+
     def debug_state(self, *, summary: bool = False) -> dict[str, Any]:
         """A JSON-ready summary for /debug/state; Secret contents never appear.
 
-        ``summary`` leaves out the lists of objects, secrets and services.
+        ``summary`` leaves out the lists of objects, secrets and services,
+        and counts the problems instead of listing them.
         """
         planes = {name: plane.debug_state() for name, plane in sorted(self.planes.items())}
         if summary:
@@ -512,7 +673,8 @@ class Dataplane:
                 "ready": self.ready,
                 "sources": {s.name: s.name in self._synced for s in self.sources},
                 "counts": self.state.counts(),
-                "rejected": len(self.state.rejected()),
+                "rejected": len(self._refused()),
+                "problems": len(self.problems),
                 "planes": planes,
             }
         objects: dict[str, list[str]] = {}
@@ -543,7 +705,8 @@ class Dataplane:
             "counts": self.state.counts(),
             "objects": {k: sorted(v) for k, v in sorted(objects.items())},
             "secrets": secrets,
-            "rejected": {str(k): e.describe() for k, e in sorted(self.state.rejected().items())},
+            "rejected": self._refused(),
+            "problems": [p.to_dict() for p in self.problems],
             "services": [e.to_dict() for e in sorted(self.table, key=lambda e: e.key)],
             "planes": planes,
         }

@@ -1,9 +1,11 @@
-"""What sources emit: watch events carrying parsed objects, and a "synced" marker.
+"""What sources emit: watch events carrying parsed objects, a "synced" marker, problems.
 
 A source parses raw objects at its boundary (``netplane.model.parse_object``)
 and emits :class:`WatchEvent`; it emits :class:`Synced` once its initial list
 is complete, which is the start gate for readiness (kube-proxy's "initial
 sync" idea). DELETED events carry the key, and the last object when known.
+What it could not parse or validate it logs, and reports in
+:class:`SourceProblems` so that ``/debug/state`` and the metrics show it too.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import enum
 from dataclasses import dataclass
 
 from netplane.model import K8sObject, ObjectKey
+from netplane.problems import Problem
 
 
 class EventType(enum.Enum):
@@ -43,4 +46,19 @@ class Synced:
     source: str
 
 
-SourceEvent = WatchEvent | Synced
+@dataclass(frozen=True, slots=True)
+class SourceProblems:
+    """The current problems of ``source`` within ``scope``, replacing what it said there before.
+
+    ``scope`` "" is everything the source knows (the manifest source sends
+    its whole list when it changes); a source that reports one object at a
+    time (the API source) uses the object's key as the scope, and an empty
+    ``problems`` when that object is fine again or gone.
+    """
+
+    source: str
+    problems: tuple[Problem, ...]
+    scope: str = ""
+
+
+SourceEvent = WatchEvent | Synced | SourceProblems

@@ -74,7 +74,7 @@ class Metrics:
         self.add_source(OVERLOAD.families)
         self.rejected = Counter(
             "netplane_rejected_objects",
-            "Objects refused by the cluster-state checks, by kind",
+            "Objects refused (a field error, or the cluster-wide checks), by kind",
             ["kind"],
             registry=self.registry,
         )

@@ -107,7 +107,8 @@ class ClusterState:
         self, allocations: Allocations | None = None, *, log_rejections: bool = True
     ) -> None:
         self.allocations = allocations or Allocations()
-        # `netplane check` reports each rejection itself, with file and line.
+        # Each rejection is logged once per reason, unless the owner reports it
+        # itself with file and line (`netplane check`, the Dataplane's problems).
         self.log_rejections = log_rejections
         self._objects: dict[ObjectKey, K8sObject] = {}
         self._by_kind: dict[str, dict[ObjectKey, K8sObject]] = {}
@@ -116,6 +117,8 @@ class ClusterState:
         self._slices_by_service: dict[tuple[str, str], tuple[ObjectKey, ...]] = {}
         self._pods_by_namespace: dict[str, set[ObjectKey]] = {}
         self._rejected: dict[ObjectKey, ModelError] = {}
+        #: moves whenever ``rejected()`` may have changed, so a reader can skip looking
+        self.rejections_version = 0
         # Rejected Services, retried when a Service releases what they wanted.
         self._rejected_services: dict[ObjectKey, Service] = {}
         self._retrying = False
@@ -206,7 +209,7 @@ class ClusterState:
         key = event.key
         old = self._objects.get(key)
         if event.type is EventType.DELETED:
-            self._rejected.pop(key, None)
+            self._unreject(key)
             self._rejected_services.pop(key, None)
             if old is None:
                 return UNCHANGED
@@ -224,13 +227,16 @@ class ClusterState:
             try:
                 new = self.allocations.admit(new)
             except ModelError as err:
+                said = self._rejected.get(key)
                 self._rejected[key] = err
+                self.rejections_version += 1
                 self._rejected_services[key] = new
-                if self.log_rejections:
+                # Once per reason: a retry (another Service freed something) is silent.
+                if self.log_rejections and (said is None or str(said) != str(err)):
                     log.warning("rejected %s", err)
                 return ApplyResult(False, error=err)
             self._rejected_services.pop(key, None)
-        self._rejected.pop(key, None)
+        self._unreject(key)
         if old == new:
             # Nothing a data plane sees changed (Meta ignores resourceVersion);
             # keep the newer object so its resourceVersion guards against replays.
@@ -253,8 +259,12 @@ class ClusterState:
         embedding API); watch sources leave it, so a Service waiting for a
         taken clusterIP comes in when the holder goes.
         """
-        self._rejected.pop(key, None)
+        self._unreject(key)
         self._rejected_services.pop(key, None)
+
+    def _unreject(self, key: ObjectKey) -> None:
+        if self._rejected.pop(key, None) is not None:
+            self.rejections_version += 1
 
     def _retry_rejected(self) -> None:
         """Admit rejected Services whose clusterIP or nodePort has just been freed.

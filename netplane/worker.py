@@ -49,9 +49,12 @@ class Worker:
         self.channel = channel
         self.index = index
         self.count = count
-        # No admin server and no sources here: the owner has both. The planes
-        # are the Dataplane's, sharing their listeners with the other workers.
-        self.dp = Dataplane(dataclasses.replace(config, admin=None), workers=count)
+        # No admin server and no sources here: the owner has both, and finds and
+        # logs the problems. The planes are the Dataplane's, sharing their
+        # listeners with the other workers.
+        self.dp = Dataplane(
+            dataclasses.replace(config, admin=None), workers=count, find_problems=False
+        )
         self.grace = config.shutdown_grace
 
     async def run(self) -> int:

@@ -23,8 +23,9 @@ from typing import Any
 
 from bench.fuzz._common import main, pieces
 from netplane.errors import SourceError
-from netplane.events import WatchEvent
+from netplane.events import SourceProblems, WatchEvent
 from netplane.model import K8sObject
+from netplane.problems import Problem
 from netplane.sources.kube import reflector as reflector_mod
 from netplane.sources.kube.reflector import ListDone, Reflector
 from netplane.sources.kube.resources import RESOURCES
@@ -90,6 +91,9 @@ async def _emit(event: Any) -> None:
     if isinstance(event, WatchEvent):
         if event.obj is not None and not isinstance(event.obj, K8sObject):
             raise AssertionError(f"emitted a {type(event.obj).__name__}")
+    elif isinstance(event, SourceProblems):
+        if not all(isinstance(p, Problem) for p in event.problems):
+            raise AssertionError("emitted a problem that is not a Problem")
     elif not isinstance(event, ListDone):
         raise AssertionError(f"emitted a {type(event).__name__}")
 

@@ -186,8 +186,9 @@ def endpoint_slice(svc: str, addrs: list[str], port: int) -> dict[str, Any]:
     }
 
 
-def ingress(name: str, host: str, svc: str, port: int, tls: bool = False) -> dict[str, Any]:
-    backend = {"service": {"name": svc, "port": {"number": port}}}
+def ingress(name: str, host: str, svc: str, port: int | str, tls: bool = False) -> dict[str, Any]:
+    by = {"name": port} if isinstance(port, str) else {"number": port}
+    backend = {"service": {"name": svc, "port": by}}
     path = {"path": "/", "pathType": "Prefix", "backend": backend}
     spec: dict[str, Any] = {
         "ingressClassName": "netplane",
@@ -215,7 +216,8 @@ def change(i: int, backend_port: int, certs: list[tuple[bytes, bytes]]) -> tuple
     if kind == "service":
         return kind, service("churn", CHURN_IP, 8081 + flip)
     if kind == "ingress":
-        return kind, ingress("churn", f"churn-{'ab'[flip]}.bench.test", "churn", 8081)
+        # by the port's name: the churn Service's number flips between 8081 and 8082
+        return kind, ingress("churn", f"churn-{'ab'[flip]}.bench.test", "churn", "http")
     cert, key = certs[flip]
     return kind, {
         "apiVersion": "v1",

@@ -182,6 +182,7 @@ class Nft:
             1
             for line in out.splitlines()
             if line.startswith("\t\t")
+            and not line.startswith("\t\t\t")  # continued map elements
             and not line.lstrip().startswith(("type ", "elements", "flags"))
         )
         return rules, len(out.encode())

@@ -49,7 +49,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from netplane.service_table import Backend, PortEntry, ServiceEntry
@@ -114,8 +114,68 @@ def _order(t: Target) -> tuple[str, int]:
     return (t.address, t.port)
 
 
+# -- the candidate rules, as small named predicates ------------------------------
+#
+# Picker.update() builds its pools from these, and explain_endpoints() gives
+# each endpoint's reason from the same ones, so the two cannot disagree.
+
+
+def counts_as_ready(b: Backend, publish_not_ready: bool) -> bool:
+    """Ready, or any endpoint of a Service with publishNotReadyAddresses."""
+    return publish_not_ready or b.ready
+
+
+def on_node(b: Backend, node_name: str) -> bool:
+    """The endpoint runs on this node (an empty node name matches nothing)."""
+    return bool(node_name) and b.node_name == node_name
+
+
 def _serving_terminating(b: Backend) -> bool:
     return b.serving and b.terminating
+
+
+serving_terminating = _serving_terminating  # the fallback's test, by its public name
+
+
+def hinted_for_zone(ready: Sequence[Backend], zone: str) -> list[Backend] | None:
+    """The ready endpoints hinted for ``zone`` when hints apply, else None.
+
+    kube-proxy's topologyModeFromHints: only when this node has a zone, every
+    ready endpoint carries hints, and some are for this zone.
+    """
+    if zone and all(b.hints_for_zones for b in ready):
+        in_zone = [b for b in ready if zone in b.hints_for_zones]
+        if in_zone:
+            return in_zone
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Categories:
+    """kube-proxy's CategorizeEndpoints for one service port on one node."""
+
+    cluster: list[Backend]  # candidates under a Cluster traffic policy
+    local: list[Backend]  # candidates under a Local traffic policy
+    cluster_fallback: bool  # ``cluster`` is the serving-and-terminating fallback
+    local_fallback: bool  # ``local`` is
+    hinted: bool  # topology hints narrowed ``cluster`` to this node's zone
+
+
+def categorize(backends: Sequence[Backend], publish_not_ready: bool, node: NodeInfo) -> Categories:
+    """The two candidate sets of a service port (see the module docstring)."""
+    node_name, zone = node.name, node.zone
+    ready = backends if publish_not_ready else [b for b in backends if b.ready]
+    hinted = None
+    if ready:
+        hinted = hinted_for_zone(ready, zone)
+        cluster = hinted if hinted is not None else list(ready)
+    else:
+        cluster = [b for b in backends if _serving_terminating(b)]
+    local = [b for b in ready if on_node(b, node_name)]
+    local_fallback = not local
+    if local_fallback:
+        local = [b for b in backends if on_node(b, node_name) and _serving_terminating(b)]
+    return Categories(cluster, local, not ready, local_fallback, hinted is not None)
 
 
 class RelayCounts:
@@ -193,33 +253,9 @@ class Picker:
         self._set_policy(entry)
 
         backends = port.backends
-        node_name, zone = self.node.name, self.node.zone
-        pna = svc.publish_not_ready_addresses
-        ready = backends if pna else [b for b in backends if b.ready]
-        local_ready = [b for b in ready if node_name and b.node_name == node_name]
-
-        def cluster() -> list[Backend]:
-            if ready:
-                # Topology hints: used only when every ready endpoint has them
-                # and some are for this zone (kube-proxy's topologyModeFromHints).
-                if zone and all(b.hints_for_zones for b in ready):
-                    in_zone = [b for b in ready if zone in b.hints_for_zones]
-                    if in_zone:
-                        return in_zone
-                return list(ready)
-            return [b for b in backends if _serving_terminating(b)]
-
-        def local() -> list[Backend]:
-            if local_ready:
-                return local_ready
-            return [
-                b
-                for b in backends
-                if node_name and b.node_name == node_name and _serving_terminating(b)
-            ]
-
-        cluster_targets = _targets(cluster())
-        local_targets = _targets(local())
+        cats = categorize(backends, svc.publish_not_ready_addresses, self.node)
+        cluster_targets = _targets(cats.cluster)
+        local_targets = _targets(cats.local)
         internal = local_targets if svc.internal_traffic_policy == "Local" else cluster_targets
         external = local_targets if svc.external_traffic_policy == "Local" else cluster_targets
 
@@ -388,3 +424,66 @@ class Picker:
     def affinity_entries(self) -> int:
         """Session affinity entries held, expired ones not yet pruned included."""
         return len(self._sticky)
+
+
+# -- explaining ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointVerdict:
+    """One endpoint of a service port: whether this kind of traffic may use it, and why."""
+
+    backend: Backend
+    used: bool
+    reason: str
+
+
+def explain_endpoints(
+    entry: ServiceEntry, port: PortEntry, node: NodeInfo, *, external: bool
+) -> list[EndpointVerdict]:
+    """Each endpoint of ``port``, in or out of the candidates for this node and traffic kind.
+
+    Membership comes from :func:`categorize`, which :meth:`Picker.update`
+    builds its pools from; the reasons come from the same predicates.
+    """
+    svc = entry.service
+    pna = svc.publish_not_ready_addresses
+    cats = categorize(port.backends, pna, node)
+    policy_name = "externalTrafficPolicy" if external else "internalTrafficPolicy"
+    local = (svc.external_traffic_policy if external else svc.internal_traffic_policy) == "Local"
+    chosen = {id(b) for b in (cats.local if local else cats.cluster)}
+    fallback = cats.local_fallback if local else cats.cluster_fallback
+    where = "on this node" if local else "in the cluster"
+    out: list[EndpointVerdict] = []
+    for b in port.backends:
+        if id(b) in chosen:
+            if fallback:
+                why = f"serving and terminating: no endpoint {where} is ready"
+            elif local:
+                why = f"ready, on this node ({policy_name} Local)"
+            elif cats.hinted:
+                why = f"ready, hinted for this node's zone {node.zone}"
+            elif not b.ready:
+                why = "not ready, but the Service sets publishNotReadyAddresses"
+            else:
+                why = "ready"
+            out.append(EndpointVerdict(b, True, why))
+            continue
+        if local and not on_node(b, node.name):
+            theirs = b.node_name or "no node"
+            mine = node.name or "unnamed (give --node-name)"
+            why = f"on {theirs}, not this node ({mine}); {policy_name} Local"
+        elif not counts_as_ready(b, pna):
+            if serving_terminating(b):
+                why = f"terminating: used only when no endpoint {where} is ready"
+            elif b.terminating:
+                why = "terminating and no longer serving"
+            else:
+                why = "not ready"
+        elif cats.hinted:
+            zones = ", ".join(b.hints_for_zones)
+            why = f"hinted for zone {zones}, not this node's zone {node.zone}"
+        else:  # pragma: no cover - categorize() leaves out nothing else
+            why = "not a candidate"
+        out.append(EndpointVerdict(b, False, why))
+    return out

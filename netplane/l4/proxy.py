@@ -45,7 +45,7 @@ from netplane.addresses import hostport
 from netplane.l4.healthcheck import HEALTH_TIMEOUT, HealthChecks, ProxyHealth
 from netplane.l4.node_routes import NodeRoutes
 from netplane.l4.picker import NodeInfo, Picker
-from netplane.l4.routes import FrontendKey, PortRoute, frontends_of
+from netplane.l4.routes import WILDCARDS, FrontendKey, PortRoute, frontends_of, route_at
 from netplane.l4.steer import steer_by_source
 from netplane.l4.tcp import Listener, TcpProxy, TcpSettings
 from netplane.l4.udp import UdpListener, UdpProxy, UdpSettings
@@ -54,7 +54,6 @@ from netplane.service_table import ServiceKey
 
 log = logging.getLogger("netplane.l4")
 
-WILDCARDS = ("0.0.0.0", "::")
 
 # (bind address, port, protocol) of one listening socket
 SocketKey = tuple[str, int, str]
@@ -354,14 +353,7 @@ class L4Proxy:
 
     def _route_at(self, address: str, port: int, protocol: str) -> PortRoute | None:
         """The route of the frontend a client reached: its address, else a wildcard NodePort."""
-        routes = self._routes
-        route = routes.get((_norm(address), port, protocol))
-        if route is None:
-            for wildcard in WILDCARDS:
-                route = routes.get((wildcard, port, protocol))
-                if route is not None:
-                    break
-        return route
+        return route_at(self._routes, _norm(address), port, protocol)
 
     def _resolve_tcp(self, sockname: tuple, peername: tuple) -> PortRoute | None:
         return self._route_at(sockname[0], sockname[1], "TCP")

@@ -11,13 +11,15 @@ traffic "external", as kube-proxy tells them apart for traffic policies.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from netplane.l4.picker import NodeInfo, Picker, Target
 from netplane.service_table import PortEntry, ServiceEntry
 
 FrontendKey = tuple[str, int, str]  # (ip, port, protocol)
+#: NodePort frontends on every address of a family
+WILDCARDS = ("0.0.0.0", "::")
 SUPPORTED_PROTOCOLS = ("TCP", "UDP")
 PROXY_PROTOCOL_ANNOTATION = "netplane.io/proxy-protocol"
 
@@ -135,3 +137,17 @@ def _add_frontends(
                 routes[(ip, fe.port, fe.protocol)] = external
         else:
             routes[(fe.ip, fe.port, fe.protocol)] = internal if fe.kind == "ClusterIP" else external
+
+
+def route_at(
+    routes: Mapping[FrontendKey, PortRoute], address: str, port: int, protocol: str
+) -> PortRoute | None:
+    """The route of the frontend a client reached (``address`` normalized): that
+    address, else a wildcard NodePort."""
+    route = routes.get((address, port, protocol))
+    if route is None:
+        for wildcard in WILDCARDS:
+            route = routes.get((wildcard, port, protocol))
+            if route is not None:
+                break
+    return route

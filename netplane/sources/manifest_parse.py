@@ -31,12 +31,13 @@ path wins), for both the manifest source and ``netplane check``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from netplane import problems
 from netplane.errors import ModelError
 from netplane.model import CLUSTER_SCOPED, KINDS, K8sObject, ObjectKey, parse_object, ref_of
 
@@ -49,6 +50,10 @@ else:
 
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+
+# Problem codes (netplane.problems.CODES) besides "invalid".
+UNREADABLE = "unreadable"
+DUPLICATE = "duplicate"
 
 
 class _Loader(_BaseLoader):
@@ -85,7 +90,9 @@ class Problem:
     ``line`` is 1-based (0 when the problem is about the whole path, such as
     a missing file); ``column`` is set for syntax errors only. ``key`` names
     the object the problem is about when it can be told, so that a source
-    can keep that object's last good version.
+    can keep that object's last good version. ``code`` is the kind of
+    problem (:data:`netplane.problems.CODES`): ``invalid``, ``unreadable``
+    or ``duplicate``.
     """
 
     path: str
@@ -95,6 +102,7 @@ class Problem:
     field: str = ""
     column: int | None = None
     key: ObjectKey | None = None
+    code: str = "invalid"
 
     def __str__(self) -> str:
         where = self.path
@@ -104,6 +112,21 @@ class Problem:
                 where += f":{self.column}"
         text = ": ".join(p for p in (where, self.ref, self.field, self.reason) if p)
         return " ".join(text.splitlines())
+
+    def as_problem(self, origin: str = "manifests") -> problems.Problem:
+        """The same, as the daemon-wide :class:`netplane.problems.Problem`."""
+        return problems.Problem(
+            self.code,
+            self.reason,
+            self.key,
+            ref=self.ref,
+            field=self.field,
+            path=self.path,
+            line=self.line,
+            column=self.column,
+            origin=origin,
+            services=problems.services_of(self.key),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,12 +192,13 @@ def _decode(data: str | bytes, path: str) -> tuple[str | None, Problem | None]:
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        return None, Problem(path, line, f"not valid UTF-8 ({e.reason})", column=col)
+        problem = Problem(path, line, f"not valid UTF-8 ({e.reason})", column=col, code=UNREADABLE)
+        return None, problem
 
 
 def _syntax_problem(path: str, err: Exception) -> Problem:
     if isinstance(err, json.JSONDecodeError):
-        return Problem(path, err.lineno, err.msg, column=err.colno)
+        return Problem(path, err.lineno, err.msg, column=err.colno, code=UNREADABLE)
     mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
     problem = getattr(err, "problem", None)
     context = getattr(err, "context", None)
@@ -183,11 +207,13 @@ def _syntax_problem(path: str, err: Exception) -> Problem:
     else:
         reason = str(err) or type(err).__name__
     if mark is None:
-        return Problem(path, 1, reason, column=1)
-    return Problem(path, mark.line + 1, reason, column=mark.column + 1)
+        return Problem(path, 1, reason, column=1, code=UNREADABLE)
+    return Problem(path, mark.line + 1, reason, column=mark.column + 1, code=UNREADABLE)
 
 
-def _documents(text: str, path: str, result: ManifestResult) -> Iterator[tuple[Any, Any]]:
+def _documents(
+    text: str, path: str, result: ManifestResult
+) -> Generator[tuple[Any, Any], None, None]:
     """(node or None, value) per document; a syntax error ends the stream as a problem."""
     if _is_json(text, path):
         try:
@@ -296,17 +322,64 @@ def field_line(text: str | bytes, path: str, obj: ManifestObject, field: str) ->
     For errors found after parsing (e.g. a clusterIP another Service holds);
     falls back to the object's own line when the text has changed shape.
     """
+    return field_lines(text, path, [(obj, field)])[0]
+
+
+def field_lines(
+    text: str | bytes, path: str, wanted: Sequence[tuple[ManifestObject, str]]
+) -> list[int]:
+    """:func:`field_line` for several (object, field) pairs of one file, reading it once."""
+    out = [mo.line for mo, _ in wanted]
+    if not wanted:
+        return out
     decoded, _ = _decode(text, path)
     if decoded is None:
-        return obj.line
+        return out
+    by_doc: dict[int, list[int]] = {}
+    for i, (mo, _) in enumerate(wanted):
+        by_doc.setdefault(mo.doc_index, []).append(i)
+    last = max(by_doc)
     dummy = ManifestResult(path)
-    for i, (node, _value) in enumerate(_documents(decoded, path, dummy)):
-        if i == obj.doc_index:
-            target, fallback = _object_node(node, obj.item_index)
-            if target is None:
-                return _line(fallback, obj.line)
-            return _field_line(target, field, obj.line)
-    return obj.line
+    # Documents are composed one at a time, up to the last one asked about.
+    docs = _documents(decoded, path, dummy)
+    try:
+        for d, (node, _value) in enumerate(docs):
+            for i in by_doc.get(d, ()):
+                mo, field = wanted[i]
+                target, fallback = _object_node(node, mo.item_index)
+                if target is None:
+                    out[i] = _line(fallback, mo.line)
+                else:
+                    out[i] = _field_line(target, field, mo.line)
+            if d >= last:
+                break
+    finally:
+        docs.close()
+    return out
+
+
+def locate_objects(
+    objects: Mapping[ObjectKey, ManifestObject],
+    texts: Mapping[str, bytes | str],
+    wanted: Iterable[tuple[ObjectKey, str]],
+) -> dict[tuple[ObjectKey, str], tuple[str, int]]:
+    """(path, line) of each (key, field) whose object is in ``objects``: the field's line
+    in its file's text (``texts``), each file read once; the object's line for field ""."""
+    out: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
+    todo: dict[str, list[tuple[tuple[ObjectKey, str], ManifestObject]]] = {}
+    for want in wanted:
+        mo = objects.get(want[0])
+        if mo is None:
+            continue
+        if want[1] and mo.path in texts:
+            todo.setdefault(mo.path, []).append((want, mo))
+        else:
+            out[want] = (mo.path, mo.line)
+    for path, items in todo.items():
+        lines = field_lines(texts[path], path, [(mo, want[1]) for want, mo in items])
+        for (want, _mo), line in zip(items, lines, strict=True):
+            out[want] = (path, line)
+    return out
 
 
 # -- objects -------------------------------------------------------------------
@@ -343,9 +416,17 @@ class _FileParser:
         self._seen: dict[ObjectKey, int] = {}
 
     def problem(
-        self, line: int, reason: str, ref: str = "", field: str = "", key: ObjectKey | None = None
+        self,
+        line: int,
+        reason: str,
+        ref: str = "",
+        field: str = "",
+        key: ObjectKey | None = None,
+        code: str = "invalid",
     ) -> None:
-        self.result.problems.append(Problem(self.path, line, reason, ref, field, key=key))
+        self.result.problems.append(
+            Problem(self.path, line, reason, ref, field, key=key, code=code)
+        )
 
     def document(self, index: int, node: yaml.Node | None, value: Any) -> None:
         line = _line(node)
@@ -426,7 +507,13 @@ class _FileParser:
             return  # a kind or Secret type netplane does not use
         first = self._seen.get(obj.key)
         if first is not None:
-            self.problem(line, f"duplicate object (first defined at line {first})", str(obj.key))
+            self.problem(
+                line,
+                f"duplicate object (first defined at line {first})",
+                str(obj.key),
+                key=obj.key,
+                code=DUPLICATE,
+            )
             return
         self._seen[obj.key] = line
         self.result.objects.append(ManifestObject(obj, self.path, line, doc_index, item_index))
@@ -467,6 +554,8 @@ def resolve_duplicates(
                         mo.line,
                         f"also defined at {first.path}:{first.line}, which is used",
                         str(mo.key),
+                        key=mo.key,
+                        code=DUPLICATE,
                     )
                 )
     return winners, problems

@@ -17,6 +17,15 @@ first, so a freed clusterIP can be taken by an object added in the same
 round, then ADDED and MODIFIED in file order. An object that moves between
 files is MODIFIED, never deleted and re-added.
 
+Problems (a syntax error, an invalid object, a duplicate, a missing path)
+are logged once, when they first appear, and the whole list is reported in
+a :class:`~netplane.events.SourceProblems` whenever it changes, before the
+round's events. After the initial list, every round that read a changed file
+(or every file, on ``reload()``) logs one summary line: ``manifests: 2
+changed, 1 added, 0 deleted (services.yaml)``. :meth:`ManifestSource.locate`
+tells where an emitted object (and one of its fields) is defined, for the
+problems found downstream, such as a clusterIP another Service holds.
+
 Stat, read and parse run in a worker thread, so a large directory does not
 stall the data planes; the emitted state is only touched from ``run()``.
 """
@@ -29,14 +38,17 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from netplane.events import SourceEvent, Synced, WatchEvent
+from netplane import problems as problems_mod
+from netplane.events import EventType, SourceEvent, SourceProblems, Synced, WatchEvent
 from netplane.model import ObjectKey
 from netplane.sources.manifest_parse import (
+    UNREADABLE,
     ManifestObject,
     Problem,
+    locate_objects,
     parse_manifest,
     resolve_duplicates,
 )
@@ -69,7 +81,7 @@ def find_manifest_files(paths: Sequence[str]) -> tuple[list[str], list[Problem]]
             found = [root]
         else:
             reason = "no such file or directory" if not os.path.lexists(root) else "not a file"
-            problems.append(Problem(root, 0, reason))
+            problems.append(Problem(root, 0, reason, code=UNREADABLE))
             continue
         for f in found:
             if f not in seen:
@@ -115,13 +127,18 @@ def _signature(path: str) -> Signature | None:
 
 @dataclass(slots=True)
 class _File:
-    """What is known about one file: its stat, digest, last good objects and problems."""
+    """What is known about one file: its stat, digest, last good objects and problems.
+
+    ``text`` is the content the objects were parsed from, to find a field's
+    line when a problem with one of them is found later.
+    """
 
     sig: Signature | None = None
     digest: bytes = b""
     read_at_ns: int = 0
     objects: dict[ObjectKey, ManifestObject] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
+    text: bytes = b""
 
 
 class ManifestSource:
@@ -138,6 +155,11 @@ class ManifestSource:
         self._emitted: dict[ObjectKey, ManifestObject] = {}
         self._reload = asyncio.Event()
         self._force = False
+        self._reported: tuple[problems_mod.Problem, ...] = ()
+        # Files read again in the last round (changed, new or gone), for its summary.
+        self._touched: list[str] = []
+        # (key, field) -> (the object it was found for, (path, line)), see locate().
+        self._located: dict[tuple[ObjectKey, str], tuple[ManifestObject, tuple[str, int]]] = {}
 
     # -- public --------------------------------------------------------------
 
@@ -158,10 +180,41 @@ class ManifestSource:
         """The objects as last emitted, in file order."""
         return list(self._emitted.values())
 
+    def locate(
+        self, wanted: Iterable[tuple[ObjectKey, str]]
+    ) -> dict[tuple[ObjectKey, str], tuple[str, int]]:
+        """(path, line) of each (key, field) in ``wanted`` whose object was emitted from
+        here: the field's line, or the object's when the field is "" or not found.
+
+        A place found is kept while the object stays the same version, so
+        asking again about the same problems reads no file.
+        """
+        emitted = self._emitted
+        out: dict[tuple[ObjectKey, str], tuple[str, int]] = {}
+        todo: list[tuple[ObjectKey, str]] = []
+        for want in wanted:
+            mo = emitted.get(want[0])
+            cached = self._located.get(want)
+            if mo is not None and cached is not None and cached[0] is mo:
+                out[want] = cached[1]
+            elif mo is not None:
+                todo.append(want)
+        if todo:
+            texts = {path: f.text for path, f in self._files.items()}
+            out.update(locate_objects(emitted, texts, todo))
+        located = {w: c for w, c in self._located.items() if emitted.get(w[0]) is c[0]}
+        located.update((want, (emitted[want[0]], at)) for want, at in out.items())
+        self._located = located
+        return out
+
     async def run(self) -> AsyncIterator[SourceEvent]:
         # A new run starts from nothing: every object is ADDED again.
         self._files, self._emitted, self._cross = {}, {}, []
+        self._reported = ()
         events = await asyncio.to_thread(self._scan, True)
+        report = self._report()
+        if report is not None:
+            yield report
         for ev in events:
             yield ev
         yield Synced(self.name)
@@ -170,8 +223,39 @@ class ManifestSource:
                 await asyncio.wait_for(self._reload.wait(), self.poll_interval)
             self._reload.clear()
             force, self._force = self._force, False
-            for ev in await asyncio.to_thread(self._scan, force):
+            events = await asyncio.to_thread(self._scan, force)
+            if self._touched or force:
+                log.info("%s", self._summary(events, force))
+            report = self._report()
+            if report is not None:
+                yield report
+            for ev in events:
                 yield ev
+
+    def _report(self) -> SourceProblems | None:
+        """The problems as they are now, if they changed since last said."""
+        now = tuple(p.as_problem(self.name) for p in self.problems())
+        if now == self._reported:
+            return None
+        self._reported = now
+        return SourceProblems(self.name, now)
+
+    def _summary(self, events: list[WatchEvent], force: bool) -> str:
+        """One line for a round after the initial list: what changed, and in which files."""
+        counts = dict.fromkeys(EventType, 0)
+        for ev in events:
+            counts[ev.type] += 1
+        text = (
+            f"{counts[EventType.MODIFIED]} changed, {counts[EventType.ADDED]} added,"
+            f" {counts[EventType.DELETED]} deleted"
+        )
+        if force:
+            text = f"re-read {len(self._files)} file(s) on request: {text}"
+        else:
+            shown = self._touched[:3]
+            more = len(self._touched) - len(shown)
+            text += f" ({', '.join(shown)}{f' and {more} more' if more else ''})"
+        return f"{self.name}: {text}"
 
     # -- one round -------------------------------------------------------------
 
@@ -184,16 +268,22 @@ class ManifestSource:
         self._missing = missing
         changed = force
         files: dict[str, _File] = {}
+        touched: list[str] = []
         for path in paths:
             state = self._files.get(path)
             if state is None:
                 state = _File()
                 changed = True
-            changed |= self._refresh(path, state, force)
+            if self._refresh(path, state, force):
+                changed = True
+                touched.append(path)
             files[path] = state
-        if set(files) != set(self._files):
+        gone = [p for p in self._files if p not in files]
+        if gone:
             changed = True
+            touched.extend(gone)
         self._files = files
+        self._touched = touched
         if not changed:
             return []
         winners, cross = resolve_duplicates((p, f.objects.values()) for p, f in files.items())
@@ -215,7 +305,7 @@ class ManifestSource:
             with open(path, "rb") as fh:
                 data = fh.read()
         except OSError as e:
-            problem = Problem(path, 0, f"cannot read: {e.strerror or e}")
+            problem = Problem(path, 0, f"cannot read: {e.strerror or e}", code=UNREADABLE)
             if [str(p) for p in state.problems] != [str(problem)]:
                 log.warning("%s", problem)
             state.problems = [problem]
@@ -239,11 +329,14 @@ class ManifestSource:
     @staticmethod
     def _apply_result(path: str, state: _File, data: bytes) -> None:
         result = parse_manifest(data, path)
+        said = {str(p) for p in state.problems}
         for p in result.problems:
-            log.warning("%s", p)
+            if str(p) not in said:  # once: an edit elsewhere in the file says nothing again
+                log.warning("%s", p)
         state.problems = result.problems
         if not result.complete:
             return  # a syntax error keeps every last good object of the file
+        state.text = data
         objects = {mo.key: mo for mo in result.objects}
         for p in result.problems:
             # An invalid object keeps its last good version, if it had one.

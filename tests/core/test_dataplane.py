@@ -352,6 +352,7 @@ async def test_debug_state_summary_leaves_out_the_lists():
             "sources": {},
             "counts": full["counts"],
             "rejected": 0,
+            "problems": 0,
             "planes": {},
         }
 

@@ -161,7 +161,8 @@ def test_generated_default_when_none_is_given() -> None:
 def test_bad_secret_is_rejected_naming_it_and_hosts_fall_back(
     caplog: pytest.LogCaptureFixture, cert: bytes | None, key: bytes | None, message: str
 ) -> None:
-    caplog.set_level(logging.WARNING, "netplane.ingress")
+    # At debug: the Dataplane's problems log it at warning (tests/core/test_problems.py).
+    caplog.set_level(logging.DEBUG, "netplane.ingress")
     good_cert, good_key = pems(A)
     bad = secret("a", cert or good_cert, key or good_key)
     w, store = world(
@@ -192,7 +193,7 @@ def _change(w: World, kind: str, name: str) -> Change:
 
 
 def test_missing_secret_falls_back_and_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, "netplane.ingress")
+    caplog.set_level(logging.DEBUG, "netplane.ingress")
     w, store = world(tls_ingress("a", ["a.example"], "nothere"))
     assert presented(store, "a.example")[0] == ["default.example"]
     store.apply(w.state, _change(w, "Ingress", "unrelated"))

@@ -42,7 +42,10 @@ Strategy:
 
 Objects are parsed here, at the boundary. A malformed line or an object
 that fails validation is logged and skipped, and the object keeps its last
-good version (nothing is emitted for it); the stream goes on.
+good version (nothing is emitted for it); the stream goes on. A rejected
+object is logged once per reason and reported in a
+:class:`~netplane.events.SourceProblems` scoped to its key, which an
+empty report clears when a good version arrives or the object goes.
 """
 
 from __future__ import annotations
@@ -59,9 +62,10 @@ from typing import Any, NoReturn
 
 from netplane.backoff import Backoff
 from netplane.errors import ModelError, SourceError
-from netplane.events import EventType, WatchEvent
+from netplane.events import EventType, SourceProblems, WatchEvent
 from netplane.model import K8sObject, ObjectKey, parse_object
 from netplane.model.meta import own, shared
+from netplane.problems import from_model_error
 from netplane.sources.kube.client import ApiError, ConnectionLost, KubeClient
 from netplane.sources.kube.resources import Resource
 from netplane.sources.kube.watchstream import BadLine, RawEvent
@@ -89,7 +93,7 @@ class ListDone:
     kind: str
 
 
-Emit = Callable[[WatchEvent | ListDone], Awaitable[None]]
+Emit = Callable[[WatchEvent | ListDone | SourceProblems], Awaitable[None]]
 
 
 class _Relist(Exception):
@@ -179,6 +183,8 @@ class Reflector:
         self.presence = presence or CrdPresence()
         # What was last emitted per key: the object and its resourceVersion.
         self.store: dict[ObjectKey, K8sObject] = {}
+        # Keys whose latest version failed validation, with why (reported, logged once).
+        self.rejected: dict[ObjectKey, str] = {}
         self.resource_version = ""  # where the next watch resumes
         self.synced = False
         self.lists = 0  # complete lists done (1 + relists)
@@ -310,6 +316,8 @@ class Reflector:
             await self._upsert(key, raw)
         for key in [k for k in self.store if k not in present]:
             await self._delete(key)
+        for key in [k for k in self.rejected if k not in present]:
+            await self._accepted(key)
 
     # -- watch ---------------------------------------------------------------
 
@@ -436,9 +444,9 @@ class Reflector:
         try:
             obj = parse_object(raw, kind=self.resource.kind)
         except ModelError as e:
-            kept = "keeping the last good version" if old is not None else "ignored"
-            log.warning("rejected %s: %s", e.describe(), kept)
+            await self._rejected(key, e, old is not None)
             return
+        await self._accepted(key)
         if obj is None:
             # No longer a kind/type netplane uses (e.g. a Secret that stopped being TLS).
             if old is not None:
@@ -448,9 +456,26 @@ class Reflector:
         await self.emit(WatchEvent.upsert(obj, self.source, added=old is None))
 
     async def _delete(self, key: ObjectKey) -> None:
+        await self._accepted(key)
         old = self.store.pop(key, None)
         if old is not None:
             await self.emit(WatchEvent(EventType.DELETED, key, old, self.source))
+
+    async def _rejected(self, key: ObjectKey, error: ModelError, kept: bool) -> None:
+        """Log (once per reason) and report a version that failed validation."""
+        why = error.describe()
+        if self.rejected.get(key) == why:
+            return
+        self.rejected[key] = why
+        then = "keeping the last good version" if kept else "ignored"
+        log.warning("rejected %s: %s", why, then)
+        problem = from_model_error(error, key, origin=self.source)
+        await self.emit(SourceProblems(self.source, (problem,), str(key)))
+
+    async def _accepted(self, key: ObjectKey) -> None:
+        """Clear the report of a key that was rejected: a good version came, or it went."""
+        if self.rejected.pop(key, None) is not None:
+            await self.emit(SourceProblems(self.source, (), str(key)))
 
     # -- helpers ---------------------------------------------------------------
 

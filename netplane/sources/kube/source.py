@@ -2,8 +2,9 @@
 
 Strategy: ``run()`` starts one :class:`Reflector` task per resource; they
 all feed one bounded ``asyncio.Queue`` (bounded, so a slow consumer slows the
-reflectors rather than growing memory). ``run()`` yields the WatchEvents in
-arrival order and exactly one ``Synced(name)`` once every resource has
+reflectors rather than growing memory). ``run()`` yields the WatchEvents (and
+the reflectors' SourceProblems, one rejected object each) in arrival order
+and exactly one ``Synced(name)`` once every resource has
 finished its first list; a resource whose CRDs are not installed counts as
 listed (empty), and the reflectors share one :class:`CrdPresence` so that its
 absence is one warning. Leaving ``run()`` for any reason (cancellation,
@@ -24,7 +25,7 @@ import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from netplane.events import SourceEvent, Synced, WatchEvent
+from netplane.events import SourceEvent, SourceProblems, Synced, WatchEvent
 from netplane.sources.kube.client import KubeClient
 from netplane.sources.kube.kubeconfig import (
     SERVICE_ACCOUNT_DIR,
@@ -156,7 +157,9 @@ class KubeSource:
             else:
                 log.info("%s: watching %s", self.name, ", ".join(r.kind for r in self.resources))
         client = self._client or KubeClient(self.config)
-        queue: asyncio.Queue[WatchEvent | ListDone | _Crashed] = asyncio.Queue(QUEUE_SIZE)
+        queue: asyncio.Queue[WatchEvent | SourceProblems | ListDone | _Crashed] = asyncio.Queue(
+            QUEUE_SIZE
+        )
         presence = CrdPresence()
         self.reflectors = [
             Reflector(
