@@ -142,37 +142,49 @@ class Nft:
         return raw_out.decode(errors="replace")
 
     async def check(self) -> None:
-        """Raise NftError unless this process may read and change the ruleset."""
-        await self._run(["list", "tables"])
+        """Raise NftError unless this process may read and change the ruleset.
+
+        It lists a table that does not exist: "No such file or directory"
+        proves the access. (``list tables`` would read nft's whole cache,
+        4.5 s with a 10k-service table in place.)
+        """
+        try:
+            await self._run(["list", "table", FAMILY, f"{TABLE}-access-probe"])
+        except NftError as e:
+            if not _absent(e):
+                raise
 
     async def apply(self, script: str) -> None:
         """Run ``script`` as one transaction (``nft -f -``)."""
         await self._run(["-f", "-"], stdin=script)
 
     async def table(self) -> tuple[set[str], set[str]] | None:
-        """``(chains, sets and maps)`` of the netplane table, or None when there is none."""
-        try:
-            out = await self._run(["-j", "list", "table", FAMILY, TABLE])
-        except NftError as e:
-            if "No such file" in str(e) or "does not exist" in str(e):
-                return None
-            raise
-        chains: set[str] = set()
-        sets: set[str] = set()
-        for item in json.loads(out).get("nftables", ()):
-            if "chain" in item:
-                chains.add(item["chain"]["name"])
-            elif "set" in item:
-                sets.add(item["set"]["name"])
-            elif "map" in item:
-                sets.add(item["map"]["name"])
-        return chains, sets
+        """``(chains, sets and maps)`` of the netplane table, or None when there is none.
+
+        Read as three name listings, not ``list table`` (whose rules and
+        elements make 8 s and 69 MB of JSON at 10k services: 0.4 s this way).
+        A table with no chain counts as none: the full script declares it.
+        """
+        found: dict[str, set[str]] = {"chain": set(), "set": set(), "map": set()}
+        for kind in ("chains", "sets", "maps"):
+            out = await self._run(["-j", "list", kind, FAMILY])
+            for item in json.loads(out).get("nftables", ()):
+                for key, names in found.items():
+                    obj = item.get(key)
+                    if obj is not None and obj.get("table") == TABLE:
+                        names.add(obj["name"])
+        if not found["chain"]:
+            return None
+        return found["chain"], found["set"] | found["map"]
 
     async def delete_table(self) -> bool:
         """Remove the table; False when there was none."""
-        if await self.table() is None:
-            return False
-        await self.apply(delete_table_script())
+        try:
+            await self.apply(delete_table_script())
+        except NftError as e:
+            if _absent(e):
+                return False
+            raise
         return True
 
     async def ruleset_size(self) -> tuple[int, int]:
@@ -186,6 +198,10 @@ class Nft:
             and not line.lstrip().startswith(("type ", "elements", "flags"))
         )
         return rules, len(out.encode())
+
+
+def _absent(e: NftError) -> bool:
+    return "No such file" in str(e) or "does not exist" in str(e)
 
 
 def _error_text(err: str) -> str:
