@@ -3,8 +3,9 @@
     python -m bench.progfake serve --services N --backend-port P --ready PATH --kubeconfig PATH
     python -m bench.progfake measure --ready PATH --changes K [--baseline B] [--warmup W]
                                      [--dns-port P]
+    python -m bench.progfake backends --backend-port P [--groups A,B]
 
-Both run pinned to the load core by the harness.
+All run pinned to the load core by the harness.
 
 ``serve`` runs three things on one event loop:
 
@@ -48,6 +49,14 @@ sleeps ``--pause-ms`` so watch events never coalesce. It prints one JSON
 object: latencies and opening times (ms) with percentiles, failures, probes
 per change, probe round trips (ms).
 
+For the ``kernel`` scenario, whose probes cross network namespaces (client,
+node, endpoints), ``serve`` takes ``--cluster-ip-base`` (the first
+ClusterIP), ``--groups`` (the two groups' address prefixes),
+``--control-host`` (where the control channel listens; ``measure`` reads it
+from the ready file) and ``--no-backends``; the backends then run in another
+process, in the endpoints' namespace:
+``python -m bench.progfake backends --backend-port P [--groups A,B]``.
+
 With ``--dns-port P`` the same loop measures DNS instead: the changes flip
 the headless ``dns-probe`` Service (``dset``), and a probe is one UDP A query
 for its name to netplane's DNS on 127.0.0.1:P; T1 is when an answer first
@@ -86,20 +95,20 @@ GROUPS = {"a": "127.0.31.", "b": "127.0.32."}
 DNS_PROBE = "dns-probe"  # the headless Service whose slice the DNS measurement flips
 
 
-def cluster_ip(i: int) -> str:
-    return str(FIRST_CLUSTER_IP + i)
+def cluster_ip(i: int, first: ipaddress.IPv4Address = FIRST_CLUSTER_IP) -> str:
+    return str(first + i)
 
 
 def measured_index(services: int) -> int:
     return services // 2
 
 
-def service(i: int) -> dict[str, Any]:
-    """state_scale's Service i, moved into 127.77.0.0/16 with one TCP port."""
+def service(i: int, first: ipaddress.IPv4Address = FIRST_CLUSTER_IP) -> dict[str, Any]:
+    """state_scale's Service i, moved to ClusterIP ``first + i`` with one TCP port."""
     svc = make_service(i)
     spec = svc["spec"]
-    spec["clusterIP"] = cluster_ip(i)
-    spec["clusterIPs"] = [cluster_ip(i)]
+    spec["clusterIP"] = cluster_ip(i, first)
+    spec["clusterIPs"] = [cluster_ip(i, first)]
     spec["ports"] = [
         {"name": "http", "port": SERVICE_PORT, "protocol": "TCP", "targetPort": TARGET_PORT}
     ]
@@ -115,8 +124,8 @@ def endpoint_slice(i: int, addresses: list[str] | None = None, port: int = TARGE
     return sl
 
 
-def group_addresses(group: str) -> list[str]:
-    return [f"{GROUPS[group]}{j + 1}" for j in range(PER_SLICE)]
+def group_addresses(group: str, groups: dict[str, str] = GROUPS) -> list[str]:
+    return [f"{groups[group]}{j + 1}" for j in range(PER_SLICE)]
 
 
 def raise_file_limit() -> None:
@@ -135,7 +144,7 @@ def dns_probe_service(namespace: str) -> dict[str, Any]:
     }
 
 
-def dns_probe_slice(namespace: str, group: str) -> dict[str, Any]:
+def dns_probe_slice(namespace: str, group: str, groups: dict[str, str] = GROUPS) -> dict[str, Any]:
     return {
         "apiVersion": "discovery.k8s.io/v1",
         "kind": "EndpointSlice",
@@ -146,14 +155,27 @@ def dns_probe_slice(namespace: str, group: str) -> dict[str, Any]:
         },
         "addressType": "IPv4",
         "ports": [{"name": "http", "port": TARGET_PORT, "protocol": "TCP"}],
-        "endpoints": [{"addresses": [a]} for a in group_addresses(group)],
+        "endpoints": [{"addresses": [a]} for a in group_addresses(group, groups)],
     }
 
 
 class ProgFake:
-    def __init__(self, services: int, backend_port: int) -> None:
+    def __init__(
+        self,
+        services: int,
+        backend_port: int,
+        *,
+        first_cluster_ip: ipaddress.IPv4Address = FIRST_CLUSTER_IP,
+        groups: dict[str, str] = GROUPS,
+        control_host: str = "127.0.0.1",
+        backends: bool = True,
+    ) -> None:
         self.services = services
         self.backend_port = backend_port
+        self.first_cluster_ip = first_cluster_ip
+        self.groups = groups
+        self.control_host = control_host
+        self.backends = backends  # False: another process serves the groups
         self.target = measured_index(services)
         self.group = "a"
         self.dns_group = "a"
@@ -165,14 +187,14 @@ class ProgFake:
     def load(self) -> None:
         fake = self.fake
         for i in range(self.services):
-            fake.apply(service(i))
+            fake.apply(service(i, self.first_cluster_ip))
         for i in range(self.services):
             if i == self.target:
                 fake.apply(self.measured_slice(self.group))
             else:
                 fake.apply(endpoint_slice(i))
         fake.apply(dns_probe_service(self.namespace))
-        fake.apply(dns_probe_slice(self.namespace, self.dns_group))
+        fake.apply(dns_probe_slice(self.namespace, self.dns_group, self.groups))
         fake.history.clear()  # nothing watches from before the list; keep memory flat
         fake.compacted_rv = 0
         # The loaded objects live on: keep them out of later collections, or a
@@ -181,10 +203,10 @@ class ProgFake:
         gc.freeze()
 
     def measured_slice(self, group: str) -> dict[str, Any]:
-        return endpoint_slice(self.target, group_addresses(group), self.backend_port)
+        return endpoint_slice(self.target, group_addresses(group, self.groups), self.backend_port)
 
     async def start_backends(self) -> None:
-        for group, prefix in GROUPS.items():
+        for group, prefix in self.groups.items():
             for j in range(PER_SLICE):
                 host = f"{prefix}{j + 1}"
                 answer = f"{group} {host}\n".encode()
@@ -205,15 +227,15 @@ class ProgFake:
                 cmd = line.decode().split()
                 if cmd == ["get"]:
                     w.write(b"group %s\n" % self.group.encode())
-                elif len(cmd) == 2 and cmd[0] == "set" and cmd[1] in GROUPS:
+                elif len(cmd) == 2 and cmd[0] == "set" and cmd[1] in self.groups:
                     self.fake.apply(self.measured_slice(cmd[1]))
                     t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
                     self.group = cmd[1]
                     w.write(b"ok %d\n" % t0)
                 elif cmd == ["dget"]:
                     w.write(b"group %s\n" % self.dns_group.encode())
-                elif len(cmd) == 2 and cmd[0] == "dset" and cmd[1] in GROUPS:
-                    self.fake.apply(dns_probe_slice(self.namespace, cmd[1]))
+                elif len(cmd) == 2 and cmd[0] == "dset" and cmd[1] in self.groups:
+                    self.fake.apply(dns_probe_slice(self.namespace, cmd[1], self.groups))
                     t0 = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
                     self.dns_group = cmd[1]
                     w.write(b"ok %d\n" % t0)
@@ -226,8 +248,9 @@ class ProgFake:
             w.close()
 
     async def start(self) -> None:
-        await self.start_backends()
-        ctl = await asyncio.start_server(self.control, "127.0.0.1", 0)
+        if self.backends:
+            await self.start_backends()
+        ctl = await asyncio.start_server(self.control, self.control_host, 0)
         self.servers.append(ctl)
         self.control_port = ctl.sockets[0].getsockname()[1]
         await self.fake.start()
@@ -241,9 +264,10 @@ class ProgFake:
         svc = service(self.target)["metadata"]
         return {
             "control_port": self.control_port,
+            "control_host": self.control_host,
             "namespace": svc["namespace"],
             "name": svc["name"],
-            "cluster_ip": cluster_ip(self.target),
+            "cluster_ip": cluster_ip(self.target, self.first_cluster_ip),
             "port": SERVICE_PORT,
             "services": self.services,
             "dns_name": f"{DNS_PROBE}.{self.namespace}.svc.cluster.local",
@@ -258,7 +282,14 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    pf = ProgFake(args.services, args.backend_port)
+    pf = ProgFake(
+        args.services,
+        args.backend_port,
+        first_cluster_ip=ipaddress.IPv4Address(args.cluster_ip_base),
+        groups=_groups(args.groups),
+        control_host=args.control_host,
+        backends=not args.no_backends,
+    )
     pf.load()
     await pf.start()
     publish_kubeconfig(pf.fake, Path(args.kubeconfig))
@@ -267,6 +298,25 @@ async def serve(args: argparse.Namespace) -> None:
         await until_stopped()
     finally:
         await pf.stop()
+
+
+async def backends(args: argparse.Namespace) -> None:
+    """Only the two groups of backends (``serve --no-backends`` runs the rest elsewhere)."""
+    pf = ProgFake(1, args.backend_port, groups=_groups(args.groups))
+    await pf.start_backends()
+    try:
+        await until_stopped()
+    finally:
+        for s in pf.servers:
+            s.close()
+
+
+def _groups(text: str | None) -> dict[str, str]:
+    """``--groups A,B``: the address prefixes of groups a and b (default 127.0.31., 127.0.32.)."""
+    if not text:
+        return GROUPS
+    a, b = text.split(",")
+    return {"a": a, "b": b}
 
 
 def now_ns() -> int:
@@ -317,8 +367,8 @@ def dns_probe(sock: socket.socket, port: int, name: str, timeout: float) -> byte
 
 
 class Control:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection((host, port), timeout=10)
         self.file = self.sock.makefile("rb")
 
     def ask(self, line: str) -> list[str]:
@@ -333,7 +383,7 @@ class Control:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     ready = json.loads(Path(args.ready).read_text())
     ip, port = ready["cluster_ip"], ready["port"]
-    ctl = Control(ready["control_port"])
+    ctl = Control(ready["control_port"], ready.get("control_host", "127.0.0.1"))
     get, set_ = ("dget", "dset") if args.dns_port else ("get", "set")
     probe = _probe_for(args, ready)
     try:
@@ -438,6 +488,13 @@ def main(argv: list[str] | None = None) -> int:
     sv.add_argument("--backend-port", type=int, required=True)
     sv.add_argument("--kubeconfig", required=True)
     sv.add_argument("--ready", required=True, help="JSON file written when serving")
+    sv.add_argument("--cluster-ip-base", default=str(FIRST_CLUSTER_IP), help="the first ClusterIP")
+    sv.add_argument("--groups", help="address prefixes of groups a and b: A,B")
+    sv.add_argument("--control-host", default="127.0.0.1", help="the control channel's address")
+    sv.add_argument("--no-backends", action="store_true", help="`backends` serves the groups")
+    bk = sub.add_parser("backends", help="only the two groups of backends")
+    bk.add_argument("--backend-port", type=int, required=True)
+    bk.add_argument("--groups", help="address prefixes of groups a and b: A,B")
     ms = sub.add_parser("measure", help="make changes and time them; JSON on stdout")
     ms.add_argument("--ready", required=True, help="the ready file of `serve`")
     ms.add_argument("--changes", type=int, required=True)
@@ -450,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.cmd == "measure":
         print(json.dumps(measure(args)))
+        return 0
+    if args.cmd == "backends":
+        asyncio.run(backends(args))
         return 0
     if not 1 <= args.services <= MAX_SERVICES:
         ap.error(f"--services must be within 1..{MAX_SERVICES} (ClusterIPs in 127.77.128.0/17)")

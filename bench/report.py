@@ -165,7 +165,7 @@ def _plain(axis: Any) -> None:
 # per frontend) stay in the markdown tables. Load-generator CPU is context
 # for a run, not a standing, so it is left out of the plot too.
 PANELS = (
-    ("L4 proxy", ("l4",)),
+    ("L4 proxy", ("l4", "kernel")),
     ("Ingress", ("ingress", "gateway")),
     ("DNS", ("dns", "scale")),
 )

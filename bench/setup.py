@@ -24,6 +24,7 @@ PACKAGES: dict[str, str] = {
     "dnsmasq": "dnsmasq",
     "nsd": "nsd",
     "iperf3": "iperf3",
+    "nftables": "nft",
     "nghttp2-client": "h2load",
 }
 

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from bench.harness import Scenario
 from bench.scenarios.dns import ClusterDns
+from bench.scenarios.explain import ExplainBench
 from bench.scenarios.fuzz import Fuzz
 from bench.scenarios.gateway import GatewayBench
 from bench.scenarios.grpc import GrpcBench
 from bench.scenarios.ingress import IngressBench
+from bench.scenarios.kernel import KernelBench
 from bench.scenarios.l4 import L4Proxy
 from bench.scenarios.node_sockets import NodeSockets
 from bench.scenarios.overload import Overload
@@ -29,10 +31,12 @@ SCENARIOS: list[type[Scenario]] = [
     Programming,
     L4Proxy,
     NodeSockets,
+    KernelBench,
     IngressBench,
     GatewayBench,
     GrpcBench,
     ClusterDns,
+    ExplainBench,
     WorkerScaling,
     Overload,
     Soak,
