@@ -17,7 +17,6 @@ created directly inside the namespaces, which are deleted at the end.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import socket
@@ -28,9 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from netplane.testing.netns import enter_netns
 
-CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 def sh(*args: str, check: bool = True, timeout: float = 10) -> subprocess.CompletedProcess:
@@ -74,25 +73,12 @@ def until(pred: Callable[[], T], what: str, timeout: float = 10.0, every: float 
         time.sleep(every)
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _enter(ns: str) -> None:
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
 class NsThread:
     """One thread inside network namespace ``ns``: what it creates lives there."""
 
     def __init__(self, ns: str) -> None:
         self.ns = ns
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"netns-{ns}", initializer=_enter,
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=f"netns-{ns}", initializer=enter_netns,
                                         initargs=(ns,))  # fmt: skip
 
     def call(self, fn: Callable[..., T], *args: Any) -> T:

@@ -87,7 +87,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import ctypes
 import http.client
 import json
 import os
@@ -103,6 +102,7 @@ from typing import Any, TypeVar
 
 from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, latency_series, netplane_cmd
 from bench.scenarios.l4 import children_cpu, parse_wrk, program
+from netplane.testing.netns import enter_netns
 
 T = TypeVar("T")
 
@@ -135,9 +135,6 @@ PER_SLICE = 10
 PERCENTILES = ("p50", "p99", "max")
 STAGE = "end to end, new connection, kernel datapath (nftables)"
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
-
 
 def _sizes(ctx: Context) -> tuple[list[int], int, int]:
     """Cluster sizes (Services), recorded changes per run, sync-time changes per run."""
@@ -146,17 +143,6 @@ def _sizes(ctx: Context) -> tuple[list[int], int, int]:
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
-
-
-def _enter_netns(ns: str) -> None:
-    """Move the calling thread (only it) into network namespace ``ns``."""
-    fd = os.open(f"/run/netns/{ns}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {ns}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
 
 
 def _get(port: int, path: str, timeout: float = 30.0) -> tuple[int, bytes]:
@@ -327,7 +313,7 @@ class KernelBench(Scenario):
                 raise RuntimeError(f"{ns}: sysctl {setting}: {done.stderr.strip()}")
         for ns in (ch.client, ch.node, ch.endpoint):
             self.pools[ns] = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=ns, initializer=_enter_netns, initargs=(ns,)
+                max_workers=1, thread_name_prefix=ns, initializer=enter_netns, initargs=(ns,)
             )
         return ch
 

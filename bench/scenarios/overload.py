@@ -1,18 +1,28 @@
 """``overload``: keep-alive throughput beside idle and slowloris connections; DNS under a flood.
 
-(a) Ingress. netplane (HTTP ingress, one Ingress rule, access log on, one
-worker) runs on the server core with its open-files limit set to the hard
-limit (``prlimit``). wrk (``-t1 -c50`` keep-alive) measures req/s and
-p50/p99 unloaded, then with a holder process on the load core keeping
-10,000 idle keep-alive connections (each served one request, then silent)
-and 1,000 slowloris connections (a request head sent one header byte every
-5 s, never finished) open, then unloaded again once the holder is gone. The
-figure is loaded req/s over the mean of the two unloaded runs of the same
-run (goal >= 0.9). Memory per connection is netplane's RSS delta over the
-connections opened (idle and slowloris separately). The holder reopens a
-connection the server closes (the header timeout closes slowloris
-connections after 60 s, the keep-alive timeout idle ones after 75 s) and
-counts them.
+(a) Ingress. Two netplane processes with the same config and manifests
+(HTTP ingress, one Ingress rule, access log on, one worker, open-files limit
+set to the hard limit with ``prlimit``), both on the server core, each on its
+own port. A holder process on the load core keeps 10,000 idle keep-alive
+connections (each served one request, then silent) and 1,000 slowloris
+connections (a request head sent one header byte every 5 s, never finished)
+open on one of them, "loaded"; the other, "unloaded", holds none. Once the
+holder reports every connection open, wrk (``-t1 -c50`` keep-alive) measures
+req/s and p99 against the two in turn: 4 rounds of one 5 s run per process,
+in ABBA order (loaded, unloaded; unloaded, loaded; ...). This machine's speed
+drifts by up to 2x within minutes, so the earlier design (unloaded, loaded,
+unloaded one after another with one process) measured the drift more than
+the load; here both sides see the same moment of the machine and the drift
+cancels in each round's ratio. The figure is the median over the rounds of
+loaded / unloaded req/s (goal >= 0.9). The loaded process's own background
+work (timers, the slowloris bytes) also runs during the unloaded runs, on
+the same core; its CPU share then is reported, as the bias it puts on the
+ratio. Memory per connection is the loaded process's RSS delta over its own
+baseline before the holder started, over the connections opened (idle and
+slowloris separately). The holder counts connections that failed to open
+and ones the server closed (the header timeout would close the slowloris
+connections after 60 s, the keep-alive timeout the idle ones after 75 s:
+the runs end well before that), and reopens the latter.
 
 (b) DNS. netplane with DNS only (1,000 services) on the server core. A
 probe bound to 127.0.0.2 (load core, ``nice -n -10`` so that its own
@@ -23,7 +33,7 @@ share answered within 1 s, alone, then while dnsperf floods from
 (the baseline is the mean of the two runs alone).
 
 Quick mode: 200 idle and 20 slowloris connections (a byte every 0.5 s),
-100 services, 1 s runs.
+one round (loaded, unloaded), 100 services, 1 s runs.
 """
 
 from __future__ import annotations
@@ -41,12 +51,23 @@ from typing import Any
 from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, netplane_cmd, vmrss_mb
 from bench.scenarios.dns import dns_answers, manifests, names, parse_dnsperf, program, query_files
 from bench.scenarios.ingress import LISTEN, IngressBench, objects, wrk_latency
-from bench.scenarios.l4 import parse_wrk
+from bench.scenarios.l4 import cpu_seconds, parse_wrk
 from netplane.testing.ports import free_udp_tcp_port
 
 HOST = "h0.bench.test"
-FULL = {"idle": 10_000, "slow": 1_000, "interval": 5.0, "secs": 10.0, "services": 1000}
-QUICK = {"idle": 200, "slow": 20, "interval": 0.5, "secs": 1.0, "services": 100}
+# ``rounds`` x 2 runs of ``wrk_secs`` (part a) plus one drip interval must stay well
+# below the 60 s header timeout, or the server closes the slowloris connections mid-run;
+# ``secs`` is part (b)'s run length
+FULL = {
+    "idle": 10_000, "slow": 1_000, "interval": 5.0, "rounds": 4, "wrk_secs": 5.0,
+    "secs": 10.0, "services": 1000,
+}  # fmt: skip
+QUICK = {
+    "idle": 200, "slow": 20, "interval": 0.5, "rounds": 1, "wrk_secs": 1.0,
+    "secs": 1.0, "services": 100,
+}  # fmt: skip
+#: part (a)'s two netplane processes; the holder keeps its connections on the first
+LOADED, UNLOADED = "loaded", "unloaded"
 PROBE_SRC = "127.0.0.2"
 FLOOD_SRC = "127.0.0.1"
 PROBE_QPS = {"full": 200, "quick": 100}
@@ -264,8 +285,9 @@ class Overload(Scenario):
     sides = (NETPLANE,)
     peer_note = (
         "No peer: each figure is netplane under overload against netplane unloaded in the same "
-        "run. Goals: loaded/unloaded req/s >= 0.9; the DNS probe's answer rate and p99 hold "
-        "up while another source floods."
+        "run (ingress: two identical processes side by side on the server core, wrk "
+        "alternating between them in ABBA order). Goals: loaded/unloaded req/s >= 0.9; the "
+        "DNS probe's answer rate and p99 hold up while another source floods."
     )
     packages = ("wrk", "dnsperf", "nginx")
     warmup_runs = 0
@@ -281,12 +303,25 @@ class Overload(Scenario):
     def metrics(self, ctx: Context) -> list[Metric]:
         z = self.size(ctx)
         conns = f"{z['idle']:,} idle + {z['slow']:,} slowloris"
+        per = f"median of {z['rounds']} rounds" if z["rounds"] > 1 else "1 round"
         return [
-            Metric("rps_unloaded", "req/s", "higher", "keep-alive req/s, unloaded (mean of 2)"),
-            Metric("rps_loaded", "req/s", "higher", f"keep-alive req/s beside {conns}"),
-            Metric("rps_ratio", "x", "higher", "loaded / unloaded req/s (goal >= 0.9)"),
-            Metric("p99_unloaded_ms", "ms", "lower", "keep-alive p99, unloaded"),
-            Metric("p99_loaded_ms", "ms", "lower", f"keep-alive p99 beside {conns}"),
+            Metric("rps_unloaded", "req/s", "higher", f"keep-alive req/s, unloaded ({per})"),
+            Metric("rps_loaded", "req/s", "higher", f"keep-alive req/s beside {conns} ({per})"),
+            Metric("rps_ratio", "x", "higher", f"loaded / unloaded req/s, {per} (goal >= 0.9)"),
+            *(
+                Metric(
+                    f"rps_ratio@round{r + 1}", "x", "higher", f"loaded / unloaded, round {r + 1}"
+                )
+                for r in range(z["rounds"])
+            ),
+            Metric("p99_unloaded_ms", "ms", "lower", f"keep-alive p99, unloaded ({per})"),
+            Metric("p99_loaded_ms", "ms", "lower", f"keep-alive p99 beside {conns} ({per})"),
+            Metric(
+                "bg_cpu_pct",
+                "%",
+                "lower",
+                "loaded netplane's CPU while wrk drives the unloaded one (% of the shared core)",
+            ),
             Metric("kb_per_idle", "kB", "lower", "RSS per idle keep-alive connection"),
             Metric("kb_per_slow", "kB", "lower", "RSS per slowloris connection"),
             Metric("fds_loaded", "fds", "lower", "netplane's open descriptors, loaded"),
@@ -308,7 +343,8 @@ class Overload(Scenario):
             "idle": z["idle"],
             "slowloris": z["slow"],
             "slowloris_byte_every_s": z["interval"],
-            "wrk": f"-t1 -c50 -d{z['secs']:g}s --latency",
+            "wrk": f"-t1 -c50 -d{z['wrk_secs']:g}s --latency",
+            "ingress_rounds": f"{z['rounds']} x (loaded, unloaded), ABBA order",
             "dns_services": z["services"],
             "probe": f"{PROBE_QPS[mode]} QPS from {PROBE_SRC}, {z['secs']:g} s, timeout 1 s",
             "flood": f"dnsperf -a {FLOOD_SRC} -c 10 -T 1 (no -Q)",
@@ -339,7 +375,7 @@ class Overload(Scenario):
             "\n".join(f"{s}.{ns}.svc.cluster.local" for s, ns, _ in names(z["services"])) + "\n"
         )
 
-    def _netplane(self, ctx: Context, sub: str, index: int, *args: str) -> Proc:
+    def _netplane(self, ctx: Context, sub: str, index: int, *args: str, tag: str = "") -> Proc:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         limit = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
         argv = [
@@ -348,7 +384,8 @@ class Overload(Scenario):
             "--admin", "off", "--log-level", "warning", "--shutdown-grace", "1",
             "--workers", "1", *args,
         ]  # fmt: skip
-        return ctx.procs.start(argv, name=f"netplane-{sub}", log=self.work / f"{sub}-{index}.log")
+        name = f"{sub}-{tag}" if tag else sub
+        return ctx.procs.start(argv, name=f"netplane-{name}", log=self.work / f"{name}-{index}.log")
 
     def _wrk(self, ctx: Context, port: int, secs: float) -> tuple[float, float]:
         text = self.ingress._wrk(ctx, f"http://{LISTEN}:{port}/", HOST, secs)
@@ -376,54 +413,80 @@ class Overload(Scenario):
 
     def _ingress(self, ctx: Context, index: int) -> dict[str, float]:
         z = self.size(ctx)
-        secs = z["secs"]
-        port = ctx.free_port()
-        proc = self._netplane(
-            ctx, "http", index, "--dns", "off", "--ingress-https", "off",
-            "--ingress-http", f"{LISTEN}:{port}",
-            "--ingress-access-log", str(self.work / f"access-{index}.log"),
-        )  # fmt: skip
+        secs = z["wrk_secs"]
+        procs: dict[str, Proc] = {}
+        ports: dict[str, int] = {}
+        for tag in (LOADED, UNLOADED):  # the same config; only the port and files differ
+            ports[tag] = port = ctx.free_port()
+            procs[tag] = self._netplane(
+                ctx, "http", index, "--dns", "off", "--ingress-https", "off",
+                "--ingress-http", f"{LISTEN}:{port}",
+                "--ingress-access-log", str(self.work / f"access-{tag}-{index}.log"),
+                tag=tag,
+            )  # fmt: skip
+        proc = procs[LOADED]
+        rps: dict[str, list[float]] = {LOADED: [], UNLOADED: []}
+        p99: dict[str, list[float]] = {LOADED: [], UNLOADED: []}
+        bg_cpu = bg_wall = 0.0
+        holder: Proc | None = None
         try:
-            self.ingress._wait(port, HOST, proc)
-            if not ctx.quick:
-                self._wrk(ctx, port, 1)  # warm-up: pools, caches
-            rps_u1, p99_u1 = self._wrk(ctx, port, secs)
+            for tag in (LOADED, UNLOADED):
+                self.ingress._wait(ports[tag], HOST, procs[tag])
+                if not ctx.quick:
+                    self._wrk(ctx, ports[tag], 1)  # warm-up: pools, caches
             time.sleep(0.5)
-            rss0, fds0 = vmrss_mb(proc.pid), fd_count(proc.pid)
+            rss0 = vmrss_mb(proc.pid)
             status, go = self.work / f"hold-{index}.json", self.work / f"go-{index}"
             budget = 600.0 if not ctx.quick else 60.0  # the holder's own bound
             holder = ctx.procs.start(
-                [*ctx.pin("load"), *_boot(ctx.root, "hold_main"), LISTEN, str(port),
+                [*ctx.pin("load"), *_boot(ctx.root, "hold_main"), LISTEN, str(ports[LOADED]),
                  str(z["idle"]), str(z["slow"]), str(z["interval"]), str(status), str(go),
                  str(budget)],
                 name="holder", log=self.work / "holder.log",
             )  # fmt: skip
-            try:
-                st = self._wait_phase(status, "idle", holder, 300)
-                time.sleep(0.5)
-                rss1 = vmrss_mb(proc.pid)
-                go.touch()
-                st = self._wait_phase(status, "slow", holder, 120)
-                time.sleep(max(0.5, z["interval"]))  # one drip round
-                rss2, fds = vmrss_mb(proc.pid), fd_count(proc.pid)
-                rps_l, p99_l = self._wrk(ctx, port, secs)
-                st = self._status(status) or st
-            finally:
-                ctx.procs.stop(holder)
-            deadline = time.monotonic() + 30  # netplane closes the held connections
-            while fd_count(proc.pid) > fds0 + 50 and time.monotonic() < deadline:
-                time.sleep(0.1)
-            rps_u2, p99_u2 = self._wrk(ctx, port, secs)
+            st = self._wait_phase(status, "idle", holder, 300)
+            time.sleep(0.5)
+            rss1 = vmrss_mb(proc.pid)
+            go.touch()
+            st = self._wait_phase(status, "slow", holder, 120)
+            t_slow = time.monotonic()  # every connection is open (or counted as failed)
+            time.sleep(max(0.5, z["interval"]))  # one drip round
+            rss2, fds = vmrss_mb(proc.pid), fd_count(proc.pid)
+            for r in range(z["rounds"]):  # ABBA: loaded first in even rounds
+                for tag in (LOADED, UNLOADED) if r % 2 == 0 else (UNLOADED, LOADED):
+                    cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+                    got, p = self._wrk(ctx, ports[tag], secs)
+                    if tag == UNLOADED:  # what the loaded one takes from the shared core
+                        bg_cpu += cpu_seconds(proc.pid) - cpu0
+                        bg_wall += time.monotonic() - t0
+                    rps[tag].append(got)
+                    p99[tag].append(p)
+            held_s = time.monotonic() - t_slow
+            time.sleep(1.1)  # the holder's status is at most 1 s old
+            st = self._status(status) or st
+            if holder.popen.poll() is not None:
+                raise RuntimeError(f"the holder exited during the runs; see {holder.log}")
         finally:
-            ctx.procs.stop(proc)
+            if holder is not None:
+                ctx.procs.stop(holder)
+            for tag in (LOADED, UNLOADED):
+                ctx.procs.stop(procs[tag])
+        ratios = [lo / un if un else 0.0 for lo, un in zip(rps[LOADED], rps[UNLOADED], strict=True)]
         ctx.echo(f"    holder: {st}")
-        unloaded = (rps_u1 + rps_u2) / 2
+        ctx.echo(
+            f"    req/s loaded {[round(x) for x in rps[LOADED]]}, unloaded "
+            f"{[round(x) for x in rps[UNLOADED]]}, ratio per round "
+            f"{[round(x, 3) for x in ratios]} (median {statistics.median(ratios):.3f}); "
+            f"the slowloris connections open {held_s:.0f} s at the end of the last run"
+        )
         return {
-            "rps_unloaded": unloaded,
-            "rps_loaded": rps_l,
-            "rps_ratio": rps_l / unloaded if unloaded else 0.0,
-            "p99_unloaded_ms": (p99_u1 + p99_u2) / 2,
-            "p99_loaded_ms": p99_l,
+            "rps_unloaded": statistics.median(rps[UNLOADED]),
+            "rps_loaded": statistics.median(rps[LOADED]),
+            "rps_ratio": statistics.median(ratios),
+            **{f"rps_ratio@round{r + 1}": x for r, x in enumerate(ratios)},
+            "p99_unloaded_ms": statistics.median(p99[UNLOADED]),
+            "p99_loaded_ms": statistics.median(p99[LOADED]),
+            "bg_cpu_pct": 100 * bg_cpu / bg_wall if bg_wall else 0.0,
             "kb_per_idle": 1024 * (rss1 - rss0) / max(st.get("idle_open", 0), 1),
             "kb_per_slow": 1024 * (rss2 - rss1) / max(st.get("slow_open", 0), 1),
             "fds_loaded": fds,
