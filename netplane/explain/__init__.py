@@ -43,18 +43,50 @@ def explain(
 ) -> dict[str, Any]:
     """The explanation of one target (raises :class:`TargetError` for one of no kind)."""
     t = parse_target(target, qtype=qtype, tls=tls)
+    doc: dict[str, Any]
     if isinstance(t, HttpTarget):
         from netplane.explain.http import explain_http
 
-        return explain_http(views, t, method=method, headers=list(headers), client_ip=client_ip)
-    if isinstance(t, L4Target):
+        doc = explain_http(views, t, method=method, headers=list(headers), client_ip=client_ip)
+    elif isinstance(t, L4Target):
         from netplane.explain.l4 import explain_l4
 
-        return explain_l4(views, t)
-    assert isinstance(t, DnsTarget)
-    from netplane.explain.dns import explain_dns
+        doc = explain_l4(views, t)
+    else:
+        assert isinstance(t, DnsTarget)
+        from netplane.explain.dns import explain_dns
 
-    return explain_dns(views, t)
+        doc = explain_dns(views, t)
+    doc["problems"] = _problems(views, t, doc)
+    return doc
+
+
+def _problems(views: Views, t: Any, doc: dict[str, Any]) -> list[str]:
+    """The refused or ignored objects that would have served this target (the Dataplane's
+    ProblemBook, the same list as /debug/state's ``problems``), one line each."""
+    book = getattr(views.dp, "problems", None)
+    if book is None:
+        return []
+    found = book.concerning(host=t.name) if isinstance(t, HttpTarget) else []
+    for ref in sorted(_services(doc)):
+        found += book.concerning(service=ref)
+    return list(dict.fromkeys(str(p) for p in found))
+
+
+def _services(doc: Any) -> set[tuple[str, str]]:
+    """Every ``namespace/name`` the answer names as a Service (its "service" fields)."""
+    out: set[tuple[str, str]] = set()
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            if k == "service" and isinstance(v, str) and v.count("/") == 1:
+                ns, name = v.split("/")
+                out.add((ns, name))
+            else:
+                out |= _services(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            out |= _services(v)
+    return out
 
 
 def parse_header(line: str) -> tuple[str, str]:

@@ -30,6 +30,8 @@ def render(doc: dict[str, Any]) -> str:
         _dns(doc, out)
     else:
         out.field("answer", str(doc.get("answer", doc)))
+    for problem in doc.get("problems") or ():
+        out.field("problem", problem)
     return "\n".join(out.lines) + "\n"
 
 

@@ -641,3 +641,26 @@ def test_command_against_a_running_demo(tmp_path: Path) -> None:
             assert max(len(line) for line in text.splitlines()) <= 80
     finally:
         np.stop()
+
+
+def test_problems_of_what_would_have_served_the_target_are_part_of_the_answer() -> None:
+    """An Ingress for the host naming a missing IngressClass, and an Ingress backend naming
+    a port the Service lacks: the answer says so, as /debug/state's problems do."""
+    lost = ingress("lost", "shop.example", [("/", "Prefix", "web")])
+    lost["spec"]["ingressClassName"] = "nginx-typo"
+    wrong_port = ingress("wrong", "api.example", [("/", "Prefix", "web")])
+    wrong_port["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] = {
+        "number": 9999
+    }
+    v = views(INGRESS_CLASS, service("web"), slice_("web", [ep("10.244.0.1")]), lost, wrong_port,
+              ingress_http=Listen("127.0.0.1", 0))  # fmt: skip
+    doc = ask(v, "http://shop.example/")
+    assert any("Ingress default/lost" in p and "nginx-typo" in p for p in doc["problems"])
+    assert "problem:" in render(doc)
+    doc = ask(v, "http://api.example/")
+    assert any("Ingress default/wrong" in p for p in doc["problems"]), doc["problems"]
+    # the Service's own address: the Ingress that names a port it lacks concerns it too
+    ip = v.table.get("default", "web").service.cluster_ips[0]
+    assert any("Ingress default/wrong" in p for p in ask(v, f"{ip}:80/tcp")["problems"])
+    # a target nothing concerns has none
+    assert ask(v, "http://other.example/")["problems"] == []
