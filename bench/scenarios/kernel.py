@@ -77,7 +77,7 @@ start, computing it included), then a separate series of changes, each
 followed by reading ``last_sync_ms`` and ``last_commands`` once the
 incremental transaction is counted (polled 0.3 s after the change, so that
 rendering the state does not land inside the transaction), and at the end
-rules and bytes of ``nft list table inet netplane`` (``Nft.ruleset_size``,
+rules and bytes of ``nft list table inet netplane-N`` (``Nft.ruleset_size``,
 run in the node namespace). Last, SIGTERM → exit: netplane removes its table
 when it stops, and is given 120 s for it (a table left behind would be
 adopted by the next start; the scenario deletes one, saying so).
@@ -189,7 +189,7 @@ class KernelBench(Scenario):
         "fake server's apply → that answer, p50/p99/max; 300 changes, quick 10). Then the "
         "table: the full sync at start (`last_full_sync_ms`), incremental syncs "
         "(`last_sync_ms` and commands over 20 more changes, quick 5) and the rules and bytes "
-        "of `nft list table inet netplane`."
+        "of `nft list table inet netplane-N`."
     )
     sides = (NETPLANE, USERSPACE, DIRECT)
     peer_note = (
@@ -242,8 +242,8 @@ class KernelBench(Scenario):
                 ("incr_sync_max_ms", "ms", "incremental nftables sync, max"),
                 ("incr_commands", "commands", "commands per incremental sync, median"),
                 ("sync_failures", "transactions", "failed nftables transactions"),
-                ("rules", "rules", "rules in `nft list table inet netplane`"),
-                ("ruleset_kb", "KB", "size of `nft list table inet netplane`"),
+                ("rules", "rules", "rules in `nft list table inet netplane-N`"),
+                ("ruleset_kb", "KB", "size of `nft list table inet netplane-N`"),
             ]
             out += [
                 Metric(f"{name}@{n}", unit, "lower", f"{title}, {n:,} svc")
@@ -468,12 +468,18 @@ http {{
         tables = subprocess.run(
             [*nft, "list", "tables"], capture_output=True, text=True, timeout=120
         )
-        if "table inet netplane" in tables.stdout:
+        left = [
+            line.split()[-1]
+            for line in tables.stdout.splitlines()
+            if line.startswith("table inet netplane")
+        ]
+        if left:
             ctx.echo(
                 f"    netplane ({chain}) exited with {status} after {took:.1f} s and left its "
-                "table; deleting it"
+                "tables; deleting them"
             )
-            subprocess.run([*nft, "delete", "table", "inet", "netplane"], timeout=120, check=True)
+            for table in left:
+                subprocess.run([*nft, "delete", "table", "inet", table], timeout=120, check=True)
         return took
 
     def _check_kernel_served(self, chain: str, what: str) -> None:
@@ -673,7 +679,7 @@ http {{
         return times, commands
 
     def _ruleset_size(self, ctx: Context, n: int, index: int) -> tuple[int, int]:
-        """(rules, bytes) of ``nft list table inet netplane`` in the node namespace."""
+        """(rules, bytes) of ``nft list table inet netplane-N`` in the node namespace."""
         work = ctx.workdir / "kernel"
         out = work / f"ruleset-{n}-{index}.json"
         code = (

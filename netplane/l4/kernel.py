@@ -35,11 +35,14 @@ from netplane.l4.datapath import KERNEL, USERSPACE, annotation_problem
 from netplane.l4.nft_apply import Nft, NftError, clear_udp_flows
 from netplane.l4.nft_ruleset import (
     EMPTY,
+    TABLE,
     ServicePlan,
     Settings,
     Transaction,
+    delete_table_script,
     full_script,
     plan_service,
+    shard_of,
 )
 from netplane.l4.picker import NodeInfo
 from netplane.model import ObjectKey
@@ -47,6 +50,8 @@ from netplane.service_table import ServiceKey
 
 log = logging.getLogger("netplane.l4.nftables")
 
+#: Tables the Services are spread over (see nft_ruleset.shard_of).
+SHARDS = 16
 #: Wait before a full resync after a failed one, doubling up to the cap.
 RETRY_FIRST, RETRY_CAP = 0.5, 30.0
 
@@ -65,6 +70,7 @@ class KernelDatapath:
         service_cidrs: Iterable[Any] = (),
         default_policy: str = "round-robin",
         keep_rules: bool = False,
+        shards: int = SHARDS,
     ) -> None:
         self._dp = dataplane
         self.nft = nft
@@ -74,6 +80,7 @@ class KernelDatapath:
         self.service_cidrs = tuple(service_cidrs)
         self.default_policy = default_policy
         self.keep_rules = keep_rules
+        self.shards = shards
         self._plans: dict[ServiceKey, ServicePlan] = {}
         # frontend key ("ip . proto . port" or "proto . port", per family map) -> holder
         self._claims: dict[tuple[str, str], ServiceKey] = {}
@@ -121,10 +128,12 @@ class KernelDatapath:
                 log.info("keeping the nftables rules: the kernel serves on until the next start")
             return
         try:
-            if await self.nft.delete_table():
-                log.info("removed the nftables table")
+            tables = await self.nft.tables()
+            if tables:
+                await self.nft.apply("".join(delete_table_script(t) for t in sorted(tables)))
+                log.info("removed the nftables tables (%d)", len(tables))
         except NftError as e:
-            log.error("cannot remove the nftables table: %s", e)
+            log.error("cannot remove the nftables tables: %s", e)
 
     async def set_mode(self, mode: str) -> None:
         """Switch ``--l4-datapath`` at run time (SIGHUP); each port moves in one transaction."""
@@ -140,6 +149,12 @@ class KernelDatapath:
             # One full transaction: every port moves at once.
             async with self._lock:
                 await self._full_until_done(locked=True)
+
+    def _shard_names(self) -> list[str]:
+        """Every table of the layout (shard_of's names)."""
+        if self.shards <= 1:
+            return [TABLE]
+        return [f"{TABLE}-{i}" for i in range(self.shards)]
 
     # -- computing ---------------------------------------------------------------
 
@@ -228,19 +243,29 @@ class KernelDatapath:
                 if holder != sk:
                     skip.add(k)
         try:
-            existing = await self.nft.table()
-            if existing is None and self.mode == USERSPACE:
+            existing = await self.nft.tables()
+            if not existing and self.mode == USERSPACE:
                 self._plans.clear()
                 self._claims.clear()
                 self._needs_full = False
                 self.synced = True
                 return True
-            chains, sets = existing if existing is not None else (set(), set())
-            tx = full_script(
-                settings, plans.values(), existing_chains=chains, existing_sets=sets,
-                skip_elements=skip,
-            )  # fmt: skip
-            await self.nft.apply(tx.script())
+            by_shard: dict[str, list[ServicePlan]] = {t: [] for t in self._shard_names()}
+            for sk, plan in plans.items():
+                by_shard[shard_of(sk, self.shards)].append(plan)
+            txs = [
+                full_script(
+                    settings, shard_plans, existing_chains=existing.get(t, ((), ()))[0],
+                    existing_sets=existing.get(t, ((), ()))[1], skip_elements=skip, table=t,
+                )
+                for t, shard_plans in by_shard.items()
+            ]  # fmt: skip
+            # Tables of another layout (an earlier version, another shard count) go in
+            # the same transaction: nothing is left half-served.
+            stale = sorted(set(existing) - set(by_shard))
+            script = "".join(tx.script() for tx in txs)
+            script += "".join(delete_table_script(t) for t in stale)
+            await self.nft.apply(script)
         except NftError as e:
             self.failures += 1
             self.last_error = str(e)
@@ -253,12 +278,13 @@ class KernelDatapath:
         self._needs_full = False
         self.syncs["full"] += 1
         self.last_full_seconds = self.last_sync_seconds = elapsed
-        self.last_commands = tx.count()
+        count = sum(tx.count() for tx in txs)
+        self.last_commands = count
         kernel = sum(1 for p in plans.values() for s in p.ports if s.datapath == KERNEL)
         log.info(
-            "nftables: %s table with %d service ports in the kernel (%d commands, %.0f ms)",
-            "adopted and rewrote the" if existing is not None else "wrote the",
-            kernel, tx.count(), elapsed * 1000,
+            "nftables: %s tables with %d service ports in the kernel (%d commands, %.0f ms)",
+            "adopted and rewrote the" if existing else "wrote the",
+            kernel, count, elapsed * 1000,
         )  # fmt: skip
         _log_user_space_ports(plans.values())
         if not self.synced:
@@ -275,7 +301,7 @@ class KernelDatapath:
             return
         started = time.perf_counter()
         settings = self._settings()
-        tx = Transaction()
+        txs: dict[str, Transaction] = {}
         new_plans: dict[ServiceKey, ServicePlan] = {}
         old_claims = dict(self._claims)
         for sk in set(services):
@@ -284,18 +310,23 @@ class KernelDatapath:
             if new == old:
                 continue
             skip, never = self._claim(sk, old, new)
-            tx.change(old, new, skip_elements=skip, old_skipped=never)
+            table = shard_of(sk, self.shards)
+            txs.setdefault(table, Transaction(table)).change(
+                old, new, skip_elements=skip, old_skipped=never
+            )
             new_plans[sk] = new
-        if not tx:
+        if not any(txs.values()):
             return
+        count = sum(tx.count() for tx in txs.values())
         try:
-            await self.nft.apply(tx.script())
+            # One nft run: the tables it names are the only ones nft reads.
+            await self.nft.apply("".join(tx.script() for tx in txs.values()))
         except NftError as e:
             self.failures += 1
             self.last_error = str(e)
             self._claims = old_claims
             log.error("nftables transaction failed (%d commands); a full sync follows: %s",
-                      tx.count(), e)  # fmt: skip
+                      count, e)  # fmt: skip
             self._needs_full = True
             await self._full_until_done(locked=True)
             return
@@ -307,9 +338,9 @@ class KernelDatapath:
                 self._plans[sk] = plan
         self.syncs["incremental"] += 1
         self.last_sync_seconds = time.perf_counter() - started
-        self.last_commands = tx.count()
+        self.last_commands = count
         log.debug("nftables: %d services changed, %d commands, %.1f ms",
-                  len(new_plans), tx.count(), self.last_sync_seconds * 1000)  # fmt: skip
+                  len(new_plans), count, self.last_sync_seconds * 1000)  # fmt: skip
         _log_moves(olds, new_plans)
         await self._clear_udp(olds, new_plans)
 

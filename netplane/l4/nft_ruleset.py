@@ -1,7 +1,15 @@
 """The kernel datapath's ruleset, computed from the ServiceTable (sans-IO).
 
-One table, ``inet netplane``, shaped like kube-proxy's nftables mode
-(KEP-3866, kubernetes ``pkg/proxy/nftables``):
+Tables shaped like kube-proxy's nftables mode (KEP-3866, kubernetes
+``pkg/proxy/nftables``). The Services are spread by name over 16 tables,
+``inet netplane-0`` to ``netplane-15`` (:func:`shard_of`), each a whole
+copy of the layout below for its share: nft reads its cache of every table
+a transaction names, and only those, so a change costs the reading of one
+sixteenth of the rules (at 10k Services with 10 endpoints each: 11 ms
+instead of 86 for one changed EndpointSlice). The tables' nat chains hook
+at the same priority; the first that DNATs a connection decides it, and
+the others are not consulted for it (a frontend is in one table only).
+Each table:
 
 - Verdict maps from (daddr, protocol, dport) to a per-service chain:
   ``service-ips4``/``service-ips6`` for ClusterIPs, externalIPs and
@@ -40,6 +48,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -387,10 +396,6 @@ def _plan_port(
 # -- scripts -------------------------------------------------------------------------
 
 
-def _tbl(kind: str, name: str) -> str:
-    return f"{kind} {FAMILY} {TABLE} {name}"
-
-
 @dataclass
 class Transaction:
     """Commands for one ``nft -f -`` run, collected in the order that makes them valid.
@@ -401,6 +406,7 @@ class Transaction:
     chains and sets nothing refers to any more.
     """
 
+    table: str = TABLE
     defines: list[str] = field(default_factory=list)
     flushes: list[str] = field(default_factory=list)
     element_deletes: list[str] = field(default_factory=list)
@@ -446,31 +452,33 @@ class Transaction:
         never = set(old_skipped)
         for name, definition in new.sets.items():
             if old.sets.get(name) != definition:
-                self.defines.append(f"add set {FAMILY} {TABLE} {name} {{ {definition}; }}")
+                self.defines.append(f"add set {FAMILY} {self.table} {name} {{ {definition}; }}")
         for name, rules in new.chains.items():
             before = old.chains.get(name)
             if before == rules:
                 continue
             if before is None:
-                self.defines.append(f"add chain {FAMILY} {TABLE} {name}")
+                self.defines.append(f"add chain {FAMILY} {self.table} {name}")
             else:
-                self.flushes.append(f"flush chain {FAMILY} {TABLE} {name}")
-            self.rules.extend(f"add rule {FAMILY} {TABLE} {name} {r}" for r in rules)
+                self.flushes.append(f"flush chain {FAMILY} {self.table} {name}")
+            self.rules.extend(f"add rule {FAMILY} {self.table} {name} {r}" for r in rules)
         for name in old.chains.keys() - new.chains.keys():
-            self.flushes.append(f"flush chain {FAMILY} {TABLE} {name}")
-            self.deletes.append(f"delete chain {FAMILY} {TABLE} {name}")
+            self.flushes.append(f"flush chain {FAMILY} {self.table} {name}")
+            self.deletes.append(f"delete chain {FAMILY} {self.table} {name}")
         for name in old.sets.keys() - new.sets.keys():
-            self.deletes.append(f"delete set {FAMILY} {TABLE} {name}")
+            self.deletes.append(f"delete set {FAMILY} {self.table} {name}")
         for (m, k), verdict in old.elements.items():
             if (m, k) in never:
                 continue
             if new.elements.get((m, k)) != verdict or (m, k) in skip:
-                self.element_deletes.append(f"delete element {FAMILY} {TABLE} {m} {{ {k} }}")
+                self.element_deletes.append(f"delete element {FAMILY} {self.table} {m} {{ {k} }}")
         for (m, k), verdict in new.elements.items():
             if (m, k) in skip:
                 continue
             if old.elements.get((m, k)) != verdict or (m, k) in never:
-                self.element_adds.append(f"add element {FAMILY} {TABLE} {m} {{ {k} : {verdict} }}")
+                self.element_adds.append(
+                    f"add element {FAMILY} {self.table} {m} {{ {k} : {verdict} }}"
+                )
 
 
 def full_script(
@@ -480,6 +488,7 @@ def full_script(
     existing_chains: Iterable[str] = (),
     existing_sets: Iterable[str] = (),
     skip_elements: Iterable[tuple[str, str]] = (),
+    table: str = TABLE,
 ) -> Transaction:
     """Rewrite the whole table to ``plans`` in one transaction, adopting what exists.
 
@@ -489,12 +498,12 @@ def full_script(
     wanted are deleted at its end. The kernel commits it as one, so traffic
     keeps the old rules until the new ones take over.
     """
-    tx = Transaction()
-    tx.defines.append(f"add table {FAMILY} {TABLE}")
+    tx = Transaction(table)
+    tx.defines.append(f"add table {FAMILY} {table}")
     for name, definition in _MAPS.items():
-        tx.defines.append(f"add map {FAMILY} {TABLE} {name} {{ {definition}; }}")
+        tx.defines.append(f"add map {FAMILY} {table} {name} {{ {definition}; }}")
     for name, definition in _SETS.items():
-        tx.defines.append(f"add set {FAMILY} {TABLE} {name} {{ {definition}; }}")
+        tx.defines.append(f"add set {FAMILY} {table} {name} {{ {definition}; }}")
     chains = dict(base_chains(settings))
     sets: dict[str, str] = {}
     skip = set(skip_elements)
@@ -503,37 +512,49 @@ def full_script(
         chains.update(plan.chains)
         sets.update(plan.sets)
         elements.extend(
-            f"add element {FAMILY} {TABLE} {m} {{ {k} : {v} }}"
+            f"add element {FAMILY} {table} {m} {{ {k} : {v} }}"
             for (m, k), v in plan.elements.items()
             if (m, k) not in skip
         )
     for name, definition in sets.items():
-        tx.defines.append(f"add set {FAMILY} {TABLE} {name} {{ {definition}; }}")
+        tx.defines.append(f"add set {FAMILY} {table} {name} {{ {definition}; }}")
     for name in chains:
         hook = _HOOKS.get(name)
         tx.defines.append(
-            f"add chain {FAMILY} {TABLE} {name}" + (f" {{ {hook}; }}" if hook else "")
+            f"add chain {FAMILY} {table} {name}" + (f" {{ {hook}; }}" if hook else "")
         )
     for name in _MAPS:
-        tx.flushes.append(f"flush map {FAMILY} {TABLE} {name}")
+        tx.flushes.append(f"flush map {FAMILY} {table} {name}")
     for name in _SETS:
-        tx.flushes.append(f"flush set {FAMILY} {TABLE} {name}")
+        tx.flushes.append(f"flush set {FAMILY} {table} {name}")
     stale_chains = set(existing_chains) - chains.keys()
     for name in [*chains, *sorted(stale_chains)]:
-        tx.flushes.append(f"flush chain {FAMILY} {TABLE} {name}")
+        tx.flushes.append(f"flush chain {FAMILY} {table} {name}")
     for name, values in base_set_elements(settings).items():
         if values:
-            tx.element_adds.append(f"add element {FAMILY} {TABLE} {name} {{ {', '.join(values)} }}")
+            tx.element_adds.append(f"add element {FAMILY} {table} {name} {{ {', '.join(values)} }}")
     tx.element_adds.extend(elements)
     for name, rules in chains.items():
-        tx.rules.extend(f"add rule {FAMILY} {TABLE} {name} {r}" for r in rules)
+        tx.rules.extend(f"add rule {FAMILY} {table} {name} {r}" for r in rules)
     for name in sorted(stale_chains):
-        tx.deletes.append(f"delete chain {FAMILY} {TABLE} {name}")
+        tx.deletes.append(f"delete chain {FAMILY} {table} {name}")
     for name in sorted(set(existing_sets) - sets.keys() - _SETS.keys() - _MAPS.keys()):
-        tx.deletes.append(f"delete set {FAMILY} {TABLE} {name}")
+        tx.deletes.append(f"delete set {FAMILY} {table} {name}")
     return tx
 
 
-def delete_table_script() -> str:
-    """Remove the whole table (clean shutdown, or switching back to user space)."""
-    return f"delete table {FAMILY} {TABLE}\n"
+def delete_table_script(table: str = TABLE) -> str:
+    """Remove a whole table (clean shutdown)."""
+    return f"delete table {FAMILY} {table}\n"
+
+
+def shard_of(key: ServiceKey, shards: int) -> str:
+    """The table that holds a Service's chains: ``netplane-N`` of ``shards`` (by name).
+
+    nft reads the cache of every table a transaction names, and only
+    those: at 10k Services with 10 endpoints each a change to one table of them
+    all costs 80 ms of that reading alone, to one of 16 tables about 5.
+    """
+    if shards <= 1:
+        return TABLE
+    return f"{TABLE}-{zlib.crc32(f'{key[0]}/{key[1]}'.encode()) % shards}"

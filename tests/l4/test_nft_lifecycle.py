@@ -387,15 +387,24 @@ class World:
     def nft(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return sh("ip", "netns", "exec", self.node, "nft", *args, check=check)
 
+    def tables(self) -> list[str]:
+        """netplane's tables in the node namespace (``netplane-N``: Services are sharded)."""
+        return [
+            line.split()[-1]
+            for line in self.nft("list", "tables").stdout.splitlines()
+            if line.startswith("table inet netplane")
+        ]
+
     def has_table(self) -> bool:
-        return "inet netplane" in self.nft("list", "tables").stdout
+        return bool(self.tables())
 
     def service_elements(self) -> list[Any]:
-        """The elements of the ClusterIP maps (served and no-endpoint) of the table."""
+        """The elements of the ClusterIP maps (served and no-endpoint) of every table."""
         out = []
-        for m in ("service-ips4", "no-endpoint-ips4"):
-            doc = json.loads(self.nft("-j", "list", "map", "inet", "netplane", m).stdout)
-            out += [e for i in doc["nftables"] if "map" in i for e in i["map"].get("elem", ())]
+        for table in self.tables():
+            for m in ("service-ips4", "no-endpoint-ips4"):
+                doc = json.loads(self.nft("-j", "list", "map", "inet", table, m).stdout)
+                out += [e for i in doc["nftables"] if "map" in i for e in i["map"].get("elem", ())]
         return out
 
     # -- traffic
@@ -695,15 +704,16 @@ def test_nft_missing_at_start_and_a_failed_transaction(w: World):
     # a chain deleted behind netplane's back: the next change fails, a full sync repairs it
     np = w.netplane("repairs", "--l4-datapath", "nftables")
     until(kernel_serves(w, A), "the kernel to serve the ClusterIP")
-    table = json.loads(w.nft("-j", "list", "table", "inet", "netplane").stdout)["nftables"]
-    chain = next(
-        i["chain"]["name"]
-        for i in table
-        if "chain" in i and i["chain"]["name"].startswith("svc4-") and "t/web" in i["chain"]["name"]
-    )
+    shard, chain = next(
+        (t, i["chain"]["name"])
+        for t in w.tables()
+        for i in json.loads(w.nft("-j", "list", "chains", "inet").stdout)["nftables"]
+        if "chain" in i and i["chain"]["table"] == t
+        and i["chain"]["name"].startswith("svc4-") and "t/web" in i["chain"]["name"]
+    )  # fmt: skip
     script = (
-        f"delete element inet netplane service-ips4 {{ {WEB_IP} . tcp . {WEB_PORT} }}\n"
-        f"delete chain inet netplane {chain}\n"
+        f"delete element inet {shard} service-ips4 {{ {WEB_IP} . tcp . {WEB_PORT} }}\n"
+        f"delete chain inet {shard} {chain}\n"
     )
     r = subprocess.run(["ip", "netns", "exec", w.node, "nft", "-f", "-"], input=script,
                        capture_output=True, text=True, timeout=10)  # fmt: skip

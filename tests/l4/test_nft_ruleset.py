@@ -406,3 +406,19 @@ def test_the_kernel_takes_full_adopting_and_incremental_transactions(backend: st
     assert normal(adopted) == normal(scratch)
     assert "dnat ip to 198.18.1.6:53" in scratch
     assert "198.18.99.1" not in scratch
+
+
+def test_services_spread_over_shard_tables_by_name() -> None:
+    from netplane.l4.nft_ruleset import shard_of
+
+    names = {shard_of(("t", f"s{i}"), 16) for i in range(1000)}
+    assert names == {f"netplane-{i}" for i in range(16)}  # every shard used
+    assert shard_of(("t", "web"), 16) == shard_of(("t", "web"), 16)  # stable across runs
+    assert shard_of(("t", "web"), 1) == "netplane"
+    # a transaction writes only into its own table
+    plan = plan_service(one(svc("a"), eps("a", ["198.18.1.2"])), SETTINGS)
+    tx = Transaction("netplane-3")
+    tx.change(EMPTY, plan)
+    assert all(" inet netplane-3 " in line for line in tx.script().splitlines())
+    full = full_script(SETTINGS, [plan], table="netplane-3").script()
+    assert all(" inet netplane-3" in line for line in full.splitlines())
