@@ -26,6 +26,7 @@ flowing through the kernel until the next start adopts the table).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -234,14 +235,11 @@ class KernelDatapath:
         settings = self._settings()
         plans: dict[ServiceKey, ServicePlan] = {}
         claims: dict[tuple[str, str], ServiceKey] = {}
-        skip: set[tuple[str, str]] = set()
         for entry in self._dp.table if self.mode != USERSPACE else ():
             sk = entry.key
             plan = plans[sk] = self._plan(sk, settings)
             for k in plan.elements:
-                holder = claims.setdefault(_frontend(k), sk)
-                if holder != sk:
-                    skip.add(k)
+                claims.setdefault(_frontend(k), sk)
         try:
             existing = await self.nft.tables()
             if not existing and self.mode == USERSPACE:
@@ -252,11 +250,18 @@ class KernelDatapath:
                 return True
             by_shard: dict[str, list[ServicePlan]] = {t: [] for t in self._shard_names()}
             for sk, plan in plans.items():
+                # A frontend another Service holds is left out of this one's elements
+                # (by service: the holder's element may have the same map and key).
+                held = [k for k in plan.elements if claims[_frontend(k)] != sk]
+                if held:
+                    plan = dataclasses.replace(
+                        plan, elements={k: v for k, v in plan.elements.items() if k not in held}
+                    )
                 by_shard[shard_of(sk, self.shards)].append(plan)
             txs = [
                 full_script(
                     settings, shard_plans, existing_chains=existing.get(t, ((), ()))[0],
-                    existing_sets=existing.get(t, ((), ()))[1], skip_elements=skip, table=t,
+                    existing_sets=existing.get(t, ((), ()))[1], table=t,
                 )
                 for t, shard_plans in by_shard.items()
             ]  # fmt: skip
