@@ -56,6 +56,25 @@ def endpoints(
     }
 
 
+def ep(addr: str, node: str = "", *, ready: bool = True, serving: bool | None = None,
+       terminating: bool = False, zone: str = "", hints: list[str] | None = None,
+       hostname: str = "") -> dict:  # fmt: skip
+    """One EndpointSlice endpoint: address, node, conditions, zone, hints, hostname."""
+    cond: dict[str, Any] = {"ready": ready, "terminating": terminating}
+    if serving is not None:
+        cond["serving"] = serving
+    out: dict[str, Any] = {"addresses": [addr], "conditions": cond}
+    if node:
+        out["nodeName"] = node
+    if zone:
+        out["zone"] = zone
+    if hostname:
+        out["hostname"] = hostname
+    if hints is not None:
+        out["hints"] = {"forZones": [{"name": z} for z in hints]}
+    return out
+
+
 def write(dirpath: Path, name: str, objs: list[dict]) -> None:
     tmp = dirpath / f".{name}.tmp"
     tmp.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))

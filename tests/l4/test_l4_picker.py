@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from l4_world import ep
 
 import netplane.l4.picker as picker_mod
 from netplane.l4.healthcheck import local_ready_endpoints
@@ -48,29 +49,6 @@ def svc(annotations: dict[str, str] | None = None, **spec: Any) -> dict:
             **spec,
         },
     }
-
-
-def ep(
-    addr: str,
-    node: str = "",
-    *,
-    ready: bool = True,
-    serving: bool | None = None,
-    terminating: bool = False,
-    zone: str = "",
-    hints: list[str] | None = None,
-) -> dict:
-    cond: dict[str, Any] = {"ready": ready, "terminating": terminating}
-    if serving is not None:
-        cond["serving"] = serving
-    out: dict[str, Any] = {"addresses": [addr], "conditions": cond}
-    if node:
-        out["nodeName"] = node
-    if zone:
-        out["zone"] = zone
-    if hints is not None:
-        out["hints"] = {"forZones": [{"name": z} for z in hints]}
-    return out
 
 
 def table(service: dict, endpoints: list[dict]) -> tuple[ServiceEntry, PortEntry]:

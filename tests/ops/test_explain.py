@@ -14,6 +14,7 @@ import pytest
 import trustme
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from l4_world import ep
 
 from netplane import Config, Dataplane
 from netplane.admin import Request
@@ -39,24 +40,6 @@ def service(name: str, ports: list[dict] | None = None, ns: str = "default", **s
     ports = ports or [{"name": "http", "port": 80, "targetPort": 8080}]
     return {"apiVersion": "v1", "kind": "Service", "metadata": meta(name, ns),
             "spec": {"ports": ports, **spec}}  # fmt: skip
-
-
-def ep(addr: str, node: str = "", *, ready: bool = True, serving: bool | None = None,
-       terminating: bool = False, zone: str = "", hints: list[str] | None = None,
-       hostname: str = "") -> dict:  # fmt: skip
-    cond: dict[str, Any] = {"ready": ready, "terminating": terminating}
-    if serving is not None:
-        cond["serving"] = serving
-    out: dict[str, Any] = {"addresses": [addr], "conditions": cond}
-    if node:
-        out["nodeName"] = node
-    if zone:
-        out["zone"] = zone
-    if hostname:
-        out["hostname"] = hostname
-    if hints is not None:
-        out["hints"] = {"forZones": [{"name": z} for z in hints]}
-    return out
 
 
 def slice_(svc: str, endpoints: list[dict], ns: str = "default", port: int = 8080,
