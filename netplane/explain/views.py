@@ -24,7 +24,7 @@ from typing import Any
 
 from netplane.config import Config
 from netplane.l4.picker import NodeInfo
-from netplane.model import ObjectKey, Pod
+from netplane.model import Pod
 from netplane.service_table import ServiceTable
 from netplane.state import ClusterState
 
@@ -116,12 +116,7 @@ class Views:
 
     def node(self) -> NodeInfo:
         """This node as the proxy sees it: ``--node-name`` and the zone of its Node object."""
-        name = self.config.node_name
-        zone = ""
-        if name:
-            node = self.state.get(ObjectKey("Node", "", name))
-            zone = getattr(node, "zone", "") or ""
-        return NodeInfo(name, zone)
+        return NodeInfo.of(self.state, self.config.node_name)
 
     # -- ingress -------------------------------------------------------------------
 

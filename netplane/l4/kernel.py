@@ -36,7 +36,6 @@ from netplane.l4.datapath import KERNEL, USERSPACE, annotation_problem
 from netplane.l4.nft_apply import Nft, NftError, clear_udp_flows
 from netplane.l4.nft_ruleset import (
     EMPTY,
-    TABLE,
     ServicePlan,
     Settings,
     Transaction,
@@ -44,9 +43,10 @@ from netplane.l4.nft_ruleset import (
     full_script,
     plan_service,
     shard_of,
+    shard_tables,
 )
 from netplane.l4.picker import NodeInfo
-from netplane.model import ObjectKey
+from netplane.l4.routes import WILDCARDS
 from netplane.service_table import ServiceKey
 
 log = logging.getLogger("netplane.l4.nftables")
@@ -67,7 +67,7 @@ class KernelDatapath:
         *,
         mode: str,
         node_name: str = "",
-        nodeport_addresses: Iterable[str] = ("0.0.0.0", "::"),
+        nodeport_addresses: Iterable[str] = WILDCARDS,
         service_cidrs: Iterable[Any] = (),
         default_policy: str = "round-robin",
         keep_rules: bool = False,
@@ -151,21 +151,11 @@ class KernelDatapath:
             async with self._lock:
                 await self._full_until_done(locked=True)
 
-    def _shard_names(self) -> list[str]:
-        """Every table of the layout (shard_of's names)."""
-        if self.shards <= 1:
-            return [TABLE]
-        return [f"{TABLE}-{i}" for i in range(self.shards)]
-
     # -- computing ---------------------------------------------------------------
 
     def _settings(self) -> Settings:
-        zone = ""
-        if self.node_name:
-            node = self._dp.state.get(ObjectKey("Node", "", self.node_name))
-            zone = getattr(node, "zone", "") or ""
         return Settings(
-            node=NodeInfo(self.node_name, zone),
+            node=NodeInfo.of(self._dp.state, self.node_name),
             nodeport_addresses=self.nodeport_addresses,
             service_cidrs=self.service_cidrs,
             mode=self.mode,
@@ -248,7 +238,7 @@ class KernelDatapath:
                 self._needs_full = False
                 self.synced = True
                 return True
-            by_shard: dict[str, list[ServicePlan]] = {t: [] for t in self._shard_names()}
+            by_shard: dict[str, list[ServicePlan]] = {t: [] for t in shard_tables(self.shards)}
             for sk, plan in plans.items():
                 # A frontend another Service holds is left out of this one's elements
                 # (by service: the holder's element may have the same map and key).

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from netplane.addresses import IPNetwork, hostport
 from netplane.l4.datapath import KERNEL, choose
 from netplane.l4.picker import NodeInfo, Picker, Target
+from netplane.l4.routes import WILDCARDS
 from netplane.service_table import Frontend, PortEntry, ServiceEntry, ServiceKey
 
 FAMILY = "inet"
@@ -95,7 +96,7 @@ class Settings:
     """What the ruleset needs from the config: this node, NodePort addresses, service CIDRs."""
 
     node: NodeInfo = field(default_factory=NodeInfo)
-    nodeport_addresses: tuple[str, ...] = ("0.0.0.0", "::")
+    nodeport_addresses: tuple[str, ...] = WILDCARDS
     service_cidrs: tuple[IPNetwork, ...] = ()
     mode: str = "nftables"
     default_policy: str = "round-robin"
@@ -225,7 +226,7 @@ def base_set_elements(settings: Settings) -> dict[str, tuple[str, ...]]:
     for cidr in settings.service_cidrs:
         out[f"service-cidrs{cidr.version}"].append(str(cidr))
     for a in settings.nodeport_addresses:
-        if a not in ("0.0.0.0", "::") and not _loopback(a):
+        if a not in WILDCARDS and not _loopback(a):
             out[f"nodeport-ips{_family(a)}"].append(a)
     return {k: tuple(v) for k, v in out.items()}
 
@@ -546,6 +547,13 @@ def full_script(
 def delete_table_script(table: str = TABLE) -> str:
     """Remove a whole table (clean shutdown)."""
     return f"delete table {FAMILY} {table}\n"
+
+
+def shard_tables(shards: int) -> list[str]:
+    """Every table of a layout of ``shards`` tables, the names :func:`shard_of` gives."""
+    if shards <= 1:
+        return [TABLE]
+    return [f"{TABLE}-{i}" for i in range(shards)]
 
 
 def shard_of(key: ServiceKey, shards: int) -> str:

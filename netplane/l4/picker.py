@@ -51,7 +51,9 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from netplane.model import ObjectKey
 from netplane.service_table import Backend, PortEntry, ServiceEntry
 
 LB_POLICY_ANNOTATION = "netplane.io/lb-policy"
@@ -80,6 +82,15 @@ class NodeInfo:
 
     name: str = ""
     zone: str = ""
+
+    @classmethod
+    def of(cls, state: Any, name: str) -> NodeInfo:
+        """``name`` (``--node-name``) with the zone of its Node object in ``state``, if any."""
+        zone = ""
+        if name:
+            node = state.get(ObjectKey("Node", "", name))
+            zone = getattr(node, "zone", "") or ""
+        return cls(name, zone)
 
 
 class _Pool:

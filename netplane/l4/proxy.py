@@ -49,7 +49,6 @@ from netplane.l4.routes import WILDCARDS, FrontendKey, PortRoute, frontends_of, 
 from netplane.l4.steer import steer_by_source
 from netplane.l4.tcp import Listener, TcpProxy, TcpSettings
 from netplane.l4.udp import UdpListener, UdpProxy, UdpSettings
-from netplane.model import ObjectKey
 from netplane.service_table import ServiceKey
 
 log = logging.getLogger("netplane.l4")
@@ -189,11 +188,7 @@ class L4Proxy:
     # -- following the table -------------------------------------------------
 
     def _node(self) -> NodeInfo:
-        zone = ""
-        if self.node_name:
-            node = self._dp.state.get(ObjectKey("Node", "", self.node_name))
-            zone = getattr(node, "zone", "") or ""
-        return NodeInfo(self.node_name, zone)
+        return NodeInfo.of(self._dp.state, self.node_name)
 
     async def sync(self, services: Iterable[ServiceKey]) -> None:
         """Bring the listeners of ``services`` in line with the table."""
