@@ -29,7 +29,7 @@ import socket
 import threading
 from collections.abc import Iterable
 
-from netplane.l4.nft_ruleset import FAMILY, TABLE, delete_table_script
+from netplane.l4.nft_ruleset import FAMILY, TABLE
 
 log = logging.getLogger("netplane.l4.nftables")
 
@@ -184,20 +184,6 @@ class Nft:
             for t, names in found.items()
             if names["chain"]
         }
-
-    async def table(self, name: str = TABLE) -> tuple[set[str], set[str]] | None:
-        """``(chains, sets and maps)`` of one of netplane's tables, or None when there is none."""
-        return (await self.tables()).get(name)
-
-    async def delete_table(self, name: str = TABLE) -> bool:
-        """Remove a table; False when there was none."""
-        try:
-            await self.apply(delete_table_script(name))
-        except NftError as e:
-            if _absent(e):
-                return False
-            raise
-        return True
 
     async def ruleset_size(self) -> tuple[int, int]:
         """(rules, bytes of ``nft list table``) over netplane's tables, for the bench."""
