@@ -101,7 +101,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bench.harness import NETPLANE, Context, Metric, Proc, Scenario, latency_series, netplane_cmd
-from bench.scenarios.l4 import children_cpu, parse_wrk, program
+from bench.scenarios.l4 import parse_wrk, program, run_load
 from netplane.testing.netns import enter_netns
 
 T = TypeVar("T")
@@ -504,20 +504,11 @@ http {{
 
     def _run_load(self, ctx: Context, side: str, argv: list[str], name: str, timeout: float) -> str:
         """Run a load generator in ``side``'s client namespace on the load core; its stdout."""
-        work = ctx.workdir / "kernel"
-        out = work / f"{name}.out"
-        out.write_text("")
-        before = children_cpu()
         ns = self.chains[CHAIN_OF[side]].client
-        proc = ctx.procs.start(
-            [*self._exec(ctx, ns, "load"), *argv], name=name, log=work / f"{name}.log", stdout=out
-        )
-        rc = ctx.procs.wait(proc, timeout=timeout)
-        self.load_cpu = children_cpu() - before  # only this child was reaped meanwhile
-        text = out.read_text()
-        if rc != 0:
-            err = (work / f"{name}.log").read_text()[-500:]
-            raise RuntimeError(f"{name} through {side} exited with {rc}: {err or text[-500:]}")
+        text, self.load_cpu = run_load(
+            ctx, ctx.workdir / "kernel", self._exec(ctx, ns, "load"), argv, name, timeout,
+            what=f"{name} through {side}",
+        )  # fmt: skip
         return text
 
     def _wrk(self, ctx: Context, side: str, seconds: float) -> tuple[float, int, int, float]:

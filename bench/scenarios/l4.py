@@ -160,6 +160,33 @@ def children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def run_load(
+    ctx: Context,
+    work: Path,
+    prefix: list[str],
+    argv: list[str],
+    name: str,
+    timeout: float,
+    *,
+    what: str,
+) -> tuple[str, float]:
+    """Run a load generator (``prefix``: its pinning or namespace); (stdout, its CPU seconds).
+
+    Raises RuntimeError naming ``what`` when it fails.
+    """
+    out = work / f"{name}.out"
+    out.write_text("")
+    before = children_cpu()
+    proc = ctx.procs.start([*prefix, *argv], name=name, log=work / f"{name}.log", stdout=out)
+    rc = ctx.procs.wait(proc, timeout=timeout)
+    cpu = children_cpu() - before  # only this child was reaped meanwhile
+    text = out.read_text()
+    if rc != 0:
+        err = (work / f"{name}.log").read_text()[-500:]
+        raise RuntimeError(f"{what} exited with {rc}: {err or text[-500:]}")
+    return text, cpu
+
+
 def program(name: str) -> str:
     """The path of ``name`` (PATH, then /usr/sbin and /sbin), or a clear error."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
@@ -403,19 +430,8 @@ http {{
 
     def _run_load(self, ctx: Context, argv: list[str], name: str, timeout: float) -> str:
         """Run a load generator on the load core; returns its stdout. CPU: self.load_cpu."""
-        work = ctx.workdir / "l4"
-        out = work / f"{name}.out"
-        out.write_text("")
-        before = children_cpu()
-        proc = ctx.procs.start(
-            [*ctx.pin("load"), *argv], name=name, log=work / f"{name}.log", stdout=out
-        )
-        rc = ctx.procs.wait(proc, timeout=timeout)
-        self.load_cpu = children_cpu() - before  # only this child was reaped meanwhile
-        text = out.read_text()
-        if rc != 0:
-            err = (work / f"{name}.log").read_text()[-500:]
-            raise RuntimeError(f"{name} exited with {rc}: {err or text[-500:]}")
+        text, self.load_cpu = run_load(ctx, ctx.workdir / "l4", ctx.pin("load"), argv, name,
+                                       timeout, what=name)  # fmt: skip
         return text
 
     def _wrk(self, ctx: Context, side: str, seconds: float) -> tuple[float, int, int, float]:
